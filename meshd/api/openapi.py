@@ -1,0 +1,213 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/v1/openapi.json``.
+
+A test checks that every route the server registers is described here and that every
+path described here is served, so the document can't drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshd import __version__
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    if schema is not None:
+        body["content"] = {"application/json": {"schema": schema}}
+    return body
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_ERRORS = {
+    "400": _ok("bad request", _ERROR),
+    "401": _ok("no client certificate (TCP only)", _ERROR),
+    "403": _ok("refused: revoked, wrong role, or a bad token", _ERROR),
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "one sentence"}},
+    },
+    "Resources": {
+        "type": "object",
+        "properties": {
+            "cpus": {"type": "number"},
+            "memory": {"type": "integer", "description": "bytes"},
+            "disk": {"type": "integer", "description": "bytes"},
+        },
+    },
+    "Node": {
+        "type": "object",
+        "required": ["name", "domain", "node_id", "address", "uptime_s"],
+        "properties": {
+            "name": {"type": "string"},
+            "domain": {"type": "string"},
+            "node_id": {"type": "string", "description": "160-bit id, hex"},
+            "address": {"type": "string", "description": "mesh HOST:PORT peers use"},
+            "listen": {"type": "string"},
+            "uptime_s": {"type": "number"},
+            "started_at": {"type": "number"},
+            "version": {"type": "string"},
+            "preset": {"type": "string"},
+            "role": {"type": "string"},
+            "witness": {"type": "boolean"},
+            "ca_holder": {"type": "boolean"},
+            "ca_fingerprint": {"type": "string"},
+            "capacity": {"$ref": "#/components/schemas/Resources"},
+            "allocated": {"$ref": "#/components/schemas/Resources"},
+            "members_alive": {"type": "integer"},
+            "roster_size": {"type": "integer"},
+            "rss_bytes": {"type": "integer"},
+        },
+    },
+    "Member": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "node_id": {"type": "string"},
+            "role": {"type": "string"},
+            "address": {"type": ["string", "null"]},
+            "enrolled_at": {"type": "number"},
+            "removed_at": {"type": ["number", "null"]},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    json_obj = {"type": "object"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "meshd API",
+            "version": __version__,
+            "description": "The node API: served on DATA_DIR/meshd.sock and, with a client "
+            "certificate from the mesh CA, on the mesh TCP port.",
+        },
+        "paths": {
+            "/v1/health": {
+                "get": {
+                    "summary": "Liveness and readiness of this node",
+                    "responses": {
+                        "200": _ok("healthy", json_obj),
+                        "503": _ok("a check failed", json_obj),
+                    },
+                }
+            },
+            "/v1/node": {
+                "get": {
+                    "summary": "This node: identity, address, uptime, capacity, allocation",
+                    "responses": {
+                        "200": _ok("this node", {"$ref": "#/components/schemas/Node"}),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _ok("OpenAPI", json_obj)}}
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format 0.0.4)",
+                    "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+                }
+            },
+            "/v1/roster": {
+                "get": {
+                    "summary": "Every node enrolled in the mesh, removed ones included",
+                    "responses": {
+                        "200": _ok(
+                            "roster",
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Member"}},
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/roster/{name}": {
+                "delete": {
+                    "summary": "Remove (revoke) a node; CA holders only",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "reason", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _ok("revoked", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/tokens": {
+                "post": {
+                    "summary": "Create a single-use join token; CA holders only",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "ttl_s": {"type": "number"},
+                                        "seeds": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": _ok("the token", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/events": {
+                "get": {
+                    "summary": "This node's event log, oldest first",
+                    "parameters": [
+                        {"name": "since", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {"200": _ok("events", {"type": "array"}), **_ERRORS},
+                }
+            },
+            "/v1/enrol/ca": {
+                "get": {
+                    "summary": "The mesh CA certificate (joiners check it by fingerprint)",
+                    "security": [],
+                    "responses": {"200": _ok("CA certificate, PEM", json_obj)},
+                }
+            },
+            "/v1/enrol": {
+                "post": {
+                    "summary": "Enrol a new node with a join token and a CSR",
+                    "security": [],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["token", "csr"],
+                                    "properties": {
+                                        "token": {"type": "string"},
+                                        "csr": {"type": "string", "description": "PEM"},
+                                        "address": {"type": ["string", "null"]},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _ok("certificate, CA, mesh secret, roster", json_obj),
+                        "403": _ok("token refused", _ERROR),
+                        "409": _ok("name taken or request refused", _ERROR),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"meshCA": {"type": "mutualTLS"}},
+        },
+        "security": [{"meshCA": []}],
+    }

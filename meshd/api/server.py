@@ -1,0 +1,273 @@
+"""The HTTP API: one aiohttp application served on the unix socket and on mTLS TCP.
+
+Who may call what
+-----------------
+* The unix socket (``DATA_DIR/meshd.sock``, mode 0600) is the local operator: file
+  permissions are the authentication, every route is allowed.
+* TCP is always TLS. Two routes are open to anyone who can reach the port, because a
+  joiner has no certificate yet: ``GET /v1/enrol/ca`` and ``POST /v1/enrol`` (the
+  token is the credential). Every other route needs a client certificate from the
+  mesh CA that is not revoked; the certificate's role decides: ``node`` and ``admin``
+  may do everything, ``tenant:<name>`` only what :data:`TENANT_ROUTES` lists.
+
+Errors are JSON ``{"error": "<one sentence>"}`` with a fitting status; a handler bug
+is a 500 that says to read the daemon's log, and never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from meshd.api.openapi import document
+from meshd.errors import (
+    ConfigError,
+    EnrolmentError,
+    IdentityError,
+    MeshdError,
+    StoreError,
+    TokenError,
+)
+from meshd.identity import authority, enrolment, pki
+from meshd.store import roster
+
+if TYPE_CHECKING:
+    from meshd.node import Node
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_ROUTES = frozenset({("GET", "/v1/enrol/ca"), ("POST", "/v1/enrol")})
+TENANT_ROUTES = frozenset({("GET", "/v1/health"), ("GET", "/v1/openapi.json")})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is calling: ``local`` over the unix socket, else the certificate's holder."""
+
+    name: str
+    role: str
+    local: bool
+
+
+def _status_for(exc: MeshdError) -> int:
+    if isinstance(exc, TokenError):
+        return 403
+    if isinstance(exc, EnrolmentError):
+        return 409
+    if isinstance(exc, IdentityError):
+        return 403
+    if isinstance(exc, ConfigError):
+        return 400
+    if isinstance(exc, StoreError):
+        return 503
+    return 400
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Api:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._cert_cache: dict[bytes, pki.CertInfo] = {}
+        m = node.metrics
+        self.requests = m.counter("meshd_api_requests_total", "API requests by route and status")
+        self.latency = m.histogram("meshd_api_request_seconds", "API request latency")
+        self.refused = m.counter("meshd_api_refused_total", "TCP API requests refused, by reason")
+        self.enrolments = m.counter("meshd_enrolments_total", "Enrolment requests by result")
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._observe, self._errors, self._auth])
+        app.router.add_get("/v1/health", self.health)
+        app.router.add_get("/v1/node", self.node_info)
+        app.router.add_get("/v1/openapi.json", self.openapi)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/roster", self.roster_list)
+        app.router.add_delete("/v1/roster/{name}", self.roster_remove)
+        app.router.add_post("/v1/tokens", self.token_create)
+        app.router.add_get("/v1/events", self.events)
+        app.router.add_get("/v1/enrol/ca", self.enrol_ca)
+        app.router.add_post("/v1/enrol", self.enrol)
+        return app
+
+    # -- middlewares -----------------------------------------------------------------
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            resp = await asyncio.wait_for(handler(request), self.node.cfg.api_request_timeout_s)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = request.match_info.route.resource
+            path = route.canonical if route is not None else "unmatched"
+            self.requests.inc(route=path, code=str(status))
+            self.latency.observe(time.perf_counter() - start, route=path)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except MeshdError as exc:
+            return error(_status_for(exc), str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error(exc.status, exc.reason)
+        except TimeoutError:
+            logger.warning("api request timed out path=%s", request.path)
+            return error(504, "the request took too long and was abandoned")
+        except Exception:
+            logger.exception("api handler failed path=%s", request.path)
+            return error(500, "internal error in meshd; the daemon's log has the details")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if ssl_object is None:
+            request["peer"] = Peer("local", "admin", local=True)
+            return await handler(request)
+        if (request.method, request.path) in PUBLIC_ROUTES:
+            request["peer"] = Peer("anonymous", "anonymous", local=False)
+            return await handler(request)
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            self.refused.inc(reason="no_certificate")
+            return error(401, "a client certificate from this mesh's CA is required")
+        info = self._verify_peer(der)
+        if info is None:
+            self.refused.inc(reason="bad_certificate")
+            return error(403, "the client certificate is not valid for this mesh")
+        if self.node.revocations.is_revoked(info.serial, info.node_id):
+            self.refused.inc(reason="revoked")
+            return error(403, f"{info.name} was removed from this mesh")
+        if info.role.startswith("tenant:") and (request.method, request.path) not in TENANT_ROUTES:
+            self.refused.inc(reason="role")
+            return error(403, f"role {info.role} may not call {request.method} {request.path}")
+        request["peer"] = Peer(info.name, info.role, local=False)
+        return await handler(request)
+
+    def _verify_peer(self, der: bytes) -> pki.CertInfo | None:
+        info = self._cert_cache.get(der)
+        now = self.node.clock()
+        if info is None:
+            try:
+                info = pki.verify(pki.load_cert_der(der), self.node.ident.ca_cert, now)
+            except IdentityError as exc:
+                logger.warning("refused a client certificate: %s", exc)
+                return None
+            if len(self._cert_cache) > 1024:
+                self._cert_cache.clear()
+            self._cert_cache[der] = info
+        return info if info.not_before <= now <= info.not_after else None
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        checks = self.node.health_checks()
+        ok = all(v == "ok" for v in checks.values())
+        body = {"status": "ok" if ok else "degraded", "checks": checks}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def node_info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(document())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.node.metrics.render(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def roster_list(self, request: web.Request) -> web.Response:
+        members = roster.members(self.node.store, include_removed=True)
+        return web.json_response([m.as_json() for m in members])
+
+    async def roster_remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        reason = request.query.get("reason", "removed by operator")
+        rev, _record = authority.remove_node(
+            self.node.store, self.node.ident, self.node.revocations, name, reason, self.node.clock()
+        )
+        return web.json_response(
+            {"name": rev.name, "serial": rev.serial, "revoked_at": rev.revoked_at}
+        )
+
+    async def token_create(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        ttl = body.get("ttl_s", self.node.cfg.token_ttl_s)
+        seeds = body.get("seeds") or [self.node.address]
+        if not isinstance(ttl, int | float) or not isinstance(seeds, list):
+            raise ConfigError("ttl_s must be a number of seconds and seeds a list of HOST:PORT")
+        tok, text = authority.issue_token(
+            self.node.store,
+            self.node.ident,
+            tuple(str(s) for s in seeds),
+            float(ttl),
+            self.node.clock(),
+        )
+        return web.json_response(
+            {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
+        )
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = min(int(request.query.get("limit", "100")), 1000)
+        except ValueError as exc:
+            raise ConfigError("since and limit must be integers") from exc
+        return web.json_response(self.node.store.events(limit=limit, since_id=since))
+
+    async def enrol_ca(self, request: web.Request) -> web.Response:
+        return web.json_response({"ca_cert": pki.cert_pem(self.node.ident.ca_cert).decode()})
+
+    async def enrol(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        tok, csr, address = body.get("token"), body.get("csr"), body.get("address")
+        if not isinstance(tok, str) or not isinstance(csr, str):
+            self.enrolments.inc(result="malformed")
+            raise EnrolmentError("an enrolment request needs a token and a csr (PEM) string")
+        if address is not None and not isinstance(address, str):
+            raise EnrolmentError("address must be a HOST:PORT string")
+        try:
+            answer = enrolment.serve(
+                self.node.store,
+                self.node.ident,
+                self.node.cfg,
+                tok,
+                csr,
+                address,
+                self.node.clock(),
+            )
+        except MeshdError as exc:
+            self.enrolments.inc(result="refused")
+            logger.warning("enrolment refused peer=%s reason=%s", request.remote, exc)
+            raise
+        self.enrolments.inc(result="ok")
+        return web.json_response(answer)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ConfigError("the request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise ConfigError("the request body must be a JSON object")
+    return body

@@ -1,0 +1,1 @@
+"""Placement by peer-to-peer reverse auction."""

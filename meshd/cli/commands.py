@@ -1,0 +1,236 @@
+"""What each ``meshd`` subcommand does. Parsing lives in ``main``, printing in ``output``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import quote
+from typing import Any
+
+from meshd import config as config_mod
+from meshd import logs
+from meshd.cli import output
+from meshd.cli.client import DaemonClient
+from meshd.config import Config
+from meshd.errors import ConfigError, IdentityError
+from meshd.identity import authority, enrolment, files, pki
+from meshd.store import roster
+from meshd.store.db import Store
+from meshd.units import format_size, parse_duration
+
+logger = logging.getLogger(__name__)
+CONFIG_NAME = "meshd.toml"
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir) if args.data_dir else config_mod.default_data_dir()
+
+
+def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
+    """Preset → config file (``--config``, else DATA_DIR/meshd.toml) → flags."""
+    ddir = data_dir(args)
+    path = Path(args.config) if getattr(args, "config", None) else ddir / CONFIG_NAME
+    cfg_path = path if getattr(args, "config", None) or path.exists() else None
+    overrides["data_dir"] = ddir
+    return config_mod.load(cfg_path, getattr(args, "preset", None), overrides)
+
+
+def client(args: argparse.Namespace) -> DaemonClient:
+    return DaemonClient(data_dir(args) / "meshd.sock")
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value)  # JSON strings and string lists are valid TOML values
+
+
+def _write_node_config(ddir: Path, values: dict[str, Any]) -> None:
+    path = ddir / CONFIG_NAME
+    if path.exists():
+        return
+    lines = ["# Written by `meshd init`; flags to `meshd run` override these.\n"]
+    lines += [f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v]
+    path.write_text("".join(lines))
+
+
+# -- init ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    ddir = cfg.data_dir
+    if files.exists(ddir):
+        raise IdentityError(
+            f"{ddir} already holds a node identity; refusing to overwrite it "
+            "(use another --data-dir)"
+        )
+    now = time.time()
+    if args.join:
+        joined = asyncio.run(
+            enrolment.join(args.join, args.name, args.domain, args.listen, cfg, now)
+        )
+        ident, members, seeds = joined.identity, joined.members, joined.seeds
+    else:
+        if not args.domain:
+            raise ConfigError("founding a mesh needs --domain (or pass --join TOKEN to join one)")
+        pki.check_domain(args.domain)
+        ident = enrolment.found(args.name, args.domain, cfg, now)
+        members, seeds = [enrolment.member_of(ident.cert, None, now)], ()
+    files.save(ddir, ident)
+    with Store.open(cfg.store_path) as store:
+        store.set_meta("name", ident.name)
+        store.set_meta("domain", ident.domain)
+        store.set_meta("node_id", ident.node_id)
+        store.set_meta("ca_fingerprint", ident.ca_fingerprint)
+        store.set_meta("created_at", repr(now))
+        for m in members:
+            roster.upsert(store, m)
+        if not any(m.name == ident.name for m in members):
+            roster.upsert(store, enrolment.member_of(ident.cert, None, now))
+        store.append_event(now, "node.initialised", ident.name, {"joined": bool(args.join)})
+    _write_node_config(ddir, {"listen": args.listen, "seeds": list(seeds)})
+    doc = {
+        "name": ident.name,
+        "domain": ident.domain,
+        "node_id": ident.node_id,
+        "ca_fingerprint": ident.ca_fingerprint,
+        "ca_holder": ident.is_ca_holder,
+        "data_dir": str(ddir),
+        "joined": bool(args.join),
+    }
+    if args.json:
+        output.emit_json(doc)
+    else:
+        verb = "joined" if args.join else "founded"
+        output.emit_text(
+            f"{verb} mesh {ident.domain} as {ident.name} (node id {ident.node_id[:12]}...); "
+            f"start it with: meshd run --data-dir {ddir}"
+        )
+    return 0
+
+
+# -- token, node, cert -----------------------------------------------------------------
+
+
+def _ident(cfg: Config) -> files.NodeIdentity:
+    return files.load(cfg.data_dir, time.time())
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else cfg.token_ttl_s
+    if ttl <= 0:
+        raise ConfigError("--ttl must be positive, e.g. 1h")
+    ident = _ident(cfg)
+    with Store.open(cfg.store_path) as store:
+        seeds = tuple(args.seed) if args.seed else tuple(filter(None, [store.get_meta("address")]))
+        tok, text = authority.issue_token(store, ident, seeds, ttl, time.time())
+    if args.json:
+        output.emit_json(
+            {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
+        )
+    else:
+        output.emit_text(text)
+    return 0
+
+
+def cmd_node_remove(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    c = client(args)
+    if c.is_running():
+        path = f"/v1/roster/{quote(args.name, safe='')}?reason={quote(args.reason, safe='')}"
+        doc = c.request("DELETE", path)
+    else:
+        ident = _ident(cfg)
+        with Store.open(cfg.store_path) as store:
+            revoked = authority.load_revocations(store, ident.ca_cert)
+            rev, _ = authority.remove_node(
+                store, ident, revoked, args.name, args.reason, time.time()
+            )
+        doc = {"name": rev.name, "serial": rev.serial, "revoked_at": rev.revoked_at}
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(
+            f"removed {doc['name']} (certificate {doc['serial']}); it is refused everywhere"
+        )
+    return 0
+
+
+def cmd_node_ls(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    with Store.open(cfg.store_path) as store:
+        rows = [m.as_json() for m in roster.members(store, include_removed=True)]
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["name", "role", "address", "node_id", "removed_at"])
+    return 0
+
+
+def cmd_cert_create(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    ident = _ident(cfg)
+    key, cert = authority.issue_client_cert(
+        ident, args.name, args.role, cfg.cert_validity_days, time.time()
+    )
+    out = Path(args.out)
+    files.ensure_private_dir(out)
+    files.write_private(out / f"{args.name}.key", pki.key_pem(key))
+    files.write_private(out / f"{args.name}.crt", pki.cert_pem(cert), 0o644)
+    files.write_private(out / "ca.crt", pki.cert_pem(ident.ca_cert), 0o644)
+    output.emit_text(f"wrote {out}/{args.name}.key, {args.name}.crt and ca.crt (role {args.role})")
+    return 0
+
+
+# -- run, status -------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshd import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
+
+    cfg = load_config(
+        args,
+        listen=args.listen,
+        advertise=args.advertise,
+        seeds=args.seed or None,
+        mdns=args.mdns,
+        witness=args.witness or None,
+        cpus=args.cpus,
+        memory=args.memory,
+        disk=args.disk,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+    logs.setup(cfg.log_level, cfg.log_format)
+    ident = files.load(cfg.data_dir, time.time())
+    asyncio.run(node.serve(cfg, ident))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = client(args).request("GET", "/v1/node")
+    if args.json:
+        output.emit_json(doc)
+        return 0
+    cap, alloc = doc["capacity"], doc["allocated"]
+    output.emit_fields(
+        {
+            "name": doc["name"],
+            "domain": doc["domain"],
+            "node id": doc["node_id"],
+            "address": doc["address"],
+            "uptime": f"{doc['uptime_s']:.0f}s",
+            "role": doc["role"] + (" (witness)" if doc["witness"] else ""),
+            "ca holder": "yes" if doc["ca_holder"] else "no",
+            "capacity": f"{cap['cpus']:g} cpus, {format_size(cap['memory'])} memory, "
+            f"{format_size(cap['disk'])} disk" + (" (declared)" if cap["declared"] else ""),
+            "allocated": f"{alloc['cpus']:g} cpus, {format_size(alloc['memory'])} memory, "
+            f"{format_size(alloc['disk'])} disk",
+            "members alive": f"{doc['members_alive']} of {doc['roster_size']} enrolled",
+        }
+    )
+    return 0

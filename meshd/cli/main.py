@@ -1,0 +1,116 @@
+"""``meshd``: the command line. Every error is one sentence on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from meshd import __version__
+from meshd.cli import commands, output
+from meshd.errors import MeshdError
+
+EPILOG = "Every command takes --data-dir (default /var/lib/meshd or $MESHD_DATA_DIR)."
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="node data directory (identity, store, socket)"
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML config file (default DATA_DIR/meshd.toml)"
+    )
+    p.add_argument("--preset", choices=["lan", "local", "sim"], help="base preset (default lan)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshd",
+        description="Decentralized private-cloud node daemon.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"meshd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="found a new mesh, or join one with a token")
+    _common(p, json_flag=True)
+    p.add_argument("--name", required=True, help="this node's name (a DNS label)")
+    p.add_argument("--domain", help="the mesh domain, e.g. lab.example (founding)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="mesh address to record for `run`")
+    p.add_argument("--join", metavar="TOKEN", help="join the mesh that issued TOKEN")
+    p.set_defaults(func=commands.cmd_init)
+
+    p = sub.add_parser("token", help="join tokens")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    t = tsub.add_parser("create", help="print a single-use join token (CA holders)")
+    _common(t, json_flag=True)
+    t.add_argument("--ttl", default=None, help="lifetime, e.g. 30m, 1h (default 1h)")
+    t.add_argument(
+        "--seed", action="append", metavar="HOST:PORT", help="seed address(es) to put in the token"
+    )
+    t.set_defaults(func=commands.cmd_token_create)
+
+    p = sub.add_parser("node", help="the mesh's roster")
+    nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    n = nsub.add_parser("remove", help="revoke a node; it is refused everywhere (CA holders)")
+    _common(n, json_flag=True)
+    n.add_argument("name")
+    n.add_argument("--reason", default="removed by operator", help="recorded with the revocation")
+    n.set_defaults(func=commands.cmd_node_remove)
+    n = nsub.add_parser("ls", help="list enrolled nodes, removed ones included")
+    _common(n, json_flag=True)
+    n.set_defaults(func=commands.cmd_node_ls)
+
+    p = sub.add_parser("cert", help="client certificates for the TCP API")
+    csub = p.add_subparsers(dest="cert_command", metavar="ACTION", required=True)
+    c = csub.add_parser("create", help="issue a key and certificate for an API client (CA holders)")
+    _common(c)
+    c.add_argument("--name", required=True, help="the client's name")
+    c.add_argument("--role", default="admin", help="admin or tenant:<name>")
+    c.add_argument(
+        "--out", required=True, metavar="DIR", help="where to write NAME.key/.crt, ca.crt"
+    )
+    c.set_defaults(func=commands.cmd_cert_create)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
+    _common(p)
+    p.add_argument("--listen", metavar="HOST:PORT", help="mesh address, UDP and TCP (port 0: any)")
+    p.add_argument("--advertise", metavar="HOST:PORT", help="address peers should use")
+    p.add_argument("--seed", action="append", metavar="HOST:PORT", help="seed to join (repeatable)")
+    p.add_argument(
+        "--mdns", metavar="ADDR", help="announce and browse mDNS on the interface of ADDR"
+    )
+    p.add_argument("--witness", action="store_true", help="vote and seed only; never run workloads")
+    p.add_argument("--cpus", type=float, help="declare CPU capacity instead of measuring")
+    p.add_argument("--memory", metavar="SIZE", help="declare memory capacity, e.g. 2GiB")
+    p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.set_defaults(func=commands.cmd_run)
+
+    p = sub.add_parser("status", help="this node: identity, address, uptime, capacity")
+    _common(p, json_flag=True)
+    p.set_defaults(func=commands.cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        logging.basicConfig(level=logging.WARNING, format="meshd: %(message)s")
+    try:
+        code: int = args.func(args)
+    except MeshdError as exc:
+        output.emit_error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

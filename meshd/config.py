@@ -1,0 +1,247 @@
+"""The one configuration object: every knob of a node, with presets.
+
+Like memberlist's ``DefaultLANConfig``/``DefaultLocalConfig``, a preset is a complete,
+coherent set of values for one kind of deployment:
+
+* ``lan``: blades on a real LAN (the default for ``meshd run``);
+* ``local``: many daemons on one machine over loopback (tests, demos);
+* ``sim``: the deterministic simulator (virtual time, no sockets).
+
+A config is built as preset → TOML file → command-line flags, then validated; the
+result is frozen. No timing constant lives anywhere else in the code.
+
+The TOML file uses the field names below as top-level keys. Sizes may be written as
+``"2GiB"`` and durations as ``"250ms"``; ``preset = "local"`` in the file selects the
+base preset when no ``--preset`` flag is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ConfigError
+from meshd.units import parse_duration, parse_hostport, parse_size
+
+DEFAULT_PORT = 7420
+DEFAULT_DATA_DIR = Path("/var/lib/meshd")
+PRESETS = ("lan", "local", "sim")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MESHD_DATA_DIR")
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of a node. Units are in the field names (``_s`` seconds, bytes)."""
+
+    # Which preset this config started from; informational.
+    preset: str = "lan"
+    # Where the identity, the store and the API socket live.
+    data_dir: Path = field(default_factory=default_data_dir)
+    # The mesh address: UDP (datagrams) and TCP (mTLS API, enrolment) on one port.
+    # Port 0 asks the OS for a free port (tests); the bound port is recorded in the store.
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    # The address peers should use when `listen` is a wildcard or behind NAT; None picks
+    # the listen address, or the first non-loopback IPv4 address when listening on 0.0.0.0.
+    advertise: str | None = None
+    # Seed addresses (HOST:PORT) to join through; the join token's seeds are added.
+    seeds: tuple[str, ...] = ()
+    # Announce and browse mDNS on the interface holding this address; None disables mDNS.
+    mdns: str | None = None
+    # A witness votes and serves as a seed but never bids or runs workloads.
+    witness: bool = False
+
+    # Declared capacity (labs, tests); None means measured from the host with psutil.
+    cpus: float | None = None
+    memory: int | None = None
+    disk: int | None = None
+
+    # Validity of the mesh CA certificate, in days: a mesh outlives its hardware.
+    ca_validity_days: int = 3650
+    # Validity of node and client certificates, in days (the CA/Browser ceiling, 825).
+    cert_validity_days: int = 825
+    # Default lifetime of a join token when `meshd token create` gets no --ttl.
+    token_ttl_s: float = 3600.0
+
+    # Largest clock difference tolerated between nodes; messages stamped further from
+    # our clock are dropped as stale or future. Also the replay memory's time window.
+    max_clock_skew_s: float = 30.0
+    # Nonces remembered for replay detection; beyond this the oldest are forgotten and
+    # anything older is refused (bounded memory under flood).
+    replay_cache_size: int = 65536
+
+    # Upper bound on serving one API request (guards the loop against stuck clients).
+    api_request_timeout_s: float = 30.0
+    # Timeout of each enrolment request to the seed while joining.
+    enrol_timeout_s: float = 10.0
+    # How long a stopping daemon lets in-flight requests finish before closing them.
+    shutdown_grace_s: float = 5.0
+
+    # Logging: level and format (`text` is key=value for humans, `json` for collectors).
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Config:
+        """Return self if every knob is sane; else raise ConfigError naming the knob."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        parse_hostport(self.listen, "listen")
+        if self.advertise is not None:
+            host, port = parse_hostport(self.advertise, "advertise")
+            if port == 0 or host in ("0.0.0.0", "::"):  # noqa: S104 - refusing a wildcard
+                raise ConfigError("advertise must be a concrete HOST:PORT peers can reach")
+        for seed in self.seeds:
+            host, port = parse_hostport(seed, "seed")
+            if port == 0:
+                raise ConfigError(f"seed {seed!r} needs a port")
+        for name in ("cpus", "memory", "disk"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive when declared")
+        positive = (
+            "ca_validity_days",
+            "cert_validity_days",
+            "token_ttl_s",
+            "max_clock_skew_s",
+            "replay_cache_size",
+            "api_request_timeout_s",
+            "enrol_timeout_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown_grace_s must not be negative")
+        if self.cert_validity_days > self.ca_validity_days:
+            raise ConfigError("cert_validity_days can't exceed ca_validity_days")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        return self
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "meshd.sock"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "meshd.db"
+
+
+def lan() -> Config:
+    """Blades on a LAN: listen on every interface, production timeouts."""
+    return Config(preset="lan")
+
+
+def local() -> Config:
+    """Many daemons on one machine: loopback only, short timeouts."""
+    return Config(
+        preset="local",
+        listen=f"127.0.0.1:{DEFAULT_PORT}",
+        enrol_timeout_s=5.0,
+        shutdown_grace_s=1.0,
+        api_request_timeout_s=10.0,
+    )
+
+
+def sim() -> Config:
+    """The deterministic simulator: no sockets are opened; timings are virtual."""
+    return Config(preset="sim", listen="127.0.0.1:0", shutdown_grace_s=0.0)
+
+
+_PRESET_FACTORIES = {"lan": lan, "local": local, "sim": sim}
+
+
+def preset(name: str) -> Config:
+    try:
+        return _PRESET_FACTORIES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None
+
+
+_SIZE_FIELDS = {"memory", "disk"}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML or flag value into the field's type, or raise a readable ConfigError."""
+    if name in _SIZE_FIELDS:
+        return None if value is None else parse_size(value, name)
+    if name.endswith("_s"):
+        return parse_duration(value, name)
+    if name == "data_dir":
+        return Path(value)
+    if name == "seeds":
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError("seeds must be a list of HOST:PORT strings")
+        return tuple(str(v) for v in value)
+    default = _FIELDS[name].default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if name == "cpus":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"cpus must be a number, got {value!r}")
+        return float(value)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"can't read config file {path}: {exc.strerror}") from exc
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in {path}; known keys: {', '.join(sorted(_FIELDS))}"
+        )
+    return raw
+
+
+def load(
+    path: Path | None = None,
+    preset_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Preset, then file, then flags (``overrides``, None values ignored), validated."""
+    file_values = read_file(path) if path is not None else {}
+    name = preset_name or str(file_values.get("preset", "lan"))
+    cfg = preset(name)
+    values: dict[str, Any] = {}
+    for key, value in file_values.items():
+        if key != "preset":
+            values[key] = _coerce(key, value)
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = _coerce(key, value)
+    return cfg.replace(**values).validate()

@@ -1,0 +1,1 @@
+"""Workload drivers: process, qemu, firecracker and fake."""

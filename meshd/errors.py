@@ -1,0 +1,60 @@
+"""The one exception hierarchy of meshd.
+
+Every error a user can see derives from :class:`MeshdError` and carries one sentence
+that says what went wrong and, where there is one, what to do about it. Foreign
+exceptions (OSError, apsw, cryptography, aiohttp) are translated at the edge with
+``raise ... from exc`` so the CLI can print one line and exit non-zero.
+
+A broken internal invariant is *not* a MeshdError: it raises ``AssertionError`` or
+``RuntimeError`` loudly, because stopping is better than running a VM twice.
+"""
+
+from __future__ import annotations
+
+
+class MeshdError(Exception):
+    """Root of every error meshd reports to a user or a peer."""
+
+
+class ConfigError(MeshdError):
+    """A configuration file, preset or flag is invalid."""
+
+
+class IdentityError(MeshdError):
+    """Node identity, certificates or keys are missing, invalid or refused."""
+
+
+class TokenError(IdentityError):
+    """A join token is malformed, forged, expired, reused or for another mesh."""
+
+
+class EnrolmentError(IdentityError):
+    """Joining a mesh through a seed failed."""
+
+
+class RevokedError(IdentityError):
+    """The certificate presented belongs to a node that was removed from the mesh."""
+
+
+class EnvelopeError(MeshdError):
+    """A sealed or signed message failed to open or verify (dropped, never fatal)."""
+
+
+class ReplayError(EnvelopeError):
+    """A message was already seen, or is too old or too far in the future."""
+
+
+class StoreError(MeshdError):
+    """The node's SQLite store can't be opened, migrated or written."""
+
+
+class DaemonError(MeshdError):
+    """The daemon can't start, or a client can't reach it."""
+
+
+class ApiError(MeshdError):
+    """The HTTP API answered with an error; the message is the server's sentence."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status

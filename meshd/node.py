@@ -1,0 +1,246 @@
+"""The node shell: one asyncio process that owns this blade's identity, store and API.
+
+Start-up order matters: take the data-dir lock (one daemon per data dir), load and
+check the identity, open the store, bind the mesh port and the unix socket, record
+the address peers should use, then announce readiness. Shutdown (SIGTERM/SIGINT)
+runs the same steps backwards and lets in-flight requests finish for
+``shutdown_grace_s``.
+
+Later issues hang the protocol cores (membership, auction, fencing) and the DHT off
+this shell; it stays thin: cores decide, the shell persists, sends and acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from meshd import __version__, telemetry
+from meshd.api import tls
+from meshd.api.server import Api
+from meshd.config import Config
+from meshd.errors import DaemonError
+from meshd.identity import authority
+from meshd.identity.files import NodeIdentity
+from meshd.metrics import Registry
+from meshd.store import roster
+from meshd.store.db import Store
+from meshd.units import format_hostport, parse_hostport
+
+logger = logging.getLogger(__name__)
+
+
+def _first_lan_ipv4() -> str:
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return "127.0.0.1"
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=512)
+    except OSError as exc:
+        raise DaemonError(
+            f"can't listen on {format_hostport(host, port)}: {exc.strerror}; "
+            "pick another --listen address or stop what holds the port"
+        ) from exc
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # a stale socket left by a crashed daemon
+        else:
+            raise DaemonError(f"another meshd already answers on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+class Node:
+    def __init__(
+        self,
+        cfg: Config,
+        ident: NodeIdentity,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.ident = ident
+        self.store = store
+        self.clock = clock
+        self.metrics = Registry()
+        self.revocations = authority.load_revocations(store, ident.ca_cert)
+        self.started_at = clock()
+        self._started_mono = time.monotonic()
+        self.address = ""
+        self.listen = ""
+        self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
+        self._socket_path = cfg.socket_path
+        self._stopping = asyncio.Event()
+        m = self.metrics
+        m.gauge("meshd_up", "1 while the daemon runs", lambda: 1.0)
+        m.gauge("meshd_uptime_seconds", "Seconds since start", lambda: self.uptime)
+        m.gauge("meshd_process_rss_bytes", "Resident memory of the daemon", telemetry.rss_bytes)
+        m.gauge("meshd_roster_nodes", "Enrolled, not removed nodes", self._roster_size)
+        m.gauge("meshd_revoked_nodes", "Revocations known", lambda: float(len(self.revocations)))
+        info = m.gauge("meshd_info", "Constant 1, labelled with this node's identity")
+        info.set(1.0, name=ident.name, domain=ident.domain, version=__version__)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def _roster_size(self) -> float:
+        return float(len(roster.members(self.store)))
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def _lock(self) -> None:
+        path = self.cfg.data_dir / "meshd.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise DaemonError(
+                f"another meshd is already running with data directory {self.cfg.data_dir}"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def start(self) -> None:
+        self._lock()
+        listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
+        tcp = _bind_tcp(listen_host, listen_port)
+        port = tcp.getsockname()[1]
+        self.listen = format_hostport(listen_host, port)
+        if self.cfg.advertise:
+            self.address = self.cfg.advertise
+        elif listen_host in ("0.0.0.0", "::", ""):  # noqa: S104 - detecting a wildcard
+            self.address = format_hostport(_first_lan_ipv4(), port)
+        else:
+            self.address = self.listen
+        unix = _bind_unix(self._socket_path)
+        api = Api(self)
+        self._runner = web.AppRunner(
+            api.app(), shutdown_timeout=self.cfg.shutdown_grace_s, access_log=None
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, unix).start()
+        await web.SockSite(self._runner, tcp, ssl_context=tls.server_context(self.ident)).start()
+        self.store.set_meta("address", self.address)
+        roster.set_address(self.store, self.ident.name, self.address)
+        self.store.append_event(
+            self.clock(), "node.started", self.ident.name, {"address": self.address}
+        )
+        logger.info(
+            "meshd ready name=%s domain=%s address=%s socket=%s version=%s",
+            self.ident.name,
+            self.ident.domain,
+            self.address,
+            self._socket_path,
+            __version__,
+        )
+
+    async def stop(self) -> None:
+        logger.info("meshd stopping name=%s", self.ident.name)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self._socket_path.unlink()
+        with contextlib.suppress(Exception):
+            self.store.append_event(self.clock(), "node.stopped", self.ident.name, {})
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        logger.info("meshd stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- views ----------------------------------------------------------------------
+
+    def health_checks(self) -> dict[str, str]:
+        checks = {}
+        try:
+            self.store.scalar("SELECT 1")
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
+            checks["store"] = f"failing: {exc}"
+        checks["api"] = "ok" if self._runner is not None else "stopped"
+        return checks
+
+    def status(self) -> dict[str, Any]:
+        cap = telemetry.capacity(self.cfg)
+        members = roster.members(self.store)
+        return {
+            "name": self.ident.name,
+            "domain": self.ident.domain,
+            "node_id": self.ident.node_id,
+            "address": self.address,
+            "listen": self.listen,
+            "uptime_s": round(self.uptime, 3),
+            "started_at": self.started_at,
+            "version": __version__,
+            "preset": self.cfg.preset,
+            "role": self.ident.info.role,
+            "witness": self.cfg.witness,
+            "ca_holder": self.ident.is_ca_holder,
+            "ca_fingerprint": self.ident.ca_fingerprint,
+            "capacity": cap.as_json(),
+            "allocated": {"cpus": 0.0, "memory": 0, "disk": 0},
+            # Until membership runs (the mesh issue) this node knows only itself alive.
+            "members_alive": 1,
+            "roster_size": len(members),
+            "rss_bytes": telemetry.rss_bytes(),
+        }
+
+
+async def serve(cfg: Config, ident: NodeIdentity) -> None:
+    """Run a node until SIGTERM/SIGINT (what ``meshd run`` does)."""
+    store = Store.open(cfg.store_path)
+    node = Node(cfg, ident, store)
+    await node.run_until_stopped()
