@@ -8,8 +8,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 from meshd import config as config_mod
 from meshd import logs
