@@ -207,6 +207,8 @@ def _parse(data: bytes) -> _Parsed:
             raise EnvelopeError("not a signed meshd message")
         if version != SIGN_VERSION:
             raise EnvelopeError(f"unknown signed-message version {version}")
+        if kind_len == 0:
+            raise EnvelopeError("signed message has an empty kind")
         pos = _HEAD.size
         kind = data[pos : pos + kind_len].decode()
         pos += kind_len

@@ -99,7 +99,7 @@ def foreign_mesh() -> Mesh:
 
 def seeded_bytes(seed: int) -> random.Random:
     """A deterministic stand-in for os.urandom: pass ``seeded_bytes(n).randbytes``."""
-    return random.Random(seed)  # noqa: S311 -- nonces in tests need repeatability
+    return random.Random(seed)
 
 
 def secret(seed: int) -> bytes:
@@ -114,9 +114,7 @@ def sealer(
     key_seed: int = 0,
 ) -> Sealer:
     """A sealer with its own replay memory; nodes sharing ``key_seed`` share the secret."""
-    return Sealer(
-        secret(key_seed), ReplayGuard(window_s, capacity), seeded_bytes(seed).randbytes
-    )
+    return Sealer(secret(key_seed), ReplayGuard(window_s, capacity), seeded_bytes(seed).randbytes)
 
 
 def signer(node: Node, seed: int = 1) -> Signer:

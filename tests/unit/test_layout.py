@@ -1,0 +1,73 @@
+"""Architecture rules that are cheap to check by reading the code.
+
+* Pure cores never import IO, clocks or the global random (STYLE.md, "Shape").
+* No pickle anywhere in meshd.
+* Every route the API serves is in the OpenAPI document, and the other way round.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import meshd
+from meshd.api.openapi import document
+
+ROOT = Path(meshd.__file__).parent
+PURE_MODULES = [
+    "envelope.py",
+    "units.py",
+    "identity/pki.py",
+    "identity/token.py",
+    "identity/revocation.py",
+]
+FORBIDDEN_IN_CORES = {
+    "asyncio",
+    "socket",
+    "apsw",
+    "aiohttp",
+    "time",
+    "random",
+    "zeroconf",
+    "psutil",
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_cores_import_no_io(module: str) -> None:
+    bad = _imports(ROOT / module) & FORBIDDEN_IN_CORES
+    assert not bad, f"{module} is a pure core but imports {sorted(bad)}"
+
+
+def test_no_pickle_anywhere() -> None:
+    for path in ROOT.rglob("*.py"):
+        assert "pickle" not in _imports(path), f"{path} imports pickle"
+
+
+def test_openapi_matches_routes() -> None:
+    from meshd.api.server import Api
+
+    class _Stub:
+        metrics = meshd.metrics.Registry()
+
+    app = Api(_Stub()).app()  # type: ignore[arg-type]
+    served = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    described = {(m, p) for p, ops in document()["paths"].items() for m in ops}
+    assert served == described
