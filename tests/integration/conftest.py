@@ -1,0 +1,27 @@
+"""Fixtures for integration tests: meshes of real daemons, each removed by pid afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests.integration.daemon import Mesh
+except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
+    from daemon import Mesh  # type: ignore[no-redef]
+
+
+@pytest.fixture
+def mesh_factory(tmp_path: Path) -> Iterator[Mesh]:
+    """A :class:`Mesh` under ``tmp_path``; ``mesh_factory("name")`` makes a daemon.
+
+    Every daemon it started is stopped (SIGTERM by pid, SIGKILL after a grace) when the
+    test ends, whether it passed or not.
+    """
+    mesh = Mesh(tmp_path)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
