@@ -86,6 +86,57 @@ class Config:
     # How long a stopping daemon lets in-flight requests finish before closing them.
     shutdown_grace_s: float = 5.0
 
+    # -- dht (meshd.dht) ------------------------------------------------------------
+    # Kademlia bucket size k and lookup parallelism alpha (the paper's defaults).
+    dht_ksize: int = 20
+    dht_alpha: int = 3
+    # One RPC's timeout: on a LAN a live peer answers in well under a millisecond, so
+    # 0.5 s only waits for the dead (bare kademlia's fixed 5 s made 25 % of gets slow).
+    dht_rpc_timeout_s: float = 0.5
+    # Bootstrap retries with exponential backoff from `initial` up to `max` between
+    # attempts, for as long as no seed answers (seeds may start after us).
+    dht_bootstrap_initial_s: float = 0.25
+    dht_bootstrap_max_s: float = 10.0
+    # A contact that failed an RPC is not re-learnt from third parties for this long.
+    dht_dead_contact_s: float = 30.0
+    # Default lifetime of a record; its author republishes it at `republish_fraction`.
+    dht_record_ttl_s: float = 300.0
+    dht_republish_fraction: float = 0.5
+    # Bounded storage: records held per node, per author, and the size of one value.
+    dht_max_records: int = 100_000
+    dht_max_records_per_author: int = 10_000
+    dht_max_value_bytes: int = 4096
+    # Routing table refresh (bare kademlia: hourly).
+    dht_refresh_interval_s: float = 600.0
+
+    # -- membership (meshd.membership, SWIM + Lifeguard) -----------------------------
+    # Time between probes of one member (round-robin over a shuffled list).
+    probe_interval_s: float = 0.5
+    # Wait for a direct ack before asking k others to probe indirectly.
+    probe_timeout_s: float = 0.2
+    # Members asked to probe indirectly when the direct probe times out.
+    indirect_probes: int = 3
+    # Suspicion timeout = suspicion_mult * log10(max(N,10)) * probe_interval, shrinking
+    # towards that minimum from suspicion_max_mult times it as independent confirmations
+    # arrive (Lifeguard §4.2); confirmations needed for the minimum:
+    suspicion_mult: float = 4.0
+    suspicion_max_mult: float = 6.0
+    suspicion_confirmations: int = 3
+    # Lifeguard local health: probe timeout and interval scale by up to this factor
+    # when this node misses acks or is itself suspected (it may be the slow one).
+    awareness_max: int = 8
+    # Gossip: every interval, piggyback pending broadcasts to this many random members.
+    gossip_interval_s: float = 0.2
+    gossip_nodes: int = 3
+    # Each broadcast is retransmitted retransmit_mult * ceil(log10(N+1)) times.
+    retransmit_mult: int = 4
+    # Full state exchange with one random member (push-pull), and at join.
+    push_pull_interval_s: float = 30.0
+    # A dead or left member's entry is forgotten after this long (its roster row stays).
+    dead_reclaim_s: float = 3600.0
+    # Largest membership datagram payload before sealing and signing (fits a LAN MTU).
+    max_gossip_bytes: int = 1200
+
     # Logging: level and format (`text` is key=value for humans, `json` for collectors).
     log_level: str = "info"
     log_format: str = "text"
@@ -118,10 +169,40 @@ class Config:
             "replay_cache_size",
             "api_request_timeout_s",
             "enrol_timeout_s",
+            "dht_ksize",
+            "dht_alpha",
+            "dht_rpc_timeout_s",
+            "dht_bootstrap_initial_s",
+            "dht_bootstrap_max_s",
+            "dht_dead_contact_s",
+            "dht_record_ttl_s",
+            "dht_max_records",
+            "dht_max_records_per_author",
+            "dht_max_value_bytes",
+            "dht_refresh_interval_s",
+            "probe_interval_s",
+            "probe_timeout_s",
+            "indirect_probes",
+            "suspicion_mult",
+            "suspicion_max_mult",
+            "suspicion_confirmations",
+            "awareness_max",
+            "gossip_interval_s",
+            "gossip_nodes",
+            "retransmit_mult",
+            "push_pull_interval_s",
+            "dead_reclaim_s",
+            "max_gossip_bytes",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.dht_republish_fraction < 1:
+            raise ConfigError("dht_republish_fraction must be between 0 and 1")
+        if self.probe_timeout_s >= self.probe_interval_s:
+            raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
+        if self.suspicion_max_mult < self.suspicion_mult:
+            raise ConfigError("suspicion_max_mult can't be below suspicion_mult")
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s must not be negative")
         if self.cert_validity_days > self.ca_validity_days:

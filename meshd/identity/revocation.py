@@ -62,7 +62,8 @@ def verify(blob: bytes, ca_cert: x509.Certificate) -> Revocation:
             revoked_at=float(raw["revoked_at"]),
             reason=str(raw["reason"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    # OverflowError: float() of a huge JSON integer; RecursionError: absurdly deep JSON.
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise IdentityError("revocation record is malformed") from exc
 
 
