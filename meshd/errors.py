@@ -58,3 +58,11 @@ class ApiError(MeshdError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NamingError(MeshdError):
+    """A service name or service record is malformed, or a name resolves to nothing."""
+
+
+class DiscoveryError(MeshdError):
+    """Peer discovery (seeds, mDNS) is misconfigured."""
