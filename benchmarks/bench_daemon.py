@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -158,7 +159,7 @@ def main() -> None:
                 token = client.request("POST", "/v1/tokens", {})["token"]
                 argv = ("init", "--name", f"joiner{i}", "--join", token, "--listen",
                         "127.0.0.1:0", "--data-dir", base / f"joiner{i}")  # fmt: skip
-                enrol.append(timed_ms(lambda argv=argv: run_cli(*argv)))
+                enrol.append(timed_ms(functools.partial(run_cli, *argv)))
         emit(summary("enrol_ms", enrol, "ms"))
 
 

@@ -155,6 +155,9 @@ class Signed:
     ts: float
     nonce: bytes
     body: bytes
+    # The author's certificate as sent: lets a node add a member it first hears of
+    # over the mesh to its durable roster.
+    cert_der: bytes = b""
 
 
 class Signer:
@@ -294,4 +297,5 @@ class Verifier:
             ts=msg.ts,
             nonce=msg.nonce,
             body=msg.body,
+            cert_der=msg.cert_der,
         )

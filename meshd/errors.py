@@ -52,6 +52,10 @@ class DaemonError(MeshdError):
     """The daemon can't start, or a client can't reach it."""
 
 
+class BadRequest(MeshdError):
+    """A request to the API is malformed (a missing field, a wrong type)."""
+
+
 class ApiError(MeshdError):
     """The HTTP API answered with an error; the message is the server's sentence."""
 

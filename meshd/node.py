@@ -32,7 +32,7 @@ from meshd import __version__, telemetry
 from meshd.api import tls
 from meshd.api.server import Api
 from meshd.config import Config
-from meshd.errors import DaemonError
+from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
@@ -49,6 +49,22 @@ def _first_lan_ipv4() -> str:
             if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
                 return a.address
     return "127.0.0.1"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold ``DATA_DIR/meshd.lock`` for the life of the process: one daemon per data dir."""
+    path = data_dir / "meshd.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise DaemonError(
+            f"another meshd is already running with data directory {data_dir}"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:
@@ -102,7 +118,7 @@ class Node:
         self.address = ""
         self.listen = ""
         self._runner: web.AppRunner | None = None
-        self._lock_fd: int | None = None
+        self._owns_socket = False
         self._socket_path = cfg.socket_path
         self._stopping = asyncio.Event()
         m = self.metrics
@@ -123,22 +139,14 @@ class Node:
 
     # -- life cycle -----------------------------------------------------------------
 
-    def _lock(self) -> None:
-        path = self.cfg.data_dir / "meshd.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise DaemonError(
-                f"another meshd is already running with data directory {self.cfg.data_dir}"
-            ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
     async def start(self) -> None:
-        self._lock()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
         tcp = _bind_tcp(listen_host, listen_port)
         port = tcp.getsockname()[1]
@@ -150,6 +158,7 @@ class Node:
         else:
             self.address = self.listen
         unix = _bind_unix(self._socket_path)
+        self._owns_socket = True
         api = Api(self)
         self._runner = web.AppRunner(
             api.app(), shutdown_timeout=self.cfg.shutdown_grace_s, access_log=None
@@ -176,14 +185,12 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
-        with contextlib.suppress(Exception):
+        if self._owns_socket:  # never remove a socket another process answers on
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+            self._owns_socket = False
+        with contextlib.suppress(MeshdError):
             self.store.append_event(self.clock(), "node.stopped", self.ident.name, {})
-        self.store.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
         logger.info("meshd stopped")
 
     def request_stop(self) -> None:
@@ -241,6 +248,9 @@ class Node:
 
 async def serve(cfg: Config, ident: NodeIdentity) -> None:
     """Run a node until SIGTERM/SIGINT (what ``meshd run`` does)."""
-    store = Store.open(cfg.store_path)
-    node = Node(cfg, ident, store)
-    await node.run_until_stopped()
+    lock = lock_data_dir(cfg.data_dir)
+    try:
+        with Store.open(cfg.store_path) as store:
+            await Node(cfg, ident, store).run_until_stopped()
+    finally:
+        os.close(lock)

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from meshd.api.openapi import document
 from meshd.errors import (
+    BadRequest,
     ConfigError,
     EnrolmentError,
     IdentityError,
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_ROUTES = frozenset({("GET", "/v1/enrol/ca"), ("POST", "/v1/enrol")})
+# Every request body meshd expects is small; anything bigger is refused unread.
+MAX_BODY = 1024**2
 TENANT_ROUTES = frozenset({("GET", "/v1/health"), ("GET", "/v1/openapi.json")})
 
 
@@ -63,7 +66,7 @@ def _status_for(exc: MeshdError) -> int:
         return 409
     if isinstance(exc, IdentityError):
         return 403
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | BadRequest):
         return 400
     if isinstance(exc, StoreError):
         return 503
@@ -85,7 +88,9 @@ class Api:
         self.enrolments = m.counter("meshd_enrolments_total", "Enrolment requests by result")
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._observe, self._errors, self._auth])
+        app = web.Application(
+            middlewares=[self._observe, self._errors, self._auth], client_max_size=MAX_BODY
+        )
         app.router.add_get("/v1/health", self.health)
         app.router.add_get("/v1/node", self.node_info)
         app.router.add_get("/v1/openapi.json", self.openapi)
@@ -126,7 +131,9 @@ class Api:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error(exc.status, exc.reason)
+            if exc.status == 413:
+                return error(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
+            return error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}")
         except TimeoutError:
             logger.warning("api request timed out path=%s", request.path)
             return error(504, "the request took too long and was abandoned")
@@ -238,11 +245,16 @@ class Api:
     async def enrol(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         tok, csr, address = body.get("token"), body.get("csr"), body.get("address")
-        if not isinstance(tok, str) or not isinstance(csr, str):
+        if (
+            not isinstance(tok, str)
+            or not isinstance(csr, str)
+            or not (address is None or isinstance(address, str))
+        ):
             self.enrolments.inc(result="malformed")
-            raise EnrolmentError("an enrolment request needs a token and a csr (PEM) string")
-        if address is not None and not isinstance(address, str):
-            raise EnrolmentError("address must be a HOST:PORT string")
+            raise BadRequest(
+                "an enrolment request needs token and csr (PEM) strings, and address "
+                "must be a HOST:PORT string when given"
+            )
         try:
             answer = enrolment.serve(
                 self.node.store,
@@ -267,7 +279,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError as exc:
-        raise ConfigError("the request body is not valid JSON") from exc
+        raise BadRequest("the request body is not valid JSON") from exc
     if not isinstance(body, dict):
-        raise ConfigError("the request body must be a JSON object")
+        raise BadRequest("the request body must be a JSON object")
     return body

@@ -87,7 +87,7 @@ def serve(
     tok = token.verify(token_text, ident.ca_cert, now)
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise EnrolmentError("the certificate request is not a PEM CSR") from exc
     name, public_key = pki.csr_name(csr)
     cert = pki.issue(

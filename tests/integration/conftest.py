@@ -10,7 +10,7 @@ import pytest
 try:
     from tests.integration.daemon import Mesh
 except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
-    from daemon import Mesh  # type: ignore[no-redef]
+    from daemon import Mesh  # type: ignore[no-redef,import-not-found]
 
 
 @pytest.fixture

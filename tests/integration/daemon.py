@@ -381,9 +381,7 @@ class Mesh:
         d.init(domain=domain)
         return d.start() if start else d
 
-    def join(
-        self, name: str, via: Daemon, start: bool = True, token: str | None = None
-    ) -> Daemon:
+    def join(self, name: str, via: Daemon, start: bool = True, token: str | None = None) -> Daemon:
         """Enrol ``name`` with a token from ``via`` (created with the CLI unless given)."""
         d = self.daemon(name)
         d.init(join=token or via.create_token())

@@ -38,7 +38,7 @@ from meshd.identity import pki
 try:
     from tests.integration.daemon import DOMAIN, CertPair, Daemon, HttpResponse, Mesh, meshd
 except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
-    from daemon import (  # type: ignore[no-redef]
+    from daemon import (  # type: ignore[no-redef,import-not-found]
         DOMAIN,
         CertPair,
         Daemon,

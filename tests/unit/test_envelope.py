@@ -131,6 +131,13 @@ def test_every_truncation_of_a_datagram_is_refused() -> None:
 
 
 @crypto_settings
+@given(payload=st.binary(max_size=1024), cut=st.integers(1, 2000))
+def test_a_truncated_datagram_is_refused(payload: bytes, cut: int) -> None:
+    sealed = fx.sealer(1).seal(payload, NOW)
+    refused(fx.sealer(2).open, sealed[: -min(cut, len(sealed))])
+
+
+@crypto_settings
 @given(payload=st.binary(max_size=1024), extra=st.binary(min_size=1, max_size=64))
 def test_an_extended_datagram_is_refused(payload: bytes, extra: bytes) -> None:
     refused(fx.sealer(2).open, fx.sealer(1).seal(payload, NOW) + extra)
@@ -335,7 +342,7 @@ class ReplayGuardModel(RuleBasedStateMachine):
 
 
 ReplayGuardModel.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None
+    max_examples=300, stateful_step_count=50, deadline=None
 )
 TestReplayGuardModel = ReplayGuardModel.TestCase
 
@@ -356,6 +363,7 @@ def test_sign_verify_round_trip() -> None:
         ts=NOW,
         nonce=fx.seeded_bytes(5).randbytes(16),
         body=b"cpu=8 mem=32",
+        cert_der=alpha.der,
     )
 
 

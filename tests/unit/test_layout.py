@@ -14,6 +14,7 @@ import pytest
 
 import meshd
 from meshd.api.openapi import document
+from meshd.api.server import Api
 
 ROOT = Path(meshd.__file__).parent
 PURE_MODULES = [
@@ -58,8 +59,6 @@ def test_no_pickle_anywhere() -> None:
 
 
 def test_openapi_matches_routes() -> None:
-    from meshd.api.server import Api
-
     class _Stub:
         metrics = meshd.metrics.Registry()
 

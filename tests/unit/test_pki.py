@@ -266,6 +266,13 @@ def test_verify_refuses_another_mesh(other: str) -> None:
         pki.verify(outsider.cert, fx.mesh().ca_cert, NOW)
 
 
+def test_verify_refuses_an_expired_certificate() -> None:
+    short = fx.mesh().issue("theta", days=1)
+    assert pki.verify(short.cert, fx.mesh().ca_cert, NOW + DAY).name == "theta"
+    with pytest.raises(IdentityError, match="not valid at this time"):
+        pki.verify(short.cert, fx.mesh().ca_cert, NOW + DAY + 1)
+
+
 def test_verify_refuses_a_not_yet_valid_certificate() -> None:
     early = fx.mesh().issue("eta", now=NOW + DAY)
     with pytest.raises(IdentityError, match="not valid"):

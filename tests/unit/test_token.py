@@ -75,7 +75,7 @@ def test_altered_payload() -> None:
     ["", "meshd1", "meshd1..", "meshd2.a.b", "meshd1.!!!.???", "meshd1.e30.AAAA", "x.y.z.w"],
 )
 def test_malformed(bad: str) -> None:
-    with pytest.raises(TokenError, match="malformed|version"):
+    with pytest.raises(TokenError, match=r"malformed|version"):
         token.parse(bad)
 
 
