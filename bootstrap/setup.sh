@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what meshd needs on a Debian machine: system packages (when root and
 # missing), a virtualenv in .venv, and meshd with its dev tools. Idempotent and quick
-# when nothing changed. Usage: bash bootstrap/setup.sh
+# when nothing changed. Usage: bash bootstrap/setup.sh [--test]
+# --test also installs what the end-to-end tests use (avahi-browse with its daemon and
+# D-Bus, run inside test namespaces only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for_tests=0
+[[ ${1:-} == --test ]] && for_tests=1
 
 need_apt=()
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || need_apt+=(python3)
@@ -11,6 +15,11 @@ python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
+    command -v avahi-browse >/dev/null 2>&1 || need_apt+=(avahi-utils)
+    command -v avahi-daemon >/dev/null 2>&1 || need_apt+=(avahi-daemon)
+    command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
+fi
 
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then

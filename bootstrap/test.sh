@@ -3,7 +3,7 @@
 # Usage: bash bootstrap/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash bootstrap/setup.sh
+bash bootstrap/setup.sh --test
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff check"

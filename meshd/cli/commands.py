@@ -234,3 +234,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+# -- the mesh: peers, services, names ---------------------------------------------------
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    rows = client(args).request("GET", "/v1/peers")
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["name", "address", "state", "incarnation"])
+    return 0
+
+
+def cmd_service_add(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "port": args.port, "proto": args.proto}
+    doc = client(args).request("POST", "/v1/services", body)
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"published {doc['name']} on port {doc['port']}/{doc['proto']}")
+    return 0
+
+
+def cmd_service_rm(args: argparse.Namespace) -> int:
+    client(args).request("DELETE", f"/v1/services/{quote(args.name, safe='')}")
+    output.emit_text(f"withdrew {args.name}")
+    return 0
+
+
+def cmd_service_ls(args: argparse.Namespace) -> int:
+    rows = client(args).request("GET", "/v1/services")
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["name", "port", "proto", "published_at"])
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    rows = client(args).request("GET", f"/v1/resolve?name={quote(args.name, safe='')}")
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["service", "node", "address", "port", "proto"])
+    return 0
