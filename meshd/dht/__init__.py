@@ -1,1 +1,28 @@
-"""Private Kademlia DHT: the `kademlia` package wrapped with sealed datagrams and signed records."""
+"""Private Kademlia DHT: the `kademlia` package wrapped with sealed datagrams and signed records.
+
+``server.MeshDHT`` is the entry point; ``record`` and ``storage`` are pure; ``protocol``
+and ``crawling`` hold the RPCs, the routing table and the lookups.
+"""
+
+from meshd.dht.record import (
+    AuthorDirectory,
+    DhtError,
+    Record,
+    RecordError,
+    StaticDirectory,
+    key_digest,
+)
+from meshd.dht.server import MeshDHT
+from meshd.dht.storage import Outcome, RecordStore
+
+__all__ = [
+    "AuthorDirectory",
+    "DhtError",
+    "MeshDHT",
+    "Outcome",
+    "Record",
+    "RecordError",
+    "RecordStore",
+    "StaticDirectory",
+    "key_digest",
+]

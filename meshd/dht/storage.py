@@ -128,9 +128,11 @@ class RecordStore:
         """Drop every expired record; returns how many."""
         dropped = 0
         while self._expiry and self._expiry[0][0] <= now:
-            _, digest, author_id, version = heapq.heappop(self._expiry)
+            _, digest, author_id, _ = heapq.heappop(self._expiry)
             record = self._keys.get(digest, {}).get(author_id)
-            if record is not None and record.version == version:
+            # The entry may be stale (the record was replaced, or dropped and stored
+            # again): only the held record's own expiry counts.
+            if record is not None and record.expires_at <= now:
                 self._remove(digest, author_id)
                 dropped += 1
         return dropped
@@ -139,7 +141,9 @@ class RecordStore:
         heapq.heappush(self._expiry, (record.expires_at, digest, record.author_id, record.version))
         if len(self._expiry) > 2 * self._count + 64:  # superseded entries pile up; compact
             self._expiry = [
-                (r.expires_at, d, a, r.version) for d, rs in self._keys.items() for a, r in rs.items()
+                (r.expires_at, d, a, r.version)
+                for d, rs in self._keys.items()
+                for a, r in rs.items()
             ]
             heapq.heapify(self._expiry)
 
@@ -257,4 +261,3 @@ def _int(value: Any) -> int:
 def _parse_own(raw: Any) -> OwnRecord:
     record = decode(base64.b64decode(raw["record"], validate=True))
     return OwnRecord(record.digest, record, float(raw["ttl_s"]), float(raw["published_at"]))
-
