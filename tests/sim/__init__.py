@@ -1,0 +1,1 @@
+"""The deterministic simulator: many nodes in one process, virtual time, a faulty network."""
