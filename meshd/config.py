@@ -32,6 +32,8 @@ DEFAULT_DATA_DIR = Path("/var/lib/meshd")
 PRESETS = ("lan", "local", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+# rpcudp's 8 KiB request cap minus a record's fixed fields (684 B) and RPC framing (64 B).
+DHT_MAX_VALUE_LIMIT = 8192 - 684 - 64
 
 
 def default_data_dir() -> Path:
@@ -115,11 +117,12 @@ class Config:
     # Wait for a direct ack before asking k others to probe indirectly.
     probe_timeout_s: float = 0.2
     # Members asked to probe indirectly when the direct probe times out.
-    indirect_probes: int = 3
-    # Suspicion timeout = suspicion_mult * log10(max(N,10)) * probe_interval, shrinking
-    # towards that minimum from suspicion_max_mult times it as independent confirmations
-    # arrive (Lifeguard §4.2); confirmations needed for the minimum:
-    suspicion_mult: float = 4.0
+    indirect_probes: int = 5
+    # Suspicion timeout (Lifeguard §4.2): starts at
+    # suspicion_max_mult·log10(max(N,10))·probe_interval and shrinks towards
+    # suspicion_mult·log10(max(N,10))·probe_interval as independent confirmations
+    # arrive; `suspicion_confirmations` of them reach the minimum.
+    suspicion_mult: float = 2.5
     suspicion_max_mult: float = 6.0
     suspicion_confirmations: int = 3
     # Lifeguard local health: probe timeout and interval scale by up to this factor
@@ -197,6 +200,11 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.dht_max_value_bytes > DHT_MAX_VALUE_LIMIT:
+            raise ConfigError(
+                f"dht_max_value_bytes can be at most {DHT_MAX_VALUE_LIMIT}: a record must fit "
+                "one 8 KiB DHT datagram with its signature and framing"
+            )
         if not 0 < self.dht_republish_fraction < 1:
             raise ConfigError("dht_republish_fraction must be between 0 and 1")
         if self.probe_timeout_s >= self.probe_interval_s:

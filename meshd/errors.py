@@ -56,6 +56,10 @@ class BadRequest(MeshdError):
     """A request to the API is malformed (a missing field, a wrong type)."""
 
 
+class NotFoundError(MeshdError):
+    """What the request names does not exist (a service, a node, a workload)."""
+
+
 class ApiError(MeshdError):
     """The HTTP API answered with an error; the message is the server's sentence."""
 

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from aiohttp import web
@@ -39,6 +39,9 @@ from meshd.metrics import Registry
 from meshd.store import roster
 from meshd.store.db import Store
 from meshd.units import format_hostport, parse_hostport
+
+if TYPE_CHECKING:
+    from meshd.mesh import Mesh
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,25 @@ def _bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+async def _resolve_seeds(seeds: tuple[str, ...], own: str) -> list[tuple[str, int]]:
+    """Seed HOST:PORTs to IPv4 addresses (names resolved once, at start); skips ourselves."""
+    out: list[tuple[str, int]] = []
+    loop = asyncio.get_running_loop()
+    for seed in seeds:
+        if seed == own:
+            continue
+        host, port = parse_hostport(seed, "seed")
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            )
+        except OSError as exc:
+            logger.warning("can't resolve seed seed=%s error=%s", seed, exc)
+            continue
+        out.extend((str(i[4][0]), int(i[4][1])) for i in infos[:1])
+    return out
+
+
 class Node:
     def __init__(
         self,
@@ -119,6 +141,9 @@ class Node:
         self.listen = ""
         self._runner: web.AppRunner | None = None
         self._owns_socket = False
+        self.mesh: Mesh | None = None
+        # False until start-up has finished: /v1/health answers 503 "starting" till then.
+        self.ready = False
         self._socket_path = cfg.socket_path
         self._stopping = asyncio.Event()
         m = self.metrics
@@ -147,12 +172,17 @@ class Node:
             raise
 
     async def _start(self) -> None:
+        from meshd.mesh import Mesh  # noqa: PLC0415 - mesh imports the node type lazily too
+
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
-        tcp = _bind_tcp(listen_host, listen_port)
+        self.mesh = Mesh(self)
+        tcp = await self._bind_mesh_port(listen_host, listen_port)
         port = tcp.getsockname()[1]
         self.listen = format_hostport(listen_host, port)
         if self.cfg.advertise:
             self.address = self.cfg.advertise
+        elif self.cfg.mdns and listen_host in ("0.0.0.0", "::", ""):  # noqa: S104
+            self.address = format_hostport(self.cfg.mdns, port)
         elif listen_host in ("0.0.0.0", "::", ""):  # noqa: S104 - detecting a wildcard
             self.address = format_hostport(_first_lan_ipv4(), port)
         else:
@@ -166,7 +196,10 @@ class Node:
         await self._runner.setup()
         await web.SockSite(self._runner, unix).start()
         await web.SockSite(self._runner, tcp, ssl_context=tls.server_context(self.ident)).start()
+        seeds = await _resolve_seeds(self.cfg.seeds, self.address)
+        await self.mesh.start(parse_hostport(self.address, "address"), seeds)
         self.store.set_meta("address", self.address)
+        self.ready = True
         roster.set_address(self.store, self.ident.name, self.address)
         self.store.append_event(
             self.clock(), "node.started", self.ident.name, {"address": self.address}
@@ -180,8 +213,32 @@ class Node:
             __version__,
         )
 
+    async def _bind_mesh_port(self, host: str, port: int) -> socket.socket:
+        """TCP and UDP on one port number; with port 0, retry until both are free."""
+        assert self.mesh is not None
+        for _ in range(20):
+            tcp = _bind_tcp(host, port)
+            try:
+                await self.mesh.bind(host, tcp.getsockname()[1])
+            except OSError as exc:
+                tcp.close()
+                if port != 0:
+                    raise DaemonError(
+                        f"can't listen on UDP {format_hostport(host, port)}: {exc.strerror}; "
+                        "pick another --listen address or stop what holds the port"
+                    ) from exc
+                continue
+            return tcp
+        raise DaemonError(f"found no port free for both TCP and UDP on {host}")
+
     async def stop(self) -> None:
         logger.info("meshd stopping name=%s", self.ident.name)
+        self.ready = False
+        if self.mesh is not None:
+            try:
+                await self.mesh.stop()
+            except Exception:  # stopping must go on: the socket and store still need closing
+                logger.exception("stopping the mesh failed")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -218,6 +275,7 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
             checks["store"] = f"failing: {exc}"
         checks["api"] = "ok" if self._runner is not None else "stopped"
+        checks["startup"] = "ok" if self.ready else "starting"
         return checks
 
     def status(self) -> dict[str, Any]:
@@ -239,8 +297,7 @@ class Node:
             "ca_fingerprint": self.ident.ca_fingerprint,
             "capacity": cap.as_json(),
             "allocated": {"cpus": 0.0, "memory": 0, "disk": 0},
-            # Until membership runs (the mesh issue) this node knows only itself alive.
-            "members_alive": 1,
+            "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
             "roster_size": len(members),
             "rss_bytes": telemetry.rss_bytes(),
         }

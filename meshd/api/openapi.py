@@ -63,6 +63,27 @@ _SCHEMAS: dict[str, Any] = {
             "rss_bytes": {"type": "integer"},
         },
     },
+    "Peer": {
+        "type": "object",
+        "required": ["name", "address", "state", "incarnation"],
+        "properties": {
+            "name": {"type": "string"},
+            "address": {"type": "string"},
+            "state": {"enum": ["alive", "suspect", "dead", "fenced", "left"]},
+            "incarnation": {"type": "integer"},
+            "node_id": {"type": "string"},
+        },
+    },
+    "Instance": {
+        "type": "object",
+        "properties": {
+            "service": {"type": "string"},
+            "node": {"type": "string"},
+            "address": {"type": "string"},
+            "port": {"type": "integer"},
+            "proto": {"enum": ["tcp", "udp"]},
+        },
+    },
     "Member": {
         "type": "object",
         "properties": {
@@ -169,6 +190,89 @@ def document() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer"}},
                     ],
                     "responses": {"200": _ok("events", {"type": "array"}), **_ERRORS},
+                }
+            },
+            "/v1/peers": {
+                "get": {
+                    "summary": "The membership view: every member, its address and state",
+                    "responses": {
+                        "200": _ok(
+                            "members",
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}},
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/services": {
+                "get": {
+                    "summary": "Services this node publishes",
+                    "responses": {"200": _ok("services", {"type": "array"}), **_ERRORS},
+                },
+                "post": {
+                    "summary": "Publish a service of this node as @NAME@node@domain",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name", "port"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "port": {"type": "integer"},
+                                        "proto": {"enum": ["tcp", "udp"]},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": _ok("published", json_obj), **_ERRORS},
+                },
+            },
+            "/v1/services/{name}": {
+                "delete": {
+                    "summary": "Withdraw a service of this node",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok("withdrawn", json_obj),
+                        "404": _ok("no such service", _ERROR),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/resolve": {
+                "get": {
+                    "summary": "Resolve @svc@node@domain, @svc@*@domain or @svc@domain",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            "instances",
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+                        ),
+                        "404": _ok("nothing found", _ERROR),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/mesh/message": {
+                "post": {
+                    "summary": "Mesh-internal: a membership message sent reliably (nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }
             },
             "/v1/enrol/ca": {

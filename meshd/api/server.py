@@ -17,6 +17,7 @@ is a 500 that says to read the daemon's log, and never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,16 +30,20 @@ from meshd.api.openapi import document
 from meshd.errors import (
     BadRequest,
     ConfigError,
+    DaemonError,
     EnrolmentError,
     IdentityError,
     MeshdError,
+    NotFoundError,
     StoreError,
     TokenError,
 )
 from meshd.identity import authority, enrolment, pki
-from meshd.store import roster
+from meshd.mesh import REVOCATION_KIND
+from meshd.store import roster, services
 
 if TYPE_CHECKING:
+    from meshd.mesh import Mesh
     from meshd.node import Node
 
 logger = logging.getLogger(__name__)
@@ -47,7 +52,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_ROUTES = frozenset({("GET", "/v1/enrol/ca"), ("POST", "/v1/enrol")})
 # Every request body meshd expects is small; anything bigger is refused unread.
 MAX_BODY = 1024**2
-TENANT_ROUTES = frozenset({("GET", "/v1/health"), ("GET", "/v1/openapi.json")})
+TENANT_ROUTES = frozenset(
+    {("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/resolve")}
+)
+# Mesh-internal routes: only another node (role `node`) may call them.
+NODE_ROUTES = frozenset({("POST", "/v1/mesh/message")})
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,10 @@ def _status_for(exc: MeshdError) -> int:
         return 403
     if isinstance(exc, ConfigError | BadRequest):
         return 400
-    if isinstance(exc, StoreError):
+    if isinstance(exc, StoreError | DaemonError):
         return 503
+    if isinstance(exc, NotFoundError):
+        return 404
     return 400
 
 
@@ -99,6 +110,12 @@ class Api:
         app.router.add_delete("/v1/roster/{name}", self.roster_remove)
         app.router.add_post("/v1/tokens", self.token_create)
         app.router.add_get("/v1/events", self.events)
+        app.router.add_get("/v1/peers", self.peers)
+        app.router.add_get("/v1/services", self.services_list)
+        app.router.add_post("/v1/services", self.services_add)
+        app.router.add_delete("/v1/services/{name}", self.services_remove)
+        app.router.add_get("/v1/resolve", self.resolve)
+        app.router.add_post("/v1/mesh/message", self.mesh_message)
         app.router.add_get("/v1/enrol/ca", self.enrol_ca)
         app.router.add_post("/v1/enrol", self.enrol)
         return app
@@ -164,7 +181,11 @@ class Api:
         if info.role.startswith("tenant:") and (request.method, request.path) not in TENANT_ROUTES:
             self.refused.inc(reason="role")
             return error(403, f"role {info.role} may not call {request.method} {request.path}")
+        if (request.method, request.path) in NODE_ROUTES and info.role != "node":
+            self.refused.inc(reason="role")
+            return error(403, f"only mesh nodes may call {request.path}")
         request["peer"] = Peer(info.name, info.role, local=False)
+        request["peer_cert"] = der
         return await handler(request)
 
     def _verify_peer(self, der: bytes) -> pki.CertInfo | None:
@@ -207,9 +228,11 @@ class Api:
     async def roster_remove(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         reason = request.query.get("reason", "removed by operator")
-        rev, _record = authority.remove_node(
+        rev, record = authority.remove_node(
             self.node.store, self.node.ident, self.node.revocations, name, reason, self.node.clock()
         )
+        if self.node.mesh is not None:
+            self.node.mesh.broadcast(REVOCATION_KIND, record)
         return web.json_response(
             {"name": rev.name, "serial": rev.serial, "revoked_at": rev.revoked_at}
         )
@@ -238,6 +261,40 @@ class Api:
         except ValueError as exc:
             raise ConfigError("since and limit must be integers") from exc
         return web.json_response(self.node.store.events(limit=limit, since_id=since))
+
+    def _mesh(self) -> Mesh:
+        if self.node.mesh is None:
+            raise DaemonError("the mesh is not running yet; retry in a moment")
+        return self.node.mesh
+
+    async def peers(self, request: web.Request) -> web.Response:
+        return web.json_response(self._mesh().peers())
+
+    async def services_list(self, request: web.Request) -> web.Response:
+        return web.json_response(services.all_services(self.node.store))
+
+    async def services_add(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        name, port, proto = body.get("name"), body.get("port"), body.get("proto", "tcp")
+        if not isinstance(name, str) or not isinstance(port, int) or not isinstance(proto, str):
+            raise BadRequest("a service needs a name (string), a port (integer) and a proto")
+        return web.json_response(await self._mesh().add_service(name, port, proto))
+
+    async def services_remove(self, request: web.Request) -> web.Response:
+        await self._mesh().remove_service(request.match_info["name"])
+        return web.json_response({"removed": request.match_info["name"]})
+
+    async def resolve(self, request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        found = await self._mesh().resolve(name)
+        if not found:
+            return error(404, f"nothing found for {name}")
+        return web.json_response([dataclasses.asdict(i) for i in found])
+
+    async def mesh_message(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._mesh().receive_reliable(body, request["peer_cert"], request.remote or "")
+        return web.Response(status=204)
 
     async def enrol_ca(self, request: web.Request) -> web.Response:
         return web.json_response({"ca_cert": pki.cert_pem(self.node.ident.ca_cert).decode()})

@@ -56,9 +56,13 @@ def meshd(
     data_dir: Path | None = None,
     check: bool = False,
     timeout: float = CLI_TIMEOUT_S,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run one ``meshd`` CLI command to completion; ``check`` fails on a non-zero exit."""
-    argv = [*MESHD, *map(str, args)]
+    """Run one ``meshd`` CLI command to completion; ``check`` fails on a non-zero exit.
+
+    ``prefix`` wraps the command, e.g. ``ip netns exec NS`` to run it on a test host.
+    """
+    argv = [*prefix, *MESHD, *map(str, args)]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     proc = subprocess.run(
@@ -144,6 +148,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
     _address: str | None = field(default=None, repr=False)
+    # Wraps every command of this node, e.g. ("ip", "netns", "exec", NS) for a test host.
+    prefix: tuple[str, ...] = ()
 
     # -- files -----------------------------------------------------------------------
 
@@ -178,7 +184,9 @@ class Daemon:
         self, *args: str | Path, check: bool = False, timeout: float = CLI_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
         """``meshd ARGS --data-dir <this node>``."""
-        return meshd(*args, data_dir=self.data_dir, check=check, timeout=timeout)
+        return meshd(
+            *args, data_dir=self.data_dir, check=check, timeout=timeout, prefix=self.prefix
+        )
 
     def init(
         self,
@@ -198,6 +206,7 @@ class Daemon:
 
     def init_command(self, join: str, listen: str = LISTEN) -> list[str]:
         return [
+            *self.prefix,
             *MESHD,
             "init",
             "--name",
@@ -241,7 +250,16 @@ class Daemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._address = None
-        argv = [*MESHD, "run", "--data-dir", str(self.data_dir), "--preset", self.preset, *extra]
+        argv = [
+            *self.prefix,
+            *MESHD,
+            "run",
+            "--data-dir",
+            str(self.data_dir),
+            "--preset",
+            self.preset,
+            *extra,
+        ]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -18,11 +18,15 @@ from meshd.api.server import Api
 
 ROOT = Path(meshd.__file__).parent
 PURE_MODULES = [
+    *sorted(f"membership/{p.name}" for p in (ROOT / "membership").glob("*.py")),
     "envelope.py",
     "units.py",
     "identity/pki.py",
     "identity/token.py",
     "identity/revocation.py",
+    "names.py",
+    "dht/record.py",
+    "dht/storage.py",
 ]
 FORBIDDEN_IN_CORES = {
     "asyncio",
@@ -30,9 +34,9 @@ FORBIDDEN_IN_CORES = {
     "apsw",
     "aiohttp",
     "time",
-    "random",
     "zeroconf",
     "psutil",
+    "threading",
 }
 
 
@@ -51,6 +55,25 @@ def _imports(path: Path) -> set[str]:
 def test_pure_cores_import_no_io(module: str) -> None:
     bad = _imports(ROOT / module) & FORBIDDEN_IN_CORES
     assert not bad, f"{module} is a pure core but imports {sorted(bad)}"
+
+
+# The only attributes a pure core may use of these modules: the OS CSPRNG (keys,
+# nonces, token ids) and the type of the seeded generator passed in.
+ALLOWED_ATTRIBUTES = {"os": {"urandom"}, "random": {"Random"}}
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_cores_use_os_and_random_only_as_allowed(module: str) -> None:
+    for node in ast.walk(ast.parse((ROOT / module).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module in ALLOWED_ATTRIBUTES:
+            pytest.fail(f"{module} imports names from {node.module}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ALLOWED_ATTRIBUTES
+        ):
+            allowed = ALLOWED_ATTRIBUTES[node.value.id]
+            assert node.attr in allowed, f"{module} uses {node.value.id}.{node.attr}"
 
 
 def test_no_pickle_anywhere() -> None:

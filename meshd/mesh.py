@@ -1,0 +1,444 @@
+"""The node's mesh side: the UDP port, membership, the DHT, names and discovery.
+
+This is the thin asyncio shell around the pure membership core (DESIGN.md §2):
+
+* **In**: a datagram on the membership channel is opened by the mux (mesh secret),
+  then verified as a message signed by a mesh member (``meshd.envelope``), decoded
+  (``membership.codec``) and handed to the core with the *authenticated* sender name.
+  Push-pull state arrives over the mTLS API (``POST /v1/mesh/message``), where the TLS
+  client certificate names the sender. Anything that fails is dropped and counted.
+* **Out**: the core's effects are carried out in order — persist (new members into
+  the durable roster, state changes into the event log, one transaction), then send
+  (datagrams signed and sealed; reliable messages over mTLS), then act (DHT contacts,
+  broadcast handlers, name republishing).
+* **Time**: the core runs on the monotonic clock; a timer task calls ``tick`` at the
+  core's ``next_deadline`` and is woken early when a message arrives.
+
+Names: each service this node publishes is a signed multi-writer DHT record under
+``svc/<domain>/<service>``; resolution filters instances by the membership view, so a
+dead node's names stop resolving the moment it is declared dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from meshd import names
+from meshd.api import tls
+from meshd.dht import MeshDHT
+from meshd.directory import Directory
+from meshd.envelope import ReplayGuard, Sealer, Signer, Verifier
+from meshd.errors import EnvelopeError, IdentityError, NamingError, NotFoundError
+from meshd.identity import pki, revocation
+from meshd.mdns import MdnsDiscovery
+from meshd.membership import Deliver, Effect, MemberChanged, Membership, MemberState, Send, codec
+from meshd.membership.messages import Message, PushPull
+from meshd.membership.state import Identity
+from meshd.store import revocations as stored_revocations
+from meshd.store import roster, services
+from meshd.transport import Addr, Channel, DatagramMux
+
+if TYPE_CHECKING:
+    from meshd.node import Node
+
+logger = logging.getLogger(__name__)
+SWIM_KIND = "swim"
+REVOCATION_KIND = "revocation"
+BroadcastHandler = Callable[[bytes, str], None]
+
+
+class Mesh:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg, ident = node.cfg, node.ident
+        self.mux = DatagramMux(
+            Sealer(ident.mesh_secret, ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size)),
+            node.metrics,
+            node.clock,
+        )
+        self.signer = Signer(ident.key, ident.cert)
+        self.verifier = Verifier(
+            ident.ca_cert,
+            node.revocations,
+            ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size),
+        )
+        self.directory = Directory.from_store(node.store, node.revocations)
+        self.directory.learn(ident.key.public_key(), ident.info)
+        self.membership: Membership | None = None
+        self.dht: MeshDHT | None = None
+        self.mdns: MdnsDiscovery | None = None
+        self.address: Addr = ("", 0)
+        self._handlers: dict[str, BroadcastHandler] = {REVOCATION_KIND: self._on_revocation}
+        self._kick = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._republish_at: float | None = None
+        m = node.metrics
+        self.dropped = m.counter(
+            "meshd_membership_dropped_total", "Membership messages dropped, by reason"
+        )
+        self.changes = m.counter("meshd_member_changes_total", "Member state changes, by state")
+        m.gauge("meshd_members_alive", "Live members including this node", self._alive_count)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @staticmethod
+    def mono() -> float:
+        return time.monotonic()
+
+    async def bind(self, host: str, port: int) -> int:
+        return await self.mux.bind(host, port)
+
+    async def start(self, advertise: Addr, seeds: list[Addr]) -> None:
+        node, cfg, ident = self.node, self.node.cfg, self.node.ident
+        self.address = advertise
+        self.mux.register(Channel.MEMBERSHIP, self._on_datagram)
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(ident, ident.ca_cert)),
+            timeout=aiohttp.ClientTimeout(total=max(2.0, cfg.probe_interval_s * 4)),
+        )
+        self.dht = MeshDHT(
+            cfg,
+            ident.node_id,
+            ident.key,
+            ident.name,
+            self.directory,
+            self.mux,
+            node.clock,
+            node.metrics,
+        )
+        await self.dht.start()
+        self.membership = Membership(
+            cfg,
+            Identity(ident.name, ident.node_id, advertise),
+            random.Random(),  # noqa: S311 - protocol jitter, not secrets
+            self.mono(),
+            logging.getLogger("meshd.membership"),
+        )
+        self._timer = asyncio.get_running_loop().create_task(self._run_timers())
+        if seeds:
+            self._apply(self.membership.join(seeds, self.mono()))
+            task = self.dht.bootstrap_forever(seeds)  # the DHT keeps its own reference
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if cfg.mdns:
+            self.mdns = MdnsDiscovery(
+                cfg.mdns,
+                ident.name,
+                ident.node_id,
+                ident.mesh_secret,
+                advertise,
+                self._on_mdns_found,
+                cooperating=cfg.preset != "lan",
+            )
+            # Registration probes the LAN for ~1.2 s; the node is useful meanwhile.
+            self._spawn(self._start_mdns(self.mdns))
+        self._schedule_republish(0.0)
+
+    async def _start_mdns(self, mdns: MdnsDiscovery) -> None:
+        try:
+            await mdns.start()
+        except Exception:  # discovery failing must not take the node down; seeds still work
+            logger.exception("mdns discovery failed to start")
+
+    async def stop(self) -> None:
+        if self.membership is not None:
+            self._apply(self.membership.leave(self.mono()))
+            # Let the Left update go out on a couple of gossip rounds (bounded).
+            deadline = self.mono() + max(0.5, self.node.cfg.gossip_interval_s * 3)
+            while self.membership.pending_broadcasts() and self.mono() < deadline:  # noqa: ASYNC110 - the timer task drains the queue; we only bound the wait
+                await asyncio.sleep(self.node.cfg.gossip_interval_s / 2)
+        if self.mdns is not None:
+            with contextlib.suppress(Exception):
+                await self.mdns.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.dht is not None:
+            self.dht.stop()
+        if self._http is not None:
+            await self._http.close()
+        self.mux.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the loop: receive, tick, apply effects -------------------------------------
+
+    async def _run_timers(self) -> None:
+        assert self.membership is not None
+        while True:
+            delay = max(0.0, self.membership.next_deadline() - self.mono())
+            if self._republish_at is not None:
+                delay = min(delay, max(0.0, self._republish_at - self.mono()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=delay)
+            self._kick.clear()
+            try:
+                self._apply(self.membership.tick(self.mono()))
+                if self._republish_at is not None and self.mono() >= self._republish_at:
+                    self._republish_at = None
+                    self._spawn(self._republish_services())
+            except Exception:  # the timer must survive a bug in one round
+                logger.exception("membership tick failed")
+
+    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
+        try:
+            signed = self.verifier.verify(payload, self.node.clock())
+            if signed.kind != SWIM_KIND:
+                raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
+            msg = codec.decode(signed.body)
+        except EnvelopeError as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped membership datagram peer=%s:%s error=%s", *addr, exc)
+            return
+        if not self.directory.knows(signed.node_id):
+            self._learn_member(signed.cert_der)
+        self._deliver(msg, signed.author, addr)
+
+    def receive_reliable(self, body: bytes, cert_der: bytes, remote: str) -> None:
+        """A message posted to ``/v1/mesh/message`` by an authenticated member."""
+        info = self._learn_member(cert_der)
+        if info is None:
+            return
+        try:
+            msg = codec.decode(body)
+        except EnvelopeError as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped reliable membership message from=%s error=%s", info.name, exc)
+            return
+        addr: Addr = (remote, 0)
+        if isinstance(msg, PushPull):
+            addr = next((r.addr for r in msg.records if r.name == info.name), addr)
+        self._deliver(msg, info.name, addr)
+
+    def _deliver(self, msg: Message, sender: str, addr: Addr) -> None:
+        if self.membership is None:
+            return
+        self._apply(self.membership.receive(msg, sender, addr, self.mono()))
+        self._kick.set()
+
+    def _learn_member(self, cert_der: bytes) -> pki.CertInfo | None:
+        """Persist a member we hear from for the first time (its cert is CA-verified)."""
+        try:
+            cert = pki.load_cert_der(cert_der)
+            info = pki.verify(cert, self.node.ident.ca_cert, self.node.clock())
+        except IdentityError as exc:
+            logger.warning("refused a member certificate: %s", exc)
+            return None
+        if self.node.revocations.is_revoked(info.serial, info.node_id):
+            return None
+        if self.directory.learn(cert.public_key(), info):  # type: ignore[arg-type]
+            from meshd.identity.enrolment import member_of  # noqa: PLC0415 - avoid a cycle
+
+            roster.upsert(self.node.store, member_of(cert, None, self.node.clock()))
+            logger.info("learnt member name=%s node_id=%s", info.name, info.node_id)
+        return info
+
+    def _apply(self, effects: list[Effect]) -> None:
+        if not effects:
+            return
+        changes = [e for e in effects if isinstance(e, MemberChanged)]
+        if changes:  # persist first: what we announce must survive a crash
+            with self.node.store.transaction(durable=False):
+                for ch in changes:
+                    self._persist_change(ch)
+        for e in effects:
+            if isinstance(e, Send):
+                self._send(e)
+        for e in effects:
+            if isinstance(e, MemberChanged):
+                self._act_on_change(e)
+            elif isinstance(e, Deliver):
+                handler = self._handlers.get(e.kind)
+                if handler is None:
+                    logger.debug("no handler for broadcast kind=%s", e.kind)
+                    continue
+                try:
+                    handler(e.payload, e.origin)
+                except Exception:
+                    logger.exception("broadcast handler failed kind=%s", e.kind)
+
+    def _persist_change(self, ch: MemberChanged) -> None:
+        m = ch.member
+        if ch.previous is None or m.state is MemberState.ALIVE:
+            roster.set_address(self.node.store, m.name, f"{m.address[0]}:{m.address[1]}")
+        self.node.store.append_event(
+            self.node.clock(),
+            f"member.{m.state}",
+            m.name,
+            {"incarnation": m.incarnation, "previous": str(ch.previous) if ch.previous else None},
+        )
+
+    def _act_on_change(self, ch: MemberChanged) -> None:
+        m = ch.member
+        self.changes.inc(state=str(m.state))
+        if m.name == self.node.ident.name:
+            return
+        logger.info(
+            "member %s name=%s address=%s:%s incarnation=%d",
+            m.state,
+            m.name,
+            *m.address,
+            m.incarnation,
+        )
+        if self.dht is None:
+            return
+        if m.state.live:
+            self.dht.add_contact(m.node_id, m.address)
+            if ch.previous is None or not ch.previous.live:
+                self._schedule_republish(0.5)  # a newcomer may now be a closest node
+        else:
+            self.dht.remove_contact(m.node_id)
+
+    def _send(self, e: Send) -> None:
+        body = codec.encode(e.msg)
+        if e.reliable:
+            self._spawn(self._post(e.addr, body))
+            return
+        self.mux.send(
+            Channel.MEMBERSHIP, self.signer.sign(SWIM_KIND, body, self.node.clock()), e.addr
+        )
+
+    async def _post(self, addr: Addr, body: bytes) -> None:
+        if self._http is None:
+            return
+        url = f"https://{addr[0]}:{addr[1]}/v1/mesh/message"
+        try:
+            async with self._http.post(
+                url, data=body, headers={"Content-Type": "application/octet-stream"}
+            ) as resp:
+                if resp.status >= 300:
+                    logger.debug("push-pull refused peer=%s:%s status=%s", *addr, resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            logger.debug("push-pull failed peer=%s:%s error=%s", *addr, exc)
+
+    # -- discovery ------------------------------------------------------------------
+
+    def _on_mdns_found(self, name: str, addr: Addr) -> None:
+        if self.membership is None or name == self.node.ident.name:
+            return
+        m = self.membership.member(name)
+        if m is None or not m.state.live:
+            self._apply(self.membership.join([addr], self.mono()))
+            if self.dht is not None:
+                self._spawn(self.dht.bootstrap([addr]))
+
+    # -- broadcasts -----------------------------------------------------------------
+
+    def broadcast(self, kind: str, payload: bytes) -> None:
+        if self.membership is not None:
+            self._apply(self.membership.broadcast(kind, payload, self.mono()))
+            self._kick.set()
+
+    def _on_revocation(self, payload: bytes, origin: str) -> None:
+        try:
+            rev = revocation.verify(payload, self.node.ident.ca_cert)
+        except IdentityError as exc:
+            logger.warning("dropped a revocation from %s: %s", origin, exc)
+            return
+        if self.node.revocations.add(rev):
+            stored_revocations.add(self.node.store, rev, payload)
+            roster.mark_removed(self.node.store, rev.name, rev.revoked_at)
+            logger.info("node removed by the CA name=%s serial=%s", rev.name, rev.serial)
+            if rev.name == self.node.ident.name:
+                # Every member now drops what we send; say so loudly and go quiet.
+                logger.error("this node was removed from the mesh; stopping membership")
+                if self.membership is not None:
+                    self._apply(self.membership.leave(self.mono()))
+
+    # -- views ----------------------------------------------------------------------
+
+    def _alive_count(self) -> float:
+        return float(self.membership.live_count()) if self.membership else 1.0
+
+    def peers(self) -> list[dict[str, Any]]:
+        if self.membership is None:
+            return []
+        return [
+            {
+                "name": m.name,
+                "address": f"{m.address[0]}:{m.address[1]}",
+                "state": str(m.state),
+                "incarnation": m.incarnation,
+                "node_id": m.node_id,
+            }
+            for m in sorted(self.membership.members(), key=lambda m: m.name)
+        ]
+
+    def live_names(self) -> set[str]:
+        if self.membership is None:
+            return {self.node.ident.name}
+        return {m.name for m in self.membership.members() if m.state.live}
+
+    # -- names ----------------------------------------------------------------------
+
+    def _schedule_republish(self, delay: float) -> None:
+        at = self.mono() + delay
+        if self._republish_at is None or at < self._republish_at:
+            self._republish_at = at
+            self._kick.set()
+
+    def _instance(self, name: str, port: int, proto: str) -> names.Instance:
+        return names.Instance(name, self.node.ident.name, self.address[0], port, proto)
+
+    async def _republish_services(self) -> None:
+        for svc in services.all_services(self.node.store):
+            await self._publish(self._instance(svc["name"], svc["port"], svc["proto"]))
+
+    async def _publish(self, inst: names.Instance) -> None:
+        if self.dht is None:
+            return
+        key = names.record_key(self.node.ident.domain, inst.service)
+        await self.dht.put(key, inst.encode())
+
+    async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
+        names.check_service(name)
+        if not 1 <= port <= 65535 or proto not in names.PROTOS:
+            raise NamingError("a service needs a port 1-65535 and proto tcp or udp")
+        services.upsert(self.node.store, name, port, proto, self.node.clock())
+        await self._publish(self._instance(name, port, proto))
+        return {"name": name, "port": port, "proto": proto}
+
+    async def remove_service(self, name: str) -> None:
+        if not services.remove(self.node.store, name):
+            raise NotFoundError(f"this node publishes no service named {name!r}")
+        if self.dht is not None:
+            await self.dht.delete(names.record_key(self.node.ident.domain, name))
+
+    async def resolve(self, text: str) -> list[names.Instance]:
+        query = names.parse(text)
+        if query.domain != self.node.ident.domain:
+            raise NamingError(
+                f"{text} is in domain {query.domain}; this mesh is {self.node.ident.domain}"
+            )
+        if self.dht is None:
+            return []
+        found: list[names.Instance] = []
+        for rec in await self.dht.get(query.key):
+            try:
+                inst = names.Instance.decode(rec.value)
+            except NamingError:
+                continue
+            if inst.node == rec.author:  # a node can only publish its own instances
+                found.append(inst)
+        return names.select(
+            query,
+            found,
+            self.live_names(),
+            self.node.ident.name,
+            random.Random(),  # noqa: S311 - load spreading
+        )

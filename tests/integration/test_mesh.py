@@ -1,0 +1,138 @@
+"""The mesh with real processes on 127.0.0.1: five daemons joined through one seed.
+
+Proves, with separate `meshd run` processes on real sockets:
+* every node sees all five alive after joining through the founder as the only seed;
+* names resolve from every node in all three forms, and only to live nodes;
+* `kill -9` of a node is detected by every other node (dead), and its names stop
+  resolving; a graceful stop shows as `left` and a restart rejoins;
+* members learnt over the mesh land in each node's durable roster;
+* a removal by the CA reaches every node by gossip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+try:
+    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd
+except ImportError:  # pragma: no cover - run without the tests package on sys.path
+    from daemon import DOMAIN, Daemon, Mesh, meshd  # type: ignore[no-redef]
+
+NAMES = ["beta", "gamma", "delta", "epsilon"]
+# LAN/local preset: probe 0.5 s, suspicion ≤ 6·log10(10)·0.5 = 3 s, plus gossip:
+# detection takes ~3-4 s; the bound leaves room for a loaded 2-core CI machine.
+DETECT_S = 15.0
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def states(d: Daemon) -> dict[str, str]:
+    return {p["name"]: p["state"] for p in d.api("GET", "/v1/peers")}
+
+
+def all_see(nodes: Iterable[Daemon], expected: dict[str, str]) -> bool:
+    return all({k: v for k, v in states(d).items() if k in expected} == expected for d in nodes)
+
+
+def resolve(d: Daemon, name: str) -> list[dict[str, Any]]:
+    out = meshd("resolve", name, "--json", data_dir=d.data_dir, check=False)
+    if out.returncode != 0:
+        return []
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+@pytest.fixture
+def five(mesh_factory: Mesh) -> list[Daemon]:
+    alpha = mesh_factory.found("alpha")
+    others = mesh_factory.join_many(NAMES, via=alpha)
+    nodes = [alpha, *others]
+    everyone = {d.name: "alive" for d in nodes}
+    wait_for("all five to see five alive", lambda: all_see(nodes, everyone), 20)
+    return nodes
+
+
+def test_five_daemons_join_detect_and_resolve(five: list[Daemon]) -> None:
+    alpha, beta, gamma, delta, epsilon = five
+    beta.api("POST", "/v1/services", {"name": "web", "port": 8080})
+    gamma.api("POST", "/v1/services", {"name": "web", "port": 8081})
+    delta.api("POST", "/v1/services", {"name": "db", "port": 5432, "proto": "tcp"})
+
+    def web_everywhere() -> bool:
+        return all(len(resolve(d, f"@web@{DOMAIN}")) == 2 for d in five)
+
+    wait_for("@web to resolve from every node", web_everywhere, 15)
+    for d in five:
+        one = resolve(d, f"@web@beta@{DOMAIN}")
+        assert [(r["node"], r["port"], r["proto"]) for r in one] == [("beta", 8080, "tcp")]
+        assert resolve(d, f"@web@*@{DOMAIN}")[0]["node"] in {"beta", "gamma"}
+        assert resolve(d, f"@db@delta@{DOMAIN}")[0]["address"] == "127.0.0.1"
+    # A node resolving `*` prefers its own instance.
+    assert [r["node"] for r in resolve(gamma, f"@web@*@{DOMAIN}")] == ["gamma"]
+    missing = meshd("resolve", f"@nope@{DOMAIN}", data_dir=alpha.data_dir, check=False)
+    assert missing.returncode != 0 and "nothing found" in missing.stderr
+
+    # Every node's durable roster learnt every member, not only the seed's.
+    for d in five:
+        roster = {m["name"] for m in d.api("GET", "/v1/roster")}
+        assert roster == {n.name for n in five}, d.name
+
+    # kill -9 beta: every other node declares it dead; its name stops resolving.
+    beta.kill()
+    start = time.monotonic()
+    survivors = [alpha, gamma, delta, epsilon]
+    wait_for(
+        "survivors to mark beta dead",
+        lambda: all(states(d).get("beta") == "dead" for d in survivors),
+        DETECT_S,
+    )
+    detected = time.monotonic() - start
+    for d in survivors:
+        assert [r["node"] for r in resolve(d, f"@web@{DOMAIN}")] == ["gamma"]
+        assert resolve(d, f"@web@beta@{DOMAIN}") == []
+        assert d.status()["members_alive"] == 4
+    print(f"beta detected dead by all survivors in {detected:.2f}s")
+
+
+def test_leave_rejoin_and_removal(five: list[Daemon]) -> None:
+    alpha, beta, gamma, delta, epsilon = five
+    assert gamma.stop() == 0
+    wait_for(
+        "others to see gamma left",
+        lambda: all(states(d).get("gamma") == "left" for d in (alpha, beta, delta, epsilon)),
+        DETECT_S,
+    )
+    gamma.start()
+    wait_for(
+        "gamma to rejoin",
+        lambda: all(states(d).get("gamma") == "alive" for d in five),
+        DETECT_S,
+    )
+
+    meshd("node", "remove", "epsilon", data_dir=alpha.data_dir)
+
+    def removal_known() -> bool:
+        rosters = [
+            {m["name"]: m["removed_at"] for m in d.api("GET", "/v1/roster")} for d in five[:4]
+        ]
+        return all(r.get("epsilon") is not None for r in rosters)
+
+    wait_for("the removal to reach every node", removal_known, DETECT_S)
+    # What epsilon says is now dropped everywhere, so it ends up dead or left.
+    wait_for(
+        "epsilon to be out of everyone's view",
+        lambda: all(states(d).get("epsilon") in {"dead", "left"} for d in five[:4]),
+        DETECT_S,
+    )
