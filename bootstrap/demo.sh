@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job: found a local mesh of three meshd daemons on 127.0.0.1, enrol two of them
-# with single-use tokens, and show what each node knows. Every daemon is a real process
+# The main job: found a local mesh of meshd daemons on 127.0.0.1, enrol the others with
+# single-use tokens, let them find each other (SWIM over sealed UDP), publish and resolve a
+# service name through the DHT, then kill -9 a node and watch the mesh detect it. Every daemon is a real process
 # with its own data directory, store, unix socket and mTLS port.
 #
 # Usage: bash bootstrap/demo.sh [--keep]      (--keep: leave the mesh running until Ctrl-C)
-# Environment: MESHD_DEMO_DIR (default: a new temp dir), MESHD_DEMO_NODES (default 3)
+# Environment: MESHD_DEMO_DIR (default: a new temp dir), MESHD_DEMO_NODES (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash bootstrap/setup.sh
@@ -13,7 +14,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 keep=0
 [[ ${1:-} == --keep ]] && keep=1
 dir=${MESHD_DEMO_DIR:-$(mktemp -d -t meshd-demo.XXXXXX)}
-nodes=${MESHD_DEMO_NODES:-3}
+nodes=${MESHD_DEMO_NODES:-5}
 names=(alpha beta gamma delta epsilon zeta eta theta)
 pids=()
 
@@ -62,11 +63,46 @@ echo "== the mTLS API at $addr refuses a client without a mesh certificate:"
 curl -sk "https://$addr/v1/node" || true
 echo
 
-for ((i = 0; i < nodes; i++)); do
-    echo
-    echo "== meshd status on ${names[$i]}"
-    meshd status --data-dir "$dir/${names[$i]}"
+last=${names[$((nodes - 1))]}
+echo
+echo "== waiting for every node to see all $nodes members alive (SWIM membership over sealed UDP)"
+for _ in $(seq 100); do
+    alive=$(meshd peers --json --data-dir "$dir/$last" | python3 -c 'import json,sys; print(sum(p["state"] == "alive" for p in json.load(sys.stdin)))')
+    [[ $alive == "$nodes" ]] && break
+    sleep 0.1
 done
+meshd peers --data-dir "$dir/$last"
+
+echo
+echo "== ${names[1]} publishes a service; every node resolves it through the DHT"
+meshd service add web --port 8080 --data-dir "$dir/${names[1]}"
+sleep 0.3
+for ((i = 0; i < nodes; i++)); do
+    printf '%s resolves @web@*@demo.lab: ' "${names[$i]}"
+    meshd resolve @web@*@demo.lab --json --data-dir "$dir/${names[$i]}" |
+        python3 -c 'import json,sys; r = json.load(sys.stdin)[0]; print("%(node)s at %(address)s:%(port)s/%(proto)s" % r)'
+done
+
+echo
+echo "== meshd status on ${names[0]}"
+meshd status --data-dir "$dir/${names[0]}"
+
+echo
+echo "== kill -9 ${names[1]}: the others detect it and its name stops resolving"
+start=$(date +%s.%N)
+{ kill -KILL "${pids[1]}" && wait "${pids[1]}"; } 2>/dev/null || true
+for _ in $(seq 200); do
+    state=$(meshd peers --json --data-dir "$dir/${names[0]}" | python3 -c "import json,sys; print([p['state'] for p in json.load(sys.stdin) if p['name'] == '${names[1]}'][0])")
+    [[ $state == dead ]] && break
+    sleep 0.05
+done
+echo "${names[0]} marked ${names[1]} $state after $(python3 -c "import time; print(f'{time.time() - $start:.1f}')")s"
+meshd peers --data-dir "$dir/${names[0]}"
+if meshd resolve @web@demo.lab --data-dir "$dir/${names[0]}" 2>&1; then
+    echo "demo: a dead node's service still resolves" >&2
+    exit 1
+fi
+
 echo
 echo "== the roster as ${names[0]} (the seed and CA holder) knows it"
 meshd node ls --data-dir "$dir/${names[0]}"

@@ -196,7 +196,15 @@ class Node:
         await self._runner.setup()
         await web.SockSite(self._runner, unix).start()
         await web.SockSite(self._runner, tcp, ssl_context=tls.server_context(self.ident)).start()
-        seeds = await _resolve_seeds(self.cfg.seeds, self.address)
+        # Configured seeds first, then every member's last known address from the
+        # durable roster: a restarted node rejoins even when its seeds are gone.
+        known = [
+            m.address
+            for m in roster.members(self.store)
+            if m.name != self.ident.name and m.address and not m.address.endswith(":0")
+        ]
+        candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
+        seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
         self.store.set_meta("address", self.address)
         self.ready = True
