@@ -35,6 +35,7 @@ import heapq
 import ipaddress
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +150,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-class Lookup:
+class Lookup(ABC):
     """The iterative lookup engine shared by node and record lookups."""
 
     def __init__(
@@ -180,11 +181,13 @@ class Lookup:
     def _converged(self) -> bool:
         return all(n.id in self._answered for n in self._closest())
 
+    @abstractmethod
     def _ask(self, node: Node) -> Coroutine[Any, Any, Answer]:
-        raise NotImplementedError
+        """Start the RPC this lookup sends to ``node``."""
 
+    @abstractmethod
     def _handle(self, node: Node, data: Any, now: float) -> None:
-        raise NotImplementedError
+        """Take in ``node``'s answer."""
 
     def _done(self, now: float, stall: float) -> bool:
         return self._converged()

@@ -65,9 +65,11 @@ def test_same_seed_same_run_different_seed_different_run() -> None:
 
 def test_codec_round_trip_under_loss_and_duplication() -> None:
     seed = seed_or(11)
-    sim = Simulation(seed, 10, config.lan(), LinkModel(loss=0.1, duplicate=0.1), codec=True)
+    cfg = config.lan()
+    sim = Simulation(seed, 10, cfg, LinkModel(loss=0.1, duplicate=0.1), codec=True)
     sim.at(5.0, sim.crash, "n7")
-    sim.at(8.0, sim.broadcast, "n2", "note", b"x" * 900)
+    # Close to the largest broadcast one datagram can carry: stresses the size checks.
+    sim.at(8.0, sim.broadcast, "n2", "note", b"x" * (cfg.max_gossip_bytes - 100))
     sim.at(15.0, sim.restart, "n7")
     sim.run_until(25.0)  # the harness asserts every datagram's size and exact codec size
     assert sim.converged(), f"{sim.describe()}: {sim.disagreements()}"
