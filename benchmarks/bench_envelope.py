@@ -11,7 +11,8 @@ messages are 2 ms apart, so the window slides and nonces expire as in steady sta
   first message from a new author): it also parses the certificate and checks the CA's
   signature on it. Two authors alternate through a one-entry cache, so every message
   misses.
-- ``seal_overhead_bytes``, ``sign_overhead_bytes``: what each layer adds to a payload;
+- ``seal_overhead_bytes``, ``sign_overhead_bytes`` (and ``*_compact_bytes`` for the
+  compact form that names the author by node id): what each layer adds to a payload;
   signing carries the author's certificate, so its overhead depends on the name length.
 
 The anchors are the primitives underneath (Ed25519 sign and verify over the same
@@ -166,6 +167,16 @@ def bench_overhead(mesh: Mesh) -> None:
     emit("sign_overhead_bytes", len(signed) - len(BODY), "bytes", 1, 1)
     emit("cert_der_bytes", len(pki.cert_der(mesh.certs[0])), "bytes", 1, 1)
     emit("wire_overhead_bytes", len(sealed) - len(BODY), "bytes", 1, 1)
+    # The compact form names the author by node id (membership datagrams).
+    compact = Signer(mesh.keys[0], mesh.certs[0]).sign(KIND, BODY, NOW, compact=True)
+    emit("sign_overhead_compact_bytes", len(compact) - len(BODY), "bytes", 1, 1)
+    emit(
+        "wire_overhead_compact_bytes",
+        len(mesh.sealer().seal(compact, NOW)) - len(BODY),
+        "bytes",
+        1,
+        1,
+    )
 
 
 def bench_anchors(mesh: Mesh, n: int, rounds: int) -> None:

@@ -137,10 +137,10 @@ class Config:
     push_pull_interval_s: float = 30.0
     # A dead or left member's entry is forgotten after this long (its roster row stays).
     dead_reclaim_s: float = 3600.0
-    # Largest membership datagram payload before signing and sealing. Signing adds
-    # ~531 B (the author's certificate travels with it) and sealing 49 B, so 850 keeps a
-    # datagram within one 1500-byte Ethernet frame with IP/UDP headers: no fragments.
-    max_gossip_bytes: int = 850
+    # Largest membership datagram payload before signing and sealing. The compact
+    # signature adds ~120 B and sealing 49 B, so 1200 keeps a datagram within one
+    # 1500-byte Ethernet frame with IP/UDP headers: no fragments.
+    max_gossip_bytes: int = 1200
 
     # Logging: level and format (`text` is key=value for humans, `json` for collectors).
     log_level: str = "info"

@@ -25,6 +25,12 @@ The signature covers a domain-separation prefix and every byte before it. Certif
 chains are verified once per distinct certificate and cached; validity and revocation
 are rechecked on every message, because both change with time.
 
+*Compact* form (version 2): the certificate field holds the author's 20-byte node id
+instead of its ~430-byte certificate, for datagrams that must fit one Ethernet frame
+(membership). It verifies only where the author's certificate is already known — seen
+in a full-form message, over mTLS, or in the roster (:meth:`Verifier.learn`); anywhere
+else it raises :class:`UnknownAuthorError` so the caller can fetch the certificate.
+
 Everything here is pure: ``now`` is passed in and nonces come from a callable (the OS
 CSPRNG by default, a seeded source in the simulator).
 """
@@ -43,12 +49,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from meshd.errors import EnvelopeError, IdentityError, ReplayError
+from meshd.errors import EnvelopeError, IdentityError, ReplayError, UnknownAuthorError
 from meshd.identity import pki
 from meshd.identity.revocation import RevocationList
 
 SEAL_VERSION = 1
 SIGN_VERSION = 1
+COMPACT_VERSION = 2
+_NODE_ID_LEN = 20
 SECRET_BYTES = nacl.secret.SecretBox.KEY_SIZE
 SEAL_OVERHEAD = 1 + nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + 8
 _SIGN_PREFIX = b"meshd-msg-v1\x00"
@@ -171,20 +179,26 @@ class Signer:
     ) -> None:
         self._key = key
         self._cert_der = pki.cert_der(cert)
+        public = cert.public_key()
+        if not isinstance(public, Ed25519PublicKey):
+            raise EnvelopeError("a signer's certificate must hold an Ed25519 key")
+        self._node_id = bytes.fromhex(pki.node_id_of(public))
         self._random = random_bytes
 
-    def sign(self, kind: str, body: bytes, now: float) -> bytes:
+    def sign(self, kind: str, body: bytes, now: float, *, compact: bool = False) -> bytes:
+        """Sign ``body``; ``compact`` names us by node id instead of carrying our cert."""
         kind_b = kind.encode()
         if not 0 < len(kind_b) < 256:
             raise ValueError("message kind must be 1..255 bytes")
+        author = self._node_id if compact else self._cert_der
         head = b"".join(
             (
-                _HEAD.pack(b"MS", SIGN_VERSION, len(kind_b)),
+                _HEAD.pack(b"MS", COMPACT_VERSION if compact else SIGN_VERSION, len(kind_b)),
                 kind_b,
                 _TS.pack(int(now * 1000)),
                 self._random(_NONCE_LEN),
-                struct.pack(">H", len(self._cert_der)),
-                self._cert_der,
+                struct.pack(">H", len(author)),
+                author,
                 struct.pack(">I", len(body)),
                 body,
             )
@@ -194,6 +208,7 @@ class Signer:
 
 @dataclass(frozen=True)
 class _Parsed:
+    compact: bool
     kind: str
     ts: float
     nonce: bytes
@@ -208,7 +223,7 @@ def _parse(data: bytes) -> _Parsed:
         magic, version, kind_len = _HEAD.unpack_from(data, 0)
         if magic != b"MS":
             raise EnvelopeError("not a signed meshd message")
-        if version != SIGN_VERSION:
+        if version not in (SIGN_VERSION, COMPACT_VERSION):
             raise EnvelopeError(f"unknown signed-message version {version}")
         if kind_len == 0:
             raise EnvelopeError("signed message has an empty kind")
@@ -233,7 +248,10 @@ def _parse(data: bytes) -> _Parsed:
         raise EnvelopeError("signed message is truncated")
     if len(data) != pos + _SIG_LEN:
         raise EnvelopeError("signed message has a bad length")
-    return _Parsed(kind, ts_ms / 1000.0, nonce, cert_der, body, data[:pos], data[pos:])
+    compact = version == COMPACT_VERSION
+    if compact and cert_len != _NODE_ID_LEN:
+        raise EnvelopeError("compact signed message must name its author by a 20-byte id")
+    return _Parsed(compact, kind, ts_ms / 1000.0, nonce, cert_der, body, data[:pos], data[pos:])
 
 
 class Verifier:
@@ -251,6 +269,16 @@ class Verifier:
         self._guard = guard
         self._cache: dict[bytes, tuple[pki.CertInfo, Ed25519PublicKey]] = {}
         self._cache_size = cache_size
+        # Authors whose certificate we verified, by node id: what compact messages need.
+        # Bounded by the mesh's size (one entry per member), not by traffic.
+        self._authors: dict[str, tuple[pki.CertInfo, Ed25519PublicKey]] = {}
+
+    def learn(self, der: bytes, now: float) -> pki.CertInfo:
+        """Verify a member's certificate and remember it for compact messages."""
+        return self._cert(der, now)[0]
+
+    def knows(self, node_id: str) -> bool:
+        return node_id in self._authors
 
     def _cert(self, der: bytes, now: float) -> tuple[pki.CertInfo, Ed25519PublicKey]:
         hit = self._cache.get(der)
@@ -266,6 +294,16 @@ class Verifier:
                 self._cache.pop(next(iter(self._cache)))
             hit = (info, key)
             self._cache[der] = hit
+            self._authors[info.node_id] = hit
+        info = hit[0]
+        if not info.not_before <= now <= info.not_after:
+            raise EnvelopeError(f"author certificate for {info.name!r} has expired")
+        return hit
+
+    def _author(self, node_id: bytes, now: float) -> tuple[pki.CertInfo, Ed25519PublicKey]:
+        hit = self._authors.get(node_id.hex())
+        if hit is None:
+            raise UnknownAuthorError(node_id.hex())
         info = hit[0]
         if not info.not_before <= now <= info.not_after:
             raise EnvelopeError(f"author certificate for {info.name!r} has expired")
@@ -279,7 +317,9 @@ class Verifier:
         after they were made; they carry their own versions and expiries.
         """
         msg = _parse(data)
-        info, key = self._cert(msg.cert_der, now)
+        info, key = (
+            self._author(msg.cert_der, now) if msg.compact else self._cert(msg.cert_der, now)
+        )
         if self._revocations.is_revoked(info.serial, info.node_id):
             raise EnvelopeError(f"author {info.name!r} was removed from the mesh")
         try:
@@ -297,5 +337,5 @@ class Verifier:
             ts=msg.ts,
             nonce=msg.nonce,
             body=msg.body,
-            cert_der=msg.cert_der,
+            cert_der=b"" if msg.compact else msg.cert_der,
         )

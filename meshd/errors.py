@@ -44,6 +44,14 @@ class ReplayError(EnvelopeError):
     """A message was already seen, or is too old or too far in the future."""
 
 
+class UnknownAuthorError(EnvelopeError):
+    """A compact signed message names an author whose certificate we have not seen yet."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"unknown author {node_id[:12]}...; its certificate is needed first")
+        self.node_id = node_id
+
+
 class StoreError(MeshdError):
     """The node's SQLite store can't be opened, migrated or written."""
 

@@ -36,7 +36,13 @@ from meshd.api import tls
 from meshd.dht import MeshDHT
 from meshd.directory import Directory
 from meshd.envelope import ReplayGuard, Sealer, Signer, Verifier
-from meshd.errors import EnvelopeError, IdentityError, NamingError, NotFoundError
+from meshd.errors import (
+    EnvelopeError,
+    IdentityError,
+    NamingError,
+    NotFoundError,
+    UnknownAuthorError,
+)
 from meshd.identity import pki, revocation
 from meshd.mdns import MdnsDiscovery
 from meshd.membership import Deliver, Effect, MemberChanged, Membership, MemberState, Send, codec
@@ -72,6 +78,15 @@ class Mesh:
         )
         self.directory = Directory.from_store(node.store, node.revocations)
         self.directory.learn(ident.key.public_key(), ident.info)
+        # Compact datagrams name their author by id: prime the verifier with the roster.
+        for member in roster.members(node.store):
+            try:
+                self.verifier.learn(
+                    pki.cert_der(pki.load_cert_pem(member.cert_pem.encode(), "")), node.clock()
+                )
+            except (IdentityError, EnvelopeError) as exc:
+                logger.warning("roster certificate of %s refused: %s", member.name, exc)
+        self._cert_fetches: dict[Addr, float] = {}
         self.membership: Membership | None = None
         self.dht: MeshDHT | None = None
         self.mdns: MdnsDiscovery | None = None
@@ -198,6 +213,15 @@ class Mesh:
     def _on_datagram(self, payload: bytes, addr: Addr) -> None:
         try:
             signed = self.verifier.verify(payload, self.node.clock())
+        except UnknownAuthorError:
+            self.dropped.inc(reason="unknown_author")
+            self._fetch_cert_soon(addr)
+            return
+        except EnvelopeError as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped membership datagram peer=%s:%s error=%s", *addr, exc)
+            return
+        try:
             if signed.kind != SWIM_KIND:
                 raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
             msg = codec.decode(signed.body)
@@ -205,9 +229,33 @@ class Mesh:
             self.dropped.inc(reason="invalid")
             logger.debug("dropped membership datagram peer=%s:%s error=%s", *addr, exc)
             return
-        if not self.directory.knows(signed.node_id):
-            self._learn_member(signed.cert_der)
         self._deliver(msg, signed.author, addr)
+
+    def _fetch_cert_soon(self, addr: Addr) -> None:
+        """Learn an unknown sender's certificate from a TLS handshake (at most 1/s/addr)."""
+        now = self.mono()
+        if now - self._cert_fetches.get(addr, -1e9) < 1.0:
+            return
+        self._cert_fetches[addr] = now
+        if len(self._cert_fetches) > 4096:
+            self._cert_fetches.clear()
+        self._spawn(self._fetch_cert(addr))
+
+    async def _fetch_cert(self, addr: Addr) -> None:
+        ctx = tls.client_context(self.node.ident, self.node.ident.ca_cert)
+        try:
+            async with asyncio.timeout(max(1.0, self.node.cfg.probe_interval_s * 4)):
+                _, writer = await asyncio.open_connection(addr[0], addr[1], ssl=ctx)
+        except (OSError, TimeoutError) as exc:
+            logger.debug("can't fetch the certificate of %s:%s: %s", *addr, exc)
+            return
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        finally:
+            writer.close()
+        if der:
+            self._learn_member(der)
 
     def receive_reliable(self, body: bytes, cert_der: bytes, remote: str) -> None:
         """A message posted to ``/v1/mesh/message`` by an authenticated member."""
@@ -241,6 +289,8 @@ class Mesh:
             return None
         if self.node.revocations.is_revoked(info.serial, info.node_id):
             return None
+        if not self.verifier.knows(info.node_id):
+            self.verifier.learn(cert_der, self.node.clock())
         if self.directory.learn(cert.public_key(), info):  # type: ignore[arg-type]
             from meshd.identity.enrolment import member_of  # noqa: PLC0415 - avoid a cycle
 
@@ -309,9 +359,8 @@ class Mesh:
         if e.reliable:
             self._spawn(self._post(e.addr, body))
             return
-        self.mux.send(
-            Channel.MEMBERSHIP, self.signer.sign(SWIM_KIND, body, self.node.clock()), e.addr
-        )
+        signed = self.signer.sign(SWIM_KIND, body, self.node.clock(), compact=True)
+        self.mux.send(Channel.MEMBERSHIP, signed, e.addr)
 
     async def _post(self, addr: Addr, body: bytes) -> None:
         if self._http is None:

@@ -31,7 +31,7 @@ from meshd.envelope import (
     Signer,
     Verifier,
 )
-from meshd.errors import EnvelopeError, ReplayError
+from meshd.errors import EnvelopeError, ReplayError, UnknownAuthorError
 from meshd.identity import pki
 from meshd.identity.revocation import Revocation, RevocationList
 
@@ -654,3 +654,60 @@ def test_a_verifier_without_a_guard_checks_no_freshness() -> None:
     msg = fx.signer(alpha).sign("bid", b"", NOW - DAY)
     assert v.verify(msg, NOW).ts == NOW - DAY
     assert v.verify(msg, NOW).ts == NOW - DAY
+
+
+# -- the compact form (author by node id) ----------------------------------------------
+
+
+def test_compact_form_needs_the_author_known_first() -> None:
+    alpha = fx.mesh()["alpha"]
+    v = fx.verifier()
+    msg = fx.signer(alpha, 21).sign("swim", b"ping", NOW, compact=True)
+    with pytest.raises(UnknownAuthorError) as caught:
+        v.verify(msg, NOW)
+    assert caught.value.node_id == alpha.info.node_id
+    assert not v.knows(alpha.info.node_id)
+    assert v.learn(alpha.der, NOW).name == "alpha"
+    got = v.verify(msg, NOW)
+    assert (got.author, got.body, got.cert_der) == ("alpha", b"ping", b"")
+
+
+def test_a_full_form_message_teaches_the_author() -> None:
+    alpha = fx.mesh()["alpha"]
+    v = fx.verifier()
+    v.verify(fx.signer(alpha, 22).sign("swim", b"hello", NOW), NOW)
+    assert (
+        v.verify(fx.signer(alpha, 23).sign("swim", b"x", NOW, compact=True), NOW).author == "alpha"
+    )
+
+
+def test_compact_form_is_small() -> None:
+    alpha = fx.mesh()["alpha"]
+    full = fx.signer(alpha, 24).sign("swim", b"", NOW)
+    compact = fx.signer(alpha, 24).sign("swim", b"", NOW, compact=True)
+    assert len(full) - len(compact) == len(alpha.der) - 20
+    assert len(compact) < 130
+
+
+def test_compact_form_refuses_revoked_swapped_and_flipped() -> None:
+    m = fx.mesh()
+    alpha, beta = m["alpha"], m["beta"]
+    revoked = RevocationList()
+    v = fx.verifier(revocations=revoked)
+    v.learn(alpha.der, NOW)
+    v.learn(beta.der, NOW)
+    msg = fx.signer(alpha, 25).sign("swim", b"claim", NOW, compact=True)
+    # beta's key signing a message that names alpha
+    forged = bytearray(fx.signer(beta, 25).sign("swim", b"claim", NOW, compact=True))
+    forged[4 + 4 + 8 + 16 + 2 : 4 + 4 + 8 + 16 + 2 + 20] = bytes.fromhex(alpha.info.node_id)
+    refused(v.verify, bytes(forged))
+    unguarded = fx.verifier(guarded=False)
+    unguarded.learn(alpha.der, NOW)
+    unguarded.learn(beta.der, NOW)
+    assert unguarded.verify(msg, NOW).author == "alpha"
+    for i in range(len(msg) * 8):
+        flipped = bytearray(msg)
+        flipped[i // 8] ^= 1 << (i % 8)
+        refused(unguarded.verify, bytes(flipped))
+    revoked.add(Revocation(alpha.info.serial, "alpha", alpha.info.node_id, NOW, "test"))
+    refused(v.verify, msg)
