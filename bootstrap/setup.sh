@@ -25,8 +25,16 @@ if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing Debian packages: ${need_apt[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
+        # Never start the services we install (avahi-daemon would announce this host on
+        # the real LAN): the tests run their own copies inside test namespaces only.
+        policy=/usr/sbin/policy-rc.d
+        own_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+        fi
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+        ((own_policy)) && rm -f "$policy"
     else
         echo "setup: missing ${need_apt[*]}; install them (as root: apt-get install ${need_apt[*]})" >&2
         exit 1
