@@ -142,6 +142,43 @@ class Config:
     # 1500-byte Ethernet frame with IP/UDP headers: no fragments.
     max_gossip_bytes: int = 1200
 
+    # -- placement (meshd.auction) --------------------------------------------------
+    # How long an originator waits for bids before it closes the round with what it
+    # has (a round also closes as soon as every candidate answered). 250 ms is the
+    # Aether scheduler's window (DESIGN.md §12): many LAN round trips, short for a client.
+    auction_window_s: float = 0.25
+    # How long the originator waits for the winner's Accept/Refuse over the reliable
+    # channel before it withdraws the award and tries the next-best bidder.
+    auction_award_timeout_s: float = 1.0
+    # Lifetime of a bidder's hold. It must outlive the window and both award attempts
+    # (winner, then next-best), so a hold never expires under a live award; holds of an
+    # originator that crashed go away on their own after this long.
+    auction_hold_ttl_s: float = 5.0
+    # How long a winner that accepted waits for the originator's confirmation before it
+    # broadcasts the placement itself (the originator may have crashed after the award).
+    # Longer than the award timeout, so a live originator withdraws a late award first.
+    auction_confirm_timeout_s: float = 3.0
+    # Up to this many eligible members, every one is asked to bid; beyond it a random
+    # sample of ceil(auction_sample_d * log2 N) (Sparrow's power of d choices).
+    auction_full_mesh_max: int = 32
+    auction_sample_d: float = 2.0
+    # How far each resource may be promised beyond capacity (1.0: never overcommit).
+    # CPU is commonly overcommitted for idle VMs; memory and disk rarely should be.
+    cpu_overcommit: float = 1.0
+    memory_overcommit: float = 1.0
+    disk_overcommit: float = 1.0
+    # Rounds per auction: a round whose sample finds no fit is followed by a wider one
+    # (doubled; the last asks every eligible member). Rounds that fail only because
+    # concurrent rounds hold capacity are retried for up to auction_hold_ttl_s on top.
+    auction_max_rounds: int = 2
+    # Score bids from the host's live load, free memory and disk (psutil) as well as the
+    # ledger. Off when several daemons share one machine (the `local` preset): the
+    # host's load is then everybody's, not this node's, and declared capacity rules.
+    host_telemetry: bool = True
+    # Anti-entropy: every interval the shell sends the full placement view to one random
+    # member, so nodes that missed a confirmation (partition, restart) converge.
+    auction_sync_interval_s: float = 10.0
+
     # Logging: level and format (`text` is key=value for humans, `json` for collectors).
     log_level: str = "info"
     log_format: str = "text"
@@ -202,6 +239,32 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        # -- placement (meshd.auction)
+        for name in (
+            "auction_window_s",
+            "auction_award_timeout_s",
+            "auction_hold_ttl_s",
+            "auction_confirm_timeout_s",
+            "auction_full_mesh_max",
+            "auction_sample_d",
+            "cpu_overcommit",
+            "memory_overcommit",
+            "disk_overcommit",
+            "auction_max_rounds",
+            "auction_sync_interval_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.auction_hold_ttl_s <= self.auction_window_s + 2 * self.auction_award_timeout_s:
+            raise ConfigError(
+                "auction_hold_ttl_s must exceed auction_window_s + 2 x auction_award_timeout_s "
+                "(a hold must outlive the window and both award attempts)"
+            )
+        if self.auction_confirm_timeout_s <= self.auction_award_timeout_s:
+            raise ConfigError(
+                "auction_confirm_timeout_s must exceed auction_award_timeout_s "
+                "(a live originator withdraws a late award before the winner confirms it)"
+            )
         if self.dht_max_value_bytes > DHT_MAX_VALUE_LIMIT:
             raise ConfigError(
                 f"dht_max_value_bytes can be at most {DHT_MAX_VALUE_LIMIT}: a record must fit "
@@ -245,6 +308,7 @@ def local() -> Config:
         enrol_timeout_s=5.0,
         shutdown_grace_s=1.0,
         api_request_timeout_s=10.0,
+        host_telemetry=False,
     )
 
 

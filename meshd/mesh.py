@@ -231,6 +231,23 @@ class Mesh:
             return
         self._deliver(msg, signed.author, addr)
 
+    def learn_sender_soon(self, addr: Addr) -> None:
+        self._fetch_cert_soon(addr)
+
+    def learn_member(self, cert_der: bytes) -> pki.CertInfo | None:
+        return self._learn_member(cert_der)
+
+    def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None:
+        if kind in self._handlers:
+            raise RuntimeError(f"broadcast kind {kind!r} has a handler already")
+        self._handlers[kind] = handler
+
+    def address_of(self, name: str) -> Addr | None:
+        if self.membership is None:
+            return None
+        m = self.membership.member(name)
+        return None if m is None else m.address
+
     def _fetch_cert_soon(self, addr: Addr) -> None:
         """Learn an unknown sender's certificate from a TLS handshake (at most 1/s/addr)."""
         now = self.mono()
@@ -363,17 +380,21 @@ class Mesh:
         self.mux.send(Channel.MEMBERSHIP, signed, e.addr)
 
     async def _post(self, addr: Addr, body: bytes) -> None:
+        await self.post(addr, "/v1/mesh/message", body)
+
+    async def post(self, addr: Addr, path: str, body: bytes) -> None:
+        """Send ``body`` to a member's mesh-internal route over mTLS (fire and forget)."""
         if self._http is None:
             return
-        url = f"https://{addr[0]}:{addr[1]}/v1/mesh/message"
+        url = f"https://{addr[0]}:{addr[1]}{path}"
         try:
             async with self._http.post(
                 url, data=body, headers={"Content-Type": "application/octet-stream"}
             ) as resp:
                 if resp.status >= 300:
-                    logger.debug("push-pull refused peer=%s:%s status=%s", *addr, resp.status)
+                    logger.debug("%s refused peer=%s:%s status=%s", path, *addr, resp.status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            logger.debug("push-pull failed peer=%s:%s error=%s", *addr, exc)
+            logger.debug("%s failed peer=%s:%s error=%s", path, *addr, exc)
 
     # -- discovery ------------------------------------------------------------------
 

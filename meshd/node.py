@@ -42,6 +42,7 @@ from meshd.units import format_hostport, parse_hostport
 
 if TYPE_CHECKING:
     from meshd.mesh import Mesh
+    from meshd.placement import PlacementShell
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._owns_socket = False
         self.mesh: Mesh | None = None
+        self.placement: PlacementShell | None = None
         # False until start-up has finished: /v1/health answers 503 "starting" till then.
         self.ready = False
         self._socket_path = cfg.socket_path
@@ -173,6 +175,7 @@ class Node:
 
     async def _start(self) -> None:
         from meshd.mesh import Mesh  # noqa: PLC0415 - mesh imports the node type lazily too
+        from meshd.placement import PlacementShell  # noqa: PLC0415 - same
 
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
         self.mesh = Mesh(self)
@@ -206,6 +209,8 @@ class Node:
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
+        self.placement = PlacementShell(self, self.mesh)
+        self.placement.start()
         self.store.set_meta("address", self.address)
         self.ready = True
         roster.set_address(self.store, self.ident.name, self.address)
@@ -242,6 +247,8 @@ class Node:
     async def stop(self) -> None:
         logger.info("meshd stopping name=%s", self.ident.name)
         self.ready = False
+        if self.placement is not None:
+            self.placement.stop()
         if self.mesh is not None:
             try:
                 await self.mesh.stop()
@@ -304,7 +311,11 @@ class Node:
             "ca_holder": self.ident.is_ca_holder,
             "ca_fingerprint": self.ident.ca_fingerprint,
             "capacity": cap.as_json(),
-            "allocated": {"cpus": 0.0, "memory": 0, "disk": 0},
+            "allocated": (
+                self.placement.allocated()
+                if self.placement
+                else {"cpus": 0.0, "memory": 0, "disk": 0}
+            ),
             "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
             "roster_size": len(members),
             "rss_bytes": telemetry.rss_bytes(),

@@ -42,5 +42,24 @@ def _disk_free(path: Path) -> int:
     return psutil.disk_usage(str(path)).free
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What the bidder scores from: this host's load and what is free right now."""
+
+    load_per_core: float
+    mem_available: int
+    disk_free: int
+
+
+def sample(data_dir: Path) -> Sample:
+    """A live reading: 1-minute load per core, available memory, free disk under data_dir."""
+    cores = os.cpu_count() or 1
+    return Sample(
+        load_per_core=os.getloadavg()[0] / cores,
+        mem_available=psutil.virtual_memory().available,
+        disk_free=_disk_free(data_dir),
+    )
+
+
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss

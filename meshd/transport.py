@@ -37,6 +37,7 @@ MAX_DATAGRAM = 65507
 class Channel(IntEnum):
     DHT = 1
     MEMBERSHIP = 2
+    AUCTION = 3
 
 
 class DatagramMux(asyncio.DatagramProtocol):

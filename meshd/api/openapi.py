@@ -84,6 +84,38 @@ _SCHEMAS: dict[str, Any] = {
             "proto": {"enum": ["tcp", "udp"]},
         },
     },
+    "Submit": {
+        "type": "object",
+        "required": ["name", "cpus", "memory"],
+        "properties": {
+            "name": {"type": "string"},
+            "cpus": {"type": "number"},
+            "memory": {"type": "integer", "description": "bytes"},
+            "disk": {"type": "integer", "description": "bytes"},
+            "driver": {"enum": ["process", "qemu", "firecracker"]},
+            "image": {"type": "string"},
+            "kernel": {"type": "string"},
+            "initrd": {"type": "string"},
+            "command": {"type": "string"},
+            "services": {"type": "array"},
+            "user_data": {"type": "string"},
+            "tenant": {"type": "string"},
+            "nodes": {"type": "array", "items": {"type": "string"}},
+            "idempotency_key": {"type": "string"},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "properties": {
+            "workload": {"type": "string"},
+            "name": {"type": "string"},
+            "owner": {"type": "string"},
+            "round": {"type": "string"},
+            "generation": {"type": "integer"},
+            "decided_ms": {"type": "number"},
+            "bids": {"type": "array"},
+        },
+    },
     "Member": {
         "type": "object",
         "properties": {
@@ -271,6 +303,56 @@ def document() -> dict[str, Any]:
             "/v1/mesh/message": {
                 "post": {
                     "summary": "Mesh-internal: a membership message sent reliably (nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
+            },
+            "/v1/workloads": {
+                "post": {
+                    "summary": "Place a workload by auction from this node; waits for the decision",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Submit"}}
+                        }
+                    },
+                    "responses": {
+                        "200": _ok("placed", {"$ref": "#/components/schemas/Decision"}),
+                        "409": _ok("not placed: the sentence says why", _ERROR),
+                        **_ERRORS,
+                    },
+                },
+                "get": {
+                    "summary": "The mesh-wide placement view as this node knows it",
+                    "responses": {"200": _ok("workloads", {"type": "array"}), **_ERRORS},
+                },
+            },
+            "/v1/auctions": {
+                "get": {
+                    "summary": "Auction rounds this node ran or took part in",
+                    "responses": {"200": _ok("rounds", {"type": "array"}), **_ERRORS},
+                }
+            },
+            "/v1/auctions/{round}": {
+                "get": {
+                    "summary": "One round (or auction) with every bid and the winner",
+                    "parameters": [
+                        {
+                            "name": "round",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok("round", json_obj),
+                        "404": _ok("unknown round", _ERROR),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/mesh/auction": {
+                "post": {
+                    "summary": "Mesh-internal: an auction message sent reliably (nodes only)",
                     "requestBody": {"content": {"application/octet-stream": {}}},
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }

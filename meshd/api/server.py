@@ -40,11 +40,13 @@ from meshd.errors import (
 )
 from meshd.identity import authority, enrolment, pki
 from meshd.mesh import REVOCATION_KIND
+from meshd.placement import PlacementError
 from meshd.store import roster, services
 
 if TYPE_CHECKING:
     from meshd.mesh import Mesh
     from meshd.node import Node
+    from meshd.placement import PlacementShell
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ TENANT_ROUTES = frozenset(
     {("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/resolve")}
 )
 # Mesh-internal routes: only another node (role `node`) may call them.
-NODE_ROUTES = frozenset({("POST", "/v1/mesh/message")})
+NODE_ROUTES = frozenset({("POST", "/v1/mesh/message"), ("POST", "/v1/mesh/auction")})
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def _status_for(exc: MeshdError) -> int:
         return 503
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, PlacementError):
+        return 409
     return 400
 
 
@@ -116,6 +120,11 @@ class Api:
         app.router.add_delete("/v1/services/{name}", self.services_remove)
         app.router.add_get("/v1/resolve", self.resolve)
         app.router.add_post("/v1/mesh/message", self.mesh_message)
+        app.router.add_post("/v1/mesh/auction", self.mesh_auction)
+        app.router.add_post("/v1/workloads", self.workloads_submit)
+        app.router.add_get("/v1/workloads", self.workloads_list)
+        app.router.add_get("/v1/auctions", self.auctions_list)
+        app.router.add_get("/v1/auctions/{round}", self.auctions_show)
         app.router.add_get("/v1/enrol/ca", self.enrol_ca)
         app.router.add_post("/v1/enrol", self.enrol)
         return app
@@ -295,6 +304,31 @@ class Api:
         body = await request.read()
         self._mesh().receive_reliable(body, request["peer_cert"], request.remote or "")
         return web.Response(status=204)
+
+    def _placement(self) -> PlacementShell:
+        if self.node.placement is None:
+            raise DaemonError("placement is not running yet; retry in a moment")
+        return self.node.placement
+
+    async def mesh_auction(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._placement().receive_reliable(body, request["peer_cert"])
+        return web.Response(status=204)
+
+    async def workloads_submit(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._placement().submit(await _json_body(request)))
+
+    async def workloads_list(self, request: web.Request) -> web.Response:
+        return web.json_response(self._placement().workloads())
+
+    async def auctions_list(self, request: web.Request) -> web.Response:
+        return web.json_response(self._placement().auctions())
+
+    async def auctions_show(self, request: web.Request) -> web.Response:
+        doc = self._placement().auction(request.match_info["round"])
+        if doc is None:
+            raise NotFoundError(f"no auction round {request.match_info['round']} is known here")
+        return web.json_response(doc)
 
     async def enrol_ca(self, request: web.Request) -> web.Response:
         return web.json_response({"ca_cert": pki.cert_pem(self.node.ident.ca_cert).decode()})

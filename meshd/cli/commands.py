@@ -20,7 +20,7 @@ from meshd.errors import ConfigError, IdentityError
 from meshd.identity import authority, enrolment, files, pki
 from meshd.store import roster
 from meshd.store.db import Store
-from meshd.units import format_size, parse_duration
+from meshd.units import format_size, parse_duration, parse_size
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "meshd.toml"
@@ -279,4 +279,74 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         output.emit_json(rows)
     else:
         output.emit_table(rows, ["service", "node", "address", "port", "proto"])
+    return 0
+
+
+# -- workloads and auctions --------------------------------------------------------------
+
+
+def _services(specs: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for item in specs:
+        name, sep, port = item.rpartition(":")
+        if not sep or not name or not port.isdigit():
+            raise ConfigError(f"--service must be NAME:PORT, got {item!r}")
+        out.append({"name": name, "port": int(port)})
+    return out
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "cpus": args.cpus,
+        "memory": parse_size(args.memory, "--memory"),
+        "disk": parse_size(args.disk, "--disk"),
+        "driver": args.driver,
+        "services": _services(args.service),
+        "nodes": args.node,
+    }
+    for key in ("image", "kernel", "initrd", "command", "tenant", "idempotency_key"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    if args.user_data:
+        try:
+            body["user_data"] = Path(args.user_data).read_text()
+        except OSError as exc:
+            raise ConfigError(f"can't read --user-data {args.user_data}: {exc.strerror}") from exc
+    doc = client(args).request("POST", "/v1/workloads", body)
+    if args.json:
+        output.emit_json(doc)
+    else:
+        bids = ", ".join(f"{b['node']}={b['score']}" for b in doc["bids"])
+        output.emit_text(
+            f"placed {doc['name']} ({doc['workload']}) on {doc['owner']} in "
+            f"{doc['decided_ms']:.1f} ms, generation {doc['generation']}; bids: {bids}"
+        )
+    return 0
+
+
+def cmd_workloads(args: argparse.Namespace) -> int:
+    rows = client(args).request("GET", "/v1/workloads")
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["workload", "name", "owner", "generation", "state"])
+    return 0
+
+
+def cmd_auctions(args: argparse.Namespace) -> int:
+    if getattr(args, "auctions_command", None) == "show":
+        doc = client(args).request("GET", f"/v1/auctions/{quote(args.round, safe='')}")
+        if args.json:
+            output.emit_json(doc)
+        else:
+            output.emit_fields({k: v for k, v in doc.items() if k != "bids"})
+            output.emit_table(doc["bids"], ["node", "score", "reason"])
+        return 0
+    rows = client(args).request("GET", "/v1/auctions")
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, ["round", "workload", "originator", "winner", "outcome", "bids"])
     return 0

@@ -117,6 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=commands.cmd_resolve)
 
+    p = sub.add_parser("submit", help="place a workload by auction and wait for the decision")
+    _common(p, json_flag=True)
+    p.add_argument("--name", required=True, help="workload name")
+    p.add_argument("--cpus", type=float, required=True, help="CPUs to reserve")
+    p.add_argument("--memory", required=True, metavar="SIZE", help="memory to reserve, e.g. 512MiB")
+    p.add_argument("--disk", default="0", metavar="SIZE", help="disk to reserve (default 0)")
+    p.add_argument("--driver", choices=["process", "qemu", "firecracker"], default="process")
+    p.add_argument("--image", metavar="REF", help="disk image (qemu)")
+    p.add_argument("--kernel", metavar="PATH", help="kernel for direct boot")
+    p.add_argument("--initrd", metavar="PATH", help="initrd for direct boot")
+    p.add_argument("--command", metavar="CMD", help="command line (process driver)")
+    p.add_argument(
+        "--service", action="append", default=[], metavar="NAME:PORT", help="publish a service"
+    )
+    p.add_argument("--user-data", metavar="FILE", help="cloud-init user-data (qemu)")
+    p.add_argument("--tenant", help="tenant owning the workload")
+    p.add_argument("--node", action="append", default=[], help="only these nodes (repeatable)")
+    p.add_argument("--idempotency-key", metavar="KEY", help="same key, same workload: safe retries")
+    p.set_defaults(func=commands.cmd_submit)
+
+    p = sub.add_parser("workloads", help="the mesh-wide placement view as this node knows it")
+    _common(p, json_flag=True)
+    p.set_defaults(func=commands.cmd_workloads)
+
+    p = sub.add_parser("auctions", help="auction round history, with every bid and the winner")
+    _common(p, json_flag=True)
+    asub = p.add_subparsers(dest="auctions_command", metavar="ACTION")
+    a = asub.add_parser("show", help="one round in detail")
+    _common(a, json_flag=True)
+    a.add_argument("round")
+    p.set_defaults(func=commands.cmd_auctions)
+
     p = sub.add_parser("status", help="this node: identity, address, uptime, capacity")
     _common(p, json_flag=True)
     p.set_defaults(func=commands.cmd_status)

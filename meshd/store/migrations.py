@@ -172,7 +172,27 @@ CREATE TABLE events (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL),)
+# The auction core persists typed records (meshd.auction.durable) that the shell stores
+# as JSON blobs keyed by (kind, key) and folds back into its state on restart; the
+# per-field tables of the first schema were never written and are replaced.
+_AUCTION_RECORDS = """
+DROP TABLE placements;
+DROP TABLE holds;
+DROP TABLE auction_rounds;
+DROP TABLE bids;
+CREATE TABLE auction_records (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _INITIAL),
+    Migration(2, "auction records", _AUCTION_RECORDS),
+)
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 """The newest schema this code knows; a file with a higher user_version is refused."""

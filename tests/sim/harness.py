@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 A :class:`Simulation` owns a virtual clock (:mod:`.clock`), a faulty network
 (:mod:`.network`) and nodes ``n1..nN``. Each :class:`SimNode` hosts a dict of *cores*
-keyed by channel name (today only ``"membership"``; the auction and fencing cores plug
-in the same way). A core is anything with ``receive(msg, sender, addr, now)``,
+keyed by channel name (``"membership"``; :mod:`.auction` adds ``"auction"``; fencing
+will plug in the same way). A core is anything with ``receive(msg, sender, addr, now)``,
 ``tick(now)`` and ``next_deadline()`` returning lists of effects; a *factory* builds
 it when the node starts or restarts, and returns its first effects.
 
@@ -23,6 +23,9 @@ seed of tests that draw one (:func:`seeds`).
 
 Scenarios (:func:`run_scenario`) are small scripts of timed commands whose trace is
 compared with a golden file next to them; ``MESHD_SIM_REGEN=1`` rewrites the goldens.
+A core's own module may extend the script language (directives, commands) through the
+``extension`` hook of :func:`run_scenario`, and restrict the trace to its channels with
+:attr:`Simulation.trace_channels`.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ class Simulation:
         self._by_addr: dict[Address, str] = {}
         self.trace_enabled = trace
         self.trace: list[tuple[float, str, str]] = []
+        # Channels whose observed effects are traced (None: all); commands always are.
+        self.trace_channels: set[str] | None = None
         self.listeners: list[Listener] = []
         self.factories: dict[str, CoreFactory] = factories or {MEMBERSHIP: membership_factory}
         self.codec = codec
@@ -320,6 +325,17 @@ class Simulation:
         self._cmd(f"cut {src}->{dst}{' both' if both else ''}")
         self.net.cut(src, dst, both)
 
+    def inject(self, name: str, channel: str, call: Callable[[Any], list[Any]]) -> None:
+        """Run ``call(core)`` on a running node's core now, then dispatch its effects."""
+        node = self.nodes[name]
+        core = node.cores.get(channel)
+        if not node.up or core is None:
+            return
+        effects = call(core)
+        if effects:
+            self._run(node, channel, effects)
+        self._reschedule(node, channel)
+
     def broadcast(self, name: str, kind: str, payload: bytes) -> None:
         node = self.nodes[name]
         self._cmd(f"broadcast {name} {kind}")
@@ -341,7 +357,7 @@ class Simulation:
             handler(node, channel, e)
 
     def _on_observed(self, node: SimNode, channel: str, e: Any) -> None:
-        if self.trace_enabled:
+        if self.trace_enabled and (self.trace_channels is None or channel in self.trace_channels):
             fmt = self.formatters.get(type(e))
             self.trace.append((self.now, node.name, fmt(e) if fmt else repr(e)))
         for listener in self.listeners:
@@ -414,11 +430,18 @@ class Scenario:
     link: LinkModel = field(default_factory=LinkModel)
     commands: list[tuple[float, list[str]]] = field(default_factory=list)
     end: float = 60.0
+    # Directives an extension declared, in order: (directive, arguments).
+    extras: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
-def parse_scenario(path: Path) -> Scenario:
-    """Read a scenario script: header directives, then ``t=SECONDS command ...`` lines."""
+def parse_scenario(path: Path, directives: Iterable[str] = ()) -> Scenario:
+    """Read a scenario script: header directives, then ``t=SECONDS command ...`` lines.
+
+    ``directives`` names extra header directives (an extension's) to collect in
+    :attr:`Scenario.extras` instead of refusing them.
+    """
     sc = Scenario(path)
+    extra = set(directives)
     for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -442,6 +465,8 @@ def parse_scenario(path: Path) -> Scenario:
             sc.link = _parse_link(rest, where)
         elif head == "end":
             sc.end = float(rest[0])
+        elif head in extra:
+            sc.extras.append((head, rest))
         else:
             raise ValueError(f"{where}: unknown directive {head!r}")
     return sc
@@ -476,10 +501,21 @@ def _names(sim: Simulation, words: list[str]) -> list[str]:
     return [n for w in words for n in w.split(",") if n]
 
 
-def run_scenario(sc: Scenario) -> tuple[list[str], list[str]]:
+# An extension builds the simulation for a scenario and returns it with extra commands:
+# each takes the command's words and returns failed expectations (empty: fine).
+Extension = Callable[
+    [Scenario, Config], tuple["Simulation", dict[str, Callable[[list[str]], list[str]]]]
+]
+
+
+def run_scenario(sc: Scenario, extension: Extension | None = None) -> tuple[list[str], list[str]]:
     """Run a scenario; returns its trace lines and the failed expectations."""
     cfg = config.load(None, sc.preset, sc.overrides)
-    sim = Simulation(sc.seed, sc.nodes, cfg, sc.link, start=False)
+    extra: dict[str, Callable[[list[str]], list[str]]] = {}
+    if extension is None:
+        sim = Simulation(sc.seed, sc.nodes, cfg, sc.link, start=False)
+    else:
+        sim, extra = extension(sc, cfg)
     failures: list[str] = []
 
     def expect(words: list[str]) -> None:
@@ -504,7 +540,9 @@ def run_scenario(sc: Scenario) -> tuple[list[str], list[str]]:
 
     def command(words: list[str]) -> None:
         verb, args = words[0], words[1:]
-        if verb == "start":
+        if verb in extra:
+            failures.extend(f"t={sim.now:g}: {f}" for f in extra[verb](args))
+        elif verb == "start":
             for name in _names(sim, args):
                 sim.start(name)
         elif verb in ("crash", "restart", "leave"):

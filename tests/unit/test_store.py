@@ -32,10 +32,7 @@ TABLES = {
     "tokens",
     "revocations",
     "workloads",
-    "placements",
-    "holds",
-    "auction_rounds",
-    "bids",
+    "auction_records",  # migration 2 replaced placements, holds, auction_rounds, bids
     "fence_records",
     "services",
     "events",

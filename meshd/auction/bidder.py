@@ -1,0 +1,253 @@
+"""The bidder's side of a node: its ledger of holds and committed allocations.
+
+Theory of operation
+-------------------
+DESIGN.md §6, steps 2 and 4, seen from a candidate. The ledger is the only thing that
+stands between concurrent rounds and an overcommitted node, so its rules are few and
+strict:
+
+* A **bid** scores the request (:mod:`.scoring`) against committed + held, excluding
+  anything for the same workload (a newer round for it replaces an older hold). A
+  positive bid places a **hold** — persisted before the bid leaves — that expires
+  after ``auction_hold_ttl_s`` unless released earlier (the round closed without us,
+  the placement was confirmed elsewhere, the originator withdrew the award).
+* An **award** is re-checked against the ledger *without* its own hold and against
+  fresh telemetry; only then is the **allocation** committed (persisted before the
+  ``Accept`` leaves). A commit that would take committed beyond capacity x overcommit
+  is impossible by construction and raises :class:`~.model.InvariantBreach`.
+* A repeated award is answered again without a second commit; an award for a
+  generation at or below one already held or placed is refused; an award the
+  originator already withdrew (a ``Revoke`` that overtook it) is refused.
+* An allocation is **confirmed** when the placement naming this node at its generation
+  arrives (or the node confirms it itself, see :mod:`.auctioneer`); only then does the
+  shell start the workload (``Start``). A newer generation elsewhere releases it
+  (``Stop`` if it was running).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+from meshd.auction import scoring
+from meshd.auction.durable import (
+    AllocationCommitted,
+    AllocationReleased,
+    BidRecorded,
+    DurableState,
+    HoldPlaced,
+    HoldReleased,
+)
+from meshd.auction.effects import Effect, Persist, Start, Stop
+from meshd.auction.messages import Bid, BidRequest, Revoke
+from meshd.auction.model import (
+    Allocation,
+    BidRecord,
+    Capacity,
+    Hold,
+    InvariantBreach,
+    Ledger,
+    Placement,
+    Resources,
+    Telemetry,
+    Workload,
+    total,
+)
+from meshd.config import Config
+
+# Reasons are clipped so that a Bid (and a Refuse) fits one datagram.
+MAX_REASON_BYTES = 400
+
+
+def clip(text: str) -> str:
+    raw = text.encode()
+    if len(raw) <= MAX_REASON_BYTES:
+        return text
+    return raw[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+class Bidder:
+    """Holds and allocations of one node, and the rules that change them."""
+
+    def __init__(
+        self, cfg: Config, name: str, capacity: Capacity, log: logging.Logger, witness: bool
+    ) -> None:
+        self._cfg, self._name, self._capacity, self._log = cfg, name, capacity, log
+        self.witness = witness
+        self._oc = scoring.Overcommit.from_config(cfg)
+        self.limit = scoring.limit(capacity, self._oc)
+        self.telemetry: Telemetry | None = None
+        self.holds: dict[str, Hold] = {}  # round id -> hold
+        self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
+        self.confirm_at: dict[str, float] = {}  # workload id -> self-confirm time
+        self._my_bids: dict[str, tuple[float, Bid]] = {}  # round id -> (forget at, bid)
+        self._revoked: dict[tuple[str, int], float] = {}  # (round, generation) -> forget at
+
+    def restore(self, durable: DurableState, now: float, out: list[Effect]) -> None:
+        for wid, alloc in durable.allocations.items():
+            self.allocs[wid] = alloc
+            if not alloc.confirmed:
+                self.confirm_at[wid] = now + self._cfg.auction_confirm_timeout_s
+        for rid, h in durable.holds.items():
+            if h.expires_at > now:
+                self.holds[rid] = h
+            else:
+                out.append(Persist(HoldReleased(rid, "expired while the node was down")))
+        for rid, rec in durable.bids.items():
+            if rid in self.holds:
+                b = rec.bid
+                bid = Bid(rid, b.score, b.reason, b.tenant_count, b.mem_free, b.workloads, b.busy)
+                self._my_bids[rid] = (self.holds[rid].expires_at, bid)
+
+    def ledger(self) -> Ledger:
+        return Ledger(
+            self._capacity,
+            self.limit,
+            total(self.allocs.values()),
+            total(self.holds.values()),
+            dict(self.allocs),
+            dict(self.holds),
+        )
+
+    def next_deadline(self) -> float:
+        d = min((h.expires_at for h in self.holds.values()), default=math.inf)
+        return min(d, min(self.confirm_at.values(), default=math.inf))
+
+    def expire(self, now: float, out: list[Effect]) -> None:
+        for rid, h in list(self.holds.items()):
+            if h.expires_at <= now:
+                self.release_hold(rid, "expired", out)
+        self._my_bids = {k: v for k, v in self._my_bids.items() if v[0] > now}
+        self._revoked = {k: t for k, t in self._revoked.items() if t > now}
+
+    def _others(self, wid: str) -> tuple[Resources, Resources, int, list[str | None]]:
+        """Committed, held, count and tenants of everything but workload ``wid``."""
+        held = [h for h in self.holds.values() if h.workload_id != wid]
+        allocs = [a for a in self.allocs.values() if a.workload.id != wid]
+        tenants = [h.tenant for h in held] + [a.tenant for a in allocs]
+        return total(allocs), total(held), len(held) + len(allocs), tenants
+
+    def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
+        committed, held, _, _ = self._others(wid)
+        return scoring.evaluate(ask, self._capacity, self._oc, committed, held, self.telemetry)
+
+    def bid(self, req: BidRequest, originator: str, now: float, out: list[Effect]) -> Bid:
+        """Answer a request: persist a hold for a positive score, record the bid."""
+        rid, wid = req.round_id, req.workload_id
+        prev = self._my_bids.get(rid)
+        if prev is not None and prev[0] > now:
+            return prev[1]  # a repeated request: the same answer, no second hold
+        _, _, count, tenants = self._others(wid)
+        same = 0 if req.tenant is None else sum(t == req.tenant for t in tenants)
+        if self.witness:
+            v = scoring.Verdict(scoring.NO_BID, "witness runs no workloads", 0)
+        elif wid in self.allocs:
+            v = scoring.Verdict(scoring.NO_BID, "already hosts this workload", 0)
+        else:
+            v = self._evaluate(req.resources, wid)
+        bid = Bid(rid, v.score, clip(v.reason), same, v.mem_free, count, v.busy)
+        for h in [h for h in self.holds.values() if h.workload_id == wid]:
+            self.release_hold(h.round_id, "replaced by a newer round", out)
+        expires = now + self._cfg.auction_hold_ttl_s
+        if v.score > 0:
+            hold = Hold(rid, wid, req.resources, req.tenant, originator, expires)
+            self.holds[rid] = hold
+            out.append(Persist(HoldPlaced(hold)))
+        rec = BidRecord(self._name, bid.score, bid.reason, same, v.mem_free, count, now, v.busy)
+        out.append(Persist(BidRecorded(rid, originator, wid, rec)))
+        self._my_bids[rid] = (expires, bid)
+        return bid
+
+    def accept_award(
+        self,
+        rid: str,
+        w: Workload,
+        gen: int,
+        originator: str,
+        placed: Placement | None,
+        now: float,
+        out: list[Effect],
+    ) -> str | None:
+        """Commit the award durably (None), or say why not."""
+        cur = self.allocs.get(w.id)
+        if cur is not None and cur.generation == gen and cur.round_id == rid:
+            return None  # a repeated award: already committed
+        if cur is not None and cur.generation >= gen:
+            return f"this node already holds generation {cur.generation} of the workload"
+        if (rid, gen) in self._revoked:
+            return "the award was withdrawn"
+        if placed is not None and placed.generation >= gen:
+            return f"generation {placed.generation} is already placed on {placed.owner}"
+        why: str | None = "witness runs no workloads" if self.witness else None
+        if why is None:
+            v = self._evaluate(w.resources, w.id)
+            why = v.reason if v.score < 0 else None
+        for h in [h for h in self.holds.values() if h.workload_id == w.id]:
+            self.release_hold(h.round_id, "refused" if why else "committed", out)
+        if why is not None:
+            return why
+        alloc = Allocation(w, rid, gen, originator, now, False)
+        self.allocs[w.id] = alloc
+        self.confirm_at[w.id] = now + self._cfg.auction_confirm_timeout_s
+        out.append(Persist(AllocationCommitted(alloc)))
+        committed = total(self.allocs.values())
+        if not committed.within(self.limit):
+            raise InvariantBreach(f"{self._name} committed {committed} beyond {self.limit}")
+        self._log.info("auction committed workload=%s generation=%d round=%s", w.id, gen, rid)
+        return None
+
+    def revoke(self, m: Revoke, sender: str, now: float, out: list[Effect]) -> None:
+        alloc = self.allocs.get(m.workload_id)
+        ours = (m.round_id, m.generation, sender)
+        if alloc is not None and (alloc.round_id, alloc.generation, alloc.originator) == ours:
+            if alloc.confirmed:
+                self._log.warning("auction revoke-after-confirm workload=%s", m.workload_id)
+            else:
+                self.release_alloc(m.workload_id, "the originator withdrew the award", out)
+        else:  # it overtook its award, or the award never came
+            self._revoked[(m.round_id, m.generation)] = now + self._cfg.auction_hold_ttl_s
+        if m.round_id in self.holds:
+            self.release_hold(m.round_id, "the originator withdrew the award", out)
+
+    def release_hold(self, rid: str, why: str, out: list[Effect]) -> None:
+        if self.holds.pop(rid, None) is not None:
+            out.append(Persist(HoldReleased(rid, why)))
+
+    def release_alloc(self, wid: str, why: str, out: list[Effect]) -> None:
+        alloc = self.allocs.pop(wid)
+        self.confirm_at.pop(wid, None)
+        out.append(Persist(AllocationReleased(wid, alloc.generation, why)))
+        if alloc.confirmed:
+            out.append(Stop(wid, alloc.generation, why))
+        self._log.info(
+            "auction released workload=%s generation=%d reason=%r", wid, alloc.generation, why
+        )
+
+    def reconcile(self, p: Placement, changed: bool, out: list[Effect]) -> None:
+        """Bring holds and the allocation for ``p``'s workload in line with ``p``."""
+        wid = p.workload_id
+        for h in [h for h in self.holds.values() if h.workload_id == wid]:
+            if changed or h.round_id == p.round:
+                self.release_hold(h.round_id, f"placed on {p.owner}", out)
+        alloc = self.allocs.get(wid)
+        if alloc is None:
+            if p.owner == self._name:
+                self._log.error(
+                    "auction owner-without-allocation workload=%s generation=%d", wid, p.generation
+                )
+            return
+        if alloc.generation < p.generation:
+            self.release_alloc(wid, f"generation {p.generation} placed on {p.owner}", out)
+        elif alloc.generation == p.generation:
+            if p.owner != self._name:
+                raise InvariantBreach(
+                    f"two owners for workload {wid} generation {p.generation}: "
+                    f"{self._name} (round {alloc.round_id}) and {p.owner} (round {p.round})"
+                )
+            if not alloc.confirmed:
+                done = dataclasses.replace(alloc, confirmed=True)
+                self.allocs[wid] = done
+                self.confirm_at.pop(wid, None)
+                out.append(Persist(AllocationCommitted(done)))
+                out.append(Start(done))

@@ -1,0 +1,181 @@
+"""Auction messages and durable records to bytes and back: compact, strict JSON.
+
+Theory of operation
+-------------------
+Auction traffic is a handful of messages per round, so readability wins over the
+byte-exact layout membership needs: each message is one UTF-8 JSON object with a type
+tag ``t`` and short keys, no whitespace. Resources are ``[cpus, memory, disk]``. The
+frame is what the shell signs and seals; it carries no authentication of its own.
+A ``Bid`` is at most ~1 KB even with the longest names and reason the core produces,
+so it fits one datagram (``MAX_DATAGRAM``, checked in tests).
+
+Decoding is strict: anything that is not exactly a known message — bad UTF-8 or JSON,
+``NaN``, a missing or mistyped field, a negative size, an over-long name — raises
+:class:`~meshd.errors.EnvelopeError` and nothing else. :func:`dump_record` and
+:func:`load_record` do the same for the :mod:`.durable` records, for a shell that
+stores them as JSON blobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from meshd.auction import durable as d
+from meshd.auction import fields as v
+from meshd.auction import messages as m
+from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
+from meshd.auction.model import Allocation
+
+__all__ = ["MAX_DATAGRAM", "decode", "dump_record", "encode", "load_record"]
+
+
+def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
+    if isinstance(msg, m.BidRequest):
+        return {
+            "t": "req",
+            "r": msg.round_id,
+            "w": msg.workload_id,
+            "tn": msg.tenant,
+            "res": v.res(msg.resources),
+            "win": msg.window,
+        }
+    if isinstance(msg, m.Bid):
+        return {
+            "t": "bid",
+            "r": msg.round_id,
+            "s": msg.score,
+            "why": msg.reason,
+            "tc": msg.tenant_count,
+            "mf": msg.mem_free,
+            "n": msg.workloads,
+            "b": msg.busy,
+        }
+    if isinstance(msg, m.Release):
+        return {"t": "rel", "r": msg.round_id}
+    if isinstance(msg, m.Award):
+        return {
+            "t": "award",
+            "r": msg.round_id,
+            "wl": v.workload(msg.workload),
+            "g": msg.generation,
+        }
+    if isinstance(msg, m.Accept | m.Revoke):
+        tag = "acc" if isinstance(msg, m.Accept) else "rev"
+        return {"t": tag, "r": msg.round_id, "w": msg.workload_id, "g": msg.generation}
+    if isinstance(msg, m.Refuse):
+        return {
+            "t": "ref",
+            "r": msg.round_id,
+            "w": msg.workload_id,
+            "g": msg.generation,
+            "why": msg.reason,
+        }
+    if isinstance(msg, m.Confirm):
+        return {"t": "conf", "p": v.placement(msg.placement)}
+    return {"t": "sync", "ps": [v.placement(p) for p in msg.placements], "reply": msg.reply}
+
+
+def encode(msg: m.AuctionMsg) -> bytes:
+    return v.dumps(_msg(msg))
+
+
+def dump_record(record: d.Record) -> bytes:
+    if isinstance(record, d.HoldPlaced):
+        h = record.hold
+        body: dict[str, Any] = {"k": "hold", "h": v.hold(h)}
+    elif isinstance(record, d.HoldReleased):
+        body = {"k": "unhold", "r": record.round_id, "why": record.reason}
+    elif isinstance(record, d.AllocationCommitted):
+        a = record.allocation
+        body = {
+            "k": "alloc",
+            "wl": v.workload(a.workload),
+            "r": a.round_id,
+            "g": a.generation,
+            "by": a.originator,
+            "at": a.committed_at,
+            "ok": a.confirmed,
+        }
+    elif isinstance(record, d.AllocationReleased):
+        body = {
+            "k": "unalloc",
+            "w": record.workload_id,
+            "g": record.generation,
+            "why": record.reason,
+        }
+    elif isinstance(record, d.PlacementRecorded):
+        body = {"k": "place", "p": v.placement(record.placement)}
+    elif isinstance(record, d.RoundRecorded):
+        body = {"k": "round", "rec": v.round_record(record.record)}
+    else:
+        body = {
+            "k": "bid",
+            "r": record.round_id,
+            "by": record.originator,
+            "w": record.workload_id,
+            "b": v.bid_record(record.bid),
+        }
+    return v.dumps(body)
+
+
+_MESSAGES: dict[str, Callable[[dict[str, Any]], m.AuctionMsg]] = {
+    "req": lambda o: m.BidRequest(
+        v.text(o["r"], RID),
+        v.text(o["w"]),
+        v.opt_text(o["tn"]),
+        v.to_res(o["res"]),
+        v.num(o["win"]),
+    ),
+    "bid": lambda o: m.Bid(
+        v.text(o["r"], RID),
+        v.score(o["s"]),
+        v.text(o["why"], MAX_TEXT, True),
+        v.count(o["tc"]),
+        v.count(o["mf"]),
+        v.count(o["n"]),
+        v.flag(o["b"]),
+    ),
+    "rel": lambda o: m.Release(v.text(o["r"], RID)),
+    "award": lambda o: m.Award(v.text(o["r"], RID), v.to_workload(o["wl"]), v.count(o["g"])),
+    "acc": lambda o: m.Accept(v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"])),
+    "rev": lambda o: m.Revoke(v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"])),
+    "ref": lambda o: m.Refuse(
+        v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"]), v.text(o["why"], MAX_TEXT, True)
+    ),
+    "conf": lambda o: m.Confirm(v.to_placement(o["p"])),
+    "sync": lambda o: m.Sync(tuple(map(v.to_placement, v.array(o["ps"]))), v.flag(o["reply"])),
+}
+
+_RECORDS: dict[str, Callable[[dict[str, Any]], d.Record]] = {
+    "hold": lambda o: d.HoldPlaced(v.to_hold(o["h"])),
+    "unhold": lambda o: d.HoldReleased(v.text(o["r"], RID), v.text(o["why"], MAX_TEXT, True)),
+    "alloc": lambda o: d.AllocationCommitted(
+        Allocation(
+            v.to_workload(o["wl"]),
+            v.text(o["r"], RID),
+            v.count(o["g"]),
+            v.text(o["by"]),
+            v.num(o["at"]),
+            v.flag(o["ok"]),
+        )
+    ),
+    "unalloc": lambda o: d.AllocationReleased(
+        v.text(o["w"]), v.count(o["g"]), v.text(o["why"], MAX_TEXT, True)
+    ),
+    "place": lambda o: d.PlacementRecorded(v.to_placement(o["p"])),
+    "round": lambda o: d.RoundRecorded(v.to_round_record(o["rec"])),
+    "bid": lambda o: d.BidRecorded(
+        v.text(o["r"], RID), v.text(o["by"]), v.text(o["w"]), v.to_bid_record(o["b"])
+    ),
+}
+
+
+def decode(data: bytes) -> m.AuctionMsg:
+    result: m.AuctionMsg = v.load(data, "t", _MESSAGES)
+    return result
+
+
+def load_record(data: bytes) -> d.Record:
+    result: d.Record = v.load(data, "k", _RECORDS)
+    return result

@@ -1,0 +1,110 @@
+"""What the auction core persists, and the state it is rebuilt from after a restart.
+
+Every :class:`~meshd.auction.effects.Persist` effect carries one record below. All
+records are *upserts* or *deletes* keyed as noted, so applying them in order to a
+:class:`DurableState` (or to SQLite tables with those primary keys) yields exactly
+what :meth:`Auctioneer.restore <meshd.auction.auctioneer.Auctioneer.restore>` needs:
+
+===================  ===========================  ======================================
+record               key                          effect on the store
+===================  ===========================  ======================================
+HoldPlaced           hold.round_id                upsert into holds
+HoldReleased         round_id                     delete from holds
+AllocationCommitted  allocation.workload.id       upsert into allocations (full spec)
+AllocationReleased   workload_id                  delete from allocations
+PlacementRecorded    placement.workload_id        upsert into the placement view
+RoundRecorded        record.round_id              upsert into rounds (with bids, awards)
+BidRecorded          round_id                     upsert into this node's bid history
+===================  ===========================  ======================================
+
+``BidRecorded`` is history only (``restore`` does not need it). Rounds may be pruned
+once final and old; holds once expired; nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshd.auction.model import Allocation, BidRecord, Hold, Placement, RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlaced:
+    hold: Hold
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReleased:
+    round_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationCommitted:
+    allocation: Allocation
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationReleased:
+    workload_id: str
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRecorded:
+    placement: Placement
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecorded:
+    record: RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class BidRecorded:
+    round_id: str
+    originator: str
+    workload_id: str
+    bid: BidRecord
+
+
+Record = (
+    HoldPlaced
+    | HoldReleased
+    | AllocationCommitted
+    | AllocationReleased
+    | PlacementRecorded
+    | RoundRecorded
+    | BidRecorded
+)
+
+
+@dataclass
+class DurableState:
+    """A node's durable auction state: the fold of every record it persisted."""
+
+    holds: dict[str, Hold] = field(default_factory=dict)
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    placements: dict[str, Placement] = field(default_factory=dict)
+    rounds: dict[str, RoundRecord] = field(default_factory=dict)
+    bids: dict[str, BidRecorded] = field(default_factory=dict)
+
+    def apply(self, record: Record) -> None:
+        if isinstance(record, HoldPlaced):
+            self.holds[record.hold.round_id] = record.hold
+        elif isinstance(record, HoldReleased):
+            self.holds.pop(record.round_id, None)
+        elif isinstance(record, AllocationCommitted):
+            self.allocations[record.allocation.workload.id] = record.allocation
+        elif isinstance(record, AllocationReleased):
+            self.allocations.pop(record.workload_id, None)
+        elif isinstance(record, PlacementRecorded):
+            self.placements[record.placement.workload_id] = record.placement
+        elif isinstance(record, RoundRecorded):
+            self.rounds[record.record.round_id] = record.record
+        else:
+            self.bids[record.round_id] = record
+
+    def empty(self) -> bool:
+        return not (self.holds or self.allocations or self.placements or self.rounds)

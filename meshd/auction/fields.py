@@ -1,0 +1,259 @@
+"""JSON forms of the placement model's values, and strict decoders for them.
+
+Shared by :mod:`.codec` (messages and durable records). Resources are
+``[cpus, memory, disk]``; a placement, a hold and a bid record are arrays in field
+order; a workload and a round record are objects. Every decoder raises :class:`Bad`
+on anything but the exact shape (types, ranges, lengths); :func:`load` turns that,
+and every JSON or UTF-8 error, into :class:`~meshd.errors.EnvelopeError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from meshd.auction.model import (
+    AwardRecord,
+    BidRecord,
+    Constraints,
+    Hold,
+    Placement,
+    Resources,
+    RoundRecord,
+    Workload,
+)
+from meshd.errors import EnvelopeError
+
+MAX_DATAGRAM = 1200
+MAX_NAME = 255  # bytes of a node name, id or tenant
+MAX_TEXT = 4096  # bytes of a reason
+MAX_FRAME = 64 * 1024 * 1024  # a Sync of a very large view still fits
+RID = 2 * MAX_NAME  # a round id embeds the originator's name
+
+
+class Bad(Exception):
+    pass
+
+
+# -- encoding ------------------------------------------------------------------------
+
+
+def res(r: Resources) -> list[Any]:
+    return [r.cpus, r.memory, r.disk]
+
+
+def workload(w: Workload) -> dict[str, Any]:
+    c = w.constraints
+    return {
+        "id": w.id,
+        "name": w.name,
+        "tenant": w.tenant,
+        "res": res(w.resources),
+        "driver": w.driver,
+        "spec": dict(w.spec),
+        "nodes": sorted(c.nodes),
+        "avoid": sorted(c.avoid),
+    }
+
+
+def placement(p: Placement) -> list[Any]:
+    return [
+        p.workload_id,
+        p.name,
+        p.owner,
+        p.generation,
+        p.round,
+        p.originator,
+        p.decided_at,
+        res(p.resources),
+        p.tenant,
+    ]
+
+
+def bid_record(b: BidRecord) -> list[Any]:
+    return [b.bidder, b.score, b.reason, b.tenant_count, b.mem_free, b.workloads, b.at, b.busy]
+
+
+def round_record(r: RoundRecord) -> dict[str, Any]:
+    return {
+        "id": r.round_id,
+        "auction": r.auction_id,
+        "seq": r.seq,
+        "w": r.workload_id,
+        "name": r.workload_name,
+        "tenant": r.tenant,
+        "res": res(r.resources),
+        "by": r.originator,
+        "at": r.started_at,
+        "cand": list(r.candidates),
+        "bids": [bid_record(b) for b in r.bids],
+        "awards": [[a.node, a.generation, a.outcome, a.reason] for a in r.awards],
+        "state": r.state,
+        "winner": r.winner,
+        "gen": r.generation,
+        "why": r.reason,
+        "closed": r.closed_at,
+    }
+
+
+def hold(h: Hold) -> list[Any]:
+    return [h.round_id, h.workload_id, res(h.resources), h.tenant, h.originator, h.expires_at]
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# -- decoding ------------------------------------------------------------------------
+
+
+def text(v: Any, limit: int = MAX_NAME, empty: bool = False) -> str:
+    if not isinstance(v, str) or (not v and not empty) or len(v.encode()) > limit:
+        raise Bad("bad string")
+    return v
+
+
+def opt_text(v: Any) -> str | None:
+    return None if v is None else text(v)
+
+
+def count(v: Any) -> int:
+    if type(v) is not int or v < 0:
+        raise Bad("bad count")
+    return v
+
+
+def score(v: Any) -> int:
+    if type(v) is not int or not (v == -1 or 1 <= v <= 1000):
+        raise Bad("bad score")
+    return v
+
+
+def num(v: Any) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+        raise Bad("bad number")
+    return float(v)
+
+
+def opt_num(v: Any) -> float | None:
+    return None if v is None else num(v)
+
+
+def flag(v: Any) -> bool:
+    if type(v) is not bool:
+        raise Bad("bad flag")
+    return v
+
+
+def array(v: Any, n: int | None = None) -> list[Any]:
+    if not isinstance(v, list) or (n is not None and len(v) != n):
+        raise Bad("bad list")
+    return v
+
+
+def to_res(v: Any) -> Resources:
+    c, mem, disk = array(v, 3)
+    return Resources(num(c), count(mem), count(disk))
+
+
+def to_workload(v: Any) -> Workload:
+    if not isinstance(v, dict):
+        raise Bad("bad workload")
+    spec = v["spec"]
+    if not isinstance(spec, dict):
+        raise Bad("bad spec")
+    return Workload(
+        text(v["id"]),
+        text(v["name"]),
+        opt_text(v["tenant"]),
+        to_res(v["res"]),
+        text(v["driver"]),
+        spec,
+        Constraints(
+            frozenset(map(text, array(v["nodes"]))), frozenset(map(text, array(v["avoid"])))
+        ),
+    )
+
+
+def to_placement(v: Any) -> Placement:
+    w, name, owner, gen, rnd, by, at, res, tenant = array(v, 9)
+    return Placement(
+        text(w),
+        text(name),
+        text(owner),
+        count(gen),
+        text(rnd, RID),
+        text(by),
+        num(at),
+        to_res(res),
+        opt_text(tenant),
+    )
+
+
+def to_bid_record(v: Any) -> BidRecord:
+    who, sc, why, tc, mf, n, at, busy = array(v, 8)
+    return BidRecord(
+        text(who),
+        score(sc),
+        text(why, MAX_TEXT, True),
+        count(tc),
+        count(mf),
+        count(n),
+        num(at),
+        flag(busy),
+    )
+
+
+def to_round_record(v: Any) -> RoundRecord:
+    if not isinstance(v, dict):
+        raise Bad("bad round")
+    awards = []
+    for a in array(v["awards"]):
+        node, gen, outcome, why = array(a, 4)
+        awards.append(AwardRecord(text(node), count(gen), text(outcome), text(why, MAX_TEXT, True)))
+    gen = v["gen"]
+    return RoundRecord(
+        text(v["id"], RID),
+        text(v["auction"], RID),
+        count(v["seq"]),
+        text(v["w"]),
+        text(v["name"]),
+        opt_text(v["tenant"]),
+        to_res(v["res"]),
+        text(v["by"]),
+        num(v["at"]),
+        tuple(map(text, array(v["cand"]))),
+        tuple(map(to_bid_record, array(v["bids"]))),
+        tuple(awards),
+        text(v["state"]),
+        opt_text(v["winner"]),
+        None if gen is None else count(gen),
+        text(v["why"], MAX_TEXT, True),
+        opt_num(v["closed"]),
+    )
+
+
+def to_hold(v: Any) -> Hold:
+    rid, w, res, tenant, by, exp = array(v, 6)
+    return Hold(text(rid, RID), text(w), to_res(res), opt_text(tenant), text(by), num(exp))
+
+
+def _reject_constant(name: str) -> Any:
+    raise Bad(f"{name} is not a number")
+
+
+def load(data: bytes, tag: str, table: Mapping[str, Callable[[dict[str, Any]], Any]]) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) > MAX_FRAME:
+        raise EnvelopeError("auction frame is not bytes or is too large")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+        if not isinstance(obj, dict):
+            raise Bad("not an object")
+        fn = table.get(obj.get(tag))  # type: ignore[arg-type]
+        if fn is None:
+            raise Bad(f"unknown {tag!r}")
+        return fn(obj)
+    except (Bad, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise EnvelopeError(f"malformed auction frame: {exc}") from exc

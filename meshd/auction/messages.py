@@ -1,0 +1,99 @@
+"""Auction messages between nodes (DESIGN.md §6), before signing and sealing.
+
+The shell authenticates the sender of every message and passes its name to
+:meth:`~meshd.auction.auctioneer.Auctioneer.receive`, so no message names its own
+author. Which channel carries what:
+
+=============  =========  ==============================================================
+message        channel    meaning
+=============  =========  ==============================================================
+BidRequest     datagram   originator → candidate: bid for these resources in ``window``
+Bid            datagram   candidate → originator: a score 1..1000, or -1 and why
+Release        datagram   originator → bidder: drop your hold for this round
+Award          reliable   originator → winner: the full workload; commit it
+Accept         reliable   winner → originator: committed durably at ``generation``
+Refuse         reliable   winner → originator: can't host it after all, and why
+Revoke         reliable   originator → a silent winner: that award is withdrawn
+Confirm        broadcast  the placement, to every member (direct and by gossip)
+Sync           reliable   anti-entropy: a full placement view (``reply`` on the answer)
+=============  =========  ==============================================================
+
+``Confirm`` is the placement confirmation the design calls "Placement"; it carries a
+:class:`~meshd.auction.model.Placement`, whose name the message can't reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshd.auction.model import Placement, Resources, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class BidRequest:
+    round_id: str
+    workload_id: str
+    tenant: str | None
+    resources: Resources
+    window: float  # seconds the originator waits for bids (informational)
+
+
+@dataclass(frozen=True, slots=True)
+class Bid:
+    """A score, and the facts the tie-break needs, so every node ranks bids alike."""
+
+    round_id: str
+    score: int  # 1..1000, or -1
+    reason: str  # why -1 (empty otherwise)
+    tenant_count: int  # workloads of the request's tenant here (committed + held)
+    mem_free: int  # bytes of memory free here before this workload
+    workloads: int  # workloads here in total (committed + held): neighbour density
+    busy: bool = False  # -1 only because concurrent rounds hold capacity: retry later
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    round_id: str
+
+
+@dataclass(frozen=True)
+class Award:
+    round_id: str
+    workload: Workload
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    round_id: str
+    workload_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    round_id: str
+    workload_id: str
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    round_id: str
+    workload_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    placement: Placement
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    placements: tuple[Placement, ...]
+    reply: bool = False
+
+
+AuctionMsg = BidRequest | Bid | Release | Award | Accept | Refuse | Revoke | Confirm | Sync

@@ -1,0 +1,385 @@
+"""The node's placement shell: the auction core on real sockets, disk and a clock.
+
+The pure core (``meshd.auction``) decides; this shell only carries out, in the order
+the core's effects document:
+
+1. **persist** every record of the step in one durable transaction (a bid's hold, an
+   accepted award, a decided placement are on disk before anyone hears of them);
+2. **send**: bid requests and bids as compact-signed, sealed datagrams on the mesh
+   port's auction channel; awards, acceptances and anti-entropy over mTLS
+   (``POST /v1/mesh/auction``); confirmations to every member directly *and* through
+   membership gossip, with periodic anti-entropy so a partitioned node catches up;
+3. **act**: resolve the waiting ``submit`` call, log workload starts and stops.
+
+The core runs on the wall clock (holds and decisions are compared across nodes);
+telemetry (load, free memory and disk) is sampled with psutil once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from meshd import telemetry
+from meshd.auction import codec
+from meshd.auction.auctioneer import Auctioneer
+from meshd.auction.durable import PlacementRecorded
+from meshd.auction.effects import (
+    Broadcast,
+    Decided,
+    Effect,
+    Failed,
+    Persist,
+    Send,
+    Start,
+    Stop,
+)
+from meshd.auction.messages import AuctionMsg, Confirm
+from meshd.auction.model import Capacity, Constraints, Placement, Resources, Telemetry, Workload
+from meshd.errors import BadRequest, EnvelopeError, MeshdError, UnknownAuthorError
+from meshd.store import auction_records
+from meshd.transport import Addr, Channel
+
+if TYPE_CHECKING:
+    from meshd.mesh import Mesh
+    from meshd.node import Node
+
+logger = logging.getLogger(__name__)
+AUCTION_KIND = "auction"
+PLACEMENT_BROADCAST = "placement"
+DRIVERS = ("process", "qemu", "firecracker")
+
+
+class PlacementError(MeshdError):
+    """A workload could not be placed; the message is the auction's reason."""
+
+
+class PlacementShell:
+    def __init__(self, node: Node, mesh: Mesh) -> None:
+        self.node = node
+        self.mesh = mesh
+        cfg = node.cfg
+        cap = telemetry.capacity(cfg)
+        self.capacity = Capacity(cpus=cap.cpus, memory=cap.memory, disk=cap.disk)
+        durable = auction_records.load(node.store)
+        self.core = Auctioneer.restore(
+            cfg,
+            node.ident.name,
+            self.capacity,
+            random.Random(),  # noqa: S311 - round ids and sampling, not secrets
+            node.clock(),
+            logging.getLogger("meshd.auction"),
+            durable,
+            witness=cfg.witness,
+        )
+        self._waiting: dict[str, asyncio.Future[Placement]] = {}
+        self._kick = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        m = node.metrics
+        self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
+        self.dropped = m.counter("meshd_auction_dropped_total", "Auction messages dropped")
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
+        self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
+        self._spawn(self._run_timers())
+        if self.node.cfg.host_telemetry:
+            self._spawn(self._sample_telemetry())
+        self._spawn(self._anti_entropy())
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(PlacementError("meshd is stopping; the auction was abandoned"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_timers(self) -> None:
+        while True:
+            delay = max(0.0, min(self.core.next_deadline() - self.node.clock(), 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=delay)
+            self._kick.clear()
+            try:
+                self._apply(self.core.tick(self.node.clock()))
+            except Exception:  # one bad round must not stop placement
+                logger.exception("auction tick failed")
+
+    async def _sample_telemetry(self) -> None:
+        while True:
+            s = await asyncio.to_thread(telemetry.sample, self.node.cfg.data_dir)
+            self.core.set_telemetry(Telemetry(s.load_per_core, s.mem_available, s.disk_free))
+            await asyncio.sleep(1.0)
+
+    async def _anti_entropy(self) -> None:
+        rng = random.Random()  # noqa: S311 - peer choice
+        while True:
+            await asyncio.sleep(self.node.cfg.auction_sync_interval_s * rng.uniform(0.8, 1.2))
+            peers = sorted(self.mesh.live_names() - {self.node.ident.name})
+            if peers:
+                self._send_reliable(rng.choice(peers), self.core.anti_entropy())
+
+    # -- submitting -----------------------------------------------------------------
+
+    def _workload(self, body: Mapping[str, Any]) -> Workload:
+        name, driver = body.get("name"), body.get("driver", "process")
+        cpus, memory, disk = body.get("cpus"), body.get("memory"), body.get("disk", 0)
+        if not isinstance(name, str) or not name:
+            raise BadRequest("a workload needs a name")
+        if driver not in DRIVERS:
+            raise BadRequest(f"unknown driver {driver!r}; use one of {', '.join(DRIVERS)}")
+        if not isinstance(cpus, int | float) or isinstance(cpus, bool) or cpus <= 0:
+            raise BadRequest("cpus must be a positive number")
+        if not isinstance(memory, int) or memory <= 0 or not isinstance(disk, int) or disk < 0:
+            raise BadRequest("memory must be a positive number of bytes, disk not negative")
+        nodes = body.get("nodes") or []
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise BadRequest("nodes must be a list of node names")
+        tenant = body.get("tenant")
+        key = body.get("idempotency_key")
+        wid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{key}")) if key else str(uuid.uuid4())
+        spec = {
+            k: body[k]
+            for k in ("image", "kernel", "initrd", "command", "services", "user_data")
+            if body.get(k) is not None
+        }
+        return Workload(
+            id=wid,
+            name=name,
+            tenant=tenant if isinstance(tenant, str) else None,
+            resources=Resources(float(cpus), memory, disk),
+            driver=str(driver),
+            spec=spec,
+            constraints=Constraints(nodes=frozenset(nodes)),
+        )
+
+    async def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        workload = self._workload(body)
+        started = time.perf_counter()
+        members = sorted(self.mesh.live_names())
+        aid, effects = self.core.submit(workload, members, self.node.clock())
+        fut = self._waiting.get(aid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[aid] = fut
+        self._apply(effects)
+        self._kick.set()
+        cfg = self.node.cfg
+        limit = cfg.auction_max_rounds * (cfg.auction_window_s + 3 * cfg.auction_award_timeout_s)
+        try:
+            placement = await asyncio.wait_for(asyncio.shield(fut), timeout=limit + 5.0)
+        except TimeoutError as exc:
+            raise PlacementError(
+                "the auction did not finish in time; check `meshd auctions`"
+            ) from exc
+        finally:
+            if fut.done():
+                self._waiting.pop(aid, None)
+        decided_ms = (time.perf_counter() - started) * 1000
+        return {
+            "workload": placement.workload_id,
+            "name": placement.name,
+            "owner": placement.owner,
+            "round": placement.round,
+            "generation": placement.generation,
+            "decided_ms": round(decided_ms, 3),
+            "bids": self._bids(placement.round),
+        }
+
+    def _bids(self, round_id: str) -> list[dict[str, Any]]:
+        for r in self.core.rounds():
+            if r.round_id == round_id:
+                return [{"node": b.bidder, "score": b.score} for b in r.bids]
+        return []
+
+    # -- views ----------------------------------------------------------------------
+
+    def workloads(self) -> list[dict[str, Any]]:
+        mine = self.core.ledger().allocations
+        return [
+            {
+                "workload": p.workload_id,
+                "name": p.name,
+                "owner": p.owner,
+                "generation": p.generation,
+                # Drivers (the workloads issue) move it to starting/running; until a
+                # driver runs it, a placed workload waits on its owner.
+                "state": "pending",
+                "tenant": p.tenant,
+                "resources": {
+                    "cpus": p.resources.cpus,
+                    "memory": p.resources.memory,
+                    "disk": p.resources.disk,
+                },
+                "local": p.workload_id in mine,
+            }
+            for p in sorted(self.core.placements().values(), key=lambda p: p.name)
+        ]
+
+    def auctions(self) -> list[dict[str, Any]]:
+        return [self._round_json(r) for r in self.core.rounds()]
+
+    def auction(self, round_id: str) -> dict[str, Any] | None:
+        for r in self.core.rounds():
+            if round_id in (r.round_id, r.auction_id):
+                doc = self._round_json(r)
+                doc["bids"] = [
+                    {"node": b.bidder, "score": b.score, "reason": b.reason} for b in r.bids
+                ]
+                return doc
+        return None
+
+    @staticmethod
+    def _round_json(r: Any) -> dict[str, Any]:
+        return {
+            "round": r.round_id,
+            "auction": r.auction_id,
+            "workload": r.workload_id,
+            "name": r.workload_name,
+            "originator": r.originator,
+            "winner": r.winner,
+            "outcome": r.state,
+            "reason": r.reason,
+            "generation": r.generation,
+            "started_at": r.started_at,
+            "closed_at": r.closed_at,
+            "candidates": list(r.candidates),
+            "bids": len(r.bids),
+        }
+
+    def allocated(self) -> dict[str, float | int]:
+        c = self.core.ledger().committed
+        return {"cpus": c.cpus, "memory": c.memory, "disk": c.disk}
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
+        try:
+            signed = self.mesh.verifier.verify(payload, self.node.clock())
+            if signed.kind != AUCTION_KIND:
+                raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
+            msg = codec.decode(signed.body)
+        except UnknownAuthorError:
+            self.dropped.inc(reason="unknown_author")
+            self.mesh.learn_sender_soon(addr)
+            return
+        except EnvelopeError as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped auction datagram peer=%s:%s error=%s", *addr, exc)
+            return
+        self._receive(msg, signed.author)
+
+    def receive_reliable(self, body: bytes, cert_der: bytes) -> None:
+        info = self.mesh.learn_member(cert_der)
+        if info is None:
+            return
+        try:
+            msg = codec.decode(body)
+        except EnvelopeError as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped reliable auction message from=%s error=%s", info.name, exc)
+            return
+        self._receive(msg, info.name)
+
+    def _on_gossip(self, payload: bytes, origin: str) -> None:
+        try:
+            msg = codec.decode(payload)
+        except EnvelopeError as exc:
+            logger.debug("dropped gossiped placement from=%s error=%s", origin, exc)
+            return
+        if isinstance(msg, Confirm):
+            self._receive(msg, origin)
+
+    def _receive(self, msg: AuctionMsg, sender: str) -> None:
+        self._apply(self.core.receive(msg, sender, self.node.clock()))
+        self._kick.set()
+
+    # -- carrying out effects -------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        if not effects:
+            return
+        records = [e.record for e in effects if isinstance(e, Persist)]
+        if records:
+            now = self.node.clock()
+            with self.node.store.transaction(durable=True):
+                auction_records.write(self.node.store, records, now)
+                for r in records:
+                    if isinstance(r, PlacementRecorded):
+                        p = r.placement
+                        self.node.store.append_event(
+                            time.time(),
+                            "placement.recorded",
+                            p.workload_id,
+                            {"owner": p.owner, "generation": p.generation, "name": p.name},
+                        )
+        for e in effects:
+            if isinstance(e, Send):
+                if e.reliable:
+                    self._send_reliable(e.to, e.msg)
+                else:
+                    self._send_datagram(e.to, e.msg)
+            elif isinstance(e, Broadcast):
+                self._broadcast(e.msg)
+        for e in effects:
+            if isinstance(e, Decided | Failed):
+                fut = self._waiting.get(e.round_id)
+                if fut is None or fut.done():
+                    continue
+                if isinstance(e, Decided):
+                    self.decisions.inc(result="placed")
+                    fut.set_result(e.placement)
+                else:
+                    self.decisions.inc(result="failed")
+                    fut.set_exception(PlacementError(e.reason))
+            elif isinstance(e, Start):
+                w = e.allocation.workload
+                logger.info("workload assigned here name=%s id=%s", w.name, w.id)
+            elif isinstance(e, Stop):
+                logger.info("workload moved away id=%s reason=%s", e.workload_id, e.reason)
+
+    def _local(self, msg: AuctionMsg) -> None:
+        # Messages to ourselves skip the network but not the loop: no re-entrancy.
+        asyncio.get_running_loop().call_soon(self._receive, msg, self.node.ident.name)
+
+    def _send_datagram(self, to: str, msg: AuctionMsg) -> None:
+        if to == self.node.ident.name:
+            self._local(msg)
+            return
+        addr = self.mesh.address_of(to)
+        if addr is None:
+            return
+        signed = self.mesh.signer.sign(
+            AUCTION_KIND, codec.encode(msg), self.node.clock(), compact=True
+        )
+        self.mesh.mux.send(Channel.AUCTION, signed, addr)
+
+    def _send_reliable(self, to: str, msg: AuctionMsg) -> None:
+        if to == self.node.ident.name:
+            self._local(msg)
+            return
+        addr = self.mesh.address_of(to)
+        if addr is not None:
+            self._spawn(self.mesh.post(addr, "/v1/mesh/auction", codec.encode(msg)))
+
+    def _broadcast(self, msg: Confirm) -> None:
+        body = codec.encode(msg)
+        for name in self.mesh.live_names() - {self.node.ident.name}:
+            self._send_datagram(name, msg)
+        try:
+            self.mesh.broadcast(PLACEMENT_BROADCAST, body)
+        except ValueError:
+            logger.warning("placement too large to gossip; anti-entropy will carry it")

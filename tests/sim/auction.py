@@ -1,0 +1,647 @@
+"""The auction core in the simulator: capacities, telemetry, durable stores, faults, checks.
+
+Theory of operation
+-------------------
+:class:`Fleet` plugs the :class:`~meshd.auction.Auctioneer` into a
+:class:`~tests.sim.harness.Simulation` on the ``"auction"`` channel, next to membership
+(or, for the thousands of random schedules, next to an *oracle* membership — the
+harness's truth of who is up — which is what SWIM converges to and is far cheaper).
+Each node gets a fake :class:`~meshd.auction.Capacity` and fake telemetry derived
+from its committed ledger (or overridden by a scenario).
+
+The shell's contract is modelled exactly: the effects of one step are applied with
+every ``Persist`` first — into a per-node :class:`~meshd.auction.DurableState` that
+the fleet keeps across crashes, filled *only* by those records — then the sends
+(``Send`` through the faulty network, ``Broadcast`` to every member directly and by
+membership gossip), then the rest. A restarted node's core is
+:meth:`~meshd.auction.Auctioneer.restore`-d from that store. A shell that got the
+order wrong is modelled too (``crash ... torn``): the sends of a step leave and the
+node dies before its records are written; the invariants then break, which is the
+proof that persist-before-send matters.
+
+Faults can be timed (the harness's crash, restart, partition, cut, heal) or
+*triggered*: "crash n3 right after it sends its Accept" (:meth:`Fleet.arm`), so a
+crash lands on a protocol step whatever the timings. ``mid`` crashes between the
+durable write and the sends of that step; ``after`` once the step is done.
+
+Invariants (:meth:`Fleet.step_problems` after every step of every node, and
+:meth:`Fleet.final_problems` once the network healed and everyone restarted):
+
+* no node's committed ledger exceeds capacity x overcommit;
+* no running node holds a hold past its expiry;
+* one owner per (workload, generation), over every commitment and placement ever made;
+* after healing: all nodes hold the same view; each placed workload's owner holds its
+  confirmed allocation; no other allocation exists; no hold is left; every decided or
+  started workload is placed (nothing accepted is lost); the durable store of every
+  node equals its core's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.auction import (
+    AllocationCommitted,
+    AllocationReleased,
+    Auctioneer,
+    Award,
+    Bid,
+    BidRequest,
+    Broadcast,
+    Capacity,
+    Confirm,
+    Constraints,
+    Decided,
+    DurableState,
+    Failed,
+    HoldPlaced,
+    HoldReleased,
+    Persist,
+    Placement,
+    PlacementRecorded,
+    Resources,
+    RoundRecorded,
+    Send,
+    Start,
+    Stop,
+    Telemetry,
+    Workload,
+)
+from meshd.auction import codec as auction_codec
+from meshd.auction.messages import Accept, AuctionMsg, Refuse, Release, Revoke, Sync
+from meshd.auction.model import GiB
+from meshd.config import Config
+from meshd.membership import Deliver
+from meshd.units import parse_size
+from tests.sim.harness import MEMBERSHIP, SimNode, Simulation
+
+AUCTION = "auction"
+GOSSIP_KIND = "auction"
+DEFAULT_CAPACITY = Capacity(8.0, 16 * GiB, 100 * GiB)
+AUCTION_MESSAGES = ("BidRequest", "Bid", "Release", "Award", "Accept", "Refuse", "Revoke")
+
+
+def describe(msg: AuctionMsg) -> str:
+    """One trace word-group per message."""
+    if isinstance(msg, BidRequest):
+        return f"request {msg.round_id} {msg.workload_id}"
+    if isinstance(msg, Bid):
+        why = f" ({msg.reason})" if msg.score < 0 else ""
+        return f"bid {msg.round_id} {msg.score}{why}"
+    if isinstance(msg, Award):
+        return f"award {msg.round_id} {msg.workload.id} gen {msg.generation}"
+    if isinstance(msg, Accept):
+        return f"accept {msg.round_id} gen {msg.generation}"
+    if isinstance(msg, Refuse):
+        return f"refuse {msg.round_id} gen {msg.generation}: {msg.reason}"
+    if isinstance(msg, Revoke):
+        return f"revoke {msg.round_id} gen {msg.generation}"
+    if isinstance(msg, Release):
+        return f"release {msg.round_id}"
+    if isinstance(msg, Confirm):
+        p = msg.placement
+        return f"confirm {p.workload_id} -> {p.owner} gen {p.generation}"
+    return f"sync {len(msg.placements)}{' reply' if msg.reply else ''}"
+
+
+def event_of(e: Any) -> str | None:
+    """The trigger name of an effect (see :meth:`Fleet.arm`)."""
+    if isinstance(e, Send):
+        m = e.msg
+        if isinstance(m, Bid):
+            return "bid" if m.score > 0 else "nobid"
+        names = {BidRequest: "request", Award: "award", Accept: "accept", Refuse: "refuse"}
+        return names.get(type(m)) or ("revoke" if isinstance(m, Revoke) else None)
+    if isinstance(e, Broadcast):
+        return "confirm"
+    if isinstance(e, Persist) and isinstance(e.record, AllocationCommitted):
+        return "commit"
+    return {Decided: "decided", Failed: "failed", Start: "start"}.get(type(e))
+
+
+@dataclass
+class Trigger:
+    node: str
+    event: str
+    action: Callable[[], None] | None  # None: crash the node
+    mode: str = "after"  # after | mid | torn (with action None)
+
+
+@dataclass
+class Outcome:
+    workload: str
+    originator: str
+    placement: Placement | None = None
+    reason: str | None = None
+
+
+class AuctionNode:
+    """The harness-facing adapter: a core plus the shell's step discipline."""
+
+    def __init__(self, fleet: Fleet, node: SimNode, core: Auctioneer, rng: random.Random) -> None:
+        self.fleet, self.node, self.core, self.rng = fleet, node, core, rng
+        self.next_sync = fleet.sim.now + rng.uniform(0, fleet.cfg.auction_sync_interval_s)
+
+    def receive(self, msg: AuctionMsg, sender: str, addr: Any, now: float) -> list[Any]:
+        self.fleet.feed(self)
+        return self.fleet.step(self, self.core.receive(msg, sender, now))
+
+    def tick(self, now: float) -> list[Any]:
+        self.fleet.feed(self)
+        out: list[Any] = self.core.tick(now)
+        if now >= self.next_sync:
+            self.next_sync = now + self.fleet.cfg.auction_sync_interval_s
+            target = self.fleet.sync_target(self.node.name, self.rng)
+            if target is not None:
+                out.append(Send(target, self.core.anti_entropy(), True))
+        return self.fleet.step(self, out)
+
+    def next_deadline(self) -> float:
+        return min(self.core.next_deadline(), self.next_sync)
+
+    def submit(self, w: Workload, members: list[str]) -> list[Any]:
+        self.fleet.feed(self)
+        aid, effects = self.core.submit(w, members, self.fleet.sim.now)
+        self.fleet.outcomes.setdefault(aid, Outcome(w.id, self.node.name))
+        return self.fleet.step(self, effects)
+
+
+@dataclass
+class Fleet:
+    """The auction layer of one simulation (see the module docstring)."""
+
+    sim: Simulation
+    membership: bool = False
+    capacities: dict[str, Capacity] = field(default_factory=dict)
+    witnesses: set[str] = field(default_factory=set)
+    durable: dict[str, DurableState] = field(default_factory=dict)
+    telemetry: dict[str, Telemetry] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)  # workload -> highest gen started
+    owners: dict[tuple[str, int], str] = field(default_factory=dict)
+    triggers: list[Trigger] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    messages: Counter[str] = field(default_factory=Counter)
+    datagram_max: int = 0
+    check_steps: bool = True
+
+    def __post_init__(self) -> None:
+        sim = self.sim
+        self.cfg: Config = sim.cfg
+        if not self.membership:
+            sim.factories.pop(MEMBERSHIP, None)
+        sim.factories[AUCTION] = self.factory
+        sim.codecs[AUCTION] = (
+            auction_codec.encode,
+            auction_codec.decode,
+            auction_codec.MAX_DATAGRAM,
+        )
+        h = sim.effect_handlers
+        h[Send] = lambda node, channel, e: self._send(node, e.to, e.msg, e.reliable)
+        h[Broadcast] = self._on_broadcast
+        h[Persist] = self._on_persist
+        for t in (Decided, Failed, Start, Stop):
+            h[t] = self._on_outcome
+        sim.listeners.append(self._on_gossip)
+
+    # -- building ----------------------------------------------------------------------
+
+    def factory(self, sim: Simulation, node: SimNode) -> tuple[AuctionNode, list[Any]]:
+        rng = random.Random(f"{sim.seed}/{node.name}/{node.boot}/auction")
+        log = logging.getLogger(f"meshd.sim.{node.name}.auction")
+        durable = self.durable.setdefault(node.name, DurableState())
+        cap = self.capacities.get(node.name, DEFAULT_CAPACITY)
+        witness = node.name in self.witnesses
+        if durable.empty() and not durable.bids:
+            core = Auctioneer(self.cfg, node.name, cap, rng, sim.now, log, witness)
+        else:
+            core = Auctioneer.restore(self.cfg, node.name, cap, rng, sim.now, log, durable, witness)
+        return AuctionNode(self, node, core, rng), []
+
+    def core(self, name: str) -> Auctioneer:
+        adapter = self.sim.nodes[name].cores[AUCTION]
+        assert isinstance(adapter, AuctionNode)
+        return adapter.core
+
+    def members(self, name: str) -> list[str]:
+        """Who ``name`` believes alive, itself included."""
+        if self.membership:
+            return [m.name for m in self.sim.membership(name).members() if m.state.live]
+        return self.sim.running()
+
+    def sync_target(self, name: str, rng: random.Random) -> str | None:
+        others = [m for m in self.members(name) if m != name]
+        return rng.choice(others) if others else None
+
+    # -- commands ----------------------------------------------------------------------
+
+    def submit(self, originator: str, w: Workload) -> None:
+        node = self.sim.nodes[originator]
+        if not node.up:
+            return
+        self.sim._cmd(f"submit {originator} {w.id} {w.resources.describe()}")
+        members = self.members(originator)
+        self.sim.inject(originator, AUCTION, lambda a: a.submit(w, members))
+
+    def set_telemetry(self, name: str, t: Telemetry | None) -> None:
+        if t is None:
+            self.telemetry.pop(name, None)
+        else:
+            self.telemetry[name] = t
+
+    def arm(
+        self, node: str, event: str, action: Callable[[], None] | None, mode: str = "after"
+    ) -> None:
+        """Once ``node`` emits ``event`` in a step, run ``action`` (None: crash ``node``).
+
+        Events: request, bid, nobid, award, accept, refuse, revoke, confirm, commit,
+        decided, failed, start. Modes for a crash: ``after`` the step, ``mid`` (records
+        written, nothing sent), ``torn`` (sent, records lost: a broken shell).
+        """
+        self.triggers.append(Trigger(node, event, action, mode))
+
+    # -- the step discipline -----------------------------------------------------------
+
+    def feed(self, a: AuctionNode) -> None:
+        name = a.node.name
+        t = self.telemetry.get(name)
+        if t is None:
+            ledger = a.core.ledger()
+            cap = ledger.capacity
+            t = Telemetry(
+                0.5 * ledger.committed.cpus / cap.cpus,
+                cap.memory - ledger.committed.memory,
+                cap.disk - ledger.committed.disk,
+            )
+        a.core.set_telemetry(t)
+
+    def step(self, a: AuctionNode, effects: list[Any]) -> list[Any]:
+        persists = [e for e in effects if isinstance(e, Persist)]
+        rest = [e for e in effects if not isinstance(e, Persist)]
+        if self.check_steps:
+            self.step_problems(a)
+        fired = self._fired(a.node.name, effects)
+        if fired is None:
+            return persists + rest
+        self.triggers.remove(fired)
+        name = a.node.name
+        if fired.action is not None:
+            self.sim.at(self.sim.now, fired.action)
+            return persists + rest
+        if fired.mode == "after":
+            self.sim.at(self.sim.now, self.sim.crash, name)
+            return persists + rest
+        node = self.sim.nodes[name]
+        if fired.mode == "mid":
+            self.sim._run(node, AUCTION, persists)
+        else:  # torn: what was sent is out, what was to be written is lost
+            self.sim._run(node, AUCTION, [e for e in rest if isinstance(e, Send | Broadcast)])
+        self.sim._cmd(f"crash {name} ({fired.mode} {fired.event})")
+        self.sim._down(node)
+        return []
+
+    def _fired(self, name: str, effects: list[Any]) -> Trigger | None:
+        if not self.triggers:
+            return None
+        events = {ev for e in effects if (ev := event_of(e)) is not None}
+        return next((t for t in self.triggers if t.node == name and t.event in events), None)
+
+    # -- effect handlers ---------------------------------------------------------------
+
+    def _send(self, node: SimNode, to: str, msg: AuctionMsg, reliable: bool) -> None:
+        sim = self.sim
+        kind = type(msg).__name__
+        sim.sent[kind] += 1
+        self.messages[kind] += 1
+        if sim.trace_enabled and not isinstance(msg, Sync):
+            sim._record(node.name, f"-> {to} {describe(msg)}")
+        if to not in sim.nodes:
+            return
+        payload: Any = msg
+        if sim.codec:
+            payload = auction_codec.encode(msg)
+            sim.sent_bytes += len(payload)
+            if not reliable:
+                self.datagram_max = max(self.datagram_max, len(payload))
+                if len(payload) > auction_codec.MAX_DATAGRAM:
+                    self.violations.append(
+                        f"{node.name} sent a {len(payload)}-byte {kind} datagram"
+                    )
+        for delay in sim.net.delays(node.name, to, reliable):
+            sim.events.at(sim.now + delay, sim._deliver, node.name, to, AUCTION, payload)
+
+    def _on_broadcast(self, node: SimNode, channel: str, e: Broadcast) -> None:
+        sim = self.sim
+        if sim.trace_enabled:
+            sim._record(node.name, f"broadcast {describe(e.msg)}")
+        for m in self.members(node.name):
+            if m != node.name:
+                self._send(node, m, e.msg, True)
+        if self.membership:
+            data = auction_codec.encode(e.msg)
+            sim.inject(node.name, MEMBERSHIP, lambda c: c.broadcast(GOSSIP_KIND, data, sim.now))
+
+    def _on_gossip(self, t: float, name: str, channel: str, e: Any) -> None:
+        if isinstance(e, Deliver) and e.kind == GOSSIP_KIND:
+            msg = auction_codec.decode(e.payload)
+            self.sim.inject(
+                name, AUCTION, lambda a: a.fleet.step(a, a.core.receive(msg, e.origin, t))
+            )
+
+    def _on_persist(self, node: SimNode, channel: str, e: Persist) -> None:
+        r = e.record
+        self.durable.setdefault(node.name, DurableState()).apply(r)
+        if isinstance(r, AllocationCommitted):
+            a = r.allocation
+            self._owner(a.workload.id, a.generation, node.name, node.name)
+        elif isinstance(r, PlacementRecorded):
+            p = r.placement
+            self._owner(p.workload_id, p.generation, p.owner, node.name)
+        if self.sim.trace_enabled:
+            text = _fmt_record(r)
+            if text:
+                self.sim._record(node.name, text)
+
+    def _owner(self, wid: str, gen: int, owner: str, seen_by: str) -> None:
+        prev = self.owners.setdefault((wid, gen), owner)
+        if prev != owner:
+            self.violations.append(
+                f"t={self.sim.now:.3f} {seen_by}: {wid} gen {gen} owned by {prev} and {owner}"
+            )
+
+    def _on_outcome(self, node: SimNode, channel: str, e: Any) -> None:
+        sim = self.sim
+        if isinstance(e, Decided):
+            p = e.placement
+            o = self.outcomes.setdefault(e.round_id, Outcome(p.workload_id, node.name))
+            o.placement = p
+            text = f"decided {e.round_id} {p.workload_id} -> {p.owner} gen {p.generation}"
+        elif isinstance(e, Failed):
+            self.outcomes.setdefault(e.round_id, Outcome("?", node.name)).reason = e.reason
+            text = f"failed {e.round_id}: {e.reason}"
+        elif isinstance(e, Start):
+            a = e.allocation
+            self.started[a.workload.id] = max(self.started.get(a.workload.id, 0), a.generation)
+            text = f"start {a.workload.id} gen {a.generation}"
+        else:
+            text = f"stop {e.workload_id} gen {e.generation} ({e.reason})"
+        if sim.trace_enabled:
+            sim._record(node.name, text)
+
+    # -- invariants --------------------------------------------------------------------
+
+    def step_problems(self, a: AuctionNode) -> None:
+        now = self.sim.now
+        ledger = a.core.ledger()
+        name = a.node.name
+        if not ledger.committed.within(ledger.limit):
+            self.violations.append(
+                f"t={now:.3f} {name} committed {ledger.committed} > {ledger.limit}"
+            )
+        for h in ledger.holds.values():
+            if h.expires_at < now:
+                self.violations.append(f"t={now:.3f} {name} still holds {h.round_id} past expiry")
+
+    def final_problems(self) -> list[str]:
+        """Whole-mesh checks, once the network healed and every node runs again."""
+        problems = list(self.violations)
+        live = self.sim.running()
+        views = {
+            n: {w: (p.owner, p.generation) for w, p in self.core(n).placements().items()}
+            for n in live
+        }
+        first = views[live[0]] if live else {}
+        for n in live:
+            if views[n] != first:
+                diff = sorted(set(views[n].items()) ^ set(first.items()))[:4]
+                problems.append(f"{n}'s view differs from {live[0]}'s: {diff}")
+        for n in live:
+            core = self.core(n)
+            ledger = core.ledger()
+            for wid, alloc in ledger.allocations.items():
+                want = first.get(wid)
+                if want != (n, alloc.generation):
+                    problems.append(f"{n} holds {wid} gen {alloc.generation}, view says {want}")
+                elif not alloc.confirmed:
+                    problems.append(f"{n} never confirmed {wid} gen {alloc.generation}")
+            if ledger.holds:
+                problems.append(f"{n} still holds {sorted(ledger.holds)}")
+            d = self.durable[n]
+            if d.allocations != dict(ledger.allocations) or d.holds != dict(ledger.holds):
+                problems.append(f"{n}: durable allocations/holds differ from the core's")
+            if d.placements != dict(core.placements()):
+                problems.append(f"{n}: durable placement view differs from the core's")
+        for wid, (owner, gen) in first.items():
+            if owner in views and wid not in self.core(owner).ledger().allocations:
+                problems.append(f"{wid} placed on {owner} gen {gen}, which holds no allocation")
+        for o in self.outcomes.values():
+            p = o.placement
+            if p is not None and (first.get(p.workload_id, ("", -1))[1] < p.generation):
+                problems.append(
+                    f"decided {p.workload_id} gen {p.generation} lost: {first.get(p.workload_id)}"
+                )
+        for wid, gen in self.started.items():
+            if first.get(wid, ("", -1))[1] < gen:
+                problems.append(f"started {wid} gen {gen} lost: {first.get(wid)}")
+        return problems
+
+
+def _fmt_record(r: Any) -> str | None:
+    if isinstance(r, HoldPlaced):
+        return f"persist hold {r.hold.round_id}"
+    if isinstance(r, HoldReleased):
+        return f"persist unhold {r.round_id} ({r.reason})"
+    if isinstance(r, AllocationCommitted):
+        a = r.allocation
+        what = "confirmed" if a.confirmed else "commit"
+        return f"persist {what} {a.workload.id} gen {a.generation}"
+    if isinstance(r, AllocationReleased):
+        return f"persist release {r.workload_id} gen {r.generation} ({r.reason})"
+    if isinstance(r, PlacementRecorded):
+        p = r.placement
+        return f"persist placement {p.workload_id} -> {p.owner} gen {p.generation}"
+    if isinstance(r, RoundRecorded):
+        rec = r.record
+        return f"persist round {rec.round_id} {rec.state}"
+    return None  # bid history
+
+
+def auction_sim(
+    seed: int,
+    n: int,
+    cfg: Config | None = None,
+    link: Any = None,
+    *,
+    membership: bool = False,
+    capacities: dict[str, Capacity] | None = None,
+    trace: bool = True,
+    codec: bool = False,
+    stagger: float = 0.0,
+    start: bool = True,
+) -> tuple[Simulation, Fleet]:
+    """A simulation of ``n`` nodes running the auction core (and membership, if asked)."""
+    sim = Simulation(seed, n, cfg, link, trace=trace, codec=codec, start=False)
+    fleet = Fleet(sim, membership, dict(capacities or {}))
+    if start:
+        for i, name in enumerate(list(sim.nodes)):
+            sim.events.at(i * stagger, sim.start, name)
+    return sim, fleet
+
+
+def workload(
+    wid: str,
+    cpus: float = 1.0,
+    memory: int = GiB,
+    disk: int = 0,
+    tenant: str | None = None,
+    nodes: frozenset[str] = frozenset(),
+    avoid: frozenset[str] = frozenset(),
+) -> Workload:
+    return Workload(
+        wid, wid, tenant, Resources(cpus, memory, disk), "fake", {}, Constraints(nodes, avoid)
+    )
+
+
+# -- scenario scripts --------------------------------------------------------------------
+#
+# Directives:  capacity NODES cpus=N mem=SIZE disk=SIZE | membership on | witness NODES
+# Commands:    submit NODE WID [cpus=] [mem=] [disk=] [tenant=] [nodes=a,b] [avoid=a,b]
+#              telemetry NODE load=X mem=SIZE disk=SIZE | telemetry NODE auto
+#              on NODE EVENT: COMMAND ...        (one-shot, after the step)
+#              crash NODE on EVENT [after|mid|torn]
+#              check placed WID on NODE [gen G] | check unplaced WID
+#              check outcome WID decided|failed [TEXT...] | check converged
+#              check committed NODE CPUS | check holds NODE COUNT
+
+DIRECTIVES = ("capacity", "membership", "witness")
+
+
+def _kv(words: list[str]) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in words)
+
+
+def _names_of(sim: Simulation, word: str) -> list[str]:
+    return list(sim.nodes) if word == "all" else [n for n in word.split(",") if n]
+
+
+def extension(
+    sc: Any, cfg: Config
+) -> tuple[Simulation, dict[str, Callable[[list[str]], list[str]]]]:
+    """The :func:`~tests.sim.harness.run_scenario` hook for auction scenarios."""
+    membership = any(d == "membership" and args == ["on"] for d, args in sc.extras)
+    sim, fleet = auction_sim(sc.seed, sc.nodes, cfg, sc.link, membership=membership, start=False)
+    sim.trace_channels = {AUCTION}
+    for d, args in sc.extras:
+        if d == "capacity":
+            kv = _kv(args[1:])
+            cap = Capacity(
+                float(kv["cpus"]), parse_size(kv["mem"]), parse_size(kv.get("disk", "100GiB"))
+            )
+            for name in _names_of(sim, args[0]):
+                fleet.capacities[name] = cap
+        elif d == "witness":
+            fleet.witnesses.update(_names_of(sim, args[0]))
+
+    def submit(args: list[str]) -> list[str]:
+        kv = _kv(args[2:])
+        w = workload(
+            args[1],
+            float(kv.get("cpus", "1")),
+            parse_size(kv.get("mem", "1GiB")),
+            parse_size(kv.get("disk", "0")),
+            kv.get("tenant"),
+            frozenset(n for n in kv.get("nodes", "").split(",") if n),
+            frozenset(n for n in kv.get("avoid", "").split(",") if n),
+        )
+        fleet.submit(args[0], w)
+        return []
+
+    def telemetry(args: list[str]) -> list[str]:
+        sim._cmd("telemetry " + " ".join(args))
+        if args[1:] == ["auto"]:
+            fleet.set_telemetry(args[0], None)
+            return []
+        kv = _kv(args[1:])
+        cap = fleet.capacities.get(args[0], DEFAULT_CAPACITY)
+        t = Telemetry(
+            float(kv.get("load", "0")),
+            parse_size(kv.get("mem", str(cap.memory))),
+            parse_size(kv.get("disk", str(cap.disk))),
+        )
+        fleet.set_telemetry(args[0], t)
+        return []
+
+    def run(words: list[str]) -> None:
+        verb, args = words[0], words[1:]
+        if verb in table:
+            table[verb](args)
+        elif verb in ("crash", "restart", "start"):
+            for name in _names_of(sim, args[0]):
+                getattr(sim, verb)(name)
+        elif verb == "heal":
+            sim.heal()
+        else:
+            raise ValueError(f"unknown triggered command {verb!r}")
+
+    def on(args: list[str]) -> list[str]:
+        node, event = args[0], args[1].rstrip(":")
+        action = args[2:]
+        fleet.arm(node, event, lambda: run(action))
+        return []
+
+    def crash(args: list[str]) -> list[str]:
+        if len(args) >= 3 and args[1] == "on":
+            fleet.arm(args[0], args[2], None, args[3] if len(args) > 3 else "after")
+        else:
+            for name in _names_of(sim, args[0]):
+                sim.crash(name)
+        return []
+
+    def check(args: list[str]) -> list[str]:
+        what = args[0]
+        live = sim.running()
+        if what == "converged":
+            return fleet.final_problems()
+        if what in ("placed", "unplaced"):
+            wid = args[1]
+            want = None if what == "unplaced" else args[3]
+            gen = int(args[5]) if len(args) > 5 else None
+            bad = []
+            for n in live:
+                p = fleet.core(n).placements().get(wid)
+                got = None if p is None else p.owner
+                if got != want or (gen is not None and p is not None and p.generation != gen):
+                    bad.append(f"{n} sees {wid} on {got} gen {p.generation if p else None}")
+            return bad
+        if what == "outcome":
+            wid, kind, text = args[1], args[2], " ".join(args[3:])
+            mine = [o for o in fleet.outcomes.values() if o.workload == wid]
+            if not mine:
+                return [f"no outcome for {wid}"]
+            o = mine[-1]
+            if kind == "decided" and o.placement is None:
+                return [f"{wid} not decided: {o.reason}"]
+            if kind == "failed" and (o.reason is None or text not in o.reason):
+                return [f"{wid} did not fail with {text!r}: {o.reason or o.placement}"]
+            return []
+        if what == "committed":
+            got = fleet.core(args[1]).ledger().committed.cpus
+            return [] if abs(got - float(args[2])) < 1e-9 else [f"{args[1]} committed {got} cpus"]
+        if what == "holds":
+            got = len(fleet.core(args[1]).ledger().holds)
+            return [] if got == int(args[2]) else [f"{args[1]} holds {got}"]
+        raise ValueError(f"unknown check {what!r}")
+
+    table: dict[str, Callable[[list[str]], list[str]]] = {
+        "submit": submit,
+        "telemetry": telemetry,
+        "on": on,
+        "crash": crash,
+        "check": check,
+    }
+    return sim, table
