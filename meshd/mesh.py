@@ -362,6 +362,10 @@ class Mesh:
             *m.address,
             m.incarnation,
         )
+        if m.state.live and not self.verifier.knows(m.node_id):
+            # Learn its certificate now, not when its first compact message is dropped
+            # (a lost first bid would stall an auction until its deadline).
+            self._fetch_cert_soon(m.address)
         if self.dht is None:
             return
         if m.state.live:

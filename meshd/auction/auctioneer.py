@@ -12,8 +12,9 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
    first persists a **hold** (``auction_hold_ttl_s``), then leaves; a new request
    for the same workload replaces an older hold.
 3. **Close.** When every candidate answered, or at ``auction_window_s``, the bids are
-   ranked (:mod:`.ranking`); holds beyond the two best are released at once
-   (``Release``), so a burst of concurrent rounds doesn't starve on stale holds.
+   ranked (:mod:`.ranking`). The losers' holds are released by the confirmation that
+   every member receives anyway (no extra message); a round that places nothing sends
+   ``Release`` to its positive bidders.
 4. **Award.** Each award gets a fresh **generation** (one above any this node ever
    awarded or saw placed for the workload), recorded durably *before* the ``Award``
    leaves, so a restarted originator never hands one generation to two nodes. The
@@ -352,11 +353,6 @@ class Auctioneer:
         r = a.round
         assert r is not None
         r.ranked = ranking.rank(r.bids, r.rid)
-        for node in r.ranked[AWARDS_PER_ROUND:]:
-            if node == self._name:
-                self._book.release_hold(r.rid, "not among the two best bids", out)
-            else:
-                out.append(Send(node, Release(r.rid), False))
         self._award_next(a, now, out)
 
     def _award_next(self, a: Auction, now: float, out: list[Effect]) -> None:
@@ -482,6 +478,11 @@ class Auctioneer:
         """No award of this round was accepted: widen, retry or fail."""
         r, cfg = a.round, self._cfg
         assert r is not None
+        for node in r.ranked[r.next_idx :]:  # positive bids never awarded: free their holds
+            if node == self._name:
+                self._book.release_hold(r.rid, "the round placed nothing", out)
+            else:
+                out.append(Send(node, Release(r.rid), False))
         busy = False
         for node, b in r.bids.items():
             if b.score <= 0:

@@ -205,8 +205,8 @@ class Bidder:
                 self._log.warning("auction revoke-after-confirm workload=%s", m.workload_id)
             else:
                 self.release_alloc(m.workload_id, "the originator withdrew the award", out)
-        else:  # it overtook its award, or the award never came
-            self._revoked[(m.round_id, m.generation)] = now + self._cfg.auction_hold_ttl_s
+        # Remembered either way: it may have overtaken its award, or the award may repeat.
+        self._revoked[(m.round_id, m.generation)] = now + self._cfg.auction_hold_ttl_s
         if m.round_id in self.holds:
             self.release_hold(m.round_id, "the originator withdrew the award", out)
 

@@ -16,14 +16,8 @@ import pytest
 from meshd import config
 from meshd.auction import Capacity, InvariantBreach, Telemetry
 from meshd.auction.model import GiB, MiB
-from tests.sim.auction import (
-    DIRECTIVES,
-    AuctionNode,
-    Fleet,
-    auction_sim,
-    extension,
-    workload,
-)
+from tests.sim.auction import AuctionNode, Fleet, auction_sim, workload
+from tests.sim.auction_script import DIRECTIVES, extension
 from tests.sim.harness import (
     ENV_SEED,
     Simulation,
@@ -101,8 +95,9 @@ def random_run(
         x: Capacity(float(rng.choice([2, 4, 8])), rng.choice([4, 8, 16]) * GiB, 100 * GiB)
         for x in names
     }
+    trace = bool(os.environ.get(ENV_SEED))  # replaying one seed: keep its trace for the report
     sim, fleet = auction_sim(
-        seed, n, cfg, link, membership=membership, capacities=caps, trace=False, codec=codec
+        seed, n, cfg, link, membership=membership, capacities=caps, trace=trace, codec=codec
     )
     for j in range(rng.randint(2, 8)):
         t = rng.uniform(0.1, 4.0)
@@ -157,26 +152,34 @@ def random_run(
     return sim, fleet, fleet.final_problems()
 
 
-def _seeds(chunk: int, count: int = CHUNK) -> list[int]:
+def _report(sim: Simulation, problems: list[str]) -> str:
+    text = f"{sim.describe()}:\n" + "\n".join(problems[:10])
+    if sim.trace:
+        text += "\n-- last 80 trace lines --\n" + "\n".join(sim.trace_lines()[-80:])
+    return text
+
+
+def _seeds(chunk: int, count: int = CHUNK, base: int = 0) -> list[int]:
+    """This chunk's seeds; ``MESHD_SIM_SEED`` replays one seed (in the first chunk only)."""
     env = os.environ.get(ENV_SEED)
     if env:
         return [int(env)] if chunk == 0 else []
-    return list(range(chunk * count, (chunk + 1) * count))
+    return list(range(base + chunk * count, base + (chunk + 1) * count))
 
 
 @pytest.mark.parametrize("chunk", range(SCHEDULES // CHUNK))
 def test_random_schedules_keep_the_invariants(chunk: int) -> None:
     for seed in _seeds(chunk):
         sim, _, problems = random_run(seed)
-        assert not problems, f"{sim.describe()}:\n" + "\n".join(problems[:10])
+        assert not problems, _report(sim, problems)
 
 
 @pytest.mark.parametrize("chunk", range(2))
 def test_random_schedules_with_membership_and_codec(chunk: int) -> None:
     """Fewer, costlier runs: real SWIM membership and gossip, every message encoded."""
-    for seed in _seeds(chunk, 50):
-        sim, fleet, problems = random_run(10_000 + seed, membership=True, codec=True)
-        assert not problems, f"{sim.describe()}:\n" + "\n".join(problems[:10])
+    for seed in _seeds(chunk, 50, base=10_000):
+        sim, fleet, problems = random_run(seed, membership=True, codec=True)
+        assert not problems, _report(sim, problems)
         assert fleet.datagram_max <= 1200
 
 

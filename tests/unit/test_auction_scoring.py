@@ -23,16 +23,20 @@ def R(cpus: float, mem_gib: float, disk_gib: float = 0) -> Resources:
 @pytest.mark.parametrize(
     ("ask", "committed", "held", "telemetry", "oc", "score", "reason"),
     [
-        # Idle node: the score is how full the node would be (best fit).
-        (R(2, 4), NONE, NONE, None, ONE, 200, ""),
+        # Idle node: the score is how full the node would be, by its least-used
+        # dimension (balanced best fit).
+        (R(2, 4), NONE, NONE, None, ONE, 225, ""),
         (R(8, 16, 100), NONE, NONE, None, ONE, 1000, ""),
         # Fuller node, same request: a higher score (packing).
-        (R(2, 4), R(4, 8), NONE, None, ONE, 600, ""),
+        (R(2, 4), R(4, 8), NONE, None, ONE, 675, ""),
+        # Filling memory while CPUs stay idle strands them: scored by the idle CPUs.
+        (R(2, 4), R(0, 12), NONE, None, ONE, 225, ""),
+        (R(2, 4), R(6, 12), NONE, None, ONE, 900, ""),
         # Held counts like committed.
-        (R(2, 4), R(2, 4), R(2, 4), None, ONE, 600, ""),
+        (R(2, 4), R(2, 4), R(2, 4), None, ONE, 675, ""),
         # Live load halves the score at most.
-        (R(2, 4), NONE, NONE, Telemetry(0.5, 16 * GiB, 100 * GiB), ONE, 150, ""),
-        (R(2, 4), NONE, NONE, Telemetry(1.0, 16 * GiB, 100 * GiB), ONE, 100, ""),
+        (R(2, 4), NONE, NONE, Telemetry(0.5, 16 * GiB, 100 * GiB), ONE, 169, ""),
+        (R(2, 4), NONE, NONE, Telemetry(1.0, 16 * GiB, 100 * GiB), ONE, 113, ""),
         # Each dimension refuses with its sentence, cpu first.
         (R(10, 1), NONE, NONE, None, ONE, -1, "not enough cpu: 8 cpus free of 10 asked"),
         (R(1, 2), R(0, 14.5), NONE, None, ONE, -1,
@@ -50,9 +54,9 @@ def R(cpus: float, mem_gib: float, disk_gib: float = 0) -> Resources:
         (R(4, 1), R(2, 1), R(4, 1), None, ONE, -1,
          "not enough cpu: 2 cpus free of 4 asked (the rest is held by concurrent rounds)"),
         # Overcommit raises the limit (and the load ceiling) per dimension.
-        (R(4, 1), R(8, 1), NONE, None, Overcommit(cpu=2.0), 350, ""),
-        (R(4, 1), R(8, 1), NONE, Telemetry(1.5, 16 * GiB, 100 * GiB), Overcommit(cpu=2.0), 219, ""),
-        (R(1, 20), NONE, NONE, None, Overcommit(memory=1.5), 383, ""),
+        (R(4, 1), R(8, 1), NONE, None, Overcommit(cpu=2.0), 113, ""),
+        (R(4, 1), R(8, 1), NONE, Telemetry(1.5, 16 * GiB, 100 * GiB), Overcommit(cpu=2.0), 71, ""),
+        (R(1, 20), NONE, NONE, None, Overcommit(memory=1.5), 113, ""),
     ],
 )  # fmt: skip
 def test_score_table(

@@ -1,0 +1,171 @@
+"""The auction codec: every message and record round-trips; garbage raises only
+EnvelopeError; a Bid with the longest fields still fits one datagram."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshd.auction import codec
+from meshd.auction import durable as d
+from meshd.auction.bidder import MAX_REASON_BYTES
+from meshd.auction.messages import (
+    Accept,
+    AuctionMsg,
+    Award,
+    Bid,
+    BidRequest,
+    Confirm,
+    Refuse,
+    Release,
+    Revoke,
+    Sync,
+)
+from meshd.auction.model import (
+    Allocation,
+    AwardRecord,
+    BidRecord,
+    Constraints,
+    GiB,
+    Hold,
+    Placement,
+    Resources,
+    RoundRecord,
+    Workload,
+)
+from meshd.errors import EnvelopeError
+
+RES = Resources(2.5, 4 * GiB, 10 * GiB)
+W = Workload(
+    "w-1",
+    "web",
+    "acme",
+    RES,
+    "qemu",
+    {"image": "debian.qcow2", "ports": [80, 443], "env": {"A": "ü"}, "x": None},
+    Constraints(frozenset({"n1", "n2"}), frozenset({"n3"})),
+)
+P = Placement("w-1", "web", "n2", 3, "n1-00000000abcd.2", "n1", 1700000000.25, RES, None)
+BR = BidRecord("n2", 512, "", 1, 8 * GiB, 3, 12.5, False)
+ROUND = RoundRecord(
+    "n1-00000000abcd", "n1-00000000abcd", 1, "w-1", "web", "acme", RES, "n1", 10.0,
+    ("n1", "n2"), (BR, BidRecord("n1", -1, "not enough cpu", 0, 0, 0, 10.1, True)),
+    (AwardRecord("n2", 1, "refused", "no"), AwardRecord("n1", 2)), "awarding", None, None,
+    "", None,
+)  # fmt: skip
+
+MESSAGES: list[AuctionMsg] = [
+    BidRequest("n1-00000000abcd", "w-1", "acme", RES, 0.25),
+    BidRequest("n1-00000000abcd", "w-1", None, RES, 0.25),
+    Bid("n1-00000000abcd", 734, "", 2, 3 * GiB, 5),
+    Bid("n1-00000000abcd", -1, "not enough memory: 1.5 GiB free of 2 GiB asked", 0, 0, 0, True),
+    Release("n1-00000000abcd"),
+    Award("n1-00000000abcd", W, 4),
+    Accept("n1-00000000abcd", "w-1", 4),
+    Refuse("n1-00000000abcd", "w-1", 4, "overloaded"),
+    Revoke("n1-00000000abcd", "w-1", 4),
+    Confirm(P),
+    Sync((P, Placement("w-2", "db", "n5", 1, "r", "n5", 0.0, RES, "t")), True),
+    Sync((), False),
+]
+
+RECORDS: list[d.Record] = [
+    d.HoldPlaced(Hold("n1-00000000abcd", "w-1", RES, None, "n1", 99.5)),
+    d.HoldReleased("n1-00000000abcd", "expired"),
+    d.AllocationCommitted(Allocation(W, "n1-00000000abcd", 2, "n1", 5.0, True)),
+    d.AllocationReleased("w-1", 2, "superseded"),
+    d.PlacementRecorded(P),
+    d.RoundRecorded(ROUND),
+    d.BidRecorded("n1-00000000abcd", "n1", "w-1", BR),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_messages_round_trip(msg: AuctionMsg) -> None:
+    data = codec.encode(msg)
+    assert codec.decode(data) == msg
+    assert json.loads(data)  # plain JSON: debuggable with any tool
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=lambda r: type(r).__name__)
+def test_records_round_trip(rec: d.Record) -> None:
+    assert codec.load_record(codec.dump_record(rec)) == rec
+
+
+def test_longest_bid_fits_one_datagram() -> None:
+    originator = "n" * 255
+    rid = f"{originator}-{'f' * 12}.99"
+    reason = ("é" * MAX_REASON_BYTES).encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+    bid = Bid(rid, -1, reason, 2**31, 2**62, 2**31, True)
+    assert len(codec.encode(bid)) < codec.MAX_DATAGRAM
+    req = BidRequest(rid, "w" * 255, "t" * 255, Resources(1e6, 2**62, 2**62), 0.25)
+    assert len(codec.encode(req)) < codec.MAX_DATAGRAM
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xfe",
+        b"[]",
+        b"null",
+        b'{"t":"nope"}',
+        b'{"t":"bid"}',
+        b'{"t":["bid"]}',
+        b'{"t":"rel","r":""}',
+        b'{"t":"rel","r":7}',
+        b'{"t":"bid","r":"x","s":0,"why":"","tc":0,"mf":0,"n":0,"b":false}',
+        b'{"t":"bid","r":"x","s":1001,"why":"","tc":0,"mf":0,"n":0,"b":false}',
+        b'{"t":"bid","r":"x","s":5,"why":"","tc":-1,"mf":0,"n":0,"b":false}',
+        b'{"t":"bid","r":"x","s":5,"why":"","tc":true,"mf":0,"n":0,"b":false}',
+        b'{"t":"req","r":"x","w":"w","tn":null,"res":[NaN,1,1],"win":0.25}',
+        b'{"t":"req","r":"x","w":"w","tn":null,"res":[1,-1,1],"win":0.25}',
+        b'{"t":"req","r":"x","w":"w","tn":null,"res":[1,1],"win":0.25}',
+        b'{"t":"req","r":"x","w":"w","tn":null,"res":[1e999,1,1],"win":0.25}',
+        b'{"t":"conf","p":[1,2,3]}',
+        b'{"t":"sync","ps":{},"reply":false}',
+        b"[" * 100_000,
+        ('{"t":"rel","r":"' + "x" * 600 + '"}').encode(),
+    ],
+)
+def test_garbage_raises_envelope_error(data: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        codec.decode(data)
+
+
+def test_award_spec_must_be_an_object() -> None:
+    good = json.loads(codec.encode(Award("r", W, 1)))
+    good["wl"]["spec"] = [1, 2]
+    with pytest.raises(EnvelopeError):
+        codec.decode(json.dumps(good).encode())
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_envelope_error(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        codec.decode(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.sampled_from([json.loads(codec.encode(m)) for m in MESSAGES]),
+    st.text(max_size=5),
+    json_values,
+)
+def test_mutated_messages_raise_only_envelope_error(base: dict, key: str, value: object) -> None:
+    mutated = dict(base)
+    mutated[key if key else "t"] = value
+    with contextlib.suppress(EnvelopeError):
+        codec.decode(json.dumps(mutated).encode())

@@ -1,0 +1,478 @@
+"""The auction core driven by hand: a few Auctioneers and a synchronous message queue.
+
+Each test walks one path of DESIGN.md §6 and looks at effects, ledgers, views and
+round records. The simulator (tests/sim/test_auction_sim.py) explores the rest.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshd.auction
+from meshd import config
+from meshd.auction import (
+    Accept,
+    Auctioneer,
+    Award,
+    Bid,
+    BidRequest,
+    Broadcast,
+    Capacity,
+    Confirm,
+    Decided,
+    DurableState,
+    Failed,
+    HoldReleased,
+    InvariantBreach,
+    Persist,
+    Placement,
+    Release,
+    Resources,
+    Revoke,
+    Send,
+    Start,
+    Stop,
+    Sync,
+    Telemetry,
+    Workload,
+)
+from meshd.auction.model import Constraints, GiB, MiB
+from meshd.auction.ranking import rank
+from meshd.errors import ConfigError
+
+CAP = Capacity(8.0, 16 * GiB, 100 * GiB)
+LOG = logging.getLogger("test.auction")
+T0 = 1_700_000_000.0
+
+
+def W(wid: str = "w1", cpus: float = 2, mem: int = 2 * GiB, **kw: Any) -> Workload:
+    c = Constraints(kw.get("nodes", frozenset()), kw.get("avoid", frozenset()))
+    return Workload(wid, wid, kw.get("tenant"), Resources(cpus, mem, 0), "fake", {}, c)
+
+
+class Net:
+    """Nodes, durable stores, and a FIFO of messages delivered by :meth:`pump`."""
+
+    def __init__(self, n: int = 3, caps: dict[str, Capacity] | None = None, **cfg: Any) -> None:
+        self.cfg = config.sim().replace(**cfg)
+        self.now = T0
+        self.names = [f"n{i}" for i in range(1, n + 1)]
+        self.caps = caps or {}
+        self.durable = {x: DurableState() for x in self.names}
+        self.cores = {x: self._new(x) for x in self.names}
+        self.queue: deque[tuple[str, str, Any]] = deque()
+        self.down: set[str] = set()
+        self.intercept: Callable[[str, str, Any], bool] = lambda src, dst, msg: True
+        self.seen: dict[str, list[Any]] = {x: [] for x in self.names}
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def _new(self, name: str) -> Auctioneer:
+        cap = self.caps.get(name, CAP)
+        return Auctioneer(self.cfg, name, cap, random.Random(name), self.now, LOG)
+
+    def apply(self, name: str, effects: list[Any]) -> None:
+        for e in effects:
+            if isinstance(e, Persist):
+                self.durable[name].apply(e.record)
+        for e in effects:
+            self.seen[name].append(e)
+            if isinstance(e, Send):
+                self.sent.append((name, e.to, e.msg))
+                self.queue.append((name, e.to, e.msg))
+            elif isinstance(e, Broadcast):
+                for other in self.names:
+                    if other != name:
+                        self.queue.append((name, other, e.msg))
+
+    def submit(self, name: str, w: Workload, members: list[str] | None = None) -> str:
+        alive = [x for x in self.names if x not in self.down] if members is None else members
+        rid, effects = self.cores[name].submit(w, alive, self.now)
+        self.apply(name, effects)
+        return rid
+
+    def pump(self) -> None:
+        while self.queue:
+            src, dst, msg = self.queue.popleft()
+            if dst in self.down or not self.intercept(src, dst, msg):
+                continue
+            self.apply(dst, self.cores[dst].receive(msg, src, self.now))
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        for x in self.names:
+            if x not in self.down:
+                self.apply(x, self.cores[x].tick(self.now))
+        self.pump()
+
+    def crash(self, name: str) -> None:
+        self.down.add(name)
+
+    def restart(self, name: str) -> None:
+        self.down.discard(name)
+        cap = self.caps.get(name, CAP)
+        self.cores[name] = Auctioneer.restore(
+            self.cfg, name, cap, random.Random(name + "'"), self.now, LOG, self.durable[name]
+        )
+        self.seen[name] = []
+
+    def of(self, name: str, kind: type) -> list[Any]:
+        return [e for e in self.seen[name] if isinstance(e, kind)]
+
+    def views(self) -> set[tuple[tuple[str, str, int], ...]]:
+        return {
+            tuple(sorted((w, p.owner, p.generation) for w, p in c.placements().items()))
+            for x, c in self.cores.items()
+            if x not in self.down
+        }
+
+
+def test_happy_path() -> None:
+    net = Net(3)
+    rid = net.submit("n1", W(tenant="acme"))
+    net.pump()
+    [decided] = net.of("n1", Decided)
+    p = decided.placement
+    assert decided.round_id == rid and p.generation == 1 and p.originator == "n1"
+    [rec] = net.cores["n1"].rounds()
+    assert rec.state == "decided" and rec.winner == p.owner and len(rec.bids) == 3
+    bids = {b.bidder: b for b in rec.bids}
+    assert p.owner == rank({n: _bid(b) for n, b in bids.items()}, rid)[0]
+    assert net.views() == {(("w1", p.owner, 1),)}
+    for x in net.names:
+        ledger = net.cores[x].ledger()
+        assert not ledger.holds, x
+        assert ledger.committed.cpus == (2.0 if x == p.owner else 0.0)
+    [start] = net.of(p.owner, Start)
+    assert start.allocation.confirmed and start.allocation.workload.tenant == "acme"
+    assert net.durable[p.owner].allocations["w1"].confirmed
+
+
+def _bid(b: Any) -> Bid:
+    return Bid("", b.score, b.reason, b.tenant_count, b.mem_free, b.workloads, b.busy)
+
+
+def test_persist_comes_with_the_hold_before_the_bid() -> None:
+    net = Net(2)
+    net.submit("n1", W())
+    *_, req = net.queue.popleft()
+    effects = net.cores["n2"].receive(req, "n1", net.now)
+    kinds = [
+        type(e.record).__name__ if isinstance(e, Persist) else type(e).__name__ for e in effects
+    ]
+    assert kinds == ["HoldPlaced", "BidRecorded", "Send"]
+
+
+def test_refuse_then_next_best() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})  # the tightest fit wins
+
+    def squeeze(src: str, dst: str, msg: Any) -> bool:
+        if isinstance(msg, Award) and dst == "n3":
+            net.cores["n3"].set_telemetry(Telemetry(0.0, 512 * MiB, 100 * GiB))
+        return True
+
+    net.intercept = squeeze
+    net.submit("n1", W())
+    net.pump()
+    [decided] = net.of("n1", Decided)
+    assert decided.placement.owner != "n3" and decided.placement.generation == 2
+    [rec] = net.cores["n1"].rounds()
+    assert [(a.node, a.generation, a.outcome) for a in rec.awards] == [
+        ("n3", 1, "refused"),
+        (decided.placement.owner, 2, "accepted"),
+    ]
+    assert "not enough memory: 512 MiB free of 2 GiB asked" in rec.awards[0].reason
+    assert not net.cores["n3"].ledger().holds
+
+
+def test_silent_winner_then_next_best() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    net.intercept = lambda src, dst, msg: not (dst == "n3" and isinstance(msg, Award | Revoke))
+    net.submit("n1", W())
+    net.pump()
+    assert not net.of("n1", Decided)
+    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.auction_award_timeout_s)
+    net.advance(net.cfg.auction_award_timeout_s)
+    [decided] = net.of("n1", Decided)
+    assert decided.placement.generation == 2 and decided.placement.owner != "n3"
+    revokes = [m for s, d, m in net.sent if isinstance(m, Revoke)]
+    assert [(r.workload_id, r.generation) for r in revokes] == [("w1", 1)]
+    rec = net.cores["n1"].rounds()[0]
+    assert rec.awards[0].outcome == "silent"
+
+
+def test_late_accept_of_a_withdrawn_award_is_revoked() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    held: list[Any] = []
+    net.intercept = lambda src, dst, msg: (
+        not (src == "n3" and isinstance(msg, Accept) and not held.append(msg))
+    )
+    net.submit("n1", W())
+    net.pump()
+    assert net.cores["n3"].ledger().allocations["w1"].generation == 1
+    net.advance(net.cfg.auction_award_timeout_s)  # n1 moves on; its Revoke reaches n3
+    assert "w1" not in net.cores["n3"].ledger().allocations
+    net.apply("n1", net.cores["n1"].receive(held[0], "n3", net.now))
+    assert isinstance(net.queue[-1][2], Revoke)
+
+
+def test_no_capacity_anywhere_fails_with_every_reason() -> None:
+    net = Net(3)
+    rid = net.submit("n2", W(cpus=12))
+    net.pump()
+    [failed] = net.of("n2", Failed)
+    assert failed.round_id == rid
+    assert failed.reason == (
+        "no node has capacity for 12 cpus, 2 GiB memory (3 of 3 answered: "
+        "n1: not enough cpu: 8 cpus free of 12 asked; n2: not enough cpu: 8 cpus free of "
+        "12 asked; n3: not enough cpu: 8 cpus free of 12 asked)"
+    )
+    assert net.cores["n2"].rounds()[0].state == "failed"
+
+
+def test_constraint_unsatisfiable_fails_at_once() -> None:
+    net = Net(3)
+    net.submit("n1", W(nodes=frozenset({"n7", "n8"})))
+    [failed] = net.of("n1", Failed)
+    assert failed.reason == "constraint unsatisfiable: no alive member among n7, n8"
+    net.submit("n1", W("w2", avoid=frozenset({"n1", "n2", "n3"})))
+    assert net.of("n1", Failed)[-1].reason == (
+        "constraint unsatisfiable: no alive member outside n1, n2, n3"
+    )
+    assert not net.queue
+
+
+def test_deadline_closes_with_partial_bids() -> None:
+    net = Net(4)
+    net.intercept = lambda src, dst, msg: not (dst == "n4" and isinstance(msg, BidRequest))
+    net.submit("n1", W())
+    net.pump()
+    assert not net.of("n1", Decided)
+    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.auction_window_s)
+    net.advance(net.cfg.auction_window_s)
+    [decided] = net.of("n1", Decided)
+    assert decided.placement.owner != "n4"
+    rec = net.cores["n1"].rounds()[0]
+    assert len(rec.candidates) == 4 and len(rec.bids) == 3
+
+
+def test_nobody_answers() -> None:
+    net = Net(3, auction_max_rounds=1)
+    net.submit("n1", W(nodes=frozenset({"n2", "n3"})))
+    net.queue.clear()
+    net.advance(net.cfg.auction_window_s)
+    assert net.of("n1", Failed)[0].reason == "no candidate answered within 250 ms"
+
+
+def test_holds_expire_and_are_released_on_tick() -> None:
+    net = Net(2)
+    net.submit("n1", W(nodes=frozenset({"n2"})))
+    _, _, req = net.queue.popleft()
+    net.apply("n2", net.cores["n2"].receive(req, "n1", net.now))
+    net.crash("n1")  # the originator never closes the round
+    hold = next(iter(net.cores["n2"].ledger().holds.values()))
+    assert hold.expires_at == T0 + net.cfg.auction_hold_ttl_s
+    assert net.cores["n2"].next_deadline() == hold.expires_at
+    net.advance(net.cfg.auction_hold_ttl_s)
+    assert not net.cores["n2"].ledger().holds and not net.durable["n2"].holds
+    assert [
+        e.record.reason for e in net.of("n2", Persist) if isinstance(e.record, HoldReleased)
+    ] == ["expired"]
+
+
+def test_busy_bidders_are_retried_then_told_no() -> None:
+    net = Net(3, {"n3": Capacity(2.0, 8 * GiB, 100 * GiB)})
+    only3 = frozenset({"n3"})
+    net.submit("n1", W("w1", nodes=only3))
+    net.submit("n2", W("w2", nodes=only3))  # n3 holds for w1 when w2's request arrives
+    net.pump()
+    assert net.of("n1", Decided) and not net.of("n2", Failed)
+    first = net.cores["n2"].rounds()[0]
+    assert first.state == "waiting" and first.bids[0].busy
+    net.advance(2 * net.cfg.auction_window_s)
+    [failed] = net.of("n2", Failed)
+    assert "not enough cpu: 0 cpus free of 2 asked" in failed.reason
+    assert len(net.cores["n2"].rounds()) == 2
+
+
+def test_idempotent_resubmit() -> None:
+    net = Net(3)
+    rid = net.submit("n1", W())
+    again, effects = net.cores["n1"].submit(W(), net.names, net.now)
+    assert (again, effects) == (rid, [])  # still in flight: same auction, nothing new
+    net.pump()
+    placed = net.of("n1", Decided)[0].placement
+    again, effects = net.cores["n1"].submit(W(), net.names, net.now)
+    assert effects == [Decided(placed.round, placed)]
+
+
+def test_witness_never_bids_positive() -> None:
+    cfg = config.sim()
+    core = Auctioneer(cfg, "w", CAP, random.Random(1), T0, LOG, witness=True)
+    [*_, send] = core.receive(BidRequest("r", "w1", None, Resources(1, 1, 0), 0.25), "n1", T0)
+    assert send.msg.score == -1 and send.msg.reason == "witness runs no workloads"
+
+
+def test_restore_rebuilds_ledger_view_and_generations() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    net.intercept = lambda src, dst, msg: not (src == "n3" and isinstance(msg, Accept))
+    net.submit("n1", W())
+    net.pump()  # n3 committed; its Accept is lost
+    before = net.cores["n3"].ledger()
+    net.crash("n1")
+    net.crash("n3")
+    net.restart("n3")
+    assert net.cores["n3"].ledger().allocations == before.allocations
+    net.restart("n1")
+    net.advance(0)  # the restored originator marks its round abandoned
+    assert net.cores["n1"].rounds()[0].state == "abandoned"
+    # A resubmit does not reuse generation 1: n3 may still hold it.
+    net.intercept = lambda src, dst, msg: True
+    net.submit("n1", W())
+    net.pump()
+    assert net.of("n1", Decided)[0].placement.generation >= 2
+    net.advance(net.cfg.auction_confirm_timeout_s)
+    assert len(net.views()) == 1
+    owners = [x for x in net.names if "w1" in net.cores[x].ledger().allocations]
+    assert len(owners) == 1
+
+
+def test_originator_crash_after_award_winner_confirms_itself() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    net.submit("n1", W())
+    net.intercept = lambda src, dst, msg: not (dst == "n1" and isinstance(msg, Accept))
+    net.pump()
+    net.crash("n1")
+    net.advance(net.cfg.auction_confirm_timeout_s)
+    assert net.of("n3", Start)
+    assert net.cores["n2"].placements()["w1"].owner == "n3"
+
+
+def test_sync_merges_and_answers() -> None:
+    core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+    p1 = Placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
+    p2 = Placement("w1", "w1", "n3", 2, "r2", "n1", T0, Resources(1, 1, 0), None)
+    [reply] = [e for e in core.receive(Sync((p2,)), "n1", T0) if isinstance(e, Send)]
+    assert reply.msg == Sync((p2,), True)
+    assert core.receive(Sync((p1,), True), "n1", T0) == []  # older: ignored
+    assert core.placements()["w1"] == p2
+    # A stale Confirm is answered with the newer placement at once.
+    [e] = core.receive(Confirm(p1), "n4", T0)
+    assert e == Send("n4", Confirm(p2), True)
+
+
+def test_two_owners_for_one_generation_is_a_breach() -> None:
+    core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+    p = Placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
+    core.receive(Confirm(p), "n1", T0)
+    with pytest.raises(InvariantBreach, match="two owners for workload w1 generation 1"):
+        core.receive(
+            Confirm(Placement("w1", "w1", "n5", 1, "r9", "n7", T0, p.resources, None)), "n7", T0
+        )
+
+
+def test_supersede_moves_the_workload_and_stops_the_old_owner() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    net.submit("n1", W())
+    net.pump()
+    assert net.of("n3", Start)
+    w = W(avoid=frozenset({"n3"}))
+    _, effects = net.cores["n1"].submit(w, net.names, net.now, supersede=True)
+    net.apply("n1", effects)
+    net.pump()
+    moved = net.of("n1", Decided)[-1].placement
+    assert moved.owner != "n3" and moved.generation == 2
+    [stop] = net.of("n3", Stop)
+    assert (stop.workload_id, stop.generation) == ("w1", 1)
+    assert "w1" not in net.cores["n3"].ledger().allocations
+
+
+def test_large_mesh_asks_a_sample() -> None:
+    net = Net(40, auction_full_mesh_max=8)
+    net.submit("n1", W())
+    asked = {d for s, d, m in net.sent if isinstance(m, BidRequest)}
+    assert 10 <= len(asked) <= 11  # ceil(2 * log2 40) = 11, maybe the originator among them
+    net.pump()
+    assert net.of("n1", Decided)
+
+
+# -- purity and config -----------------------------------------------------------------
+
+ROOT = Path(meshd.auction.__file__).parent
+FORBIDDEN = {"asyncio", "socket", "apsw", "aiohttp", "time", "zeroconf", "psutil", "threading"}
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in ROOT.glob("*.py")))
+def test_auction_modules_are_pure(module: str) -> None:
+    tree = ast.parse((ROOT / module).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & FORBIDDEN, module
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            assert node.module.split(".")[0] not in FORBIDDEN, module
+            assert node.module not in ("random", "os"), module
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "random":
+                assert node.attr == "Random", f"{module} uses random.{node.attr}"
+            assert node.value.id != "os", module
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"auction_window_s": 0}, "auction_window_s must be positive"),
+        ({"auction_sample_d": -1.0}, "auction_sample_d must be positive"),
+        ({"auction_max_rounds": 0}, "auction_max_rounds must be positive"),
+        ({"memory_overcommit": 0.0}, "memory_overcommit must be positive"),
+        ({"auction_hold_ttl_s": 2.0}, "auction_hold_ttl_s must exceed"),
+        ({"auction_confirm_timeout_s": 0.5}, "auction_confirm_timeout_s must exceed"),
+    ],
+)
+def test_placement_knobs_are_validated(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.sim().replace(**changes).validate()
+
+
+def test_placement_defaults() -> None:
+    cfg = config.lan()
+    assert (cfg.auction_window_s, cfg.auction_max_rounds, cfg.cpu_overcommit) == (0.25, 2, 1.0)
+    assert cfg.auction_hold_ttl_s > cfg.auction_window_s + 2 * cfg.auction_award_timeout_s
+
+
+def test_a_revoke_that_overtakes_its_award_makes_the_award_refused() -> None:
+    core = Auctioneer(config.sim(), "n2", CAP, random.Random(1), T0, LOG)
+    assert core.receive(Revoke("r1", "w1", 1), "n1", T0) == []
+    [refuse] = core.receive(Award("r1", W(), 1), "n1", T0)
+    assert refuse.msg.reason == "the award was withdrawn"
+    assert not core.ledger().allocations
+
+
+def test_release_only_from_the_holds_originator() -> None:
+    core = Auctioneer(config.sim(), "n2", CAP, random.Random(1), T0, LOG)
+    core.receive(BidRequest("r1", "w1", None, Resources(1, GiB, 0), 0.25), "n1", T0)
+    assert "r1" in core.ledger().holds
+    assert core.receive(Release("r1"), "n3", T0) == []
+    assert "r1" in core.ledger().holds
+    core.receive(Release("r1"), "n1", T0)
+    assert not core.ledger().holds
+
+
+def test_a_round_that_places_nothing_releases_its_positive_bidders() -> None:
+    net = Net(4, {"n2": Capacity(4.0, 8 * GiB, 100 * GiB)}, auction_max_rounds=1)
+    net.intercept = lambda src, dst, msg: not isinstance(msg, Award)  # awardees stay silent
+    net.submit("n1", W(avoid=frozenset({"n1"})))
+    net.pump()
+    net.advance(net.cfg.auction_award_timeout_s)  # the winner falls silent...
+    net.advance(net.cfg.auction_award_timeout_s)  # ...and so does the next-best
+    assert "no award was accepted" in net.of("n1", Failed)[0].reason
+    # The silent awardees dropped theirs on Revoke, the third bidder on Release.
+    assert any(isinstance(m, Release) for s, d, m in net.sent)
+    for x in ("n2", "n3", "n4"):
+        assert not net.cores[x].ledger().holds, x
