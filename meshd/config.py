@@ -355,11 +355,11 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
-    if name == "cpus":
-        if value is None:
+    if name == "cpus" or isinstance(default, float):
+        if value is None and name == "cpus":
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"cpus must be a number, got {value!r}")
+            raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")

@@ -41,7 +41,15 @@ from meshd.auction.effects import (
     Stop,
 )
 from meshd.auction.messages import AuctionMsg, Confirm
-from meshd.auction.model import Capacity, Constraints, Placement, Resources, Telemetry, Workload
+from meshd.auction.model import (
+    Capacity,
+    Constraints,
+    InvariantBreach,
+    Placement,
+    Resources,
+    Telemetry,
+    Workload,
+)
 from meshd.errors import BadRequest, EnvelopeError, MeshdError, UnknownAuthorError
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
@@ -151,7 +159,12 @@ class PlacementShell:
             raise BadRequest("nodes must be a list of node names")
         tenant = body.get("tenant")
         key = body.get("idempotency_key")
-        wid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{key}")) if key else str(uuid.uuid4())
+        # A key names one workload *per originating node*: two nodes must never run
+        # auctions for one workload id at once, so a retry goes to the same node.
+        node = self.node.ident.name
+        wid = (
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
+        )
         spec = {
             k: body[k]
             for k in ("image", "kernel", "initrd", "command", "services", "user_data")
@@ -305,7 +318,15 @@ class PlacementShell:
             self._receive(msg, origin)
 
     def _receive(self, msg: AuctionMsg, sender: str) -> None:
-        self._apply(self.core.receive(msg, sender, self.node.clock()))
+        try:
+            effects = self.core.receive(msg, sender, self.node.clock())
+        except InvariantBreach:
+            # Two owners for one generation, or a commitment beyond capacity: stop
+            # rather than risk running a workload twice (STYLE.md, "Errors").
+            logger.critical("placement invariant broken; stopping meshd", exc_info=True)
+            self.node.request_stop()
+            raise
+        self._apply(effects)
         self._kick.set()
 
     # -- carrying out effects -------------------------------------------------------

@@ -11,8 +11,8 @@ meshd's workloads are single, heterogeneous and must *fit* (CPU, memory, disk), 
 handful of probes can miss the few blades with room. It therefore asks
 
 * **everyone** eligible when the mesh has at most ``auction_full_mesh_max`` eligible
-  members (the 3-64 blades of DESIGN.md §1: a round costs at most a few dozen
-  datagrams, and the decision is the best possible);
+  members (a round then costs a few dozen datagrams at most, and the decision is the
+  best the mesh can make);
 * otherwise a uniform random sample of ``ceil(d · log2 N)`` (``auction_sample_d``):
   the chance that a sample misses every fitting node falls geometrically with the
   sample size, and log2 N grows slowly enough that a round stays O(log N) messages;

@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-data", metavar="FILE", help="cloud-init user-data (qemu)")
     p.add_argument("--tenant", help="tenant owning the workload")
     p.add_argument("--node", action="append", default=[], help="only these nodes (repeatable)")
-    p.add_argument("--idempotency-key", metavar="KEY", help="same key, same workload: safe retries")
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="same key through the same node, same workload: safe retries",
+    )
     p.set_defaults(func=commands.cmd_submit)
 
     p = sub.add_parser("workloads", help="the mesh-wide placement view as this node knows it")

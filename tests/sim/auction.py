@@ -440,7 +440,9 @@ class Fleet:
         for wid, (owner, gen) in first.items():
             if owner in views and wid not in self.core(owner).ledger().allocations:
                 problems.append(f"{wid} placed on {owner} gen {gen}, which holds no allocation")
-        for o in self.outcomes.values():
+        for aid, o in self.outcomes.items():
+            if o.placement is not None and o.reason is not None:
+                problems.append(f"{aid} both decided and failed: {o.reason}")
             p = o.placement
             if p is not None and (first.get(p.workload_id, ("", -1))[1] < p.generation):
                 problems.append(

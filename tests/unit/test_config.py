@@ -72,6 +72,16 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         config.load(tmp_path / "nope.toml")
 
 
+def test_float_knobs_accept_numbers_and_refuse_text(tmp_path: Path) -> None:
+    f = tmp_path / "meshd.toml"
+    f.write_text("cpu_overcommit = 2\nsuspicion_mult = 3.5\n")
+    cfg = config.load(f)
+    assert cfg.cpu_overcommit == 2.0 and cfg.suspicion_mult == 3.5
+    f.write_text('cpu_overcommit = "lots"\n')
+    with pytest.raises(ConfigError, match="cpu_overcommit must be a number"):
+        config.load(f)
+
+
 def test_unknown_override_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown setting"):
         config.load(None, "lan", {"colour": "blue"})

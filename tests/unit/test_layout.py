@@ -19,6 +19,7 @@ from meshd.api.server import Api
 ROOT = Path(meshd.__file__).parent
 PURE_MODULES = [
     *sorted(f"membership/{p.name}" for p in (ROOT / "membership").glob("*.py")),
+    *sorted(f"auction/{p.name}" for p in (ROOT / "auction").glob("*.py")),
     "envelope.py",
     "units.py",
     "identity/pki.py",
