@@ -87,6 +87,9 @@ class Mesh:
             except (IdentityError, EnvelopeError) as exc:
                 logger.warning("roster certificate of %s refused: %s", member.name, exc)
         self._cert_fetches: dict[Addr, float] = {}
+        # Certificates already verified and persisted, so a busy mTLS peer costs one
+        # dict lookup per message instead of a chain verification.
+        self._member_certs: dict[bytes, pki.CertInfo] = {}
         self.membership: Membership | None = None
         self.dht: MeshDHT | None = None
         self.mdns: MdnsDiscovery | None = None
@@ -298,6 +301,13 @@ class Mesh:
 
     def _learn_member(self, cert_der: bytes) -> pki.CertInfo | None:
         """Persist a member we hear from for the first time (its cert is CA-verified)."""
+        known = self._member_certs.get(cert_der)
+        if (
+            known is not None
+            and known.not_before <= self.node.clock() <= known.not_after
+            and not self.node.revocations.is_revoked(known.serial, known.node_id)
+        ):
+            return known
         try:
             cert = pki.load_cert_der(cert_der)
             info = pki.verify(cert, self.node.ident.ca_cert, self.node.clock())
@@ -308,6 +318,9 @@ class Mesh:
             return None
         if not self.verifier.knows(info.node_id):
             self.verifier.learn(cert_der, self.node.clock())
+        if len(self._member_certs) > 4096:
+            self._member_certs.clear()
+        self._member_certs[cert_der] = info
         if self.directory.learn(cert.public_key(), info):  # type: ignore[arg-type]
             from meshd.identity.enrolment import member_of  # noqa: PLC0415 - avoid a cycle
 

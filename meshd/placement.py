@@ -337,14 +337,13 @@ class PlacementShell:
         records = [e.record for e in effects if isinstance(e, Persist)]
         if records:
             now = self.node.clock()
-            # fsync the commit points others rely on: a winner's accepted allocation and
-            # the originator's decision. Holds, round history and other members' copies
-            # of the view survive a crash of the process anyway (WAL), and after a power
-            # cut a forgotten hold only makes its award be refused; anti-entropy
-            # restores the view. Sparing those fsyncs keeps bids fast and steady.
-            durable = any(isinstance(r, COMMIT_POINTS) for r in records) or any(
-                isinstance(e, Decided) for e in effects
-            )
+            # fsync the commit point others rely on: the winner's accepted allocation
+            # (it carries the workload, round, generation and originator, so the
+            # placement can be rebuilt from it). Holds, round history and every copy of
+            # the view survive a crash of the process anyway (WAL); after a power cut a
+            # forgotten hold only makes its award be refused, and anti-entropy restores
+            # the view from the owners. Sparing those fsyncs keeps rounds fast.
+            durable = any(isinstance(r, COMMIT_POINTS) for r in records)
             with self.node.store.transaction(durable=durable):
                 auction_records.write(self.node.store, records, now)
                 for r in records:
