@@ -43,6 +43,7 @@ from meshd.units import format_hostport, parse_hostport
 if TYPE_CHECKING:
     from meshd.mesh import Mesh
     from meshd.placement import PlacementShell
+    from meshd.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Node:
         self._owns_socket = False
         self.mesh: Mesh | None = None
         self.placement: PlacementShell | None = None
+        self.runner: WorkloadRunner | None = None
         # False until start-up has finished: /v1/health answers 503 "starting" till then.
         self.ready = False
         self._socket_path = cfg.socket_path
@@ -176,6 +178,7 @@ class Node:
     async def _start(self) -> None:
         from meshd.mesh import Mesh  # noqa: PLC0415 - mesh imports the node type lazily too
         from meshd.placement import PlacementShell  # noqa: PLC0415 - same
+        from meshd.workloads import WorkloadRunner  # noqa: PLC0415 - same
 
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
         self.mesh = Mesh(self)
@@ -210,7 +213,10 @@ class Node:
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
         self.placement = PlacementShell(self, self.mesh)
+        self.runner = WorkloadRunner(self, self.mesh)
+        self.placement.runner = self.runner
         self.placement.start()
+        self.runner.start(self.placement.core.ledger().allocations)
         self.store.set_meta("address", self.address)
         self.ready = True
         roster.set_address(self.store, self.ident.name, self.address)
@@ -247,6 +253,8 @@ class Node:
     async def stop(self) -> None:
         logger.info("meshd stopping name=%s", self.ident.name)
         self.ready = False
+        if self.runner is not None:
+            self.runner.stop()  # workloads keep running: they outlive the daemon
         if self.placement is not None:
             self.placement.stop()
         if self.mesh is not None:

@@ -57,12 +57,28 @@ from meshd.transport import Addr, Channel
 if TYPE_CHECKING:
     from meshd.mesh import Mesh
     from meshd.node import Node
+    from meshd.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 DRIVERS = ("process", "qemu", "firecracker")
 COMMIT_POINTS = (AllocationCommitted, AllocationReleased)
+# What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
+SPEC_FIELDS = (
+    "image",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "command",
+    "env",
+    "services",
+    "user_data",
+    "meta_data",
+    "network_config",
+    "ready_marker",
+    "boot_timeout_s",
+)
 
 
 class PlacementError(MeshdError):
@@ -88,6 +104,7 @@ class PlacementShell:
             witness=cfg.witness,
         )
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
+        self.runner: WorkloadRunner | None = None  # set by the node once drivers exist
         self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         m = node.metrics
@@ -165,11 +182,7 @@ class PlacementShell:
         wid = (
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
         )
-        spec = {
-            k: body[k]
-            for k in ("image", "kernel", "initrd", "command", "services", "user_data")
-            if body.get(k) is not None
-        }
+        spec = {k: body[k] for k in SPEC_FIELDS if body.get(k) is not None}
         return Workload(
             id=wid,
             name=name,
@@ -229,9 +242,8 @@ class PlacementShell:
                 "name": p.name,
                 "owner": p.owner,
                 "generation": p.generation,
-                # Drivers (the workloads issue) move it to starting/running; until a
-                # driver runs it, a placed workload waits on its owner.
-                "state": "pending",
+                "state": self._state(p.workload_id, p.generation)[0],
+                "detail": self._state(p.workload_id, p.generation)[1],
                 "tenant": p.tenant,
                 "resources": {
                     "cpus": p.resources.cpus,
@@ -242,6 +254,15 @@ class PlacementShell:
             }
             for p in sorted(self.core.placements().values(), key=lambda p: p.name)
         ]
+
+    def _state(self, wid: str, generation: int) -> tuple[str, str]:
+        if self.runner is None:
+            return "pending", ""
+        return self.runner.state_of(wid, generation)
+
+    def owner_of(self, wid: str) -> str | None:
+        p = self.core.placements().get(wid)
+        return None if p is None else p.owner
 
     def auctions(self) -> list[dict[str, Any]]:
         return [self._round_json(r) for r in self.core.rounds()]
@@ -377,8 +398,12 @@ class PlacementShell:
             elif isinstance(e, Start):
                 w = e.allocation.workload
                 logger.info("workload assigned here name=%s id=%s", w.name, w.id)
+                if self.runner is not None:
+                    self.runner.on_start(e.allocation)
             elif isinstance(e, Stop):
                 logger.info("workload moved away id=%s reason=%s", e.workload_id, e.reason)
+                if self.runner is not None:
+                    self.runner.on_stop(e.workload_id, e.generation, e.reason)
 
     def _local(self, msg: AuctionMsg) -> None:
         # Messages to ourselves skip the network but not the loop: no re-entrancy.

@@ -326,6 +326,48 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _ok("workloads", {"type": "array"}), **_ERRORS},
                 },
             },
+            "/v1/workloads/{id}/stop": {
+                "post": {
+                    "summary": "Stop a workload (on its owner; forwarded there from any node)",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "timeout", "in": "query", "schema": {"type": "number"}},
+                    ],
+                    "responses": {"200": _ok("its state", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/workloads/{id}/start": {
+                "post": {
+                    "summary": "Start a stopped workload again (on its owner)",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": _ok("its state", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/workloads/{id}/logs": {
+                "get": {
+                    "summary": "The workload's console or stdout/stderr; follow=1 streams",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "text", "content": {"text/plain": {}}},
+                        **_ERRORS,
+                    },
+                }
+            },
             "/v1/auctions": {
                 "get": {
                     "summary": "Auction rounds this node ran or took part in",

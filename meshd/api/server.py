@@ -22,10 +22,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
+from meshd.api import tls
 from meshd.api.openapi import document
 from meshd.errors import (
     BadRequest,
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from meshd.mesh import Mesh
     from meshd.node import Node
     from meshd.placement import PlacementShell
+    from meshd.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ class Api:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._cert_cache: dict[bytes, pki.CertInfo] = {}
+        self._forward_session: aiohttp.ClientSession | None = None
         m = node.metrics
         self.requests = m.counter("meshd_api_requests_total", "API requests by route and status")
         self.latency = m.histogram("meshd_api_request_seconds", "API request latency")
@@ -123,6 +128,9 @@ class Api:
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
+        app.router.add_post("/v1/workloads/{id}/stop", self.workload_stop)
+        app.router.add_post("/v1/workloads/{id}/start", self.workload_start)
+        app.router.add_get("/v1/workloads/{id}/logs", self.workload_logs)
         app.router.add_get("/v1/auctions", self.auctions_list)
         app.router.add_get("/v1/auctions/{round}", self.auctions_show)
         app.router.add_get("/v1/enrol/ca", self.enrol_ca)
@@ -321,6 +329,79 @@ class Api:
     async def workloads_list(self, request: web.Request) -> web.Response:
         return web.json_response(self._placement().workloads())
 
+    # -- workload lifecycle: done by the owner, forwarded there from any node ------------
+
+    async def _on_owner(
+        self, request: web.Request, local: Callable[[], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        wid = request.match_info["id"]
+        owner = self._placement().owner_of(wid)
+        if owner is None:
+            raise NotFoundError(f"no workload {wid} is known in this mesh")
+        if owner == self.node.ident.name:
+            return await local()
+        if request.get("forwarded"):
+            raise DaemonError(f"workload {wid} moved while the request was forwarded; retry")
+        assert self.node.mesh is not None
+        addr = self.node.mesh.address_of(owner)
+        if addr is None:
+            raise DaemonError(f"the owner of {wid}, {owner}, is not reachable")
+        return await self._forward(request, addr)
+
+    async def _forward(self, request: web.Request, addr: tuple[str, int]) -> web.StreamResponse:
+        """Relay the request to the owner's mTLS API as this node; stream the answer back."""
+        if self._forward_session is None:
+            ident = self.node.ident
+            self._forward_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls.client_context(ident, ident.ca_cert)),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
+        url = f"https://{addr[0]}:{addr[1]}{request.rel_url}"
+        try:
+            async with self._forward_session.request(
+                request.method, url, data=await request.read(), headers={"X-Meshd-Forwarded": "1"}
+            ) as resp:
+                out = web.StreamResponse(status=resp.status)
+                out.content_type = resp.content_type
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DaemonError(f"the workload's owner at {addr[0]}:{addr[1]} failed: {exc}") from exc
+
+    def _runner(self) -> WorkloadRunner:
+        if self.node.runner is None:
+            raise DaemonError("workloads are not running yet; retry in a moment")
+        return self.node.runner
+
+    async def workload_stop(self, request: web.Request) -> web.StreamResponse:
+        wid = request.match_info["id"]
+        timeout = float(request.query.get("timeout", "30"))
+
+        async def local() -> web.StreamResponse:
+            return web.json_response(await self._runner().stop_workload(wid, timeout))
+
+        return await self._on_owner(request, local)
+
+    async def workload_start(self, request: web.Request) -> web.StreamResponse:
+        wid = request.match_info["id"]
+
+        async def local() -> web.StreamResponse:
+            return web.json_response(await self._runner().start_workload(wid))
+
+        return await self._on_owner(request, local)
+
+    async def workload_logs(self, request: web.Request) -> web.StreamResponse:
+        wid = request.match_info["id"]
+        follow = request.query.get("follow", "") in ("1", "true", "yes")
+
+        async def local() -> web.StreamResponse:
+            return await stream_file(request, Path(self._runner().log_path(wid)), follow)
+
+        return await self._on_owner(request, local)
+
     async def auctions_list(self, request: web.Request) -> web.Response:
         return web.json_response(self._placement().auctions())
 
@@ -362,6 +443,31 @@ class Api:
             raise
         self.enrolments.inc(result="ok")
         return web.json_response(answer)
+
+
+async def stream_file(request: web.Request, path: Path, follow: bool) -> web.StreamResponse:
+    """The last 64 KiB of ``path``; with ``follow``, keep sending what is appended.
+
+    Reads are of a local log file in 64 KiB steps (page cache, microseconds): not worth
+    a thread per chunk, hence the ASYNC240 waivers.
+    """
+    if not path.exists():  # noqa: ASYNC240
+        raise NotFoundError("the workload has no log yet")
+    out = web.StreamResponse()
+    out.content_type = "text/plain"
+    await out.prepare(request)
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 65536))  # noqa: ASYNC240
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                await out.write(chunk)
+                continue
+            if not follow or request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(0.25)
+    await out.write_eof()
+    return out
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

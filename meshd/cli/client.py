@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from meshd.errors import ApiError, DaemonError
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
 
@@ -40,6 +41,29 @@ class DaemonClient:
         except ApiError:
             return True
         return True
+
+    def stream(self, method: str, path: str) -> Iterator[bytes]:
+        """The response body in chunks as it arrives (for `logs --follow`)."""
+        conn = _UnixConnection(self.socket_path, timeout=None)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    msg = json.loads(raw).get("error")
+                except ValueError:
+                    msg = None
+                raise ApiError(str(msg or f"meshd answered HTTP {resp.status}"), resp.status)
+            while chunk := resp.read1(65536):
+                yield chunk
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonError(
+                f"meshd is not running for this data directory (no answer on "
+                f"{self.socket_path}); start it with `meshd run`"
+            ) from exc
+        finally:
+            conn.close()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         conn = _UnixConnection(self.socket_path, self.timeout)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -349,4 +350,22 @@ def cmd_auctions(args: argparse.Namespace) -> int:
         output.emit_json(rows)
     else:
         output.emit_table(rows, ["round", "workload", "originator", "winner", "outcome", "bids"])
+    return 0
+
+
+def cmd_workload_action(args: argparse.Namespace) -> int:
+    doc = client(args).request("POST", f"/v1/workloads/{quote(args.id, safe='')}/{args.action}")
+    if args.json:
+        output.emit_json(doc)
+    else:
+        detail = f" ({doc['detail']})" if doc.get("detail") else ""
+        output.emit_text(f"{args.id} is {doc['state']} on {doc['node']}{detail}")
+    return 0
+
+
+def cmd_workload_logs(args: argparse.Namespace) -> int:
+    path = f"/v1/workloads/{quote(args.id, safe='')}/logs" + ("?follow=1" if args.follow else "")
+    for chunk in client(args).stream("GET", path):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
     return 0

@@ -145,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, json_flag=True)
     p.set_defaults(func=commands.cmd_workloads)
 
+    p = sub.add_parser("workload", help="one workload's lifecycle, carried out by its owner")
+    wsub = p.add_subparsers(dest="workload_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("stop", "stop it (gracefully, then by force)"),
+        ("start", "start it again"),
+    ):
+        w = wsub.add_parser(action, help=text)
+        _common(w, json_flag=True)
+        w.add_argument("id", help="workload id")
+        w.set_defaults(func=commands.cmd_workload_action, action=action)
+    w = wsub.add_parser("logs", help="its console (serial) or stdout/stderr, from its owner")
+    _common(w)
+    w.add_argument("id", help="workload id")
+    w.add_argument("--follow", "-f", action="store_true", help="keep printing what it writes")
+    w.set_defaults(func=commands.cmd_workload_logs)
+
     p = sub.add_parser("auctions", help="auction round history, with every bid and the winner")
     _common(p, json_flag=True)
     asub = p.add_subparsers(dest="auctions_command", metavar="ACTION")

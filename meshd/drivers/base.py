@@ -140,3 +140,6 @@ class Driver(ABC):
     @abstractmethod
     def log_path(self, wid: str) -> Path:
         """The console (serial) or stdout/stderr file of the workload."""
+
+    def detach(self) -> None:  # noqa: B027 - optional hook; most drivers hold nothing
+        """Stop watching workloads (the daemon is stopping); they keep running."""
