@@ -1,0 +1,134 @@
+"""Workloads for real: the auction's winner runs a process workload through its driver.
+
+Three `meshd run` daemons on 127.0.0.1. A `process` workload submitted on one node
+runs on the winner; every node's `meshd workloads` shows it running; its service name
+resolves while it runs; its console is readable from any node (forwarded to the
+owner); stopping the owner's daemon leaves the workload running, and the restarted
+daemon reattaches the same pid; stop and start are carried out by the owner from any
+node; a workload whose command can't run ends `failed` with a sentence, leaving no
+process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+try:
+    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd
+except ImportError:  # pragma: no cover
+    from daemon import DOMAIN, Daemon, Mesh, meshd  # type: ignore[no-redef]
+
+CAPACITY = ("--cpus", "4", "--memory", "2GiB", "--disk", "10GiB")
+TICKER = "sh -c 'while true; do echo tick-$MESHD_WORKLOAD_NAME; sleep 0.2; done'"
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def view(d: Daemon, wid: str) -> dict[str, object]:
+    rows = {r["workload"]: r for r in d.api("GET", "/v1/workloads")}
+    return rows.get(wid, {})
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def three(mesh_factory: Mesh) -> list[Daemon]:
+    alpha = mesh_factory.daemon("alpha")
+    alpha.init()
+    alpha.start(*CAPACITY)
+    others = mesh_factory.join_many(["beta", "gamma"], via=alpha, start=False)
+    for d in others:
+        d.spawn(*CAPACITY)
+    for d in others:
+        d.wait_ready()
+    nodes = [alpha, *others]
+    wait_for(
+        "three alive",
+        lambda: all(
+            sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == 3 for d in nodes
+        ),
+    )
+    return nodes
+
+
+def test_a_process_workload_runs_survives_restart_and_is_managed_from_anywhere(
+    three: list[Daemon],
+) -> None:
+    alpha, beta, gamma = three
+    out = meshd(
+        "submit", "--name", "ticker", "--cpus", "1", "--memory", "64MiB", "--node", "beta",
+        "--command", TICKER, "--service", "tick:9000", "--json",
+        data_dir=alpha.data_dir, check=True,
+    )  # fmt: skip
+    decision = json.loads(out.stdout)
+    wid = decision["workload"]
+    assert decision["owner"] == "beta"
+    wait_for(
+        "running everywhere", lambda: all(view(d, wid).get("state") == "running" for d in three)
+    )
+    detail = str(view(beta, wid)["detail"])
+    pid = int(detail.rsplit(" ", 1)[1])
+    try:
+        assert alive(pid)
+        # The service is published under the owner while the workload runs.
+        res = meshd("resolve", f"@tick@{DOMAIN}", "--json", data_dir=gamma.data_dir, check=True)
+        assert [(r["node"], r["port"]) for r in json.loads(res.stdout)] == [("beta", 9000)]
+        # Its console, read through another node.
+        logs = meshd("workload", "logs", wid, data_dir=gamma.data_dir, check=True)
+        assert "tick-ticker" in logs.stdout
+
+        # The owner's daemon goes away: the workload does not.
+        assert beta.stop() == 0
+        assert alive(pid)
+        beta.start(*CAPACITY)
+        wait_for("reattached", lambda: view(beta, wid).get("state") == "running")
+        assert str(view(beta, wid)["detail"]).endswith(str(pid))  # the same process
+
+        # Stop and start, asked of a node that does not own it.
+        stopped = meshd("workload", "stop", wid, "--json", data_dir=alpha.data_dir, check=True)
+        assert json.loads(stopped.stdout)["state"] == "stopped"
+        wait_for("the process to be gone", lambda: not alive(pid), 5)
+        wait_for(
+            "stopped everywhere", lambda: all(view(d, wid).get("state") == "stopped" for d in three)
+        )
+        started = meshd("workload", "start", wid, "--json", data_dir=gamma.data_dir, check=True)
+        doc = json.loads(started.stdout)
+        assert doc["state"] == "running"
+        pid = int(str(doc["detail"]).rsplit(" ", 1)[1])
+        assert alive(pid)
+    finally:
+        if alive(pid):
+            os.killpg(pid, 9)
+
+
+def test_a_command_that_cannot_run_fails_with_a_sentence(three: list[Daemon]) -> None:
+    alpha = three[0]
+    out = meshd(
+        "submit", "--name", "broken", "--cpus", "1", "--memory", "64MiB",
+        "--command", "/nonexistent/binary --flag", "--json",
+        data_dir=alpha.data_dir, check=True,
+    )  # fmt: skip
+    wid = json.loads(out.stdout)["workload"]
+    wait_for("failed", lambda: view(alpha, wid).get("state") == "failed")
+    detail = str(view(alpha, wid)["detail"])
+    assert "nonexistent" in detail and "\n" not in detail
+    owner = next(d for d in three if d.name == json.loads(out.stdout)["owner"])
+    assert not (owner.data_dir / "workloads" / wid).exists()  # nothing left behind
