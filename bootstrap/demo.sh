@@ -18,7 +18,12 @@ nodes=${MESHD_DEMO_NODES:-5}
 names=(alpha beta gamma delta epsilon zeta eta theta)
 pids=()
 
+workloads=()
 cleanup() {
+    # Workloads outlive their daemon by design: stop the demo's before the daemons.
+    for wid in "${workloads[@]}"; do
+        meshd workload stop "$wid" --data-dir "$dir/${names[0]}" >/dev/null 2>&1 || true
+    done
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
@@ -82,6 +87,24 @@ for ((i = 0; i < nodes; i++)); do
     meshd resolve @web@*@demo.lab --json --data-dir "$dir/${names[$i]}" |
         python3 -c 'import json,sys; r = json.load(sys.stdin)[0]; print("%(node)s at %(address)s:%(port)s/%(proto)s" % r)'
 done
+
+echo
+echo "== ${names[0]} submits a workload; the reverse auction places it, its owner runs it"
+runner=${names[$((nodes - 1))]}
+wid=$(meshd submit --name ticker --cpus 1 --memory 64MiB --node "$runner" --json \
+    --command "sh -c 'while true; do echo tick from \$MESHD_WORKLOAD_NAME; sleep 1; done'" \
+    --data-dir "$dir/${names[0]}" | python3 -c 'import json,sys; d = json.load(sys.stdin); print(d["workload"])')
+workloads+=("$wid")
+for _ in $(seq 50); do
+    state=$(meshd workloads --json --data-dir "$dir/${names[1]}" | python3 -c "import json,sys; print([w['state'] for w in json.load(sys.stdin) if w['workload'] == '$wid'][0])")
+    [[ $state == running ]] && break
+    sleep 0.1
+done
+meshd workloads --data-dir "$dir/${names[1]}"
+echo "-- its console, read through ${names[1]} (forwarded to $runner):"
+sleep 1.2
+meshd workload logs "$wid" --data-dir "$dir/${names[1]}" | tail -2
+meshd auctions --data-dir "$dir/${names[0]}"
 
 echo
 echo "== meshd status on ${names[0]}"
