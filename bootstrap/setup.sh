@@ -19,6 +19,13 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v avahi-browse >/dev/null 2>&1 || need_apt+=(avahi-utils)
     command -v avahi-daemon >/dev/null 2>&1 || need_apt+=(avahi-daemon)
     command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
+    # QEMU workloads and the test guest (bootstrap/guest-image.sh)
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+    command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+    [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+    command -v genisoimage >/dev/null 2>&1 || need_apt+=(genisoimage)
+    command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
+    command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
 fi
 
 if ((${#need_apt[@]})); then

@@ -48,3 +48,5 @@ def setup(level: str, fmt: str) -> None:
     root.setLevel(_LEVELS.get(level, logging.ERROR))
     # aiohttp's access log would duplicate our request metrics at info level.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # qemu.qmp logs a failed connect at ERROR although the qemu driver handles it.
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

@@ -254,7 +254,7 @@ class Node:
         logger.info("meshd stopping name=%s", self.ident.name)
         self.ready = False
         if self.runner is not None:
-            self.runner.stop()  # workloads keep running: they outlive the daemon
+            await self.runner.stop()  # workloads keep running: they outlive the daemon
         if self.placement is not None:
             self.placement.stop()
         if self.mesh is not None:

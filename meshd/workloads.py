@@ -88,11 +88,14 @@ class WorkloadRunner:
                 self._spawn(self._recover(alloc))
         self._spawn(self._announce_periodically())
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for driver in self.drivers.values():
-            driver.detach()  # workloads outlive the daemon
+            try:
+                await driver.close()  # let go; the workloads outlive the daemon
+            except Exception:  # one driver's trouble must not keep the daemon up
+                logger.exception("closing the %s driver failed", driver.name)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -143,3 +143,8 @@ class Driver(ABC):
 
     def detach(self) -> None:  # noqa: B027 - optional hook; most drivers hold nothing
         """Stop watching workloads (the daemon is stopping); they keep running."""
+
+    async def close(self) -> None:
+        """Let go of workloads for a daemon shutdown (monitor sockets, watchers); they
+        keep running. Drivers holding connections (QMP) override this."""
+        self.detach()

@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: meshes of real daemons, each removed by pid afterwards."""
+"""Fixtures shared by integration and e2e tests: meshes of real daemons, removed by pid."""
 
 from __future__ import annotations
 
