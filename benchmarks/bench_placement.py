@@ -38,21 +38,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _start_mesh(mesh: Mesh, n: int) -> list[Daemon]:
-    founder = mesh.daemon("n01")
-    founder.init()
-    founder.start(*CAPACITY)
-    others = mesh.join_many([f"n{i:02d}" for i in range(2, n + 1)], via=founder, start=False)
-    for d in others:
-        d.spawn(*CAPACITY)
-    for d in others:
-        d.wait_ready()
-    nodes = [founder, *others]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == n for d in nodes):
-            return nodes
-        time.sleep(0.2)
-    raise RuntimeError("the mesh did not converge")
+    return mesh.start_cluster([f"n{i:02d}" for i in range(1, n + 1)], *CAPACITY, timeout=60)
 
 
 def _recorded_at(nodes: list[Daemon], since: dict[str, int]) -> dict[str, dict[str, float]]:

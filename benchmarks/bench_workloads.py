@@ -36,24 +36,6 @@ from tests.integration.daemon import Daemon, Mesh  # noqa: E402
 CAPACITY = ("--cpus", "64", "--memory", "64GiB", "--disk", "100GiB")
 
 
-def _mesh(mesh: Mesh) -> list[Daemon]:
-    alpha = mesh.daemon("alpha")
-    alpha.init()
-    alpha.start(*CAPACITY)
-    others = mesh.join_many(["beta", "gamma"], via=alpha, start=False)
-    for d in others:
-        d.spawn(*CAPACITY)
-    for d in others:
-        d.wait_ready()
-    nodes = [alpha, *others]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if all(sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == 3 for d in nodes):
-            return nodes
-        time.sleep(0.1)
-    raise RuntimeError("mesh did not converge")
-
-
 def _running_at(d: Daemon, wid: str, since: int) -> float | None:
     for e in d.api("GET", f"/v1/events?since={since}&limit=1000"):
         if e["kind"] == "workload.running" and e["subject"] == wid:
@@ -122,7 +104,7 @@ def main() -> None:
     mesh_times, bare_times = [], []
     mesh = Mesh(base / "mesh")
     try:
-        nodes = _mesh(mesh)
+        nodes = mesh.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
         for i in range(args.runs):
             bare_times.append(bench_qemu.bare_boot(g, base / f"bare{i}"))
             mesh_times.append(mesh_boot(nodes, g, i))

@@ -13,16 +13,15 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 try:
-    from tests.integration.daemon import Daemon, Mesh, meshd
+    from tests.integration.daemon import Daemon, Mesh, meshd, wait_for
 except ImportError:  # pragma: no cover
-    from daemon import Daemon, Mesh, meshd  # type: ignore[no-redef]
+    from daemon import Daemon, Mesh, meshd, wait_for  # type: ignore[no-redef]
 
 from tests.e2e.test_qemu_driver import _qemu_pids_under
 
@@ -35,15 +34,6 @@ elif not shutil.which("qemu-system-x86_64"):
 else:
     reason = None
 pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def state(d: Daemon, wid: str) -> str:
@@ -69,23 +59,8 @@ def short_mesh() -> Iterator[Mesh]:
 def test_a_qemu_workload_boots_on_the_winner_and_survives_its_daemon(
     short_mesh: Mesh, guest: dict[str, str]
 ) -> None:
-    mesh_factory = short_mesh
-    alpha = mesh_factory.daemon("alpha")
-    alpha.init()
-    alpha.start(*CAPACITY)
-    others = mesh_factory.join_many(["beta", "gamma"], via=alpha, start=False)
-    for d in others:
-        d.spawn(*CAPACITY)
-    for d in others:
-        d.wait_ready()
-    nodes = [alpha, *others]
-    wait_for(
-        "three alive",
-        lambda: all(
-            sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == 3 for d in nodes
-        ),
-        20,
-    )
+    nodes = short_mesh.start_cluster(["alpha", "beta", "gamma"], *CAPACITY, timeout=20)
+    alpha = nodes[0]
     body = {
         "name": "vm1",
         "cpus": 1,

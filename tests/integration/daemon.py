@@ -28,7 +28,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -429,6 +429,23 @@ class Mesh:
             self.start_all(nodes)
         return nodes
 
+    def start_cluster(
+        self, names: Sequence[str], *run_args: str, timeout: float = 30.0
+    ) -> list[Daemon]:
+        """Found ``names[0]``, enrol the rest through it, run all with ``run_args`` (e.g.
+        a declared capacity), and wait until every node sees every node alive."""
+        founder = self.daemon(names[0])
+        founder.init()
+        founder.start(*run_args)
+        others = self.join_many(names[1:], via=founder, start=False)
+        for d in others:
+            d.spawn(*run_args)
+        for d in others:
+            d.wait_ready()
+        nodes = [founder, *others]
+        wait_all_alive(nodes, timeout)
+        return nodes
+
     def start_all(self, nodes: Iterable[Daemon]) -> None:
         nodes = list(nodes)
         for d in nodes:
@@ -458,3 +475,27 @@ _PIPES: dict[str, Any] = {
     "stderr": subprocess.PIPE,
     "text": True,
 }
+
+
+def wait_all_alive(nodes: Sequence[Daemon], timeout: float = 30.0) -> None:
+    """Until every node's membership view shows all of ``nodes`` alive."""
+    names = {d.name for d in nodes}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [
+            {p["name"] for p in d.api("GET", "/v1/peers") if p["state"] == "alive"} for d in nodes
+        ]
+        if all(names <= v for v in views):
+            return
+        time.sleep(0.1)
+    raise HarnessError(f"nodes did not all see each other alive within {timeout}s")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``check`` every 0.1 s until it is true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

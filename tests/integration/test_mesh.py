@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 try:
-    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd
+    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd, wait_for
 except ImportError:  # pragma: no cover - run without the tests package on sys.path
-    from daemon import DOMAIN, Daemon, Mesh, meshd  # type: ignore[no-redef]
+    from daemon import DOMAIN, Daemon, Mesh, meshd, wait_for  # type: ignore[no-redef]
 
 NAMES = ["beta", "gamma", "delta", "epsilon"]
 # LAN/local preset: probe 0.5 s, suspicion ≤ 6·log10(10)·0.5 = 3 s, plus gossip:
 # detection takes ~3-4 s; the bound leaves room for a loaded 2-core CI machine.
 DETECT_S = 15.0
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def states(d: Daemon) -> dict[str, str]:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 try:
-    from tests.integration.daemon import MESHD, Daemon, Mesh, _child_env
+    from tests.integration.daemon import MESHD, Daemon, Mesh, _child_env, wait_for
 except ImportError:  # pragma: no cover
-    from daemon import MESHD, Daemon, Mesh, _child_env  # type: ignore[no-redef]
+    from daemon import MESHD, Daemon, Mesh, _child_env, wait_for  # type: ignore[no-redef]
 
 CAPACITY = ("--cpus", "4", "--memory", "2GiB", "--disk", "20GiB")
 NAMES = ["beta", "gamma", "delta", "epsilon"]
@@ -45,34 +44,9 @@ def _submit(d: Daemon, i: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wait(what: str, check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def five(mesh_factory: Mesh) -> list[Daemon]:
-    alpha = mesh_factory.daemon("alpha")
-    alpha.init()
-    alpha.start(*CAPACITY)
-    others = mesh_factory.join_many(NAMES, via=alpha, start=False)
-    for d in others:
-        d.spawn(*CAPACITY)
-    for d in others:
-        d.wait_ready()
-    nodes = [alpha, *others]
-
-    def all_alive() -> bool:
-        return all(
-            sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == 5 for d in nodes
-        )
-
-    _wait("five alive everywhere", all_alive, 20)
-    return nodes
+    return mesh_factory.start_cluster(["alpha", *NAMES], *CAPACITY, timeout=20)
 
 
 def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
@@ -102,7 +76,7 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
                 return False
         return True
 
-    _wait("every node's placement view to agree", views_agree, 15)
+    wait_for("every node's placement view to agree", views_agree, 15)
     for d in five:
         status = d.status()
         assert status["allocated"]["cpus"] <= status["capacity"]["cpus"]

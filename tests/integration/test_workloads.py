@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 
 import pytest
 
 try:
-    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd
+    from tests.integration.daemon import DOMAIN, Daemon, Mesh, meshd, wait_for
 except ImportError:  # pragma: no cover
-    from daemon import DOMAIN, Daemon, Mesh, meshd  # type: ignore[no-redef]
+    from daemon import DOMAIN, Daemon, Mesh, meshd, wait_for  # type: ignore[no-redef]
 
 CAPACITY = ("--cpus", "4", "--memory", "2GiB", "--disk", "10GiB")
 TICKER = "sh -c 'while true; do echo tick-$MESHD_WORKLOAD_NAME; sleep 0.2; done'"
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def view(d: Daemon, wid: str) -> dict[str, object]:
@@ -51,22 +40,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def three(mesh_factory: Mesh) -> list[Daemon]:
-    alpha = mesh_factory.daemon("alpha")
-    alpha.init()
-    alpha.start(*CAPACITY)
-    others = mesh_factory.join_many(["beta", "gamma"], via=alpha, start=False)
-    for d in others:
-        d.spawn(*CAPACITY)
-    for d in others:
-        d.wait_ready()
-    nodes = [alpha, *others]
-    wait_for(
-        "three alive",
-        lambda: all(
-            sum(p["state"] == "alive" for p in d.api("GET", "/v1/peers")) == 3 for d in nodes
-        ),
-    )
-    return nodes
+    return mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
 
 
 def test_a_process_workload_runs_survives_restart_and_is_managed_from_anywhere(
