@@ -50,7 +50,13 @@ from meshd.auction.model import (
     Telemetry,
     Workload,
 )
-from meshd.errors import BadRequest, EnvelopeError, MeshdError, UnknownAuthorError
+from meshd.errors import (
+    BadRequest,
+    EnvelopeError,
+    MeshdError,
+    NotFoundError,
+    UnknownAuthorError,
+)
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
 
@@ -253,6 +259,7 @@ class PlacementShell:
                 "local": p.workload_id in mine,
             }
             for p in sorted(self.core.placements().values(), key=lambda p: p.name)
+            if not p.removed
         ]
 
     def _state(self, wid: str, generation: int) -> tuple[str, str]:
@@ -262,7 +269,21 @@ class PlacementShell:
 
     def owner_of(self, wid: str) -> str | None:
         p = self.core.placements().get(wid)
-        return None if p is None else p.owner
+        return None if p is None or p.removed else p.owner
+
+    def remove(self, wid: str) -> dict[str, Any]:
+        """``meshd workload rm``: tombstone it mesh-wide; its owner stops and destroys it."""
+        try:
+            tomb, effects = self.core.remove(wid, self.node.clock())
+        except KeyError as exc:
+            raise NotFoundError(f"no workload {wid} is placed in this mesh") from exc
+        self._apply(effects)
+        return {
+            "removed": wid,
+            "name": tomb.name,
+            "owner": tomb.owner,
+            "generation": tomb.generation,
+        }
 
     def auctions(self) -> list[dict[str, Any]]:
         return [self._round_json(r) for r in self.core.rounds()]

@@ -79,6 +79,9 @@ class WorkloadRunner:
         self.states: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._services: dict[str, list[str]] = {}
+        # Which driver runs each workload here: Stop arrives after the allocation is
+        # released, so the runner must remember it itself.
+        self._driver_names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, allocations: Mapping[str, Allocation]) -> None:
@@ -115,6 +118,7 @@ class WorkloadRunner:
 
     async def _run(self, alloc: Allocation) -> None:
         w = alloc.workload
+        self._driver_names[w.id] = w.driver
         async with self._lock(w.id):
             self._set(w.id, alloc.generation, WorkloadState.STARTING, f"{w.driver} driver")
             try:
@@ -129,6 +133,7 @@ class WorkloadRunner:
 
     async def _recover(self, alloc: Allocation) -> None:
         w = alloc.workload
+        self._driver_names[w.id] = w.driver
         try:
             driver = driver_for(self.drivers, w.driver)
         except DriverError as exc:
@@ -143,14 +148,25 @@ class WorkloadRunner:
             status = Status(status.state, detail="it exited while meshd was away")
         self._apply_status(w.id, status, generation=alloc.generation)
 
+    async def _driver_holding(self, wid: str) -> str | None:
+        """Which driver has ``wid``: remembered, else asked (the allocation may be gone)."""
+        name = self._driver_names.get(wid) or self._local_driver(wid)
+        if name is not None:
+            return name
+        for driver in self.drivers.values():
+            if wid in await driver.list():
+                return driver.name
+        return None
+
     async def _remove(self, wid: str, generation: int, reason: str) -> None:
         entry = self.states.get(wid, {})
-        driver_name = self._local_driver(wid)
+        driver_name = await self._driver_holding(wid)
         async with self._lock(wid):
             if driver_name is not None:
                 await self._cleanup(driver_name, wid)
             self._withdraw_services(wid)
         logger.info("workload removed here id=%s reason=%s", wid, reason)
+        self._driver_names.pop(wid, None)
         if entry.get("node") == self.node.ident.name:
             self.states.pop(wid, None)
 

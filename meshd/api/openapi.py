@@ -326,6 +326,19 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _ok("workloads", {"type": "array"}), **_ERRORS},
                 },
             },
+            "/v1/workloads/{id}": {
+                "delete": {
+                    "summary": "Remove a workload mesh-wide; its owner stops and destroys it",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _ok("removed", json_obj),
+                        "404": _ok("no such workload", _ERROR),
+                        **_ERRORS,
+                    },
+                }
+            },
             "/v1/workloads/{id}/stop": {
                 "post": {
                     "summary": "Stop a workload (on its owner; forwarded there from any node)",

@@ -128,6 +128,7 @@ class Api:
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
+        app.router.add_delete("/v1/workloads/{id}", self.workload_remove)
         app.router.add_post("/v1/workloads/{id}/stop", self.workload_stop)
         app.router.add_post("/v1/workloads/{id}/start", self.workload_start)
         app.router.add_get("/v1/workloads/{id}/logs", self.workload_logs)
@@ -375,6 +376,10 @@ class Api:
         if self.node.runner is None:
             raise DaemonError("workloads are not running yet; retry in a moment")
         return self.node.runner
+
+    async def workload_remove(self, request: web.Request) -> web.Response:
+        # Any node may remove: the tombstone reaches the owner, which tears it down.
+        return web.json_response(self._placement().remove(request.match_info["id"]))
 
     async def workload_stop(self, request: web.Request) -> web.StreamResponse:
         wid = request.match_info["id"]

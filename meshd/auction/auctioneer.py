@@ -186,7 +186,7 @@ class Auctioneer:
         re-places a placed workload at a higher generation (after fencing its owner).
         """
         placed = self._view.get(workload.id)
-        if placed is not None and not supersede:
+        if placed is not None and not placed.removed and not supersede:
             return placed.round, [Decided(placed.round, placed)]
         for a in self._auctions.values():
             if a.workload.id == workload.id:
@@ -289,6 +289,29 @@ class Auctioneer:
             if a.round is not None:
                 recs[a.round.rid] = snapshot(a, a.round, self._name)
         return list(recs.values())
+
+    def remove(self, workload_id: str, now: float) -> tuple[Placement, list[Effect]]:
+        """Remove a placed workload: a tombstone at the next generation, confirmed to all.
+
+        Any node may remove; two concurrent removals write the same owner at the same
+        generation, so they agree. Raises KeyError if the workload is not placed.
+        """
+        placed = self._view.get(workload_id)
+        if placed is None or placed.removed:
+            raise KeyError(workload_id)
+        tomb = dataclasses.replace(
+            placed,
+            generation=self._next_generation(workload_id),
+            round=f"{self._name}-rm{self._rng.getrandbits(40):010x}",
+            originator=self._name,
+            decided_at=now,
+            removed=True,
+        )
+        out: list[Effect] = []
+        self._adopt(tomb, out)
+        out.append(Broadcast(Confirm(tomb)))
+        self._log.info("auction removed workload=%s generation=%d", workload_id, tomb.generation)
+        return tomb, out
 
     def anti_entropy(self) -> Sync:
         """The full placement view, for the shell to push to one random member."""

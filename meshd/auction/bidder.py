@@ -231,6 +231,10 @@ class Bidder:
             if changed or h.round_id == p.round:
                 self.release_hold(h.round_id, f"placed on {p.owner}", out)
         alloc = self.allocs.get(wid)
+        if p.removed:  # a tombstone: whoever held the workload lets it go
+            if alloc is not None and alloc.generation < p.generation:
+                self.release_alloc(wid, "removed by an operator", out)
+            return
         if alloc is None:
             if p.owner == self._name:
                 self._log.error(

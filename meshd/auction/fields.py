@@ -69,6 +69,7 @@ def placement(p: Placement) -> list[Any]:
         p.decided_at,
         res(p.resources),
         p.tenant,
+        *([True] if p.removed else []),  # tombstones only: older readers' shape otherwise
     ]
 
 
@@ -178,7 +179,11 @@ def to_workload(v: Any) -> Workload:
 
 
 def to_placement(v: Any) -> Placement:
-    w, name, owner, gen, rnd, by, at, res, tenant = array(v, 9)
+    items = array(v)
+    if len(items) not in (9, 10):
+        raise Bad("bad placement")
+    w, name, owner, gen, rnd, by, at, res, tenant = items[:9]
+    removed = flag(items[9]) if len(items) == 10 else False
     return Placement(
         text(w),
         text(name),
@@ -189,6 +194,7 @@ def to_placement(v: Any) -> Placement:
         num(at),
         to_res(res),
         opt_text(tenant),
+        removed,
     )
 
 

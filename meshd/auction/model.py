@@ -153,6 +153,10 @@ class Placement:
     decided_at: float
     resources: Resources
     tenant: str | None
+    # A tombstone: the workload was removed at this generation (``meshd workload rm``).
+    # It wins over every older generation like any placement, so it reaches every node
+    # by confirmation and anti-entropy, and the owner releases the allocation.
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

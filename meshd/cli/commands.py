@@ -369,3 +369,12 @@ def cmd_workload_logs(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
     return 0
+
+
+def cmd_workload_rm(args: argparse.Namespace) -> int:
+    doc = client(args).request("DELETE", f"/v1/workloads/{quote(args.id, safe='')}")
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"removed {doc['name']} ({args.id}); {doc['owner']} tears it down")
+    return 0

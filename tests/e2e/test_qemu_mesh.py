@@ -4,7 +4,8 @@ Three `meshd run` daemons; a `qemu` workload (direct kernel boot of the test gue
 submitted on one node is placed by auction, boots on the winner and its serial log
 shows the ready marker; every node's `meshd workloads` shows it running; the owner's
 daemon restarts and finds the same QEMU process running (reattached); `meshd
-workload stop` from another node powers it off and no QEMU process is left.
+workload stop` from another node powers it off and no QEMU process is left, and
+`meshd workload rm` removes every file and forgets it everywhere.
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def test_a_qemu_workload_boots_on_the_winner_and_survives_its_daemon(
         out = meshd("workload", "stop", wid, "--json", data_dir=other.data_dir, check=True)
         assert json.loads(out.stdout)["state"] == "stopped"
         wait_for("no QEMU left", lambda: not _qemu_pids_under(owner.data_dir), 30)
+
+        meshd("workload", "rm", wid, data_dir=other.data_dir, check=True)
+        workload_dir = owner.data_dir / "workloads" / wid
+        wait_for("every file removed", lambda: not workload_dir.exists(), 30)
+        wait_for(
+            "unlisted",
+            lambda: all(
+                wid not in {r["workload"] for r in d.api("GET", "/v1/workloads")} for d in nodes
+            ),
+            15,
+        )
     finally:
         for pid in _qemu_pids_under(owner.data_dir):
             os.kill(pid, 9)

@@ -5,8 +5,9 @@ runs on the winner; every node's `meshd workloads` shows it running; its service
 resolves while it runs; its console is readable from any node (forwarded to the
 owner); stopping the owner's daemon leaves the workload running, and the restarted
 daemon reattaches the same pid; stop and start are carried out by the owner from any
-node; a workload whose command can't run ends `failed` with a sentence, leaving no
-process behind.
+node; `meshd workload rm` from any node makes the owner tear it down and every node
+forget it; a workload whose command can't run ends `failed` with a sentence, leaving
+no process behind.
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ def test_a_process_workload_runs_survives_restart_and_is_managed_from_anywhere(
         assert doc["state"] == "running"
         pid = int(str(doc["detail"]).rsplit(" ", 1)[1])
         assert alive(pid)
+
+        # rm from a node that does not own it: the owner tears it down, nothing is left.
+        removed = meshd("workload", "rm", wid, "--json", data_dir=gamma.data_dir, check=True)
+        assert json.loads(removed.stdout)["generation"] == 2
+        wait_for("the process to be gone after rm", lambda: not alive(pid), 10)
+        wait_for("its files to be gone", lambda: not (beta.data_dir / "workloads" / wid).exists())
+        wait_for("unlisted everywhere", lambda: all(view(d, wid) == {} for d in three))
+        again = meshd("workload", "rm", wid, data_dir=alpha.data_dir)
+        assert again.returncode == 1 and "no workload" in again.stderr
     finally:
         if alive(pid):
             os.killpg(pid, 9)

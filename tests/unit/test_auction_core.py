@@ -7,6 +7,7 @@ round records. The simulator (tests/sim/test_auction_sim.py) explores the rest.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import random
 from collections import deque
@@ -43,6 +44,7 @@ from meshd.auction import (
     Sync,
     Telemetry,
     Workload,
+    codec,
 )
 from meshd.auction.model import Constraints, GiB, MiB
 from meshd.auction.ranking import rank
@@ -476,3 +478,37 @@ def test_a_round_that_places_nothing_releases_its_positive_bidders() -> None:
     assert any(isinstance(m, Release) for s, d, m in net.sent)
     for x in ("n2", "n3", "n4"):
         assert not net.cores[x].ledger().holds, x
+
+
+def test_remove_tombstones_everywhere_releases_the_owner_and_allows_a_new_placement() -> None:
+    net = Net(3)
+    net.submit("n1", W())
+    net.pump()
+    [decided] = net.of("n1", Decided)
+    owner = decided.placement.owner
+    remover = next(x for x in net.names if x != owner)
+    tomb, effects = net.cores[remover].remove("w1", net.now)
+    net.apply(remover, effects)
+    net.pump()
+    assert tomb.removed and tomb.generation == 2 and tomb.owner == owner
+    for x in net.names:
+        placed = net.cores[x].placements()["w1"]
+        assert placed.removed and placed.generation == 2, x
+        assert not net.cores[x].ledger().allocations, x
+    [stop] = net.of(owner, Stop)
+    assert stop.workload_id == "w1"
+    assert net.durable[owner].placements["w1"].removed  # survives a restart
+    with pytest.raises(KeyError):
+        net.cores[remover].remove("w1", net.now)  # already removed
+    # The same id may be placed again, above the tombstone's generation.
+    net.submit("n1", W())
+    net.pump()
+    assert net.cores["n1"].placements()["w1"].generation == 3
+    assert not net.cores["n1"].placements()["w1"].removed
+
+
+def test_tombstones_round_trip_through_the_codec() -> None:
+    p = Placement("w1", "web", "n2", 4, "n1-abc", "n1", T0, Resources(1.0, 1 << 20, 0), None)
+    tomb = dataclasses.replace(p, removed=True)
+    for placement in (p, tomb):
+        assert codec.decode(codec.encode(Confirm(placement))) == Confirm(placement)
