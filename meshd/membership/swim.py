@@ -575,22 +575,40 @@ class Membership:
         self._set(a.name, ALIVE, a.inc, now, out, a.node_id, a.addr)
         self._enqueue(a)
 
+    def _accused(
+        self,
+        claim: Suspect | Dead,
+        now: float,
+        out: list[Effect],
+        stale: list[Update] | None,
+    ) -> Member | None:
+        """The member a Suspect/Dead claim is about, if the claim should be acted on.
+
+        Drops malformed claims, refutes claims about ourselves, and answers a claim
+        older than the Alive we hold with that Alive (via ``stale``).
+        """
+        if not _ok_int(claim.inc) or not claim.name or not claim.origin:
+            kind = type(claim).__name__.lower()
+            self._log.debug("drop reason=bad-%s name=%r inc=%r", kind, claim.name, claim.inc)
+            return None
+        if claim.name == self._name:
+            if not self._left and claim.inc >= self._inc:
+                self._refute(claim.inc, now, out)
+            return None
+        m = self._members.get(claim.name)
+        if m is None:
+            return None
+        if claim.inc < m.incarnation:
+            if stale is not None and m.state is ALIVE:
+                stale.append(self._alive_of(m))
+            return None
+        return m
+
     def _on_suspect(
         self, s: Suspect, now: float, out: list[Effect], stale: list[Update] | None = None
     ) -> None:
-        if not _ok_int(s.inc) or not s.name or not s.origin:
-            self._log.debug("drop reason=bad-suspect name=%r inc=%r", s.name, s.inc)
-            return
-        if s.name == self._name:
-            if not self._left and s.inc >= self._inc:
-                self._refute(s.inc, now, out)
-            return
-        m = self._members.get(s.name)
+        m = self._accused(s, now, out, stale)
         if m is None:
-            return
-        if s.inc < m.incarnation:
-            if stale is not None and m.state is ALIVE:
-                stale.append(self._alive_of(m))
             return
         sus = self._suspicions.get(s.name)
         if sus is not None:
@@ -628,21 +646,8 @@ class Membership:
         left: bool = False,
         stale: list[Update] | None = None,
     ) -> None:
-        if not _ok_int(d.inc) or not d.name or not d.origin:
-            self._log.debug("drop reason=bad-dead name=%r inc=%r", d.name, d.inc)
-            return
-        if d.name == self._name:
-            if not self._left and d.inc >= self._inc:
-                self._refute(d.inc, now, out)
-            return
-        m = self._members.get(d.name)
-        if m is None:
-            return
-        if d.inc < m.incarnation:
-            if stale is not None and m.state is ALIVE:
-                stale.append(self._alive_of(m))
-            return
-        if not m.state.live:
+        m = self._accused(d, now, out, stale)
+        if m is None or not m.state.live:
             return
         self._set(d.name, LEFT if left else DEAD, d.inc, now, out)
         self._enqueue(Left(d.name, d.inc) if left else d)
