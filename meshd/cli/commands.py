@@ -40,6 +40,14 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
     return config_mod.load(cfg_path, getattr(args, "preset", None), overrides)
 
 
+def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Every listing: one JSON document with --json, else an aligned table."""
+    if args.json:
+        output.emit_json(rows)
+    else:
+        output.emit_table(rows, columns)
+
+
 def client(args: argparse.Namespace) -> DaemonClient:
     return DaemonClient(data_dir(args) / "meshd.sock")
 
@@ -165,10 +173,7 @@ def cmd_node_ls(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     with Store.open(cfg.store_path) as store:
         rows = [m.as_json() for m in roster.members(store, include_removed=True)]
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["name", "role", "address", "node_id", "removed_at"])
+    _listing(args, rows, ["name", "role", "address", "node_id", "removed_at"])
     return 0
 
 
@@ -242,10 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/peers")
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["name", "address", "state", "incarnation"])
+    _listing(args, rows, ["name", "address", "state", "incarnation"])
     return 0
 
 
@@ -267,19 +269,13 @@ def cmd_service_rm(args: argparse.Namespace) -> int:
 
 def cmd_service_ls(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/services")
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["name", "port", "proto", "published_at"])
+    _listing(args, rows, ["name", "port", "proto", "published_at"])
     return 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", f"/v1/resolve?name={quote(args.name, safe='')}")
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["service", "node", "address", "port", "proto"])
+    _listing(args, rows, ["service", "node", "address", "port", "proto"])
     return 0
 
 
@@ -329,10 +325,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_workloads(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/workloads")
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["workload", "name", "owner", "generation", "state"])
+    _listing(args, rows, ["workload", "name", "owner", "generation", "state"])
     return 0
 
 
@@ -346,10 +339,7 @@ def cmd_auctions(args: argparse.Namespace) -> int:
             output.emit_table(doc["bids"], ["node", "score", "reason"])
         return 0
     rows = client(args).request("GET", "/v1/auctions")
-    if args.json:
-        output.emit_json(rows)
-    else:
-        output.emit_table(rows, ["round", "workload", "originator", "winner", "outcome", "bids"])
+    _listing(args, rows, ["round", "workload", "originator", "winner", "outcome", "bids"])
     return 0
 
 
