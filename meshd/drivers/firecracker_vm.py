@@ -48,7 +48,8 @@ from meshd.drivers.firecracker_host import (
     jailer_argv,
     prepare_jail,
 )
-from meshd.drivers.process import describe_exit, is_alive, read_stat
+from meshd.drivers.process import describe_exit
+from meshd.drivers.procfs import boot_id, is_alive, read_stat
 
 _EXIT_CODE = re.compile(rb"exit_code=(\d+)")
 _PANIC = b"Kernel panic"
@@ -74,13 +75,6 @@ class VmFiles:
         self.exit = wdir / "exit.json"
         self.stop = wdir / "stop-requested"
         self.rootfs = wdir / "rootfs.img"
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)

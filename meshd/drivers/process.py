@@ -54,65 +54,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.procfs import (
+    boot_id,
+    is_alive,
+    read_stat,
+    session_members,
+)
 
 logger = logging.getLogger(__name__)
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_DEAD = ("Z", "X", "x")
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of /proc/<pid>/stat that tell who a process is."""
-
-    pid: int
-    state: str
-    session: int
-    starttime: int  # clock ticks since boot (field 22)
-
-
-def parse_stat(text: str) -> ProcStat:
-    # comm (field 2) may hold spaces and parentheses: it ends at the last ')'.
-    head, _, rest = text.rpartition(")")
-    f = rest.split()
-    return ProcStat(int(head.split("(", 1)[0]), f[0], int(f[3]), int(f[19]))
-
-
-def read_stat(pid: int) -> ProcStat | None:
-    try:
-        return parse_stat(Path(f"/proc/{pid}/stat").read_text())
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def is_alive(pid: int, starttime: int) -> bool:
-    """The process ``pid`` exists, is not a zombie, and is the one started at ``starttime``."""
-    st = read_stat(pid)
-    return st is not None and st.state not in _DEAD and st.starttime == starttime
-
-
-def session_members(sid: int) -> list[int]:
-    members = []
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                st = read_stat(int(entry.name))
-                if st is not None and st.session == sid and st.state not in _DEAD:
-                    members.append(st.pid)
-    return members
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _write(path: Path, text: str, durable: bool = False) -> None:
@@ -212,7 +168,7 @@ class ProcessDriver(Driver):
         self.poll_interval_s = poll_interval_s
         self.destroy_timeout_s = destroy_timeout_s
         self.kill_wait_s = kill_wait_s
-        self.boot_id = _boot_id()
+        self.boot_id = boot_id()
         self._watches: dict[str, _Watch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.drivers.base import DriverError, WorkloadSpec, WorkloadState
+from meshd.drivers.procfs import DEAD, boot_id, read_stat
 from meshd.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
 
 SEED_NAME = "seed.img"
@@ -81,25 +82,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start ticks) of a pid, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    try:
-        return rest[0], int(rest[19])
-    except (IndexError, ValueError):
-        return None
+    st = read_stat(pid)
+    return None if st is None else (st.state, st.starttime)
 
 
 def alive(rec: RunRecord) -> bool:
@@ -107,7 +93,7 @@ def alive(rec: RunRecord) -> bool:
     if rec.boot_id and rec.boot_id != boot_id():
         return False
     st = proc_stat(rec.pid)
-    return st is not None and st[0] not in ("Z", "X", "x") and st[1] == rec.start_ticks
+    return st is not None and st[0] not in DEAD and st[1] == rec.start_ticks
 
 
 def kill(rec: RunRecord) -> None:

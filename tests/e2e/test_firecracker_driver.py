@@ -23,7 +23,7 @@ import pytest
 
 from meshd.drivers.base import DriverError, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver
-from meshd.drivers.process import is_alive
+from meshd.drivers.procfs import is_alive
 from meshd.drivers.registry import make_drivers
 
 MIB = 1 << 20

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers.base import DriverError, Status, WorkloadSpec, WorkloadState
-from meshd.drivers.process import ProcessDriver, is_alive, parse_stat, read_stat, session_members
+from meshd.drivers.process import ProcessDriver
+from meshd.drivers.procfs import is_alive, parse_stat, read_stat, session_members
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]

@@ -34,7 +34,7 @@ from meshd.drivers.firecracker_host import (
     kvm_problem,
     prepare_jail,
 )
-from meshd.drivers.process import is_alive, read_stat
+from meshd.drivers.procfs import is_alive, read_stat
 
 try:
     from tests.unit import firecracker_fake as fake

@@ -1,0 +1,64 @@
+"""Who a process is, read from /proc: what every driver uses to find its workloads again.
+
+A pid alone is not an identity: pids are recycled, and a zombie still answers
+``kill(pid, 0)``. A workload is the process with that pid *and* the start time
+recorded when it was launched (field 22 of ``/proc/<pid>/stat``, clock ticks since
+boot), on the same boot (``/proc/sys/kernel/random/boot_id``), and not a zombie.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEAD = ("Z", "X", "x")  # zombie, dead: gone as far as a workload is concerned
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/<pid>/stat that tell who a process is."""
+
+    pid: int
+    state: str
+    session: int
+    starttime: int  # clock ticks since boot (field 22)
+
+
+def parse_stat(text: str) -> ProcStat:
+    # comm (field 2) may hold spaces and parentheses: it ends at the last ')'.
+    head, _, rest = text.rpartition(")")
+    f = rest.split()
+    return ProcStat(int(head.split("(", 1)[0]), f[0], int(f[3]), int(f[19]))
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        return parse_stat(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_alive(pid: int, starttime: int) -> bool:
+    """The process ``pid`` exists, is not a zombie, and is the one started at ``starttime``."""
+    st = read_stat(pid)
+    return st is not None and st.state not in DEAD and st.starttime == starttime
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a workload's leftovers after its leader exits)."""
+    members = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                st = read_stat(int(entry.name))
+                if st is not None and st.session == sid and st.state not in DEAD:
+                    members.append(st.pid)
+    return members
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
