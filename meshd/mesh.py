@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -48,6 +48,7 @@ from meshd.mdns import MdnsDiscovery
 from meshd.membership import Deliver, Effect, MemberChanged, Membership, MemberState, Send, codec
 from meshd.membership.messages import Message, PushPull
 from meshd.membership.state import Identity
+from meshd.metrics import Counter
 from meshd.store import revocations as stored_revocations
 from meshd.store import roster, services
 from meshd.transport import Addr, Channel, DatagramMux
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from meshd.node import Node
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 SWIM_KIND = "swim"
 REVOCATION_KIND = "revocation"
 BroadcastHandler = Callable[[bytes, str], None]
@@ -213,26 +215,50 @@ class Mesh:
             except Exception:  # the timer must survive a bug in one round
                 logger.exception("membership tick failed")
 
-    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
+    def open_datagram(
+        self, payload: bytes, addr: Addr, kind: str, decode: Callable[[bytes], T], dropped: Counter
+    ) -> tuple[T, str] | None:
+        """Verify a signed datagram of ``kind`` and decode it: (message, author) or None.
+
+        Every protocol on the mesh port drops the same way: an unknown author sends us
+        off to learn its certificate, anything else invalid is counted and logged.
+        """
         try:
             signed = self.verifier.verify(payload, self.node.clock())
-        except UnknownAuthorError:
-            self.dropped.inc(reason="unknown_author")
-            self._fetch_cert_soon(addr)
-            return
-        except EnvelopeError as exc:
-            self.dropped.inc(reason="invalid")
-            logger.debug("dropped membership datagram peer=%s:%s error=%s", *addr, exc)
-            return
-        try:
-            if signed.kind != SWIM_KIND:
+            if signed.kind != kind:
                 raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
-            msg = codec.decode(signed.body)
+            return decode(signed.body), signed.author
+        except UnknownAuthorError:
+            dropped.inc(reason="unknown_author")
+            self._fetch_cert_soon(addr)
         except EnvelopeError as exc:
-            self.dropped.inc(reason="invalid")
-            logger.debug("dropped membership datagram peer=%s:%s error=%s", *addr, exc)
-            return
-        self._deliver(msg, signed.author, addr)
+            dropped.inc(reason="invalid")
+            logger.debug("dropped %s datagram peer=%s:%s error=%s", kind, *addr, exc)
+        return None
+
+    def open_reliable(
+        self,
+        body: bytes,
+        cert_der: bytes,
+        kind: str,
+        decode: Callable[[bytes], T],
+        dropped: Counter,
+    ) -> tuple[T, pki.CertInfo] | None:
+        """Decode a message a member posted over mTLS: (message, sender) or None."""
+        info = self._learn_member(cert_der)
+        if info is None:
+            return None
+        try:
+            return decode(body), info
+        except EnvelopeError as exc:
+            dropped.inc(reason="invalid")
+            logger.debug("dropped reliable %s message from=%s error=%s", kind, info.name, exc)
+            return None
+
+    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
+        opened = self.open_datagram(payload, addr, SWIM_KIND, codec.decode, self.dropped)
+        if opened is not None:
+            self._deliver(opened[0], opened[1], addr)
 
     def learn_sender_soon(self, addr: Addr) -> None:
         self._fetch_cert_soon(addr)
@@ -279,15 +305,10 @@ class Mesh:
 
     def receive_reliable(self, body: bytes, cert_der: bytes, remote: str) -> None:
         """A message posted to ``/v1/mesh/message`` by an authenticated member."""
-        info = self._learn_member(cert_der)
-        if info is None:
+        opened = self.open_reliable(body, cert_der, SWIM_KIND, codec.decode, self.dropped)
+        if opened is None:
             return
-        try:
-            msg = codec.decode(body)
-        except EnvelopeError as exc:
-            self.dropped.inc(reason="invalid")
-            logger.debug("dropped reliable membership message from=%s error=%s", info.name, exc)
-            return
+        msg, info = opened
         addr: Addr = (remote, 0)
         if isinstance(msg, PushPull):
             addr = next((r.addr for r in msg.records if r.name == info.name), addr)

@@ -55,7 +55,6 @@ from meshd.errors import (
     EnvelopeError,
     MeshdError,
     NotFoundError,
-    UnknownAuthorError,
 )
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
@@ -323,32 +322,14 @@ class PlacementShell:
     # -- receiving ------------------------------------------------------------------
 
     def _on_datagram(self, payload: bytes, addr: Addr) -> None:
-        try:
-            signed = self.mesh.verifier.verify(payload, self.node.clock())
-            if signed.kind != AUCTION_KIND:
-                raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
-            msg = codec.decode(signed.body)
-        except UnknownAuthorError:
-            self.dropped.inc(reason="unknown_author")
-            self.mesh.learn_sender_soon(addr)
-            return
-        except EnvelopeError as exc:
-            self.dropped.inc(reason="invalid")
-            logger.debug("dropped auction datagram peer=%s:%s error=%s", *addr, exc)
-            return
-        self._receive(msg, signed.author)
+        opened = self.mesh.open_datagram(payload, addr, AUCTION_KIND, codec.decode, self.dropped)
+        if opened is not None:
+            self._receive(*opened)
 
     def receive_reliable(self, body: bytes, cert_der: bytes) -> None:
-        info = self.mesh.learn_member(cert_der)
-        if info is None:
-            return
-        try:
-            msg = codec.decode(body)
-        except EnvelopeError as exc:
-            self.dropped.inc(reason="invalid")
-            logger.debug("dropped reliable auction message from=%s error=%s", info.name, exc)
-            return
-        self._receive(msg, info.name)
+        opened = self.mesh.open_reliable(body, cert_der, AUCTION_KIND, codec.decode, self.dropped)
+        if opened is not None:
+            self._receive(opened[0], opened[1].name)
 
     def _on_gossip(self, payload: bytes, origin: str) -> None:
         try:
