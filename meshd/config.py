@@ -147,9 +147,13 @@ class Config:
     # has (a round also closes as soon as every candidate answered). 250 ms is the
     # Aether scheduler's window (DESIGN.md §12): many LAN round trips, short for a client.
     auction_window_s: float = 0.25
-    # How long the originator waits for the winner's Accept/Refuse over the reliable
-    # channel before it withdraws the award and tries the next-best bidder.
+    # How long the originator waits for the winner's Accept/Refuse before it withdraws
+    # the award and tries the next-best bidder.
     auction_award_timeout_s: float = 1.0
+    # An award that fits one datagram travels as one (no TLS round trips) and is sent
+    # again after this long without an answer, then after twice as long, and so on until
+    # the award timeout; the winner answers every copy (committing is idempotent).
+    auction_award_resend_s: float = 0.1
     # Lifetime of a bidder's hold. It must outlive the window and both award attempts
     # (winner, then next-best), so a hold never expires under a live award; holds of an
     # originator that crashed go away on their own after this long.
@@ -246,6 +250,7 @@ class Config:
         for name in (
             "auction_window_s",
             "auction_award_timeout_s",
+            "auction_award_resend_s",
             "auction_hold_ttl_s",
             "auction_confirm_timeout_s",
             "auction_full_mesh_max",
@@ -262,6 +267,11 @@ class Config:
             raise ConfigError(
                 "auction_hold_ttl_s must exceed auction_window_s + 2 x auction_award_timeout_s "
                 "(a hold must outlive the window and both award attempts)"
+            )
+        if self.auction_award_resend_s >= self.auction_award_timeout_s:
+            raise ConfigError(
+                "auction_award_resend_s must be shorter than auction_award_timeout_s "
+                "(an award is sent again before it is given up)"
             )
         if self.auction_confirm_timeout_s <= self.auction_award_timeout_s:
             raise ConfigError(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from meshd import names
+from meshd.alarm import Alarm
 from meshd.api import tls
 from meshd.dht import MeshDHT
 from meshd.directory import Directory
@@ -97,9 +98,8 @@ class Mesh:
         self.mdns: MdnsDiscovery | None = None
         self.address: Addr = ("", 0)
         self._handlers: dict[str, BroadcastHandler] = {REVOCATION_KIND: self._on_revocation}
-        self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.Task[None] | None = None
+        self._alarm: Alarm | None = None
         self._http: aiohttp.ClientSession | None = None
         self._republish_at: float | None = None
         m = node.metrics
@@ -144,7 +144,10 @@ class Mesh:
             self.mono(),
             logging.getLogger("meshd.membership"),
         )
-        self._timer = asyncio.get_running_loop().create_task(self._run_timers())
+        self._alarm = Alarm(
+            "membership", self._tick, self._next_deadline, self.mono, cfg.probe_interval_s
+        )
+        self._alarm.rearm()
         if seeds:
             self._apply(self.membership.join(seeds, self.mono()))
             task = self.dht.bootstrap_forever(seeds)  # the DHT keeps its own reference
@@ -180,8 +183,8 @@ class Mesh:
         if self.mdns is not None:
             with contextlib.suppress(Exception):
                 await self.mdns.stop()
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._alarm is not None:
+            self._alarm.stop()
         for task in list(self._tasks):
             task.cancel()
         if self.dht is not None:
@@ -198,22 +201,21 @@ class Mesh:
 
     # -- the loop: receive, tick, apply effects -------------------------------------
 
-    async def _run_timers(self) -> None:
+    def _next_deadline(self) -> float:
         assert self.membership is not None
-        while True:
-            delay = max(0.0, self.membership.next_deadline() - self.mono())
-            if self._republish_at is not None:
-                delay = min(delay, max(0.0, self._republish_at - self.mono()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=delay)
-            self._kick.clear()
-            try:
-                self._apply(self.membership.tick(self.mono()))
-                if self._republish_at is not None and self.mono() >= self._republish_at:
-                    self._republish_at = None
-                    self._spawn(self._republish_services())
-            except Exception:  # the timer must survive a bug in one round
-                logger.exception("membership tick failed")
+        d = self.membership.next_deadline()
+        return d if self._republish_at is None else min(d, self._republish_at)
+
+    def _tick(self) -> None:
+        assert self.membership is not None
+        self._apply(self.membership.tick(self.mono()))
+        if self._republish_at is not None and self.mono() >= self._republish_at:
+            self._republish_at = None
+            self._spawn(self._republish_services())
+
+    def _rearm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.rearm()
 
     def open_datagram(
         self, payload: bytes, addr: Addr, kind: str, decode: Callable[[bytes], T], dropped: Counter
@@ -318,7 +320,7 @@ class Mesh:
         if self.membership is None:
             return
         self._apply(self.membership.receive(msg, sender, addr, self.mono()))
-        self._kick.set()
+        self._rearm()
 
     def _learn_member(self, cert_der: bytes) -> pki.CertInfo | None:
         """Persist a member we hear from for the first time (its cert is CA-verified)."""
@@ -450,7 +452,7 @@ class Mesh:
     def broadcast(self, kind: str, payload: bytes) -> None:
         if self.membership is not None:
             self._apply(self.membership.broadcast(kind, payload, self.mono()))
-            self._kick.set()
+            self._rearm()
 
     def _on_revocation(self, payload: bytes, origin: str) -> None:
         try:
@@ -498,7 +500,7 @@ class Mesh:
         at = self.mono() + delay
         if self._republish_at is None or at < self._republish_at:
             self._republish_at = at
-            self._kick.set()
+            self._rearm()
 
     def _instance(self, name: str, port: int, proto: str) -> names.Instance:
         return names.Instance(name, self.node.ident.name, self.address[0], port, proto)

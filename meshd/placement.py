@@ -18,15 +18,15 @@ telemetry (load, free memory and disk) is sampled with psutil once a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshd import telemetry
+from meshd.alarm import Alarm
 from meshd.auction import codec
 from meshd.auction.auctioneer import Auctioneer
 from meshd.auction.durable import AllocationCommitted, AllocationReleased, PlacementRecorded
@@ -110,7 +110,7 @@ class PlacementShell:
         )
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self.runner: WorkloadRunner | None = None  # set by the node once drivers exist
-        self._kick = asyncio.Event()
+        self._alarm = Alarm("auction", self._tick, self.core.next_deadline, node.clock, 1.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = node.metrics
         self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
@@ -121,12 +121,13 @@ class PlacementShell:
     def start(self) -> None:
         self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
         self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
-        self._spawn(self._run_timers())
+        self._alarm.rearm()
         if self.node.cfg.host_telemetry:
             self._spawn(self._sample_telemetry())
         self._spawn(self._anti_entropy())
 
     def stop(self) -> None:
+        self._alarm.stop()
         for task in list(self._tasks):
             task.cancel()
         for fut in self._waiting.values():
@@ -138,16 +139,8 @@ class PlacementShell:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_timers(self) -> None:
-        while True:
-            delay = max(0.0, min(self.core.next_deadline() - self.node.clock(), 1.0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=delay)
-            self._kick.clear()
-            try:
-                self._apply(self.core.tick(self.node.clock()))
-            except Exception:  # one bad round must not stop placement
-                logger.exception("auction tick failed")
+    def _tick(self) -> None:
+        self._apply(self.core.tick(self.node.clock()))
 
     async def _sample_telemetry(self) -> None:
         while True:
@@ -208,7 +201,7 @@ class PlacementShell:
             fut = asyncio.get_running_loop().create_future()
             self._waiting[aid] = fut
         self._apply(effects)
-        self._kick.set()
+        self._alarm.rearm()
         cfg = self.node.cfg
         limit = cfg.auction_max_rounds * (cfg.auction_window_s + 3 * cfg.auction_award_timeout_s)
         try:
@@ -350,7 +343,7 @@ class PlacementShell:
             self.node.request_stop()
             raise
         self._apply(effects)
-        self._kick.set()
+        self._alarm.rearm()
 
     # -- carrying out effects -------------------------------------------------------
 
@@ -414,14 +407,17 @@ class PlacementShell:
     def _send_datagram(self, to: str, msg: AuctionMsg) -> None:
         if to == self.node.ident.name:
             self._local(msg)
-            return
-        addr = self.mesh.address_of(to)
-        if addr is None:
-            return
-        signed = self.mesh.signer.sign(
-            AUCTION_KIND, codec.encode(msg), self.node.clock(), compact=True
-        )
-        self.mesh.mux.send(Channel.AUCTION, signed, addr)
+        else:
+            self._send_signed([to], self._sign(codec.encode(msg)))
+
+    def _sign(self, body: bytes) -> bytes:
+        return self.mesh.signer.sign(AUCTION_KIND, body, self.node.clock(), compact=True)
+
+    def _send_signed(self, names: Iterable[str], signed: bytes) -> None:
+        for name in names:
+            addr = self.mesh.address_of(name)
+            if addr is not None:
+                self.mesh.mux.send(Channel.AUCTION, signed, addr)
 
     def _send_reliable(self, to: str, msg: AuctionMsg) -> None:
         if to == self.node.ident.name:
@@ -433,8 +429,8 @@ class PlacementShell:
 
     def _broadcast(self, msg: Confirm) -> None:
         body = codec.encode(msg)
-        for name in self.mesh.live_names() - {self.node.ident.name}:
-            self._send_datagram(name, msg)
+        # One signature for every member: the envelope names no recipient.
+        self._send_signed(self.mesh.live_names() - {self.node.ident.name}, self._sign(body))
         try:
             self.mesh.broadcast(PLACEMENT_BROADCAST, body)
         except ValueError:

@@ -19,7 +19,11 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
    awarded or saw placed for the workload), recorded durably *before* the ``Award``
    leaves, so a restarted originator never hands one generation to two nodes. The
    winner re-checks (its hold, its telemetry), commits the allocation durably and
-   answers ``Accept`` — or ``Refuse`` with a reason. On a refusal, or silence for
+   answers ``Accept`` — or ``Refuse`` with a reason. An award that fits one datagram
+   travels as one and goes out again after ``auction_award_resend_s``, then twice
+   that, until answered; the winner answers every copy (a repeated award of what it
+   committed is accepted again), so a lost award or answer costs one resend, not the
+   next-best bidder. A larger award goes over mTLS. On a refusal, or silence for
    ``auction_award_timeout_s`` (the award is then withdrawn with ``Revoke``), the
    next-best bidder is awarded; after two awards, a new round.
 5. **Confirm.** On ``Accept`` the originator records the placement, broadcasts
@@ -63,7 +67,7 @@ import random
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from meshd.auction import candidates, ranking
+from meshd.auction import candidates, codec, ranking
 from meshd.auction.bidder import Bidder, clip
 from meshd.auction.durable import DurableState, PlacementRecorded, RoundRecorded
 from meshd.auction.effects import Broadcast, Decided, Effect, Failed, Persist, Send
@@ -250,6 +254,8 @@ class Auctioneer:
                 self._close(a, now, out)
             elif r.state == AWARDING and now >= r.award_deadline:
                 self._award_silent(a, now, out)
+            elif r.state == AWARDING and now >= r.resend_at:
+                self._resend_award(a, r, now, out)
             elif r.state == WAITING and now >= a.retry_at:
                 self._start_round(a, now, out)
         for wid, t in list(self._book.confirm_at.items()):
@@ -269,7 +275,7 @@ class Auctioneer:
             if r.state == COLLECTING:
                 d = min(d, r.deadline)
             elif r.state == AWARDING:
-                d = min(d, r.award_deadline)
+                d = min(d, r.award_deadline, r.resend_at)
             elif r.state == WAITING:
                 d = min(d, a.retry_at)
         return d
@@ -390,7 +396,10 @@ class Auctioneer:
             self._persist_round(a, r, out)  # durable before the award leaves
             if node != self._name:
                 r.award_deadline = now + self._cfg.auction_award_timeout_s
-                out.append(Send(node, Award(r.rid, w, gen), True))
+                r.resend_gap = self._cfg.auction_award_resend_s
+                r.resend_at = now + r.resend_gap
+                award = Award(r.rid, w, gen)
+                out.append(Send(node, award, not codec.fits_datagram(award)))
                 return
             placed = self._view.get(w.id)
             why = self._book.accept_award(r.rid, w, gen, node, placed, now, out)
@@ -402,12 +411,22 @@ class Auctioneer:
             a.excluded.add(node)
         self._round_over(a, now, out)
 
+    def _resend_award(self, a: Auction, r: Round, now: float, out: list[Effect]) -> None:
+        aw = r.pending_award()
+        if aw is None:
+            r.resend_at = math.inf
+            return
+        r.resend_gap *= 2
+        r.resend_at = now + r.resend_gap
+        award = Award(r.rid, a.workload, aw.generation)
+        out.append(Send(aw.node, award, not codec.fits_datagram(award)))
+        self._log.debug("auction award-resend round=%s node=%s", r.rid, aw.node)
+
     def _award_silent(self, a: Auction, now: float, out: list[Effect]) -> None:
         r = a.round
         assert r is not None
         aw = r.awards[-1]
         r.settle("silent", f"no answer within {self._cfg.auction_award_timeout_s:g} s")
-        r.award_deadline = math.inf
         a.excluded.add(aw.node)
         out.append(Send(aw.node, Revoke(r.rid, a.workload.id, aw.generation), True))
         self._log.info(
@@ -420,9 +439,9 @@ class Auctioneer:
         placed = self._view.get(w.id)
         why = self._book.accept_award(m.round_id, w, gen, sender, placed, now, out)
         if why is None:
-            out.append(Send(sender, Accept(m.round_id, w.id, gen), True))
+            out.append(Send(sender, Accept(m.round_id, w.id, gen), False))
         else:
-            out.append(Send(sender, Refuse(m.round_id, w.id, gen, clip(why)), True))
+            out.append(Send(sender, Refuse(m.round_id, w.id, gen, clip(why)), False))
 
     def _current(self, round_id: str, sender: str, gen: int) -> Auction | None:
         """The live auction whose pending award to ``sender`` at ``gen`` this answers."""
@@ -442,7 +461,6 @@ class Auctioneer:
             return
         assert a.round is not None
         a.round.settle("accepted", "")
-        a.round.award_deadline = math.inf
         self._decide(a, sender, m.generation, now, out)
 
     def _on_refuse(self, m: Refuse, sender: str, now: float, out: list[Effect]) -> None:
@@ -450,7 +468,6 @@ class Auctioneer:
         if a is None or a.round is None:
             return
         a.round.settle("refused", m.reason)
-        a.round.award_deadline = math.inf
         a.excluded.add(sender)
         self._award_next(a, now, out)
 

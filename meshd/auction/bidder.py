@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 from meshd.auction import scoring
 from meshd.auction.durable import (
@@ -65,6 +67,15 @@ def clip(text: str) -> str:
     if len(raw) <= MAX_REASON_BYTES:
         return text
     return raw[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def _forget_until(memo: dict[Any, Any], live: Callable[[Any], bool]) -> None:
+    """Drop entries in insertion order until the first one still ``live``."""
+    while memo:
+        key = next(iter(memo))
+        if live(memo[key]):
+            return
+        del memo[key]
 
 
 class Bidder:
@@ -118,8 +129,11 @@ class Bidder:
         for rid, h in list(self.holds.items()):
             if h.expires_at <= now:
                 self.release_hold(rid, "expired", out)
-        self._my_bids = {k: v for k, v in self._my_bids.items() if v[0] > now}
-        self._revoked = {k: t for k, t in self._revoked.items() if t > now}
+        # Both are consulted with their times (a stale entry answers nothing), so
+        # forgetting from the oldest insertion until the first live one is enough and
+        # keeps every tick O(what expired) rather than O(what is remembered).
+        _forget_until(self._my_bids, lambda v: v[0] > now)
+        _forget_until(self._revoked, lambda t: t > now)
 
     def _others(self, wid: str) -> tuple[Resources, Resources, int, list[str | None]]:
         """Committed, held, count and tenants of everything but workload ``wid``."""

@@ -27,7 +27,7 @@ from meshd.auction import messages as m
 from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
 from meshd.auction.model import Allocation
 
-__all__ = ["MAX_DATAGRAM", "decode", "dump_record", "encode", "load_record"]
+__all__ = ["MAX_DATAGRAM", "decode", "dump_record", "encode", "fits_datagram", "load_record"]
 
 
 def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
@@ -78,6 +78,11 @@ def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
 
 def encode(msg: m.AuctionMsg) -> bytes:
     return v.dumps(_msg(msg))
+
+
+def fits_datagram(msg: m.AuctionMsg) -> bool:
+    """Whether ``msg`` encodes within one datagram's budget (``MAX_DATAGRAM``)."""
+    return len(encode(msg)) <= MAX_DATAGRAM
 
 
 def dump_record(record: d.Record) -> bytes:

@@ -10,13 +10,17 @@ message        channel    meaning
 BidRequest     datagram   originator → candidate: bid for these resources in ``window``
 Bid            datagram   candidate → originator: a score 1..1000, or -1 and why
 Release        datagram   originator → bidder: drop your hold for this round
-Award          reliable   originator → winner: the full workload; commit it
-Accept         reliable   winner → originator: committed durably at ``generation``
-Refuse         reliable   winner → originator: can't host it after all, and why
+Award          datagram(*)originator → winner: the full workload; commit it (re-sent)
+Accept         datagram   winner → originator: committed durably at ``generation``
+Refuse         datagram   winner → originator: can't host it after all, and why
 Revoke         reliable   originator → a silent winner: that award is withdrawn
 Confirm        broadcast  the placement, to every member (direct and by gossip)
 Sync           reliable   anti-entropy: a full placement view (``reply`` on the answer)
 =============  =========  ==============================================================
+
+(*) An ``Award`` that does not fit one datagram (a large spec) goes over the reliable
+channel. Either way the originator re-sends it until the winner answers, and the
+winner answers every copy, so the award/answer pair survives a lost datagram.
 
 ``Confirm`` is the placement confirmation the design calls "Placement"; it carries a
 :class:`~meshd.auction.model.Placement`, whose name the message can't reuse.

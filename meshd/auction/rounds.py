@@ -52,12 +52,15 @@ class Round:
         self.next_idx = 0  # the next bidder in `ranked` to award
         self.awards: list[AwardRecord] = []
         self.award_deadline = math.inf
+        self.resend_at = math.inf  # when the pending award goes out again (datagram)
+        self.resend_gap = 0.0
         self.state = COLLECTING
         self.reason = ""
         self.closed_at: float | None = None
 
     def settle(self, outcome: str, why: str) -> None:
-        """Record the outcome of the last award."""
+        """Record the outcome of the last award; its timers stop."""
+        self.award_deadline = self.resend_at = math.inf
         last = self.awards[-1]
         self.awards[-1] = AwardRecord(last.node, last.generation, outcome, why)
 
