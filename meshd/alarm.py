@@ -30,7 +30,8 @@ class Alarm:
     ) -> None:
         self._name, self._fire, self._deadline, self._clock = name, fire, deadline, clock
         self._longest = longest
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
+        self._due = 0.0  # loop time the handle rings at (uvloop's handles don't say)
         self._stopped = False
 
     def rearm(self) -> None:
@@ -41,10 +42,10 @@ class Alarm:
         delay = min(max(0.0, self._deadline() - self._clock()), self._longest)
         due = loop.time() + delay
         if self._handle is not None:
-            if self._handle.when() <= due:
+            if self._due <= due:
                 return
             self._handle.cancel()
-        self._handle = loop.call_at(due, self._ring)
+        self._handle, self._due = loop.call_at(due, self._ring), due
 
     def stop(self) -> None:
         self._stopped = True
