@@ -185,6 +185,10 @@ class Config:
     # Anti-entropy: every interval the shell sends the full placement view to one random
     # member, so nodes that missed a confirmation (partition, restart) converge.
     auction_sync_interval_s: float = 10.0
+    # Holds, bids and this node's copy of the placement view are written to the store
+    # in groups, at most this long after they changed (promises are written at once;
+    # see meshd/journal.py for why losing these moments to a crash is safe).
+    auction_journal_lag_s: float = 0.05
 
     # Logging: level and format (`text` is key=value for humans, `json` for collectors).
     log_level: str = "info"
@@ -260,6 +264,7 @@ class Config:
             "disk_overcommit",
             "auction_max_rounds",
             "auction_sync_interval_s",
+            "auction_journal_lag_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")

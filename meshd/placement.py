@@ -3,12 +3,15 @@
 The pure core (``meshd.auction``) decides; this shell only carries out, in the order
 the core's effects document:
 
-1. **persist** every record of the step in one durable transaction (a bid's hold, an
-   accepted award, a decided placement are on disk before anyone hears of them);
-2. **send**: bid requests and bids as compact-signed, sealed datagrams on the mesh
-   port's auction channel; awards, acceptances and anti-entropy over mTLS
-   (``POST /v1/mesh/auction``); confirmations to every member directly *and* through
-   membership gossip, with periodic anti-entropy so a partitioned node catches up;
+1. **persist** every record of the step in one transaction, fsynced when it holds
+   a commit point (a bid's hold, an accepted award, a decided placement are written
+   before anyone hears of them);
+2. **send**: bid requests, bids, awards that fit one datagram and their answers as
+   compact-signed, sealed datagrams on the mesh port's auction channel (one
+   signature per message, however many members get it); larger awards, withdrawals
+   and anti-entropy over mTLS (``POST /v1/mesh/auction``); confirmations to every
+   member directly *and* through membership gossip, with periodic anti-entropy so a
+   partitioned node catches up;
 3. **act**: resolve the waiting ``submit`` call, log workload starts and stops.
 
 The core runs on the wall clock (holds and decisions are compared across nodes);
@@ -29,7 +32,6 @@ from meshd import telemetry
 from meshd.alarm import Alarm
 from meshd.auction import codec
 from meshd.auction.auctioneer import Auctioneer
-from meshd.auction.durable import AllocationCommitted, AllocationReleased, PlacementRecorded
 from meshd.auction.effects import (
     Broadcast,
     Decided,
@@ -56,6 +58,7 @@ from meshd.errors import (
     MeshdError,
     NotFoundError,
 )
+from meshd.journal import AuctionJournal
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
 
@@ -68,7 +71,6 @@ logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 DRIVERS = ("process", "qemu", "firecracker")
-COMMIT_POINTS = (AllocationCommitted, AllocationReleased)
 # What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
 SPEC_FIELDS = (
     "image",
@@ -108,6 +110,7 @@ class PlacementShell:
             durable,
             witness=cfg.witness,
         )
+        self.journal = AuctionJournal(node.store, cfg.auction_journal_lag_s)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self.runner: WorkloadRunner | None = None  # set by the node once drivers exist
         self._alarm = Alarm("auction", self._tick, self.core.next_deadline, node.clock, 1.0)
@@ -128,6 +131,10 @@ class PlacementShell:
 
     def stop(self) -> None:
         self._alarm.stop()
+        try:
+            self.journal.flush(self.node.clock())
+        except MeshdError as exc:
+            logger.error("writing the last auction records failed: %s", exc)
         for task in list(self._tasks):
             task.cancel()
         for fut in self._waiting.values():
@@ -352,31 +359,22 @@ class PlacementShell:
             return
         records = [e.record for e in effects if isinstance(e, Persist)]
         if records:
-            now = self.node.clock()
-            # fsync the commit point others rely on: the winner's accepted allocation
-            # (it carries the workload, round, generation and originator, so the
-            # placement can be rebuilt from it). Holds, round history and every copy of
-            # the view survive a crash of the process anyway (WAL); after a power cut a
-            # forgotten hold only makes its award be refused, and anti-entropy restores
-            # the view from the owners. Sparing those fsyncs keeps rounds fast.
-            durable = any(isinstance(r, COMMIT_POINTS) for r in records)
-            with self.node.store.transaction(durable=durable):
-                auction_records.write(self.node.store, records, now)
-                for r in records:
-                    if isinstance(r, PlacementRecorded):
-                        p = r.placement
-                        self.node.store.append_event(
-                            time.time(),
-                            "placement.recorded",
-                            p.workload_id,
-                            {"owner": p.owner, "generation": p.generation, "name": p.name},
-                        )
+            # Promises (allocations, rounds with awards) are on disk before any message
+            # of this step leaves; holds, bids and the view follow within a moment
+            # (meshd.journal says why that is safe).
+            self.journal.write(records, self.node.clock())
+        signed: dict[int, bytes] = {}  # one signature per message, however many get it
         for e in effects:
             if isinstance(e, Send):
                 if e.reliable:
                     self._send_reliable(e.to, e.msg)
+                elif e.to == self.node.ident.name:
+                    self._local(e.msg)
                 else:
-                    self._send_datagram(e.to, e.msg)
+                    blob = signed.get(id(e.msg))
+                    if blob is None:
+                        blob = signed[id(e.msg)] = self._sign(codec.encode(e.msg))
+                    self._send_signed([e.to], blob)
             elif isinstance(e, Broadcast):
                 self._broadcast(e.msg)
         for e in effects:
@@ -392,7 +390,7 @@ class PlacementShell:
                     fut.set_exception(PlacementError(e.reason))
             elif isinstance(e, Start):
                 w = e.allocation.workload
-                logger.info("workload assigned here name=%s id=%s", w.name, w.id)
+                logger.debug("workload assigned here name=%s id=%s", w.name, w.id)
                 if self.runner is not None:
                     self.runner.on_start(e.allocation)
             elif isinstance(e, Stop):
@@ -403,12 +401,6 @@ class PlacementShell:
     def _local(self, msg: AuctionMsg) -> None:
         # Messages to ourselves skip the network but not the loop: no re-entrancy.
         asyncio.get_running_loop().call_soon(self._receive, msg, self.node.ident.name)
-
-    def _send_datagram(self, to: str, msg: AuctionMsg) -> None:
-        if to == self.node.ident.name:
-            self._local(msg)
-        else:
-            self._send_signed([to], self._sign(codec.encode(msg)))
 
     def _sign(self, body: bytes) -> bytes:
         return self.mesh.signer.sign(AUCTION_KIND, body, self.node.clock(), compact=True)

@@ -198,7 +198,7 @@ class Auctioneer:
         aid = f"{self._name}-{self._rng.getrandbits(48):012x}"
         a = Auction(aid, workload, tuple(members), now)
         self._auctions[aid] = a
-        self._log.info(
+        self._log.debug(
             "auction submit id=%s workload=%s resources=%r",
             aid,
             workload.id,

@@ -103,8 +103,12 @@ def hold(h: Hold) -> list[Any]:
     return [h.round_id, h.workload_id, res(h.resources), h.tenant, h.originator, h.expires_at]
 
 
+# Built once: json.dumps/loads with options construct a new coder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 # -- decoding ------------------------------------------------------------------------
@@ -250,11 +254,14 @@ def _reject_constant(name: str) -> Any:
     raise Bad(f"{name} is not a number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def load(data: bytes, tag: str, table: Mapping[str, Callable[[dict[str, Any]], Any]]) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) > MAX_FRAME:
         raise EnvelopeError("auction frame is not bytes or is too large")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(bytes(data).decode("utf-8"))
         if not isinstance(obj, dict):
             raise Bad("not an object")
         fn = table.get(obj.get(tag))  # type: ignore[arg-type]
