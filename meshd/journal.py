@@ -26,11 +26,9 @@ import time
 from collections.abc import Sequence
 
 from meshd.auction.durable import (
+    KNOWLEDGE,
     AllocationCommitted,
     AllocationReleased,
-    BidRecorded,
-    HoldPlaced,
-    HoldReleased,
     PlacementRecorded,
     Record,
 )
@@ -39,7 +37,6 @@ from meshd.store.db import Store
 
 logger = logging.getLogger(__name__)
 
-KNOWLEDGE = (HoldPlaced, HoldReleased, BidRecorded, PlacementRecorded)
 FSYNCED = (AllocationCommitted, AllocationReleased)
 MAX_PENDING = 512  # records; a burst beyond this is written at once
 

@@ -19,6 +19,12 @@ BidRecorded          round_id                     upsert into this node's bid hi
 
 ``BidRecorded`` is history only (``restore`` does not need it). Rounds may be pruned
 once final and old; holds once expired; nothing else.
+
+Records are *promises* (allocations, rounds: on disk before the step's messages
+leave) or :data:`KNOWLEDGE` (holds, bids, the view): a shell may write those a moment
+late and lose the last of them in a crash. Safe, and checked by the simulator: an
+award is always re-checked against the committed ledger, so a forgotten hold can't
+overcommit, and anti-entropy restores the view from the owners.
 """
 
 from __future__ import annotations
@@ -108,3 +114,7 @@ class DurableState:
 
     def empty(self) -> bool:
         return not (self.holds or self.allocations or self.placements or self.rounds)
+
+
+# What a crash may lose (see the module docstring); everything else is a promise.
+KNOWLEDGE = (HoldPlaced, HoldReleased, BidRecorded, PlacementRecorded)

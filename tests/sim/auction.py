@@ -11,7 +11,10 @@ from its committed ledger (or overridden by a scenario).
 
 The shell's contract is modelled exactly: the effects of one step are applied with
 every ``Persist`` first — into a per-node :class:`~meshd.auction.DurableState` that
-the fleet keeps across crashes, filled *only* by those records — then the sends
+the fleet keeps across crashes, filled *only* by those records; like the shell's
+journal, records in ``durable.KNOWLEDGE`` (holds, bids, the view) reach it only
+``auction_journal_lag_s`` later or ahead of the next promise, and a crash in between
+loses them — then the sends
 (``Send`` through the faulty network, ``Broadcast`` to every member directly and by
 membership gossip), then the rest. A restarted node's core is
 :meth:`~meshd.auction.Auctioneer.restore`-d from that store. A shell that got the
@@ -75,6 +78,7 @@ from meshd.auction import (
     Workload,
 )
 from meshd.auction import codec as auction_codec
+from meshd.auction.durable import KNOWLEDGE
 from meshd.auction.messages import Accept, AuctionMsg, Refuse, Release, Revoke, Sync
 from meshd.auction.model import GiB
 from meshd.config import Config
@@ -190,6 +194,7 @@ class Fleet:
     messages: Counter[str] = field(default_factory=Counter)
     datagram_max: int = 0
     check_steps: bool = True
+    journal: dict[str, list[Any]] = field(default_factory=dict)  # knowledge not yet durable
 
     def __post_init__(self) -> None:
         sim = self.sim
@@ -216,6 +221,7 @@ class Fleet:
         rng = random.Random(f"{sim.seed}/{node.name}/{node.boot}/auction")
         log = logging.getLogger(f"meshd.sim.{node.name}.auction")
         durable = self.durable.setdefault(node.name, DurableState())
+        self.journal.pop(node.name, None)  # what the crashed process had not written
         cap = self.capacities.get(node.name, DEFAULT_CAPACITY)
         witness = node.name in self.witnesses
         if durable.empty() and not durable.bids:
@@ -356,7 +362,15 @@ class Fleet:
 
     def _on_persist(self, node: SimNode, channel: str, e: Persist) -> None:
         r = e.record
-        self.durable.setdefault(node.name, DurableState()).apply(r)
+        if isinstance(r, KNOWLEDGE):
+            pending = self.journal.setdefault(node.name, [])
+            if not pending:
+                lag = self.cfg.auction_journal_lag_s
+                self.sim.events.after(lag, self._write_journal, node, node.boot)
+            pending.append(r)
+        else:
+            self._write_journal(node, node.boot)  # in order, ahead of the promise
+            self.durable.setdefault(node.name, DurableState()).apply(r)
         if isinstance(r, AllocationCommitted):
             a = r.allocation
             self._owner(a.workload.id, a.generation, node.name, node.name)
@@ -408,8 +422,17 @@ class Fleet:
             if h.expires_at < now:
                 self.violations.append(f"t={now:.3f} {name} still holds {h.round_id} past expiry")
 
+    def _write_journal(self, node: SimNode, boot: int) -> None:
+        if node.boot != boot or not node.up:
+            return  # that process crashed: its pending records are gone
+        durable = self.durable.setdefault(node.name, DurableState())
+        for r in self.journal.pop(node.name, []):
+            durable.apply(r)
+
     def final_problems(self) -> list[str]:
         """Whole-mesh checks, once the network healed and every node runs again."""
+        for n in self.sim.running():
+            self._write_journal(self.sim.nodes[n], self.sim.nodes[n].boot)
         problems = list(self.violations)
         live = self.sim.running()
         views = {
