@@ -1,0 +1,89 @@
+"""The placement shell's journal: promises at once, knowledge a moment later, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshd.auction.durable import (
+    AllocationCommitted,
+    HoldPlaced,
+    HoldReleased,
+    PlacementRecorded,
+)
+from meshd.auction.model import Allocation, Hold, Placement, Resources, Workload
+from meshd.errors import StoreError
+from meshd.journal import AuctionJournal
+from meshd.store import auction_records
+from meshd.store.db import Store
+
+RES = Resources(1.0, 1 << 20, 0)
+LAG = 0.05
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "meshd.db")
+    yield s
+    s.close()
+
+
+def hold(rid: str) -> HoldPlaced:
+    return HoldPlaced(Hold(rid, "w1", RES, None, "n1", 1e12))
+
+
+def placed(wid: str, gen: int) -> PlacementRecorded:
+    return PlacementRecorded(Placement(wid, wid, "n2", gen, f"r-{wid}", "n1", 10.0, RES, None))
+
+
+def committed(wid: str) -> AllocationCommitted:
+    w = Workload(wid, wid, None, RES, "process")
+    return AllocationCommitted(Allocation(w, f"r-{wid}", 1, "n1", 10.0))
+
+
+def events(store: Store) -> list[str]:
+    return [e["subject"] for e in store.events(limit=100) if e["kind"] == "placement.recorded"]
+
+
+async def test_knowledge_reaches_the_store_after_the_lag(store: Store) -> None:
+    journal = AuctionJournal(store, LAG)
+    journal.write([hold("r1"), placed("w1", 1)], 100.0)
+    assert auction_records.load(store).holds == {}
+    assert events(store) == []
+    await asyncio.sleep(LAG * 3)
+    state = auction_records.load(store)
+    assert set(state.holds) == {"r1"} and set(state.placements) == {"w1"}
+    assert events(store) == ["w1"]
+
+
+async def test_a_promise_is_written_at_once_behind_what_was_pending(store: Store) -> None:
+    journal = AuctionJournal(store, 10.0)
+    journal.write([hold("r1")], 100.0)
+    journal.write([HoldReleased("r1", "committed")], 100.0)
+    journal.write([committed("w1")], 100.0)
+    state = auction_records.load(store)
+    assert set(state.allocations) == {"w1"}
+    assert state.holds == {}  # placed, then released: applied in order before the promise
+
+
+async def test_a_newer_generation_is_never_overwritten_by_an_older_one(store: Store) -> None:
+    journal = AuctionJournal(store, 10.0)
+    journal.write([placed("w1", 1)], 100.0)
+    journal.write([placed("w1", 2)], 100.0)
+    journal.flush(100.0)
+    assert auction_records.load(store).placements["w1"].generation == 2
+
+
+async def test_flush_writes_what_is_pending_and_a_failed_write_keeps_it(store: Store) -> None:
+    journal = AuctionJournal(store, 10.0)
+    journal.write([placed("w1", 1)], 100.0)
+    store.execute("ALTER TABLE auction_records RENAME TO parked")  # writes now fail
+    with pytest.raises(StoreError):
+        journal.flush(100.0)
+    store.execute("ALTER TABLE parked RENAME TO auction_records")
+    journal.flush(100.0)  # nothing was dropped from memory by the failure
+    assert set(auction_records.load(store).placements) == {"w1"}
+    assert events(store) == ["w1"]
