@@ -42,6 +42,7 @@ SEED_NAME = "seed.img"
 OVERLAY_NAME = "overlay.qcow2"
 RUN_NAME = "run.json"
 EXIT_NAME = "exit.json"
+LAUNCH_ERR_NAME = "launch.err"
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,48 @@ async def run_tool(argv: list[str], what: str, timeout_s: float) -> str:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError as exc:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
         raise DriverError(f"{what}: {argv[0]} did not finish within {timeout_s:g} s") from exc
     if proc.returncode != 0:
         msg = err.decode(errors="replace").strip().splitlines()
         raise DriverError(f"{what}: {msg[-1] if msg else f'exit code {proc.returncode}'}")
     return out.decode(errors="replace")
+
+
+async def run_daemonizing(argv: list[str], what: str, errors: Path, timeout_s: float) -> None:
+    """Run a program that daemonizes; return once its parent exited successfully.
+
+    Its stderr goes to the file ``errors``, never to a pipe: the daemon may keep a
+    copy of the parent's descriptors, so waiting for a pipe's end could wait for the
+    daemon's whole life (it does under uvloop). The parent's exit status is the answer,
+    and the file's last line the reason when it failed.
+    """
+    try:
+        with errors.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err,
+            )
+    except OSError as exc:
+        raise DriverError(f"{what}: cannot run {argv[0]} ({exc.strerror})") from exc
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise DriverError(f"{what}: {argv[0]} did not finish within {timeout_s:g} s") from exc
+    if code != 0:
+        raise DriverError(f"{what}: {_last_line(errors) or f'exit code {code}'}")
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 async def image_info(image: Path, timeout_s: float) -> tuple[str, int]:
@@ -352,7 +388,8 @@ async def launch(
     try:
         if plan.tap and plan.bridge:
             await tap_up(plan.tap, plan.bridge, tool_timeout_s)
-        await run_tool(argv(plan), f"QEMU refused workload {wdir.name}", timeout_s)
+        err = wdir / LAUNCH_ERR_NAME
+        await run_daemonizing(argv(plan), f"QEMU refused workload {wdir.name}", err, timeout_s)
         pid = int(plan.pidfile.read_text().strip())
     except (DriverError, OSError, ValueError) as exc:
         if plan.tap:
