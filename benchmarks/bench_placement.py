@@ -7,10 +7,12 @@ Prints JSON lines:
   Also ``submit_ms``: what the submitting client waited (until the originator had the
   winner's durable acceptance). p50/p99 over sequential submissions.
 * ``throughput_per_s``: placements per second sustained with 4 concurrent originators
-  (four client threads, each submitting back to back through a different node).
+  (``--clients`` threads per originator, default 1, each submitting back to back
+  through its node).
 
 Goals (docs/SPECIFICATION.md): decision p50 ≤ 20 ms, p99 ≤ 100 ms; ≥ 200/s.
 Run: .venv/bin/python benchmarks/bench_placement.py [--nodes 16] [--decisions 200]
+     [--seconds 10] [--clients 1]
 """
 
 from __future__ import annotations
@@ -82,13 +84,16 @@ def decisions(nodes: list[Daemon], count: int) -> tuple[list[float], list[float]
     return decided, submit_ms
 
 
-def throughput(nodes: list[Daemon], seconds: float, originators: int = 4) -> tuple[float, int]:
-    done = [0] * originators
-    failed = [0] * originators
+def throughput(
+    nodes: list[Daemon], seconds: float, originators: int = 4, clients: int = 1
+) -> tuple[float, int]:
+    """Placements/s: ``clients`` threads per originator, each submitting back to back."""
+    done = [0] * (originators * clients)
+    failed = [0] * (originators * clients)
     stop = time.monotonic() + seconds
 
     def run(k: int) -> None:
-        origin = nodes[k * len(nodes) // originators]
+        origin = nodes[(k % originators) * len(nodes) // originators]
         i = 0
         while time.monotonic() < stop:
             try:
@@ -102,7 +107,7 @@ def throughput(nodes: list[Daemon], seconds: float, originators: int = 4) -> tup
                 failed[k] += 1
             i += 1
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(originators)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(originators * clients)]
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--decisions", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--clients", type=int, default=1, help="client threads per originator")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshd-bench-place-") as tmp:
         mesh = Mesh(Path(tmp))
@@ -153,7 +159,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-            rate, failed = throughput(nodes, args.seconds)
+            rate, failed = throughput(nodes, args.seconds, clients=args.clients)
             print(
                 json.dumps(
                     {
@@ -161,6 +167,7 @@ def main() -> None:
                         "figure": "throughput_per_s",
                         "nodes": args.nodes,
                         "originators": 4,
+                        "clients_per_originator": args.clients,
                         "value": round(rate, 1),
                         "failed": failed,
                         "seconds": args.seconds,
