@@ -135,6 +135,9 @@ class Config:
     retransmit_mult: int = 4
     # Full state exchange with one random member (push-pull), and at join.
     push_pull_interval_s: float = 30.0
+    # Anti-entropy for removals: gossip is best effort, so every interval each node that
+    # knows revocations pushes them all to one random live member (mTLS).
+    revocation_sync_interval_s: float = 10.0
     # A dead or left member's entry is forgotten after this long (its roster row stays).
     dead_reclaim_s: float = 3600.0
     # Largest membership datagram payload before signing and sealing. The compact
@@ -244,6 +247,7 @@ class Config:
             "gossip_nodes",
             "retransmit_mult",
             "push_pull_interval_s",
+            "revocation_sync_interval_s",
             "dead_reclaim_s",
             "max_gossip_bytes",
         )

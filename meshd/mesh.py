@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 SWIM_KIND = "swim"
 REVOCATION_KIND = "revocation"
+REVOCATIONS_PATH = "/v1/mesh/revocations"
 BroadcastHandler = Callable[[bytes, str], None]
 
 
@@ -166,6 +167,7 @@ class Mesh:
             # Registration probes the LAN for ~1.2 s; the node is useful meanwhile.
             self._spawn(self._start_mdns(self.mdns))
         self._schedule_republish(0.0)
+        self._spawn(self._sync_revocations())
 
     async def _start_mdns(self, mdns: MdnsDiscovery) -> None:
         try:
@@ -453,6 +455,23 @@ class Mesh:
         if self.membership is not None:
             self._apply(self.membership.broadcast(kind, payload, self.mono()))
             self._rearm()
+
+    async def _sync_revocations(self) -> None:
+        """Anti-entropy for removals: push every known record to one random member."""
+        rng = random.Random()  # noqa: S311 - peer choice and jitter
+        while True:
+            interval = self.node.cfg.revocation_sync_interval_s
+            await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
+            records = stored_revocations.records(self.node.store)
+            peers = sorted(self.live_names() - {self.node.ident.name})
+            addr = self.address_of(rng.choice(peers)) if peers else None
+            if records and addr is not None:
+                await self.post(addr, REVOCATIONS_PATH, revocation.bundle(records))
+
+    def receive_revocations(self, body: bytes, origin: str) -> None:
+        """Records a member pushed (``POST /v1/mesh/revocations``); each is CA-checked."""
+        for record in revocation.unbundle(body):
+            self._on_revocation(record, origin)
 
     def _on_revocation(self, payload: bytes, origin: str) -> None:
         try:

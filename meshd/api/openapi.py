@@ -307,6 +307,14 @@ def document() -> dict[str, Any]:
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }
             },
+            "/v1/mesh/revocations": {
+                "post": {
+                    "summary": "Mesh-internal: CA-signed removals, pushed for anti-entropy "
+                    "(nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
+            },
             "/v1/workloads": {
                 "post": {
                     "summary": "Place a workload by auction from this node; waits for the decision",

@@ -42,7 +42,7 @@ from meshd.errors import (
     TokenError,
 )
 from meshd.identity import authority, enrolment, pki
-from meshd.mesh import REVOCATION_KIND
+from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH
 from meshd.placement import PlacementError
 from meshd.store import roster, services
 
@@ -62,7 +62,13 @@ TENANT_ROUTES = frozenset(
     {("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/resolve")}
 )
 # Mesh-internal routes: only another node (role `node`) may call them.
-NODE_ROUTES = frozenset({("POST", "/v1/mesh/message"), ("POST", "/v1/mesh/auction")})
+NODE_ROUTES = frozenset(
+    {
+        ("POST", "/v1/mesh/message"),
+        ("POST", "/v1/mesh/auction"),
+        ("POST", REVOCATIONS_PATH),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ class Api:
         app.router.add_delete("/v1/services/{name}", self.services_remove)
         app.router.add_get("/v1/resolve", self.resolve)
         app.router.add_post("/v1/mesh/message", self.mesh_message)
+        app.router.add_post(REVOCATIONS_PATH, self.mesh_revocations)
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
@@ -312,6 +319,14 @@ class Api:
     async def mesh_message(self, request: web.Request) -> web.Response:
         body = await request.read()
         self._mesh().receive_reliable(body, request["peer_cert"], request.remote or "")
+        return web.Response(status=204)
+
+    async def mesh_revocations(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            self._mesh().receive_revocations(body, request["peer"].name)
+        except IdentityError as exc:
+            raise BadRequest(f"malformed revocation bundle: {exc}") from exc
         return web.Response(status=204)
 
     def _placement(self) -> PlacementShell:

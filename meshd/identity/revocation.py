@@ -25,6 +25,8 @@ from meshd.errors import IdentityError
 
 _PREFIX = b"meshd-revocation-v1\x00"
 _SIG_LEN = 64
+_LEN_BYTES = 2  # records in a bundle are length-prefixed, big-endian
+MAX_RECORD = 4096
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,28 @@ class RevocationList:
 
     def __iter__(self) -> Iterator[Revocation]:
         return iter(self._serials.values())
+
+
+def bundle(records: list[bytes]) -> bytes:
+    """Several records in one body (anti-entropy): each is ``length (2 bytes) || record``."""
+    out = bytearray()
+    for r in records:
+        if len(r) > MAX_RECORD:
+            raise IdentityError(f"a revocation record of {len(r)} bytes is too large")
+        out += len(r).to_bytes(_LEN_BYTES, "big") + r
+    return bytes(out)
+
+
+def unbundle(body: bytes) -> list[bytes]:
+    """The records of a :func:`bundle`; IdentityError if the framing is broken."""
+    records, i = [], 0
+    while i < len(body):
+        if i + _LEN_BYTES > len(body):
+            raise IdentityError("revocation bundle is truncated")
+        n = int.from_bytes(body[i : i + _LEN_BYTES], "big")
+        i += _LEN_BYTES
+        if n == 0 or n > MAX_RECORD or i + n > len(body):
+            raise IdentityError("revocation bundle has a bad record length")
+        records.append(bytes(body[i : i + n]))
+        i += n
+    return records

@@ -127,3 +127,30 @@ def test_leave_rejoin_and_removal(five: list[Daemon]) -> None:
         lambda: all(states(d).get("epsilon") in {"dead", "left"} for d in five[:4]),
         DETECT_S,
     )
+
+
+def test_a_member_that_missed_a_removal_learns_it_by_anti_entropy(mesh_factory: Mesh) -> None:
+    """Gossip of a removal is best effort: a node that was away while it spread (and
+    whose retransmissions are long over) still learns it, from the periodic push."""
+    alpha = mesh_factory.found("alpha")
+    others = mesh_factory.join_many(["beta", "gamma", "delta"], via=alpha, start=False)
+    for d in others:  # alpha keeps the default (10 s): beta's pushes reach gamma first
+        with (d.data_dir / "meshd.toml").open("a") as f:
+            f.write("\nrevocation_sync_interval_s = 1.0\n")
+    mesh_factory.start_all(others)
+    nodes = [alpha, *others]
+    beta, gamma, delta = others
+    everyone = {d.name: "alive" for d in nodes}
+    wait_for("all four alive", lambda: all_see(nodes, everyone), DETECT_S)
+    gamma.stop()
+    delta.stop()
+    meshd("node", "remove", "delta", data_dir=alpha.data_dir)
+
+    def removed_on(d: Daemon) -> bool:
+        return any(m["name"] == "delta" and m["removed_at"] for m in d.api("GET", "/v1/roster"))
+
+    wait_for("beta to hear of the removal", lambda: removed_on(beta), DETECT_S)
+    time.sleep(3.0)  # every gossip retransmission of it is over (4 rounds of 0.2 s)
+    gamma.start()
+    assert not removed_on(gamma)
+    wait_for("gamma to learn the removal by anti-entropy", lambda: removed_on(gamma), DETECT_S)

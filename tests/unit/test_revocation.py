@@ -197,3 +197,27 @@ def test_a_verified_record_revokes_the_real_certificate() -> None:
     rl.add(revocation.verify(blob, fx.mesh().ca_cert))
     assert rl.is_revoked(info.serial, info.node_id)
     assert not rl.is_revoked(fx.mesh()["alpha"].info.serial, fx.mesh()["alpha"].info.node_id)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=600), max_size=8))
+def test_a_bundle_gives_back_its_records(records: list[bytes]) -> None:
+    assert revocation.unbundle(revocation.bundle(records)) == records
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00",  # half a length
+        b"\x00\x05abc",  # shorter than it says
+        b"\x00\x00",  # an empty record
+        b"\xff\xff" + b"x" * 65535,  # over the record limit
+    ],
+)
+def test_a_broken_bundle_is_refused(body: bytes) -> None:
+    with pytest.raises(IdentityError):
+        revocation.unbundle(body)
+
+
+def test_an_oversized_record_is_not_bundled() -> None:
+    with pytest.raises(IdentityError, match="too large"):
+        revocation.bundle([b"x" * (revocation.MAX_RECORD + 1)])
