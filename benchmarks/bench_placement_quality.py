@@ -49,6 +49,7 @@ import math
 import random
 import sys
 import time
+import tomllib
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,8 @@ def main() -> None:
     ap.add_argument("--placements", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    # Values as in meshd.toml: numbers and booleans typed (auction_sample_d=1.5).
+    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (i.split("=", 1) for i in args.set)}
     cfg = config.load(None, "sim", overrides)
     print(json.dumps(quality(args.nodes, args.seed, cfg)), flush=True)
     for n in (int(x) for x in args.sizes.split(",")):
