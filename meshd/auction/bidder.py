@@ -164,12 +164,12 @@ class Bidder:
         for h in [h for h in self.holds.values() if h.workload_id == wid]:
             self.release_hold(h.round_id, "replaced by a newer round", out)
         expires = now + self._cfg.auction_hold_ttl_s
-        if v.score > 0:
+        if v.score > 0:  # a hold, and the bid behind it (a repeated request gets this answer)
             hold = Hold(rid, wid, req.resources, req.tenant, originator, expires)
             self.holds[rid] = hold
             out.append(Persist(HoldPlaced(hold)))
-        rec = BidRecord(self._name, bid.score, bid.reason, same, v.mem_free, count, now, v.busy)
-        out.append(Persist(BidRecorded(rid, originator, wid, rec)))
+            rec = BidRecord(self._name, bid.score, bid.reason, same, v.mem_free, count, now, v.busy)
+            out.append(Persist(BidRecorded(rid, originator, wid, rec)))
         self._my_bids[rid] = (expires, bid)
         return bid
 

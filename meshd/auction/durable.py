@@ -9,16 +9,17 @@ what :meth:`Auctioneer.restore <meshd.auction.auctioneer.Auctioneer.restore>` ne
 record               key                          effect on the store
 ===================  ===========================  ======================================
 HoldPlaced           hold.round_id                upsert into holds
-HoldReleased         round_id                     delete from holds
+HoldReleased         round_id                     delete from holds (and its bid)
 AllocationCommitted  allocation.workload.id       upsert into allocations (full spec)
 AllocationReleased   workload_id                  delete from allocations
 PlacementRecorded    placement.workload_id        upsert into the placement view
 RoundRecorded        record.round_id              upsert into rounds (with bids, awards)
-BidRecorded          round_id                     upsert into this node's bid history
+BidRecorded          round_id                     upsert the bid behind a hold
 ===================  ===========================  ======================================
 
-``BidRecorded`` is history only (``restore`` does not need it). Rounds may be pruned
-once final and old; holds once expired; nothing else.
+``BidRecorded`` keeps the bid behind a hold, so a restarted bidder answers a repeated
+request identically; it goes with its hold (negative bids hold nothing and are not
+recorded). Rounds may be pruned once final and old; holds once expired; nothing else.
 
 Records are *promises* (allocations, rounds: on disk before the step's messages
 leave) or :data:`KNOWLEDGE` (holds, bids, the view): a shell may write those a moment
@@ -101,6 +102,7 @@ class DurableState:
             self.holds[record.hold.round_id] = record.hold
         elif isinstance(record, HoldReleased):
             self.holds.pop(record.round_id, None)
+            self.bids.pop(record.round_id, None)
         elif isinstance(record, AllocationCommitted):
             self.allocations[record.allocation.workload.id] = record.allocation
         elif isinstance(record, AllocationReleased):

@@ -41,6 +41,8 @@ def write(store: Store, records: Iterable[d.Record], now: float) -> None:
         kind, key, delete = _row(record)
         if delete:
             store.execute("DELETE FROM auction_records WHERE kind = ? AND key = ?", (kind, key))
+            if isinstance(record, d.HoldReleased):  # the bid behind it goes too
+                store.execute("DELETE FROM auction_records WHERE kind = 'bid' AND key = ?", (key,))
         else:
             store.execute(
                 "INSERT INTO auction_records (kind, key, data, updated_at) VALUES (?, ?, ?, ?) "

@@ -10,11 +10,12 @@ import pytest
 
 from meshd.auction.durable import (
     AllocationCommitted,
+    BidRecorded,
     HoldPlaced,
     HoldReleased,
     PlacementRecorded,
 )
-from meshd.auction.model import Allocation, Hold, Placement, Resources, Workload
+from meshd.auction.model import Allocation, BidRecord, Hold, Placement, Resources, Workload
 from meshd.errors import StoreError
 from meshd.journal import AuctionJournal
 from meshd.store import auction_records
@@ -87,3 +88,15 @@ async def test_flush_writes_what_is_pending_and_a_failed_write_keeps_it(store: S
     journal.flush(100.0)  # nothing was dropped from memory by the failure
     assert set(auction_records.load(store).placements) == {"w1"}
     assert events(store) == ["w1"]
+
+
+async def test_a_released_hold_takes_its_bid_with_it(store: Store) -> None:
+    """The bid behind a hold is kept only as long as the hold: the table does not grow."""
+    journal = AuctionJournal(store, 10.0)
+    bid = BidRecord("n2", 500, "", 0, 1 << 30, 0, 100.0)
+    journal.write([hold("r1"), BidRecorded("r1", "n1", "w1", bid)], 100.0)
+    journal.flush(100.0)
+    assert set(auction_records.load(store).bids) == {"r1"}
+    journal.write([HoldReleased("r1", "placed on n3")], 101.0)
+    journal.flush(101.0)
+    assert store.query("SELECT kind, key FROM auction_records") == []
