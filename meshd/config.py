@@ -87,6 +87,11 @@ class Config:
     enrol_timeout_s: float = 10.0
     # How long a stopping daemon lets in-flight requests finish before closing them.
     shutdown_grace_s: float = 5.0
+    # The event log (`meshd events`, GET /v1/events) keeps at most this many events and
+    # none older than events_max_age_s; every node records one per placement in the
+    # mesh, so without a bound it would grow for ever. Checked once a minute.
+    events_keep: int = 100_000
+    events_max_age_s: float = 7 * 86400.0
 
     # -- dht (meshd.dht) ------------------------------------------------------------
     # Kademlia bucket size k and lookup parallelism alpha (the paper's defaults).
@@ -225,6 +230,8 @@ class Config:
             "replay_cache_size",
             "api_request_timeout_s",
             "enrol_timeout_s",
+            "events_keep",
+            "events_max_age_s",
             "dht_ksize",
             "dht_alpha",
             "dht_rpc_timeout_s",

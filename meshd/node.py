@@ -150,6 +150,7 @@ class Node:
         self.ready = False
         self._socket_path = cfg.socket_path
         self._stopping = asyncio.Event()
+        self._housekeeping: asyncio.Task[None] | None = None
         m = self.metrics
         m.gauge("meshd_up", "1 while the daemon runs", lambda: 1.0)
         m.gauge("meshd_uptime_seconds", "Seconds since start", lambda: self.uptime)
@@ -218,6 +219,7 @@ class Node:
         self.placement.start()
         self.runner.start(self.placement.core.ledger().allocations)
         self.store.set_meta("address", self.address)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
         self.ready = True
         roster.set_address(self.store, self.ident.name, self.address)
         self.store.append_event(
@@ -231,6 +233,19 @@ class Node:
             self._socket_path,
             __version__,
         )
+
+    async def _prune_events(self) -> None:
+        """Keep the event log bounded (``events_keep``, ``events_max_age_s``)."""
+        while True:
+            try:
+                dropped = self.store.prune_events(
+                    self.cfg.events_keep, self.clock() - self.cfg.events_max_age_s
+                )
+                if dropped:
+                    logger.debug("pruned events count=%d", dropped)
+            except MeshdError as exc:  # a busy or failing disk: try again next time
+                logger.warning("pruning the event log failed: %s", exc)
+            await asyncio.sleep(60.0)
 
     async def _bind_mesh_port(self, host: str, port: int) -> socket.socket:
         """TCP and UDP on one port number; with port 0, retry until both are free."""
@@ -253,6 +268,8 @@ class Node:
     async def stop(self) -> None:
         logger.info("meshd stopping name=%s", self.ident.name)
         self.ready = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self.runner is not None:
             await self.runner.stop()  # workloads keep running: they outlive the daemon
         if self.placement is not None:

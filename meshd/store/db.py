@@ -220,6 +220,20 @@ class Store:
         )
         return self._conn.last_insert_rowid()
 
+    def prune_events(self, keep: int, before: float) -> int:
+        """Drop all but the newest ``keep`` events and any older than ``before``.
+
+        Ids are never reused (AUTOINCREMENT), so a reader's ``since`` cursor stays valid.
+        Returns how many were dropped.
+        """
+        newest = self.scalar("SELECT max(id) FROM events")
+        if newest is None:
+            return 0
+        with self.transaction(durable=False):
+            self.execute("DELETE FROM events WHERE id <= ? OR ts < ?", (newest - keep, before))
+            dropped: int = self._conn.changes()
+        return dropped
+
     def events(self, limit: int = 100, since_id: int = 0) -> list[dict[str, Any]]:
         """Up to ``limit`` events with id > ``since_id``, oldest first, data decoded."""
         rows = self.query_dicts(
