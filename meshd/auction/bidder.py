@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,28 @@ def _forget_until(memo: dict[Any, Any], live: Callable[[Any], bool]) -> None:
         del memo[key]
 
 
+class _Tally:
+    """Running totals of holds or allocations, so a bid costs O(1), not O(ledger).
+
+    CPU is summed in exact micro-cores (integers), so adding and removing never drifts;
+    :meth:`Bidder.accept_award` still re-sums the ledger from scratch as its check.
+    """
+
+    def __init__(self) -> None:
+        self.ucpus = self.memory = self.disk = self.count = 0
+        self.tenants: Counter[str | None] = Counter()
+
+    def add(self, r: Resources, tenant: str | None, sign: int = 1) -> None:
+        self.ucpus += sign * round(r.cpus * 1_000_000)
+        self.memory += sign * r.memory
+        self.disk += sign * r.disk
+        self.count += sign
+        self.tenants[tenant] += sign
+
+    def resources(self) -> Resources:
+        return Resources(self.ucpus / 1_000_000, self.memory, self.disk)
+
+
 class Bidder:
     """Holds and allocations of one node, and the rules that change them."""
 
@@ -89,20 +112,22 @@ class Bidder:
         self._oc = scoring.Overcommit.from_config(cfg)
         self.limit = scoring.limit(capacity, self._oc)
         self.telemetry: Telemetry | None = None
+        # Change these only through _put_hold/_drop_hold/_put_alloc/_drop_alloc (tallies).
         self.holds: dict[str, Hold] = {}  # round id -> hold
         self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
+        self._held, self._committed = _Tally(), _Tally()
         self.confirm_at: dict[str, float] = {}  # workload id -> self-confirm time
         self._my_bids: dict[str, tuple[float, Bid]] = {}  # round id -> (forget at, bid)
         self._revoked: dict[tuple[str, int], float] = {}  # (round, generation) -> forget at
 
     def restore(self, durable: DurableState, now: float, out: list[Effect]) -> None:
         for wid, alloc in durable.allocations.items():
-            self.allocs[wid] = alloc
+            self._put_alloc(alloc)
             if not alloc.confirmed:
                 self.confirm_at[wid] = now + self._cfg.auction_confirm_timeout_s
         for rid, h in durable.holds.items():
             if h.expires_at > now:
-                self.holds[rid] = h
+                self._put_hold(h)
             else:
                 out.append(Persist(HoldReleased(rid, "expired while the node was down")))
         for rid, rec in durable.bids.items():
@@ -115,8 +140,8 @@ class Bidder:
         return Ledger(
             self._capacity,
             self.limit,
-            total(self.allocs.values()),
-            total(self.holds.values()),
+            self._committed.resources(),
+            self._held.resources(),
             dict(self.allocs),
             dict(self.holds),
         )
@@ -135,15 +160,57 @@ class Bidder:
         _forget_until(self._my_bids, lambda v: v[0] > now)
         _forget_until(self._revoked, lambda t: t > now)
 
-    def _others(self, wid: str) -> tuple[Resources, Resources, int, list[str | None]]:
-        """Committed, held, count and tenants of everything but workload ``wid``."""
-        held = [h for h in self.holds.values() if h.workload_id != wid]
-        allocs = [a for a in self.allocs.values() if a.workload.id != wid]
-        tenants = [h.tenant for h in held] + [a.tenant for a in allocs]
-        return total(allocs), total(held), len(held) + len(allocs), tenants
+    # -- the ledger's entries (keep the tallies in step) ------------------------------
+
+    def _put_hold(self, h: Hold) -> None:
+        self._drop_hold(h.round_id)
+        self.holds[h.round_id] = h
+        self._held.add(h.resources, h.tenant)
+
+    def _drop_hold(self, rid: str) -> Hold | None:
+        h = self.holds.pop(rid, None)
+        if h is not None:
+            self._held.add(h.resources, h.tenant, -1)
+        return h
+
+    def _put_alloc(self, a: Allocation) -> None:
+        self._drop_alloc(a.workload.id)
+        self.allocs[a.workload.id] = a
+        self._committed.add(a.resources, a.tenant)
+
+    def _drop_alloc(self, wid: str) -> Allocation | None:
+        a = self.allocs.pop(wid, None)
+        if a is not None:
+            self._committed.add(a.resources, a.tenant, -1)
+        return a
+
+    def _others(self, wid: str, tenant: str | None) -> tuple[Resources, Resources, int, int]:
+        """Committed, held, count, and count of ``tenant``'s, of all but workload ``wid``."""
+        committed, held = _Tally(), _Tally()  # what belongs to wid itself, taken off
+        own = self.allocs.get(wid)
+        if own is not None:
+            committed.add(own.resources, own.tenant)
+        for h in self.holds.values():  # holds are few: the rounds in flight
+            if h.workload_id == wid:
+                held.add(h.resources, h.tenant)
+        c, hd = self._committed, self._held
+        same = c.tenants[tenant] + hd.tenants[tenant] - committed.tenants[tenant]
+        same -= held.tenants[tenant]
+        return (
+            Resources(
+                (c.ucpus - committed.ucpus) / 1_000_000,
+                c.memory - committed.memory,
+                c.disk - committed.disk,
+            ),
+            Resources(
+                (hd.ucpus - held.ucpus) / 1_000_000, hd.memory - held.memory, hd.disk - held.disk
+            ),
+            c.count + hd.count - committed.count - held.count,
+            same,
+        )
 
     def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
-        committed, held, _, _ = self._others(wid)
+        committed, held, _, _ = self._others(wid, None)
         return scoring.evaluate(ask, self._capacity, self._oc, committed, held, self.telemetry)
 
     def bid(self, req: BidRequest, originator: str, now: float, out: list[Effect]) -> Bid:
@@ -152,8 +219,8 @@ class Bidder:
         prev = self._my_bids.get(rid)
         if prev is not None and prev[0] > now:
             return prev[1]  # a repeated request: the same answer, no second hold
-        _, _, count, tenants = self._others(wid)
-        same = 0 if req.tenant is None else sum(t == req.tenant for t in tenants)
+        _, _, count, same = self._others(wid, req.tenant)
+        same = 0 if req.tenant is None else same
         if self.witness:
             v = scoring.Verdict(scoring.NO_BID, "witness runs no workloads", 0)
         elif wid in self.allocs:
@@ -166,7 +233,7 @@ class Bidder:
         expires = now + self._cfg.auction_hold_ttl_s
         if v.score > 0:  # a hold, and the bid behind it (a repeated request gets this answer)
             hold = Hold(rid, wid, req.resources, req.tenant, originator, expires)
-            self.holds[rid] = hold
+            self._put_hold(hold)
             out.append(Persist(HoldPlaced(hold)))
             rec = BidRecord(self._name, bid.score, bid.reason, same, v.mem_free, count, now, v.busy)
             out.append(Persist(BidRecorded(rid, originator, wid, rec)))
@@ -202,7 +269,7 @@ class Bidder:
         if why is not None:
             return why
         alloc = Allocation(w, rid, gen, originator, now, False)
-        self.allocs[w.id] = alloc
+        self._put_alloc(alloc)
         self.confirm_at[w.id] = now + self._cfg.auction_confirm_timeout_s
         out.append(Persist(AllocationCommitted(alloc)))
         committed = total(self.allocs.values())
@@ -225,11 +292,12 @@ class Bidder:
             self.release_hold(m.round_id, "the originator withdrew the award", out)
 
     def release_hold(self, rid: str, why: str, out: list[Effect]) -> None:
-        if self.holds.pop(rid, None) is not None:
+        if self._drop_hold(rid) is not None:
             out.append(Persist(HoldReleased(rid, why)))
 
     def release_alloc(self, wid: str, why: str, out: list[Effect]) -> None:
-        alloc = self.allocs.pop(wid)
+        alloc = self._drop_alloc(wid)
+        assert alloc is not None, wid
         self.confirm_at.pop(wid, None)
         out.append(Persist(AllocationReleased(wid, alloc.generation, why)))
         if alloc.confirmed:
@@ -265,7 +333,7 @@ class Bidder:
                 )
             if not alloc.confirmed:
                 done = dataclasses.replace(alloc, confirmed=True)
-                self.allocs[wid] = done
+                self._put_alloc(done)
                 self.confirm_at.pop(wid, None)
                 out.append(Persist(AllocationCommitted(done)))
                 out.append(Start(done))

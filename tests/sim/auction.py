@@ -80,7 +80,7 @@ from meshd.auction import (
 from meshd.auction import codec as auction_codec
 from meshd.auction.durable import KNOWLEDGE
 from meshd.auction.messages import Accept, AuctionMsg, Refuse, Release, Revoke, Sync
-from meshd.auction.model import GiB
+from meshd.auction.model import GiB, total
 from meshd.config import Config
 from meshd.membership import Deliver
 from tests.sim.harness import MEMBERSHIP, SimNode, Simulation
@@ -418,6 +418,16 @@ class Fleet:
             self.violations.append(
                 f"t={now:.3f} {name} committed {ledger.committed} > {ledger.limit}"
             )
+        # The bidder keeps running totals; they must equal the ledger summed afresh.
+        for kept, items in (
+            (ledger.committed, ledger.allocations.values()),
+            (ledger.held, ledger.holds.values()),
+        ):
+            fresh = total(items)
+            if (kept.memory, kept.disk) != (fresh.memory, fresh.disk) or abs(
+                kept.cpus - fresh.cpus
+            ) > 1e-6:
+                self.violations.append(f"t={now:.3f} {name} running total {kept} != {fresh}")
         for h in ledger.holds.values():
             if h.expires_at < now:
                 self.violations.append(f"t={now:.3f} {name} still holds {h.round_id} past expiry")
