@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 STATE_BROADCAST = "workload.state"
+ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction_sync_interval_s
 _SPEC_KEYS = (
     "command",
     "image",
@@ -186,7 +187,7 @@ class WorkloadRunner:
         placement = self.node.placement
         if placement is None:
             return None
-        return placement.core.ledger().allocations.get(wid)
+        return placement.core.allocation(wid)
 
     def _owned(self, wid: str) -> tuple[Allocation, Driver]:
         alloc = self._allocation(wid)
@@ -270,11 +271,23 @@ class WorkloadRunner:
             logger.warning("workload state too large to gossip id=%s", wid)
 
     async def _announce_periodically(self) -> None:
+        """Anti-entropy for states: each interval, re-announce a few of ours in turn.
+
+        At most ANNOUNCE_PER_INTERVAL per interval, so a node running hundreds of
+        workloads does not flood the gossip queue every interval; each state still
+        goes out again every ceil(owned / ANNOUNCE_PER_INTERVAL) intervals.
+        """
+        turn = 0
         while True:
             await asyncio.sleep(self.node.cfg.auction_sync_interval_s)
-            for wid, entry in list(self.states.items()):
-                if entry.get("node") == self.node.ident.name:
-                    self._announce(wid)
+            me = self.node.ident.name
+            ours = sorted(wid for wid, e in self.states.items() if e.get("node") == me)
+            if not ours:
+                continue
+            start = (turn * ANNOUNCE_PER_INTERVAL) % len(ours)
+            for wid in (ours[start:] + ours[:start])[:ANNOUNCE_PER_INTERVAL]:
+                self._announce(wid)
+            turn += 1
 
     def _on_gossip(self, payload: bytes, origin: str) -> None:
         try:

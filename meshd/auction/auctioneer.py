@@ -91,6 +91,7 @@ from meshd.auction.model import (
     FAILED,
     FINAL_STATES,
     WAITING,
+    Allocation,
     AwardRecord,
     Capacity,
     InvariantBreach,
@@ -288,6 +289,10 @@ class Auctioneer:
         """Committed + held on this node, against its capacity."""
         return self._book.ledger()
 
+    def allocation(self, workload_id: str) -> Allocation | None:
+        """This node's allocation of one workload (without copying the whole ledger)."""
+        return self._book.allocs.get(workload_id)
+
     def rounds(self) -> list[RoundRecord]:
         """History, oldest first: finished rounds and the live ones as they stand."""
         recs = dict(self._records)
@@ -295,6 +300,13 @@ class Auctioneer:
             if a.round is not None:
                 recs[a.round.rid] = snapshot(a, a.round, self._name)
         return list(recs.values())
+
+    def round_record(self, round_id: str) -> RoundRecord | None:
+        """One round as it stands (live or finished), without copying the history."""
+        a = self._by_round.get(round_id)
+        if a is not None and a.round is not None and a.round.rid == round_id:
+            return snapshot(a, a.round, self._name)
+        return self._records.get(round_id)
 
     def remove(self, workload_id: str, now: float) -> tuple[Placement, list[Effect]]:
         """Remove a placed workload: a tombstone at the next generation, confirmed to all.
