@@ -126,7 +126,7 @@ _PUSH_PULL_SCALE_THRESHOLD = 32
 # Bounds on what peers can make us hold: ping-reqs in flight, queued broadcasts,
 # remembered broadcast ids. Sizes, not timings.
 _MAX_RELAYS = 1024
-_MAX_QUEUE = 8192
+_MAX_QUEUE = 1024
 _MAX_SEEN = 65536
 
 
@@ -362,6 +362,7 @@ class Membership:
             )
         self._remember(u, now)
         self._queue.push(u, size, born=now)
+        self._bound_queue()
         return []
 
     def leave(self, now: float) -> list[Effect]:
@@ -659,6 +660,7 @@ class Membership:
         self._remember(u, now)
         if not self._left:
             self._queue.push(u, codec.update_size(u), born=now)
+            self._bound_queue()
         if u.origin != self._name:
             out.append(Deliver(u.kind, u.payload, u.origin))
 
@@ -744,6 +746,12 @@ class Membership:
         if self._left and u.name != self._name:
             return
         self._queue.push(u, codec.update_size(u), key=u.name)
+        self._bound_queue()
+
+    def _bound_queue(self) -> None:
+        # Gossip carries ~gossip_nodes/gossip_interval_s datagrams of updates a second:
+        # more queued than that can send within their retransmits only costs time (each
+        # datagram is filled from the least-sent tier). Drop the most-sent first.
         if len(self._queue) > _MAX_QUEUE:
             self._queue.prune(_MAX_QUEUE)
 

@@ -24,6 +24,7 @@ from meshd.membership import (
     MemberState,
     Send,
     codec,
+    swim,
 )
 from meshd.membership.messages import (
     Ack,
@@ -283,6 +284,16 @@ def test_broadcast_must_fit_a_datagram() -> None:
     mesh = joined(2)
     with pytest.raises(ValueError, match="max_gossip_bytes"):
         mesh.cores["n1"].broadcast("big", b"x" * mesh.cfg.max_gossip_bytes, mesh.now)
+
+
+def test_a_flood_of_broadcasts_keeps_the_queue_bounded() -> None:
+    """Gossip sends a few datagrams a second; a queue of more than it can send would
+    only cost time (each datagram is filled from its least-sent tier)."""
+    mesh = joined(2)
+    n1 = mesh.cores["n1"]
+    for i in range(3 * swim._MAX_QUEUE):
+        n1.broadcast("flood", i.to_bytes(4, "big"), mesh.now)
+    assert n1.pending_broadcasts() <= swim._MAX_QUEUE
 
 
 def test_dead_members_are_forgotten_after_reclaim() -> None:
