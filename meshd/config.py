@@ -193,6 +193,10 @@ class Config:
     # Anti-entropy: every interval the shell sends the full placement view to one random
     # member, so nodes that missed a confirmation (partition, restart) converge.
     auction_sync_interval_s: float = 10.0
+    # While this node's own auctions are in flight, a new submission waits this long
+    # so the ones arriving together start together and share datagrams (an idle
+    # originator starts at once: a lone submission never waits).
+    auction_batch_linger_s: float = 0.005
     # Holds, bids and this node's copy of the placement view are written to the store
     # in groups, at most this long after they changed (promises are written at once;
     # see meshd/journal.py for why losing these moments to a crash is safe).

@@ -18,7 +18,7 @@ stores them as JSON blobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshd.auction import durable as d
@@ -27,7 +27,16 @@ from meshd.auction import messages as m
 from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
 from meshd.auction.model import Allocation
 
-__all__ = ["MAX_DATAGRAM", "decode", "dump_record", "encode", "fits_datagram", "load_record"]
+__all__ = [
+    "MAX_DATAGRAM",
+    "bundle",
+    "decode",
+    "decode_all",
+    "dump_record",
+    "encode",
+    "fits_datagram",
+    "load_record",
+]
 
 
 def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
@@ -178,6 +187,52 @@ _RECORDS: dict[str, Callable[[dict[str, Any]], d.Record]] = {
 
 def decode(data: bytes) -> m.AuctionMsg:
     result: m.AuctionMsg = v.load(data, "t", _MESSAGES)
+    return result
+
+
+# -- bundles: several messages to one node in one datagram ---------------------------
+
+MAX_BUNDLE = 32  # messages in one bundle
+_BUNDLE_HEAD, _BUNDLE_TAIL = b'{"t":"many","m":[', b"]}"
+BUNDLE_OVERHEAD = len(_BUNDLE_HEAD) + len(_BUNDLE_TAIL)
+
+
+def bundle(frames: Sequence[bytes]) -> bytes:
+    """Encoded messages (from :func:`encode`) as one frame; one message stays itself."""
+    if len(frames) == 1:
+        return frames[0]
+    if not 1 < len(frames) <= MAX_BUNDLE:
+        raise ValueError(f"a bundle holds 2..{MAX_BUNDLE} messages")
+    return _BUNDLE_HEAD + b",".join(frames) + _BUNDLE_TAIL
+
+
+def _many(o: dict[str, Any]) -> list[m.AuctionMsg]:
+    items = o["m"]
+    if not isinstance(items, list) or not 1 < len(items) <= MAX_BUNDLE:
+        raise v.Bad(f"a bundle holds 2..{MAX_BUNDLE} messages")
+    out = []
+    for item in items:
+        tag = item.get("t") if isinstance(item, dict) else None
+        fn = _MESSAGES.get(tag) if isinstance(tag, str) else None
+        if fn is None:  # unknown, or a bundle inside a bundle
+            raise v.Bad("a bundle holds only known messages")
+        out.append(fn(item))
+    return out
+
+
+def _one(fn: Callable[[dict[str, Any]], m.AuctionMsg]) -> Callable[[dict[str, Any]], list[Any]]:
+    return lambda o: [fn(o)]
+
+
+_FRAMES: dict[str, Callable[[dict[str, Any]], list[m.AuctionMsg]]] = {
+    **{tag: _one(fn) for tag, fn in _MESSAGES.items()},
+    "many": _many,
+}
+
+
+def decode_all(data: bytes) -> list[m.AuctionMsg]:
+    """The messages of one frame: a single message, or each one of a :func:`bundle`."""
+    result: list[m.AuctionMsg] = v.load(data, "t", _FRAMES)
     return result
 
 

@@ -18,9 +18,11 @@ Confirm        broadcast  the placement, to every member (direct and by gossip)
 Sync           reliable   anti-entropy: a full placement view (``reply`` on the answer)
 =============  =========  ==============================================================
 
-(*) An ``Award`` that does not fit one datagram (a large spec) goes over the reliable
-channel. Either way the originator re-sends it until the winner answers, and the
-winner answers every copy, so the award/answer pair survives a lost datagram.
+Datagrams may carry several messages to one node (a bundle, ``codec.bundle``; the
+placement shell's outbox makes them). (*) An ``Award`` that does not fit one
+datagram (a large spec) goes over the reliable channel. Either way the originator
+re-sends it until the winner answers, and the winner answers every copy, so the
+award/answer pair survives a lost datagram.
 
 ``Confirm`` is the placement confirmation the design calls "Placement"; it carries a
 :class:`~meshd.auction.model.Placement`, whose name the message can't reuse.

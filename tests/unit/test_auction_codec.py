@@ -169,3 +169,42 @@ def test_mutated_messages_raise_only_envelope_error(base: dict, key: str, value:
     mutated[key if key else "t"] = value
     with contextlib.suppress(EnvelopeError):
         codec.decode(json.dumps(mutated).encode())
+
+
+# -- bundles ---------------------------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from(MESSAGES[:-2]), min_size=1, max_size=codec.MAX_BUNDLE))
+def test_a_bundle_gives_back_its_messages_in_order(msgs: list[AuctionMsg]) -> None:
+    frame = codec.bundle([codec.encode(m) for m in msgs])
+    assert codec.decode_all(frame) == msgs
+
+
+def test_a_single_message_is_sent_as_itself() -> None:
+    one = codec.encode(MESSAGES[0])
+    assert codec.bundle([one]) == one
+    assert codec.decode_all(one) == [MESSAGES[0]]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"t":"many","m":[]}',  # empty
+        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"}]}',  # one: never built
+        b'{"t":"many","m":"rel"}',
+        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"t":"many","m":[]}]}',
+        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"t":"nope"}]}',
+        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},7]}',
+        b'{"t":"many","m":[' + b",".join([b'{"t":"rel","r":"n1-00000000abcd"}'] * 33) + b"]}",
+    ],
+)
+def test_a_bad_bundle_raises_envelope_error(frame: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        codec.decode_all(frame)
+
+
+def test_decode_does_not_take_bundles() -> None:
+    """Bundles are for datagrams only; the reliable channel and gossip carry one message."""
+    frame = codec.bundle([codec.encode(MESSAGES[4]), codec.encode(MESSAGES[6])])
+    with pytest.raises(EnvelopeError):
+        codec.decode(frame)
