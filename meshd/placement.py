@@ -145,6 +145,10 @@ class PlacementShell:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(PlacementError("meshd is stopping; the auction was abandoned"))
+        for _, ready in self._queued:
+            if not ready.done():
+                ready.set_exception(PlacementError("meshd is stopping; the auction never started"))
+        self._queued.clear()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -262,7 +266,13 @@ class PlacementShell:
         now = self.node.clock()
         effects: list[Effect] = []
         for workload, ready in queued:
-            aid, started = self.core.submit(workload, members, now)
+            try:
+                aid, started = self.core.submit(workload, members, now)
+            except Exception as exc:  # a bug in one must not strand the others
+                logger.exception("starting an auction failed workload=%s", workload.id)
+                if not ready.done():
+                    ready.set_exception(PlacementError(f"the auction could not start: {exc}"))
+                continue
             if aid not in self._waiting:
                 self._waiting[aid] = asyncio.get_running_loop().create_future()
             effects += started
