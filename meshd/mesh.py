@@ -463,8 +463,8 @@ class Mesh:
             interval = self.node.cfg.revocation_sync_interval_s
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             records = stored_revocations.records(self.node.store)
-            peers = sorted(self.live_names() - {self.node.ident.name})
-            addr = self.address_of(rng.choice(peers)) if peers else None
+            peer = self.random_peer(rng)
+            addr = self.address_of(peer) if peer is not None else None
             if records and addr is not None:
                 await self.post(addr, REVOCATIONS_PATH, revocation.bundle(records))
 
@@ -512,6 +512,15 @@ class Mesh:
         if self.membership is None:
             return {self.node.ident.name}
         return {m.name for m in self.membership.members() if m.state.live}
+
+    def live_peers(self) -> set[str]:
+        """Live members other than this node."""
+        return self.live_names() - {self.node.ident.name}
+
+    def random_peer(self, rng: random.Random) -> str | None:
+        """One live member other than this node, for anti-entropy; None when alone."""
+        peers = sorted(self.live_peers())
+        return rng.choice(peers) if peers else None
 
     # -- names ----------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ class PlacementShell:
             witness=cfg.witness,
         )
         self.journal = AuctionJournal(node.store, cfg.auction_journal_lag_s)
-        self.outbox = Outbox(self._sign, self._send_signed, self._others)
+        self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
         self._start_due = False
@@ -171,9 +171,9 @@ class PlacementShell:
         interval = min(self.node.cfg.auction_sync_interval_s, 2.0)
         while True:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
-            peers = sorted(self.mesh.live_names() - {self.node.ident.name})
-            if peers:
-                self._send_reliable(rng.choice(peers), self.core.anti_entropy())
+            peer = self.mesh.random_peer(rng)
+            if peer is not None:
+                self._send_reliable(peer, self.core.anti_entropy())
             # A push-pull of the whole view costs ~60 us of CPU per placement (encode,
             # decode, merge, both ways): the interval stretches with the view so that
             # anti-entropy, a backstop, stays near 0.3 % of a core however many run.
@@ -458,9 +458,6 @@ class PlacementShell:
     def _local(self, msg: AuctionMsg) -> None:
         # Messages to ourselves skip the network but not the loop: no re-entrancy.
         asyncio.get_running_loop().call_soon(self._receive, msg, self.node.ident.name)
-
-    def _others(self) -> set[str]:
-        return self.mesh.live_names() - {self.node.ident.name}
 
     def _sign(self, body: bytes) -> bytes:
         return self.mesh.signer.sign(AUCTION_KIND, body, self.node.clock(), compact=True)
