@@ -79,6 +79,10 @@ def _forget_until(memo: dict[Any, Any], live: Callable[[Any], bool]) -> None:
         del memo[key]
 
 
+def _ucpus(r: Resources) -> int:
+    return round(r.cpus * 1_000_000)
+
+
 class _Tally:
     """Running totals of holds or allocations, so a bid costs O(1), not O(ledger).
 
@@ -91,7 +95,7 @@ class _Tally:
         self.tenants: Counter[str | None] = Counter()
 
     def add(self, r: Resources, tenant: str | None, sign: int = 1) -> None:
-        self.ucpus += sign * round(r.cpus * 1_000_000)
+        self.ucpus += sign * _ucpus(r)
         self.memory += sign * r.memory
         self.disk += sign * r.disk
         self.count += sign
@@ -186,26 +190,25 @@ class Bidder:
 
     def _others(self, wid: str, tenant: str | None) -> tuple[Resources, Resources, int, int]:
         """Committed, held, count, and count of ``tenant``'s, of all but workload ``wid``."""
-        committed, held = _Tally(), _Tally()  # what belongs to wid itself, taken off
+        c, hd = self._committed, self._held
+        c_ucpus, c_mem, c_disk = c.ucpus, c.memory, c.disk
+        h_ucpus, h_mem, h_disk = hd.ucpus, hd.memory, hd.disk
+        count = c.count + hd.count
+        same = c.tenants[tenant] + hd.tenants[tenant]
         own = self.allocs.get(wid)
-        if own is not None:
-            committed.add(own.resources, own.tenant)
+        if own is not None:  # take what belongs to wid itself off
+            r = own.resources
+            c_ucpus, c_mem, c_disk = c_ucpus - _ucpus(r), c_mem - r.memory, c_disk - r.disk
+            count, same = count - 1, same - (own.tenant == tenant)
         for h in self.holds.values():  # holds are few: the rounds in flight
             if h.workload_id == wid:
-                held.add(h.resources, h.tenant)
-        c, hd = self._committed, self._held
-        same = c.tenants[tenant] + hd.tenants[tenant] - committed.tenants[tenant]
-        same -= held.tenants[tenant]
+                r = h.resources
+                h_ucpus, h_mem, h_disk = h_ucpus - _ucpus(r), h_mem - r.memory, h_disk - r.disk
+                count, same = count - 1, same - (h.tenant == tenant)
         return (
-            Resources(
-                (c.ucpus - committed.ucpus) / 1_000_000,
-                c.memory - committed.memory,
-                c.disk - committed.disk,
-            ),
-            Resources(
-                (hd.ucpus - held.ucpus) / 1_000_000, hd.memory - held.memory, hd.disk - held.disk
-            ),
-            c.count + hd.count - committed.count - held.count,
+            Resources(c_ucpus / 1_000_000, c_mem, c_disk),
+            Resources(h_ucpus / 1_000_000, h_mem, h_disk),
+            count,
             same,
         )
 
