@@ -29,10 +29,10 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meshd.drivers.base import DriverError, WorkloadSpec, WorkloadState
 from meshd.drivers.procfs import DEAD, boot_id, read_stat
@@ -43,6 +43,7 @@ OVERLAY_NAME = "overlay.qcow2"
 RUN_NAME = "run.json"
 EXIT_NAME = "exit.json"
 LAUNCH_ERR_NAME = "launch.err"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,13 +126,7 @@ async def run_tool(argv: list[str], what: str, timeout_s: float) -> str:
         )
     except OSError as exc:
         raise DriverError(f"{what}: cannot run {argv[0]} ({exc.strerror})") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError as exc:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise DriverError(f"{what}: {argv[0]} did not finish within {timeout_s:g} s") from exc
+    out, err = await _within(proc, proc.communicate(), argv[0], what, timeout_s)
     if proc.returncode != 0:
         msg = err.decode(errors="replace").strip().splitlines()
         raise DriverError(f"{what}: {msg[-1] if msg else f'exit code {proc.returncode}'}")
@@ -156,15 +151,26 @@ async def run_daemonizing(argv: list[str], what: str, errors: Path, timeout_s: f
             )
     except OSError as exc:
         raise DriverError(f"{what}: cannot run {argv[0]} ({exc.strerror})") from exc
-    try:
-        code = await asyncio.wait_for(proc.wait(), timeout_s)
-    except TimeoutError as exc:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise DriverError(f"{what}: {argv[0]} did not finish within {timeout_s:g} s") from exc
+    code = await _within(proc, proc.wait(), argv[0], what, timeout_s)
     if code != 0:
         raise DriverError(f"{what}: {_last_line(errors) or f'exit code {code}'}")
+
+
+async def _within(
+    proc: asyncio.subprocess.Process,
+    done: Awaitable[T],
+    program: str,
+    what: str,
+    timeout_s: float,
+) -> T:
+    """``done`` (the process's output or exit), or kill it after ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(done, timeout_s)
+    except TimeoutError as exc:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+            proc.kill()
+        await proc.wait()
+        raise DriverError(f"{what}: {program} did not finish within {timeout_s:g} s") from exc
 
 
 def _last_line(path: Path) -> str:
