@@ -288,6 +288,11 @@ class Config:
                 "auction_hold_ttl_s must exceed auction_window_s + 2 x auction_award_timeout_s "
                 "(a hold must outlive the window and both award attempts)"
             )
+        if self.auction_batch_linger_s < 0:
+            raise ConfigError(
+                f"auction_batch_linger_s must be 0 (no batching) or more, "
+                f"got {self.auction_batch_linger_s!r}"
+            )
         if self.auction_award_resend_s >= self.auction_award_timeout_s:
             raise ConfigError(
                 "auction_award_resend_s must be shorter than auction_award_timeout_s "
