@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -117,6 +118,21 @@ def throughput(
     return sum(done) / (time.monotonic() - start), sum(failed)
 
 
+def emit(figure: str, nodes: int, **fields: Any) -> None:
+    """One JSON line of this benchmark's output."""
+    doc = {"bench": "placement", "figure": figure, "nodes": nodes, **fields}
+    print(json.dumps(doc), flush=True)
+
+
+def _latency(ms: list[float]) -> dict[str, Any]:
+    return {
+        "p50": round(statistics.median(ms), 2),
+        "p99": round(_pct(ms, 0.99), 2),
+        "n": len(ms),
+        "unit": "ms",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=16)
@@ -129,53 +145,25 @@ def main() -> None:
         try:
             nodes = _start_mesh(mesh, args.nodes)
             decided, submit_ms = decisions(nodes, args.decisions)
-            print(
-                json.dumps(
-                    {
-                        "bench": "placement",
-                        "figure": "decision_ms",
-                        "nodes": args.nodes,
-                        "p50": round(statistics.median(decided), 2),
-                        "p99": round(_pct(decided, 0.99), 2),
-                        "n": len(decided),
-                        "of": args.decisions,
-                        "unit": "ms",
-                        "means": "submit until recorded on every member",
-                    }
-                ),
-                flush=True,
+            emit(
+                "decision_ms",
+                args.nodes,
+                **_latency(decided),
+                of=args.decisions,
+                means="submit until recorded on every member",
             )
-            print(
-                json.dumps(
-                    {
-                        "bench": "placement",
-                        "figure": "submit_ms",
-                        "nodes": args.nodes,
-                        "p50": round(statistics.median(submit_ms), 2),
-                        "p99": round(_pct(submit_ms, 0.99), 2),
-                        "n": len(submit_ms),
-                        "unit": "ms",
-                        "means": "what the submitting client waited",
-                    }
-                ),
-                flush=True,
-            )
+            waited = "what the submitting client waited"
+            emit("submit_ms", args.nodes, **_latency(submit_ms), means=waited)
             for clients in (int(c) for c in args.clients.split(",")):
                 rate, failed = throughput(nodes, args.seconds, clients=clients)
-                print(
-                    json.dumps(
-                        {
-                            "bench": "placement",
-                            "figure": "throughput_per_s",
-                            "nodes": args.nodes,
-                            "originators": 4,
-                            "clients_per_originator": clients,
-                            "value": round(rate, 1),
-                            "failed": failed,
-                            "seconds": args.seconds,
-                        }
-                    ),
-                    flush=True,
+                emit(
+                    "throughput_per_s",
+                    args.nodes,
+                    originators=4,
+                    clients_per_originator=clients,
+                    value=round(rate, 1),
+                    failed=failed,
+                    seconds=args.seconds,
                 )
         finally:
             mesh.close()
