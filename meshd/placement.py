@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
-SYNC_S_PER_PLACEMENT = 0.02  # anti-entropy interval per placement known (see below)
 DRIVERS = ("process", "qemu", "firecracker")
 # What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
 SPEC_FIELDS = (
@@ -167,18 +166,15 @@ class PlacementShell:
     async def _anti_entropy(self) -> None:
         rng = random.Random()  # noqa: S311 - peer choice
         # The first exchange comes soon: a node that was down catches up on what was
-        # placed meanwhile (push-pull: the peer answers with its whole view).
+        # placed meanwhile. At rest an exchange is a Digest datagram each way; only
+        # the buckets that differ travel (meshd.auction.digest).
         interval = min(self.node.cfg.auction_sync_interval_s, 2.0)
         while True:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             peer = self.mesh.random_peer(rng)
             if peer is not None:
-                self._send_reliable(peer, self.core.anti_entropy())
-            # A push-pull of the whole view costs ~60 us of CPU per placement (encode,
-            # decode, merge, both ways): the interval stretches with the view so that
-            # anti-entropy, a backstop, stays near 0.3 % of a core however many run.
-            base = self.node.cfg.auction_sync_interval_s
-            interval = max(base, len(self.core.placements()) * SYNC_S_PER_PLACEMENT)
+                self._apply([Send(peer, self.core.anti_entropy(), False)])
+            interval = self.node.cfg.auction_sync_interval_s
 
     # -- submitting -----------------------------------------------------------------
 

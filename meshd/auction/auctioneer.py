@@ -51,9 +51,13 @@ Where meshd departs from the design's letter
 * **Idempotency.** ``submit`` of a placed workload id returns ``Decided`` at once;
   of one already in an auction here, that auction's id. The shell must send one
   workload id to one originator (it maps client idempotency keys to ids).
-* Anti-entropy (``Sync``, full view, push-pull with one random member every
-  ``auction_sync_interval_s``) is driven by the shell through :meth:`anti_entropy`;
-  a node that hears a stale ``Confirm`` answers with the newer placement at once.
+* Anti-entropy is driven by the shell through :meth:`anti_entropy`: every
+  ``auction_sync_interval_s`` it sends one random member a ``Digest`` of the view
+  (:mod:`.digest`, bucket sums). The member answers with its own ``Digest`` and a
+  ``Sync`` of the placements in the buckets that differ; the first node then sends
+  its placements of the buckets that still differ. Both merge, so both converge,
+  and a node at rest sends one datagram per exchange, not its whole view. A node
+  that hears a stale ``Confirm`` answers with the newer placement at once.
 
 ``now`` is wall-clock seconds: hold expiries and commit times are persisted.
 """
@@ -69,6 +73,7 @@ from types import MappingProxyType
 
 from meshd.auction import candidates, codec, ranking
 from meshd.auction.bidder import Bidder, clip
+from meshd.auction.digest import ViewDigest, bucket_of
 from meshd.auction.durable import DurableState, PlacementRecorded, RoundRecorded
 from meshd.auction.effects import Broadcast, Decided, Effect, Failed, Persist, Send
 from meshd.auction.messages import (
@@ -78,6 +83,7 @@ from meshd.auction.messages import (
     Bid,
     BidRequest,
     Confirm,
+    Digest,
     Refuse,
     Release,
     Revoke,
@@ -130,6 +136,7 @@ class Auctioneer:
         self._cfg, self._name, self._rng, self._log = cfg, name, rng, log
         self._book = Bidder(cfg, name, capacity, log, witness)
         self._view: dict[str, Placement] = {}
+        self._digest = ViewDigest()
         self._auctions: dict[str, Auction] = {}
         self._by_round: dict[str, Auction] = {}
         self._records: dict[str, RoundRecord] = {}
@@ -152,6 +159,7 @@ class Auctioneer:
         """Rebuild after a restart from what the Persist effects recorded."""
         core = cls(cfg, name, capacity, rng, now, log, witness)
         core._view = dict(durable.placements)
+        core._digest = ViewDigest(core._view.values())
         for p in core._view.values():
             core._raise_floor(p.workload_id, p.generation)
         core._book.restore(durable, now, core._pending)
@@ -227,12 +235,18 @@ class Auctioneer:
             self._on_refuse(m, sender, now, out)
         elif isinstance(m, Confirm):
             if self._adopt(m.placement, out) == "stale":
-                out.append(Send(sender, Confirm(self._view[m.placement.workload_id]), True))
+                self._confirm_to(sender, self._view[m.placement.workload_id], out)
+        elif isinstance(m, Digest):
+            differing = self._digest.differing(m.sums)
+            if differing and not m.reply:
+                out.append(Send(sender, Digest(self._digest.sums(), True), False))
+            if differing:
+                self._send_sync(sender, self._in_buckets(differing), out)
         elif isinstance(m, Sync):
             for p in m.placements:
                 self._adopt(p, out)
             if not m.reply:
-                out.append(Send(sender, Sync(tuple(self._view.values()), True), True))
+                self._send_sync(sender, tuple(self._view.values()), out)
         elif isinstance(m, Release):
             h = self._book.holds.get(m.round_id)
             if h is not None and h.originator == sender:
@@ -331,9 +345,20 @@ class Auctioneer:
         self._log.info("auction removed workload=%s generation=%d", workload_id, tomb.generation)
         return tomb, out
 
-    def anti_entropy(self) -> Sync:
-        """The full placement view, for the shell to push to one random member."""
-        return Sync(tuple(self._view.values()), False)
+    def anti_entropy(self) -> Digest:
+        """A summary of the view, for the shell to send to one random member."""
+        return Digest(self._digest.sums(), False)
+
+    def _in_buckets(self, buckets: frozenset[int]) -> tuple[Placement, ...]:
+        return tuple(p for wid, p in self._view.items() if bucket_of(wid) in buckets)
+
+    def _send_sync(self, to: str, placements: tuple[Placement, ...], out: list[Effect]) -> None:
+        msg = Sync(placements, True)
+        out.append(Send(to, msg, not codec.fits_datagram(msg)))
+
+    def _confirm_to(self, to: str, p: Placement, out: list[Effect]) -> None:
+        msg = Confirm(p)
+        out.append(Send(to, msg, not codec.fits_datagram(msg)))
 
     # -- originator --------------------------------------------------------------------
 
@@ -494,7 +519,7 @@ class Auctioneer:
         cur = self._view.get(m.workload_id)
         if aw.outcome == "accepted":  # a repeat: the winner may have missed the Confirm
             if cur is not None and (cur.owner, cur.generation) == (sender, m.generation):
-                out.append(Send(sender, Confirm(cur), True))
+                self._confirm_to(sender, cur, out)
             return
         live = any(x.workload.id == m.workload_id for x in self._auctions.values())
         if aw.outcome != "pending" or rec.state != ABANDONED or live:
@@ -503,7 +528,7 @@ class Auctioneer:
         # The award of a round this node abandoned when it restarted: confirm it.
         if cur is not None and cur.generation >= m.generation:
             if cur.generation > m.generation:
-                out.append(Send(sender, Confirm(cur), True))
+                self._confirm_to(sender, cur, out)
             return
         p = Placement(
             m.workload_id,
@@ -626,6 +651,7 @@ class Auctioneer:
             self._book.reconcile(p, False, out)
             return "same"
         self._view[wid] = p
+        self._digest.replace(cur, p)
         self._raise_floor(wid, p.generation)
         out.append(Persist(PlacementRecorded(p)))
         self._book.reconcile(p, True, out)

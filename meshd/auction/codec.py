@@ -24,6 +24,7 @@ from typing import Any
 from meshd.auction import durable as d
 from meshd.auction import fields as v
 from meshd.auction import messages as m
+from meshd.auction.digest import BUCKETS
 from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
 from meshd.auction.model import Allocation
 
@@ -82,6 +83,8 @@ def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
         }
     if isinstance(msg, m.Confirm):
         return {"t": "conf", "p": v.placement(msg.placement)}
+    if isinstance(msg, m.Digest):
+        return {"t": "dig", "s": "".join(f"{x:016x}" for x in msg.sums), "reply": msg.reply}
     return {"t": "sync", "ps": [v.placement(p) for p in msg.placements], "reply": msg.reply}
 
 
@@ -158,6 +161,7 @@ _MESSAGES: dict[str, Callable[[dict[str, Any]], m.AuctionMsg]] = {
         v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"]), v.text(o["why"], MAX_TEXT, True)
     ),
     "conf": lambda o: m.Confirm(v.to_placement(o["p"])),
+    "dig": lambda o: m.Digest(v.to_sums(o["s"], BUCKETS), v.flag(o["reply"])),
     "sync": lambda o: m.Sync(tuple(map(v.to_placement, v.array(o["ps"]))), v.flag(o["reply"])),
 }
 

@@ -158,6 +158,13 @@ def array(v: Any, n: int | None = None) -> list[Any]:
     return v
 
 
+def to_sums(v: Any, n: int) -> tuple[int, ...]:
+    """``n`` 64-bit sums as one string of 16 lower-case hex digits each."""
+    if not isinstance(v, str) or len(v) != 16 * n or v.strip("0123456789abcdef"):
+        raise Bad("bad sums")
+    return tuple(int(v[i : i + 16], 16) for i in range(0, 16 * n, 16))
+
+
 def to_res(v: Any) -> Resources:
     c, mem, disk = array(v, 3)
     return Resources(num(c), count(mem), count(disk))

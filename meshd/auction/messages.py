@@ -15,14 +15,17 @@ Accept         datagram   winner → originator: committed durably at ``generati
 Refuse         datagram   winner → originator: can't host it after all, and why
 Revoke         reliable   originator → a silent winner: that award is withdrawn
 Confirm        broadcast  the placement, to every member (direct and by gossip)
-Sync           reliable   anti-entropy: a full placement view (``reply`` on the answer)
+Digest         datagram   anti-entropy: the view's bucket sums (``reply`` on the answer)
+Sync           (*)        anti-entropy: the placements of the buckets that differ
 =============  =========  ==============================================================
 
 Datagrams may carry several messages to one node (a bundle, ``codec.bundle``; the
-placement shell's outbox makes them). (*) An ``Award`` that does not fit one
-datagram (a large spec) goes over the reliable channel. Either way the originator
-re-sends it until the winner answers, and the winner answers every copy, so the
-award/answer pair survives a lost datagram.
+placement shell's outbox makes them). (*) An ``Award`` or ``Sync`` that does not fit
+one datagram (a large spec, many placements) goes over the reliable channel. Either
+way the originator re-sends an award until the winner answers, and the winner
+answers every copy, so the award/answer pair survives a lost datagram. A ``Confirm``
+sent to one node (correcting a stale one, answering a repeated ``Accept``) is a
+datagram too when it fits: gossip and anti-entropy back it up.
 
 ``Confirm`` is the placement confirmation the design calls "Placement"; it carries a
 :class:`~meshd.auction.model.Placement`, whose name the message can't reuse.
@@ -97,9 +100,23 @@ class Confirm:
 
 
 @dataclass(frozen=True, slots=True)
+class Digest:
+    """The sender's view in :data:`~meshd.auction.digest.BUCKETS` bucket sums."""
+
+    sums: tuple[int, ...]
+    reply: bool = False  # an answer: don't answer it with another Digest
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
+    """Placements for the receiver to merge: a whole view, or the buckets that differ.
+
+    A ``Sync`` without ``reply`` (a whole view, as older nodes push it) is answered
+    with this node's whole view.
+    """
+
     placements: tuple[Placement, ...]
     reply: bool = False
 
 
-AuctionMsg = BidRequest | Bid | Release | Award | Accept | Refuse | Revoke | Confirm | Sync
+AuctionMsg = BidRequest | Bid | Release | Award | Accept | Refuse | Revoke | Confirm | Digest | Sync

@@ -79,7 +79,7 @@ from meshd.auction import (
 )
 from meshd.auction import codec as auction_codec
 from meshd.auction.durable import KNOWLEDGE
-from meshd.auction.messages import Accept, AuctionMsg, Refuse, Release, Revoke, Sync
+from meshd.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, Revoke, Sync
 from meshd.auction.model import GiB, total
 from meshd.config import Config
 from meshd.membership import Deliver
@@ -111,6 +111,8 @@ def describe(msg: AuctionMsg) -> str:
     if isinstance(msg, Confirm):
         p = msg.placement
         return f"confirm {p.workload_id} -> {p.owner} gen {p.generation}"
+    if isinstance(msg, Digest):
+        return f"digest{' reply' if msg.reply else ''}"
     return f"sync {len(msg.placements)}{' reply' if msg.reply else ''}"
 
 
@@ -163,7 +165,7 @@ class AuctionNode:
             self.next_sync = now + self.fleet.cfg.auction_sync_interval_s
             target = self.fleet.sync_target(self.node.name, self.rng)
             if target is not None:
-                out.append(Send(target, self.core.anti_entropy(), True))
+                out.append(Send(target, self.core.anti_entropy(), False))
         return self.fleet.step(self, out)
 
     def next_deadline(self) -> float:
@@ -325,7 +327,7 @@ class Fleet:
         kind = type(msg).__name__
         sim.sent[kind] += 1
         self.messages[kind] += 1
-        if sim.trace_enabled and not isinstance(msg, Sync):
+        if sim.trace_enabled and not isinstance(msg, Sync | Digest):
             sim._record(node.name, f"-> {to} {describe(msg)}")
         if to not in sim.nodes:
             return

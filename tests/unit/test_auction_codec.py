@@ -20,6 +20,7 @@ from meshd.auction.messages import (
     Bid,
     BidRequest,
     Confirm,
+    Digest,
     Refuse,
     Release,
     Revoke,
@@ -71,6 +72,8 @@ MESSAGES: list[AuctionMsg] = [
     Confirm(P),
     Sync((P, Placement("w-2", "db", "n5", 1, "r", "n5", 0.0, RES, "t")), True),
     Sync((), False),
+    Digest((*range(31), 2**64 - 1), False),
+    Digest((0,) * 32, True),
 ]
 
 RECORDS: list[d.Record] = [
@@ -104,6 +107,7 @@ def test_longest_bid_fits_one_datagram() -> None:
     assert len(codec.encode(bid)) < codec.MAX_DATAGRAM
     req = BidRequest(rid, "w" * 255, "t" * 255, Resources(1e6, 2**62, 2**62), 0.25)
     assert len(codec.encode(req)) < codec.MAX_DATAGRAM
+    assert codec.fits_datagram(Digest((2**64 - 1,) * 32, True))
 
 
 @pytest.mark.parametrize(
@@ -128,6 +132,10 @@ def test_longest_bid_fits_one_datagram() -> None:
         b'{"t":"req","r":"x","w":"w","tn":null,"res":[1e999,1,1],"win":0.25}',
         b'{"t":"conf","p":[1,2,3]}',
         b'{"t":"sync","ps":{},"reply":false}',
+        b'{"t":"dig","s":"00","reply":false}',
+        ('{"t":"dig","s":"' + "g" * 512 + '","reply":false}').encode(),
+        ('{"t":"dig","s":"' + "A" * 512 + '","reply":false}').encode(),
+        ('{"t":"dig","s":"' + "0" * 512 + '","reply":0}').encode(),
         b"[" * 100_000,
         ('{"t":"rel","r":"' + "x" * 600 + '"}').encode(),
     ],

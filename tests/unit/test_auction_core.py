@@ -29,6 +29,7 @@ from meshd.auction import (
     Capacity,
     Confirm,
     Decided,
+    Digest,
     DurableState,
     Failed,
     HoldReleased,
@@ -365,9 +366,41 @@ def test_sync_merges_and_answers() -> None:
     assert reply.msg == Sync((p2,), True)
     assert core.receive(Sync((p1,), True), "n1", T0) == []  # older: ignored
     assert core.placements()["w1"] == p2
-    # A stale Confirm is answered with the newer placement at once.
+    # A stale Confirm is answered with the newer placement at once, as a datagram.
     [e] = core.receive(Confirm(p1), "n4", T0)
-    assert e == Send("n4", Confirm(p2), True)
+    assert e == Send("n4", Confirm(p2), False)
+
+
+def _placed(wid: str, owner: str, gen: int = 1) -> Placement:
+    return Placement(wid, wid, owner, gen, f"r-{wid}-{gen}", "n1", T0, Resources(1, 1, 0), None)
+
+
+def test_digest_exchange_sends_only_the_differing_buckets() -> None:
+    a = Auctioneer(config.sim(), "na", CAP, random.Random(1), T0, LOG)
+    b = Auctioneer(config.sim(), "nb", CAP, random.Random(2), T0, LOG)
+    common = [_placed(f"w{i}", "n2") for i in range(200)]
+    a.receive(Sync(tuple(common), True), "n1", T0)
+    b.receive(Sync(tuple(reversed(common)), True), "n1", T0)
+    # Same view: a Digest is answered with nothing at all.
+    assert b.receive(a.anti_entropy(), "na", T0) == []
+    # a learns one newer placement and one new workload; b one new workload.
+    a.receive(Sync((_placed("w7", "n3", 2), _placed("only-a", "n4")), True), "n1", T0)
+    b.receive(Sync((_placed("only-b", "n5"),), True), "n1", T0)
+    sends = [e for e in b.receive(a.anti_entropy(), "na", T0) if isinstance(e, Send)]
+    digest = next(e.msg for e in sends if isinstance(e.msg, Digest))
+    sync = next(e.msg for e in sends if isinstance(e.msg, Sync))
+    assert digest.reply and sync.reply
+    assert "only-b" in {p.workload_id for p in sync.placements}
+    assert len(sync.placements) < 30  # a few buckets of 200 placements, not the view
+    a_out = a.receive(sync, "nb", T0) + a.receive(digest, "nb", T0)
+    # A reply Digest is not answered with another Digest.
+    back = [e.msg for e in a_out if isinstance(e, Send)]
+    assert all(isinstance(m, Sync) and m.reply for m in back)
+    for m in back:
+        b.receive(m, "na", T0)
+    assert dict(a.placements()) == dict(b.placements())
+    assert a.placements()["w7"].generation == 2
+    assert a.anti_entropy() == b.anti_entropy()
 
 
 def test_two_owners_for_one_generation_is_a_breach() -> None:
