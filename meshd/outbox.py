@@ -5,9 +5,11 @@ wake-up, an unseal and a signature check — far more than the message in it. So
 placement shell does not send as it goes: what the steps of one loop turn address to
 one member leaves as one bundle (``codec.bundle``, at most ``MAX_DATAGRAM`` bytes,
 more datagrams if it must), and the confirmations of that turn, which go to every
-member, as one bundle for all of them. The turn ends before any of it is sent, so
-each step's records are persisted before its messages leave, as before, and nothing
-waits on a timer: a quiet node sends at once, a busy one sends less often.
+member, as one bundle for all of them (signed once), except that a member with direct
+messages of its own gets the confirmations in its bundle: one datagram, not two. The
+turn ends before any of it is sent, so each step's records are persisted before its
+messages leave, as before, and nothing waits on a timer: a quiet node sends at once,
+a busy one sends less often.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class Outbox:
             return blob
 
         if everyone:
-            members = list(self._members())
+            members = [x for x in self._members() if x not in direct]
             for frame in frames(everyone):
                 self._send(members, sealed(frame))
         for member, bodies in direct.items():
-            for frame in frames(bodies):
+            for frame in frames([*everyone, *bodies] if everyone else bodies):
                 self._send([member], sealed(frame))
