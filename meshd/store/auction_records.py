@@ -52,6 +52,12 @@ def write(store: Store, records: Iterable[d.Record], now: float) -> None:
             )
 
 
+def held_rounds(store: Store) -> set[str]:
+    """Round ids that have a hold (or its bid) on disk."""
+    rows = store.query("SELECT key FROM auction_records WHERE kind IN ('hold', 'bid')")
+    return {str(key) for (key,) in rows}
+
+
 def load(store: Store) -> d.DurableState:
     """Fold every stored record into the state the core restores from."""
     state = d.DurableState()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,38 @@ async def test_a_released_hold_takes_its_bid_with_it(store: Store) -> None:
     journal.write([HoldReleased("r1", "placed on n3")], 101.0)
     journal.flush(101.0)
     assert store.query("SELECT kind, key FROM auction_records") == []
+
+
+def _rows(store: Store) -> list[tuple[str, str]]:
+    return [(str(k), str(key)) for k, key in store.query("SELECT kind, key FROM auction_records")]
+
+
+def bid(rid: str) -> BidRecorded:
+    return BidRecorded(rid, "n1", "w1", BidRecord("n2", 500, "", 0, 1 << 20, 0, 10.0))
+
+
+async def test_a_hold_placed_and_released_in_one_group_never_touches_the_disk(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = AuctionJournal(store, 10.0)
+    statements: list[tuple[str, Any]] = []
+    execute = store.execute
+    monkeypatch.setattr(
+        store, "execute", lambda sql, args=(): statements.append((sql, args)) or execute(sql, args)
+    )
+    journal.write([hold("r1"), bid("r1"), hold("r2"), bid("r2")], 100.0)
+    journal.write([HoldReleased("r1", "placed elsewhere"), placed("w1", 1)], 100.0)
+    journal.flush(100.0)
+    assert sorted(_rows(store)) == [("bid", "r2"), ("hold", "r2"), ("placement", "w1")]
+    assert not any("r1" in args for _, args in statements)
+    # r2 is on disk now: its release deletes it and its bid, even from a new journal.
+    journal.write([HoldReleased("r2", "expired")], 100.0)
+    journal.flush(100.0)
+    assert _rows(store) == [("placement", "w1")]
+    journal.write([hold("r3"), bid("r3")], 100.0)
+    journal.flush(100.0)
+    restarted = AuctionJournal(store, 10.0)
+    restarted.write([HoldReleased("r3", "expired")], 100.0)
+    restarted.flush(100.0)
+    assert _rows(store) == [("placement", "w1")]
+    assert auction_records.load(store).holds == {}
