@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshd import telemetry
 from meshd.alarm import Alarm
-from meshd.auction import codec
+from meshd.auction import candidates, codec
 from meshd.auction.auctioneer import Auctioneer
 from meshd.auction.effects import (
     Broadcast,
@@ -261,9 +261,10 @@ class PlacementShell:
         members = sorted(self.mesh.live_names())
         now = self.node.clock()
         effects: list[Effect] = []
+        batch = candidates.Batch()  # one first-round sample: shared datagrams
         for workload, ready in queued:
             try:
-                aid, started = self.core.submit(workload, members, now)
+                aid, started = self.core.submit(workload, members, now, batch=batch)
             except Exception as exc:  # a bug in one must not strand the others
                 logger.exception("starting an auction failed workload=%s", workload.id)
                 if not ready.done():

@@ -35,12 +35,16 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
 Where meshd departs from the design's letter
 ---------------------------------------------
 * **Winner-side confirmation.** A winner that accepted but sees no confirmation
-  within ``auction_confirm_timeout_s`` broadcasts the placement itself: an
-  originator crash after the award loses no accepted workload. That timeout exceeds
-  the award timeout, so a live originator that gave up on a slow winner revokes
-  first. (A partition that swallows both the ``Accept`` and the ``Revoke`` can still
-  let a workload appear after its client saw ``Failed``; it never runs twice for
-  long: the higher generation wins and the other owner stops.)
+  within ``auction_confirm_timeout_s`` first asks the originator again: it re-sends
+  its ``Accept`` (twice, half a timeout apart), which a live originator answers with
+  the ``Confirm``, or with ``Revoke`` if it withdrew the award meanwhile (a winner
+  that crashed before its ``Accept`` left misses the first ``Revoke``). With no
+  answer after that it broadcasts the placement itself: an originator crash after
+  the award loses no accepted workload. The timeout exceeds the award timeout, so a
+  live originator that gave up on a slow winner revokes first. (A partition that
+  swallows the ``Accept``, the ``Revoke`` and the asks can still let a workload
+  appear after its client saw ``Failed``; it never runs twice for long: the higher
+  generation wins and the other owner stops.)
 * **Busy retries.** A round in which every "no" came from capacity *held* by
   concurrent rounds (``Bid.busy``) is retried after about one window for up to
   ``auction_hold_ttl_s``, without using up ``auction_max_rounds``: those holds
@@ -114,6 +118,7 @@ from meshd.config import Config
 # records kept in memory for `rounds()` and late answers.
 AWARDS_PER_ROUND = 2
 KEEP_ROUNDS = 1000
+CONFIRM_ASKS = 2  # Accepts a winner re-sends before it confirms the placement itself
 
 
 class Auctioneer:
@@ -191,12 +196,19 @@ class Auctioneer:
         self._book.telemetry = t
 
     def submit(
-        self, workload: Workload, members: Sequence[str], now: float, *, supersede: bool = False
+        self,
+        workload: Workload,
+        members: Sequence[str],
+        now: float,
+        *,
+        supersede: bool = False,
+        batch: candidates.Batch | None = None,
     ) -> tuple[str, list[Effect]]:
         """Start an auction; returns its id (``Decided``/``Failed`` carry it) and effects.
 
         ``members`` are the alive members' names, this node included. ``supersede``
         re-places a placed workload at a higher generation (after fencing its owner).
+        Auctions submitted with one ``batch`` ask the same first-round sample.
         """
         placed = self._view.get(workload.id)
         if placed is not None and not placed.removed and not supersede:
@@ -214,7 +226,7 @@ class Auctioneer:
             workload.resources.describe(),
         )
         out: list[Effect] = []
-        self._start_round(a, now, out)
+        self._start_round(a, now, out, batch)
         return aid, out
 
     def receive(self, msg: AuctionMsg, sender: str, now: float) -> list[Effect]:
@@ -275,7 +287,7 @@ class Auctioneer:
                 self._start_round(a, now, out)
         for wid, t in list(self._book.confirm_at.items()):
             if t <= now and wid in self._book.confirm_at:
-                self._self_confirm(wid, now, out)
+                self._confirm_overdue(wid, now, out)
         return out
 
     def next_deadline(self) -> float:
@@ -362,18 +374,30 @@ class Auctioneer:
 
     # -- originator --------------------------------------------------------------------
 
-    def _start_round(self, a: Auction, now: float, out: list[Effect]) -> None:
+    def _start_round(
+        self, a: Auction, now: float, out: list[Effect], batch: candidates.Batch | None = None
+    ) -> None:
         cfg, w = self._cfg, a.workload
-        sel = candidates.select(
-            a.members,
-            w.constraints,
-            a.attempt,
-            cfg.auction_full_mesh_max,
-            cfg.auction_sample_d,
-            cfg.auction_max_rounds,
-            self._rng,
-            a.excluded,
-        )
+        if batch is not None and a.attempt == 1 and not a.excluded:
+            sel = batch.select(
+                a.members,
+                w.constraints,
+                cfg.auction_full_mesh_max,
+                cfg.auction_sample_d,
+                cfg.auction_max_rounds,
+                self._rng,
+            )
+        else:
+            sel = candidates.select(
+                a.members,
+                w.constraints,
+                a.attempt,
+                cfg.auction_full_mesh_max,
+                cfg.auction_sample_d,
+                cfg.auction_max_rounds,
+                self._rng,
+                a.excluded,
+            )
         if not sel.candidates:
             if sel.eligible == 0:
                 why = unsatisfiable(w)
@@ -657,10 +681,27 @@ class Auctioneer:
         self._book.reconcile(p, True, out)
         return "new"
 
+    def _confirm_overdue(self, wid: str, now: float, out: list[Effect]) -> None:
+        """No confirmation for what this node accepted: ask the originator, then confirm."""
+        alloc = self._book.allocs[wid]
+        asked = self._book.confirm_asks.get(wid, 0)
+        if asked >= CONFIRM_ASKS or alloc.originator == self._name:
+            self._self_confirm(wid, now, out)
+            return
+        self._book.confirm_asks[wid] = asked + 1
+        self._book.confirm_at[wid] = now + self._cfg.auction_confirm_timeout_s / 2
+        self._log.info(
+            "auction confirm-overdue workload=%s generation=%d asking=%s",
+            wid,
+            alloc.generation,
+            alloc.originator,
+        )
+        out.append(Send(alloc.originator, Accept(alloc.round_id, wid, alloc.generation), False))
+
     def _self_confirm(self, wid: str, now: float, out: list[Effect]) -> None:
         """The originator never confirmed what this node accepted: confirm it ourselves."""
         alloc = self._book.allocs[wid]
-        self._book.confirm_at.pop(wid, None)
+        self._book.settled(wid)
         cur = self._view.get(wid)
         if cur is not None and cur.generation >= alloc.generation:
             self._book.reconcile(cur, False, out)

@@ -120,7 +120,8 @@ class Bidder:
         self.holds: dict[str, Hold] = {}  # round id -> hold
         self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
         self._held, self._committed = _Tally(), _Tally()
-        self.confirm_at: dict[str, float] = {}  # workload id -> self-confirm time
+        self.confirm_at: dict[str, float] = {}  # workload id -> when confirmation is overdue
+        self.confirm_asks: dict[str, int] = {}  # workload id -> Accepts re-sent meanwhile
         self._my_bids: dict[str, tuple[float, Bid]] = {}  # round id -> (forget at, bid)
         self._revoked: dict[tuple[str, int], float] = {}  # (round, generation) -> forget at
 
@@ -294,6 +295,11 @@ class Bidder:
         if m.round_id in self.holds:
             self.release_hold(m.round_id, "the originator withdrew the award", out)
 
+    def settled(self, wid: str) -> None:
+        """``wid``'s allocation is confirmed or gone: no confirmation is awaited."""
+        self.confirm_at.pop(wid, None)
+        self.confirm_asks.pop(wid, None)
+
     def release_hold(self, rid: str, why: str, out: list[Effect]) -> None:
         if self._drop_hold(rid) is not None:
             out.append(Persist(HoldReleased(rid, why)))
@@ -301,7 +307,7 @@ class Bidder:
     def release_alloc(self, wid: str, why: str, out: list[Effect]) -> None:
         alloc = self._drop_alloc(wid)
         assert alloc is not None, wid
-        self.confirm_at.pop(wid, None)
+        self.settled(wid)
         out.append(Persist(AllocationReleased(wid, alloc.generation, why)))
         if alloc.confirmed:
             out.append(Stop(wid, alloc.generation, why))
@@ -337,6 +343,6 @@ class Bidder:
             if not alloc.confirmed:
                 done = dataclasses.replace(alloc, confirmed=True)
                 self._put_alloc(done)
-                self.confirm_at.pop(wid, None)
+                self.settled(wid)
                 out.append(Persist(AllocationCommitted(done)))
                 out.append(Start(done))

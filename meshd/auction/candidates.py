@@ -20,6 +20,12 @@ handful of probes can miss the few blades with room. It therefore asks
   the last round (``auction_max_rounds``) asks every eligible member. A "no" from
   the whole mesh is then a true "no" — never an unlucky sample.
 
+Auctions that one originator starts together (a :class:`Batch`: the shell's
+submissions of one moment) share their first-round sample, Sparrow's batch sampling
+in meshd's terms: each workload still has its own auction, but their requests and
+bids to and from the same few members travel in the same datagrams. Later rounds
+(widening, busy retries) draw afresh.
+
 Eligible means alive (the shell passes membership's live members) and allowed by the
 workload's static constraints. Nodes that already answered -1 or failed an award in
 this auction are excluded from later rounds. The sample draws from a seeded
@@ -75,3 +81,28 @@ def select(
     if k >= len(pool):
         return Selection(pool, True, n)
     return Selection(sorted(rng.sample(pool, k)), False, n)
+
+
+class Batch:
+    """First-round selections shared by the auctions one originator starts together."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[Constraints, tuple[str, ...]], Selection] = {}
+
+    def select(
+        self,
+        members: tuple[str, ...],
+        constraints: Constraints,
+        full_mesh_max: int,
+        d: float,
+        max_rounds: int,
+        rng: random.Random,
+    ) -> Selection:
+        """:func:`select` for round 1, the same for the same members and constraints."""
+        key = (constraints, members)
+        sel = self._first.get(key)
+        if sel is None:
+            sel = self._first[key] = select(
+                members, constraints, 1, full_mesh_max, d, max_rounds, rng
+            )
+        return sel

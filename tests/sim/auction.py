@@ -78,6 +78,7 @@ from meshd.auction import (
     Workload,
 )
 from meshd.auction import codec as auction_codec
+from meshd.auction.candidates import Batch
 from meshd.auction.durable import KNOWLEDGE
 from meshd.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, Revoke, Sync
 from meshd.auction.model import GiB, total
@@ -153,6 +154,7 @@ class AuctionNode:
     def __init__(self, fleet: Fleet, node: SimNode, core: Auctioneer, rng: random.Random) -> None:
         self.fleet, self.node, self.core, self.rng = fleet, node, core, rng
         self.next_sync = fleet.sim.now + rng.uniform(0, fleet.cfg.auction_sync_interval_s)
+        self.batch = (-1.0, Batch())
 
     def receive(self, msg: AuctionMsg, sender: str, addr: Any, now: float) -> list[Any]:
         self.fleet.feed(self)
@@ -173,7 +175,10 @@ class AuctionNode:
 
     def submit(self, w: Workload, members: list[str]) -> list[Any]:
         self.fleet.feed(self)
-        aid, effects = self.core.submit(w, members, self.fleet.sim.now)
+        now = self.fleet.sim.now
+        if self.batch[0] != now:  # submissions of one instant share a sample, as in the shell
+            self.batch = (now, Batch())
+        aid, effects = self.core.submit(w, members, now, batch=self.batch[1])
         self.fleet.outcomes.setdefault(aid, Outcome(w.id, self.node.name))
         return self.fleet.step(self, effects)
 

@@ -88,7 +88,9 @@ def random_run(
     """
     rng = random.Random(seed)
     n = rng.randint(4, 8)
-    cfg = config.sim().replace(auction_sync_interval_s=1.0)
+    # Some meshes ask a sample, not everyone (widening to all in the last round).
+    full = rng.choice([8, 8, 3])
+    cfg = config.sim().replace(auction_sync_interval_s=1.0, auction_full_mesh_max=full)
     link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
     names = [f"n{i}" for i in range(1, n + 1)]
     caps = {
@@ -99,15 +101,17 @@ def random_run(
     sim, fleet = auction_sim(
         seed, n, cfg, link, membership=membership, capacities=caps, trace=trace, codec=codec
     )
+    t, origin = 0.0, names[0]
     for j in range(rng.randint(2, 8)):
-        t = rng.uniform(0.1, 4.0)
+        burst = j > 0 and rng.random() < 0.3  # with the previous one: a batch
+        t = t if burst else rng.uniform(0.1, 4.0)
         w = workload(
             f"w{j}",
             cpus=rng.choice([0.5, 1.0, 2.0, 4.0]),
             memory=rng.choice([1, 2, 4]) * GiB,
             tenant=rng.choice([None, "a", "b"]),
         )
-        origin = rng.choice(names)
+        origin = origin if burst else rng.choice(names)
         sim.at(t, fleet.submit, origin, w)
         if rng.random() < 0.3:  # the client retries on the same node
             sim.at(t + rng.uniform(0.1, 5.0), fleet.submit, origin, w)

@@ -353,9 +353,40 @@ def test_originator_crash_after_award_winner_confirms_itself() -> None:
     net.intercept = lambda src, dst, msg: not (dst == "n1" and isinstance(msg, Accept))
     net.pump()
     net.crash("n1")
-    net.advance(net.cfg.auction_confirm_timeout_s)
+    t = net.cfg.auction_confirm_timeout_s
+    net.advance(t)
+    # First the winner asks the originator again, twice, half a timeout apart.
+    asks = [m for src, dst, m in net.sent if src == "n3" and dst == "n1" and isinstance(m, Accept)]
+    assert len(asks) == 2 and not net.of("n3", Start)
+    net.advance(t / 2)
+    assert len([m for src, _, m in net.sent if src == "n3" and isinstance(m, Accept)]) == 3
+    assert not net.of("n3", Start)
+    net.advance(t / 2)  # nobody answered: the winner confirms it itself
     assert net.of("n3", Start)
     assert net.cores["n2"].placements()["w1"].owner == "n3"
+
+
+def test_a_winner_back_from_a_crash_asks_before_it_confirms_and_learns_of_the_revoke() -> None:
+    small = Capacity(1.0, 8 * GiB, 100 * GiB)  # n3 is the only node with room
+    net = Net(3, {"n1": small, "n2": small})
+    rid = net.submit("n1", W())
+    # n3 commits, then crashes before its Accept leaves; the Revoke finds it down.
+    net.intercept = lambda src, dst, msg: not (src == "n3" and isinstance(msg, Accept))
+    net.pump()
+    net.crash("n3")
+    net.intercept = lambda src, dst, msg: True
+    net.advance(net.cfg.auction_award_timeout_s)
+    assert any(isinstance(m, Revoke) for src, _, m in net.sent if src == "n1")
+    net.advance(net.cfg.auction_window_s * 2)
+    assert net.of("n1", Failed) and [f.round_id for f in net.of("n1", Failed)] == [rid]
+    net.restart("n3")
+    assert "w1" in net.cores["n3"].ledger().allocations  # still committed on disk
+    for _ in range(4):
+        net.advance(net.cfg.auction_confirm_timeout_s)
+    # It asked n1, which answered Revoke: nothing was self-confirmed or started.
+    assert "w1" not in net.cores["n3"].ledger().allocations
+    assert not net.of("n3", Start) and not net.of("n3", Broadcast)
+    assert all("w1" not in c.placements() for c in net.cores.values())
 
 
 def test_sync_merges_and_answers() -> None:
