@@ -55,7 +55,6 @@ from meshd.auction.model import (
     Resources,
     Telemetry,
     Workload,
-    total,
 )
 from meshd.config import Config
 
@@ -86,8 +85,9 @@ def _ucpus(r: Resources) -> int:
 class _Tally:
     """Running totals of holds or allocations, so a bid costs O(1), not O(ledger).
 
-    CPU is summed in exact micro-cores (integers), so adding and removing never drifts;
-    :meth:`Bidder.accept_award` still re-sums the ledger from scratch as its check.
+    CPU is summed in exact micro-cores (integers), so adding and removing never drifts.
+    (A re-sum per commitment, as a check, grew with the node's workloads; the simulator
+    checks the totals against a fresh sum after every step instead.)
     """
 
     def __init__(self) -> None:
@@ -276,7 +276,7 @@ class Bidder:
         self._put_alloc(alloc)
         self.confirm_at[w.id] = now + self._cfg.auction_confirm_timeout_s
         out.append(Persist(AllocationCommitted(alloc)))
-        committed = total(self.allocs.values())
+        committed = self._committed.resources()
         if not committed.within(self.limit):
             raise InvariantBreach(f"{self._name} committed {committed} beyond {self.limit}")
         self._log.info("auction committed workload=%s generation=%d round=%s", w.id, gen, rid)
