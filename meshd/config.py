@@ -190,8 +190,9 @@ class Config:
     # ledger. Off when several daemons share one machine (the `local` preset): the
     # host's load is then everybody's, not this node's, and declared capacity rules.
     host_telemetry: bool = True
-    # Anti-entropy: every interval the shell sends the full placement view to one random
-    # member, so nodes that missed a confirmation (partition, restart) converge.
+    # Anti-entropy: every interval the shell compares placement views with one random
+    # member (bucket digests; only the buckets that differ travel), so nodes that
+    # missed a confirmation (partition, restart) converge.
     auction_sync_interval_s: float = 10.0
     # While this node's own auctions are in flight, a new submission waits this long
     # so the ones arriving together start together and share datagrams (an idle
@@ -201,6 +202,10 @@ class Config:
     # in groups, at most this long after they changed (promises are written at once;
     # see meshd/journal.py for why losing these moments to a crash is safe).
     auction_journal_lag_s: float = 0.05
+    # Round records an originator keeps, in memory (`meshd auctions`) and on disk; older
+    # final ones are pruned, leaving only their awarded generations (so none is
+    # handed out twice). Nomad's evaluation GC plays the same part.
+    auction_rounds_keep: int = 1000
 
     # Logging: level and format (`text` is key=value for humans, `json` for collectors).
     log_level: str = "info"
@@ -280,6 +285,7 @@ class Config:
             "auction_max_rounds",
             "auction_sync_interval_s",
             "auction_journal_lag_s",
+            "auction_rounds_keep",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
+PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
 DRIVERS = ("process", "qemu", "firecracker")
 # What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
 SPEC_FIELDS = (
@@ -132,6 +133,7 @@ class PlacementShell:
         if self.node.cfg.host_telemetry:
             self._spawn(self._sample_telemetry())
         self._spawn(self._anti_entropy())
+        self._spawn(self._prune_rounds())
 
     def stop(self) -> None:
         self._alarm.stop()
@@ -175,6 +177,33 @@ class PlacementShell:
             if peer is not None:
                 self._apply([Send(peer, self.core.anti_entropy(), False)])
             interval = self.node.cfg.auction_sync_interval_s
+
+    async def _prune_rounds(self) -> None:
+        """Keep the stored round records bounded (``auction_rounds_keep``).
+
+        A pass decodes and deletes at most ``PRUNE_BATCH`` rounds, so it never holds
+        the loop for long; a pass that found a full batch runs again a second later.
+        """
+        view = self.core.placements()
+
+        def placed(wid: str) -> int:
+            p = view.get(wid)
+            return 0 if p is None else p.generation
+
+        while True:
+            pruned = 0
+            try:
+                now = self.node.clock()
+                self.journal.flush(now)  # the view on disk is the one ``placed`` reads
+                keep = self.node.cfg.auction_rounds_keep
+                pruned = auction_records.prune_rounds(
+                    self.node.store, keep, PRUNE_BATCH, placed, now
+                )
+                if pruned:
+                    logger.debug("pruned auction rounds count=%d", pruned)
+            except MeshdError as exc:  # a busy or failing disk: try again next time
+                logger.warning("pruning auction rounds failed: %s", exc)
+            await asyncio.sleep(1.0 if pruned >= PRUNE_BATCH else 10.0)
 
     # -- submitting -----------------------------------------------------------------
 

@@ -114,10 +114,8 @@ from meshd.auction.model import (
 from meshd.auction.rounds import Auction, Round, explain, snapshot, unsatisfiable
 from meshd.config import Config
 
-# Sizes, not timings: awards per round (the winner, then the next-best) and round
-# records kept in memory for `rounds()` and late answers.
+# A size, not a timing: awards per round (the winner, then the next-best).
 AWARDS_PER_ROUND = 2
-KEEP_ROUNDS = 1000
 CONFIRM_ASKS = 2  # Accepts a winner re-sends before it confirms the placement itself
 
 
@@ -167,6 +165,8 @@ class Auctioneer:
         core._digest = ViewDigest(core._view.values())
         for p in core._view.values():
             core._raise_floor(p.workload_id, p.generation)
+        for wid, gen in durable.floors.items():
+            core._raise_floor(wid, gen)
         core._book.restore(durable, now, core._pending)
         for rec in durable.rounds.values():
             for aw in rec.awards:
@@ -653,7 +653,7 @@ class Auctioneer:
 
     def _remember(self, rec: RoundRecord) -> None:
         self._records[rec.round_id] = rec
-        while len(self._records) > KEEP_ROUNDS:
+        while len(self._records) > self._cfg.auction_rounds_keep:
             del self._records[next(iter(self._records))]
 
     # -- the placement view ------------------------------------------------------------

@@ -125,6 +125,8 @@ def dump_record(record: d.Record) -> bytes:
         body = {"k": "place", "p": v.placement(record.placement)}
     elif isinstance(record, d.RoundRecorded):
         body = {"k": "round", "rec": v.round_record(record.record)}
+    elif isinstance(record, d.FloorRecorded):
+        body = {"k": "floor", "w": record.workload_id, "g": record.generation}
     else:
         body = {
             "k": "bid",
@@ -183,6 +185,7 @@ _RECORDS: dict[str, Callable[[dict[str, Any]], d.Record]] = {
     ),
     "place": lambda o: d.PlacementRecorded(v.to_placement(o["p"])),
     "round": lambda o: d.RoundRecorded(v.to_round_record(o["rec"])),
+    "floor": lambda o: d.FloorRecorded(v.text(o["w"]), v.count(o["g"])),
     "bid": lambda o: d.BidRecorded(
         v.text(o["r"], RID), v.text(o["by"]), v.text(o["w"]), v.to_bid_record(o["b"])
     ),

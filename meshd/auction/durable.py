@@ -15,11 +15,15 @@ AllocationReleased   workload_id                  delete from allocations
 PlacementRecorded    placement.workload_id        upsert into the placement view
 RoundRecorded        record.round_id              upsert into rounds (with bids, awards)
 BidRecorded          round_id                     upsert the bid behind a hold
+FloorRecorded        workload_id                  upsert: the highest generation awarded
 ===================  ===========================  ======================================
 
 ``BidRecorded`` keeps the bid behind a hold, so a restarted bidder answers a repeated
 request identically; it goes with its hold (negative bids hold nothing and are not
-recorded). Rounds may be pruned once final and old; holds once expired; nothing else.
+recorded). Rounds may be pruned once final and old, but a round's awards are what
+keep a restarted originator from handing one generation out twice: a shell that
+prunes rounds records a ``FloorRecorded`` for each workload whose awarded generation
+is above the one its view holds. Holds may be pruned once expired; nothing else.
 
 Records are *promises* (allocations, rounds: on disk before the step's messages
 leave) or :data:`KNOWLEDGE` (holds, bids, the view): a shell may write those a moment
@@ -76,6 +80,14 @@ class BidRecorded:
     bid: BidRecord
 
 
+@dataclass(frozen=True, slots=True)
+class FloorRecorded:
+    """Generations up to ``generation`` of ``workload_id`` were awarded: never reuse them."""
+
+    workload_id: str
+    generation: int
+
+
 Record = (
     HoldPlaced
     | HoldReleased
@@ -84,6 +96,7 @@ Record = (
     | PlacementRecorded
     | RoundRecorded
     | BidRecorded
+    | FloorRecorded
 )
 
 
@@ -96,6 +109,7 @@ class DurableState:
     placements: dict[str, Placement] = field(default_factory=dict)
     rounds: dict[str, RoundRecord] = field(default_factory=dict)
     bids: dict[str, BidRecorded] = field(default_factory=dict)
+    floors: dict[str, int] = field(default_factory=dict)  # workload id -> generation
 
     def apply(self, record: Record) -> None:
         if isinstance(record, HoldPlaced):
@@ -111,11 +125,14 @@ class DurableState:
             self.placements[record.placement.workload_id] = record.placement
         elif isinstance(record, RoundRecorded):
             self.rounds[record.record.round_id] = record.record
+        elif isinstance(record, FloorRecorded):
+            wid = record.workload_id
+            self.floors[wid] = max(self.floors.get(wid, 0), record.generation)
         else:
             self.bids[record.round_id] = record
 
     def empty(self) -> bool:
-        return not (self.holds or self.allocations or self.placements or self.rounds)
+        return not (self.holds or self.allocations or self.placements or self.rounds or self.floors)
 
 
 # What a crash may lose (see the module docstring); everything else is a promise.

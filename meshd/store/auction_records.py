@@ -8,10 +8,11 @@ an upsert or a delete under a key, so the table always holds exactly the state
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshd.auction import codec
 from meshd.auction import durable as d
+from meshd.auction.model import FINAL_STATES
 from meshd.errors import EnvelopeError
 from meshd.store.db import Store
 
@@ -32,6 +33,8 @@ def _row(record: d.Record) -> tuple[str, str, bool]:
         return "placement", record.placement.workload_id, False
     if isinstance(record, d.RoundRecorded):
         return "round", record.record.round_id, False
+    if isinstance(record, d.FloorRecorded):
+        return "floor", record.workload_id, False
     return "bid", record.round_id, False
 
 
@@ -58,10 +61,62 @@ def held_rounds(store: Store) -> set[str]:
     return {str(key) for (key,) in rows}
 
 
+def prune_rounds(
+    store: Store, keep: int, limit: int, placed_generation: Callable[[str], int], now: float
+) -> int:
+    """Delete up to ``limit`` final round records older than the newest ``keep``.
+
+    A pruned round's awarded generations must stay spent, so each workload whose
+    highest awarded generation is above ``placed_generation`` (its generation in the
+    view, 0 if none) gets a floor record in the same transaction. Returns how many
+    rounds were deleted.
+    """
+    rows = store.query(
+        "SELECT key, data FROM auction_records WHERE kind = 'round' "
+        "ORDER BY updated_at DESC LIMIT ? OFFSET ?",
+        (limit, keep),
+    )
+    floors: dict[str, int] = {}
+    gone: list[str] = []
+    for key, data in rows:
+        try:
+            rec = codec.load_record(bytes(data))
+        except EnvelopeError as exc:
+            logger.error("unreadable auction record kind=round key=%s error=%s", key, exc)
+            continue
+        assert isinstance(rec, d.RoundRecorded)
+        r = rec.record
+        if r.state not in FINAL_STATES:
+            continue  # still running: the originator rewrites it as it goes
+        top = max((aw.generation for aw in r.awards), default=0)
+        if top > max(placed_generation(r.workload_id), floors.get(r.workload_id, 0)):
+            floors[r.workload_id] = top
+        gone.append(str(key))
+    if not gone:
+        return 0
+    with store.transaction():
+        raised = [d.FloorRecorded(w, g) for w, g in sorted(floors.items()) if g > _floor(store, w)]
+        write(store, raised, now)
+        for key in gone:
+            store.execute("DELETE FROM auction_records WHERE kind = 'round' AND key = ?", (key,))
+    return len(gone)
+
+
+def _floor(store: Store, workload_id: str) -> int:
+    row = store.query_one(
+        "SELECT data FROM auction_records WHERE kind = 'floor' AND key = ?", (workload_id,)
+    )
+    if row is None:
+        return 0
+    rec = codec.load_record(bytes(row[0]))
+    return rec.generation if isinstance(rec, d.FloorRecorded) else 0
+
+
 def load(store: Store) -> d.DurableState:
-    """Fold every stored record into the state the core restores from."""
+    """Fold every stored record into the state the core restores from (oldest first)."""
     state = d.DurableState()
-    for kind, key, data in store.query("SELECT kind, key, data FROM auction_records"):
+    rows = store.query("SELECT kind, key, data FROM auction_records ORDER BY updated_at")
+    for kind, key, data in rows:
         try:
             state.apply(codec.load_record(bytes(data)))
         except EnvelopeError as exc:

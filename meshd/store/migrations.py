@@ -189,9 +189,15 @@ CREATE TABLE auction_records (
 ) STRICT;
 """
 
+# Round records are pruned oldest first (meshd.store.auction_records.prune_rounds).
+_AUCTION_RECORDS_BY_AGE = """
+CREATE INDEX auction_records_by_age ON auction_records (kind, updated_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
+    Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

@@ -84,6 +84,7 @@ RECORDS: list[d.Record] = [
     d.PlacementRecorded(P),
     d.RoundRecorded(ROUND),
     d.BidRecorded("n1-00000000abcd", "n1", "w-1", BR),
+    d.FloorRecorded("w-1", 7),
 ]
 
 
