@@ -451,9 +451,11 @@ class Mesh:
 
     # -- broadcasts -----------------------------------------------------------------
 
-    def broadcast(self, kind: str, payload: bytes) -> None:
+    def broadcast(self, kind: str, payload: bytes, key: str | None = None) -> None:
+        """Gossip to every member; a newer broadcast of ``kind`` and ``key`` replaces
+        the one still queued (see :meth:`Membership.broadcast`)."""
         if self.membership is not None:
-            self._apply(self.membership.broadcast(kind, payload, self.mono()))
+            self._apply(self.membership.broadcast(kind, payload, self.mono(), key))
             self._rearm()
 
     async def _sync_revocations(self) -> None:

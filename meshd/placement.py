@@ -506,6 +506,6 @@ class PlacementShell:
         body = codec.encode(msg)
         self.outbox.to_everyone(body)
         try:
-            self.mesh.broadcast(PLACEMENT_BROADCAST, body)
+            self.mesh.broadcast(PLACEMENT_BROADCAST, body, key=msg.placement.workload_id)
         except ValueError:
             logger.warning("placement too large to gossip; anti-entropy will carry it")

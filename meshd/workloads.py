@@ -266,7 +266,8 @@ class WorkloadRunner:
             "d": entry["detail"][:200],
         }
         try:
-            self.mesh.broadcast(STATE_BROADCAST, json.dumps(doc, separators=(",", ":")).encode())
+            body = json.dumps(doc, separators=(",", ":")).encode()
+            self.mesh.broadcast(STATE_BROADCAST, body, key=wid)  # the newest replaces older
         except ValueError:
             logger.warning("workload state too large to gossip id=%s", wid)
 

@@ -346,9 +346,13 @@ class Membership:
             d = min(d, self._join_retry_at)
         return d
 
-    def broadcast(self, kind: str, payload: bytes, now: float) -> list[Effect]:
+    def broadcast(
+        self, kind: str, payload: bytes, now: float, key: str | None = None
+    ) -> list[Effect]:
         """Gossip ``payload`` to every other member, once each (best effort, epidemic).
 
+        A ``key`` names what the payload is the latest version of (a workload's state):
+        a newer broadcast of one kind and key replaces the older one still queued here.
         Raises ValueError if it can't fit one datagram, RuntimeError after :meth:`leave`.
         """
         if self._left:
@@ -361,7 +365,7 @@ class Membership:
                 f"({self._cfg.max_gossip_bytes})"
             )
         self._remember(u, now)
-        self._queue.push(u, size, born=now)
+        self._queue.push(u, size, key=None if key is None else ("user", kind, key), born=now)
         self._bound_queue()
         return []
 

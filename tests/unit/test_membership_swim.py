@@ -286,6 +286,20 @@ def test_broadcast_must_fit_a_datagram() -> None:
         mesh.cores["n1"].broadcast("big", b"x" * mesh.cfg.max_gossip_bytes, mesh.now)
 
 
+def test_a_newer_broadcast_with_the_same_key_replaces_the_queued_one() -> None:
+    mesh = joined(3)
+    n1 = mesh.cores["n1"]
+    queued = n1.pending_broadcasts()
+    n1.broadcast("state", b"w1 starting", mesh.now, key="w1")
+    n1.broadcast("state", b"w1 running", mesh.now, key="w1")
+    n1.broadcast("state", b"w2 running", mesh.now, key="w2")
+    n1.broadcast("other", b"w1 kept: another kind", mesh.now, key="w1")
+    assert n1.pending_broadcasts() == queued + 3
+    mesh.advance(mesh.now + 5)
+    got = {d.payload for who, d in mesh.delivered if who == "n2"}
+    assert got == {b"w1 running", b"w2 running", b"w1 kept: another kind"}
+
+
 def test_a_flood_of_broadcasts_keeps_the_queue_bounded() -> None:
     """Gossip sends a few datagrams a second; a queue of more than it can send would
     only cost time (each datagram is filled from its least-sent tier)."""
