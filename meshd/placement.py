@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -214,7 +215,12 @@ class PlacementShell:
             raise BadRequest("a workload needs a name")
         if driver not in DRIVERS:
             raise BadRequest(f"unknown driver {driver!r}; use one of {', '.join(DRIVERS)}")
-        if not isinstance(cpus, int | float) or isinstance(cpus, bool) or cpus <= 0:
+        if (
+            not isinstance(cpus, int | float)
+            or isinstance(cpus, bool)
+            or not math.isfinite(cpus)
+            or cpus <= 0
+        ):
             raise BadRequest("cpus must be a positive number")
         if not isinstance(memory, int) or memory <= 0 or not isinstance(disk, int) or disk < 0:
             raise BadRequest("memory must be a positive number of bytes, disk not negative")

@@ -9,10 +9,11 @@ and every JSON or UTF-8 error, into :class:`~meshd.errors.EnvelopeError`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import orjson
 
 from meshd.auction.model import (
     AwardRecord,
@@ -103,12 +104,13 @@ def hold(h: Hold) -> list[Any]:
     return [h.round_id, h.workload_id, res(h.resources), h.tenant, h.originator, h.expires_at]
 
 
-# Built once: json.dumps/loads with options construct a new coder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def dumps(obj: Any) -> bytes:
-    return _ENCODER.encode(obj).encode()
+    """Compact UTF-8 JSON (orjson: a tenth of a placement's CPU went to the stdlib coder).
+
+    orjson writes a NaN or infinity as ``null`` instead of refusing it; such a value
+    never gets here (submissions are checked), and decoders refuse ``null`` numbers.
+    """
+    return orjson.dumps(obj)
 
 
 # -- decoding ------------------------------------------------------------------------
@@ -257,18 +259,11 @@ def to_hold(v: Any) -> Hold:
     return Hold(text(rid, RID), text(w), to_res(res), opt_text(tenant), text(by), num(exp))
 
 
-def _reject_constant(name: str) -> Any:
-    raise Bad(f"{name} is not a number")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def load(data: bytes, tag: str, table: Mapping[str, Callable[[dict[str, Any]], Any]]) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) > MAX_FRAME:
         raise EnvelopeError("auction frame is not bytes or is too large")
     try:
-        obj = _DECODER.decode(bytes(data).decode("utf-8"))
+        obj = orjson.loads(data)  # strict: refuses NaN, Infinity and bad UTF-8
         if not isinstance(obj, dict):
             raise Bad("not an object")
         fn = table.get(obj.get(tag))  # type: ignore[arg-type]

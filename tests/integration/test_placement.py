@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from meshd.errors import ApiError
+
 try:
     from tests.integration.daemon import MESHD, Daemon, Mesh, _child_env, wait_for
 except ImportError:  # pragma: no cover
@@ -80,3 +82,12 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
     for d in five:
         status = d.status()
         assert status["allocated"]["cpus"] <= status["capacity"]["cpus"]
+
+    # Numbers JSON lets through (Python writes NaN and Infinity): a 400 with a
+    # sentence, and nothing auctioned.
+    for bad in (float("nan"), float("inf"), -1, 0):
+        body = {"name": "bad", "cpus": bad, "memory": 1 << 20}
+        with pytest.raises(ApiError, match="cpus must be a positive number") as err:
+            five[0].api("POST", "/v1/workloads", body)
+        assert err.value.status == 400
+    assert len(five[0].api("GET", "/v1/workloads")) == len(expected)
