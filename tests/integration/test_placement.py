@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -91,3 +92,24 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
             five[0].api("POST", "/v1/workloads", body)
         assert err.value.status == 400
     assert len(five[0].api("GET", "/v1/workloads")) == len(expected)
+
+
+def test_a_node_that_was_down_catches_up_on_placements_by_anti_entropy(
+    mesh_factory: Mesh,
+) -> None:
+    """Confirmations reach the members that are up; one that was down learns what was
+    placed meanwhile from the digest exchange a couple of seconds after it starts."""
+    alpha, beta, gamma = mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
+    gamma.stop()
+    for i in range(6):
+        r = _submit(alpha if i % 2 else beta, i)
+        assert r.returncode == 0, r.stderr
+    expected = {r["workload"]: r["owner"] for r in alpha.api("GET", "/v1/workloads")}
+    assert len(expected) == 6
+
+    def view(d: Daemon) -> dict[str, str]:
+        return {r["workload"]: r["owner"] for r in d.api("GET", "/v1/workloads")}
+
+    time.sleep(3.0)  # every gossip retransmission of the confirmations is over
+    gamma.start()
+    wait_for("gamma to catch up on the placements", lambda: view(gamma) == expected, 15)
