@@ -91,6 +91,10 @@ def random_run(
     # Some meshes ask a sample, not everyone (widening to all in the last round).
     full = rng.choice([8, 8, 3])
     cfg = config.sim().replace(auction_sync_interval_s=1.0, auction_full_mesh_max=full)
+    if membership:
+        # Membership re-merges a split (nodes that restarted during a partition know
+        # only each other) at its next push-pull with a dead member: keep it short.
+        cfg = cfg.replace(push_pull_interval_s=5.0)
     link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
     names = [f"n{i}" for i in range(1, n + 1)]
     caps = {
@@ -143,6 +147,8 @@ def random_run(
     settle = (
         cfg.auction_confirm_timeout_s + cfg.auction_hold_ttl_s + 4 * cfg.auction_sync_interval_s
     )
+    if membership:  # the network has healed once membership has (one push-pull)
+        settle += 2 * cfg.push_pull_interval_s
     try:
         sim.run_until(6.0)
         sim.heal()
