@@ -43,6 +43,7 @@ from meshd.auction.effects import (
     Start,
     Stop,
 )
+from meshd.auction.fields import MAX_COUNT, MAX_NAME, json_safe
 from meshd.auction.messages import AuctionMsg, Confirm
 from meshd.auction.model import (
     Capacity,
@@ -204,6 +205,8 @@ class PlacementShell:
                     logger.debug("pruned auction rounds count=%d", pruned)
             except MeshdError as exc:  # a busy or failing disk: try again next time
                 logger.warning("pruning auction rounds failed: %s", exc)
+            except Exception:  # a bug must not end pruning for good
+                logger.exception("pruning auction rounds failed")
             await asyncio.sleep(1.0 if pruned >= PRUNE_BATCH else 10.0)
 
     # -- submitting -----------------------------------------------------------------
@@ -213,6 +216,8 @@ class PlacementShell:
         cpus, memory, disk = body.get("cpus"), body.get("memory"), body.get("disk", 0)
         if not isinstance(name, str) or not name:
             raise BadRequest("a workload needs a name")
+        if len(name.encode()) > MAX_NAME:
+            raise BadRequest(f"a workload name is at most {MAX_NAME} bytes")
         if driver not in DRIVERS:
             raise BadRequest(f"unknown driver {driver!r}; use one of {', '.join(DRIVERS)}")
         if (
@@ -222,12 +227,14 @@ class PlacementShell:
             or cpus <= 0
         ):
             raise BadRequest("cpus must be a positive number")
-        if not isinstance(memory, int) or memory <= 0 or not isinstance(disk, int) or disk < 0:
+        if not (isinstance(memory, int) and _size(memory, 1) and _size(disk, 0)):
             raise BadRequest("memory must be a positive number of bytes, disk not negative")
         nodes = body.get("nodes") or []
-        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        if not isinstance(nodes, list) or not all(_short_text(n) for n in nodes):
             raise BadRequest("nodes must be a list of node names")
         tenant = body.get("tenant")
+        if tenant is not None and not _short_text(tenant):
+            raise BadRequest(f"a tenant is a name of 1 to {MAX_NAME} bytes")
         key = body.get("idempotency_key")
         # A key names one workload *per originating node*: two nodes must never run
         # auctions for one workload id at once, so a retry goes to the same node.
@@ -236,6 +243,8 @@ class PlacementShell:
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
         )
         spec = {k: body[k] for k in SPEC_FIELDS if body.get(k) is not None}
+        if not json_safe(spec):
+            raise BadRequest("the workload's settings hold a NaN, an infinity or a huge integer")
         return Workload(
             id=wid,
             name=name,
@@ -515,3 +524,11 @@ class PlacementShell:
             self.mesh.broadcast(PLACEMENT_BROADCAST, body, key=msg.placement.workload_id)
         except ValueError:
             logger.warning("placement too large to gossip; anti-entropy will carry it")
+
+
+def _size(v: Any, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_COUNT
+
+
+def _short_text(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v.encode()) <= MAX_NAME

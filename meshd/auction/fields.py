@@ -107,10 +107,20 @@ def hold(h: Hold) -> list[Any]:
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON (orjson: a tenth of a placement's CPU went to the stdlib coder).
 
-    orjson writes a NaN or infinity as ``null`` instead of refusing it; such a value
-    never gets here (submissions are checked), and decoders refuse ``null`` numbers.
+    orjson writes a NaN or infinity as ``null`` instead of refusing it, and refuses
+    integers beyond 64 bits; neither gets here: submissions are checked
+    (:func:`json_safe`) and decoders bound every number.
     """
     return orjson.dumps(obj)
+
+
+def json_safe(v: Any) -> bool:
+    """Whether ``v`` survives the codec unchanged: no NaN or infinity, no integer
+    beyond 64 bits (what a client's JSON may hold and orjson can't write)."""
+    try:
+        return bool(orjson.loads(orjson.dumps(v)) == v)
+    except (TypeError, ValueError):
+        return False
 
 
 # -- decoding ------------------------------------------------------------------------
@@ -126,8 +136,11 @@ def opt_text(v: Any) -> str | None:
     return None if v is None else text(v)
 
 
+MAX_COUNT = 2**63 - 1  # sizes, counts and generations: a signed 64-bit integer
+
+
 def count(v: Any) -> int:
-    if type(v) is not int or v < 0:
+    if type(v) is not int or not 0 <= v <= MAX_COUNT:
         raise Bad("bad count")
     return v
 

@@ -84,7 +84,9 @@ def prune_rounds(
         except EnvelopeError as exc:
             logger.error("unreadable auction record kind=round key=%s error=%s", key, exc)
             continue
-        assert isinstance(rec, d.RoundRecorded)
+        if not isinstance(rec, d.RoundRecorded):
+            logger.error("auction record kind=round key=%s holds a %s", key, type(rec).__name__)
+            continue
         r = rec.record
         if r.state not in FINAL_STATES:
             continue  # still running: the originator rewrites it as it goes

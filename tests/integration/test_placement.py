@@ -91,6 +91,15 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
         with pytest.raises(ApiError, match="cpus must be a positive number") as err:
             five[0].api("POST", "/v1/workloads", body)
         assert err.value.status == 400
+    refusals = {
+        "memory must be a positive number": {"cpus": 1, "memory": 2**64},
+        "name is at most 255 bytes": {"name": "n" * 256, "cpus": 1, "memory": 1 << 20},
+        "a tenant is a name": {"cpus": 1, "memory": 1 << 20, "tenant": ""},
+        "NaN, an infinity or a huge integer": {"cpus": 1, "memory": 1 << 20, "cmdline": 2**70},
+    }
+    for sentence, fields in refusals.items():
+        with pytest.raises(ApiError, match=sentence):
+            five[0].api("POST", "/v1/workloads", {"name": "bad", **fields})
     assert len(five[0].api("GET", "/v1/workloads")) == len(expected)
 
 
