@@ -132,6 +132,7 @@ def test_longest_bid_fits_one_datagram() -> None:
         b'{"t":"req","r":"x","w":"w","tn":null,"res":[1,1],"win":0.25}',
         b'{"t":"req","r":"x","w":"w","tn":null,"res":[1e999,1,1],"win":0.25}',
         b'{"t":"conf","p":[1,2,3]}',
+        b'{"t":"acc","r":"x","w":"w","g":9223372036854775808}',  # 2**63: beyond a count
         b'{"t":"sync","ps":{},"reply":false}',
         b'{"t":"dig","s":"00","reply":false}',
         ('{"t":"dig","s":"' + "g" * 512 + '","reply":false}').encode(),
@@ -202,14 +203,20 @@ def test_a_single_message_is_sent_as_itself() -> None:
         b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"}]}',  # one: never built
         b'{"t":"many","m":"rel"}',
         b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"t":"many","m":[]}]}',
-        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"t":"nope"}]}',
         b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},7]}',
+        b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"x":"rel"}]}',
         b'{"t":"many","m":[' + b",".join([b'{"t":"rel","r":"n1-00000000abcd"}'] * 33) + b"]}",
     ],
 )
 def test_a_bad_bundle_raises_envelope_error(frame: bytes) -> None:
     with pytest.raises(EnvelopeError):
         codec.decode_all(frame)
+
+
+def test_a_bundle_skips_a_kind_it_does_not_know() -> None:
+    """A newer meshd's message kind (a rolling upgrade) costs only that message."""
+    frame = b'{"t":"many","m":[{"t":"rel","r":"n1-00000000abcd"},{"t":"nope","z":1}]}'
+    assert codec.decode_all(frame) == [Release("n1-00000000abcd")]
 
 
 def test_decode_does_not_take_bundles() -> None:
