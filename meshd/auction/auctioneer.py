@@ -119,6 +119,15 @@ AWARDS_PER_ROUND = 2
 CONFIRM_ASKS = 2  # Accepts a winner re-sends before it confirms the placement itself
 
 
+def _supersedes(p: Placement, cur: Placement) -> bool:
+    """At one generation: a removal beats a placement (a removal and a re-placement
+    from two nodes may meet there), and of two removals the smaller (owner, round)
+    wins, so every node keeps the same entry and the views' digests agree."""
+    if p.removed != cur.removed:
+        return p.removed
+    return p.removed and (p.owner, p.round) < (cur.owner, cur.round)
+
+
 class Auctioneer:
     """One node's auction core. Feed it submits, messages and ticks; run its effects.
 
@@ -532,15 +541,33 @@ class Auctioneer:
         a.excluded.add(sender)
         self._award_next(a, now, out)
 
+    def _ours(self, round_id: str) -> bool:
+        """Whether ``round_id`` names a round this node started (``submit``'s form)."""
+        head, _, rest = round_id.partition(".")
+        return (
+            head.startswith(f"{self._name}-")
+            and len(head) == len(self._name) + 13
+            and all(c in "0123456789abcdef" for c in head[-12:])
+            and (not rest or rest.isdigit())
+        )
+
     def _late_accept(self, m: Accept, sender: str, now: float, out: list[Effect]) -> None:
         """An Accept for an award this node no longer waits for."""
         rec = self._records.get(m.round_id)
+        cur = self._view.get(m.workload_id)
+        if rec is None and self._ours(m.round_id):
+            # A round of ours too old to remember (auction_rounds_keep): had it ended
+            # with this award, the view would hold it; so it did not. Say which.
+            if cur is not None and (cur.owner, cur.generation) == (sender, m.generation):
+                self._confirm_to(sender, cur, out)
+            else:
+                out.append(Send(sender, Revoke(m.round_id, m.workload_id, m.generation), True))
+            return
         awards = rec.awards if rec is not None else ()
         aw = next((x for x in awards if (x.node, x.generation) == (sender, m.generation)), None)
         if rec is None or aw is None:
             self._log.warning("auction unknown-accept round=%s from=%s", m.round_id, sender)
             return
-        cur = self._view.get(m.workload_id)
         if aw.outcome == "accepted":  # a repeat: the winner may have missed the Confirm
             if cur is not None and (cur.owner, cur.generation) == (sender, m.generation):
                 self._confirm_to(sender, cur, out)
@@ -614,8 +641,8 @@ class Auctioneer:
         p = Placement(w.id, w.name, owner, gen, r.rid, self._name, now, w.resources, w.tenant)
         r.state, r.closed_at = DECIDED, now
         self._persist_round(a, r, out)
-        self._adopt(p, out)
-        out.append(Broadcast(Confirm(p)))
+        if self._adopt(p, out) != "stale":  # a newer generation (a removal) came first
+            out.append(Broadcast(Confirm(p)))
         out.append(Decided(a.id, p))
         self._log.info(
             "auction decided id=%s workload=%s owner=%s generation=%d", a.id, w.id, owner, gen
@@ -665,15 +692,16 @@ class Auctioneer:
         if cur is not None and p.generation < cur.generation:
             return "stale"
         if cur is not None and p.generation == cur.generation:
-            if p.owner != cur.owner:
+            if not (p.removed or cur.removed) and p.owner != cur.owner:
                 text = (
                     f"two owners for workload {wid} generation {p.generation}: "
                     f"{cur.owner} (round {cur.round}) and {p.owner} (round {p.round})"
                 )
                 self._log.critical("auction invariant-breach %s", text)
                 raise InvariantBreach(text)
-            self._book.reconcile(p, False, out)
-            return "same"
+            if not _supersedes(p, cur):
+                self._book.reconcile(cur if cur.removed else p, False, out)
+                return "same"
         self._view[wid] = p
         self._digest.replace(cur, p)
         self._raise_floor(wid, p.generation)

@@ -274,6 +274,7 @@ class Bidder:
             return why
         alloc = Allocation(w, rid, gen, originator, now, False)
         self._put_alloc(alloc)
+        self.settled(w.id)  # an older generation's wait (and its asks) ends here
         self.confirm_at[w.id] = now + self._cfg.auction_confirm_timeout_s
         out.append(Persist(AllocationCommitted(alloc)))
         committed = self._committed.resources()
@@ -323,7 +324,7 @@ class Bidder:
                 self.release_hold(h.round_id, f"placed on {p.owner}", out)
         alloc = self.allocs.get(wid)
         if p.removed:  # a tombstone: whoever held the workload lets it go
-            if alloc is not None and alloc.generation < p.generation:
+            if alloc is not None and alloc.generation <= p.generation:
                 self.release_alloc(wid, "removed by an operator", out)
             return
         if alloc is None:

@@ -434,6 +434,51 @@ def test_digest_exchange_sends_only_the_differing_buckets() -> None:
     assert a.anti_entropy() == b.anti_entropy()
 
 
+def test_at_one_generation_a_removal_wins_whatever_arrives_first() -> None:
+    live = Placement("w1", "w1", "n2", 3, "r1", "n1", T0, Resources(1, 1, 0), None)
+    gone = dataclasses.replace(live, owner="n5", round="n7-rm", originator="n7", removed=True)
+    gone2 = dataclasses.replace(gone, owner="n4", round="n8-rm")
+    views = []
+    for order in ([live, gone, gone2], [gone2, live, gone], [gone, gone2, live]):
+        core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+        for p in order:
+            core.receive(Confirm(p), "n1", T0)  # no breach: a removal is nobody's to run
+        views.append(core.placements()["w1"])
+    assert views == [gone2, gone2, gone2]  # the same entry everywhere: digests agree
+
+
+def test_a_removal_at_the_generation_a_node_holds_releases_it() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)})
+    net.submit("n1", W())
+    net.pump()
+    placed = net.cores["n2"].placements()["w1"]
+    assert placed.owner == "n3" and "w1" in net.cores["n3"].ledger().allocations
+    gone = dataclasses.replace(placed, round="n2-rm", originator="n2", removed=True)
+    net.apply("n3", net.cores["n3"].receive(Confirm(gone), "n2", net.now))
+    assert "w1" not in net.cores["n3"].ledger().allocations
+    assert net.of("n3", Stop)
+
+
+def test_an_accept_for_a_round_too_old_to_remember_is_answered() -> None:
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)}, auction_rounds_keep=1)
+    net.submit("n1", W())
+    net.intercept = lambda src, dst, msg: not (src == "n3" and isinstance(msg, Accept))
+    net.pump()
+    award = next(m for src, dst, m in net.sent if isinstance(m, Award) and dst == "n3")
+    net.advance(net.cfg.auction_award_timeout_s)  # n3 is passed over: gen 2 elsewhere
+    net.intercept = lambda src, dst, msg: True
+    net.advance(0.1)
+    assert net.cores["n1"].placements()["w1"].owner != "n3"
+    net.submit("n1", W("w2"))  # n1 now remembers only w2's round
+    net.pump()
+    assert award.round_id not in {r.round_id for r in net.cores["n1"].rounds()}
+    late = Accept(award.round_id, "w1", award.generation)
+    net.apply("n1", net.cores["n1"].receive(late, "n3", net.now))
+    assert net.sent[-1] == ("n1", "n3", Revoke(award.round_id, "w1", award.generation))
+    # A round id that is not n1's is not n1's to answer.
+    assert net.cores["n1"].receive(Accept("n9-00000000abcd", "w1", 1), "n3", net.now) == []
+
+
 def test_two_owners_for_one_generation_is_a_breach() -> None:
     core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
     p = Placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
