@@ -51,7 +51,8 @@ Where meshd departs from the design's letter
   resolve within an award timeout, and failing the client would be wrong.
 * **Abandoned rounds.** A restarted originator marks its unfinished rounds
   abandoned (their holds expire). An ``Accept`` that still arrives for such a round
-  is confirmed, not wasted; one for an award it withdrew is answered ``Revoke``.
+  is confirmed, not wasted; one for an award it withdrew is answered ``Revoke``, and
+  so is one for a round too old to remember unless the view holds that award.
 * **Idempotency.** ``submit`` of a placed workload id returns ``Decided`` at once;
   of one already in an auction here, that auction's id. The shell must send one
   workload id to one originator (it maps client idempotency keys to ids).
