@@ -21,6 +21,12 @@ Two figures, one JSON line each (plus one line per mesh size for the second):
     could ask the whole mesh for free; ``ratio_balanced`` isolates what sampling and
     decentralization cost.
 
+  ``--batch K`` (default ``1,8``, one line each): the arrivals come K at a time, each
+  group submitted by one originator at one moment with one shared first-round
+  sample, as the shell starts the auctions that queued while it was busy
+  (``candidates.Batch``); their rounds run interleaved, and the clock moves for the
+  ones that wait on each other's holds.
+
   For this figure the 1,000 auction cores run directly, exchanging messages through an
   in-memory queue with instant, lossless delivery, and a placement's confirmation goes
   only to the winner and the round's candidates (the others would merely record it):
@@ -37,7 +43,8 @@ Two figures, one JSON line each (plus one line per mesh size for the second):
   grows with log2 N: ``per_log2n`` stays flat.
 
 Usage: .venv/bin/python benchmarks/bench_placement_quality.py [--nodes 1000]
-       [--seed 1] [--sizes 16,64,256,1000] [--placements 40] [--set key=value ...]
+       [--seed 1] [--batch 1,8] [--sizes 16,64,256,1000] [--placements 40]
+       [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ from meshd.auction import (
     Telemetry,
     Workload,
 )
+from meshd.auction.candidates import Batch
 from meshd.auction.model import GiB
 from meshd.config import Config
 from tests.sim.auction import AUCTION_MESSAGES, auction_sim
@@ -159,7 +167,7 @@ def centralized(
 
 
 def auction_quality(
-    caps: list[Capacity], seq: list[Resources], cfg: Config, seed: int
+    caps: list[Capacity], seq: list[Resources], cfg: Config, seed: int, batch: int = 1
 ) -> dict[str, Any]:
     names = [f"n{i:04d}" for i in range(len(caps))]
     cores = {
@@ -179,41 +187,59 @@ def auction_quality(
 
     for n in names:
         feed(n)
-    for i, r in enumerate(seq):
+    for first in range(0, len(seq), batch):
         now += 0.01
         origin = rng.choice(names)
-        w = Workload(f"w{i}", f"w{i}", None, r, "fake", {}, Constraints())
-        _, effects = cores[origin].submit(w, names, now)
-        queue: deque[tuple[str, Any]] = deque((origin, e) for e in effects)
-        asked: set[str] = set()
-        outcome: Decided | Failed | None = None
-        while queue:
-            src, e = queue.popleft()
-            if isinstance(e, Send):
-                if isinstance(e.msg, BidRequest):
-                    asked.add(e.to)
-                    requests += 1
-                queue.extend((e.to, x) for x in cores[e.to].receive(e.msg, src, now))
-            elif isinstance(e, Broadcast):
-                for n in asked | {e.msg.placement.owner}:
-                    if n != src:
-                        queue.extend((n, x) for x in cores[n].receive(e.msg, src, now))
-            elif isinstance(e, Decided | Failed):
-                outcome = e
-        if isinstance(outcome, Failed) or outcome is None:
+        # A batch: one originator's submissions of one moment, sharing a first-round
+        # sample as the shell's (candidates.Batch); their rounds then run interleaved.
+        shared = Batch()
+        queue: deque[tuple[str, Any]] = deque()
+        for i in range(first, min(first + batch, len(seq))):
+            w = Workload(f"w{i}", f"w{i}", None, seq[i], "fake", {}, Constraints())
+            _, effects = cores[origin].submit(w, names, now, batch=shared)
+            queue.extend((origin, e) for e in effects)
+        asked: dict[str, set[str]] = {}  # workload id -> candidates asked
+        outcomes: list[Decided | Failed] = []
+        size = min(batch, len(seq) - first)
+        for _ in range(100):  # rounds that wait (busy retries) need the clock to move
+            while queue:
+                src, e = queue.popleft()
+                if isinstance(e, Send):
+                    if isinstance(e.msg, BidRequest):
+                        asked.setdefault(e.msg.workload_id, set()).add(e.to)
+                        requests += 1
+                    queue.extend((e.to, x) for x in cores[e.to].receive(e.msg, src, now))
+                elif isinstance(e, Broadcast):
+                    p = e.msg.placement
+                    for n in asked.get(p.workload_id, set()) | {p.owner}:
+                        if n != src:
+                            queue.extend((n, x) for x in cores[n].receive(e.msg, src, now))
+                elif isinstance(e, Decided | Failed):
+                    outcomes.append(e)
+            if len(outcomes) >= size:
+                break
+            now = max(now, cores[origin].next_deadline())
+            involved = {origin}.union(*asked.values())
+            for n in sorted(involved):
+                queue.extend((n, x) for x in cores[n].tick(now))
+        for o in outcomes:
+            if isinstance(o, Decided):
+                used_cpu += o.placement.resources.cpus
+                used_mem += o.placement.resources.memory
+                feed(o.placement.owner)
+        failed = [o for o in outcomes if isinstance(o, Failed)]
+        if failed or len(outcomes) < size:
+            placed = first + sum(isinstance(o, Decided) for o in outcomes)
             return {
-                "placed": i,
+                "placed": placed,
                 "packed": packed(caps, used_cpu, used_mem),
-                "bid_requests_per_placement": round(requests / max(1, i), 1),
-                "refused": outcome.reason[:120] if outcome else "no outcome",
+                "bid_requests_per_placement": round(requests / max(1, placed), 1),
+                "refused": failed[0].reason[:120] if failed else "no outcome",
             }
-        used_cpu += r.cpus
-        used_mem += r.memory
-        feed(outcome.placement.owner)
     return {"placed": len(seq), "packed": packed(caps, used_cpu, used_mem), "refused": None}
 
 
-def quality(n: int, seed: int, cfg: Config) -> dict[str, Any]:
+def quality(n: int, seed: int, cfg: Config, batch: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     caps = capacities(n, rng)
     seq = arrivals(caps, rng)
@@ -222,7 +248,7 @@ def quality(n: int, seed: int, cfg: Config) -> dict[str, Any]:
     online = centralized(caps, seq, _least_left, decreasing=False)
     balanced = centralized(caps, seq, _balanced, decreasing=False)
     t1 = time.perf_counter()
-    auc = auction_quality(caps, seq, cfg, seed)
+    auc = auction_quality(caps, seq, cfg, seed, batch)
     t2 = time.perf_counter()
     mean = auc["packed"]["mean"]
     return {
@@ -231,6 +257,7 @@ def quality(n: int, seed: int, cfg: Config) -> dict[str, Any]:
         "seed": seed,
         "workloads_offered": len(seq),
         "sample": math.ceil(cfg.auction_sample_d * math.log2(n)),
+        "batch": batch,
         "auction": auc,
         "bfd": bfd,
         "best_fit_online": online,
@@ -280,11 +307,17 @@ def main() -> None:
     ap.add_argument("--sizes", default="16,64,256,1000")
     ap.add_argument("--placements", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--batch",
+        default="1,8",
+        help="auctions an originator starts together, sharing a sample (one figure each)",
+    )
     args = ap.parse_args()
     # Values as in meshd.toml: numbers and booleans typed (auction_sample_d=1.5).
     overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (i.split("=", 1) for i in args.set)}
     cfg = config.load(None, "sim", overrides)
-    print(json.dumps(quality(args.nodes, args.seed, cfg)), flush=True)
+    for batch in (int(x) for x in args.batch.split(",")):
+        print(json.dumps(quality(args.nodes, args.seed, cfg, batch)), flush=True)
     for n in (int(x) for x in args.sizes.split(",")):
         print(json.dumps(messages(n, args.placements, args.seed, cfg)), flush=True)
 
