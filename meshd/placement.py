@@ -177,7 +177,7 @@ class PlacementShell:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             peer = self.mesh.random_peer(rng)
             if peer is not None:
-                self._apply([Send(peer, self.core.anti_entropy(), False)])
+                self._apply(self.core.anti_entropy(peer))
             interval = self.node.cfg.auction_sync_interval_s
 
     async def _prune_rounds(self) -> None:

@@ -78,7 +78,7 @@ from types import MappingProxyType
 
 from meshd.auction import candidates, codec, ranking
 from meshd.auction.bidder import Bidder, clip
-from meshd.auction.digest import ViewDigest, bucket_of
+from meshd.auction.digest import COUNTS, ViewDigest, in_buckets
 from meshd.auction.durable import DurableState, PlacementRecorded, RoundRecorded
 from meshd.auction.effects import Broadcast, Decided, Effect, Failed, Persist, Send
 from meshd.auction.messages import (
@@ -259,11 +259,12 @@ class Auctioneer:
             if self._adopt(m.placement, out) == "stale":
                 self._confirm_to(sender, self._view[m.placement.workload_id], out)
         elif isinstance(m, Digest):
-            differing = self._digest.differing(m.sums)
-            if differing and not m.reply:
-                out.append(Send(sender, Digest(self._digest.sums(), True), False))
+            count = len(m.sums)
+            differing = self._digest.differing(m.sums) if count in COUNTS else frozenset()
+            if differing and not m.reply:  # answer at the sender's bucket count
+                self._send_sized(sender, Digest(self._digest.sums(count), True), out)
             if differing:
-                self._send_sync(sender, self._in_buckets(differing), out)
+                self._send_sync(sender, self._in_buckets(differing, count), out)
         elif isinstance(m, Sync):
             for p in m.placements:
                 self._adopt(p, out)
@@ -367,19 +368,23 @@ class Auctioneer:
         self._log.info("auction removed workload=%s generation=%d", workload_id, tomb.generation)
         return tomb, out
 
-    def anti_entropy(self) -> Digest:
-        """A summary of the view, for the shell to send to one random member."""
-        return Digest(self._digest.sums(), False)
+    def anti_entropy(self, peer: str) -> list[Effect]:
+        """Start an exchange with ``peer`` (the shell picks one at random): our digest."""
+        out: list[Effect] = []
+        self._send_sized(peer, Digest(self._digest.sums(), False), out)
+        return out
 
-    def _in_buckets(self, buckets: frozenset[int]) -> tuple[Placement, ...]:
-        return tuple(p for wid, p in self._view.items() if bucket_of(wid) in buckets)
+    def _in_buckets(self, buckets: frozenset[int], count: int) -> tuple[Placement, ...]:
+        return tuple(p for wid, p in self._view.items() if in_buckets(wid, buckets, count))
 
     def _send_sync(self, to: str, placements: tuple[Placement, ...], out: list[Effect]) -> None:
-        msg = Sync(placements, True)
-        out.append(Send(to, msg, not codec.fits_datagram(msg)))
+        self._send_sized(to, Sync(placements, True), out)
 
     def _confirm_to(self, to: str, p: Placement, out: list[Effect]) -> None:
-        msg = Confirm(p)
+        self._send_sized(to, Confirm(p), out)
+
+    def _send_sized(self, to: str, msg: AuctionMsg, out: list[Effect]) -> None:
+        """A datagram if ``msg`` fits one, else the reliable channel."""
         out.append(Send(to, msg, not codec.fits_datagram(msg)))
 
     # -- originator --------------------------------------------------------------------
@@ -470,7 +475,7 @@ class Auctioneer:
                 r.resend_gap = self._cfg.auction_award_resend_s
                 r.resend_at = now + r.resend_gap
                 award = Award(r.rid, w, gen)
-                out.append(Send(node, award, not codec.fits_datagram(award)))
+                self._send_sized(node, award, out)
                 return
             placed = self._view.get(w.id)
             why = self._book.accept_award(r.rid, w, gen, node, placed, now, out)
@@ -490,7 +495,7 @@ class Auctioneer:
         r.resend_gap *= 2
         r.resend_at = now + r.resend_gap
         award = Award(r.rid, a.workload, aw.generation)
-        out.append(Send(aw.node, award, not codec.fits_datagram(award)))
+        self._send_sized(aw.node, award, out)
         self._log.debug("auction award-resend round=%s node=%s", r.rid, aw.node)
 
     def _award_silent(self, a: Auction, now: float, out: list[Effect]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from meshd.auction import durable as d
 from meshd.auction import fields as v
 from meshd.auction import messages as m
-from meshd.auction.digest import BUCKETS
+from meshd.auction.digest import COUNTS
 from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
 from meshd.auction.model import Allocation
 
@@ -163,7 +163,7 @@ _MESSAGES: dict[str, Callable[[dict[str, Any]], m.AuctionMsg]] = {
         v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"]), v.text(o["why"], MAX_TEXT, True)
     ),
     "conf": lambda o: m.Confirm(v.to_placement(o["p"])),
-    "dig": lambda o: m.Digest(v.to_sums(o["s"], BUCKETS), v.flag(o["reply"])),
+    "dig": lambda o: m.Digest(v.to_sums(o["s"], COUNTS), v.flag(o["reply"])),
     "sync": lambda o: m.Sync(tuple(map(v.to_placement, v.array(o["ps"]))), v.flag(o["reply"])),
 }
 

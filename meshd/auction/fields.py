@@ -10,7 +10,7 @@ and every JSON or UTF-8 error, into :class:`~meshd.errors.EnvelopeError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import orjson
@@ -173,11 +173,13 @@ def array(v: Any, n: int | None = None) -> list[Any]:
     return v
 
 
-def to_sums(v: Any, n: int) -> tuple[int, ...]:
-    """``n`` 64-bit sums as one string of 16 lower-case hex digits each."""
-    if not isinstance(v, str) or len(v) != 16 * n or v.strip("0123456789abcdef"):
+def to_sums(v: Any, counts: Collection[int]) -> tuple[int, ...]:
+    """64-bit sums, as many as one of ``counts``: 16 lower-case hex digits each."""
+    if not isinstance(v, str) or len(v) % 16 or len(v) // 16 not in counts:
         raise Bad("bad sums")
-    return tuple(int(v[i : i + 16], 16) for i in range(0, 16 * n, 16))
+    if v.strip("0123456789abcdef"):
+        raise Bad("bad sums")
+    return tuple(int(v[i : i + 16], 16) for i in range(0, len(v), 16))
 
 
 def to_res(v: Any) -> Resources:

@@ -15,13 +15,13 @@ Accept         datagram   winner → originator: committed durably at ``generati
 Refuse         datagram   winner → originator: can't host it after all, and why
 Revoke         reliable   originator → a silent winner: that award is withdrawn
 Confirm        broadcast  the placement, to every member (direct and by gossip)
-Digest         datagram   anti-entropy: the view's bucket sums (``reply`` on the answer)
+Digest         (*)        anti-entropy: the view's bucket sums (``reply`` on the answer)
 Sync           (*)        anti-entropy: the placements of the buckets that differ
 =============  =========  ==============================================================
 
 Datagrams may carry several messages to one node (a bundle, ``codec.bundle``; the
-placement shell's outbox makes them). (*) An ``Award`` or ``Sync`` that does not fit
-one datagram (a large spec, many placements) goes over the reliable channel. Either
+placement shell's outbox makes them). (*) An ``Award``, ``Digest`` or ``Sync`` that
+does not fit one datagram (a large spec, a large view) goes over the reliable channel. Either
 way the originator re-sends an award until the winner answers, and the winner
 answers every copy, so the award/answer pair survives a lost datagram. A ``Confirm``
 sent to one node (correcting a stale one, answering a repeated ``Accept``) is a
@@ -101,7 +101,7 @@ class Confirm:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """The sender's view in :data:`~meshd.auction.digest.BUCKETS` bucket sums."""
+    """The sender's view as bucket sums (:mod:`~meshd.auction.digest`: 32 to 4,096)."""
 
     sums: tuple[int, ...]
     reply: bool = False  # an answer: don't answer it with another Digest

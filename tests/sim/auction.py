@@ -167,7 +167,7 @@ class AuctionNode:
             self.next_sync = now + self.fleet.cfg.auction_sync_interval_s
             target = self.fleet.sync_target(self.node.name, self.rng)
             if target is not None:
-                out.append(Send(target, self.core.anti_entropy(), False))
+                out += self.core.anti_entropy(target)
         return self.fleet.step(self, out)
 
     def next_deadline(self) -> float:

@@ -74,6 +74,7 @@ MESSAGES: list[AuctionMsg] = [
     Sync((), False),
     Digest((*range(31), 2**64 - 1), False),
     Digest((0,) * 32, True),
+    Digest(tuple(range(4096)), False),
 ]
 
 RECORDS: list[d.Record] = [
@@ -135,6 +136,7 @@ def test_longest_bid_fits_one_datagram() -> None:
         b'{"t":"acc","r":"x","w":"w","g":9223372036854775808}',  # 2**63: beyond a count
         b'{"t":"sync","ps":{},"reply":false}',
         b'{"t":"dig","s":"00","reply":false}',
+        ('{"t":"dig","s":"' + "0" * 16 * 48 + '","reply":false}').encode(),  # 48: not a count
         ('{"t":"dig","s":"' + "g" * 512 + '","reply":false}').encode(),
         ('{"t":"dig","s":"' + "A" * 512 + '","reply":false}').encode(),
         ('{"t":"dig","s":"' + "0" * 512 + '","reply":0}').encode(),

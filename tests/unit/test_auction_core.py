@@ -413,11 +413,13 @@ def test_digest_exchange_sends_only_the_differing_buckets() -> None:
     a.receive(Sync(tuple(common), True), "n1", T0)
     b.receive(Sync(tuple(reversed(common)), True), "n1", T0)
     # Same view: a Digest is answered with nothing at all.
-    assert b.receive(a.anti_entropy(), "na", T0) == []
+    [start] = a.anti_entropy("nb")
+    assert isinstance(start, Send) and not start.reliable  # 32 sums: one datagram
+    assert b.receive(start.msg, "na", T0) == []
     # a learns one newer placement and one new workload; b one new workload.
     a.receive(Sync((_placed("w7", "n3", 2), _placed("only-a", "n4")), True), "n1", T0)
     b.receive(Sync((_placed("only-b", "n5"),), True), "n1", T0)
-    sends = [e for e in b.receive(a.anti_entropy(), "na", T0) if isinstance(e, Send)]
+    sends = [e for e in b.receive(a.anti_entropy("nb")[0].msg, "na", T0) if isinstance(e, Send)]
     digest = next(e.msg for e in sends if isinstance(e.msg, Digest))
     sync = next(e.msg for e in sends if isinstance(e.msg, Sync))
     assert digest.reply and sync.reply
@@ -431,7 +433,7 @@ def test_digest_exchange_sends_only_the_differing_buckets() -> None:
         b.receive(m, "na", T0)
     assert dict(a.placements()) == dict(b.placements())
     assert a.placements()["w7"].generation == 2
-    assert a.anti_entropy() == b.anti_entropy()
+    assert a.anti_entropy("x") == b.anti_entropy("x")
 
 
 def test_at_one_generation_a_removal_wins_whatever_arrives_first() -> None:
@@ -477,6 +479,26 @@ def test_an_accept_for_a_round_too_old_to_remember_is_answered() -> None:
     assert net.sent[-1] == ("n1", "n3", Revoke(award.round_id, "w1", award.generation))
     # A round id that is not n1's is not n1's to answer.
     assert net.cores["n1"].receive(Accept("n9-00000000abcd", "w1", 1), "n3", net.now) == []
+
+
+def test_a_large_view_is_compared_in_small_buckets() -> None:
+    a = Auctioneer(config.sim(), "na", CAP, random.Random(1), T0, LOG)
+    b = Auctioneer(config.sim(), "nb", CAP, random.Random(2), T0, LOG)
+    common = tuple(_placed(f"w{i}", "n2") for i in range(5000))
+    a.receive(Sync(common, True), "n1", T0)
+    b.receive(Sync(common, True), "n1", T0)
+    a.receive(Sync((_placed("late", "n3"),), True), "n1", T0)  # one confirmation in flight
+    [start] = a.anti_entropy("nb")
+    assert isinstance(start.msg, Digest) and len(start.msg.sums) == 256
+    assert start.reliable  # 256 sums do not fit a datagram
+    out = [e for e in b.receive(start.msg, "na", T0) if isinstance(e, Send)]
+    reply = next(e.msg for e in out if isinstance(e.msg, Digest))
+    assert len(reply.sums) == 256  # answered at the sender's count
+    back = [e.msg for e in a.receive(reply, "nb", T0) if isinstance(e, Send)]
+    [sync] = back
+    assert isinstance(sync, Sync) and len(sync.placements) < 60  # one bucket, not 5,000/32
+    b.receive(sync, "na", T0)
+    assert "late" in b.placements()
 
 
 def test_two_owners_for_one_generation_is_a_breach() -> None:
