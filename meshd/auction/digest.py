@@ -11,8 +11,9 @@ to :data:`FINE`, about one per :data:`PER_BUCKET` placements it knows, and the
 receiver compares at the same count. Under load a few confirmations are always in
 flight, so a few buckets always differ at the moment of an exchange; small buckets
 keep that cheap however large the view. Bucket ``i`` of ``n`` holds the workloads
-whose CRC-32 is ``i`` modulo ``n``, so the counts nest. A view of up to ~1,000 placements is summarised in 32 buckets, one
-datagram; a larger one's digest travels over the reliable channel.
+whose CRC-32 is ``i`` modulo ``n``, so the counts nest. A view of up to ~1,000
+placements is summarised in 32 buckets, one datagram; a larger one's digest travels
+over the reliable channel.
 """
 
 from __future__ import annotations
