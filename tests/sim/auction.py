@@ -182,6 +182,15 @@ class AuctionNode:
         self.fleet.outcomes.setdefault(aid, Outcome(w.id, self.node.name))
         return self.fleet.step(self, effects)
 
+    def remove(self, workload_id: str) -> list[Any]:
+        """An operator's ``meshd workload rm`` here; nothing if this node sees it unplaced."""
+        self.fleet.feed(self)
+        try:
+            _, effects = self.core.remove(workload_id, self.fleet.sim.now)
+        except KeyError:
+            return []
+        return self.fleet.step(self, effects)
+
 
 @dataclass
 class Fleet:
@@ -261,6 +270,12 @@ class Fleet:
         self.sim._cmd(f"submit {originator} {w.id} {w.resources.describe()}")
         members = self.members(originator)
         self.sim.inject(originator, AUCTION, lambda a: a.submit(w, members))
+
+    def remove(self, node: str, workload_id: str) -> None:
+        if not self.sim.nodes[node].up:
+            return
+        self.sim._cmd(f"remove {node} {workload_id}")
+        self.sim.inject(node, AUCTION, lambda a: a.remove(workload_id))
 
     def set_telemetry(self, name: str, t: Telemetry | None) -> None:
         if t is None:
@@ -456,17 +471,22 @@ class Fleet:
             n: {w: (p.owner, p.generation) for w, p in self.core(n).placements().items()}
             for n in live
         }
+        removed = {n: {w for w, p in self.core(n).placements().items() if p.removed} for n in live}
         first = views[live[0]] if live else {}
         for n in live:
             if views[n] != first:
                 diff = sorted(set(views[n].items()) ^ set(first.items()))[:4]
                 problems.append(f"{n}'s view differs from {live[0]}'s: {diff}")
+            if removed[n] != removed[live[0]]:
+                problems.append(f"{n} and {live[0]} disagree on what was removed")
         for n in live:
             core = self.core(n)
             ledger = core.ledger()
             for wid, alloc in ledger.allocations.items():
                 want = first.get(wid)
-                if want != (n, alloc.generation):
+                if live and wid in removed[live[0]]:
+                    problems.append(f"{n} still holds {wid} gen {alloc.generation}, removed")
+                elif want != (n, alloc.generation):
                     problems.append(f"{n} holds {wid} gen {alloc.generation}, view says {want}")
                 elif not alloc.confirmed:
                     problems.append(f"{n} never confirmed {wid} gen {alloc.generation}")
@@ -478,6 +498,8 @@ class Fleet:
             if d.placements != dict(core.placements()):
                 problems.append(f"{n}: durable placement view differs from the core's")
         for wid, (owner, gen) in first.items():
+            if live and wid in removed[live[0]]:
+                continue  # a tombstone: nobody holds it
             if owner in views and wid not in self.core(owner).ledger().allocations:
                 problems.append(f"{wid} placed on {owner} gen {gen}, which holds no allocation")
         for aid, o in self.outcomes.items():

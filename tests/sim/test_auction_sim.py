@@ -117,6 +117,8 @@ def random_run(
         )
         origin = origin if burst else rng.choice(names)
         sim.at(t, fleet.submit, origin, w)
+        if rng.random() < 0.2:  # an operator removes it, from any node, placed or not yet
+            sim.at(t + rng.uniform(0.0, 3.0), fleet.remove, rng.choice(names), w.id)
         if rng.random() < 0.3:  # the client retries on the same node
             sim.at(t + rng.uniform(0.1, 5.0), fleet.submit, origin, w)
     for _ in range(rng.randint(0, 5)):
