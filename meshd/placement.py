@@ -330,25 +330,29 @@ class PlacementShell:
 
     def workloads(self) -> list[dict[str, Any]]:
         mine = self.core.ledger().allocations
-        return [
-            {
-                "workload": p.workload_id,
-                "name": p.name,
-                "owner": p.owner,
-                "generation": p.generation,
-                "state": self._state(p.workload_id, p.generation)[0],
-                "detail": self._state(p.workload_id, p.generation)[1],
-                "tenant": p.tenant,
-                "resources": {
-                    "cpus": p.resources.cpus,
-                    "memory": p.resources.memory,
-                    "disk": p.resources.disk,
-                },
-                "local": p.workload_id in mine,
-            }
-            for p in sorted(self.core.placements().values(), key=lambda p: p.name)
-            if not p.removed
-        ]
+        rows = []
+        for p in sorted(self.core.placements().values(), key=lambda p: p.name):
+            if p.removed:
+                continue
+            state, detail = self._state(p.workload_id, p.generation)
+            rows.append(
+                {
+                    "workload": p.workload_id,
+                    "name": p.name,
+                    "owner": p.owner,
+                    "generation": p.generation,
+                    "state": state,
+                    "detail": detail,
+                    "tenant": p.tenant,
+                    "resources": {
+                        "cpus": p.resources.cpus,
+                        "memory": p.resources.memory,
+                        "disk": p.resources.disk,
+                    },
+                    "local": p.workload_id in mine,
+                }
+            )
+        return rows
 
     def _state(self, wid: str, generation: int) -> tuple[str, str]:
         if self.runner is None:
