@@ -44,7 +44,7 @@ from meshd.auction.effects import (
     Stop,
 )
 from meshd.auction.fields import MAX_COUNT, MAX_NAME, json_safe
-from meshd.auction.messages import AuctionMsg, Confirm
+from meshd.auction.messages import AuctionMsg, Confirm, Sync
 from meshd.auction.model import (
     Capacity,
     Constraints,
@@ -125,6 +125,13 @@ class PlacementShell:
         m = node.metrics
         self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
         self.dropped = m.counter("meshd_auction_dropped_total", "Auction messages dropped")
+        self.repairs = m.counter(
+            "meshd_auction_sync_placements_total",
+            "Placements this node sent to a member whose view differed (anti-entropy)",
+        )
+        self.pruned = m.counter(
+            "meshd_auction_rounds_pruned_total", "Old round records deleted from the store"
+        )
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -202,6 +209,7 @@ class PlacementShell:
                     self.node.store, keep, PRUNE_BATCH, placed, now
                 )
                 if pruned:
+                    self.pruned.inc(pruned)
                     logger.debug("pruned auction rounds count=%d", pruned)
             except MeshdError as exc:  # a busy or failing disk: try again next time
                 logger.warning("pruning auction rounds failed: %s", exc)
@@ -468,6 +476,8 @@ class PlacementShell:
         encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
         for e in effects:
             if isinstance(e, Send):
+                if isinstance(e.msg, Sync):
+                    self.repairs.inc(len(e.msg.placements))
                 if e.reliable:
                     self._send_reliable(e.to, e.msg)
                 elif e.to == self.node.ident.name:

@@ -122,3 +122,10 @@ def test_a_node_that_was_down_catches_up_on_placements_by_anti_entropy(
     time.sleep(3.0)  # every gossip retransmission of the confirmations is over
     gamma.start()
     wait_for("gamma to catch up on the placements", lambda: view(gamma) == expected, 15)
+    repaired = sum(
+        float(line.rsplit(" ", 1)[1])
+        for d in (alpha, beta)
+        for line in str(d.api("GET", "/metrics")).splitlines()
+        if line.startswith("meshd_auction_sync_placements_total")
+    )
+    assert repaired >= 6  # what gamma missed came by anti-entropy
