@@ -378,7 +378,10 @@ class Auctioneer:
         return tuple(p for wid, p in self._view.items() if in_buckets(wid, buckets, count))
 
     def _send_sync(self, to: str, placements: tuple[Placement, ...], out: list[Effect]) -> None:
-        self._send_sized(to, Sync(placements, True), out)
+        # In runs: one request body over mTLS is bounded (a new node may need the view).
+        for chunk in codec.sync_chunks(placements):
+            msg = Sync(chunk, True)
+            out.append(Send(to, msg, len(chunk) > 4 or not codec.fits_datagram(msg)))
 
     def _confirm_to(self, to: str, p: Placement, out: list[Effect]) -> None:
         self._send_sized(to, Confirm(p), out)

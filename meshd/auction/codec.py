@@ -26,7 +26,7 @@ from meshd.auction import fields as v
 from meshd.auction import messages as m
 from meshd.auction.digest import COUNTS
 from meshd.auction.fields import MAX_DATAGRAM, MAX_TEXT, RID
-from meshd.auction.model import Allocation
+from meshd.auction.model import Allocation, Placement
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -90,6 +90,26 @@ def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
 
 def encode(msg: m.AuctionMsg) -> bytes:
     return v.dumps(_msg(msg))
+
+
+MAX_RELIABLE = 512 * 1024  # bytes of one message over mTLS: half the API's body limit
+
+
+def sync_chunks(placements: Sequence[Placement]) -> list[tuple[Placement, ...]]:
+    """``placements`` in runs whose ``Sync`` stays within :data:`MAX_RELIABLE`."""
+    chunks: list[tuple[Placement, ...]] = []
+    run: list[Placement] = []
+    size = 0
+    for p in placements:
+        cost = len(v.dumps(v.placement(p))) + 1
+        if run and size + cost > MAX_RELIABLE - 64:
+            chunks.append(tuple(run))
+            run, size = [], 0
+        run.append(p)
+        size += cost
+    if run:
+        chunks.append(tuple(run))
+    return chunks
 
 
 def fits_datagram(msg: m.AuctionMsg) -> bool:

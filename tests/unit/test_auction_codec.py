@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshd.api.server import MAX_BODY
 from meshd.auction import codec
 from meshd.auction import durable as d
 from meshd.auction.bidder import MAX_REASON_BYTES
@@ -226,3 +227,16 @@ def test_decode_does_not_take_bundles() -> None:
     frame = codec.bundle([codec.encode(MESSAGES[4]), codec.encode(MESSAGES[6])])
     with pytest.raises(EnvelopeError):
         codec.decode(frame)
+
+
+def test_a_large_view_syncs_in_runs_the_api_accepts() -> None:
+    long = "x" * 255
+    big = [
+        Placement(f"{i:08d}{long}"[:255], long, long, 1, long + long, long, 1.5, RES, long)
+        for i in range(3000)
+    ]
+    chunks = codec.sync_chunks(big)
+    assert len(chunks) > 1 and [p for c in chunks for p in c] == big
+    for c in chunks:
+        assert len(codec.encode(Sync(c, True))) <= codec.MAX_RELIABLE < MAX_BODY
+    assert codec.sync_chunks([]) == []
