@@ -43,7 +43,7 @@ from meshd.auction.effects import (
     Start,
     Stop,
 )
-from meshd.auction.fields import MAX_COUNT, MAX_NAME, json_safe
+from meshd.auction.fields import MAX_COUNT, MAX_NAME, dumps, json_safe
 from meshd.auction.messages import AuctionMsg, Confirm, Sync
 from meshd.auction.model import (
     Capacity,
@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
+SPEC_MAX = 256 * 1024  # bytes of a workload's settings (an Award must fit MAX_RELIABLE)
 DRIVERS = ("process", "qemu", "firecracker")
 # What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
 SPEC_FIELDS = (
@@ -253,6 +254,8 @@ class PlacementShell:
         spec = {k: body[k] for k in SPEC_FIELDS if body.get(k) is not None}
         if not json_safe(spec):
             raise BadRequest("the workload's settings hold a NaN, an infinity or a huge integer")
+        if len(dumps(spec)) > SPEC_MAX:  # an Award carries them, over mTLS at most
+            raise BadRequest(f"the workload's settings are larger than {SPEC_MAX // 1024} KiB")
         return Workload(
             id=wid,
             name=name,

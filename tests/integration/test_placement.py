@@ -96,6 +96,7 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
         "name is at most 255 bytes": {"name": "n" * 256, "cpus": 1, "memory": 1 << 20},
         "a tenant is a name": {"cpus": 1, "memory": 1 << 20, "tenant": ""},
         "NaN, an infinity or a huge integer": {"cpus": 1, "memory": 1 << 20, "cmdline": 2**70},
+        "larger than 256 KiB": {"cpus": 1, "memory": 1 << 20, "cmdline": "x" * 300_000},
     }
     for sentence, fields in refusals.items():
         with pytest.raises(ApiError, match=sentence):
