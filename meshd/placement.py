@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 import uuid
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshd import telemetry
 from meshd.alarm import Alarm
-from meshd.auction import candidates, codec
+from meshd.auction import candidates, codec, fields
 from meshd.auction.auctioneer import Auctioneer
 from meshd.auction.effects import (
     Broadcast,
@@ -74,7 +73,8 @@ logger = logging.getLogger(__name__)
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
-SPEC_MAX = 256 * 1024  # bytes of a workload's settings (an Award must fit MAX_RELIABLE)
+WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RELIABLE
+MAX_CPUS = 1_000_000  # a workload's cpus, at most
 DRIVERS = ("process", "qemu", "firecracker")
 # What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
 SPEC_FIELDS = (
@@ -223,19 +223,16 @@ class PlacementShell:
     def _workload(self, body: Mapping[str, Any]) -> Workload:
         name, driver = body.get("name"), body.get("driver", "process")
         cpus, memory, disk = body.get("cpus"), body.get("memory"), body.get("disk", 0)
-        if not isinstance(name, str) or not name:
-            raise BadRequest("a workload needs a name")
-        if len(name.encode()) > MAX_NAME:
-            raise BadRequest(f"a workload name is at most {MAX_NAME} bytes")
+        if not isinstance(name, str) or not _short_text(name):
+            raise BadRequest(f"a workload needs a name of 1 to {MAX_NAME} bytes of UTF-8")
         if driver not in DRIVERS:
             raise BadRequest(f"unknown driver {driver!r}; use one of {', '.join(DRIVERS)}")
         if (
             not isinstance(cpus, int | float)
             or isinstance(cpus, bool)
-            or not math.isfinite(cpus)
-            or cpus <= 0
+            or not 0 < cpus <= MAX_CPUS  # no NaN, no infinity, no 10**400
         ):
-            raise BadRequest("cpus must be a positive number")
+            raise BadRequest(f"cpus must be a positive number up to {MAX_CPUS:,}")
         if not (isinstance(memory, int) and _size(memory, 1) and _size(disk, 0)):
             raise BadRequest("memory must be a positive number of bytes, disk not negative")
         nodes = body.get("nodes") or []
@@ -245,6 +242,8 @@ class PlacementShell:
         if tenant is not None and not _short_text(tenant):
             raise BadRequest(f"a tenant is a name of 1 to {MAX_NAME} bytes")
         key = body.get("idempotency_key")
+        if key is not None and not _short_text(key):
+            raise BadRequest(f"an idempotency key is 1 to {MAX_NAME} bytes of UTF-8")
         # A key names one workload *per originating node*: two nodes must never run
         # auctions for one workload id at once, so a retry goes to the same node.
         node = self.node.ident.name
@@ -253,10 +252,11 @@ class PlacementShell:
         )
         spec = {k: body[k] for k in SPEC_FIELDS if body.get(k) is not None}
         if not json_safe(spec):
-            raise BadRequest("the workload's settings hold a NaN, an infinity or a huge integer")
-        if len(dumps(spec)) > SPEC_MAX:  # an Award carries them, over mTLS at most
-            raise BadRequest(f"the workload's settings are larger than {SPEC_MAX // 1024} KiB")
-        return Workload(
+            raise BadRequest(
+                "the workload's settings hold a NaN, an infinity, a huge integer "
+                "or text that is not UTF-8"
+            )
+        w = Workload(
             id=wid,
             name=name,
             tenant=tenant if isinstance(tenant, str) else None,
@@ -265,6 +265,12 @@ class PlacementShell:
             spec=spec,
             constraints=Constraints(nodes=frozenset(nodes)),
         )
+        if len(dumps(fields.workload(w))) > WORKLOAD_MAX:  # an Award carries it whole
+            raise BadRequest(
+                f"the workload (its settings and node list) is larger than "
+                f"{WORKLOAD_MAX // 1024} KiB"
+            )
+        return w
 
     async def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
         workload = self._workload(body)
@@ -548,4 +554,9 @@ def _size(v: Any, least: int) -> bool:
 
 
 def _short_text(v: Any) -> bool:
-    return isinstance(v, str) and 0 < len(v.encode()) <= MAX_NAME
+    if not isinstance(v, str):
+        return False
+    try:
+        return 0 < len(v.encode()) <= MAX_NAME
+    except UnicodeEncodeError:  # a lone surrogate: JSON lets it through
+        return False

@@ -93,10 +93,18 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
         assert err.value.status == 400
     refusals = {
         "memory must be a positive number": {"cpus": 1, "memory": 2**64},
-        "name is at most 255 bytes": {"name": "n" * 256, "cpus": 1, "memory": 1 << 20},
+        "a name of 1 to 255 bytes": {"name": "n" * 256, "cpus": 1, "memory": 1 << 20},
+        "a name of 1 to 255 bytes of UTF-8": {"name": "\ud800", "cpus": 1, "memory": 1 << 20},
+        "cpus must be a positive number": {"cpus": 10**400, "memory": 1 << 20},
+        "an idempotency key": {"cpus": 1, "memory": 1 << 20, "idempotency_key": 7},
         "a tenant is a name": {"cpus": 1, "memory": 1 << 20, "tenant": ""},
-        "NaN, an infinity or a huge integer": {"cpus": 1, "memory": 1 << 20, "cmdline": 2**70},
+        "NaN, an infinity, a huge integer": {"cpus": 1, "memory": 1 << 20, "cmdline": 2**70},
         "larger than 256 KiB": {"cpus": 1, "memory": 1 << 20, "cmdline": "x" * 300_000},
+        "node list\\) is larger": {
+            "cpus": 1,
+            "memory": 1 << 20,
+            "nodes": [f"{i:04d}{'n' * 246}" for i in range(1100)],
+        },
     }
     for sentence, fields in refusals.items():
         with pytest.raises(ApiError, match=sentence):

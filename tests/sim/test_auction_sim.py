@@ -279,9 +279,10 @@ def test_adapter_is_the_harness_core() -> None:
 
 
 def test_a_node_that_missed_thousands_of_placements_catches_up_under_loss() -> None:
-    """Digests sized to the view (more than 32 buckets past ~1,000 placements) and
-    Syncs in runs bring back a node that was down while 1,500 workloads were placed,
-    over a lossy, duplicating network, with every message encoded."""
+    """Digests sized to the view (64 buckets past ~1,000 placements, so over the
+    reliable channel) bring back a node that was down while 1,500 workloads were
+    placed; datagrams are lost and duplicated, every message is encoded. (Syncs in
+    runs are unit-tested: this view fits one.)"""
     cfg = config.sim().replace(auction_sync_interval_s=1.0)
     caps = {f"n{i}": Capacity(10_000.0, 10_000 * GiB, 100 * GiB) for i in range(1, 6)}
     link = LinkModel(loss=0.05, duplicate=0.05)
