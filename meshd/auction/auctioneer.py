@@ -45,6 +45,14 @@ Where meshd departs from the design's letter
   swallows the ``Accept``, the ``Revoke`` and the asks can still let a workload
   appear after its client saw ``Failed``; it never runs twice for long: the higher
   generation wins and the other owner stops.)
+* **No DHT copy of placements, and one signature on a confirmation.** The design
+  has the originator also publish each placement in the DHT, signed by originator
+  and winner. Every node already holds the whole view (direct confirmations, gossip,
+  digest anti-entropy), so a DHT record would be a third copy at the cost of a
+  Kademlia store per decision; the DHT carries services, the lookup that needs it.
+  A ``Confirm`` is signed by its sender only: the winner's word is its own signed
+  ``Accept`` to the originator, and a node named owner of a placement it never
+  accepted holds no allocation for it, logs that, and runs nothing.
 * **Busy retries.** A round in which every "no" came from capacity *held* by
   concurrent rounds (``Bid.busy``) is retried after about one window for up to
   ``auction_hold_ttl_s``, without using up ``auction_max_rounds``: those holds
