@@ -3,15 +3,15 @@
 The pure core (``meshd.auction``) decides; this shell only carries out, in the order
 the core's effects document:
 
-1. **persist** every record of the step in one transaction, fsynced when it holds
-   a commit point (a bid's hold, an accepted award, a decided placement are written
-   before anyone hears of them);
-2. **send**: bid requests, bids, awards that fit one datagram and their answers as
-   compact-signed, sealed datagrams on the mesh port's auction channel (one
-   signature per message, however many members get it); larger awards, withdrawals
-   and anti-entropy over mTLS (``POST /v1/mesh/auction``); confirmations to every
-   member directly *and* through membership gossip, with periodic anti-entropy so a
-   partitioned node catches up;
+1. **persist** the step's records through the journal (``meshd.journal``): promises
+   (an accepted award, a round with its awards) at once, fsynced for allocations;
+   knowledge (holds, bids, the view) within ``auction_journal_lag_s``, in order;
+2. **send** through the outbox (``meshd.outbox``): one loop turn's messages to a
+   member as one compact-signed, sealed datagram bundle on the mesh port's auction
+   channel, confirmations as one bundle for everyone; what does not fit a datagram
+   (a large award, a large digest or Sync) and withdrawals over mTLS
+   (``POST /v1/mesh/auction``); confirmations also through membership gossip, with
+   digest anti-entropy so a partitioned or restarted node catches up;
 3. **act**: resolve the waiting ``submit`` call, log workload starts and stops.
 
 The core runs on the wall clock (holds and decisions are compared across nodes);
@@ -204,7 +204,9 @@ class PlacementShell:
             pruned = 0
             try:
                 now = self.node.clock()
-                self.journal.flush(now)  # the view on disk is the one ``placed`` reads
+                # ``placed`` reads the view in memory: put it on disk first, so a floor
+                # skipped because the view holds that generation is not lost in a crash.
+                self.journal.flush(now)
                 keep = self.node.cfg.auction_rounds_keep
                 pruned = auction_records.prune_rounds(
                     self.node.store, keep, PRUNE_BATCH, placed, now
