@@ -404,26 +404,17 @@ class Auctioneer:
         self, a: Auction, now: float, out: list[Effect], batch: candidates.Batch | None = None
     ) -> None:
         cfg, w = self._cfg, a.workload
-        if batch is not None and a.attempt == 1 and not a.excluded:
-            sel = batch.select(
-                a.members,
-                w.constraints,
-                cfg.auction_full_mesh_max,
-                cfg.auction_sample_d,
-                cfg.auction_max_rounds,
-                self._rng,
-            )
-        else:
-            sel = candidates.select(
-                a.members,
-                w.constraints,
-                a.attempt,
-                cfg.auction_full_mesh_max,
-                cfg.auction_sample_d,
-                cfg.auction_max_rounds,
-                self._rng,
-                a.excluded,
-            )
+        choose = candidates.select if batch is None else batch.select
+        sel = choose(
+            a.members,
+            w.constraints,
+            a.attempt,
+            cfg.auction_full_mesh_max,
+            cfg.auction_sample_d,
+            cfg.auction_max_rounds,
+            self._rng,
+            a.excluded,
+        )
         if not sel.candidates:
             if sel.eligible == 0:
                 why = unsatisfiable(w)

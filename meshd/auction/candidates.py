@@ -93,12 +93,16 @@ class Batch:
         self,
         members: tuple[str, ...],
         constraints: Constraints,
+        attempt: int,
         full_mesh_max: int,
         d: float,
         max_rounds: int,
         rng: random.Random,
+        exclude: Collection[str] = (),
     ) -> Selection:
-        """:func:`select` for round 1, the same for the same members and constraints."""
+        """:func:`select`, the same for round 1 of the same members and constraints."""
+        if attempt != 1 or exclude:
+            return select(members, constraints, attempt, full_mesh_max, d, max_rounds, rng, exclude)
         key = (constraints, members)
         sel = self._first.get(key)
         if sel is None:
