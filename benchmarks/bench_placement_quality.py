@@ -69,7 +69,6 @@ from meshd.auction import (
     BidRequest,
     Broadcast,
     Capacity,
-    Constraints,
     Decided,
     Failed,
     Resources,
@@ -80,6 +79,7 @@ from meshd.auction import (
 from meshd.auction.candidates import Batch
 from meshd.auction.model import GiB
 from meshd.config import Config
+from tests.factories import workload as _factory_workload
 from tests.sim.auction import AUCTION_MESSAGES, auction_sim
 
 LOG = logging.getLogger("bench.placement")
@@ -88,6 +88,10 @@ NODE_MEM_GIB = (64, 128, 256)
 WL_CPUS = (1, 1, 2, 2, 4, 4, 8, 16)
 WL_GIB_PER_CPU = (2, 4, 4, 8)
 WL_MAX_GIB = 64
+
+
+def _workload(wid: str, res: Resources) -> Workload:
+    return _factory_workload(wid, resources=res)
 
 
 def capacities(n: int, rng: random.Random) -> list[Capacity]:
@@ -195,7 +199,7 @@ def auction_quality(
         shared = Batch()
         queue: deque[tuple[str, Any]] = deque()
         for i in range(first, min(first + batch, len(seq))):
-            w = Workload(f"w{i}", f"w{i}", None, seq[i], "fake", {}, Constraints())
+            w = _workload(f"w{i}", seq[i])
             _, effects = cores[origin].submit(w, names, now, batch=shared)
             queue.extend((origin, e) for e in effects)
         asked: dict[str, set[str]] = {}  # workload id -> candidates asked
@@ -281,7 +285,7 @@ def messages(n: int, placements: int, seed: int, cfg: Config) -> dict[str, Any]:
     sim.run_until(0.1)
     t0 = time.perf_counter()
     for i in range(placements):
-        w = Workload(f"w{i}", f"w{i}", None, flavour(rng), "fake", {}, Constraints())
+        w = _workload(f"w{i}", flavour(rng))
         sim.at(0.1 + 0.5 * i, fleet.submit, rng.choice(names), w)
     sim.run_until(0.1 + 0.5 * placements + 2.0)
     decided = sum(1 for o in fleet.outcomes.values() if o.placement is not None)

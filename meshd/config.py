@@ -61,6 +61,9 @@ class Config:
     mdns: str | None = None
     # A witness votes and serves as a seed but never bids or runs workloads.
     witness: bool = False
+    # Labels the operator sets on this node ("rack=a", "ssd=yes"): a workload submitted
+    # with --label K=V is placed only on nodes carrying every label it names.
+    labels: tuple[str, ...] = ()
 
     # Declared capacity (labs, tests); None means measured from the host with psutil.
     cpus: float | None = None
@@ -214,6 +217,16 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def label_map(self) -> dict[str, str]:
+        """``labels`` as a mapping; ConfigError for one that is not KEY=VALUE."""
+        out = {}
+        for item in self.labels:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value or len(item.encode()) > 255:
+                raise ConfigError(f"a label must be KEY=VALUE (at most 255 bytes), got {item!r}")
+            out[key] = value
+        return out
+
     def validate(self) -> Config:
         """Return self if every knob is sane; else raise ConfigError naming the knob."""
         if self.preset not in PRESETS:
@@ -227,6 +240,7 @@ class Config:
             host, port = parse_hostport(seed, "seed")
             if port == 0:
                 raise ConfigError(f"seed {seed!r} needs a port")
+        self.label_map()
         for name in ("cpus", "memory", "disk"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -386,6 +400,10 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "seeds":
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise ConfigError("seeds must be a list of HOST:PORT strings")
+        return tuple(str(v) for v in value)
+    if name == "labels":
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError('labels must be a list of "KEY=VALUE" strings')
         return tuple(str(v) for v in value)
     default = _FIELDS[name].default
     if isinstance(default, bool):

@@ -213,8 +213,12 @@ class Node:
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
-        self.placement = PlacementShell(self, self.mesh)
         self.runner = WorkloadRunner(self, self.mesh)
+        caps = telemetry.capabilities(
+            self.cfg, (d.capabilities() for d in self.runner.drivers.values())
+        )
+        logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
+        self.placement = PlacementShell(self, self.mesh, caps)
         self.placement.runner = self.runner
         self.placement.start()
         self.runner.start(self.placement.core.ledger().allocations)
@@ -341,6 +345,8 @@ class Node:
                 if self.placement
                 else {"cpus": 0.0, "memory": 0, "disk": 0}
             ),
+            "capabilities": (sorted(self.placement.capabilities.offers) if self.placement else []),
+            "labels": self.cfg.label_map(),
             "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
             "roster_size": len(members),
             "rss_bytes": telemetry.rss_bytes(),

@@ -28,10 +28,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshd import telemetry
+from meshd import spec, telemetry
 from meshd.alarm import Alarm
 from meshd.auction import candidates, codec, fields
 from meshd.auction.auctioneer import Auctioneer
+from meshd.auction.capabilities import Capabilities
 from meshd.auction.effects import (
     Broadcast,
     Decided,
@@ -42,17 +43,9 @@ from meshd.auction.effects import (
     Start,
     Stop,
 )
-from meshd.auction.fields import MAX_COUNT, MAX_NAME, dumps, json_safe
+from meshd.auction.fields import dumps
 from meshd.auction.messages import AuctionMsg, Confirm, Sync
-from meshd.auction.model import (
-    Capacity,
-    Constraints,
-    InvariantBreach,
-    Placement,
-    Resources,
-    Telemetry,
-    Workload,
-)
+from meshd.auction.model import Capacity, InvariantBreach, Placement, Telemetry, Workload
 from meshd.errors import (
     BadRequest,
     EnvelopeError,
@@ -61,6 +54,7 @@ from meshd.errors import (
 )
 from meshd.journal import AuctionJournal
 from meshd.outbox import Outbox
+from meshd.spec import SubmitRequest
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
 
@@ -74,23 +68,6 @@ AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
 WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RELIABLE
-MAX_CPUS = 1_000_000  # a workload's cpus, at most
-DRIVERS = ("process", "qemu", "firecracker")
-# What a submission may carry for its driver (see meshd.drivers.base.WorkloadSpec).
-SPEC_FIELDS = (
-    "image",
-    "kernel",
-    "initrd",
-    "cmdline",
-    "command",
-    "env",
-    "services",
-    "user_data",
-    "meta_data",
-    "network_config",
-    "ready_marker",
-    "boot_timeout_s",
-)
 
 
 class PlacementError(MeshdError):
@@ -98,8 +75,9 @@ class PlacementError(MeshdError):
 
 
 class PlacementShell:
-    def __init__(self, node: Node, mesh: Mesh) -> None:
+    def __init__(self, node: Node, mesh: Mesh, capabilities: Capabilities) -> None:
         self.node = node
+        self.capabilities = capabilities
         self.mesh = mesh
         cfg = node.cfg
         cap = telemetry.capacity(cfg)
@@ -114,6 +92,7 @@ class PlacementShell:
             logging.getLogger("meshd.auction"),
             durable,
             witness=cfg.witness,
+            capabilities=capabilities,
         )
         self.journal = AuctionJournal(node.store, cfg.auction_journal_lag_s)
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
@@ -222,51 +201,15 @@ class PlacementShell:
 
     # -- submitting -----------------------------------------------------------------
 
-    def _workload(self, body: Mapping[str, Any]) -> Workload:
-        name, driver = body.get("name"), body.get("driver", "process")
-        cpus, memory, disk = body.get("cpus"), body.get("memory"), body.get("disk", 0)
-        if not isinstance(name, str) or not _short_text(name):
-            raise BadRequest(f"a workload needs a name of 1 to {MAX_NAME} bytes of UTF-8")
-        if driver not in DRIVERS:
-            raise BadRequest(f"unknown driver {driver!r}; use one of {', '.join(DRIVERS)}")
-        if (
-            not isinstance(cpus, int | float)
-            or isinstance(cpus, bool)
-            or not 0 < cpus <= MAX_CPUS  # no NaN, no infinity, no 10**400
-        ):
-            raise BadRequest(f"cpus must be a positive number up to {MAX_CPUS:,}")
-        if not (isinstance(memory, int) and _size(memory, 1) and _size(disk, 0)):
-            raise BadRequest("memory must be a positive number of bytes, disk not negative")
-        nodes = body.get("nodes") or []
-        if not isinstance(nodes, list) or not all(_short_text(n) for n in nodes):
-            raise BadRequest("nodes must be a list of node names")
-        tenant = body.get("tenant")
-        if tenant is not None and not _short_text(tenant):
-            raise BadRequest(f"a tenant is a name of 1 to {MAX_NAME} bytes")
-        key = body.get("idempotency_key")
-        if key is not None and not _short_text(key):
-            raise BadRequest(f"an idempotency key is 1 to {MAX_NAME} bytes of UTF-8")
+    def _workload(self, request: SubmitRequest) -> Workload:
+        """The placed form of a submission: an id, and the spec (already checked)."""
         # A key names one workload *per originating node*: two nodes must never run
         # auctions for one workload id at once, so a retry goes to the same node.
-        node = self.node.ident.name
+        node, key = self.node.ident.name, request.idempotency_key
         wid = (
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
         )
-        spec = {k: body[k] for k in SPEC_FIELDS if body.get(k) is not None}
-        if not json_safe(spec):
-            raise BadRequest(
-                "the workload's settings hold a NaN, an infinity, a huge integer "
-                "or text that is not UTF-8"
-            )
-        w = Workload(
-            id=wid,
-            name=name,
-            tenant=tenant if isinstance(tenant, str) else None,
-            resources=Resources(float(cpus), memory, disk),
-            driver=str(driver),
-            spec=spec,
-            constraints=Constraints(nodes=frozenset(nodes)),
-        )
+        w = Workload(wid, request.spec())
         if len(dumps(fields.workload(w))) > WORKLOAD_MAX:  # an Award carries it whole
             raise BadRequest(
                 f"the workload (its settings and node list) is larger than "
@@ -274,8 +217,8 @@ class PlacementShell:
             )
         return w
 
-    async def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        workload = self._workload(body)
+    async def submit(self, request: SubmitRequest) -> dict[str, Any]:
+        workload = self._workload(request)
         started = time.perf_counter()
         aid = await self._start(workload)
         fut = self._waiting[aid]
@@ -349,29 +292,35 @@ class PlacementShell:
 
     def workloads(self) -> list[dict[str, Any]]:
         mine = self.core.ledger().allocations
-        rows = []
-        for p in sorted(self.core.placements().values(), key=lambda p: p.name):
-            if p.removed:
-                continue
-            state, detail = self._state(p.workload_id, p.generation)
-            rows.append(
-                {
-                    "workload": p.workload_id,
-                    "name": p.name,
-                    "owner": p.owner,
-                    "generation": p.generation,
-                    "state": state,
-                    "detail": detail,
-                    "tenant": p.tenant,
-                    "resources": {
-                        "cpus": p.resources.cpus,
-                        "memory": p.resources.memory,
-                        "disk": p.resources.disk,
-                    },
-                    "local": p.workload_id in mine,
-                }
-            )
-        return rows
+        placed = sorted(self.core.placements().values(), key=lambda p: p.name)
+        return [self._row(p, mine) for p in placed if not p.removed]
+
+    def workload(self, wid: str) -> dict[str, Any]:
+        """One workload with its whole spec, from this node's replicated view."""
+        p = self.core.placements().get(wid)
+        if p is None or p.removed:
+            raise NotFoundError(f"no workload {wid} is placed in this mesh")
+        row = self._row(p, self.core.ledger().allocations)
+        row.update(originator=p.originator, decided_at=p.decided_at, spec=spec.to_wire(p.spec))
+        return row
+
+    def _row(self, p: Placement, mine: Mapping[str, object]) -> dict[str, Any]:
+        state, detail = self._state(p.workload_id, p.generation)
+        return {
+            "workload": p.workload_id,
+            "name": p.name,
+            "owner": p.owner,
+            "generation": p.generation,
+            "state": state,
+            "detail": detail,
+            "tenant": p.tenant,
+            "resources": {
+                "cpus": p.resources.cpus,
+                "memory": p.resources.memory,
+                "disk": p.resources.disk,
+            },
+            "local": p.workload_id in mine,
+        }
 
     def _state(self, wid: str, generation: int) -> tuple[str, str]:
         if self.runner is None:
@@ -544,21 +493,15 @@ class PlacementShell:
 
     def _broadcast(self, msg: Confirm) -> None:
         body = codec.encode(msg)
+        if len(body) + codec.BUNDLE_OVERHEAD > codec.MAX_DATAGRAM:
+            # The placement carries the spec: a large one (user-data) can't go as a
+            # datagram, so each live member gets it over mTLS; gossip can't carry it
+            # either, and digest anti-entropy backs both up.
+            for name in self.mesh.live_peers():
+                self._send_reliable(name, msg)
+            return
         self.outbox.to_everyone(body)
         try:
             self.mesh.broadcast(PLACEMENT_BROADCAST, body, key=msg.placement.workload_id)
         except ValueError:
             logger.warning("placement too large to gossip; anti-entropy will carry it")
-
-
-def _size(v: Any, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_COUNT
-
-
-def _short_text(v: Any) -> bool:
-    if not isinstance(v, str):
-        return False
-    try:
-        return 0 < len(v.encode()) <= MAX_NAME
-    except UnicodeEncodeError:  # a lone surrogate: JSON lets it through
-        return False

@@ -42,7 +42,9 @@ MAX_NAME = 255  # bytes of a name, tenant, label, capability or network
 MAX_COUNT = 2**63 - 1  # sizes: a signed 64-bit integer
 MAX_CPUS = 1_000_000
 MAX_TEXT = 256 * 1024  # bytes of one text setting (user-data is the large one)
-DRIVERS = ("process", "qemu", "firecracker")
+# ``fake`` runs nothing: the simulator's and tests' in-memory driver. No real node
+# advertises it, so the auction refuses it anywhere else ("no node has driver:fake").
+DRIVERS = ("process", "qemu", "firecracker", "fake")
 RESTART_POLICIES = ("reschedule", "none")
 
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
@@ -87,7 +89,7 @@ class WorkloadSpec(
     cpus: Annotated[float, Meta(gt=0, le=MAX_CPUS)]
     memory: Annotated[int, Meta(ge=1, le=MAX_COUNT)]
     disk: Size = 0
-    driver: Literal["process", "qemu", "firecracker"] = "process"
+    driver: Literal["process", "qemu", "firecracker", "fake"] = "process"
     tenant: Name | None = None
     # What the driver runs: a command (process), a disk image or a kernel (qemu,
     # firecracker), cloud-init's NoCloud documents, and when the guest counts as booted.
@@ -170,6 +172,12 @@ def check(doc: dict[str, Any]) -> SubmitRequest:
         raise BadRequest(f"the workload is invalid: {_sentence(exc)}") from exc
 
 
+def submission_json(request: SubmitRequest) -> dict[str, Any]:
+    """A checked submission as the JSON object the API takes (defaults left out)."""
+    out: dict[str, Any] = msgspec.to_builtins(request)
+    return out
+
+
 def _sentence(exc: Exception) -> str:
     text = str(exc)
     # msgspec says "Object contains unknown field `x`" or "Expected `int`, got `str` -
@@ -210,7 +218,7 @@ def loads(data: bytes) -> WorkloadSpec:
 
 def json_schemas() -> dict[str, Any]:
     """OpenAPI component schemas for the model (``#/components/schemas/...``)."""
-    (_,), components = msgspec.json.schema_components(
-        [SubmitRequest], ref_template="#/components/schemas/{name}"
+    _, components = msgspec.json.schema_components(
+        [SubmitRequest, WorkloadSpec], ref_template="#/components/schemas/{name}"
     )
     return components

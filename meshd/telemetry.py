@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from meshd.auction.capabilities import Capabilities
 from meshd.config import Config
 
 
@@ -63,3 +66,12 @@ def sample(data_dir: Path) -> Sample:
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
+
+
+def capabilities(cfg: Config, driver_offers: Iterable[frozenset[str]]) -> Capabilities:
+    """What this node offers in its bids: what its drivers can really run here (checked
+    once at start-up), its CPU architecture, and the labels its operator set."""
+    offers = {f"arch:{platform.machine()}"}
+    for offer in driver_offers:
+        offers |= offer
+    return Capabilities(frozenset(offers), cfg.label_map())

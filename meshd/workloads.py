@@ -55,16 +55,16 @@ _SPEC_KEYS = (
 
 def to_spec(w: Workload) -> WorkloadSpec:
     """The driver's view of a placed workload."""
-    extra: dict[str, Any] = {k: w.spec[k] for k in _SPEC_KEYS if w.spec.get(k) is not None}
-    env = w.spec.get("env")
+    s = w.spec
+    extra: dict[str, Any] = {k: getattr(s, k) for k in _SPEC_KEYS if getattr(s, k) is not None}
     return WorkloadSpec(
         id=w.id,
-        name=w.name,
-        driver=w.driver,
-        cpus=w.resources.cpus,
-        memory=w.resources.memory,
-        disk=w.resources.disk,
-        env=dict(env) if isinstance(env, Mapping) else {},
+        name=s.name,
+        driver=s.driver,
+        cpus=s.cpus,
+        memory=s.memory,
+        disk=s.disk,
+        env=dict(s.env),
         **extra,
     )
 
@@ -319,11 +319,11 @@ class WorkloadRunner:
 
     async def _publish_services(self, alloc: Allocation) -> None:
         published = []
-        for svc in alloc.workload.spec.get("services") or []:
+        for svc in alloc.workload.spec.services:
             try:
-                await self.mesh.add_service(str(svc["name"]), int(svc["port"]), "tcp")
-                published.append(str(svc["name"]))
-            except (MeshdError, KeyError, TypeError, ValueError) as exc:
+                await self.mesh.add_service(svc.name, svc.port, svc.proto)
+                published.append(svc.name)
+            except MeshdError as exc:
                 logger.warning("can't publish a service of %s: %s", alloc.workload.name, exc)
         if published:
             self._services[alloc.workload.id] = published

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd import __version__
+from meshd import __version__, spec
 
 
 def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -58,6 +58,8 @@ _SCHEMAS: dict[str, Any] = {
             "ca_fingerprint": {"type": "string"},
             "capacity": {"$ref": "#/components/schemas/Resources"},
             "allocated": {"$ref": "#/components/schemas/Resources"},
+            "capabilities": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "members_alive": {"type": "integer"},
             "roster_size": {"type": "integer"},
             "rss_bytes": {"type": "integer"},
@@ -84,24 +86,21 @@ _SCHEMAS: dict[str, Any] = {
             "proto": {"enum": ["tcp", "udp"]},
         },
     },
-    "Submit": {
+    "WorkloadView": {
         "type": "object",
-        "required": ["name", "cpus", "memory"],
+        "required": ["workload", "name", "owner", "generation", "state", "spec"],
         "properties": {
+            "workload": {"type": "string"},
             "name": {"type": "string"},
-            "cpus": {"type": "number"},
-            "memory": {"type": "integer", "description": "bytes"},
-            "disk": {"type": "integer", "description": "bytes"},
-            "driver": {"enum": ["process", "qemu", "firecracker"]},
-            "image": {"type": "string"},
-            "kernel": {"type": "string"},
-            "initrd": {"type": "string"},
-            "command": {"type": "string"},
-            "services": {"type": "array"},
-            "user_data": {"type": "string"},
-            "tenant": {"type": "string"},
-            "nodes": {"type": "array", "items": {"type": "string"}},
-            "idempotency_key": {"type": "string"},
+            "owner": {"type": "string"},
+            "generation": {"type": "integer"},
+            "state": {"type": "string"},
+            "detail": {"type": "string"},
+            "tenant": {"type": ["string", "null"]},
+            "local": {"type": "boolean"},
+            "originator": {"type": "string"},
+            "decided_at": {"type": "number"},
+            "spec": {"$ref": "#/components/schemas/WorkloadSpec"},
         },
     },
     "Decision": {
@@ -320,7 +319,9 @@ def document() -> dict[str, Any]:
                     "summary": "Place a workload by auction from this node; waits for the decision",
                     "requestBody": {
                         "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Submit"}}
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SubmitRequest"}
+                            }
                         }
                     },
                     "responses": {
@@ -335,6 +336,17 @@ def document() -> dict[str, Any]:
                 },
             },
             "/v1/workloads/{id}": {
+                "get": {
+                    "summary": "One workload as this node's view holds it: spec, owner, state",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _ok("the workload", {"$ref": "#/components/schemas/WorkloadView"}),
+                        "404": _ok("no such workload", _ERROR),
+                        **_ERRORS,
+                    },
+                },
                 "delete": {
                     "summary": "Remove a workload mesh-wide; its owner stops and destroys it",
                     "parameters": [
@@ -345,7 +357,7 @@ def document() -> dict[str, Any]:
                         "404": _ok("no such workload", _ERROR),
                         **_ERRORS,
                     },
-                }
+                },
             },
             "/v1/workloads/{id}/stop": {
                 "post": {
@@ -455,7 +467,8 @@ def document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _SCHEMAS,
+            # The workload model's schemas come from the model itself (meshd.spec).
+            "schemas": {**_SCHEMAS, **spec.json_schemas()},
             "securitySchemes": {"meshCA": {"type": "mutualTLS"}},
         },
         "security": [{"meshCA": []}],

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from meshd import spec
 from meshd.api import tls
 from meshd.api.openapi import document
 from meshd.errors import (
@@ -135,6 +136,7 @@ class Api:
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
+        app.router.add_get("/v1/workloads/{id}", self.workload_show)
         app.router.add_delete("/v1/workloads/{id}", self.workload_remove)
         app.router.add_post("/v1/workloads/{id}/stop", self.workload_stop)
         app.router.add_post("/v1/workloads/{id}/start", self.workload_start)
@@ -340,7 +342,8 @@ class Api:
         return web.Response(status=204)
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._placement().submit(await _json_body(request)))
+        submission = spec.parse_submission(await request.read())
+        return web.json_response(await self._placement().submit(submission))
 
     async def workloads_list(self, request: web.Request) -> web.Response:
         return web.json_response(self._placement().workloads())
@@ -391,6 +394,10 @@ class Api:
         if self.node.runner is None:
             raise DaemonError("workloads are not running yet; retry in a moment")
         return self.node.runner
+
+    async def workload_show(self, request: web.Request) -> web.Response:
+        # Any node answers from its own replicated view, owner alive or not.
+        return web.json_response(self._placement().workload(request.match_info["id"]))
 
     async def workload_remove(self, request: web.Request) -> web.Response:
         # Any node may remove: the tombstone reaches the owner, which tears it down.

@@ -86,6 +86,7 @@ from types import MappingProxyType
 
 from meshd.auction import candidates, codec, ranking
 from meshd.auction.bidder import Bidder, clip
+from meshd.auction.capabilities import SIMULATED, Capabilities, Requirements
 from meshd.auction.digest import COUNTS, ViewDigest, in_buckets
 from meshd.auction.durable import DurableState, PlacementRecorded, RoundRecorded
 from meshd.auction.effects import Broadcast, Decided, Effect, Failed, Persist, Send
@@ -153,9 +154,10 @@ class Auctioneer:
         now: float,
         log: logging.Logger,
         witness: bool = False,
+        capabilities: Capabilities = SIMULATED,
     ) -> None:
         self._cfg, self._name, self._rng, self._log = cfg, name, rng, log
-        self._book = Bidder(cfg, name, capacity, log, witness)
+        self._book = Bidder(cfg, name, capacity, log, witness, capabilities)
         self._view: dict[str, Placement] = {}
         self._digest = ViewDigest()
         self._auctions: dict[str, Auction] = {}
@@ -176,9 +178,10 @@ class Auctioneer:
         log: logging.Logger,
         durable: DurableState,
         witness: bool = False,
+        capabilities: Capabilities = SIMULATED,
     ) -> Auctioneer:
         """Rebuild after a restart from what the Persist effects recorded."""
-        core = cls(cfg, name, capacity, rng, now, log, witness)
+        core = cls(cfg, name, capacity, rng, now, log, witness, capabilities)
         core._view = dict(durable.placements)
         core._digest = ViewDigest(core._view.values())
         for p in core._view.values():
@@ -429,7 +432,9 @@ class Auctioneer:
         a.round, a.retry_at = r, math.inf
         a.rounds.append(rid)
         self._by_round[rid] = a
-        req = BidRequest(rid, w.id, w.tenant, w.resources, cfg.auction_window_s)
+        req = BidRequest(
+            rid, w.id, w.tenant, w.resources, cfg.auction_window_s, Requirements.of(w.spec)
+        )
         for c in r.candidates:
             if c == self._name:
                 r.bids[c], r.bid_at[c] = self._book.bid(req, c, now, out), now
@@ -589,17 +594,7 @@ class Auctioneer:
             if cur.generation > m.generation:
                 self._confirm_to(sender, cur, out)
             return
-        p = Placement(
-            m.workload_id,
-            rec.workload_name,
-            sender,
-            m.generation,
-            rec.round_id,
-            self._name,
-            now,
-            rec.resources,
-            rec.tenant,
-        )
+        p = Placement(rec.workload, sender, m.generation, rec.round_id, self._name, now)
         won = tuple(dataclasses.replace(x, outcome="accepted") if x is aw else x for x in awards)
         rec = dataclasses.replace(
             rec, awards=won, state=DECIDED, winner=sender, generation=m.generation, closed_at=now
@@ -646,7 +641,7 @@ class Auctioneer:
     def _decide(self, a: Auction, owner: str, gen: int, now: float, out: list[Effect]) -> None:
         r, w = a.round, a.workload
         assert r is not None
-        p = Placement(w.id, w.name, owner, gen, r.rid, self._name, now, w.resources, w.tenant)
+        p = Placement(w, owner, gen, r.rid, self._name, now)
         r.state, r.closed_at = DECIDED, now
         self._persist_round(a, r, out)
         if self._adopt(p, out) != "stale":  # a newer generation (a removal) came first
@@ -742,17 +737,8 @@ class Auctioneer:
         if cur is not None and cur.generation >= alloc.generation:
             self._book.reconcile(cur, False, out)
             return
-        w = alloc.workload
         p = Placement(
-            wid,
-            w.name,
-            self._name,
-            alloc.generation,
-            alloc.round_id,
-            alloc.originator,
-            now,
-            w.resources,
-            w.tenant,
+            alloc.workload, self._name, alloc.generation, alloc.round_id, alloc.originator, now
         )
         self._log.warning(
             "auction self-confirm workload=%s generation=%d originator=%s",

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd.auction import scoring
+from meshd.auction.capabilities import Capabilities, Requirements
 from meshd.auction.durable import (
     AllocationCommitted,
     AllocationReleased,
@@ -109,10 +110,17 @@ class Bidder:
     """Holds and allocations of one node, and the rules that change them."""
 
     def __init__(
-        self, cfg: Config, name: str, capacity: Capacity, log: logging.Logger, witness: bool
+        self,
+        cfg: Config,
+        name: str,
+        capacity: Capacity,
+        log: logging.Logger,
+        witness: bool,
+        capabilities: Capabilities,
     ) -> None:
         self._cfg, self._name, self._capacity, self._log = cfg, name, capacity, log
         self.witness = witness
+        self.capabilities = capabilities
         self._oc = scoring.Overcommit.from_config(cfg)
         self.limit = scoring.limit(capacity, self._oc)
         self.telemetry: Telemetry | None = None
@@ -213,6 +221,11 @@ class Bidder:
             same,
         )
 
+    def _unmet(self, req: Requirements) -> str | None:
+        """Why this node can't meet ``req`` (capabilities, labels, anti-affinity)."""
+        names = (a.workload.name for a in self.allocs.values()) if req.anti_affinity else ()
+        return self.capabilities.unmet(req, names)
+
     def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
         committed, held, _, _ = self._others(wid, None)
         return scoring.evaluate(ask, self._capacity, self._oc, committed, held, self.telemetry)
@@ -225,10 +238,13 @@ class Bidder:
             return prev[1]  # a repeated request: the same answer, no second hold
         _, _, count, same = self._others(wid, req.tenant)
         same = 0 if req.tenant is None else same
+        unmet = self._unmet(req.requirements)
         if self.witness:
             v = scoring.Verdict(scoring.NO_BID, "witness runs no workloads", 0)
         elif wid in self.allocs:
             v = scoring.Verdict(scoring.NO_BID, "already hosts this workload", 0)
+        elif unmet is not None:
+            v = scoring.Verdict(scoring.NO_BID, unmet, 0)
         else:
             v = self._evaluate(req.resources, wid)
         bid = Bid(rid, v.score, clip(v.reason), same, v.mem_free, count, v.busy)
@@ -265,6 +281,8 @@ class Bidder:
         if placed is not None and placed.generation >= gen:
             return f"generation {placed.generation} is already placed on {placed.owner}"
         why: str | None = "witness runs no workloads" if self.witness else None
+        if why is None:  # an award carries the whole spec: judge it, not the request
+            why = self._unmet(Requirements.of(w.spec))
         if why is None:
             v = self._evaluate(w.resources, w.id)
             why = v.reason if v.score < 0 else None

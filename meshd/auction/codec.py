@@ -42,7 +42,7 @@ __all__ = [
 
 def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
     if isinstance(msg, m.BidRequest):
-        return {
+        out: dict[str, Any] = {
             "t": "req",
             "r": msg.round_id,
             "w": msg.workload_id,
@@ -50,6 +50,14 @@ def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
             "res": v.res(msg.resources),
             "win": msg.window,
         }
+        q = msg.requirements
+        if q.needs:
+            out["need"] = sorted(q.needs)
+        if q.labels:
+            out["lab"] = dict(q.labels)
+        if q.anti_affinity:
+            out["anti"] = sorted(q.anti_affinity)
+        return out
     if isinstance(msg, m.Bid):
         return {
             "t": "bid",
@@ -165,6 +173,7 @@ _MESSAGES: dict[str, Callable[[dict[str, Any]], m.AuctionMsg]] = {
         v.opt_text(o["tn"]),
         v.to_res(o["res"]),
         v.num(o["win"]),
+        v.to_requirements(o),
     ),
     "bid": lambda o: m.Bid(
         v.text(o["r"], RID),

@@ -2,7 +2,9 @@
 
 Shared by :mod:`.codec` (messages and durable records). Resources are
 ``[cpus, memory, disk]``; a placement, a hold and a bid record are arrays in field
-order; a workload and a round record are objects. Every decoder raises :class:`Bad`
+order; a workload (``{"id", "spec"}``, the spec in :func:`meshd.spec.to_wire` form)
+and a round record are objects. A spec is decoded as strictly as the API decodes a
+submission. Every decoder raises :class:`Bad`
 on anything but the exact shape (types, ranges, lengths); :func:`load` turns that,
 and every JSON or UTF-8 error, into :class:`~meshd.errors.EnvelopeError`.
 """
@@ -15,10 +17,11 @@ from typing import Any
 
 import orjson
 
+from meshd import spec
+from meshd.auction.capabilities import NO_REQUIREMENTS, Requirements
 from meshd.auction.model import (
     AwardRecord,
     BidRecord,
-    Constraints,
     Hold,
     Placement,
     Resources,
@@ -26,6 +29,7 @@ from meshd.auction.model import (
     Workload,
 )
 from meshd.errors import EnvelopeError
+from meshd.spec import WorkloadSpec
 
 MAX_DATAGRAM = 1200
 MAX_NAME = 255  # bytes of a node name, id or tenant
@@ -46,31 +50,19 @@ def res(r: Resources) -> list[Any]:
 
 
 def workload(w: Workload) -> dict[str, Any]:
-    c = w.constraints
-    return {
-        "id": w.id,
-        "name": w.name,
-        "tenant": w.tenant,
-        "res": res(w.resources),
-        "driver": w.driver,
-        "spec": dict(w.spec),
-        "nodes": sorted(c.nodes),
-        "avoid": sorted(c.avoid),
-    }
+    return {"id": w.id, "spec": spec.to_wire(w.spec)}
 
 
 def placement(p: Placement) -> list[Any]:
     return [
         p.workload_id,
-        p.name,
+        spec.to_wire(p.spec),
         p.owner,
         p.generation,
         p.round,
         p.originator,
         p.decided_at,
-        res(p.resources),
-        p.tenant,
-        *([True] if p.removed else []),  # tombstones only: older readers' shape otherwise
+        *([True] if p.removed else []),  # tombstones only
     ]
 
 
@@ -83,10 +75,7 @@ def round_record(r: RoundRecord) -> dict[str, Any]:
         "id": r.round_id,
         "auction": r.auction_id,
         "seq": r.seq,
-        "w": r.workload_id,
-        "name": r.workload_name,
-        "tenant": r.tenant,
-        "res": res(r.resources),
+        "wl": workload(r.workload),
         "by": r.originator,
         "at": r.started_at,
         "cand": list(r.candidates),
@@ -187,41 +176,46 @@ def to_res(v: Any) -> Resources:
     return Resources(num(c), count(mem), count(disk))
 
 
-def to_workload(v: Any) -> Workload:
-    if not isinstance(v, dict):
-        raise Bad("bad workload")
-    spec = v["spec"]
-    if not isinstance(spec, dict):
-        raise Bad("bad spec")
-    return Workload(
-        text(v["id"]),
-        text(v["name"]),
-        opt_text(v["tenant"]),
-        to_res(v["res"]),
-        text(v["driver"]),
-        spec,
-        Constraints(
-            frozenset(map(text, array(v["nodes"]))), frozenset(map(text, array(v["avoid"])))
-        ),
+def to_requirements(o: Mapping[str, Any]) -> Requirements:
+    """A BidRequest's optional ``need``, ``lab`` and ``anti`` keys."""
+    if "need" not in o and "lab" not in o and "anti" not in o:
+        return NO_REQUIREMENTS
+    labels = o.get("lab", {})
+    if not isinstance(labels, dict):
+        raise Bad("bad labels")
+    return Requirements(
+        frozenset(map(text, array(o.get("need", [])))),
+        tuple(sorted((text(k), text(x)) for k, x in labels.items())),
+        frozenset(map(text, array(o.get("anti", [])))),
     )
+
+
+def to_spec(v: Any) -> WorkloadSpec:
+    try:
+        return spec.from_wire(v)
+    except ValueError as exc:
+        raise Bad(str(exc)) from exc
+
+
+def to_workload(v: Any) -> Workload:
+    if not isinstance(v, dict) or len(v) != 2:
+        raise Bad("bad workload")
+    return Workload(text(v["id"]), to_spec(v["spec"]))
 
 
 def to_placement(v: Any) -> Placement:
     items = array(v)
-    if len(items) not in (9, 10):
+    if len(items) not in (7, 8):
         raise Bad("bad placement")
-    w, name, owner, gen, rnd, by, at, res, tenant = items[:9]
-    removed = flag(items[9]) if len(items) == 10 else False
+    w, s, owner, gen, rnd, by, at = items[:7]
+    removed = flag(items[7]) if len(items) == 8 else False
     return Placement(
-        text(w),
-        text(name),
+        Workload(text(w), to_spec(s)),
         text(owner),
         count(gen),
         text(rnd, RID),
         text(by),
         num(at),
-        to_res(res),
-        opt_text(tenant),
         removed,
     )
 
@@ -252,10 +246,7 @@ def to_round_record(v: Any) -> RoundRecord:
         text(v["id"], RID),
         text(v["auction"], RID),
         count(v["seq"]),
-        text(v["w"]),
-        text(v["name"]),
-        opt_text(v["tenant"]),
-        to_res(v["res"]),
+        to_workload(v["wl"]),
         text(v["by"]),
         num(v["at"]),
         tuple(map(text, array(v["cand"]))),

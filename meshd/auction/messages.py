@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshd.auction.capabilities import NO_REQUIREMENTS, Requirements
 from meshd.auction.model import Placement, Resources, Workload
 
 
@@ -45,6 +46,8 @@ class BidRequest:
     tenant: str | None
     resources: Resources
     window: float  # seconds the originator waits for bids (informational)
+    # What a candidate must have or be to bid (meshd.auction.capabilities).
+    requirements: Requirements = NO_REQUIREMENTS
 
 
 @dataclass(frozen=True, slots=True)

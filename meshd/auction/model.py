@@ -5,8 +5,9 @@ half a core), times the shell's wall-clock seconds (``time.time()``: absolute
 deadlines such as a hold's expiry are persisted and must mean the same after a
 restart, which a monotonic clock does not).
 
-* :class:`Workload` is what a client submits; :class:`Placement` is the mesh-wide
-  answer (who runs it, at which *generation*); every node keeps the same view.
+* :class:`Workload` is what is placed (an id and its :class:`~meshd.spec.WorkloadSpec`);
+  :class:`Placement` is the mesh-wide answer (who runs it, at which *generation*,
+  with the spec); every node keeps the same view.
 * :class:`Hold` is a bidder's short reservation made with a positive bid;
   :class:`Allocation` is the winner's durable commitment. A node's :class:`Ledger`
   is its committed allocations plus its unexpired holds, against its capacity.
@@ -19,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from meshd.spec import WorkloadSpec
 
 KiB = 1024
 MiB = 1024**2
@@ -124,39 +127,76 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Workload:
-    """What is placed. ``spec`` is opaque driver configuration (a JSON-able dict)."""
+    """What is placed: an id the mesh gave it, and its spec (:mod:`meshd.spec`).
+
+    ``resources`` and ``constraints`` are read from the spec once, here: the core reads
+    them on every bid and award.
+    """
 
     id: str
-    name: str
-    tenant: str | None
-    resources: Resources
-    driver: str
-    spec: Mapping[str, Any] = field(default_factory=dict)
-    constraints: Constraints = Constraints()
+    spec: WorkloadSpec
+    resources: Resources = field(init=False, repr=False, compare=False)
+    constraints: Constraints = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        s = self.spec
+        object.__setattr__(self, "resources", Resources(float(s.cpus), s.memory, s.disk))
+        object.__setattr__(self, "constraints", Constraints(s.nodes, s.avoid))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def tenant(self) -> str | None:
+        return self.spec.tenant
+
+    @property
+    def driver(self) -> str:
+        return self.spec.driver
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """The mesh-wide record that ``owner`` runs ``workload_id`` at ``generation``.
+    """The mesh-wide record that ``owner`` runs ``workload`` at ``generation``.
 
     Highest generation wins; two placements of one generation must name one owner.
     ``originator`` is the node that ran the round (or, when the winner had to confirm
-    it itself, the originator it accepted from).
+    it itself, the originator it accepted from). The placement carries the workload's
+    whole spec, so every node that holds the view knows what every workload is, and a
+    survivor can place a dead node's workloads again, unchanged, at the next generation.
     """
 
-    workload_id: str
-    name: str
+    workload: Workload
     owner: str
     generation: int
     round: str
     originator: str
     decided_at: float
-    resources: Resources
-    tenant: str | None
     # A tombstone: the workload was removed at this generation (``meshd workload rm``).
     # It wins over every older generation like any placement, so it reaches every node
     # by confirmation and anti-entropy, and the owner releases the allocation.
     removed: bool = False
+
+    @property
+    def workload_id(self) -> str:
+        return self.workload.id
+
+    @property
+    def name(self) -> str:
+        return self.workload.spec.name
+
+    @property
+    def tenant(self) -> str | None:
+        return self.workload.spec.tenant
+
+    @property
+    def resources(self) -> Resources:
+        return self.workload.resources
+
+    @property
+    def spec(self) -> WorkloadSpec:
+        return self.workload.spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,15 +283,16 @@ FINAL_STATES = frozenset({WAITING, DECIDED, FAILED, ABANDONED})
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One round as its originator saw it: candidates, every bid, every award."""
+    """One round as its originator saw it: candidates, every bid, every award.
+
+    It keeps the whole workload, so an originator that restarted mid-round can still
+    confirm an award it had made (the placement carries the spec).
+    """
 
     round_id: str
     auction_id: str  # the id ``submit`` returned; rounds of one auction share it
     seq: int
-    workload_id: str
-    workload_name: str
-    tenant: str | None
-    resources: Resources
+    workload: Workload
     originator: str
     started_at: float
     candidates: tuple[str, ...]
@@ -262,3 +303,19 @@ class RoundRecord:
     generation: int | None = None
     reason: str = ""
     closed_at: float | None = None
+
+    @property
+    def workload_id(self) -> str:
+        return self.workload.id
+
+    @property
+    def workload_name(self) -> str:
+        return self.workload.spec.name
+
+    @property
+    def tenant(self) -> str | None:
+        return self.workload.spec.tenant
+
+    @property
+    def resources(self) -> Resources:
+        return self.workload.resources

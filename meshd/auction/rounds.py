@@ -97,10 +97,7 @@ def snapshot(a: Auction, r: Round, originator: str) -> RoundRecord:
         r.rid,
         a.id,
         r.seq,
-        w.id,
-        w.name,
-        w.tenant,
-        w.resources,
+        w,
         originator,
         r.started,
         r.candidates,
@@ -135,10 +132,20 @@ def explain(w: Workload, r: Round, window_s: float) -> str:
     if silent:
         more = "..." if len(silent) > _LISTED else ""
         listed += f"; no answer from {', '.join(silent[:_LISTED])}{more}"
+    unmet = [why for _, why in neg if is_requirement(why)]
+    if unmet and len(unmet) == len(neg) and not silent:
+        return (
+            f"no node meets the workload's requirements ({answered} of {asked} answered: {listed})"
+        )
     return (
         f"no node has capacity for {w.resources.describe()} "
         f"({answered} of {asked} answered: {listed})"
     )
+
+
+def is_requirement(reason: str) -> bool:
+    """Whether a -1 bid's reason is an unmet requirement (capabilities.unmet's words)."""
+    return reason.startswith("lacks ") or reason.endswith("(anti-affinity)")
 
 
 def unsatisfiable(w: Workload) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import uvloop
 
 from meshd import config as config_mod
-from meshd import logs
+from meshd import logs, spec
 from meshd.cli import output
 from meshd.cli.client import DaemonClient
 from meshd.config import Config
@@ -207,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds=args.seed or None,
         mdns=args.mdns,
         witness=args.witness or None,
+        labels=args.label or None,
         cpus=args.cpus,
         memory=args.memory,
         disk=args.disk,
@@ -295,6 +296,16 @@ def _services(specs: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"--label must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "name": args.name,
@@ -304,6 +315,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "driver": args.driver,
         "services": _services(args.service),
         "nodes": args.node,
+        "avoid": args.avoid,
+        "labels": _labels(args.label),
+        "requires": args.requires,
+        "anti_affinity": args.anti_affinity,
+        "restart": args.restart,
     }
     for key in ("image", "kernel", "initrd", "command", "tenant", "idempotency_key"):
         value = getattr(args, key)
@@ -314,7 +330,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             body["user_data"] = Path(args.user_data).read_text()
         except OSError as exc:
             raise ConfigError(f"can't read --user-data {args.user_data}: {exc.strerror}") from exc
-    doc = client(args).request("POST", "/v1/workloads", body)
+    # Checked here exactly as the daemon checks it: a mistake is one sentence, at once.
+    request = spec.check(body)
+    doc = client(args).request("POST", "/v1/workloads", spec.submission_json(request))
     if args.json:
         output.emit_json(doc)
     else:
@@ -361,6 +379,17 @@ def cmd_workload_logs(args: argparse.Namespace) -> int:
     for chunk in client(args).stream("GET", path):
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_workload_show(args: argparse.Namespace) -> int:
+    doc = client(args).request("GET", f"/v1/workloads/{quote(args.id, safe='')}")
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_fields({k: v for k, v in doc.items() if k not in ("spec", "resources")})
+        output.emit_text("spec:")
+        output.emit_fields(doc["spec"])
     return 0
 
 

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mdns", metavar="ADDR", help="announce and browse mDNS on the interface of ADDR"
     )
     p.add_argument("--witness", action="store_true", help="vote and seed only; never run workloads")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="K=V",
+        help="a label of this node that workloads may require (repeatable)",
+    )
     p.add_argument("--cpus", type=float, help="declare CPU capacity instead of measuring")
     p.add_argument("--memory", metavar="SIZE", help="declare memory capacity, e.g. 2GiB")
     p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
@@ -134,6 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-data", metavar="FILE", help="cloud-init user-data (qemu)")
     p.add_argument("--tenant", help="tenant owning the workload")
     p.add_argument("--node", action="append", default=[], help="only these nodes (repeatable)")
+    p.add_argument("--avoid", action="append", default=[], metavar="NODE", help="never these nodes")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="only nodes whose operator set this label (repeatable)",
+    )
+    p.add_argument(
+        "--requires",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="a capability every candidate must have, e.g. kvm or arch:x86_64 (repeatable)",
+    )
+    p.add_argument(
+        "--anti-affinity",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="never on a node running a workload of this name (repeatable)",
+    )
+    p.add_argument(
+        "--restart",
+        choices=["reschedule", "none"],
+        default="reschedule",
+        help="when its node is fenced: run it again elsewhere (default) or not",
+    )
     p.add_argument(
         "--idempotency-key",
         metavar="KEY",
@@ -155,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common(w, json_flag=True)
         w.add_argument("id", help="workload id")
         w.set_defaults(func=commands.cmd_workload_action, action=action)
+    w = wsub.add_parser("show", help="one workload: spec, owner, generation, state")
+    _common(w, json_flag=True)
+    w.add_argument("id", help="workload id")
+    w.set_defaults(func=commands.cmd_workload_show)
     w = wsub.add_parser("rm", help="remove it: its owner stops it and deletes its files")
     _common(w, json_flag=True)
     w.add_argument("id", help="workload id")

@@ -141,6 +141,11 @@ class Driver(ABC):
     def log_path(self, wid: str) -> Path:
         """The console (serial) or stdout/stderr file of the workload."""
 
+    def capabilities(self) -> frozenset[str]:
+        """What this driver lets the node offer in its bids (``driver:NAME`` and, for
+        hypervisors, ``kvm`` or ``tcg``); empty when it can't run anything here."""
+        return frozenset({f"driver:{self.name}"})
+
     def detach(self) -> None:  # noqa: B027 - optional hook; most drivers hold nothing
         """Stop watching workloads (the daemon is stopping); they keep running."""
 

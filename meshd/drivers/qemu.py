@@ -83,6 +83,11 @@ class QemuDriver(Driver):
 
     # -- the interface ------------------------------------------------------------
 
+    def capabilities(self) -> frozenset[str]:
+        if shutil.which(self.binary) is None:
+            return frozenset()  # listed, but every create would fail: don't bid for it
+        return frozenset({"driver:qemu", self.accel.name})
+
     async def create(self, spec: WorkloadSpec) -> Status:
         validate(spec)
         wdir = self.dir_of(spec.id)

@@ -60,7 +60,6 @@ from meshd.auction import (
     Broadcast,
     Capacity,
     Confirm,
-    Constraints,
     Decided,
     DurableState,
     Failed,
@@ -84,6 +83,7 @@ from meshd.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, 
 from meshd.auction.model import GiB, total
 from meshd.config import Config
 from meshd.membership import Deliver
+from tests import factories
 from tests.sim.harness import MEMBERSHIP, SimNode, Simulation
 
 AUCTION = "auction"
@@ -567,6 +567,6 @@ def workload(
     nodes: frozenset[str] = frozenset(),
     avoid: frozenset[str] = frozenset(),
 ) -> Workload:
-    return Workload(
-        wid, wid, tenant, Resources(cpus, memory, disk), "fake", {}, Constraints(nodes, avoid)
+    return factories.workload(
+        wid, tenant=tenant, resources=Resources(cpus, memory, disk), nodes=nodes, avoid=avoid
     )

@@ -14,6 +14,7 @@ from meshd.api.server import MAX_BODY
 from meshd.auction import codec
 from meshd.auction import durable as d
 from meshd.auction.bidder import MAX_REASON_BYTES
+from meshd.auction.capabilities import Requirements
 from meshd.auction.messages import (
     Accept,
     AuctionMsg,
@@ -31,30 +32,34 @@ from meshd.auction.model import (
     Allocation,
     AwardRecord,
     BidRecord,
-    Constraints,
     GiB,
     Hold,
-    Placement,
     Resources,
     RoundRecord,
-    Workload,
 )
 from meshd.errors import EnvelopeError
+from meshd.spec import Service
+from tests.factories import placement, workload
 
 RES = Resources(2.5, 4 * GiB, 10 * GiB)
-W = Workload(
+W = workload(
     "w-1",
     "web",
     "acme",
     RES,
     "qemu",
-    {"image": "debian.qcow2", "ports": [80, 443], "env": {"A": "ü"}, "x": None},
-    Constraints(frozenset({"n1", "n2"}), frozenset({"n3"})),
+    frozenset({"n1", "n2"}),
+    frozenset({"n3"}),
+    image="debian.qcow2",
+    services=(Service("http", 80), Service("https", 443)),
+    env={"A": "ü"},
+    labels={"rack": "a"},
+    requires=frozenset({"kvm"}),
 )
-P = Placement("w-1", "web", "n2", 3, "n1-00000000abcd.2", "n1", 1700000000.25, RES, None)
+P = placement("w-1", "web", "n2", 3, "n1-00000000abcd.2", "n1", 1700000000.25, RES, None)
 BR = BidRecord("n2", 512, "", 1, 8 * GiB, 3, 12.5, False)
 ROUND = RoundRecord(
-    "n1-00000000abcd", "n1-00000000abcd", 1, "w-1", "web", "acme", RES, "n1", 10.0,
+    "n1-00000000abcd", "n1-00000000abcd", 1, W, "n1", 10.0,
     ("n1", "n2"), (BR, BidRecord("n1", -1, "not enough cpu", 0, 0, 0, 10.1, True)),
     (AwardRecord("n2", 1, "refused", "no"), AwardRecord("n1", 2)), "awarding", None, None,
     "", None,
@@ -63,6 +68,14 @@ ROUND = RoundRecord(
 MESSAGES: list[AuctionMsg] = [
     BidRequest("n1-00000000abcd", "w-1", "acme", RES, 0.25),
     BidRequest("n1-00000000abcd", "w-1", None, RES, 0.25),
+    BidRequest(
+        "n1-00000000abcd",
+        "w-1",
+        None,
+        RES,
+        0.25,
+        Requirements(frozenset({"driver:qemu", "kvm"}), (("rack", "a"),), frozenset({"db"})),
+    ),
     Bid("n1-00000000abcd", 734, "", 2, 3 * GiB, 5),
     Bid("n1-00000000abcd", -1, "not enough memory: 1.5 GiB free of 2 GiB asked", 0, 0, 0, True),
     Release("n1-00000000abcd"),
@@ -71,7 +84,7 @@ MESSAGES: list[AuctionMsg] = [
     Refuse("n1-00000000abcd", "w-1", 4, "overloaded"),
     Revoke("n1-00000000abcd", "w-1", 4),
     Confirm(P),
-    Sync((P, Placement("w-2", "db", "n5", 1, "r", "n5", 0.0, RES, "t")), True),
+    Sync((P, placement("w-2", "db", "n5", 1, "r", "n5", 0.0, RES, "t")), True),
     Sync((), False),
     Digest((*range(31), 2**64 - 1), False),
     Digest((0,) * 32, True),
@@ -232,7 +245,7 @@ def test_decode_does_not_take_bundles() -> None:
 def test_a_large_view_syncs_in_runs_the_api_accepts() -> None:
     long = "x" * 255
     big = [
-        Placement(f"{i:08d}{long}"[:255], long, long, 1, long + long, long, 1.5, RES, long)
+        placement(f"{i:08d}{long}"[:255], long, long, 1, long + long, long, 1.5, RES, long)
         for i in range(3000)
     ]
     chunks = codec.sync_chunks(big)

@@ -36,6 +36,7 @@ from meshd.auction import (
     InvariantBreach,
     Persist,
     Placement,
+    Refuse,
     Release,
     Resources,
     Revoke,
@@ -47,9 +48,11 @@ from meshd.auction import (
     Workload,
     codec,
 )
-from meshd.auction.model import Constraints, GiB, MiB
+from meshd.auction.capabilities import SIMULATED, Capabilities
+from meshd.auction.model import GiB, MiB
 from meshd.auction.ranking import rank
 from meshd.errors import ConfigError
+from tests.factories import placement, workload
 
 CAP = Capacity(8.0, 16 * GiB, 100 * GiB)
 LOG = logging.getLogger("test.auction")
@@ -57,18 +60,30 @@ T0 = 1_700_000_000.0
 
 
 def W(wid: str = "w1", cpus: float = 2, mem: int = 2 * GiB, **kw: Any) -> Workload:
-    c = Constraints(kw.get("nodes", frozenset()), kw.get("avoid", frozenset()))
-    return Workload(wid, wid, kw.get("tenant"), Resources(cpus, mem, 0), "fake", {}, c)
+    return workload(
+        wid,
+        tenant=kw.get("tenant"),
+        resources=Resources(cpus, mem, 0),
+        nodes=kw.get("nodes", frozenset()),
+        avoid=kw.get("avoid", frozenset()),
+    )
 
 
 class Net:
     """Nodes, durable stores, and a FIFO of messages delivered by :meth:`pump`."""
 
-    def __init__(self, n: int = 3, caps: dict[str, Capacity] | None = None, **cfg: Any) -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        caps: dict[str, Capacity] | None = None,
+        offers: dict[str, Capabilities] | None = None,
+        **cfg: Any,
+    ) -> None:
         self.cfg = config.sim().replace(**cfg)
         self.now = T0
         self.names = [f"n{i}" for i in range(1, n + 1)]
         self.caps = caps or {}
+        self.offers = offers or {}
         self.durable = {x: DurableState() for x in self.names}
         self.cores = {x: self._new(x) for x in self.names}
         self.queue: deque[tuple[str, str, Any]] = deque()
@@ -78,8 +93,10 @@ class Net:
         self.sent: list[tuple[str, str, Any]] = []
 
     def _new(self, name: str) -> Auctioneer:
-        cap = self.caps.get(name, CAP)
-        return Auctioneer(self.cfg, name, cap, random.Random(name), self.now, LOG)
+        cap, offers = self.caps.get(name, CAP), self.offers.get(name, SIMULATED)
+        return Auctioneer(
+            self.cfg, name, cap, random.Random(name), self.now, LOG, capabilities=offers
+        )
 
     def apply(self, name: str, effects: list[Any]) -> None:
         for e in effects:
@@ -120,9 +137,16 @@ class Net:
 
     def restart(self, name: str) -> None:
         self.down.discard(name)
-        cap = self.caps.get(name, CAP)
+        cap, offers = self.caps.get(name, CAP), self.offers.get(name, SIMULATED)
         self.cores[name] = Auctioneer.restore(
-            self.cfg, name, cap, random.Random(name + "'"), self.now, LOG, self.durable[name]
+            self.cfg,
+            name,
+            cap,
+            random.Random(name + "'"),
+            self.now,
+            LOG,
+            self.durable[name],
+            capabilities=offers,
         )
         self.seen[name] = []
 
@@ -250,6 +274,68 @@ def test_constraint_unsatisfiable_fails_at_once() -> None:
         "constraint unsatisfiable: no alive member outside n1, n2, n3"
     )
     assert not net.queue
+
+
+QEMU_KVM = Capabilities(frozenset({"driver:fake", "driver:qemu", "kvm"}), {"rack": "a"})
+
+
+def test_only_the_node_with_a_required_capability_bids_and_wins() -> None:
+    net = Net(3, offers={"n3": QEMU_KVM})
+    net.submit("n1", workload("w1", driver="qemu", requires=frozenset({"kvm"})))
+    net.pump()
+    [decided] = net.of("n1", Decided)
+    assert decided.placement.owner == "n3"
+    bids = {b.bidder: b for b in net.cores["n1"].rounds()[0].bids}
+    assert bids["n1"].score == bids["n2"].score == -1
+    assert bids["n1"].reason == "lacks driver:qemu, kvm"
+    # Every node's view now holds the whole spec, the requirement included.
+    for core in net.cores.values():
+        assert core.placements()["w1"].spec.requires == frozenset({"kvm"})
+
+
+def test_a_label_only_one_node_carries_places_the_workload_there() -> None:
+    net = Net(3, offers={"n2": QEMU_KVM})
+    net.submit("n1", workload("w1", labels={"rack": "a"}))
+    net.pump()
+    assert net.of("n1", Decided)[0].placement.owner == "n2"
+
+
+def test_a_requirement_no_node_meets_is_refused_with_a_sentence_naming_it() -> None:
+    net = Net(3, offers={"n3": QEMU_KVM})
+    net.submit("n1", workload("w1", requires=frozenset({"arch:riscv64"})))
+    net.pump()
+    for _ in range(20):
+        net.advance(net.cfg.auction_window_s)
+    [failed] = net.of("n1", Failed)
+    assert failed.reason.startswith("no node meets the workload's requirements (")
+    assert "n3: lacks arch:riscv64" in failed.reason
+    first = net.cores["n1"].rounds()[0]
+    assert {b.bidder: b.reason for b in first.bids} == dict.fromkeys(
+        ("n1", "n2", "n3"), "lacks arch:riscv64"
+    )
+
+
+def test_anti_affinity_keeps_a_workload_off_the_node_running_the_named_one() -> None:
+    net = Net(2)
+    net.submit("n1", workload("db1", name="db", nodes=frozenset({"n2"})))
+    net.pump()
+    assert net.of("n1", Decided)[0].placement.owner == "n2"
+    net.submit("n1", workload("db2", name="db-replica", anti_affinity=frozenset({"db"})))
+    net.pump()
+    assert net.of("n1", Decided)[1].placement.owner == "n1"
+    bids = {b.bidder: b for b in net.cores["n1"].rounds()[-1].bids}
+    assert bids["n2"].reason == "runs db (anti-affinity)"
+
+
+def test_a_winner_rechecks_the_awarded_spec_against_its_capabilities() -> None:
+    """An award (a copied or forged request's) for a spec this node can't run is refused."""
+    net = Net(2, offers={"n2": QEMU_KVM})
+    core = net.cores["n1"]  # offers only driver:fake
+    award = Award("n9-000000000001", workload("w1", driver="qemu"), 1)
+    effects = core.receive(award, "n9", net.now)
+    [refuse] = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, Refuse)]
+    assert refuse.reason == "lacks driver:qemu"
+    assert core.allocation("w1") is None
 
 
 def test_deadline_closes_with_partial_bids() -> None:
@@ -391,8 +477,8 @@ def test_a_winner_back_from_a_crash_asks_before_it_confirms_and_learns_of_the_re
 
 def test_sync_merges_and_answers() -> None:
     core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
-    p1 = Placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
-    p2 = Placement("w1", "w1", "n3", 2, "r2", "n1", T0, Resources(1, 1, 0), None)
+    p1 = placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
+    p2 = placement("w1", "w1", "n3", 2, "r2", "n1", T0, Resources(1, 1, 0), None)
     [reply] = [e for e in core.receive(Sync((p2,)), "n1", T0) if isinstance(e, Send)]
     assert reply.msg == Sync((p2,), True)
     assert core.receive(Sync((p1,), True), "n1", T0) == []  # older: ignored
@@ -403,7 +489,7 @@ def test_sync_merges_and_answers() -> None:
 
 
 def _placed(wid: str, owner: str, gen: int = 1) -> Placement:
-    return Placement(wid, wid, owner, gen, f"r-{wid}-{gen}", "n1", T0, Resources(1, 1, 0), None)
+    return placement(wid, wid, owner, gen, f"r-{wid}-{gen}", "n1", T0, Resources(1, 1, 0), None)
 
 
 def test_digest_exchange_sends_only_the_differing_buckets() -> None:
@@ -437,7 +523,7 @@ def test_digest_exchange_sends_only_the_differing_buckets() -> None:
 
 
 def test_at_one_generation_a_removal_wins_whatever_arrives_first() -> None:
-    live = Placement("w1", "w1", "n2", 3, "r1", "n1", T0, Resources(1, 1, 0), None)
+    live = placement("w1", "w1", "n2", 3, "r1", "n1", T0, Resources(1, 1, 0), None)
     gone = dataclasses.replace(live, owner="n5", round="n7-rm", originator="n7", removed=True)
     gone2 = dataclasses.replace(gone, owner="n4", round="n8-rm")
     views = []
@@ -503,11 +589,11 @@ def test_a_large_view_is_compared_in_small_buckets() -> None:
 
 def test_two_owners_for_one_generation_is_a_breach() -> None:
     core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
-    p = Placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
+    p = placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
     core.receive(Confirm(p), "n1", T0)
     with pytest.raises(InvariantBreach, match="two owners for workload w1 generation 1"):
         core.receive(
-            Confirm(Placement("w1", "w1", "n5", 1, "r9", "n7", T0, p.resources, None)), "n7", T0
+            Confirm(placement("w1", "w1", "n5", 1, "r9", "n7", T0, p.resources, None)), "n7", T0
         )
 
 
@@ -639,7 +725,7 @@ def test_remove_tombstones_everywhere_releases_the_owner_and_allows_a_new_placem
 
 
 def test_tombstones_round_trip_through_the_codec() -> None:
-    p = Placement("w1", "web", "n2", 4, "n1-abc", "n1", T0, Resources(1.0, 1 << 20, 0), None)
+    p = placement("w1", "web", "n2", 4, "n1-abc", "n1", T0, Resources(1.0, 1 << 20, 0), None)
     tomb = dataclasses.replace(p, removed=True)
-    for placement in (p, tomb):
-        assert codec.decode(codec.encode(Confirm(placement))) == Confirm(placement)
+    for pl in (p, tomb):
+        assert codec.decode(codec.encode(Confirm(pl))) == Confirm(pl)

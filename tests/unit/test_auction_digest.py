@@ -16,12 +16,13 @@ from meshd.auction.digest import (
     fine_bucket,
 )
 from meshd.auction.model import Placement, Resources
+from tests.factories import placement
 
 RES = Resources(1, 1, 0)
 
 
 def _p(wid: str, owner: str = "n1", gen: int = 1, removed: bool = False) -> Placement:
-    return Placement(wid, wid, owner, gen, "r", "n0", 0.0, RES, None, removed)
+    return placement(wid, wid, owner, gen, "r", "n0", 0.0, RES, None, removed)
 
 
 def test_same_placements_in_any_order_give_the_same_sums() -> None:

@@ -16,11 +16,12 @@ from meshd.auction.durable import (
     HoldReleased,
     PlacementRecorded,
 )
-from meshd.auction.model import Allocation, BidRecord, Hold, Placement, Resources, Workload
+from meshd.auction.model import Allocation, BidRecord, Hold, Resources
 from meshd.errors import StoreError
 from meshd.journal import AuctionJournal
 from meshd.store import auction_records
 from meshd.store.db import Store
+from tests.factories import placement, workload
 
 RES = Resources(1.0, 1 << 20, 0)
 LAG = 0.05
@@ -38,11 +39,11 @@ def hold(rid: str) -> HoldPlaced:
 
 
 def placed(wid: str, gen: int) -> PlacementRecorded:
-    return PlacementRecorded(Placement(wid, wid, "n2", gen, f"r-{wid}", "n1", 10.0, RES, None))
+    return PlacementRecorded(placement(wid, wid, "n2", gen, f"r-{wid}", "n1", 10.0, RES, None))
 
 
 def committed(wid: str) -> AllocationCommitted:
-    w = Workload(wid, wid, None, RES, "process")
+    w = workload(wid, resources=RES, driver="process")
     return AllocationCommitted(Allocation(w, f"r-{wid}", 1, "n1", 10.0))
 
 

@@ -18,13 +18,12 @@ from meshd.auction.model import (
     FAILED,
     AwardRecord,
     GiB,
-    Placement,
     Resources,
     RoundRecord,
-    Workload,
 )
 from meshd.store import auction_records
 from meshd.store.db import Store
+from tests.factories import placement, workload
 
 RES = Resources(1.0, GiB, 0)
 LOG = logging.getLogger("test.pruning")
@@ -40,8 +39,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def rnd(i: int, wid: str, state: str = DECIDED, gens: tuple[int, ...] = (1,)) -> RoundRecorded:
     awards = tuple(AwardRecord(f"n{g}", g, "silent") for g in gens)
     rec = RoundRecord(
-        f"n1-{i:012x}", f"n1-{i:012x}", 1, wid, wid, None, RES, "n1", float(i), ("n2",),
-        (), awards, state,
+        f"n1-{i:012x}", f"n1-{i:012x}", 1, workload(wid, resources=RES), "n1", float(i),
+        ("n2",), (), awards, state,
     )  # fmt: skip
     return RoundRecorded(rec)
 
@@ -88,14 +87,14 @@ def test_awarded_generations_above_the_view_leave_a_floor(store: Store) -> None:
 def test_a_restarted_originator_never_reuses_a_pruned_generation(store: Store) -> None:
     cfg = config.sim()
     cap = Capacity(8.0, 16 * GiB, 100 * GiB)
-    p = Placement("b", "b", "n2", 1, "n1-000000000001", "n1", 1.0, RES, None)
+    p = placement("b", "b", "n2", 1, "n1-000000000001", "n1", 1.0, RES, None)
     put(store, [PlacementRecorded(p), rnd(2, "b", FAILED, gens=(2, 3))], 2.0)
     auction_records.prune_rounds(store, 0, 100, lambda wid: 1, 9.0)
     assert auction_records.load(store).floors == {"b": 3}
     core = Auctioneer.restore(
         cfg, "n1", cap, random.Random(1), 10.0, LOG, auction_records.load(store)
     )
-    w = Workload("b", "b", None, RES, "fake")
+    w = workload("b", resources=RES)
     _, effects = core.submit(w, ["n1"], 10.0, supersede=True)
     [decided] = [e for e in effects if isinstance(e, Decided)]
     assert decided.placement.generation == 4
