@@ -198,6 +198,8 @@ def to_spec(v: Any) -> WorkloadSpec:
 
 
 def to_workload(v: Any) -> Workload:
+    if isinstance(v, dict) and "res" in v:
+        return _legacy_workload(v)
     if not isinstance(v, dict) or len(v) != 2:
         raise Bad("bad workload")
     return Workload(text(v["id"]), to_spec(v["spec"]))
@@ -205,6 +207,8 @@ def to_workload(v: Any) -> Workload:
 
 def to_placement(v: Any) -> Placement:
     items = array(v)
+    if len(items) in (9, 10):
+        return _legacy_placement(items)
     if len(items) not in (7, 8):
         raise Bad("bad placement")
     w, s, owner, gen, rnd, by, at = items[:7]
@@ -217,6 +221,38 @@ def to_placement(v: Any) -> Placement:
         text(by),
         num(at),
         removed,
+    )
+
+
+# -- records written before the spec was part of the view (meshd 0.1) --------------
+# A node upgraded in place must keep every allocation it committed: an old workload
+# record holds the whole spec (converted exactly); an old placement or round holds only
+# a name, resources and tenant (converted to a spec marked ``legacy``, which the
+# store's loader replaces with the allocation's spec wherever this node has it).
+LEGACY = "meshd-0.1-record"
+
+
+def _legacy_spec(name: str, r: Resources, tenant: str | None, extra: Mapping[str, Any]) -> Any:
+    doc = {k: x for k, x in extra.items() if x is not None and k in WorkloadSpec.__struct_fields__}
+    doc.update(name=name, cpus=r.cpus, memory=r.memory, disk=r.disk, tenant=tenant)
+    return to_spec(doc)
+
+
+def _legacy_workload(v: Mapping[str, Any]) -> Workload:
+    extra = v.get("spec")
+    if not isinstance(extra, dict):
+        raise Bad("bad spec")
+    extra = {**extra, "driver": v["driver"], "nodes": v["nodes"], "avoid": v["avoid"]}
+    name, r = text(v["name"]), to_res(v["res"])
+    return Workload(text(v["id"]), _legacy_spec(name, r, opt_text(v["tenant"]), extra))
+
+
+def _legacy_placement(items: list[Any]) -> Placement:
+    w, name, owner, gen, rnd, by, at, r, tenant = items[:9]
+    removed = flag(items[9]) if len(items) == 10 else False
+    s = _legacy_spec(text(name), to_res(r), opt_text(tenant), {"labels": {LEGACY: "yes"}})
+    return Placement(
+        Workload(text(w), s), text(owner), count(gen), text(rnd, RID), text(by), num(at), removed
     )
 
 
@@ -246,7 +282,7 @@ def to_round_record(v: Any) -> RoundRecord:
         text(v["id"], RID),
         text(v["auction"], RID),
         count(v["seq"]),
-        to_workload(v["wl"]),
+        to_workload(v["wl"]) if "wl" in v else _legacy_round_workload(v),
         text(v["by"]),
         num(v["at"]),
         tuple(map(text, array(v["cand"]))),
@@ -258,6 +294,13 @@ def to_round_record(v: Any) -> RoundRecord:
         text(v["why"], MAX_TEXT, True),
         opt_num(v["closed"]),
     )
+
+
+def _legacy_round_workload(v: Mapping[str, Any]) -> Workload:
+    s = _legacy_spec(
+        text(v["name"]), to_res(v["res"]), opt_text(v["tenant"]), {"labels": {LEGACY: "yes"}}
+    )
+    return Workload(text(v["w"]), s)
 
 
 def to_hold(v: Any) -> Hold:

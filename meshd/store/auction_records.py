@@ -7,11 +7,13 @@ an upsert or a delete under a key, so the table always holds exactly the state
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 
 from meshd.auction import codec
 from meshd.auction import durable as d
+from meshd.auction.fields import LEGACY
 from meshd.auction.model import FINAL_STATES
 from meshd.errors import EnvelopeError
 from meshd.store.db import Store
@@ -124,4 +126,19 @@ def load(store: Store) -> d.DurableState:
         except EnvelopeError as exc:
             # Only meshd writes this table; a bad row means a bug or a damaged disk.
             logger.error("unreadable auction record kind=%s key=%s error=%s", kind, key, exc)
+    _mend_legacy(state)
     return state
+
+
+def _mend_legacy(state: d.DurableState) -> None:
+    """Placements recorded before the view carried specs take this node's allocation's
+    spec where it has one (exact); others keep the partial spec until anti-entropy or a
+    new generation brings the real one."""
+    for wid, p in list(state.placements.items()):
+        if LEGACY not in p.spec.labels:
+            continue
+        alloc = state.allocations.get(wid)
+        if alloc is not None:
+            state.placements[wid] = dataclasses.replace(p, workload=alloc.workload)
+        else:
+            logger.warning("placement recorded by meshd 0.1 lacks its spec workload=%s", wid)

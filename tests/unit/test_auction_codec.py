@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meshd.api.server import MAX_BODY
-from meshd.auction import codec
+from meshd.auction import codec, fields
 from meshd.auction import durable as d
 from meshd.auction.bidder import MAX_REASON_BYTES
 from meshd.auction.capabilities import Requirements
@@ -253,3 +254,35 @@ def test_a_large_view_syncs_in_runs_the_api_accepts() -> None:
     for c in chunks:
         assert len(codec.encode(Sync(c, True))) <= codec.MAX_RELIABLE < MAX_BODY
     assert codec.sync_chunks([]) == []
+
+
+def test_records_written_by_meshd_0_1_still_load() -> None:
+    """A node upgraded in place keeps every allocation it committed, spec and all."""
+    wl = {
+        "id": "w-1",
+        "name": "web",
+        "tenant": None,
+        "res": [2.0, 1 << 30, 0],
+        "driver": "qemu",
+        "spec": {"image": "/img.qcow2", "services": [{"name": "http", "port": 80}], "x": None},
+        "nodes": ["n2"],
+        "avoid": [],
+    }
+    alloc = b'{"k":"alloc","wl":%s,"r":"n1-1","g":1,"by":"n1","at":5.0,"ok":true}' % (
+        orjson.dumps(wl)
+    )
+    rec = codec.load_record(alloc)
+    assert isinstance(rec, d.AllocationCommitted)
+    s = rec.allocation.workload.spec
+    assert (s.name, s.driver, s.image, s.cpus, s.nodes) == (
+        "web",
+        "qemu",
+        "/img.qcow2",
+        2.0,
+        frozenset({"n2"}),
+    )
+    old_place = b'{"k":"place","p":["w-1","web","n2",1,"n1-1","n1",5.0,[2.0,1073741824,0],null]}'
+    place = codec.load_record(old_place)
+    assert isinstance(place, d.PlacementRecorded)
+    assert place.placement.owner == "n2" and place.placement.name == "web"
+    assert fields.LEGACY in place.placement.spec.labels
