@@ -27,13 +27,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 
 from meshd import names
 from meshd.alarm import Alarm
 from meshd.api import tls
+from meshd.context import NodeContext
 from meshd.dht import MeshDHT
 from meshd.directory import Directory
 from meshd.envelope import ReplayGuard, Sealer, Signer, Verifier
@@ -54,9 +55,6 @@ from meshd.store import revocations as stored_revocations
 from meshd.store import roster, services
 from meshd.transport import Addr, Channel, DatagramMux
 
-if TYPE_CHECKING:
-    from meshd.node import Node
-
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 SWIM_KIND = "swim"
@@ -66,27 +64,27 @@ BroadcastHandler = Callable[[bytes, str], None]
 
 
 class Mesh:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg, ident = node.cfg, node.ident
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        cfg, ident = ctx.cfg, ctx.ident
         self.mux = DatagramMux(
             Sealer(ident.mesh_secret, ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size)),
-            node.metrics,
-            node.clock,
+            ctx.metrics,
+            ctx.clock,
         )
         self.signer = Signer(ident.key, ident.cert)
         self.verifier = Verifier(
             ident.ca_cert,
-            node.revocations,
+            ctx.revocations,
             ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size),
         )
-        self.directory = Directory.from_store(node.store, node.revocations)
+        self.directory = Directory.from_store(ctx.store, ctx.revocations)
         self.directory.learn(ident.key.public_key(), ident.info)
         # Compact datagrams name their author by id: prime the verifier with the roster.
-        for member in roster.members(node.store):
+        for member in roster.members(ctx.store):
             try:
                 self.verifier.learn(
-                    pki.cert_der(pki.load_cert_pem(member.cert_pem.encode(), "")), node.clock()
+                    pki.cert_der(pki.load_cert_pem(member.cert_pem.encode(), "")), ctx.clock()
                 )
             except (IdentityError, EnvelopeError) as exc:
                 logger.warning("roster certificate of %s refused: %s", member.name, exc)
@@ -103,7 +101,7 @@ class Mesh:
         self._alarm: Alarm | None = None
         self._http: aiohttp.ClientSession | None = None
         self._republish_at: float | None = None
-        m = node.metrics
+        m = ctx.metrics
         self.dropped = m.counter(
             "meshd_membership_dropped_total", "Membership messages dropped, by reason"
         )
@@ -120,7 +118,7 @@ class Mesh:
         return await self.mux.bind(host, port)
 
     async def start(self, advertise: Addr, seeds: list[Addr]) -> None:
-        node, cfg, ident = self.node, self.node.cfg, self.node.ident
+        ctx, cfg, ident = self.ctx, self.ctx.cfg, self.ctx.ident
         self.address = advertise
         self.mux.register(Channel.MEMBERSHIP, self._on_datagram)
         self._http = aiohttp.ClientSession(
@@ -134,8 +132,8 @@ class Mesh:
             ident.name,
             self.directory,
             self.mux,
-            node.clock,
-            node.metrics,
+            ctx.clock,
+            ctx.metrics,
         )
         await self.dht.start()
         self.membership = Membership(
@@ -179,9 +177,9 @@ class Mesh:
         if self.membership is not None:
             self._apply(self.membership.leave(self.mono()))
             # Let the Left update go out on a couple of gossip rounds (bounded).
-            deadline = self.mono() + max(0.5, self.node.cfg.gossip_interval_s * 3)
+            deadline = self.mono() + max(0.5, self.ctx.cfg.gossip_interval_s * 3)
             while self.membership.pending_broadcasts() and self.mono() < deadline:  # noqa: ASYNC110 - the timer task drains the queue; we only bound the wait
-                await asyncio.sleep(self.node.cfg.gossip_interval_s / 2)
+                await asyncio.sleep(self.ctx.cfg.gossip_interval_s / 2)
         if self.mdns is not None:
             with contextlib.suppress(Exception):
                 await self.mdns.stop()
@@ -228,7 +226,7 @@ class Mesh:
         off to learn its certificate, anything else invalid is counted and logged.
         """
         try:
-            signed = self.verifier.verify(payload, self.node.clock())
+            signed = self.verifier.verify(payload, self.ctx.clock())
             if signed.kind != kind:
                 raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
             return decode(signed.body), signed.author
@@ -292,10 +290,10 @@ class Mesh:
         self._spawn(self._fetch_cert(addr))
 
     async def _fetch_cert(self, addr: Addr) -> None:
-        ctx = tls.client_context(self.node.ident, self.node.ident.ca_cert)
+        tls_ctx = tls.client_context(self.ctx.ident, self.ctx.ident.ca_cert)
         try:
-            async with asyncio.timeout(max(1.0, self.node.cfg.probe_interval_s * 4)):
-                _, writer = await asyncio.open_connection(addr[0], addr[1], ssl=ctx)
+            async with asyncio.timeout(max(1.0, self.ctx.cfg.probe_interval_s * 4)):
+                _, writer = await asyncio.open_connection(addr[0], addr[1], ssl=tls_ctx)
         except (OSError, TimeoutError) as exc:
             logger.debug("can't fetch the certificate of %s:%s: %s", *addr, exc)
             return
@@ -329,27 +327,27 @@ class Mesh:
         known = self._member_certs.get(cert_der)
         if (
             known is not None
-            and known.not_before <= self.node.clock() <= known.not_after
-            and not self.node.revocations.is_revoked(known.serial, known.node_id)
+            and known.not_before <= self.ctx.clock() <= known.not_after
+            and not self.ctx.revocations.is_revoked(known.serial, known.node_id)
         ):
             return known
         try:
             cert = pki.load_cert_der(cert_der)
-            info = pki.verify(cert, self.node.ident.ca_cert, self.node.clock())
+            info = pki.verify(cert, self.ctx.ident.ca_cert, self.ctx.clock())
         except IdentityError as exc:
             logger.warning("refused a member certificate: %s", exc)
             return None
-        if self.node.revocations.is_revoked(info.serial, info.node_id):
+        if self.ctx.revocations.is_revoked(info.serial, info.node_id):
             return None
         if not self.verifier.knows(info.node_id):
-            self.verifier.learn(cert_der, self.node.clock())
+            self.verifier.learn(cert_der, self.ctx.clock())
         if len(self._member_certs) > 4096:
             self._member_certs.clear()
         self._member_certs[cert_der] = info
         if self.directory.learn(cert.public_key(), info):  # type: ignore[arg-type]
             from meshd.identity.enrolment import member_of  # noqa: PLC0415 - avoid a cycle
 
-            roster.upsert(self.node.store, member_of(cert, None, self.node.clock()))
+            roster.upsert(self.ctx.store, member_of(cert, None, self.ctx.clock()))
             logger.info("learnt member name=%s node_id=%s", info.name, info.node_id)
         return info
 
@@ -358,7 +356,7 @@ class Mesh:
             return
         changes = [e for e in effects if isinstance(e, MemberChanged)]
         if changes:  # persist first: what we announce must survive a crash
-            with self.node.store.transaction(durable=False):
+            with self.ctx.store.transaction(durable=False):
                 for ch in changes:
                     self._persist_change(ch)
         for e in effects:
@@ -380,9 +378,9 @@ class Mesh:
     def _persist_change(self, ch: MemberChanged) -> None:
         m = ch.member
         if ch.previous is None or m.state is MemberState.ALIVE:
-            roster.set_address(self.node.store, m.name, f"{m.address[0]}:{m.address[1]}")
-        self.node.store.append_event(
-            self.node.clock(),
+            roster.set_address(self.ctx.store, m.name, f"{m.address[0]}:{m.address[1]}")
+        self.ctx.store.append_event(
+            self.ctx.clock(),
             f"member.{m.state}",
             m.name,
             {"incarnation": m.incarnation, "previous": str(ch.previous) if ch.previous else None},
@@ -391,7 +389,7 @@ class Mesh:
     def _act_on_change(self, ch: MemberChanged) -> None:
         m = ch.member
         self.changes.inc(state=str(m.state))
-        if m.name == self.node.ident.name:
+        if m.name == self.ctx.ident.name:
             return
         logger.info(
             "member %s name=%s address=%s:%s incarnation=%d",
@@ -418,7 +416,7 @@ class Mesh:
         if e.reliable:
             self._spawn(self._post(e.addr, body))
             return
-        signed = self.signer.sign(SWIM_KIND, body, self.node.clock(), compact=True)
+        signed = self.signer.sign(SWIM_KIND, body, self.ctx.clock(), compact=True)
         self.mux.send(Channel.MEMBERSHIP, signed, e.addr)
 
     async def _post(self, addr: Addr, body: bytes) -> None:
@@ -441,7 +439,7 @@ class Mesh:
     # -- discovery ------------------------------------------------------------------
 
     def _on_mdns_found(self, name: str, addr: Addr) -> None:
-        if self.membership is None or name == self.node.ident.name:
+        if self.membership is None or name == self.ctx.ident.name:
             return
         m = self.membership.member(name)
         if m is None or not m.state.live:
@@ -462,9 +460,9 @@ class Mesh:
         """Anti-entropy for removals: push every known record to one random member."""
         rng = random.Random()  # noqa: S311 - peer choice and jitter
         while True:
-            interval = self.node.cfg.revocation_sync_interval_s
+            interval = self.ctx.cfg.revocation_sync_interval_s
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
-            records = stored_revocations.records(self.node.store)
+            records = stored_revocations.records(self.ctx.store)
             peer = self.random_peer(rng)
             addr = self.address_of(peer) if peer is not None else None
             if records and addr is not None:
@@ -477,15 +475,15 @@ class Mesh:
 
     def _on_revocation(self, payload: bytes, origin: str) -> None:
         try:
-            rev = revocation.verify(payload, self.node.ident.ca_cert)
+            rev = revocation.verify(payload, self.ctx.ident.ca_cert)
         except IdentityError as exc:
             logger.warning("dropped a revocation from %s: %s", origin, exc)
             return
-        if self.node.revocations.add(rev):
-            stored_revocations.add(self.node.store, rev, payload)
-            roster.mark_removed(self.node.store, rev.name, rev.revoked_at)
+        if self.ctx.revocations.add(rev):
+            stored_revocations.add(self.ctx.store, rev, payload)
+            roster.mark_removed(self.ctx.store, rev.name, rev.revoked_at)
             logger.info("node removed by the CA name=%s serial=%s", rev.name, rev.serial)
-            if rev.name == self.node.ident.name:
+            if rev.name == self.ctx.ident.name:
                 # Every member now drops what we send; say so loudly and go quiet.
                 logger.error("this node was removed from the mesh; stopping membership")
                 if self.membership is not None:
@@ -512,12 +510,12 @@ class Mesh:
 
     def live_names(self) -> set[str]:
         if self.membership is None:
-            return {self.node.ident.name}
+            return {self.ctx.ident.name}
         return {m.name for m in self.membership.members() if m.state.live}
 
     def live_peers(self) -> set[str]:
         """Live members other than this node."""
-        return self.live_names() - {self.node.ident.name}
+        return self.live_names() - {self.ctx.ident.name}
 
     def random_peer(self, rng: random.Random) -> str | None:
         """One live member other than this node, for anti-entropy; None when alone."""
@@ -533,37 +531,37 @@ class Mesh:
             self._rearm()
 
     def _instance(self, name: str, port: int, proto: str) -> names.Instance:
-        return names.Instance(name, self.node.ident.name, self.address[0], port, proto)
+        return names.Instance(name, self.ctx.ident.name, self.address[0], port, proto)
 
     async def _republish_services(self) -> None:
-        for svc in services.all_services(self.node.store):
+        for svc in services.all_services(self.ctx.store):
             await self._publish(self._instance(svc["name"], svc["port"], svc["proto"]))
 
     async def _publish(self, inst: names.Instance) -> None:
         if self.dht is None:
             return
-        key = names.record_key(self.node.ident.domain, inst.service)
+        key = names.record_key(self.ctx.ident.domain, inst.service)
         await self.dht.put(key, inst.encode())
 
     async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
         names.check_service(name)
         if not 1 <= port <= 65535 or proto not in names.PROTOS:
             raise NamingError("a service needs a port 1-65535 and proto tcp or udp")
-        services.upsert(self.node.store, name, port, proto, self.node.clock())
+        services.upsert(self.ctx.store, name, port, proto, self.ctx.clock())
         await self._publish(self._instance(name, port, proto))
         return {"name": name, "port": port, "proto": proto}
 
     async def remove_service(self, name: str) -> None:
-        if not services.remove(self.node.store, name):
+        if not services.remove(self.ctx.store, name):
             raise NotFoundError(f"this node publishes no service named {name!r}")
         if self.dht is not None:
-            await self.dht.delete(names.record_key(self.node.ident.domain, name))
+            await self.dht.delete(names.record_key(self.ctx.ident.domain, name))
 
     async def resolve(self, text: str) -> list[names.Instance]:
         query = names.parse(text)
-        if query.domain != self.node.ident.domain:
+        if query.domain != self.ctx.ident.domain:
             raise NamingError(
-                f"{text} is in domain {query.domain}; this mesh is {self.node.ident.domain}"
+                f"{text} is in domain {query.domain}; this mesh is {self.ctx.ident.domain}"
             )
         if self.dht is None:
             return []
@@ -579,6 +577,6 @@ class Mesh:
             query,
             found,
             self.live_names(),
-            self.node.ident.name,
+            self.ctx.ident.name,
             random.Random(),  # noqa: S311 - load spreading
         )

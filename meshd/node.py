@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 from aiohttp import web
@@ -31,19 +31,19 @@ from aiohttp import web
 from meshd import __version__, telemetry
 from meshd.api import tls
 from meshd.api.server import Api
+from meshd.bus import Bus
 from meshd.config import Config
+from meshd.context import NodeContext
 from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
 from meshd.identity.files import NodeIdentity
+from meshd.mesh import Mesh
 from meshd.metrics import Registry
+from meshd.placement import PlacementShell
 from meshd.store import roster
 from meshd.store.db import Store
 from meshd.units import format_hostport, parse_hostport
-
-if TYPE_CHECKING:
-    from meshd.mesh import Mesh
-    from meshd.placement import PlacementShell
-    from meshd.workloads import WorkloadRunner
+from meshd.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class Node:
         self.clock = clock
         self.metrics = Registry()
         self.revocations = authority.load_revocations(store, ident.ca_cert)
+        self.ctx = NodeContext(
+            cfg, ident, store, clock, self.metrics, self.revocations, Bus(), self.request_stop
+        )
         self.started_at = clock()
         self._started_mono = time.monotonic()
         self.address = ""
@@ -177,12 +180,8 @@ class Node:
             raise
 
     async def _start(self) -> None:
-        from meshd.mesh import Mesh  # noqa: PLC0415 - mesh imports the node type lazily too
-        from meshd.placement import PlacementShell  # noqa: PLC0415 - same
-        from meshd.workloads import WorkloadRunner  # noqa: PLC0415 - same
-
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
-        self.mesh = Mesh(self)
+        self.mesh = Mesh(self.ctx)
         tcp = await self._bind_mesh_port(listen_host, listen_port)
         port = tcp.getsockname()[1]
         self.listen = format_hostport(listen_host, port)
@@ -213,13 +212,12 @@ class Node:
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
-        self.runner = WorkloadRunner(self, self.mesh)
+        self.runner = WorkloadRunner(self.ctx, self.mesh)
         caps = telemetry.capabilities(
             self.cfg, (d.capabilities() for d in self.runner.drivers.values())
         )
         logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
-        self.placement = PlacementShell(self, self.mesh, caps)
-        self.placement.runner = self.runner
+        self.placement = PlacementShell(self.ctx, self.mesh, caps)
         self.placement.start()
         self.runner.start(self.placement.core.ledger().allocations)
         self.store.set_meta("address", self.address)

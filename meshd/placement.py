@@ -25,8 +25,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from meshd import spec, telemetry
 from meshd.alarm import Alarm
@@ -46,6 +46,8 @@ from meshd.auction.effects import (
 from meshd.auction.fields import dumps
 from meshd.auction.messages import AuctionMsg, Confirm, Sync
 from meshd.auction.model import Capacity, InvariantBreach, Placement, Telemetry, Workload
+from meshd.bus import WorkloadAssigned, WorkloadReleased
+from meshd.context import NodeContext
 from meshd.errors import (
     BadRequest,
     EnvelopeError,
@@ -53,17 +55,14 @@ from meshd.errors import (
     NotFoundError,
 )
 from meshd.journal import AuctionJournal
+from meshd.mesh import Mesh
 from meshd.outbox import Outbox
 from meshd.spec import SubmitRequest
 from meshd.store import auction_records
 from meshd.transport import Addr, Channel
 
-if TYPE_CHECKING:
-    from meshd.mesh import Mesh
-    from meshd.node import Node
-    from meshd.workloads import WorkloadRunner
-
 logger = logging.getLogger(__name__)
+StateOf = Callable[[str, int], tuple[str, str]]  # (workload id, generation) -> state, detail
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
@@ -75,34 +74,33 @@ class PlacementError(MeshdError):
 
 
 class PlacementShell:
-    def __init__(self, node: Node, mesh: Mesh, capabilities: Capabilities) -> None:
-        self.node = node
+    def __init__(self, ctx: NodeContext, mesh: Mesh, capabilities: Capabilities) -> None:
+        self.ctx = ctx
         self.capabilities = capabilities
         self.mesh = mesh
-        cfg = node.cfg
+        cfg = ctx.cfg
         cap = telemetry.capacity(cfg)
         self.capacity = Capacity(cpus=cap.cpus, memory=cap.memory, disk=cap.disk)
-        durable = auction_records.load(node.store)
+        durable = auction_records.load(ctx.store)
         self.core = Auctioneer.restore(
             cfg,
-            node.ident.name,
+            ctx.ident.name,
             self.capacity,
             random.Random(),  # noqa: S311 - round ids and sampling, not secrets
-            node.clock(),
+            ctx.clock(),
             logging.getLogger("meshd.auction"),
             durable,
             witness=cfg.witness,
             capabilities=capabilities,
         )
-        self.journal = AuctionJournal(node.store, cfg.auction_journal_lag_s)
+        self.journal = AuctionJournal(ctx.store, cfg.auction_journal_lag_s)
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
         self._start_due = False
-        self.runner: WorkloadRunner | None = None  # set by the node once drivers exist
-        self._alarm = Alarm("auction", self._tick, self.core.next_deadline, node.clock, 1.0)
+        self._alarm = Alarm("auction", self._tick, self.core.next_deadline, ctx.clock, 1.0)
         self._tasks: set[asyncio.Task[Any]] = set()
-        m = node.metrics
+        m = ctx.metrics
         self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
         self.dropped = m.counter("meshd_auction_dropped_total", "Auction messages dropped")
         self.repairs = m.counter(
@@ -119,7 +117,7 @@ class PlacementShell:
         self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
         self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
         self._alarm.rearm()
-        if self.node.cfg.host_telemetry:
+        if self.ctx.cfg.host_telemetry:
             self._spawn(self._sample_telemetry())
         self._spawn(self._anti_entropy())
         self._spawn(self._prune_rounds())
@@ -127,7 +125,7 @@ class PlacementShell:
     def stop(self) -> None:
         self._alarm.stop()
         try:
-            self.journal.flush(self.node.clock())
+            self.journal.flush(self.ctx.clock())
         except MeshdError as exc:
             logger.error("writing the last auction records failed: %s", exc)
         for task in list(self._tasks):
@@ -146,11 +144,11 @@ class PlacementShell:
         task.add_done_callback(self._tasks.discard)
 
     def _tick(self) -> None:
-        self._apply(self.core.tick(self.node.clock()))
+        self._apply(self.core.tick(self.ctx.clock()))
 
     async def _sample_telemetry(self) -> None:
         while True:
-            s = await asyncio.to_thread(telemetry.sample, self.node.cfg.data_dir)
+            s = await asyncio.to_thread(telemetry.sample, self.ctx.cfg.data_dir)
             self.core.set_telemetry(Telemetry(s.load_per_core, s.mem_available, s.disk_free))
             await asyncio.sleep(1.0)
 
@@ -159,13 +157,13 @@ class PlacementShell:
         # The first exchange comes soon: a node that was down catches up on what was
         # placed meanwhile. At rest an exchange is a Digest datagram each way; only
         # the buckets that differ travel (meshd.auction.digest).
-        interval = min(self.node.cfg.auction_sync_interval_s, 2.0)
+        interval = min(self.ctx.cfg.auction_sync_interval_s, 2.0)
         while True:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             peer = self.mesh.random_peer(rng)
             if peer is not None:
                 self._apply(self.core.anti_entropy(peer))
-            interval = self.node.cfg.auction_sync_interval_s
+            interval = self.ctx.cfg.auction_sync_interval_s
 
     async def _prune_rounds(self) -> None:
         """Keep the stored round records bounded (``auction_rounds_keep``).
@@ -182,13 +180,13 @@ class PlacementShell:
         while True:
             pruned = 0
             try:
-                now = self.node.clock()
+                now = self.ctx.clock()
                 # ``placed`` reads the view in memory: put it on disk first, so a floor
                 # skipped because the view holds that generation is not lost in a crash.
                 self.journal.flush(now)
-                keep = self.node.cfg.auction_rounds_keep
+                keep = self.ctx.cfg.auction_rounds_keep
                 pruned = auction_records.prune_rounds(
-                    self.node.store, keep, PRUNE_BATCH, placed, now
+                    self.ctx.store, keep, PRUNE_BATCH, placed, now
                 )
                 if pruned:
                     self.pruned.inc(pruned)
@@ -205,7 +203,7 @@ class PlacementShell:
         """The placed form of a submission: an id, and the spec (already checked)."""
         # A key names one workload *per originating node*: two nodes must never run
         # auctions for one workload id at once, so a retry goes to the same node.
-        node, key = self.node.ident.name, request.idempotency_key
+        node, key = self.ctx.ident.name, request.idempotency_key
         wid = (
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
         )
@@ -222,7 +220,7 @@ class PlacementShell:
         started = time.perf_counter()
         aid = await self._start(workload)
         fut = self._waiting[aid]
-        cfg = self.node.cfg
+        cfg = self.ctx.cfg
         limit = cfg.auction_max_rounds * (cfg.auction_window_s + 3 * cfg.auction_award_timeout_s)
         try:
             placement = await asyncio.wait_for(asyncio.shield(fut), timeout=limit + 5.0)
@@ -257,7 +255,7 @@ class PlacementShell:
         if not self._start_due:
             self._start_due = True
             busy = any(not f.done() for f in self._waiting.values())
-            linger = self.node.cfg.auction_batch_linger_s if busy else 0.0
+            linger = self.ctx.cfg.auction_batch_linger_s if busy else 0.0
             loop.call_later(linger, self._start_queued)
         return await ready
 
@@ -265,7 +263,7 @@ class PlacementShell:
         self._start_due = False
         queued, self._queued = self._queued, []
         members = sorted(self.mesh.live_names())
-        now = self.node.clock()
+        now = self.ctx.clock()
         effects: list[Effect] = []
         batch = candidates.Batch()  # one first-round sample: shared datagrams
         for workload, ready in queued:
@@ -290,22 +288,23 @@ class PlacementShell:
 
     # -- views ----------------------------------------------------------------------
 
-    def workloads(self) -> list[dict[str, Any]]:
+    def workloads(self, states: StateOf) -> list[dict[str, Any]]:
+        """The view as rows; ``states`` tells each workload's state (the runner's gossip)."""
         mine = self.core.ledger().allocations
         placed = sorted(self.core.placements().values(), key=lambda p: p.name)
-        return [self._row(p, mine) for p in placed if not p.removed]
+        return [self._row(p, mine, states) for p in placed if not p.removed]
 
-    def workload(self, wid: str) -> dict[str, Any]:
+    def workload(self, wid: str, states: StateOf) -> dict[str, Any]:
         """One workload with its whole spec, from this node's replicated view."""
         p = self.core.placements().get(wid)
         if p is None or p.removed:
             raise NotFoundError(f"no workload {wid} is placed in this mesh")
-        row = self._row(p, self.core.ledger().allocations)
+        row = self._row(p, self.core.ledger().allocations, states)
         row.update(originator=p.originator, decided_at=p.decided_at, spec=spec.to_wire(p.spec))
         return row
 
-    def _row(self, p: Placement, mine: Mapping[str, object]) -> dict[str, Any]:
-        state, detail = self._state(p.workload_id, p.generation)
+    def _row(self, p: Placement, mine: Mapping[str, object], states: StateOf) -> dict[str, Any]:
+        state, detail = states(p.workload_id, p.generation)
         return {
             "workload": p.workload_id,
             "name": p.name,
@@ -322,11 +321,6 @@ class PlacementShell:
             "local": p.workload_id in mine,
         }
 
-    def _state(self, wid: str, generation: int) -> tuple[str, str]:
-        if self.runner is None:
-            return "pending", ""
-        return self.runner.state_of(wid, generation)
-
     def owner_of(self, wid: str) -> str | None:
         p = self.core.placements().get(wid)
         return None if p is None or p.removed else p.owner
@@ -334,7 +328,7 @@ class PlacementShell:
     def remove(self, wid: str) -> dict[str, Any]:
         """``meshd workload rm``: tombstone it mesh-wide; its owner stops and destroys it."""
         try:
-            tomb, effects = self.core.remove(wid, self.node.clock())
+            tomb, effects = self.core.remove(wid, self.ctx.clock())
         except KeyError as exc:
             raise NotFoundError(f"no workload {wid} is placed in this mesh") from exc
         self._apply(effects)
@@ -412,12 +406,12 @@ class PlacementShell:
         effects: list[Effect] = []
         try:
             for msg in msgs:
-                effects += self.core.receive(msg, sender, self.node.clock())
+                effects += self.core.receive(msg, sender, self.ctx.clock())
         except InvariantBreach:
             # Two owners for one generation, or a commitment beyond capacity: stop
             # rather than risk running a workload twice (STYLE.md, "Errors").
             logger.critical("placement invariant broken; stopping meshd", exc_info=True)
-            self.node.request_stop()
+            self.ctx.request_stop()
             raise
         self._apply(effects)
         self._alarm.rearm()
@@ -432,7 +426,7 @@ class PlacementShell:
             # Promises (allocations, rounds with awards) are on disk before any message
             # of this step leaves; holds, bids and the view follow within a moment
             # (meshd.journal says why that is safe).
-            self.journal.write(records, self.node.clock())
+            self.journal.write(records, self.ctx.clock())
         encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
         for e in effects:
             if isinstance(e, Send):
@@ -440,7 +434,7 @@ class PlacementShell:
                     self.repairs.inc(len(e.msg.placements))
                 if e.reliable:
                     self._send_reliable(e.to, e.msg)
-                elif e.to == self.node.ident.name:
+                elif e.to == self.ctx.ident.name:
                     self._local(e.msg)
                 else:
                     body = encoded.get(id(e.msg))
@@ -463,19 +457,17 @@ class PlacementShell:
             elif isinstance(e, Start):
                 w = e.allocation.workload
                 logger.debug("workload assigned here name=%s id=%s", w.name, w.id)
-                if self.runner is not None:
-                    self.runner.on_start(e.allocation)
+                self.ctx.bus.publish(WorkloadAssigned(e.allocation))
             elif isinstance(e, Stop):
                 logger.info("workload moved away id=%s reason=%s", e.workload_id, e.reason)
-                if self.runner is not None:
-                    self.runner.on_stop(e.workload_id, e.generation, e.reason)
+                self.ctx.bus.publish(WorkloadReleased(e.workload_id, e.generation, e.reason))
 
     def _local(self, msg: AuctionMsg) -> None:
         # Messages to ourselves skip the network but not the loop: no re-entrancy.
-        asyncio.get_running_loop().call_soon(self._receive, msg, self.node.ident.name)
+        asyncio.get_running_loop().call_soon(self._receive, msg, self.ctx.ident.name)
 
     def _sign(self, body: bytes) -> bytes:
-        return self.mesh.signer.sign(AUCTION_KIND, body, self.node.clock(), compact=True)
+        return self.mesh.signer.sign(AUCTION_KIND, body, self.ctx.clock(), compact=True)
 
     def _send_signed(self, names: Iterable[str], signed: bytes) -> None:
         for name in names:
@@ -484,7 +476,7 @@ class PlacementShell:
                 self.mesh.mux.send(Channel.AUCTION, signed, addr)
 
     def _send_reliable(self, to: str, msg: AuctionMsg) -> None:
-        if to == self.node.ident.name:
+        if to == self.ctx.ident.name:
             self._local(msg)
             return
         addr = self.mesh.address_of(to)

@@ -21,20 +21,20 @@ the loop or another workload.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshd import workload_states
 from meshd.auction.model import Allocation, Workload
+from meshd.bus import WorkloadAssigned, WorkloadReleased
+from meshd.context import NodeContext
 from meshd.drivers.base import Driver, DriverError, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.registry import driver_for, make_drivers
 from meshd.errors import MeshdError
-
-if TYPE_CHECKING:
-    from meshd.mesh import Mesh
-    from meshd.node import Node
+from meshd.mesh import Mesh
+from meshd.workload_states import StateBook, StateEntry
 
 logger = logging.getLogger(__name__)
 STATE_BROADCAST = "workload.state"
@@ -70,14 +70,16 @@ def to_spec(w: Workload) -> WorkloadSpec:
 
 
 class WorkloadRunner:
-    def __init__(self, node: Node, mesh: Mesh) -> None:
-        self.node = node
+    def __init__(self, ctx: NodeContext, mesh: Mesh) -> None:
+        self.ctx = ctx
         self.mesh = mesh
         self.drivers: dict[str, Driver] = make_drivers(
-            node.cfg.data_dir / "workloads", self._changed
+            ctx.cfg.data_dir / "workloads", self._changed
         )
-        # Mesh-wide view of states: workload id -> {generation, state, detail, node}.
-        self.states: dict[str, dict[str, Any]] = {}
+        # What the placement shell assigned here and has not released (its events).
+        self._allocs: dict[str, Allocation] = {}
+        # Mesh-wide view of states (the pure core; this runner feeds it and gossips).
+        self.states = StateBook(ctx.ident.name, ANNOUNCE_PER_INTERVAL)
         self._locks: dict[str, asyncio.Lock] = {}
         self._services: dict[str, list[str]] = {}
         # Which driver runs each workload here: Stop arrives after the allocation is
@@ -86,9 +88,13 @@ class WorkloadRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, allocations: Mapping[str, Allocation]) -> None:
+        """Reattach or start every confirmed allocation, then follow the placement's events."""
         self.mesh.on_broadcast(STATE_BROADCAST, self._on_gossip)
+        self.ctx.bus.subscribe(WorkloadAssigned, self._on_assigned)
+        self.ctx.bus.subscribe(WorkloadReleased, self._on_released)
         for alloc in allocations.values():
             if alloc.confirmed:
+                self._allocs[alloc.workload.id] = alloc
                 self._spawn(self._recover(alloc))
         self._spawn(self._announce_periodically())
 
@@ -111,11 +117,15 @@ class WorkloadRunner:
 
     # -- what the auction asks -------------------------------------------------------
 
-    def on_start(self, alloc: Allocation) -> None:
-        self._spawn(self._run(alloc))
+    def _on_assigned(self, event: WorkloadAssigned) -> None:
+        self._allocs[event.allocation.workload.id] = event.allocation
+        self._spawn(self._run(event.allocation))
 
-    def on_stop(self, wid: str, generation: int, reason: str) -> None:
-        self._spawn(self._remove(wid, generation, reason))
+    def _on_released(self, event: WorkloadReleased) -> None:
+        alloc = self._allocs.pop(event.workload_id, None)
+        if alloc is not None:
+            self._driver_names.setdefault(event.workload_id, alloc.workload.driver)
+        self._spawn(self._remove(event.workload_id, event.generation, event.reason))
 
     async def _run(self, alloc: Allocation) -> None:
         w = alloc.workload
@@ -160,7 +170,6 @@ class WorkloadRunner:
         return None
 
     async def _remove(self, wid: str, generation: int, reason: str) -> None:
-        entry = self.states.get(wid, {})
         driver_name = await self._driver_holding(wid)
         async with self._lock(wid):
             if driver_name is not None:
@@ -168,8 +177,7 @@ class WorkloadRunner:
             self._withdraw_services(wid)
         logger.info("workload removed here id=%s reason=%s", wid, reason)
         self._driver_names.pop(wid, None)
-        if entry.get("node") == self.node.ident.name:
-            self.states.pop(wid, None)
+        self.states.forget(wid)
 
     async def _cleanup(self, driver_name: str, wid: str) -> None:
         try:
@@ -184,15 +192,12 @@ class WorkloadRunner:
         return None if alloc is None else alloc.workload.driver
 
     def _allocation(self, wid: str) -> Allocation | None:
-        placement = self.node.placement
-        if placement is None:
-            return None
-        return placement.core.allocation(wid)
+        return self._allocs.get(wid)
 
     def _owned(self, wid: str) -> tuple[Allocation, Driver]:
         alloc = self._allocation(wid)
         if alloc is None:
-            raise MeshdError(f"workload {wid} does not run on {self.node.ident.name}")
+            raise MeshdError(f"workload {wid} does not run on {self.ctx.ident.name}")
         return alloc, driver_for(self.drivers, alloc.workload.driver)
 
     async def stop_workload(self, wid: str, timeout_s: float) -> dict[str, Any]:
@@ -201,7 +206,7 @@ class WorkloadRunner:
             status = await driver.stop(wid, timeout_s)
         self._withdraw_services(wid)
         self._apply_status(wid, status, generation=alloc.generation)
-        return self.states[wid]
+        return self._state_json(wid)
 
     async def start_workload(self, wid: str) -> dict[str, Any]:
         alloc, driver = self._owned(wid)
@@ -212,7 +217,7 @@ class WorkloadRunner:
             except DriverError as exc:
                 status = Status(WorkloadState.FAILED, detail=str(exc))
         self._apply_status(wid, status, generation=alloc.generation)
-        return self.states[wid]
+        return self._state_json(wid)
 
     def log_path(self, wid: str) -> str:
         _, driver = self._owned(wid)
@@ -241,79 +246,39 @@ class WorkloadRunner:
         detail: str,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        entry = {
-            "generation": generation,
-            "state": str(state),
-            "detail": detail,
-            "node": self.node.ident.name,
-            "at": time.time(),
-            **({"extra": dict(extra)} if extra else {}),
-        }
-        previous = self.states.get(wid, {}).get("state")
-        self.states[wid] = entry
-        if previous != entry["state"]:
+        entry, changed = self.states.set(wid, generation, str(state), detail, time.time(), extra)
+        if changed:
             logger.info("workload %s id=%s detail=%s", state, wid, detail)
-            self.node.store.append_event(time.time(), f"workload.{state}", wid, entry)
-        self._announce(wid)
+            self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
+        self._announce(entry)
 
-    def _announce(self, wid: str) -> None:
-        entry = self.states[wid]
-        doc = {
-            "w": wid,
-            "g": entry["generation"],
-            "s": entry["state"],
-            "t": entry["at"],  # the owner's clock: gossip may reorder, the newest wins
-            "d": entry["detail"][:200],
-        }
+    def _state_json(self, wid: str) -> dict[str, Any]:
+        entry = self.states.get(wid)
+        return {} if entry is None else entry.as_json()
+
+    def _announce(self, entry: StateEntry) -> None:
         try:
-            body = json.dumps(doc, separators=(",", ":")).encode()
-            self.mesh.broadcast(STATE_BROADCAST, body, key=wid)  # the newest replaces older
+            body = workload_states.encode(entry)
+            # Keyed: a newer state replaces an older one still queued for gossip.
+            self.mesh.broadcast(STATE_BROADCAST, body, key=entry.workload_id)
         except ValueError:
-            logger.warning("workload state too large to gossip id=%s", wid)
+            logger.warning("workload state too large to gossip id=%s", entry.workload_id)
 
     async def _announce_periodically(self) -> None:
-        """Anti-entropy for states: each interval, re-announce a few of ours in turn.
-
-        At most ANNOUNCE_PER_INTERVAL per interval, so a node running hundreds of
-        workloads does not flood the gossip queue every interval; each state still
-        goes out again every ceil(owned / ANNOUNCE_PER_INTERVAL) intervals.
-        """
-        turn = 0
+        """Anti-entropy for states: each interval, re-announce a few of ours in turn."""
         while True:
-            await asyncio.sleep(self.node.cfg.auction_sync_interval_s)
-            me = self.node.ident.name
-            ours = sorted(wid for wid, e in self.states.items() if e.get("node") == me)
-            if not ours:
-                continue
-            start = (turn * ANNOUNCE_PER_INTERVAL) % len(ours)
-            for wid in (ours[start:] + ours[:start])[:ANNOUNCE_PER_INTERVAL]:
-                self._announce(wid)
-            turn += 1
+            await asyncio.sleep(self.ctx.cfg.auction_sync_interval_s)
+            for entry in self.states.due():
+                self._announce(entry)
 
     def _on_gossip(self, payload: bytes, origin: str) -> None:
         try:
-            doc = json.loads(payload)
-            wid, gen, state = str(doc["w"]), int(doc["g"]), WorkloadState(doc["s"])
-            at, detail = float(doc["t"]), str(doc.get("d", ""))
-        except (ValueError, KeyError, TypeError) as exc:
+            self.states.receive(workload_states.decode(payload, origin))
+        except ValueError as exc:
             logger.debug("dropped a workload state from %s: %s", origin, exc)
-            return
-        current = self.states.get(wid)
-        if current is not None and (current["generation"], current["at"]) >= (gen, at):
-            return  # older news (an earlier generation, or overtaken on the way)
-        self.states[wid] = {
-            "generation": gen,
-            "state": str(state),
-            "detail": detail,
-            "node": origin,
-            "at": at,
-        }
 
     def state_of(self, wid: str, generation: int) -> tuple[str, str]:
-        entry = self.states.get(wid)
-        if entry is None or entry["generation"] < generation:
-            return str(WorkloadState.PENDING), ""
-        return entry["state"], entry["detail"]
+        return self.states.state_of(wid, generation)
 
     # -- services ----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +31,7 @@ from aiohttp import web
 from meshd import spec
 from meshd.api import tls
 from meshd.api.openapi import document
+from meshd.config import Config
 from meshd.errors import (
     BadRequest,
     ConfigError,
@@ -43,17 +44,38 @@ from meshd.errors import (
     TokenError,
 )
 from meshd.identity import authority, enrolment, pki
-from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH
-from meshd.placement import PlacementError
+from meshd.identity.files import NodeIdentity
+from meshd.identity.revocation import RevocationList
+from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH, Mesh
+from meshd.metrics import Registry
+from meshd.placement import PlacementError, PlacementShell
 from meshd.store import roster, services
-
-if TYPE_CHECKING:
-    from meshd.mesh import Mesh
-    from meshd.node import Node
-    from meshd.placement import PlacementShell
-    from meshd.workloads import WorkloadRunner
+from meshd.store.db import Store
+from meshd.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
+
+
+class NodeView(Protocol):
+    """What the API reads of its node. The node (the composition root) builds the API,
+    so the API names the node by this shape instead of importing it. ``mesh``,
+    ``placement`` and ``runner`` are None until start-up has built them."""
+
+    cfg: Config
+    ident: NodeIdentity
+    store: Store
+    clock: Callable[[], float]
+    metrics: Registry
+    revocations: RevocationList
+    address: str
+    mesh: Mesh | None
+    placement: PlacementShell | None
+    runner: WorkloadRunner | None
+
+    def status(self) -> dict[str, Any]: ...
+
+    def health_checks(self) -> dict[str, str]: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_ROUTES = frozenset({("GET", "/v1/enrol/ca"), ("POST", "/v1/enrol")})
@@ -104,7 +126,7 @@ def error(status: int, message: str) -> web.Response:
 
 
 class Api:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
         self._cert_cache: dict[bytes, pki.CertInfo] = {}
         self._forward_session: aiohttp.ClientSession | None = None
@@ -331,6 +353,10 @@ class Api:
             raise BadRequest(f"malformed revocation bundle: {exc}") from exc
         return web.Response(status=204)
 
+    def _state_of(self, wid: str, generation: int) -> tuple[str, str]:
+        runner = self.node.runner
+        return ("pending", "") if runner is None else runner.state_of(wid, generation)
+
     def _placement(self) -> PlacementShell:
         if self.node.placement is None:
             raise DaemonError("placement is not running yet; retry in a moment")
@@ -346,7 +372,7 @@ class Api:
         return web.json_response(await self._placement().submit(submission))
 
     async def workloads_list(self, request: web.Request) -> web.Response:
-        return web.json_response(self._placement().workloads())
+        return web.json_response(self._placement().workloads(self._state_of))
 
     # -- workload lifecycle: done by the owner, forwarded there from any node ------------
 
@@ -397,7 +423,8 @@ class Api:
 
     async def workload_show(self, request: web.Request) -> web.Response:
         # Any node answers from its own replicated view, owner alive or not.
-        return web.json_response(self._placement().workload(request.match_info["id"]))
+        wid = request.match_info["id"]
+        return web.json_response(self._placement().workload(wid, self._state_of))
 
     async def workload_remove(self, request: web.Request) -> web.Response:
         # Any node may remove: the tombstone reaches the owner, which tears it down.

@@ -37,17 +37,39 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from kademlia.node import Node
 from kademlia.routing import RoutingTable
 
 from meshd.dht.record import Record, supersedes
 
-if TYPE_CHECKING:
-    from meshd.dht.protocol import DhtProtocol
-
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DhtProtocol(Protocol):
+    """What crawling and the routing table need of the RPC layer
+    (``meshd.dht.protocol.DhtProtocol`` is one); named by shape so the RPC layer can
+    build its routing table and crawlers without the two modules importing each other."""
+
+    source_node: Node
+    rtt: RoundTrip
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+
+    def is_dead(self, node_id: bytes) -> bool: ...
+
+    def accept_record(self, blob: Any, digest: bytes) -> Record | None: ...
+
+    async def store_record(self, node: Node, record: Record) -> bool: ...
+
+    async def call_ping(self, node_to_ask: Node) -> Answer: ...
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Answer: ...
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Answer: ...
+
 
 Answer = tuple[bool, Any]
 

@@ -21,13 +21,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 from meshd.errors import StoreError
 
-if TYPE_CHECKING:
-    from meshd.store.db import Store
+
+class Schema(Protocol):
+    """What migrating needs of a store (``meshd.store.db.Store`` is one); named by
+    shape so the store can apply migrations without the two importing each other."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def schema_version(self) -> int: ...
+
+    def transaction(self, durable: bool = True) -> AbstractContextManager[Any]: ...
+
+    def execute(self, sql: str) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +219,7 @@ SCHEMA_VERSION: int = MIGRATIONS[-1].version
 """The newest schema this code knows; a file with a higher user_version is refused."""
 
 
-def apply(store: Store, steps: Sequence[Migration] | None = None) -> None:
+def apply(store: Schema, steps: Sequence[Migration] | None = None) -> None:
     """Bring ``store`` up to the last of ``steps`` (default: :data:`MIGRATIONS`).
 
     Refuses a file newer than the code: running old code on a new schema could write
@@ -233,7 +248,7 @@ def apply(store: Store, steps: Sequence[Migration] | None = None) -> None:
         logger.info("store migrated path=%s version=%d name=%s", store.path, current, step.name)
 
 
-def _refuse_newer(store: Store, current: int, latest: int) -> None:
+def _refuse_newer(store: Schema, current: int, latest: int) -> None:
     if current > latest:
         raise StoreError(
             f"store schema version {current} at {store.path} is newer than this meshd "
