@@ -51,6 +51,7 @@ from meshd.errors import (
     EnvelopeError,
     MeshdError,
     NotFoundError,
+    PlacementError,
 )
 from meshd.journal import AuctionJournal
 from meshd.outbox import Outbox
@@ -68,10 +69,6 @@ AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
 WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RELIABLE
-
-
-class PlacementError(MeshdError):
-    """A workload could not be placed; the message is the auction's reason."""
 
 
 class PlacementShell:

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshd.auction.model import Allocation, Workload
-from meshd.drivers.base import Driver, DriverError, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.registry import driver_for, make_drivers
-from meshd.errors import MeshdError
+from meshd.errors import DriverError, MeshdError
 
 if TYPE_CHECKING:
     from meshd.mesh import Mesh

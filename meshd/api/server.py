@@ -10,8 +10,10 @@ Who may call what
   mesh CA that is not revoked; the certificate's role decides: ``node`` and ``admin``
   may do everything, ``tenant:<name>`` only what :data:`TENANT_ROUTES` lists.
 
-Errors are JSON ``{"error": "<one sentence>"}`` with a fitting status; a handler bug
-is a 500 that says to read the daemon's log, and never takes the daemon down.
+Errors are JSON ``{"error": "<one sentence>"}``. A :class:`~meshd.errors.MeshdError`
+answers with the status its class declares (``http_status``, all in
+``meshd/errors.py``); a handler bug is a 500 that says to read the daemon's log, and
+never takes the daemon down.
 """
 
 from __future__ import annotations
@@ -35,16 +37,12 @@ from meshd.errors import (
     BadRequest,
     ConfigError,
     DaemonError,
-    EnrolmentError,
     IdentityError,
     MeshdError,
     NotFoundError,
-    StoreError,
-    TokenError,
 )
 from meshd.identity import authority, enrolment, pki
 from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH
-from meshd.placement import PlacementError
 from meshd.store import roster, services
 
 if TYPE_CHECKING:
@@ -79,24 +77,6 @@ class Peer:
     name: str
     role: str
     local: bool
-
-
-def _status_for(exc: MeshdError) -> int:
-    if isinstance(exc, TokenError):
-        return 403
-    if isinstance(exc, EnrolmentError):
-        return 409
-    if isinstance(exc, IdentityError):
-        return 403
-    if isinstance(exc, ConfigError | BadRequest):
-        return 400
-    if isinstance(exc, StoreError | DaemonError):
-        return 503
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, PlacementError):
-        return 409
-    return 400
 
 
 def error(status: int, message: str) -> web.Response:
@@ -171,7 +151,7 @@ class Api:
         try:
             return await handler(request)
         except MeshdError as exc:
-            return error(_status_for(exc), str(exc))
+            return error(exc.http_status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
