@@ -295,7 +295,7 @@ class Api:
         name = request.query.get("name", "")
         found = await self._mesh().resolve(name)
         if not found:
-            return error(404, f"nothing found for {name}")
+            raise NotFoundError(f"nothing found for {name}")
         return web.json_response([dataclasses.asdict(i) for i in found])
 
     async def mesh_message(self, request: web.Request) -> web.Response:
