@@ -9,6 +9,8 @@ Who may call what
   token is the credential). Every other route needs a client certificate from the
   mesh CA that is not revoked; the certificate's role decides: ``node`` and ``admin``
   may do everything, ``tenant:<name>`` only what :data:`TENANT_ROUTES` lists.
+* A workload's lifecycle routes run on its owner; another node relays them there once,
+  marked with :data:`FORWARDED_HEADER`, a mark honoured only from a ``node`` peer.
 
 Errors are JSON ``{"error": "<one sentence>"}``. A :class:`~meshd.errors.MeshdError`
 answers with the status its class declares (``http_status``, all in
@@ -22,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +70,11 @@ NODE_ROUTES = frozenset(
         ("POST", REVOCATIONS_PATH),
     }
 )
+# The mark a node puts on a request it relays to a workload's owner. A node that gets
+# a marked request and is not the owner answers at once instead of relaying it again,
+# so two nodes that briefly disagree on the owner can't bounce it between them. Only a
+# peer with a `node` certificate can set the mark: from anyone else it is ignored.
+FORWARDED_HEADER = "X-Meshd-Forwarded"
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class Peer:
     name: str
     role: str
     local: bool
+
+
+def relayed_by_node(peer: Peer, headers: Mapping[str, str]) -> bool:
+    """Whether another node relayed this request here (see :data:`FORWARDED_HEADER`)."""
+    return not peer.local and peer.role == "node" and FORWARDED_HEADER in headers
 
 
 def error(status: int, message: str) -> web.Response:
@@ -339,7 +351,13 @@ class Api:
             raise NotFoundError(f"no workload {wid} is known in this mesh")
         if owner == self.node.ident.name:
             return await local()
-        if request.get("forwarded"):
+        if relayed_by_node(request["peer"], request.headers):
+            logger.warning(
+                "not forwarding a relayed request again workload=%s from=%s owner=%s",
+                wid,
+                request["peer"].name,
+                owner,
+            )
             raise DaemonError(f"workload {wid} moved while the request was forwarded; retry")
         assert self.node.mesh is not None
         addr = self.node.mesh.address_of(owner)
@@ -358,7 +376,7 @@ class Api:
         url = f"https://{addr[0]}:{addr[1]}{request.rel_url}"
         try:
             async with self._forward_session.request(
-                request.method, url, data=await request.read(), headers={"X-Meshd-Forwarded": "1"}
+                request.method, url, data=await request.read(), headers={FORWARDED_HEADER: "1"}
             ) as resp:
                 out = web.StreamResponse(status=resp.status)
                 out.content_type = resp.content_type
