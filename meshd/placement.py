@@ -53,6 +53,7 @@ from meshd.errors import (
     EnvelopeError,
     MeshdError,
     NotFoundError,
+    PlacementError,
 )
 from meshd.journal import AuctionJournal
 from meshd.mesh import Mesh
@@ -67,10 +68,6 @@ AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
 PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
 WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RELIABLE
-
-
-class PlacementError(MeshdError):
-    """A workload could not be placed; the message is the auction's reason."""
 
 
 class PlacementShell:

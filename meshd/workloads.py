@@ -30,9 +30,9 @@ from meshd import workload_states
 from meshd.auction.model import Allocation, Workload
 from meshd.bus import WorkloadAssigned, WorkloadReleased
 from meshd.context import NodeContext
-from meshd.drivers.base import Driver, DriverError, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.registry import driver_for, make_drivers
-from meshd.errors import MeshdError
+from meshd.errors import DriverError, MeshdError
 from meshd.mesh import Mesh
 from meshd.workload_states import StateBook, StateEntry
 

@@ -9,9 +9,13 @@ Who may call what
   token is the credential). Every other route needs a client certificate from the
   mesh CA that is not revoked; the certificate's role decides: ``node`` and ``admin``
   may do everything, ``tenant:<name>`` only what :data:`TENANT_ROUTES` lists.
+* A workload's lifecycle routes run on its owner; another node relays them there once,
+  marked with :data:`FORWARDED_HEADER`, a mark honoured only from a ``node`` peer.
 
-Errors are JSON ``{"error": "<one sentence>"}`` with a fitting status; a handler bug
-is a 500 that says to read the daemon's log, and never takes the daemon down.
+Errors are JSON ``{"error": "<one sentence>"}``. A :class:`~meshd.errors.MeshdError`
+answers with the status its class declares (``http_status``, all in
+``meshd/errors.py``); a handler bug is a 500 that says to read the daemon's log, and
+never takes the daemon down.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,19 +40,16 @@ from meshd.errors import (
     BadRequest,
     ConfigError,
     DaemonError,
-    EnrolmentError,
     IdentityError,
     MeshdError,
     NotFoundError,
-    StoreError,
-    TokenError,
 )
 from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH, Mesh
 from meshd.metrics import Registry
-from meshd.placement import PlacementError, PlacementShell
+from meshd.placement import PlacementShell
 from meshd.store import roster, services
 from meshd.store.db import Store
 from meshd.workloads import WorkloadRunner
@@ -92,6 +93,11 @@ NODE_ROUTES = frozenset(
         ("POST", REVOCATIONS_PATH),
     }
 )
+# The mark a node puts on a request it relays to a workload's owner. A node that gets
+# a marked request and is not the owner answers at once instead of relaying it again,
+# so two nodes that briefly disagree on the owner can't bounce it between them. Only a
+# peer with a `node` certificate can set the mark: from anyone else it is ignored.
+FORWARDED_HEADER = "X-Meshd-Forwarded"
 
 
 @dataclass(frozen=True)
@@ -103,22 +109,9 @@ class Peer:
     local: bool
 
 
-def _status_for(exc: MeshdError) -> int:
-    if isinstance(exc, TokenError):
-        return 403
-    if isinstance(exc, EnrolmentError):
-        return 409
-    if isinstance(exc, IdentityError):
-        return 403
-    if isinstance(exc, ConfigError | BadRequest):
-        return 400
-    if isinstance(exc, StoreError | DaemonError):
-        return 503
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, PlacementError):
-        return 409
-    return 400
+def relayed_by_node(peer: Peer, headers: Mapping[str, str]) -> bool:
+    """Whether another node relayed this request here (see :data:`FORWARDED_HEADER`)."""
+    return not peer.local and peer.role == "node" and FORWARDED_HEADER in headers
 
 
 def error(status: int, message: str) -> web.Response:
@@ -193,7 +186,7 @@ class Api:
         try:
             return await handler(request)
         except MeshdError as exc:
-            return error(_status_for(exc), str(exc))
+            return error(exc.http_status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -337,7 +330,7 @@ class Api:
         name = request.query.get("name", "")
         found = await self._mesh().resolve(name)
         if not found:
-            return error(404, f"nothing found for {name}")
+            raise NotFoundError(f"nothing found for {name}")
         return web.json_response([dataclasses.asdict(i) for i in found])
 
     async def mesh_message(self, request: web.Request) -> web.Response:
@@ -385,7 +378,13 @@ class Api:
             raise NotFoundError(f"no workload {wid} is known in this mesh")
         if owner == self.node.ident.name:
             return await local()
-        if request.get("forwarded"):
+        if relayed_by_node(request["peer"], request.headers):
+            logger.warning(
+                "not forwarding a relayed request again workload=%s from=%s owner=%s",
+                wid,
+                request["peer"].name,
+                owner,
+            )
             raise DaemonError(f"workload {wid} moved while the request was forwarded; retry")
         assert self.node.mesh is not None
         addr = self.node.mesh.address_of(owner)
@@ -404,7 +403,7 @@ class Api:
         url = f"https://{addr[0]}:{addr[1]}{request.rel_url}"
         try:
             async with self._forward_session.request(
-                request.method, url, data=await request.read(), headers={"X-Meshd-Forwarded": "1"}
+                request.method, url, data=await request.read(), headers={FORWARDED_HEADER: "1"}
             ) as resp:
                 out = web.StreamResponse(status=resp.status)
                 out.content_type = resp.content_type

@@ -4,16 +4,10 @@
 and ``crawling`` hold the RPCs, the routing table and the lookups.
 """
 
-from meshd.dht.record import (
-    AuthorDirectory,
-    DhtError,
-    Record,
-    RecordError,
-    StaticDirectory,
-    key_digest,
-)
+from meshd.dht.record import AuthorDirectory, Record, StaticDirectory, key_digest
 from meshd.dht.server import MeshDHT
 from meshd.dht.storage import Outcome, RecordStore
+from meshd.errors import DhtError, RecordError
 
 __all__ = [
     "AuthorDirectory",

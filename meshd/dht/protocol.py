@@ -41,8 +41,9 @@ from rpcudp.protocol import RPCProtocol
 
 from meshd.config import Config
 from meshd.dht.crawling import MeshRoutingTable, RoundTrip
-from meshd.dht.record import AuthorDirectory, Record, RecordError, decode, encode, verify
+from meshd.dht.record import AuthorDirectory, Record, decode, encode, verify
 from meshd.dht.storage import RecordStore
+from meshd.errors import RecordError
 from meshd.metrics import Registry
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from meshd.errors import MeshdError
+from meshd.errors import RecordError
 from meshd.identity import pki
 
 FORMAT = 1
@@ -53,18 +53,6 @@ _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 # Largest encoding of a record with an empty value: what a value's size limit must add.
 OVERHEAD = _HEAD.size + MAX_KEY_BYTES + _U8.size + 63 + _U32.size + SIG_LEN
-
-
-class DhtError(MeshdError):
-    """The DHT refused an operation, or a peer sent a record that is not acceptable."""
-
-
-class RecordError(DhtError):
-    """A record is malformed or does not verify; ``reason`` is a short metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,7 @@ from meshd.dht.protocol import DhtMetrics, DhtProtocol
 from meshd.dht.record import (
     OVERHEAD,
     AuthorDirectory,
-    DhtError,
     Record,
-    RecordError,
     StaticDirectory,
     key_digest,
     newest_first,
@@ -53,6 +51,7 @@ from meshd.dht.record import (
     verify,
 )
 from meshd.dht.storage import OwnRecord, RecordStore, dump_state, parse_state
+from meshd.errors import DhtError, RecordError
 from meshd.identity import pki
 from meshd.metrics import Registry
 from meshd.transport import Addr, Channel, DatagramMux

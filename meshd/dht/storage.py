@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from meshd.dht.record import DhtError, Record, RecordError, decode, encode, newest_first
+from meshd.dht.record import Record, decode, encode, newest_first
+from meshd.errors import DhtError, RecordError
 
 STATE_FORMAT = 1
 

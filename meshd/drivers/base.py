@@ -34,11 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from meshd.errors import MeshdError
-
-
-class DriverError(MeshdError):
-    """A driver refused a workload or could not carry out an operation."""
+from meshd.errors import DriverError
 
 
 class WorkloadState(StrEnum):

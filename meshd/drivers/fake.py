@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.errors import DriverError
 
 T = TypeVar("T")
 Schedule = Callable[[float, Callable[[], None]], object]

@@ -36,14 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
-from meshd.drivers.firecracker_api import (
-    FirecrackerApi,
-    FirecrackerApiError,
-    NetworkInterface,
-    check_spec,
-    vm_config,
-)
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.firecracker_api import FirecrackerApi, NetworkInterface, check_spec, vm_config
 from meshd.drivers.firecracker_host import (
     Availability,
     FirecrackerOptions,
@@ -67,6 +61,7 @@ from meshd.drivers.firecracker_vm import (
     wait_for_marker,
     write_json,
 )
+from meshd.errors import DriverError, FirecrackerApiError
 
 __all__ = ["FirecrackerDriver", "FirecrackerOptions", "JailerOptions", "NetworkInterface"]
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from meshd.drivers.base import DriverError, WorkloadSpec
+from meshd.drivers.base import WorkloadSpec
+from meshd.errors import DriverError, FirecrackerApiError
 
 MIB = 1 << 20
 MIN_MEMORY_MIB = 128  # Firecracker's default; smaller guests are not worth a VM
@@ -40,14 +41,6 @@ ROOT_DRIVE = "rootfs"
 QCOW2_MAGIC = b"QFI\xfb"
 # Fields of WorkloadSpec that belong to other drivers and must not be silently ignored.
 CLOUD_INIT_FIELDS = ("user_data", "meta_data", "network_config")
-
-
-class FirecrackerApiError(DriverError):
-    """Firecracker refused a request, or its API socket did not answer."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from meshd.drivers.base import DriverError, WorkloadSpec
+from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.firecracker_api import NetworkInterface
-from meshd.errors import ConfigError
+from meshd.errors import ConfigError, DriverError
 
 FIRECRACKER_ENV = "MESHD_FIRECRACKER"
 # Firecracker's and the jailer's rule for an instance id.

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.drivers.base import DriverError, Status, WorkloadState
+from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.firecracker_host import (
     JAIL_API_SOCK,
     JailerOptions,
@@ -50,6 +50,7 @@ from meshd.drivers.firecracker_host import (
 )
 from meshd.drivers.process import describe_exit
 from meshd.drivers.procfs import boot_id, is_alive, read_stat
+from meshd.errors import DriverError
 
 _EXIT_CODE = re.compile(rb"exit_code=(\d+)")
 _PANIC = b"Kernel panic"

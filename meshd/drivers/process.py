@@ -57,13 +57,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.procfs import (
     boot_id,
     is_alive,
     read_stat,
     session_members,
 )
+from meshd.errors import DriverError
 
 logger = logging.getLogger(__name__)
 

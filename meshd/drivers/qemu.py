@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.qemu_args import (
     QemuTuning,
     choose_accel,
@@ -53,6 +53,7 @@ from meshd.drivers.qemu_args import (
     validate,
 )
 from meshd.drivers.qemu_qmp import FAILED_RUNSTATES, QmpSession
+from meshd.errors import DriverError
 
 logger = logging.getLogger(__name__)
 SOCK_PATH_MAX = 107  # sun_path

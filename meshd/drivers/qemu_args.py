@@ -30,7 +30,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.drivers.base import DriverError, WorkloadSpec
+from meshd.drivers.base import WorkloadSpec
+from meshd.errors import DriverError
 
 MIB = 1024 * 1024
 USER_DATA_MAX = 64 * 1024  # bytes; cloud-init user-data

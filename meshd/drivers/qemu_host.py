@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meshd.drivers.base import DriverError, WorkloadSpec, WorkloadState
+from meshd.drivers.base import WorkloadSpec, WorkloadState
 from meshd.drivers.procfs import DEAD, boot_id, read_stat
 from meshd.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
+from meshd.errors import DriverError
 
 SEED_NAME = "seed.img"
 OVERLAY_NAME = "overlay.qcow2"

@@ -26,7 +26,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError, Runstate
 
-from meshd.drivers.base import DriverError
+from meshd.errors import DriverError
 
 logger = logging.getLogger(__name__)
 # Runstates (query-status) in which the guest will not run again by itself.

@@ -16,8 +16,9 @@ import importlib
 import logging
 from pathlib import Path
 
-from meshd.drivers.base import Driver, DriverError, OnChange
+from meshd.drivers.base import Driver, OnChange
 from meshd.drivers.process import ProcessDriver
+from meshd.errors import DriverError
 
 logger = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ async def _post(
             body: dict[str, Any] = await resp.json()
         except (aiohttp.ContentTypeError, ValueError) as exc:
             raise EnrolmentError(f"seed {seed} sent a malformed answer") from exc
-        if resp.status == 403:
+        if resp.status == TokenError.http_status:
             raise TokenError(str(body.get("error", "the seed refused the token")))
         if resp.status != 200:
             raise EnrolmentError(str(body.get("error", f"seed {seed} answered {resp.status}")))

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import DriverError, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver
 from meshd.drivers.procfs import is_alive
 from meshd.drivers.registry import make_drivers
+from meshd.errors import DriverError
 
 MIB = 1 << 20
 AVAILABILITY = FirecrackerDriver(Path("/nonexistent"), lambda w, s: None).availability()

@@ -38,8 +38,9 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import DriverError, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
 from meshd.drivers.qemu import QemuDriver
+from meshd.errors import DriverError
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "MESHD-GUEST-READY"

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import DriverError, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.procfs import is_alive, parse_stat, read_stat, session_members
+from meshd.errors import DriverError
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]

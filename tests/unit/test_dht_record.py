@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.dht import record as rec
-from meshd.dht.record import DhtError, Record, RecordError, StaticDirectory
-from meshd.errors import MeshdError
+from meshd.dht.record import Record, StaticDirectory
+from meshd.errors import DhtError, MeshdError, RecordError
 from meshd.identity import pki
 
 NOW = 1_700_000_000.0

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import registry
-from meshd.drivers.base import Driver, DriverError, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
 from meshd.drivers.fake import FakeDriver, FakeHost, run_now
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.registry import driver_for, make_drivers
+from meshd.errors import DriverError
 
 Events = list[tuple[str, Status]]
 

@@ -27,14 +27,9 @@ import pytest
 
 from meshd.drivers.base import WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver
-from meshd.drivers.firecracker_api import (
-    MIB,
-    FirecrackerApi,
-    FirecrackerApiError,
-    NetworkInterface,
-    vm_config,
-)
+from meshd.drivers.firecracker_api import MIB, FirecrackerApi, NetworkInterface, vm_config
 from meshd.drivers.firecracker_host import JailerOptions, prepare_jail
+from meshd.errors import FirecrackerApiError
 
 try:
     from tests.unit import firecracker_fake as fake

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from meshd.drivers.base import DriverError, Status, WorkloadState
+from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver, FirecrackerOptions
 from meshd.drivers.firecracker_api import MIB, boot_args
 from meshd.drivers.firecracker_host import (
@@ -35,6 +35,7 @@ from meshd.drivers.firecracker_host import (
     prepare_jail,
 )
 from meshd.drivers.procfs import is_alive, read_stat
+from meshd.errors import DriverError
 
 try:
     from tests.unit import firecracker_fake as fake

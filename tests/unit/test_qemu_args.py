@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import DriverError, WorkloadSpec
+from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.qemu_args import (
     MICROVM_OPTS,
     USER_DATA_MAX,
@@ -26,6 +26,7 @@ from meshd.drivers.qemu_args import (
     tsc_khz,
     validate,
 )
+from meshd.errors import DriverError
 
 MIB = 1024 * 1024
 
