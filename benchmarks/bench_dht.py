@@ -79,10 +79,12 @@ async def meshd_network(n: int, rng: random.Random) -> list[Peer]:
         name = f"n{i}"
         directory.add(name, key.public_key())
         registry = Registry()
-        mux = DatagramMux(Sealer(secret, ReplayGuard(cfg.max_clock_skew_s, 65536)), registry)
+        mux = DatagramMux(
+            Sealer(secret, ReplayGuard(cfg.security.max_clock_skew_s, 65536)), registry
+        )
         port = await mux.bind(HOST, 0)
         node_id = pki.node_id_of(key.public_key())
-        dht = MeshDHT(cfg, node_id, key, name, directory, mux, time.time, registry)
+        dht = MeshDHT(cfg.dht, node_id, key, name, directory, mux, time.time, registry)
         await dht.start()
 
         async def get(k: str, dht: MeshDHT = dht) -> bytes | None:

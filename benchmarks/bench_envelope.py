@@ -104,7 +104,7 @@ class Mesh:
     def __init__(self) -> None:
         cfg = config.lan()
         self.cfg = cfg
-        self.ca_key, self.ca_cert = pki.create_ca("lab.example", NOW, cfg.ca_validity_days)
+        self.ca_key, self.ca_cert = pki.create_ca("lab.example", NOW, cfg.security.ca_validity_days)
         self.keys = [pki.new_key() for _ in range(2)]
         self.certs = [
             pki.issue(
@@ -114,14 +114,14 @@ class Mesh:
                 name,
                 "node",
                 NOW,
-                cfg.cert_validity_days,
+                cfg.security.cert_validity_days,
             )
             for key, name in zip(self.keys, ("alpha", "bravo"), strict=True)
         ]
         self.secret = os.urandom(nacl.secret.SecretBox.KEY_SIZE)
 
     def guard(self) -> ReplayGuard:
-        return ReplayGuard(self.cfg.max_clock_skew_s, self.cfg.replay_cache_size)
+        return ReplayGuard(self.cfg.security.max_clock_skew_s, self.cfg.security.replay_cache_size)
 
     def sealer(self) -> Sealer:
         return Sealer(self.secret, self.guard())

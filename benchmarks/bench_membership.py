@@ -19,7 +19,7 @@ Goals (docs/SPECIFICATION.md): detection ≤ 5 s at 256 nodes, zero false deads.
 anchors in DESIGN.md §12 are 15 s (VMware HA, Aether) for detection.
 
 Usage: .venv/bin/python benchmarks/bench_membership.py [--nodes 16,256] [--kills 12]
-       [--seeds 3] [--loss 0.1] [--long 16=3600,256=600] [--set key=value ...]
+       [--seeds 3] [--loss 0.1] [--long 16=3600,256=600] [--set membership.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def detection(n: int, cfg: Config, loss: float, kills: int, seeds: int) -> list[
         sim = build(seed, n, cfg, loss)
         rng = random.Random(f"bench/{n}/{seed}")
         for _ in range(per_seed):
-            sim.run_for(rng.uniform(0, cfg.probe_interval_s * 2))
+            sim.run_for(rng.uniform(0, cfg.membership.probe_interval_s * 2))
             victim = rng.choice(sim.running())
             sim.crash(victim)
             t0 = sim.now
@@ -126,13 +126,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--loss", type=float, default=0.1)
     ap.add_argument("--long", default="16=3600,256=600", help="N=SECONDS,... (else 600)")
-    ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    ap.add_argument(
+        "--set", nargs="*", default=[], help="config overrides, e.g. membership.gossip_nodes=4"
+    )
     args = ap.parse_args()
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = float(value) if "." in value else int(value)
-    cfg = config.lan().replace(**overrides).validate()
+    # Values as in meshd.toml (numbers typed, "250ms" a duration), keys as in `--set`.
+    overrides: dict[str, Any] = dict(config.parse_assignment(item) for item in args.set)
+    cfg = config.load(None, "lan", overrides)
     long_s = {int(k): float(v) for k, v in (x.split("=") for x in args.long.split(",") if x)}
     for n in (int(x) for x in args.nodes.split(",")):
         wall = time.perf_counter()

@@ -39,12 +39,12 @@ Two figures, one JSON line each (plus one line per mesh size for the second):
   placement: ``auction_msgs`` (BidRequest, Bid, Release, Award, Accept, Refuse,
   Revoke), and ``confirm_msgs`` (the Confirm sent directly to every member: O(N) by
   design, every node records every placement; the shell also gossips it). Up to
-  ``auction_full_mesh_max`` members everyone is asked (O(N)); beyond, the auction part
+  ``auction.full_mesh_max`` members everyone is asked (O(N)); beyond, the auction part
   grows with log2 N: ``per_log2n`` stays flat.
 
 Usage: .venv/bin/python benchmarks/bench_placement_quality.py [--nodes 1000]
        [--seed 1] [--batch 1,8] [--sizes 16,64,256,1000] [--placements 40]
-       [--set key=value ...]
+       [--set auction.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ import math
 import random
 import sys
 import time
-import tomllib
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,7 @@ def auction_quality(
 ) -> dict[str, Any]:
     names = [f"n{i:04d}" for i in range(len(caps))]
     cores = {
-        n: Auctioneer(cfg, n, c, random.Random(f"{seed}/{n}"), 0.0, LOG)
+        n: Auctioneer(cfg.auction, n, c, random.Random(f"{seed}/{n}"), 0.0, LOG)
         for n, c in zip(names, caps, strict=True)
     }
     rng = random.Random(f"{seed}/arrivals")
@@ -260,7 +259,7 @@ def quality(n: int, seed: int, cfg: Config, batch: int = 1) -> dict[str, Any]:
         "nodes": n,
         "seed": seed,
         "workloads_offered": len(seq),
-        "sample": math.ceil(cfg.auction_sample_d * math.log2(n)),
+        "sample": math.ceil(cfg.auction.sample_d * math.log2(n)),
         "batch": batch,
         "auction": auc,
         "bfd": bfd,
@@ -299,7 +298,7 @@ def messages(n: int, placements: int, seed: int, cfg: Config) -> dict[str, Any]:
         "per_log2n": round(per / math.log2(n), 2),
         "by_kind": {k: round(fleet.messages[k] / max(1, decided), 2) for k in AUCTION_MESSAGES},
         "confirm_msgs": round(fleet.messages["Confirm"] / max(1, decided), 1),
-        "full_mesh": n <= cfg.auction_full_mesh_max,
+        "full_mesh": n <= cfg.auction.full_mesh_max,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -317,8 +316,8 @@ def main() -> None:
         help="auctions an originator starts together, sharing a sample (one figure each)",
     )
     args = ap.parse_args()
-    # Values as in meshd.toml: numbers and booleans typed (auction_sample_d=1.5).
-    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (i.split("=", 1) for i in args.set)}
+    # Values as in meshd.toml: numbers and booleans typed (auction.sample_d=1.5).
+    overrides = dict(config.parse_assignment(item) for item in args.set)
     cfg = config.load(None, "sim", overrides)
     for batch in (int(x) for x in args.batch.split(",")):
         print(json.dumps(quality(args.nodes, args.seed, cfg, batch)), flush=True)

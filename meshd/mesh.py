@@ -68,7 +68,10 @@ class Mesh:
         self.ctx = ctx
         cfg, ident = ctx.cfg, ctx.ident
         self.mux = DatagramMux(
-            Sealer(ident.mesh_secret, ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size)),
+            Sealer(
+                ident.mesh_secret,
+                ReplayGuard(cfg.security.max_clock_skew_s, cfg.security.replay_cache_size),
+            ),
             ctx.metrics,
             ctx.clock,
         )
@@ -76,7 +79,7 @@ class Mesh:
         self.verifier = Verifier(
             ident.ca_cert,
             ctx.revocations,
-            ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size),
+            ReplayGuard(cfg.security.max_clock_skew_s, cfg.security.replay_cache_size),
         )
         self.directory = Directory.from_store(ctx.store, ctx.revocations)
         self.directory.learn(ident.key.public_key(), ident.info)
@@ -123,10 +126,10 @@ class Mesh:
         self.mux.register(Channel.MEMBERSHIP, self._on_datagram)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls.client_context(ident, ident.ca_cert)),
-            timeout=aiohttp.ClientTimeout(total=max(2.0, cfg.probe_interval_s * 4)),
+            timeout=aiohttp.ClientTimeout(total=max(2.0, cfg.membership.probe_interval_s * 4)),
         )
         self.dht = MeshDHT(
-            cfg,
+            cfg.dht,
             ident.node_id,
             ident.key,
             ident.name,
@@ -137,14 +140,18 @@ class Mesh:
         )
         await self.dht.start()
         self.membership = Membership(
-            cfg,
+            cfg.membership,
             Identity(ident.name, ident.node_id, advertise),
             random.Random(),  # noqa: S311 - protocol jitter, not secrets
             self.mono(),
             logging.getLogger("meshd.membership"),
         )
         self._alarm = Alarm(
-            "membership", self._tick, self._next_deadline, self.mono, cfg.probe_interval_s
+            "membership",
+            self._tick,
+            self._next_deadline,
+            self.mono,
+            cfg.membership.probe_interval_s,
         )
         self._alarm.rearm()
         if seeds:
@@ -177,9 +184,9 @@ class Mesh:
         if self.membership is not None:
             self._apply(self.membership.leave(self.mono()))
             # Let the Left update go out on a couple of gossip rounds (bounded).
-            deadline = self.mono() + max(0.5, self.ctx.cfg.gossip_interval_s * 3)
+            deadline = self.mono() + max(0.5, self.ctx.cfg.membership.gossip_interval_s * 3)
             while self.membership.pending_broadcasts() and self.mono() < deadline:  # noqa: ASYNC110 - the timer task drains the queue; we only bound the wait
-                await asyncio.sleep(self.ctx.cfg.gossip_interval_s / 2)
+                await asyncio.sleep(self.ctx.cfg.membership.gossip_interval_s / 2)
         if self.mdns is not None:
             with contextlib.suppress(Exception):
                 await self.mdns.stop()
@@ -292,7 +299,7 @@ class Mesh:
     async def _fetch_cert(self, addr: Addr) -> None:
         tls_ctx = tls.client_context(self.ctx.ident, self.ctx.ident.ca_cert)
         try:
-            async with asyncio.timeout(max(1.0, self.ctx.cfg.probe_interval_s * 4)):
+            async with asyncio.timeout(max(1.0, self.ctx.cfg.membership.probe_interval_s * 4)):
                 _, writer = await asyncio.open_connection(addr[0], addr[1], ssl=tls_ctx)
         except (OSError, TimeoutError) as exc:
             logger.debug("can't fetch the certificate of %s:%s: %s", *addr, exc)
@@ -460,7 +467,7 @@ class Mesh:
         """Anti-entropy for removals: push every known record to one random member."""
         rng = random.Random()  # noqa: S311 - peer choice and jitter
         while True:
-            interval = self.ctx.cfg.revocation_sync_interval_s
+            interval = self.ctx.cfg.membership.revocation_sync_interval_s
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             records = stored_revocations.records(self.ctx.store)
             peer = self.random_peer(rng)

@@ -197,7 +197,7 @@ class Node:
         self._owns_socket = True
         api = Api(self)
         self._runner = web.AppRunner(
-            api.app(), shutdown_timeout=self.cfg.shutdown_grace_s, access_log=None
+            api.app(), shutdown_timeout=self.cfg.api.shutdown_grace_s, access_log=None
         )
         await self._runner.setup()
         await web.SockSite(self._runner, unix).start()
@@ -237,11 +237,11 @@ class Node:
         )
 
     async def _prune_events(self) -> None:
-        """Keep the event log bounded (``events_keep``, ``events_max_age_s``)."""
+        """Keep the event log bounded (``store.events_keep``, ``store.events_max_age_s``)."""
         while True:
             try:
                 dropped = self.store.prune_events(
-                    self.cfg.events_keep, self.clock() - self.cfg.events_max_age_s
+                    self.cfg.store.events_keep, self.clock() - self.cfg.store.events_max_age_s
                 )
                 if dropped:
                     logger.debug("pruned events count=%d", dropped)

@@ -5,7 +5,7 @@ the core's effects document:
 
 1. **persist** the step's records through the journal (``meshd.journal``): promises
    (an accepted award, a round with its awards) at once, fsynced for allocations;
-   knowledge (holds, bids, the view) within ``auction_journal_lag_s``, in order;
+   knowledge (holds, bids, the view) within ``auction.journal_lag_s``, in order;
 2. **send** through the outbox (``meshd.outbox``): one loop turn's messages to a
    member as one compact-signed, sealed datagram bundle on the mesh port's auction
    channel, confirmations as one bundle for everyone; what does not fit a datagram
@@ -80,7 +80,7 @@ class PlacementShell:
         self.capacity = Capacity(cpus=cap.cpus, memory=cap.memory, disk=cap.disk)
         durable = auction_records.load(ctx.store)
         self.core = Auctioneer.restore(
-            cfg,
+            cfg.auction,
             ctx.ident.name,
             self.capacity,
             random.Random(),  # noqa: S311 - round ids and sampling, not secrets
@@ -90,7 +90,7 @@ class PlacementShell:
             witness=cfg.witness,
             capabilities=capabilities,
         )
-        self.journal = AuctionJournal(ctx.store, cfg.auction_journal_lag_s)
+        self.journal = AuctionJournal(ctx.store, cfg.auction.journal_lag_s)
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
@@ -114,7 +114,7 @@ class PlacementShell:
         self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
         self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
         self._alarm.rearm()
-        if self.ctx.cfg.host_telemetry:
+        if self.ctx.cfg.auction.host_telemetry:
             self._spawn(self._sample_telemetry())
         self._spawn(self._anti_entropy())
         self._spawn(self._prune_rounds())
@@ -154,16 +154,16 @@ class PlacementShell:
         # The first exchange comes soon: a node that was down catches up on what was
         # placed meanwhile. At rest an exchange is a Digest datagram each way; only
         # the buckets that differ travel (meshd.auction.digest).
-        interval = min(self.ctx.cfg.auction_sync_interval_s, 2.0)
+        interval = min(self.ctx.cfg.auction.sync_interval_s, 2.0)
         while True:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             peer = self.mesh.random_peer(rng)
             if peer is not None:
                 self._apply(self.core.anti_entropy(peer))
-            interval = self.ctx.cfg.auction_sync_interval_s
+            interval = self.ctx.cfg.auction.sync_interval_s
 
     async def _prune_rounds(self) -> None:
-        """Keep the stored round records bounded (``auction_rounds_keep``).
+        """Keep the stored round records bounded (``auction.rounds_keep``).
 
         A pass decodes and deletes at most ``PRUNE_BATCH`` rounds, so it never holds
         the loop for long; a pass that found a full batch runs again a second later.
@@ -181,7 +181,7 @@ class PlacementShell:
                 # ``placed`` reads the view in memory: put it on disk first, so a floor
                 # skipped because the view holds that generation is not lost in a crash.
                 self.journal.flush(now)
-                keep = self.ctx.cfg.auction_rounds_keep
+                keep = self.ctx.cfg.auction.rounds_keep
                 pruned = auction_records.prune_rounds(
                     self.ctx.store, keep, PRUNE_BATCH, placed, now
                 )
@@ -218,7 +218,7 @@ class PlacementShell:
         aid = await self._start(workload)
         fut = self._waiting[aid]
         cfg = self.ctx.cfg
-        limit = cfg.auction_max_rounds * (cfg.auction_window_s + 3 * cfg.auction_award_timeout_s)
+        limit = cfg.auction.max_rounds * (cfg.auction.window_s + 3 * cfg.auction.award_timeout_s)
         try:
             placement = await asyncio.wait_for(asyncio.shield(fut), timeout=limit + 5.0)
         except TimeoutError as exc:
@@ -242,7 +242,7 @@ class PlacementShell:
     async def _start(self, workload: Workload) -> str:
         """Start an auction for ``workload``; its id once started.
 
-        While auctions of ours are in flight, new ones wait ``auction_batch_linger_s``
+        While auctions of ours are in flight, new ones wait ``auction.batch_linger_s``
         and start together: their requests, bids and confirmations then share
         datagrams (meshd.outbox). An idle originator starts at once.
         """
@@ -252,7 +252,7 @@ class PlacementShell:
         if not self._start_due:
             self._start_due = True
             busy = any(not f.done() for f in self._waiting.values())
-            linger = self.ctx.cfg.auction_batch_linger_s if busy else 0.0
+            linger = self.ctx.cfg.auction.batch_linger_s if busy else 0.0
             loop.call_later(linger, self._start_queued)
         return await ready
 

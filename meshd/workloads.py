@@ -38,7 +38,7 @@ from meshd.workload_states import StateBook, StateEntry
 
 logger = logging.getLogger(__name__)
 STATE_BROADCAST = "workload.state"
-ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction_sync_interval_s
+ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
 _SPEC_KEYS = (
     "command",
     "image",
@@ -74,7 +74,7 @@ class WorkloadRunner:
         self.ctx = ctx
         self.mesh = mesh
         self.drivers: dict[str, Driver] = make_drivers(
-            ctx.cfg.data_dir / "workloads", self._changed
+            ctx.cfg.data_dir / "workloads", self._changed, ctx.cfg.drivers
         )
         # What the placement shell assigned here and has not released (its events).
         self._allocs: dict[str, Allocation] = {}
@@ -267,7 +267,7 @@ class WorkloadRunner:
     async def _announce_periodically(self) -> None:
         """Anti-entropy for states: each interval, re-announce a few of ours in turn."""
         while True:
-            await asyncio.sleep(self.ctx.cfg.auction_sync_interval_s)
+            await asyncio.sleep(self.ctx.cfg.auction.sync_interval_s)
             for entry in self.states.due():
                 self._announce(entry)
 

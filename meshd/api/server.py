@@ -169,7 +169,7 @@ class Api:
         start = time.perf_counter()
         status = 500
         try:
-            resp = await asyncio.wait_for(handler(request), self.node.cfg.api_request_timeout_s)
+            resp = await asyncio.wait_for(handler(request), self.node.cfg.api.request_timeout_s)
             status = resp.status
             return resp
         except web.HTTPException as exc:
@@ -281,7 +281,7 @@ class Api:
 
     async def token_create(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
-        ttl = body.get("ttl_s", self.node.cfg.token_ttl_s)
+        ttl = body.get("ttl_s", self.node.cfg.security.token_ttl_s)
         seeds = body.get("seeds") or [self.node.address]
         if not isinstance(ttl, int | float) or not isinstance(seeds, list):
             raise ConfigError("ttl_s must be a number of seconds and seeds a list of HOST:PORT")
@@ -484,7 +484,7 @@ class Api:
             answer = enrolment.serve(
                 self.node.store,
                 self.node.ident,
-                self.node.cfg,
+                self.node.cfg.security,
                 tok,
                 csr,
                 address,

@@ -9,9 +9,9 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
    datagram. The originator bids for itself in-process when it is a candidate.
 2. **Bid.** A candidate scores the request (:mod:`.scoring`) against its ledger —
    committed allocations plus unexpired holds — and its telemetry. A positive bid
-   first persists a **hold** (``auction_hold_ttl_s``), then leaves; a new request
+   first persists a **hold** (``auction.hold_ttl_s``), then leaves; a new request
    for the same workload replaces an older hold.
-3. **Close.** When every candidate answered, or at ``auction_window_s``, the bids are
+3. **Close.** When every candidate answered, or at ``auction.window_s``, the bids are
    ranked (:mod:`.ranking`). The losers' holds are released by the confirmation that
    every member receives anyway (no extra message); a round that places nothing sends
    ``Release`` to its positive bidders.
@@ -20,11 +20,11 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
    leaves, so a restarted originator never hands one generation to two nodes. The
    winner re-checks (its hold, its telemetry), commits the allocation durably and
    answers ``Accept`` — or ``Refuse`` with a reason. An award that fits one datagram
-   travels as one and goes out again after ``auction_award_resend_s``, then twice
+   travels as one and goes out again after ``auction.award_resend_s``, then twice
    that, until answered; the winner answers every copy (a repeated award of what it
    committed is accepted again), so a lost award or answer costs one resend, not the
    next-best bidder. A larger award goes over mTLS. On a refusal, or silence for
-   ``auction_award_timeout_s`` (the award is then withdrawn with ``Revoke``), the
+   ``auction.award_timeout_s`` (the award is then withdrawn with ``Revoke``), the
    next-best bidder is awarded; after two awards, a new round.
 5. **Confirm.** On ``Accept`` the originator records the placement, broadcasts
    ``Confirm`` and resolves the client with ``Decided``. Every node merges it into
@@ -35,7 +35,7 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
 Where meshd departs from the design's letter
 ---------------------------------------------
 * **Winner-side confirmation.** A winner that accepted but sees no confirmation
-  within ``auction_confirm_timeout_s`` first asks the originator again: it re-sends
+  within ``auction.confirm_timeout_s`` first asks the originator again: it re-sends
   its ``Accept`` (twice, half a timeout apart), which a live originator answers with
   the ``Confirm``, or with ``Revoke`` if it withdrew the award meanwhile (a winner
   that crashed before its ``Accept`` left misses the first ``Revoke``). With no
@@ -55,7 +55,7 @@ Where meshd departs from the design's letter
   accepted holds no allocation for it, logs that, and runs nothing.
 * **Busy retries.** A round in which every "no" came from capacity *held* by
   concurrent rounds (``Bid.busy``) is retried after about one window for up to
-  ``auction_hold_ttl_s``, without using up ``auction_max_rounds``: those holds
+  ``auction.hold_ttl_s``, without using up ``auction.max_rounds``: those holds
   resolve within an award timeout, and failing the client would be wrong.
 * **Abandoned rounds.** A restarted originator marks its unfinished rounds
   abandoned (their holds expire). An ``Accept`` that still arrives for such a round
@@ -65,7 +65,7 @@ Where meshd departs from the design's letter
   of one already in an auction here, that auction's id. The shell must send one
   workload id to one originator (it maps client idempotency keys to ids).
 * Anti-entropy is driven by the shell through :meth:`anti_entropy`: every
-  ``auction_sync_interval_s`` it sends one random member a ``Digest`` of the view
+  ``auction.sync_interval_s`` it sends one random member a ``Digest`` of the view
   (:mod:`.digest`, bucket sums). The member answers with its own ``Digest`` and a
   ``Sync`` of the placements in the buckets that differ; the first node then sends
   its placements of the buckets that still differ. Both merge, so both converge,
@@ -122,7 +122,7 @@ from meshd.auction.model import (
     Workload,
 )
 from meshd.auction.rounds import Auction, Round, explain, snapshot, unsatisfiable
-from meshd.config import Config
+from meshd.config import AuctionConfig
 
 # A size, not a timing: awards per round (the winner, then the next-best).
 AWARDS_PER_ROUND = 2
@@ -147,7 +147,7 @@ class Auctioneer:
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: AuctionConfig,
         name: str,
         capacity: Capacity,
         rng: random.Random,
@@ -170,7 +170,7 @@ class Auctioneer:
     @classmethod
     def restore(
         cls,
-        cfg: Config,
+        cfg: AuctionConfig,
         name: str,
         capacity: Capacity,
         rng: random.Random,
@@ -412,9 +412,9 @@ class Auctioneer:
             a.members,
             w.constraints,
             a.attempt,
-            cfg.auction_full_mesh_max,
-            cfg.auction_sample_d,
-            cfg.auction_max_rounds,
+            cfg.full_mesh_max,
+            cfg.sample_d,
+            cfg.max_rounds,
             self._rng,
             a.excluded,
         )
@@ -427,14 +427,12 @@ class Auctioneer:
             return
         a.seq += 1
         rid = a.id if a.seq == 1 else f"{a.id}.{a.seq}"
-        deadline = now + cfg.auction_window_s
+        deadline = now + cfg.window_s
         r = Round(rid, a.seq, tuple(sel.candidates), now, deadline, sel.exhaustive)
         a.round, a.retry_at = r, math.inf
         a.rounds.append(rid)
         self._by_round[rid] = a
-        req = BidRequest(
-            rid, w.id, w.tenant, w.resources, cfg.auction_window_s, Requirements.of(w.spec)
-        )
+        req = BidRequest(rid, w.id, w.tenant, w.resources, cfg.window_s, Requirements.of(w.spec))
         for c in r.candidates:
             if c == self._name:
                 r.bids[c], r.bid_at[c] = self._book.bid(req, c, now, out), now
@@ -478,8 +476,8 @@ class Auctioneer:
             r.state = AWARDING
             self._persist_round(a, r, out)  # durable before the award leaves
             if node != self._name:
-                r.award_deadline = now + self._cfg.auction_award_timeout_s
-                r.resend_gap = self._cfg.auction_award_resend_s
+                r.award_deadline = now + self._cfg.award_timeout_s
+                r.resend_gap = self._cfg.award_resend_s
                 r.resend_at = now + r.resend_gap
                 award = Award(r.rid, w, gen)
                 self._send_sized(node, award, out)
@@ -509,7 +507,7 @@ class Auctioneer:
         r = a.round
         assert r is not None
         aw = r.awards[-1]
-        r.settle("silent", f"no answer within {self._cfg.auction_award_timeout_s:g} s")
+        r.settle("silent", f"no answer within {self._cfg.award_timeout_s:g} s")
         a.excluded.add(aw.node)
         out.append(Send(aw.node, Revoke(r.rid, a.workload.id, aw.generation), True))
         self._log.info(
@@ -569,7 +567,7 @@ class Auctioneer:
         rec = self._records.get(m.round_id)
         cur = self._view.get(m.workload_id)
         if rec is None and self._ours(m.round_id):
-            # A round of ours too old to remember (auction_rounds_keep): had it ended
+            # A round of ours too old to remember (auction.rounds_keep): had it ended
             # with this award, the view would hold it; so it did not. Say which.
             if cur is not None and (cur.owner, cur.generation) == (sender, m.generation):
                 self._confirm_to(sender, cur, out)
@@ -621,15 +619,15 @@ class Auctioneer:
                 if not b.busy:
                     a.excluded.add(node)
         silent = len(r.bids) < len(r.candidates)
-        why = explain(a.workload, r, cfg.auction_window_s)
+        why = explain(a.workload, r, cfg.window_s)
         a.reasons.append(why)
         r.reason, r.closed_at = why, now
-        if a.attempt < cfg.auction_max_rounds and (not r.exhaustive or silent or r.ranked):
+        if a.attempt < cfg.max_rounds and (not r.exhaustive or silent or r.ranked):
             a.attempt += 1
             a.retry_at = now
-        elif busy and now - a.started < cfg.auction_hold_ttl_s:
+        elif busy and now - a.started < cfg.hold_ttl_s:
             # Only holds of concurrent rounds said no; they resolve within an award timeout.
-            a.retry_at = now + cfg.auction_window_s * (0.5 + self._rng.random())
+            a.retry_at = now + cfg.window_s * (0.5 + self._rng.random())
         else:
             self._fail(a, why, now, out)
             return
@@ -683,7 +681,7 @@ class Auctioneer:
 
     def _remember(self, rec: RoundRecord) -> None:
         self._records[rec.round_id] = rec
-        while len(self._records) > self._cfg.auction_rounds_keep:
+        while len(self._records) > self._cfg.rounds_keep:
             del self._records[next(iter(self._records))]
 
     # -- the placement view ------------------------------------------------------------
@@ -720,7 +718,7 @@ class Auctioneer:
             self._self_confirm(wid, now, out)
             return
         self._book.confirm_asks[wid] = asked + 1
-        self._book.confirm_at[wid] = now + self._cfg.auction_confirm_timeout_s / 2
+        self._book.confirm_at[wid] = now + self._cfg.confirm_timeout_s / 2
         self._log.info(
             "auction confirm-overdue workload=%s generation=%d asking=%s",
             wid,

@@ -9,7 +9,7 @@ strict:
 * A **bid** scores the request (:mod:`.scoring`) against committed + held, excluding
   anything for the same workload (a newer round for it replaces an older hold). A
   positive bid places a **hold** — persisted before the bid leaves — that expires
-  after ``auction_hold_ttl_s`` unless released earlier (the round closed without us,
+  after ``auction.hold_ttl_s`` unless released earlier (the round closed without us,
   the placement was confirmed elsewhere, the originator withdrew the award).
 * An **award** is re-checked against the ledger *without* its own hold and against
   fresh telemetry; only then is the **allocation** committed (persisted before the
@@ -57,7 +57,7 @@ from meshd.auction.model import (
     Telemetry,
     Workload,
 )
-from meshd.config import Config
+from meshd.config import AuctionConfig
 
 # Reasons are clipped so that a Bid (and a Refuse) fits one datagram.
 MAX_REASON_BYTES = 400
@@ -111,7 +111,7 @@ class Bidder:
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: AuctionConfig,
         name: str,
         capacity: Capacity,
         log: logging.Logger,
@@ -137,7 +137,7 @@ class Bidder:
         for wid, alloc in durable.allocations.items():
             self._put_alloc(alloc)
             if not alloc.confirmed:
-                self.confirm_at[wid] = now + self._cfg.auction_confirm_timeout_s
+                self.confirm_at[wid] = now + self._cfg.confirm_timeout_s
         for rid, h in durable.holds.items():
             if h.expires_at > now:
                 self._put_hold(h)
@@ -250,7 +250,7 @@ class Bidder:
         bid = Bid(rid, v.score, clip(v.reason), same, v.mem_free, count, v.busy)
         for h in [h for h in self.holds.values() if h.workload_id == wid]:
             self.release_hold(h.round_id, "replaced by a newer round", out)
-        expires = now + self._cfg.auction_hold_ttl_s
+        expires = now + self._cfg.hold_ttl_s
         if v.score > 0:  # a hold, and the bid behind it (a repeated request gets this answer)
             hold = Hold(rid, wid, req.resources, req.tenant, originator, expires)
             self._put_hold(hold)
@@ -293,7 +293,7 @@ class Bidder:
         alloc = Allocation(w, rid, gen, originator, now, False)
         self._put_alloc(alloc)
         self.settled(w.id)  # an older generation's wait (and its asks) ends here
-        self.confirm_at[w.id] = now + self._cfg.auction_confirm_timeout_s
+        self.confirm_at[w.id] = now + self._cfg.confirm_timeout_s
         out.append(Persist(AllocationCommitted(alloc)))
         committed = self._committed.resources()
         if not committed.within(self.limit):
@@ -310,7 +310,7 @@ class Bidder:
             else:
                 self.release_alloc(m.workload_id, "the originator withdrew the award", out)
         # Remembered either way: it may have overtaken its award, or the award may repeat.
-        self._revoked[(m.round_id, m.generation)] = now + self._cfg.auction_hold_ttl_s
+        self._revoked[(m.round_id, m.generation)] = now + self._cfg.hold_ttl_s
         if m.round_id in self.holds:
             self.release_hold(m.round_id, "the originator withdrew the award", out)
 

@@ -10,14 +10,14 @@ a job of m tasks. Its probes ask "how long is your queue?" for identical slots.
 meshd's workloads are single, heterogeneous and must *fit* (CPU, memory, disk), so a
 handful of probes can miss the few blades with room. It therefore asks
 
-* **everyone** eligible when the mesh has at most ``auction_full_mesh_max`` eligible
+* **everyone** eligible when the mesh has at most ``auction.full_mesh_max`` eligible
   members (a round then costs a few dozen datagrams at most, and the decision is the
   best the mesh can make);
-* otherwise a uniform random sample of ``ceil(d · log2 N)`` (``auction_sample_d``):
+* otherwise a uniform random sample of ``ceil(d · log2 N)`` (``auction.sample_d``):
   the chance that a sample misses every fitting node falls geometrically with the
   sample size, and log2 N grows slowly enough that a round stays O(log N) messages;
 * and when a round finds no fit, the next round **widens**: the sample doubles, and
-  the last round (``auction_max_rounds``) asks every eligible member. A "no" from
+  the last round (``auction.max_rounds``) asks every eligible member. A "no" from
   the whole mesh is then a true "no" — never an unlucky sample.
 
 Auctions that one originator starts together (a :class:`Batch`: the shell's

@@ -54,7 +54,7 @@ import math
 from dataclasses import dataclass
 
 from meshd.auction.model import CPU_EPSILON, Capacity, Resources, Telemetry, human_bytes, human_cpus
-from meshd.config import Config
+from meshd.config import AuctionConfig
 
 SCORE_MIN = 1
 SCORE_MAX = 1000
@@ -71,7 +71,7 @@ class Overcommit:
     disk: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Overcommit:
+    def from_config(cls, cfg: AuctionConfig) -> Overcommit:
         return cls(cfg.cpu_overcommit, cfg.memory_overcommit, cfg.disk_overcommit)
 
 

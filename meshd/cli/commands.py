@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,13 +34,27 @@ def data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if args.data_dir else config_mod.default_data_dir()
 
 
-def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
-    """Preset → config file (``--config``, else DATA_DIR/meshd.toml) → flags."""
+def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_mod.Resolved:
+    """Preset → config file (``--config``, else DATA_DIR/meshd.toml) → flags.
+
+    ``overrides`` are the dedicated flags (``listen=args.listen``; None: not given);
+    ``--set KEY=VALUE`` flags, where the command has them, come on top.
+    """
     ddir = data_dir(args)
     path = Path(args.config) if getattr(args, "config", None) else ddir / CONFIG_NAME
     cfg_path = path if getattr(args, "config", None) or path.exists() else None
+    labels: dict[str, str] = {}
+    if not args.data_dir and os.environ.get(config_mod.DATA_DIR_ENV):
+        labels["data_dir"] = f"env:{config_mod.DATA_DIR_ENV}"
+    for item in getattr(args, "set", None) or []:
+        key, value = config_mod.parse_assignment(item)
+        overrides[key] = value
     overrides["data_dir"] = ddir
-    return config_mod.load(cfg_path, getattr(args, "preset", None), overrides)
+    return config_mod.resolve(cfg_path, getattr(args, "preset", None), overrides, labels)
+
+
+def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
+    return resolve_config(args, **overrides).config
 
 
 def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -81,14 +96,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     now = time.time()
     if args.join:
         joined = asyncio.run(
-            enrolment.join(args.join, args.name, args.domain, args.listen, cfg, now)
+            enrolment.join(args.join, args.name, args.domain, args.listen, cfg.security, now)
         )
         ident, members, seeds = joined.identity, joined.members, joined.seeds
     else:
         if not args.domain:
             raise ConfigError("founding a mesh needs --domain (or pass --join TOKEN to join one)")
         pki.check_domain(args.domain)
-        ident = enrolment.found(args.name, args.domain, cfg, now)
+        ident = enrolment.found(args.name, args.domain, cfg.security, now)
         members, seeds = [enrolment.member_of(ident.cert, None, now)], ()
     files.save(ddir, ident)
     with Store.open(cfg.store_path) as store:
@@ -132,7 +147,7 @@ def _ident(cfg: Config) -> files.NodeIdentity:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else cfg.token_ttl_s
+    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else cfg.security.token_ttl_s
     if ttl <= 0:
         raise ConfigError("--ttl must be positive, e.g. 1h")
     ident = _ident(cfg)
@@ -183,7 +198,7 @@ def cmd_cert_create(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     ident = _ident(cfg)
     key, cert = authority.issue_client_cert(
-        ident, args.name, args.role, cfg.cert_validity_days, time.time()
+        ident, args.name, args.role, cfg.security.cert_validity_days, time.time()
     )
     out = Path(args.out)
     files.ensure_private_dir(out)
@@ -197,11 +212,9 @@ def cmd_cert_create(args: argparse.Namespace) -> int:
 # -- run, status -------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from meshd import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
-
-    cfg = load_config(
-        args,
+def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``meshd run``'s dedicated flags as config overrides (None: not given)."""
+    return dict(
         listen=args.listen,
         advertise=args.advertise,
         seeds=args.seed or None,
@@ -214,6 +227,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshd import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
+
+    cfg = load_config(args, **_run_flags(args))
     logs.setup(cfg.log_level, cfg.log_format)
     ident = files.load(cfg.data_dir, time.time())
     # uvloop: the same asyncio API on libuv; measured ~20 % more placements/s.

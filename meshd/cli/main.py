@@ -27,6 +27,28 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """The flags of ``meshd run`` that set config values (``config show`` takes them too)."""
+    p.add_argument("--listen", metavar="HOST:PORT", help="mesh address, UDP and TCP (port 0: any)")
+    p.add_argument("--advertise", metavar="HOST:PORT", help="address peers should use")
+    p.add_argument("--seed", action="append", metavar="HOST:PORT", help="seed to join (repeatable)")
+    p.add_argument(
+        "--mdns", metavar="ADDR", help="announce and browse mDNS on the interface of ADDR"
+    )
+    p.add_argument("--witness", action="store_true", help="vote and seed only; never run workloads")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="K=V",
+        help="a label of this node that workloads may require (repeatable)",
+    )
+    p.add_argument("--cpus", type=float, help="declare CPU capacity instead of measuring")
+    p.add_argument("--memory", metavar="SIZE", help="declare memory capacity, e.g. 2GiB")
+    p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshd",
@@ -78,24 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
     _common(p)
-    p.add_argument("--listen", metavar="HOST:PORT", help="mesh address, UDP and TCP (port 0: any)")
-    p.add_argument("--advertise", metavar="HOST:PORT", help="address peers should use")
-    p.add_argument("--seed", action="append", metavar="HOST:PORT", help="seed to join (repeatable)")
-    p.add_argument(
-        "--mdns", metavar="ADDR", help="announce and browse mDNS on the interface of ADDR"
-    )
-    p.add_argument("--witness", action="store_true", help="vote and seed only; never run workloads")
-    p.add_argument(
-        "--label",
-        action="append",
-        metavar="K=V",
-        help="a label of this node that workloads may require (repeatable)",
-    )
-    p.add_argument("--cpus", type=float, help="declare CPU capacity instead of measuring")
-    p.add_argument("--memory", metavar="SIZE", help="declare memory capacity, e.g. 2GiB")
-    p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=["text", "json"])
+    _run_options(p)
     p.set_defaults(func=commands.cmd_run)
 
     p = sub.add_parser("peers", help="the membership view: every member and its state")

@@ -19,8 +19,8 @@ on the mesh port's DHT channel, where every datagram is sealed with the mesh sec
   rpcudp's 8 KiB.
 * ``welcome_if_new`` replicates to a new node by the stored key digest (kademlia
   hashes it a second time: defect 5), and moves known senders to the bucket's tail.
-* RPC timeout ``dht_rpc_timeout_s`` (rpcudp: 5 s). A peer that times out leaves the
-  routing table at once and is remembered dead for ``dht_dead_contact_s``: lookups
+* RPC timeout ``dht.rpc_timeout_s`` (rpcudp: 5 s). A peer that times out leaves the
+  routing table at once and is remembered dead for ``dht.dead_contact_s``: lookups
   ignore it when third parties name it, until it talks to us itself (defect 4).
 * Every task is kept in :attr:`DhtProtocol.tasks` until it ends (defect 7).
 """
@@ -39,7 +39,7 @@ from kademlia.protocol import KademliaProtocol
 from rpcudp.exceptions import MalformedMessage
 from rpcudp.protocol import RPCProtocol
 
-from meshd.config import Config
+from meshd.config import DhtConfig
 from meshd.dht.crawling import MeshRoutingTable, RoundTrip
 from meshd.dht.record import AuthorDirectory, Record, decode, encode, verify
 from meshd.dht.storage import RecordStore
@@ -106,19 +106,19 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self,
         node: Node,
         store: RecordStore,
-        cfg: Config,
+        cfg: DhtConfig,
         directory: AuthorDirectory,
         clock: Callable[[], float],
         metrics: DhtMetrics,
     ) -> None:
-        super().__init__(node, store, cfg.dht_ksize)
-        self._wait_timeout = cfg.dht_rpc_timeout_s
-        self.router = MeshRoutingTable(self, cfg.dht_ksize, node, cfg.dht_refresh_interval_s)
+        super().__init__(node, store, cfg.ksize)
+        self._wait_timeout = cfg.rpc_timeout_s
+        self.router = MeshRoutingTable(self, cfg.ksize, node, cfg.refresh_interval_s)
         self.cfg = cfg
         self.directory = directory
         self.clock = clock
         self.metrics = metrics
-        self.rtt = RoundTrip(cfg.dht_rpc_timeout_s)
+        self.rtt = RoundTrip(cfg.rpc_timeout_s)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._dead: dict[bytes, float] = {}
         self._closed = False
@@ -310,7 +310,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def admit(self, record: Record, digest: bytes) -> bool:
         """Is ``record`` valid now, by a current member, for ``digest``? Counts refusals."""
         try:
-            verify(record, self.directory, self.clock(), self.cfg.dht_max_value_bytes)
+            verify(record, self.directory, self.clock(), self.cfg.max_value_bytes)
             if record.digest != digest:
                 raise RecordError("wrong_key", "record is not for the key it was sent under")
         except RecordError as exc:
@@ -366,7 +366,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def mark_dead(self, node: Node) -> None:
         logger.debug("dht contact unresponsive, removed peer=%s", node)
         self.router.remove_contact(node)
-        self._dead[node.id] = self.clock() + self.cfg.dht_dead_contact_s
+        self._dead[node.id] = self.clock() + self.cfg.dead_contact_s
 
     def is_dead(self, node_id: bytes) -> bool:
         until = self._dead.get(node_id)

@@ -13,7 +13,7 @@ with these departures (DESIGN.md §4; the LAB-NOTES defects in brackets):
   nodes, and returns how many of those acknowledged (0 when every neighbour is dead,
   where kademlia's ``set_digest`` raised ValueError [2]). ``delete`` publishes a
   tombstone; ``get`` merges the record sets of several holders.
-* Only the author republishes its records, at ``dht_republish_fraction`` of their TTL,
+* Only the author republishes its records, at ``dht.republish_fraction`` of their TTL,
   from one background task; holders never do, so a dead author's records expire [7].
 * ``bootstrap`` retries with exponential backoff while no seed answers: kademlia's
   returns ``[]`` once, silently, when the seed is not up yet [3].
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.network import Server
 from kademlia.node import Node
 
-from meshd.config import Config
+from meshd.config import DhtConfig
 from meshd.dht.crawling import NodeLookup, RecordLookup
 from meshd.dht.protocol import DhtMetrics, DhtProtocol
 from meshd.dht.record import (
@@ -69,7 +69,7 @@ class MeshDHT(Server):  # type: ignore[misc]
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: DhtConfig,
         node_id: str,
         signing_key: Ed25519PrivateKey,
         author: str,
@@ -84,10 +84,10 @@ class MeshDHT(Server):  # type: ignore[misc]
             raise DhtError(f"node id {node_id!r} is not hex") from exc
         if len(raw_id) != 20 or pki.node_id_of(signing_key.public_key()) != node_id:
             raise DhtError("the DHT node id must be the node key's id (40 hex characters)")
-        if cfg.dht_max_value_bytes + OVERHEAD + _RPC_FRAMING > RPC_LIMIT:
-            raise DhtError("dht_max_value_bytes is too large: a record must fit one 8 KiB RPC")
-        store = RecordStore(cfg.dht_max_records, cfg.dht_max_records_per_author)
-        super().__init__(ksize=cfg.dht_ksize, alpha=cfg.dht_alpha, node_id=raw_id, storage=store)
+        if cfg.max_value_bytes + OVERHEAD + _RPC_FRAMING > RPC_LIMIT:
+            raise DhtError("dht.max_value_bytes is too large: a record must fit one 8 KiB RPC")
+        store = RecordStore(cfg.max_records, cfg.max_records_per_author)
+        super().__init__(ksize=cfg.ksize, alpha=cfg.alpha, node_id=raw_id, storage=store)
         self.storage = store  # kademlia's `storage or ForgetfulStorage()`: an empty store is falsy
         self.cfg = cfg
         self.node_id = node_id
@@ -136,8 +136,8 @@ class MeshDHT(Server):  # type: ignore[misc]
     async def bootstrap(self, seeds: list[Addr]) -> int:
         """Join through ``seeds``; retry with backoff while none answers, then give up.
 
-        Attempts are spaced ``dht_bootstrap_initial_s``, doubling up to
-        ``dht_bootstrap_max_s``; after one wait of the maximum, 0 is returned. Returns
+        Attempts are spaced ``dht.bootstrap_initial_s``, doubling up to
+        ``dht.bootstrap_max_s``; after one wait of the maximum, 0 is returned. Returns
         the number of contacts in the routing table (0 also when the only seed that
         answered is this node itself: it is the first).
         """
@@ -150,16 +150,16 @@ class MeshDHT(Server):  # type: ignore[misc]
     async def _bootstrap(self, seeds: list[Addr], forever: bool) -> int:
         if not seeds:
             return 0
-        delay = self.cfg.dht_bootstrap_initial_s
+        delay = self.cfg.bootstrap_initial_s
         while True:
             found = await self._bootstrap_once(seeds)
             if found is not None:
                 logger.info("dht bootstrapped contacts=%d", found)
                 return found
-            if not forever and delay > self.cfg.dht_bootstrap_max_s:
+            if not forever and delay > self.cfg.bootstrap_max_s:
                 logger.warning("dht bootstrap gave up: no seed answered seeds=%s", seeds)
                 return 0
-            wait = min(delay, self.cfg.dht_bootstrap_max_s)
+            wait = min(delay, self.cfg.bootstrap_max_s)
             logger.warning("dht bootstrap: no seed answered seeds=%s retry_in=%.2fs", seeds, wait)
             await asyncio.sleep(wait)
             delay *= 2
@@ -202,13 +202,13 @@ class MeshDHT(Server):  # type: ignore[misc]
 
         The record is also stored locally, and republished before it expires.
         """
-        ttl = self.cfg.dht_record_ttl_s if ttl_s is None else ttl_s
+        ttl = self.cfg.record_ttl_s if ttl_s is None else ttl_s
         if not ttl > 0:
             raise DhtError("a record's ttl must be positive")
-        if len(value) > self.cfg.dht_max_value_bytes:
+        if len(value) > self.cfg.max_value_bytes:
             raise DhtError(
-                f"value of {len(value)} bytes is over dht_max_value_bytes "
-                f"({self.cfg.dht_max_value_bytes})"
+                f"value of {len(value)} bytes is over dht.max_value_bytes "
+                f"({self.cfg.max_value_bytes})"
             )
         record = self._sign(key, value, self.clock() + ttl, deleted=False)
         return await self._publish(record, ttl, "put")
@@ -220,7 +220,7 @@ class MeshDHT(Server):  # type: ignore[misc]
     async def delete(self, key: str) -> int:
         """Publish a tombstone for our record under ``key``; returns nodes that took it."""
         now = self.clock()
-        expires_at = now + self.cfg.dht_record_ttl_s
+        expires_at = now + self.cfg.record_ttl_s
         own = self.storage.own(key)
         if own is not None:  # outlive every copy of the record it replaces
             expires_at = max(expires_at, own.record.expires_at)
@@ -298,20 +298,20 @@ class MeshDHT(Server):  # type: ignore[misc]
     async def _maintain(self) -> None:
         """Purge, forget dead contacts, republish own records, refresh lonely buckets."""
         cfg = self.cfg
-        tick = min(cfg.dht_refresh_interval_s, cfg.dht_record_ttl_s * cfg.dht_republish_fraction)
-        next_refresh = self.clock() + cfg.dht_refresh_interval_s
+        tick = min(cfg.refresh_interval_s, cfg.record_ttl_s * cfg.republish_fraction)
+        next_refresh = self.clock() + cfg.refresh_interval_s
         while True:
             now = self.clock()
             wake = now + tick
             try:
                 self.storage.purge(now)
                 self.protocol.forget_dead(now)
-                for own in self.storage.own_due(now, cfg.dht_republish_fraction):
+                for own in self.storage.own_due(now, cfg.republish_fraction):
                     await self._republish(own)
                 if now >= next_refresh:
-                    next_refresh = now + cfg.dht_refresh_interval_s
+                    next_refresh = now + cfg.refresh_interval_s
                     await self._refresh_table()
-                due = self.storage.own_next_due(cfg.dht_republish_fraction)
+                due = self.storage.own_next_due(cfg.republish_fraction)
                 wake = min(wake, next_refresh, wake if due is None else due)
             except Exception:  # upkeep must go on; the next round retries
                 logger.exception("dht maintenance failed")
@@ -370,7 +370,7 @@ class MeshDHT(Server):  # type: ignore[misc]
         me.add(self.author, self._key.public_key())
         for own in state.own:
             try:  # ours, by our key, whatever its age
-                verify(own.record, me, float("-inf"), self.cfg.dht_max_value_bytes)
+                verify(own.record, me, float("-inf"), self.cfg.max_value_bytes)
             except RecordError as exc:
                 raise DhtError(f"DHT state {path} holds a record that is not ours") from exc
         self.storage.restore(state.own, state.versions)

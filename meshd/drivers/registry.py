@@ -8,14 +8,19 @@ one (or whose module is not written yet) still runs, and says which drivers it h
 when a workload asks for a missing one. A driver whose constructor refuses the host
 with a :class:`DriverError` (no binary, say) is left out the same way, with a log line
 saying why. ``fake`` is never offered here: the simulator and tests build it directly.
+Each driver gets its own section of the node's config (``[drivers.qemu]`` and so on),
+turned into the keyword arguments its constructor takes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
+from typing import Any
 
+from meshd.config import DriversConfig
 from meshd.drivers.base import Driver, OnChange
 from meshd.drivers.process import ProcessDriver
 from meshd.errors import DriverError
@@ -29,9 +34,31 @@ OPTIONAL = {
 }
 
 
-def make_drivers(root: Path, on_change: OnChange) -> dict[str, Driver]:
+def driver_options(name: str, cfg: DriversConfig) -> dict[str, Any]:
+    """The keyword arguments of driver ``name``'s constructor, from its config section."""
+    if name == "process":
+        return dataclasses.asdict(cfg.process)
+    if name == "qemu":
+        from meshd.drivers.qemu_args import QemuTuning  # noqa: PLC0415 - see OPTIONAL
+
+        q = dataclasses.asdict(cfg.qemu)
+        binary, bridge = q.pop("binary"), q.pop("bridge")
+        return {"tuning": QemuTuning(**q), "binary": binary, "bridge": bridge}
+    if name == "firecracker":
+        from meshd.drivers.firecracker_host import FirecrackerOptions  # noqa: PLC0415
+
+        return {"options": FirecrackerOptions(**dataclasses.asdict(cfg.firecracker))}
+    return {}  # a driver without a section of its own takes no knobs
+
+
+def make_drivers(
+    root: Path, on_change: OnChange, cfg: DriversConfig | None = None
+) -> dict[str, Driver]:
     """Every driver this node can offer, by name, sharing ``root`` and ``on_change``."""
-    drivers: dict[str, Driver] = {"process": ProcessDriver(root, on_change)}
+    cfg = cfg or DriversConfig()
+    drivers: dict[str, Driver] = {
+        "process": ProcessDriver(root, on_change, **driver_options("process", cfg))
+    }
     for name, (module_name, class_name) in OPTIONAL.items():
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
@@ -46,7 +73,7 @@ def make_drivers(root: Path, on_change: OnChange) -> dict[str, Driver]:
             )
             continue
         try:
-            driver = cls(root, on_change)
+            driver = cls(root, on_change, **driver_options(name, cfg))
         except DriverError as exc:
             logger.info("driver unavailable name=%s reason=%s", name, exc)
             continue

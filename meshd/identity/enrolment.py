@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshd.api import tls
-from meshd.config import Config
+from meshd.config import SecurityConfig
 from meshd.envelope import SECRET_BYTES
 from meshd.errors import EnrolmentError, IdentityError, TokenError
 from meshd.identity import pki, token
@@ -43,7 +43,7 @@ from meshd.units import parse_hostport
 logger = logging.getLogger(__name__)
 
 
-def found(name: str, domain: str, cfg: Config, now: float) -> NodeIdentity:
+def found(name: str, domain: str, cfg: SecurityConfig, now: float) -> NodeIdentity:
     """A new mesh: CA, this node's key and certificate, and a random mesh secret."""
     pki.check_name(name)
     ca_key, ca_cert = pki.create_ca(domain, now, cfg.ca_validity_days)
@@ -72,7 +72,7 @@ def member_of(cert: x509.Certificate, address: str | None, now: float) -> roster
 def serve(
     store: Store,
     ident: NodeIdentity,
-    cfg: Config,
+    cfg: SecurityConfig,
     token_text: str,
     csr_pem: str,
     address: str | None,
@@ -192,7 +192,12 @@ def _accept(
 
 
 async def join(
-    token_text: str, name: str, domain: str | None, address: str | None, cfg: Config, now: float
+    token_text: str,
+    name: str,
+    domain: str | None,
+    address: str | None,
+    cfg: SecurityConfig,
+    now: float,
 ) -> Joined:
     """Enrol through the token's seeds, trying each in turn; nothing is written to disk."""
     pki.check_name(name)

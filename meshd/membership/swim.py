@@ -84,7 +84,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshd.config import Config
+from meshd.config import MembershipConfig
 from meshd.membership import codec, suspicion
 from meshd.membership.awareness import Awareness
 from meshd.membership.broadcasts import BroadcastQueue
@@ -204,7 +204,12 @@ class Membership:
     """
 
     def __init__(
-        self, cfg: Config, me: Identity, rng: random.Random, now: float, log: logging.Logger
+        self,
+        cfg: MembershipConfig,
+        me: Identity,
+        rng: random.Random,
+        now: float,
+        log: logging.Logger,
     ) -> None:
         self._cfg = cfg
         self._me = me

@@ -102,11 +102,11 @@ class DhtMesh:
         directory.add(name, key.public_key())
         cfg = cfg or self.cfg
         registry = Registry()
-        guard = ReplayGuard(cfg.max_clock_skew_s, cfg.replay_cache_size)
+        guard = ReplayGuard(cfg.security.max_clock_skew_s, cfg.security.replay_cache_size)
         mux = DatagramMux(Sealer(secret or self.secret, guard), registry)
         bound = await mux.bind(HOST, port)
         node_id = pki.node_id_of(key.public_key())
-        dht = MeshDHT(cfg, node_id, key, name, directory, mux, time.time, registry)
+        dht = MeshDHT(cfg.dht, node_id, key, name, directory, mux, time.time, registry)
         await dht.start()
         member = Member(name, key, dht, mux, registry, bound)
         self._all.append(member)
@@ -175,14 +175,14 @@ async def test_put_get_from_random_nodes(mesh: DhtMesh) -> None:
     await mesh.grow(25)
     for i in range(20):
         stored = await mesh.pick().dht.put(f"key-{i}", f"value-{i}".encode())
-        assert stored == mesh.cfg.dht_ksize  # the k closest of 24 others took it
+        assert stored == mesh.cfg.dht.ksize  # the k closest of 24 others took it
     for _ in range(60):
         i = mesh.rng.randrange(20)
         [got] = await mesh.pick().dht.get(f"key-{i}")
         assert got.value == f"value-{i}".encode()
     assert await mesh.pick().dht.get("never-put") == []
     total = sum(len(m.dht.storage) for m in mesh.members)
-    assert total >= 20 * (mesh.cfg.dht_ksize + 1)  # k holders and the author, at least
+    assert total >= 20 * (mesh.cfg.dht.ksize + 1)  # k holders and the author, at least
 
 
 async def test_multi_writer_one_record_per_author(mesh: DhtMesh) -> None:
@@ -354,7 +354,7 @@ async def test_gets_survive_a_fifth_of_the_nodes_stopping(mesh: DhtMesh) -> None
         got = await mesh.pick().dht.get(f"k{i}")
         assert [r.value for r in got] == [f"v{i}".encode()]
     # 40 gets; dead peers cost a stall, never a whole RPC timeout per hop.
-    assert time.monotonic() - started < 40 * mesh.cfg.dht_rpc_timeout_s
+    assert time.monotonic() - started < 40 * mesh.cfg.dht.rpc_timeout_s
 
 
 async def test_put_with_every_neighbour_dead_stores_locally(mesh: DhtMesh) -> None:
@@ -372,7 +372,7 @@ async def test_put_with_every_neighbour_dead_stores_locally(mesh: DhtMesh) -> No
 async def test_another_mesh_secret_can_neither_join_read_nor_write(mesh: DhtMesh) -> None:
     await mesh.grow(8)
     await mesh.members[0].dht.put("secret/key", b"members only")
-    quick = mesh.cfg.replace(dht_bootstrap_initial_s=0.05, dht_bootstrap_max_s=0.1)
+    quick = mesh.cfg.override({"dht.bootstrap_initial_s": 0.05, "dht.bootstrap_max_s": 0.1})
     outsider = await mesh.add(
         "outsider", secret=b"\x02" * 32, directory=StaticDirectory(), cfg=quick, join=False
     )
@@ -421,7 +421,7 @@ async def test_state_is_json_and_restores_own_records(mesh: DhtMesh, tmp_path: P
     path = tmp_path / "dht.json"
     author.dht.save_state(path)
     doc = json.loads(path.read_text())
-    assert {o["ttl_s"] for o in doc["own"]} == {mesh.cfg.dht_record_ttl_s}
+    assert {o["ttl_s"] for o in doc["own"]} == {mesh.cfg.dht.record_ttl_s}
     assert len(doc["contacts"]) == len(author.dht.protocol.router.contacts())
     own_a = author.dht.storage.own("svc/a")
     assert own_a is not None
@@ -454,7 +454,7 @@ async def test_state_refuses_pickle_and_other_nodes_files(mesh: DhtMesh, tmp_pat
 
 
 async def test_storage_bounds_refuse_new_keys(mesh: DhtMesh) -> None:
-    small = mesh.cfg.replace(dht_max_records=3)
+    small = mesh.cfg.override({"dht.max_records": 3})
     holder = await mesh.add("holder", cfg=small, join=False)
     writer = await mesh.add("writer", join=False)
     writer.dht.add_contact(holder.node_id, holder.addr)
@@ -523,8 +523,8 @@ def test_contacts_from_answers_are_checked() -> None:
 async def test_put_refuses_bad_input_and_metrics_are_exported(mesh: DhtMesh) -> None:
     await mesh.grow(3)
     node = mesh.members[0]
-    with pytest.raises(DhtError, match="dht_max_value_bytes"):
-        await node.dht.put("k", b"x" * (mesh.cfg.dht_max_value_bytes + 1))
+    with pytest.raises(DhtError, match=r"dht\.max_value_bytes"):
+        await node.dht.put("k", b"x" * (mesh.cfg.dht.max_value_bytes + 1))
     with pytest.raises(DhtError, match="ttl"):
         await node.dht.put("k", b"x", ttl_s=0)
     with pytest.raises(DhtError):
@@ -551,8 +551,8 @@ def test_node_id_must_be_the_signing_keys() -> None:
     mux = DatagramMux(Sealer(b"\x01" * 32, ReplayGuard(30, 16)))
     for node_id in ("not hex", pki.node_id_of(other.public_key()), "ab" * 19):
         with pytest.raises(DhtError):
-            MeshDHT(cfg, node_id, key, "n", StaticDirectory(), mux, time.time, Registry())
-    big = cfg.replace(dht_max_value_bytes=8000)
+            MeshDHT(cfg.dht, node_id, key, "n", StaticDirectory(), mux, time.time, Registry())
+    big = cfg.dht.replace(max_value_bytes=8000)
     with pytest.raises(DhtError, match="8 KiB"):
         MeshDHT(
             big,

@@ -40,7 +40,7 @@ try:
 except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
     from test_dht import HOST, DhtMesh, free_port  # type: ignore[no-redef,import-not-found]
 
-RPC_TIMEOUT = config.local().dht_rpc_timeout_s
+RPC_TIMEOUT = config.local().dht.rpc_timeout_s
 
 
 def nid(n: int) -> bytes:
@@ -49,10 +49,10 @@ def nid(n: int) -> bytes:
 
 def meshd_protocol(node_id: bytes, directory: StaticDirectory | None = None) -> DhtProtocol:
     cfg = config.local()
-    store = RecordStore(cfg.dht_max_records, cfg.dht_max_records_per_author)
+    store = RecordStore(cfg.dht.max_records, cfg.dht.max_records_per_author)
     metrics = DhtMetrics(Registry(), lambda: float(len(store)))
     return DhtProtocol(
-        Node(node_id), store, cfg, directory or StaticDirectory(), time.time, metrics
+        Node(node_id), store, cfg.dht, directory or StaticDirectory(), time.time, metrics
     )
 
 

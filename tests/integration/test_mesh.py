@@ -136,7 +136,7 @@ def test_a_member_that_missed_a_removal_learns_it_by_anti_entropy(mesh_factory: 
     others = mesh_factory.join_many(["beta", "gamma", "delta"], via=alpha, start=False)
     for d in others:  # alpha keeps the default (10 s): beta's pushes reach gamma first
         with (d.data_dir / "meshd.toml").open("a") as f:
-            f.write("\nrevocation_sync_interval_s = 1.0\n")
+            f.write("\n[membership]\nrevocation_sync_interval_s = 1.0\n")
     mesh_factory.start_all(others)
     nodes = [alpha, *others]
     beta, gamma, delta = others

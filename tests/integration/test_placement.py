@@ -66,7 +66,7 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
     assert max(per_owner.values()) <= 4, per_owner  # 1 CPU each, 4 CPUs per node
     assert set(per_owner) == {d.name for d in five}  # twenty CPUs: every node is full
     for p in placed:
-        # Usually 1; a winner that answers its award after auction_award_timeout_s (a
+        # Usually 1; a winner that answers its award after auction.award_timeout_s (a
         # busy CI box) is passed over and the next-best wins at the next generation.
         assert p["generation"] >= 1 and p["bids"] and p["decided_ms"] > 0
 

@@ -13,7 +13,7 @@ The shell's contract is modelled exactly: the effects of one step are applied wi
 every ``Persist`` first — into a per-node :class:`~meshd.auction.DurableState` that
 the fleet keeps across crashes, filled *only* by those records; like the shell's
 journal, records in ``durable.KNOWLEDGE`` (holds, bids, the view) reach it only
-``auction_journal_lag_s`` later or ahead of the next promise, and a crash in between
+``auction.journal_lag_s`` later or ahead of the next promise, and a crash in between
 loses them — then the sends
 (``Send`` through the faulty network, ``Broadcast`` to every member directly and by
 membership gossip), then the rest. A restarted node's core is
@@ -153,7 +153,7 @@ class AuctionNode:
 
     def __init__(self, fleet: Fleet, node: SimNode, core: Auctioneer, rng: random.Random) -> None:
         self.fleet, self.node, self.core, self.rng = fleet, node, core, rng
-        self.next_sync = fleet.sim.now + rng.uniform(0, fleet.cfg.auction_sync_interval_s)
+        self.next_sync = fleet.sim.now + rng.uniform(0, fleet.cfg.auction.sync_interval_s)
         self.batch = (-1.0, Batch())
 
     def receive(self, msg: AuctionMsg, sender: str, addr: Any, now: float) -> list[Any]:
@@ -164,7 +164,7 @@ class AuctionNode:
         self.fleet.feed(self)
         out: list[Any] = self.core.tick(now)
         if now >= self.next_sync:
-            self.next_sync = now + self.fleet.cfg.auction_sync_interval_s
+            self.next_sync = now + self.fleet.cfg.auction.sync_interval_s
             target = self.fleet.sync_target(self.node.name, self.rng)
             if target is not None:
                 out += self.core.anti_entropy(target)
@@ -241,9 +241,11 @@ class Fleet:
         cap = self.capacities.get(node.name, DEFAULT_CAPACITY)
         witness = node.name in self.witnesses
         if durable.empty() and not durable.bids:
-            core = Auctioneer(self.cfg, node.name, cap, rng, sim.now, log, witness)
+            core = Auctioneer(self.cfg.auction, node.name, cap, rng, sim.now, log, witness)
         else:
-            core = Auctioneer.restore(self.cfg, node.name, cap, rng, sim.now, log, durable, witness)
+            core = Auctioneer.restore(
+                self.cfg.auction, node.name, cap, rng, sim.now, log, durable, witness
+            )
         return AuctionNode(self, node, core, rng), []
 
     def core(self, name: str) -> Auctioneer:
@@ -387,7 +389,7 @@ class Fleet:
         if isinstance(r, KNOWLEDGE):
             pending = self.journal.setdefault(node.name, [])
             if not pending:
-                lag = self.cfg.auction_journal_lag_s
+                lag = self.cfg.auction.journal_lag_s
                 self.sim.events.after(lag, self._write_journal, node, node.boot)
             pending.append(r)
         else:

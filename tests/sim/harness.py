@@ -94,7 +94,9 @@ class SimNode:
 def membership_factory(sim: Simulation, node: SimNode) -> tuple[Core, list[Any]]:
     rng = random.Random(f"{sim.seed}/{node.name}/{node.boot}")
     log = logging.getLogger(f"meshd.sim.{node.name}")
-    core = Membership(sim.cfg, Identity(node.name, node.node_id, node.address), rng, sim.now, log)
+    core = Membership(
+        sim.cfg.membership, Identity(node.name, node.node_id, node.address), rng, sim.now, log
+    )
     return core, core.join(node.seeds, sim.now)
 
 
@@ -141,7 +143,7 @@ class Simulation:
             MEMBERSHIP: (
                 membership_codec.encode,
                 membership_codec.decode,
-                self.cfg.max_gossip_bytes,
+                self.cfg.membership.max_gossip_bytes,
             )
         }
         self.effect_handlers: dict[type, Callable[[SimNode, str, Any], None]] = {
@@ -298,7 +300,11 @@ class Simulation:
         self._run(node, MEMBERSHIP, self.membership(name).leave(self.now))
         self._reschedule(node, MEMBERSHIP)
         self.events.after(
-            self.cfg.gossip_interval_s, self._stop_when_drained, node, node.boot, self.now + grace
+            self.cfg.membership.gossip_interval_s,
+            self._stop_when_drained,
+            node,
+            node.boot,
+            self.now + grace,
         )
 
     def _stop_when_drained(self, node: SimNode, boot: int, deadline: float) -> None:
@@ -306,7 +312,7 @@ class Simulation:
             return
         if self.membership(node.name).pending_broadcasts() and self.now < deadline:
             self.events.after(
-                self.cfg.gossip_interval_s, self._stop_when_drained, node, boot, deadline
+                self.cfg.membership.gossip_interval_s, self._stop_when_drained, node, boot, deadline
             )
             return
         self._cmd(f"stop {node.name}")

@@ -90,11 +90,11 @@ def random_run(
     n = rng.randint(4, 8)
     # Some meshes ask a sample, not everyone (widening to all in the last round).
     full = rng.choice([8, 8, 3])
-    cfg = config.sim().replace(auction_sync_interval_s=1.0, auction_full_mesh_max=full)
+    cfg = config.sim().override({"auction.sync_interval_s": 1.0, "auction.full_mesh_max": full})
     if membership:
         # Membership re-merges a split (nodes that restarted during a partition know
         # only each other) at its next push-pull with a dead member: keep it short.
-        cfg = cfg.replace(push_pull_interval_s=5.0)
+        cfg = cfg.override({"membership.push_pull_interval_s": 5.0})
     link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
     names = [f"n{i}" for i in range(1, n + 1)]
     caps = {
@@ -147,10 +147,10 @@ def random_run(
             if rng.random() < 0.5:
                 sim.at(t + rng.uniform(0.5, 3.0), sim.start, x)
     settle = (
-        cfg.auction_confirm_timeout_s + cfg.auction_hold_ttl_s + 4 * cfg.auction_sync_interval_s
+        cfg.auction.confirm_timeout_s + cfg.auction.hold_ttl_s + 4 * cfg.auction.sync_interval_s
     )
     if membership:  # the network has healed once membership has (one push-pull)
-        settle += 2 * cfg.push_pull_interval_s
+        settle += 2 * cfg.membership.push_pull_interval_s
     try:
         sim.run_until(6.0)
         sim.heal()
@@ -204,7 +204,7 @@ def test_a_torn_step_breaks_the_invariants() -> None:
     """
 
     def run(mode: str) -> list[str]:
-        cfg = config.sim().replace(auction_sync_interval_s=1.0)
+        cfg = config.sim().override({"auction.sync_interval_s": 1.0})
         caps = {"n3": Capacity(2.0, 4 * GiB, 100 * GiB)}
         sim, fleet = auction_sim(seed_or(21), 5, cfg, capacities=caps, trace=False)
         fleet.arm("n3", "commit", None, mode)
@@ -283,7 +283,7 @@ def test_a_node_that_missed_thousands_of_placements_catches_up_under_loss() -> N
     reliable channel) bring back a node that was down while 1,500 workloads were
     placed; datagrams are lost and duplicated, every message is encoded. (Syncs in
     runs are unit-tested: this view fits one.)"""
-    cfg = config.sim().replace(auction_sync_interval_s=1.0)
+    cfg = config.sim().override({"auction.sync_interval_s": 1.0})
     caps = {f"n{i}": Capacity(10_000.0, 10_000 * GiB, 100 * GiB) for i in range(1, 6)}
     link = LinkModel(loss=0.05, duplicate=0.05)
     sim, fleet = auction_sim(seed_or(77), 5, cfg, link, capacities=caps, trace=False, codec=True)

@@ -69,7 +69,7 @@ def test_codec_round_trip_under_loss_and_duplication() -> None:
     sim = Simulation(seed, 10, cfg, LinkModel(loss=0.1, duplicate=0.1), codec=True)
     sim.at(5.0, sim.crash, "n7")
     # Close to the largest broadcast one datagram can carry: stresses the size checks.
-    sim.at(8.0, sim.broadcast, "n2", "note", b"x" * (cfg.max_gossip_bytes - 100))
+    sim.at(8.0, sim.broadcast, "n2", "note", b"x" * (cfg.membership.max_gossip_bytes - 100))
     sim.at(15.0, sim.restart, "n7")
     sim.run_until(25.0)  # the harness asserts every datagram's size and exact codec size
     assert sim.converged(), f"{sim.describe()}: {sim.disagreements()}"
@@ -109,9 +109,19 @@ def detection_bound(cfg: Config, n: int) -> float:
     * its suspicion expires: at most the maximum timeout (no confirmations at all);
     * ``Dead`` spreads: log_{gossip_nodes+1}(N) gossip rounds, plus one for slack.
     """
-    _, hi = suspicion.bounds(n, cfg.probe_interval_s, cfg.suspicion_mult, cfg.suspicion_max_mult)
-    rounds = math.ceil(math.log(n) / math.log(cfg.gossip_nodes + 1)) + 1
-    return 6 * cfg.probe_interval_s + cfg.probe_interval_s + hi + rounds * cfg.gossip_interval_s
+    _, hi = suspicion.bounds(
+        n,
+        cfg.membership.probe_interval_s,
+        cfg.membership.suspicion_mult,
+        cfg.membership.suspicion_max_mult,
+    )
+    rounds = math.ceil(math.log(n) / math.log(cfg.membership.gossip_nodes + 1)) + 1
+    return (
+        6 * cfg.membership.probe_interval_s
+        + cfg.membership.probe_interval_s
+        + hi
+        + rounds * cfg.membership.gossip_interval_s
+    )
 
 
 class FalseDeaths:
@@ -254,7 +264,7 @@ def test_random_faults_then_heal_converge(seed: int) -> None:
     # Partitioned sides hold each other dead; push-pull with a random dead member every
     # interval reconnects them. Three intervals is generous (17 s was the worst of 200
     # seeds).
-    settle = 3 * cfg.push_pull_interval_s
+    settle = 3 * cfg.membership.push_pull_interval_s
     converged_at = sim.run_until_true(sim.converged, settle, 0.5)
     inv.sample()
     assert not inv.violations, f"{sim.describe()}:\n" + "\n".join(inv.violations[:10])

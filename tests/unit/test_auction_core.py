@@ -79,7 +79,7 @@ class Net:
         offers: dict[str, Capabilities] | None = None,
         **cfg: Any,
     ) -> None:
-        self.cfg = config.sim().replace(**cfg)
+        self.cfg = config.sim().override({f"auction.{k}": v for k, v in cfg.items()}).auction
         self.now = T0
         self.names = [f"n{i}" for i in range(1, n + 1)]
         self.caps = caps or {}
@@ -225,8 +225,8 @@ def test_silent_winner_then_next_best() -> None:
     net.submit("n1", W())
     net.pump()
     assert not net.of("n1", Decided)
-    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.auction_award_timeout_s)
-    net.advance(net.cfg.auction_award_timeout_s)
+    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.award_timeout_s)
+    net.advance(net.cfg.award_timeout_s)
     [decided] = net.of("n1", Decided)
     assert decided.placement.generation == 2 and decided.placement.owner != "n3"
     revokes = [m for s, d, m in net.sent if isinstance(m, Revoke)]
@@ -244,7 +244,7 @@ def test_late_accept_of_a_withdrawn_award_is_revoked() -> None:
     net.submit("n1", W())
     net.pump()
     assert net.cores["n3"].ledger().allocations["w1"].generation == 1
-    net.advance(net.cfg.auction_award_timeout_s)  # n1 moves on; its Revoke reaches n3
+    net.advance(net.cfg.award_timeout_s)  # n1 moves on; its Revoke reaches n3
     assert "w1" not in net.cores["n3"].ledger().allocations
     net.apply("n1", net.cores["n1"].receive(held[0], "n3", net.now))
     assert isinstance(net.queue[-1][2], Revoke)
@@ -305,7 +305,7 @@ def test_a_requirement_no_node_meets_is_refused_with_a_sentence_naming_it() -> N
     net.submit("n1", workload("w1", requires=frozenset({"arch:riscv64"})))
     net.pump()
     for _ in range(20):
-        net.advance(net.cfg.auction_window_s)
+        net.advance(net.cfg.window_s)
     [failed] = net.of("n1", Failed)
     assert failed.reason.startswith("no node meets the workload's requirements (")
     assert "n3: lacks arch:riscv64" in failed.reason
@@ -344,8 +344,8 @@ def test_deadline_closes_with_partial_bids() -> None:
     net.submit("n1", W())
     net.pump()
     assert not net.of("n1", Decided)
-    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.auction_window_s)
-    net.advance(net.cfg.auction_window_s)
+    assert net.cores["n1"].next_deadline() == pytest.approx(T0 + net.cfg.window_s)
+    net.advance(net.cfg.window_s)
     [decided] = net.of("n1", Decided)
     assert decided.placement.owner != "n4"
     rec = net.cores["n1"].rounds()[0]
@@ -353,10 +353,10 @@ def test_deadline_closes_with_partial_bids() -> None:
 
 
 def test_nobody_answers() -> None:
-    net = Net(3, auction_max_rounds=1)
+    net = Net(3, max_rounds=1)
     net.submit("n1", W(nodes=frozenset({"n2", "n3"})))
     net.queue.clear()
-    net.advance(net.cfg.auction_window_s)
+    net.advance(net.cfg.window_s)
     assert net.of("n1", Failed)[0].reason == "no candidate answered within 250 ms"
 
 
@@ -367,9 +367,9 @@ def test_holds_expire_and_are_released_on_tick() -> None:
     net.apply("n2", net.cores["n2"].receive(req, "n1", net.now))
     net.crash("n1")  # the originator never closes the round
     hold = next(iter(net.cores["n2"].ledger().holds.values()))
-    assert hold.expires_at == T0 + net.cfg.auction_hold_ttl_s
+    assert hold.expires_at == T0 + net.cfg.hold_ttl_s
     assert net.cores["n2"].next_deadline() == hold.expires_at
-    net.advance(net.cfg.auction_hold_ttl_s)
+    net.advance(net.cfg.hold_ttl_s)
     assert not net.cores["n2"].ledger().holds and not net.durable["n2"].holds
     assert [
         e.record.reason for e in net.of("n2", Persist) if isinstance(e.record, HoldReleased)
@@ -385,7 +385,7 @@ def test_busy_bidders_are_retried_then_told_no() -> None:
     assert net.of("n1", Decided) and not net.of("n2", Failed)
     first = net.cores["n2"].rounds()[0]
     assert first.state == "waiting" and first.bids[0].busy
-    net.advance(2 * net.cfg.auction_window_s)
+    net.advance(2 * net.cfg.window_s)
     [failed] = net.of("n2", Failed)
     assert "not enough cpu: 0 cpus free of 2 asked" in failed.reason
     assert len(net.cores["n2"].rounds()) == 2
@@ -403,7 +403,7 @@ def test_idempotent_resubmit() -> None:
 
 
 def test_witness_never_bids_positive() -> None:
-    cfg = config.sim()
+    cfg = config.sim().auction
     core = Auctioneer(cfg, "w", CAP, random.Random(1), T0, LOG, witness=True)
     [*_, send] = core.receive(BidRequest("r", "w1", None, Resources(1, 1, 0), 0.25), "n1", T0)
     assert send.msg.score == -1 and send.msg.reason == "witness runs no workloads"
@@ -427,7 +427,7 @@ def test_restore_rebuilds_ledger_view_and_generations() -> None:
     net.submit("n1", W())
     net.pump()
     assert net.of("n1", Decided)[0].placement.generation >= 2
-    net.advance(net.cfg.auction_confirm_timeout_s)
+    net.advance(net.cfg.confirm_timeout_s)
     assert len(net.views()) == 1
     owners = [x for x in net.names if "w1" in net.cores[x].ledger().allocations]
     assert len(owners) == 1
@@ -439,7 +439,7 @@ def test_originator_crash_after_award_winner_confirms_itself() -> None:
     net.intercept = lambda src, dst, msg: not (dst == "n1" and isinstance(msg, Accept))
     net.pump()
     net.crash("n1")
-    t = net.cfg.auction_confirm_timeout_s
+    t = net.cfg.confirm_timeout_s
     net.advance(t)
     # First the winner asks the originator again, twice, half a timeout apart.
     asks = [m for src, dst, m in net.sent if src == "n3" and dst == "n1" and isinstance(m, Accept)]
@@ -461,14 +461,14 @@ def test_a_winner_back_from_a_crash_asks_before_it_confirms_and_learns_of_the_re
     net.pump()
     net.crash("n3")
     net.intercept = lambda src, dst, msg: True
-    net.advance(net.cfg.auction_award_timeout_s)
+    net.advance(net.cfg.award_timeout_s)
     assert any(isinstance(m, Revoke) for src, _, m in net.sent if src == "n1")
-    net.advance(net.cfg.auction_window_s * 2)
+    net.advance(net.cfg.window_s * 2)
     assert net.of("n1", Failed) and [f.round_id for f in net.of("n1", Failed)] == [rid]
     net.restart("n3")
     assert "w1" in net.cores["n3"].ledger().allocations  # still committed on disk
     for _ in range(4):
-        net.advance(net.cfg.auction_confirm_timeout_s)
+        net.advance(net.cfg.confirm_timeout_s)
     # It asked n1, which answered Revoke: nothing was self-confirmed or started.
     assert "w1" not in net.cores["n3"].ledger().allocations
     assert not net.of("n3", Start) and not net.of("n3", Broadcast)
@@ -476,7 +476,7 @@ def test_a_winner_back_from_a_crash_asks_before_it_confirms_and_learns_of_the_re
 
 
 def test_sync_merges_and_answers() -> None:
-    core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+    core = Auctioneer(config.sim().auction, "n9", CAP, random.Random(1), T0, LOG)
     p1 = placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
     p2 = placement("w1", "w1", "n3", 2, "r2", "n1", T0, Resources(1, 1, 0), None)
     [reply] = [e for e in core.receive(Sync((p2,)), "n1", T0) if isinstance(e, Send)]
@@ -493,8 +493,8 @@ def _placed(wid: str, owner: str, gen: int = 1) -> Placement:
 
 
 def test_digest_exchange_sends_only_the_differing_buckets() -> None:
-    a = Auctioneer(config.sim(), "na", CAP, random.Random(1), T0, LOG)
-    b = Auctioneer(config.sim(), "nb", CAP, random.Random(2), T0, LOG)
+    a = Auctioneer(config.sim().auction, "na", CAP, random.Random(1), T0, LOG)
+    b = Auctioneer(config.sim().auction, "nb", CAP, random.Random(2), T0, LOG)
     common = [_placed(f"w{i}", "n2") for i in range(200)]
     a.receive(Sync(tuple(common), True), "n1", T0)
     b.receive(Sync(tuple(reversed(common)), True), "n1", T0)
@@ -528,7 +528,7 @@ def test_at_one_generation_a_removal_wins_whatever_arrives_first() -> None:
     gone2 = dataclasses.replace(gone, owner="n4", round="n8-rm")
     views = []
     for order in ([live, gone, gone2], [gone2, live, gone], [gone, gone2, live]):
-        core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+        core = Auctioneer(config.sim().auction, "n9", CAP, random.Random(1), T0, LOG)
         for p in order:
             core.receive(Confirm(p), "n1", T0)  # no breach: a removal is nobody's to run
         views.append(core.placements()["w1"])
@@ -548,12 +548,12 @@ def test_a_removal_at_the_generation_a_node_holds_releases_it() -> None:
 
 
 def test_an_accept_for_a_round_too_old_to_remember_is_answered() -> None:
-    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)}, auction_rounds_keep=1)
+    net = Net(3, {"n3": Capacity(4.0, 8 * GiB, 100 * GiB)}, rounds_keep=1)
     net.submit("n1", W())
     net.intercept = lambda src, dst, msg: not (src == "n3" and isinstance(msg, Accept))
     net.pump()
     award = next(m for src, dst, m in net.sent if isinstance(m, Award) and dst == "n3")
-    net.advance(net.cfg.auction_award_timeout_s)  # n3 is passed over: gen 2 elsewhere
+    net.advance(net.cfg.award_timeout_s)  # n3 is passed over: gen 2 elsewhere
     net.intercept = lambda src, dst, msg: True
     net.advance(0.1)
     assert net.cores["n1"].placements()["w1"].owner != "n3"
@@ -568,8 +568,8 @@ def test_an_accept_for_a_round_too_old_to_remember_is_answered() -> None:
 
 
 def test_a_large_view_is_compared_in_small_buckets() -> None:
-    a = Auctioneer(config.sim(), "na", CAP, random.Random(1), T0, LOG)
-    b = Auctioneer(config.sim(), "nb", CAP, random.Random(2), T0, LOG)
+    a = Auctioneer(config.sim().auction, "na", CAP, random.Random(1), T0, LOG)
+    b = Auctioneer(config.sim().auction, "nb", CAP, random.Random(2), T0, LOG)
     common = tuple(_placed(f"w{i}", "n2") for i in range(5000))
     a.receive(Sync(common, True), "n1", T0)
     b.receive(Sync(common, True), "n1", T0)
@@ -588,7 +588,7 @@ def test_a_large_view_is_compared_in_small_buckets() -> None:
 
 
 def test_two_owners_for_one_generation_is_a_breach() -> None:
-    core = Auctioneer(config.sim(), "n9", CAP, random.Random(1), T0, LOG)
+    core = Auctioneer(config.sim().auction, "n9", CAP, random.Random(1), T0, LOG)
     p = placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
     core.receive(Confirm(p), "n1", T0)
     with pytest.raises(InvariantBreach, match="two owners for workload w1 generation 1"):
@@ -614,7 +614,7 @@ def test_supersede_moves_the_workload_and_stops_the_old_owner() -> None:
 
 
 def test_large_mesh_asks_a_sample() -> None:
-    net = Net(40, auction_full_mesh_max=8)
+    net = Net(40, full_mesh_max=8)
     net.submit("n1", W())
     asked = {d for s, d, m in net.sent if isinstance(m, BidRequest)}
     assert 10 <= len(asked) <= 11  # ceil(2 * log2 40) = 11, maybe the originator among them
@@ -646,27 +646,28 @@ def test_auction_modules_are_pure(module: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"auction_window_s": 0}, "auction_window_s must be positive"),
-        ({"auction_sample_d": -1.0}, "auction_sample_d must be positive"),
-        ({"auction_max_rounds": 0}, "auction_max_rounds must be positive"),
-        ({"memory_overcommit": 0.0}, "memory_overcommit must be positive"),
-        ({"auction_hold_ttl_s": 2.0}, "auction_hold_ttl_s must exceed"),
-        ({"auction_confirm_timeout_s": 0.5}, "auction_confirm_timeout_s must exceed"),
+        ({"auction.window_s": 0}, "auction.window_s must be positive"),
+        ({"auction.sample_d": -1.0}, "auction.sample_d must be positive"),
+        ({"auction.max_rounds": 0}, "auction.max_rounds must be positive"),
+        ({"auction.memory_overcommit": 0.0}, "auction.memory_overcommit must be positive"),
+        ({"auction.hold_ttl_s": 2.0}, "auction.hold_ttl_s must exceed"),
+        ({"auction.confirm_timeout_s": 0.5}, "auction.confirm_timeout_s must exceed"),
     ],
 )
 def test_placement_knobs_are_validated(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config.sim().replace(**changes).validate()
+        config.sim().override(changes).validate()
 
 
 def test_placement_defaults() -> None:
     cfg = config.lan()
-    assert (cfg.auction_window_s, cfg.auction_max_rounds, cfg.cpu_overcommit) == (0.25, 2, 1.0)
-    assert cfg.auction_hold_ttl_s > cfg.auction_window_s + 2 * cfg.auction_award_timeout_s
+    a = cfg.auction
+    assert (a.window_s, a.max_rounds, a.cpu_overcommit) == (0.25, 2, 1.0)
+    assert a.hold_ttl_s > a.window_s + 2 * a.award_timeout_s
 
 
 def test_a_revoke_that_overtakes_its_award_makes_the_award_refused() -> None:
-    core = Auctioneer(config.sim(), "n2", CAP, random.Random(1), T0, LOG)
+    core = Auctioneer(config.sim().auction, "n2", CAP, random.Random(1), T0, LOG)
     assert core.receive(Revoke("r1", "w1", 1), "n1", T0) == []
     [refuse] = core.receive(Award("r1", W(), 1), "n1", T0)
     assert refuse.msg.reason == "the award was withdrawn"
@@ -674,7 +675,7 @@ def test_a_revoke_that_overtakes_its_award_makes_the_award_refused() -> None:
 
 
 def test_release_only_from_the_holds_originator() -> None:
-    core = Auctioneer(config.sim(), "n2", CAP, random.Random(1), T0, LOG)
+    core = Auctioneer(config.sim().auction, "n2", CAP, random.Random(1), T0, LOG)
     core.receive(BidRequest("r1", "w1", None, Resources(1, GiB, 0), 0.25), "n1", T0)
     assert "r1" in core.ledger().holds
     assert core.receive(Release("r1"), "n3", T0) == []
@@ -684,12 +685,12 @@ def test_release_only_from_the_holds_originator() -> None:
 
 
 def test_a_round_that_places_nothing_releases_its_positive_bidders() -> None:
-    net = Net(4, {"n2": Capacity(4.0, 8 * GiB, 100 * GiB)}, auction_max_rounds=1)
+    net = Net(4, {"n2": Capacity(4.0, 8 * GiB, 100 * GiB)}, max_rounds=1)
     net.intercept = lambda src, dst, msg: not isinstance(msg, Award)  # awardees stay silent
     net.submit("n1", W(avoid=frozenset({"n1"})))
     net.pump()
-    net.advance(net.cfg.auction_award_timeout_s)  # the winner falls silent...
-    net.advance(net.cfg.auction_award_timeout_s)  # ...and so does the next-best
+    net.advance(net.cfg.award_timeout_s)  # the winner falls silent...
+    net.advance(net.cfg.award_timeout_s)  # ...and so does the next-best
     assert "no award was accepted" in net.of("n1", Failed)[0].reason
     # The silent awardees dropped theirs on Revoke, the third bidder on Release.
     assert any(isinstance(m, Release) for s, d, m in net.sent)

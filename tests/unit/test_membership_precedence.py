@@ -17,7 +17,7 @@ A, S, D, L = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberSta
 
 
 def core() -> Membership:
-    return Membership(config.sim(), ME, random.Random(1), 0.0, logging.getLogger("test"))
+    return Membership(config.sim().membership, ME, random.Random(1), 0.0, logging.getLogger("test"))
 
 
 def hear(m: Membership, *updates: Update, sender: str = "relay") -> None:

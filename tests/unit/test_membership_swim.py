@@ -68,7 +68,7 @@ class Mesh:
 
     def boot(self, name: str) -> Membership:
         core = Membership(
-            self.cfg,
+            self.cfg.membership,
             Identity(name, f"id-{name}", addr_of(name)),
             random.Random(name),
             self.now,
@@ -95,7 +95,7 @@ class Mesh:
                 if dst is None or dst not in self.cores or self.drop(who, dst, e.msg):
                     continue
                 if not e.reliable:
-                    assert codec.size(e.msg) <= self.cfg.max_gossip_bytes
+                    assert codec.size(e.msg) <= self.cfg.membership.max_gossip_bytes
                 self.sent.append((who, dst, e.msg, e.reliable))
                 out = self.cores[dst].receive(e.msg, who, addr_of(who), self.now)
                 queue.extend((dst, x) for x in out)
@@ -151,7 +151,7 @@ def test_healthy_mesh_probes_quietly() -> None:
     assert all(core.health == 0 for core in mesh.cores.values())
     pings = [m for _, _, m, _ in mesh.sent if isinstance(m, Ping)]
     # every node probes once per interval, round-robin
-    assert len(pings) == pytest.approx(4 * 29 / mesh.cfg.probe_interval_s, rel=0.1)
+    assert len(pings) == pytest.approx(4 * 29 / mesh.cfg.membership.probe_interval_s, rel=0.1)
 
 
 def test_indirect_probe_covers_a_broken_direct_path() -> None:
@@ -173,11 +173,11 @@ def test_crashed_member_is_suspected_then_dead_within_the_bound() -> None:
     assert set(deaths) == {"n1", "n2", "n3", "n4"}
     cfg = mesh.cfg
     _, hi = (
-        cfg.suspicion_mult * cfg.probe_interval_s,
-        cfg.suspicion_max_mult * cfg.probe_interval_s,
+        cfg.membership.suspicion_mult * cfg.membership.probe_interval_s,
+        cfg.membership.suspicion_max_mult * cfg.membership.probe_interval_s,
     )
     # first probe within a round of N-1 probes, one interval to fail, then at most hi
-    bound = 4 * cfg.probe_interval_s + cfg.probe_interval_s + hi
+    bound = 4 * cfg.membership.probe_interval_s + cfg.membership.probe_interval_s + hi
     assert max(deaths.values()) - t0 <= bound
     suspects = [c for _, _, c in mesh.changes if c.member.name == "n5" and c.member.state is S]
     assert suspects, "dead only after suspect"
@@ -201,7 +201,7 @@ def test_missing_nacks_lower_our_own_health_and_slow_probing() -> None:
     n1 = mesh.cores["n1"]
     assert n1.health > 0
     pings = [t for t, (s, _, m, _) in enumerate(mesh.sent) if s == "n1" and isinstance(m, Ping)]
-    assert len(pings) < 5 / mesh.cfg.probe_interval_s  # probing slowed down
+    assert len(pings) < 5 / mesh.cfg.membership.probe_interval_s  # probing slowed down
 
 
 def test_suspected_member_refutes_and_everyone_sees_it_alive() -> None:
@@ -283,7 +283,7 @@ def test_broadcast_is_delivered_once_to_every_other_node() -> None:
 def test_broadcast_must_fit_a_datagram() -> None:
     mesh = joined(2)
     with pytest.raises(ValueError, match="max_gossip_bytes"):
-        mesh.cores["n1"].broadcast("big", b"x" * mesh.cfg.max_gossip_bytes, mesh.now)
+        mesh.cores["n1"].broadcast("big", b"x" * mesh.cfg.membership.max_gossip_bytes, mesh.now)
 
 
 def test_a_newer_broadcast_with_the_same_key_replaces_the_queued_one() -> None:
@@ -311,7 +311,7 @@ def test_a_flood_of_broadcasts_keeps_the_queue_bounded() -> None:
 
 
 def test_dead_members_are_forgotten_after_reclaim() -> None:
-    mesh = joined(4, config.sim().replace(dead_reclaim_s=30.0))
+    mesh = joined(4, config.sim().override({"membership.dead_reclaim_s": 30.0}))
     mesh.cut("n4")
     mesh.advance(mesh.now + 20)
     assert mesh.state("n1", "n4") is D
@@ -330,7 +330,7 @@ def test_datagrams_fit_even_with_a_long_queue() -> None:
     assert n1.pending_broadcasts() >= 200
     mesh.advance(mesh.now + 3)  # Mesh.run asserts every datagram's size
     big = [m for s, _, m, r in mesh.sent if s == "n1" and not r]
-    assert max(codec.size(m) for m in big) > mesh.cfg.max_gossip_bytes // 2
+    assert max(codec.size(m) for m in big) > mesh.cfg.membership.max_gossip_bytes // 2
 
 
 def test_ping_for_another_name_is_not_acked() -> None:
@@ -352,9 +352,9 @@ def test_ack_from_the_wrong_sender_does_not_complete_a_probe() -> None:
     target = mesh.by_addr[ping.addr]
     other = "n3" if target == "n2" else "n2"
     n1.receive(Ack(ping.msg.seq, 0), other, addr_of(other), t)
-    assert n1.next_deadline() <= t + mesh.cfg.probe_timeout_s  # still waiting
+    assert n1.next_deadline() <= t + mesh.cfg.membership.probe_timeout_s  # still waiting
     n1.receive(Ack(ping.msg.seq, 0), target, addr_of(target), t)
-    assert n1.next_deadline() > t + mesh.cfg.probe_timeout_s
+    assert n1.next_deadline() > t + mesh.cfg.membership.probe_timeout_s
 
 
 def test_message_from_a_stranger_starts_a_push_pull() -> None:

@@ -85,7 +85,7 @@ def test_awarded_generations_above_the_view_leave_a_floor(store: Store) -> None:
 
 
 def test_a_restarted_originator_never_reuses_a_pruned_generation(store: Store) -> None:
-    cfg = config.sim()
+    cfg = config.sim().auction
     cap = Capacity(8.0, 16 * GiB, 100 * GiB)
     p = placement("b", "b", "n2", 1, "n1-000000000001", "n1", 1.0, RES, None)
     put(store, [PlacementRecorded(p), rnd(2, "b", FAILED, gens=(2, 3))], 2.0)
