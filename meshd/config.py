@@ -847,7 +847,11 @@ def as_toml(resolved: Resolved) -> str:
     """The effective config as a TOML document, grouped by section, each value's source
     in a comment on its right. Unset values and ``data_dir`` (which only a flag or the
     environment sets) are comments, so the text loads back as a config file."""
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = [
+        ("# The effective configuration (preset, then file, then flags); each value's", ""),
+        ("# source is on its right. Loadable as meshd.toml.", ""),
+        ("", ""),
+    ]
     section = ""
     for key, value in resolved.config.items():
         head, _, name = key.rpartition(".")

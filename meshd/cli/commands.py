@@ -44,12 +44,15 @@ def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_mod.Res
     path = Path(args.config) if getattr(args, "config", None) else ddir / CONFIG_NAME
     cfg_path = path if getattr(args, "config", None) or path.exists() else None
     labels: dict[str, str] = {}
-    if not args.data_dir and os.environ.get(config_mod.DATA_DIR_ENV):
-        labels["data_dir"] = f"env:{config_mod.DATA_DIR_ENV}"
     for item in getattr(args, "set", None) or []:
         key, value = config_mod.parse_assignment(item)
         overrides[key] = value
-    overrides["data_dir"] = ddir
+    # The data dir is the flag's, else the environment's, else the preset's default.
+    if args.data_dir:
+        overrides["data_dir"] = ddir
+    elif os.environ.get(config_mod.DATA_DIR_ENV):
+        overrides["data_dir"] = ddir
+        labels["data_dir"] = f"env:{config_mod.DATA_DIR_ENV}"
     return config_mod.resolve(cfg_path, getattr(args, "preset", None), overrides, labels)
 
 
@@ -418,4 +421,20 @@ def cmd_workload_rm(args: argparse.Namespace) -> int:
         output.emit_json(doc)
     else:
         output.emit_text(f"removed {doc['name']} ({args.id}); {doc['owner']} tears it down")
+    return 0
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """What ``meshd run`` with the same flags would use, and where each value came from.
+
+    Reads the files as ``run`` does and needs no running daemon.
+    """
+    resolved = resolve_config(args, **_run_flags(args))
+    if args.json:
+        output.emit_json(config_mod.as_json(resolved))
+    else:
+        output.emit_text(config_mod.as_toml(resolved))
     return 0

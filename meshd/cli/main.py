@@ -47,6 +47,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config value, e.g. auction.window_s=300ms or membership.probe_interval_s=1s "
+        "(repeatable; see `meshd config show`)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _run_options(p)
     p.set_defaults(func=commands.cmd_run)
+
+    p = sub.add_parser("config", help="the node's configuration")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser(
+        "show",
+        help="the effective configuration (preset, file, flags) and where each value came from",
+        description="Print what `meshd run` with the same flags would use: every value "
+        "with its source (preset:NAME, file:PATH, flag, env:VAR). Needs no running daemon.",
+    )
+    _common(c, json_flag=True)
+    _run_options(c)
+    c.set_defaults(func=commands.cmd_config_show)
 
     p = sub.add_parser("peers", help="the membership view: every member and its state")
     _common(p, json_flag=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshd import config
+from meshd.cli.main import main
 from meshd.drivers.firecracker_host import FirecrackerOptions
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.qemu_args import QemuTuning
@@ -277,3 +278,40 @@ def test_the_registry_hands_each_driver_its_section(tmp_path: Path) -> None:
     qemu = drivers.get("qemu")
     if qemu is not None:
         assert qemu.tuning.tool_timeout_s == 7.0  # type: ignore[attr-defined]
+
+
+def test_config_show_needs_no_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESHD_DATA_DIR", raising=False)
+    (tmp_path / "meshd.toml").write_text(
+        'listen = "127.0.0.1:7421"\n[membership]\nprobe_interval_s = "1s"\n'
+    )
+    ddir = ["--data-dir", str(tmp_path)]
+    argv = ["config", "show", *ddir, "--json", "--preset", "local", "--cpus", "3"]
+    assert main([*argv, "--set", "auction.window_s=300ms"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    where = f"file:{tmp_path / 'meshd.toml'}"
+    assert doc["listen"] == {"value": "127.0.0.1:7421", "source": where}
+    assert doc["membership.probe_interval_s"] == {"value": 1.0, "source": where}
+    assert doc["cpus"] == {"value": 3.0, "source": "flag"}
+    assert doc["auction.window_s"] == {"value": 0.3, "source": "flag"}
+    assert doc["auction.host_telemetry"] == {"value": False, "source": "preset:local"}
+    assert doc["data_dir"] == {"value": str(tmp_path), "source": "flag"}
+    assert doc["preset"] == {"value": "local", "source": "flag"}
+
+    monkeypatch.setenv("MESHD_DATA_DIR", str(tmp_path))
+    assert main(["config", "show", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["data_dir"] == {"value": str(tmp_path), "source": "env:MESHD_DATA_DIR"}
+    assert doc["listen"]["source"] == where  # the file in the environment's data dir
+
+    assert main(["config", "show", *ddir]) == 0
+    text = capsys.readouterr().out
+    assert "[membership]" in text and "probe_interval_s = 1.0" in text
+    assert tomllib.loads(text)["membership"]["probe_interval_s"] == 1.0
+
+    (tmp_path / "meshd.toml").write_text("auction_window_s = 1\n")
+    assert main(["config", "show", *ddir]) == 1
+    err = capsys.readouterr().err
+    assert "auction_window_s moved to [auction] window_s" in err
