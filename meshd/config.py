@@ -300,6 +300,9 @@ class QemuDriverConfig(_Section):
     kill_timeout_s: float = 5.0
     # destroy's ACPI grace; 0 sends `quit` at once (the guest's data is going anyway).
     destroy_grace_s: float = 0.0
+    # How long a guest has to print its ready marker when the workload names no
+    # boot_timeout_s: a cloud image's first boot under TCG takes tens of seconds.
+    boot_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -324,12 +327,19 @@ class FirecrackerDriverConfig(_Section):
     term_grace_s: float = 3.0
     # Graceful time destroy() gives a running VM before signals (0: signals at once).
     destroy_timeout_s: float = 0.0
+    # How long a guest has to print its ready marker when the workload names no
+    # boot_timeout_s (a microVM boots in well under a second; slow storage does not).
+    boot_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
 class DriversConfig(_Section):
     """The workload drivers' knobs; the registry hands each driver its own."""
 
+    # Graceful-stop budget of `meshd workload stop` (ACPI power button, SIGTERM) when the
+    # request names none; the driver forces the stop after it. A guest OS shutting down
+    # cleanly takes seconds to tens of seconds.
+    stop_timeout_s: float = 30.0
     process: ProcessDriverConfig = field(default_factory=ProcessDriverConfig)
     qemu: QemuDriverConfig = field(default_factory=QemuDriverConfig)
     firecracker: FirecrackerDriverConfig = field(default_factory=FirecrackerDriverConfig)

@@ -431,7 +431,7 @@ class Api:
 
     async def workload_stop(self, request: web.Request) -> web.StreamResponse:
         wid = request.match_info["id"]
-        timeout = float(request.query.get("timeout", "30"))
+        timeout = float(request.query.get("timeout", self.node.cfg.drivers.stop_timeout_s))
 
         async def local() -> web.StreamResponse:
             return web.json_response(await self._runner().stop_workload(wid, timeout))

@@ -64,7 +64,9 @@ class WorkloadSpec:
     meta_data: str | None = None
     network_config: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # process driver
-    boot_timeout_s: float = 60.0  # guest must reach its ready marker within this
+    # The guest must reach its ready marker within this; None: the driver's
+    # boot_timeout_s ([drivers.qemu] or [drivers.firecracker] in the config).
+    boot_timeout_s: float | None = None
     ready_marker: str | None = None  # a line on the console that means "booted"
 
     def to_json(self) -> str:

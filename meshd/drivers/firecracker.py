@@ -13,7 +13,8 @@ session; the serial console, Firecracker's stdout, appended to ``console.log``).
 at once; with ``boot="api"`` the driver replays the same config through the API and
 sends ``InstanceStart``. Optionally the jailer runs it (see ``firecracker_host``).
 ``start`` returns once ``GET /`` answers and, if the spec names one, the ready marker
-is on the console; past ``boot_timeout_s`` it kills the VM and reports it failed.
+is on the console; past the boot timeout (the spec's ``boot_timeout_s``, else
+``FirecrackerOptions.boot_timeout_s``) it kills the VM and reports it failed.
 
 A watcher polls each VM it started or reattached and reports an exit through
 ``on_change`` (see ``firecracker_vm`` for how an ending is judged). ``stop`` writes a
@@ -228,7 +229,8 @@ class FirecrackerDriver(Driver):
     ) -> Status:
         f, o = VmFiles(self.dir_of(wid)), self.options
         began = time.monotonic()
-        deadline = began + spec.boot_timeout_s
+        limit = o.boot_timeout_s if spec.boot_timeout_s is None else spec.boot_timeout_s
+        deadline = began + limit
         try:
             info = await self._wait_api(proc, deadline)
             if o.boot == "api":
@@ -246,7 +248,7 @@ class FirecrackerDriver(Driver):
             self._procs.pop(wid, None)
             detail = str(exc)
             if isinstance(exc, TimeoutError):
-                detail = f"the guest did not print {exc} within {spec.boot_timeout_s:g} s"
+                detail = f"the guest did not print {exc} within {limit:g} s"
             elif code is not None:
                 detail += f" (exit status {code}: {last_line(f.console)})"
             status = Status(WorkloadState.FAILED, detail=detail, exit_code=code)

@@ -102,6 +102,8 @@ class FirecrackerOptions:
     term_grace_s: float = 3.0
     # Graceful time destroy() gives a running VM before signals, in seconds.
     destroy_timeout_s: float = 0.0
+    # Seconds a guest has to print its ready marker when its spec names no limit.
+    boot_timeout_s: float = 60.0
     # The tap-backed NICs of a workload (creating the taps is the network's job).
     nics: Callable[[WorkloadSpec], Sequence[NetworkInterface]] | None = None
 
@@ -109,7 +111,7 @@ class FirecrackerOptions:
         if self.boot not in ("config-file", "api"):
             raise ConfigError(f"firecracker boot must be 'config-file' or 'api', not {self.boot!r}")
         timings = (self.api_timeout_s, self.boot_poll_s, self.poll_interval_s, self.term_grace_s)
-        if min(timings) <= 0 or self.destroy_timeout_s < 0:
+        if min(*timings, self.boot_timeout_s) <= 0 or self.destroy_timeout_s < 0:
             raise ConfigError("firecracker driver timings must be positive")
 
 

@@ -11,7 +11,8 @@ on the base image, a NoCloud seed. Anything refused leaves no directory behind.
 the VM is set up (0.06-0.2 s), with QEMU's own error on stderr if it refused. The pid,
 its start time and the boot id go to ``run.json``; then QMP is connected. With a
 ``ready_marker`` the console file is polled (never blocking the loop) until the line
-appears, the guest fails or ``boot_timeout_s`` passes; a guest that does not make it
+appears, the guest fails or the boot timeout passes (the spec's ``boot_timeout_s``,
+else ``QemuTuning.boot_timeout_s``); a guest that does not make it
 is quit (SIGKILL if need be) and ``start`` returns ``failed`` with the reason and the
 last console lines. Without a marker the VM is running once QMP answers.
 
@@ -81,6 +82,10 @@ class QemuDriver(Driver):
         self._locks: dict[str, asyncio.Lock] = {}
         self._quiet: set[str] = set()  # wids whose changes the caller is waiting for
         self._boots: dict[str, asyncio.Task[None]] = {}
+
+    def boot_timeout(self, spec: WorkloadSpec) -> float:
+        """The spec's boot timeout, else this driver's default (the config's)."""
+        return self.tuning.boot_timeout_s if spec.boot_timeout_s is None else spec.boot_timeout_s
 
     # -- the interface ------------------------------------------------------------
 
@@ -225,7 +230,7 @@ class QemuDriver(Driver):
         except DriverError as exc:
             why = str(exc)
         if why is None and spec.ready_marker:
-            deadline = t0 + spec.boot_timeout_s
+            deadline = t0 + self.boot_timeout(spec)
             why = await self._await_marker(spec, rec, deadline)
         if why is not None:
             detail = f"workload {wid} did not boot: {why}"
@@ -254,14 +259,16 @@ class QemuDriver(Driver):
             spec.ready_marker,
             rec,
             deadline,
-            spec.boot_timeout_s,
+            self.boot_timeout(spec),
             self.tuning.console_poll_s,
             failure,
         )
 
     async def _resume_boot(self, spec: WorkloadSpec, rec: host.RunRecord) -> None:
         """A VM found still booting after a restart: finish its start in the background."""
-        deadline = time.monotonic() + max(0.0, rec.started_at + spec.boot_timeout_s - time.time())
+        deadline = time.monotonic() + max(
+            0.0, rec.started_at + self.boot_timeout(spec) - time.time()
+        )
         why = await self._await_marker(spec, rec, deadline)
         self._boots.pop(spec.id, None)
         async with self._lock(spec.id):

@@ -60,6 +60,7 @@ class QemuTuning:
     quit_timeout_s: float = 2.0  # after `quit`, SIGKILL if QEMU is still there
     kill_timeout_s: float = 5.0  # after SIGKILL, give up (the process is a zombie or D)
     destroy_grace_s: float = 0.0  # destroy's ACPI grace; 0 = `quit` at once (data is gone)
+    boot_timeout_s: float = 60.0  # ready marker deadline of a spec that names none
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def validate(spec: WorkloadSpec) -> None:
         raise DriverError(f"{w}: disk must not be negative")
     if spec.disk and not spec.image:
         raise DriverError(f"{w}: a disk size is the overlay's size and needs an image")
-    if not math.isfinite(spec.boot_timeout_s) or spec.boot_timeout_s <= 0:
+    boot = spec.boot_timeout_s
+    if boot is not None and (not math.isfinite(boot) or boot <= 0):
         raise DriverError(f"{w}: boot_timeout_s must be positive")
     if spec.ready_marker is not None and (not spec.ready_marker or "\n" in spec.ready_marker):
         raise DriverError(f"{w}: ready_marker must be one non-empty line")

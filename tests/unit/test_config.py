@@ -14,10 +14,12 @@ import pytest
 
 from meshd import config
 from meshd.cli.main import main
+from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.firecracker_host import FirecrackerOptions
 from meshd.drivers.process import ProcessDriver
+from meshd.drivers.qemu import QemuDriver
 from meshd.drivers.qemu_args import QemuTuning
-from meshd.drivers.registry import make_drivers
+from meshd.drivers.registry import driver_options, make_drivers
 from meshd.errors import ConfigError
 
 
@@ -259,6 +261,7 @@ def test_the_json_form_has_every_key_with_value_and_source() -> None:
 def test_driver_sections_match_the_drivers_own_defaults() -> None:
     """The drivers keep defaults for direct use (tests, benchmarks); they must agree."""
     d = config.DriversConfig()
+    assert d.stop_timeout_s == 30.0  # the API's default before it was a knob
     qemu = dataclasses.asdict(d.qemu)
     del qemu["binary"], qemu["bridge"]
     assert QemuTuning(**qemu) == QemuTuning()
@@ -270,14 +273,23 @@ def test_driver_sections_match_the_drivers_own_defaults() -> None:
 
 def test_the_registry_hands_each_driver_its_section(tmp_path: Path) -> None:
     cfg = config.lan().override(
-        {"drivers.process.poll_interval_s": "2s", "drivers.qemu.tool_timeout_s": "7s"}
+        {
+            "drivers.process.poll_interval_s": "2s",
+            "drivers.qemu.tool_timeout_s": "7s",
+            "drivers.qemu.boot_timeout_s": "2m",
+            "drivers.firecracker.boot_timeout_s": "9s",
+        }
     )
     drivers = make_drivers(tmp_path, lambda wid, status: None, cfg.drivers)
     process = drivers["process"]
     assert isinstance(process, ProcessDriver) and process.poll_interval_s == 2.0
-    qemu = drivers.get("qemu")
-    if qemu is not None:
-        assert qemu.tuning.tool_timeout_s == 7.0  # type: ignore[attr-defined]
+    qemu = QemuDriver(tmp_path, lambda wid, status: None, **driver_options("qemu", cfg.drivers))
+    assert qemu.tuning.tool_timeout_s == 7.0
+    spec = WorkloadSpec("w1", "w1", "qemu", 1.0, 64 * 1024**2)
+    assert qemu.boot_timeout(spec) == 120.0  # the spec names none: the config's
+    assert qemu.boot_timeout(dataclasses.replace(spec, boot_timeout_s=5.0)) == 5.0
+    fc = driver_options("firecracker", cfg.drivers)["options"]
+    assert fc.boot_timeout_s == 9.0 and fc.binary is None
 
 
 def test_config_show_needs_no_daemon(
