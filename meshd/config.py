@@ -3,7 +3,7 @@
 Shape
 -----
 :class:`Config` is frozen and holds the node-level fields (preset, data_dir, listen,
-advertise, seeds, mdns, witness, declared capacity, logging) and one frozen section
+advertise, seeds, mdns, witness, labels, declared capacity, logging) and one frozen section
 per area: ``security``, ``api``, ``store``, ``membership``, ``dht``, ``auction`` and
 ``drivers`` (itself holding ``process``, ``qemu`` and ``firecracker``). Each core gets
 its own section (the membership core ``cfg.membership``, the auction core

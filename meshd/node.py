@@ -4,7 +4,7 @@ Start-up order matters: take the data-dir lock (one daemon per data dir), load a
 check the identity, open the store, bind the mesh port and the unix socket, record
 the address peers should use, then announce readiness. Shutdown (SIGTERM/SIGINT)
 runs the same steps backwards and lets in-flight requests finish for
-``shutdown_grace_s``.
+``api.shutdown_grace_s``.
 
 Later issues hang the protocol cores (membership, auction, fencing) and the DHT off
 this shell; it stays thin: cores decide, the shell persists, sends and acts.
