@@ -12,7 +12,6 @@ The forwarded mark (the ``X-Meshd-Forwarded`` header) counts only from a peer wi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import time
@@ -82,8 +81,8 @@ class FakeNode:
     runner: FakeRunner = field(default_factory=FakeRunner)
     metrics: Registry = field(default_factory=Registry)
     cfg: config.Config = field(
-        default_factory=lambda: dataclasses.replace(
-            config.local(), api_request_timeout_s=REQUEST_TIMEOUT_S
+        default_factory=lambda: config.local().override(
+            {"api.request_timeout_s": REQUEST_TIMEOUT_S}
         )
     )
     revocations: NoRevocations = field(default_factory=NoRevocations)
