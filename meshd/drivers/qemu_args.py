@@ -30,8 +30,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.drivers.base import WorkloadSpec
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 MIB = 1024 * 1024
 USER_DATA_MAX = 64 * 1024  # bytes; cloud-init user-data
@@ -143,12 +143,12 @@ def _size(text: str | None) -> int:
     return len(text.encode()) if text else 0
 
 
-def validate(spec: WorkloadSpec) -> None:
+def validate(wid: str, spec: WorkloadSpec) -> None:
     """Refuse what can be refused without touching the host; one sentence each."""
-    w = f"workload {spec.id!r}"
+    w = f"workload {wid!r}"
     if spec.driver != "qemu":
         raise DriverError(f"{w} is for the {spec.driver!r} driver, not qemu")
-    if not _ID_RE.match(spec.id):
+    if not _ID_RE.match(wid):
         raise DriverError(f"{w}: an id is 1-128 letters, digits, '.', '_' or '-'")
     if spec.command is not None:
         raise DriverError(f"{w}: qemu runs a kernel or a disk image, not a command")
@@ -276,6 +276,7 @@ def argv(plan: LaunchPlan) -> list[str]:
 
 
 def plan_for(
+    wid: str,
     spec: WorkloadSpec,
     wdir: Path,
     binary: str,
@@ -289,7 +290,7 @@ def plan_for(
     bridge = spec.env.get(ENV_BRIDGE, bridge)
     return LaunchPlan(
         binary=binary,
-        name=f"meshd-{spec.id}"[:64],
+        name=f"meshd-{wid}"[:64],
         accel=accel,
         machine=machine,
         memory_mib=max(1, math.ceil(spec.memory / MIB)),
@@ -302,7 +303,7 @@ def plan_for(
         append=kernel_args(machine, khz, spec.cmdline) if spec.kernel else None,
         disk=wdir / "overlay.qcow2" if has_disk else None,
         seed=wdir / "seed.img" if has_seed else None,
-        tap=tap_name(spec.id) if bridge else None,
+        tap=tap_name(wid) if bridge else None,
         bridge=bridge,
-        mac=mac_for(spec.id) if bridge else None,
+        mac=mac_for(wid) if bridge else None,
     )
