@@ -68,6 +68,11 @@ def check_spec(wid: str, spec: WorkloadSpec) -> None:
     """Raise a DriverError with one sentence if Firecracker could not run ``spec``."""
     if spec.driver != "firecracker":
         raise DriverError(f"workload {wid} is for the {spec.driver} driver, not firecracker")
+    if spec.nics:
+        raise DriverError(
+            f"workload {wid}: NICs on mesh networks are not supported by this node yet; "
+            "submit it without nics"
+        )
     if not spec.kernel:
         raise DriverError(
             "a firecracker workload needs a kernel (an uncompressed vmlinux on x86_64)"

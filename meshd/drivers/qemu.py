@@ -26,9 +26,10 @@ even after a daemon restart. ``reattach`` reconnects QMP (~1 ms) to a QEMU still
 running, resumes waiting for the marker of one that was still booting, and reports one
 that died while meshd was away. ``close`` hangs up QMP and leaves the VMs running.
 
-Networking: a tap on a bridge when the driver has one (``bridge=`` or
-``$MESHD_QEMU_BRIDGE``) or the workload's env says ``QEMU_BRIDGE``; root only, the
-bridge must exist. WorkloadSpec has no network field yet, hence the env key.
+Networking: a tap on the driver's bridge when it has one (``bridge=`` or
+``$MESHD_QEMU_BRIDGE``); root only, the bridge must exist. A workload does not choose
+it. NICs on mesh networks (``spec.nics``) are refused at ``create`` until the node can
+attach them, rather than ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -59,6 +61,7 @@ from meshd.spec import WorkloadSpec
 
 logger = logging.getLogger(__name__)
 SOCK_PATH_MAX = 107  # sun_path
+_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # an interface name (IFNAMSIZ)
 
 
 class QemuDriver(Driver):
@@ -76,6 +79,11 @@ class QemuDriver(Driver):
         super().__init__(root, on_change)
         self.tuning = tuning or QemuTuning()
         self.bridge = bridge or os.environ.get("MESHD_QEMU_BRIDGE") or None
+        if self.bridge is not None and not _BRIDGE_RE.match(self.bridge):
+            raise DriverError(
+                f"the qemu bridge {self.bridge!r} is not an interface name; "
+                "fix MESHD_QEMU_BRIDGE (or the driver's bridge setting)"
+            )
         self.binary = binary or os.environ.get("MESHD_QEMU") or "qemu-system-x86_64"
         self.accel = choose_accel()
         self.tsc_khz = read_tsc_khz()
@@ -200,6 +208,13 @@ class QemuDriver(Driver):
 
     async def _start(self, wid: str, spec: WorkloadSpec) -> Status:
         wdir = self.dir_of(wid)
+        if spec.env:  # create refuses env: only a spec.json from an older meshd has one
+            logger.warning(
+                "qemu ignores a workload's env id=%s keys=%s: QEMU_BRIDGE no longer chooses "
+                "the bridge, the node's does (MESHD_QEMU_BRIDGE)",
+                wid,
+                ",".join(sorted(spec.env)),
+            )
         await self._drop_session(wid)
         console = self.log_path(wid)
         plan = plan_for(

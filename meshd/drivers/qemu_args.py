@@ -40,11 +40,7 @@ NETWORK_CONFIG_MAX = 16 * 1024  # bytes
 MEMORY_MIN = 16 * MIB  # below this no Linux guest boots
 MICROVM_OPTS = "microvm,x-option-roms=off,isa-serial=on,acpi=on"
 BASE_KERNEL_ARGS = ("console=ttyS0", "quiet", "cryptomgr.notests")
-# Environment keys a qemu workload may carry (anything else in ``env`` is refused).
-ENV_BRIDGE = "QEMU_BRIDGE"  # attach a tap on this bridge (overrides the driver's)
-ENV_KEYS = frozenset({ENV_BRIDGE})
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -152,12 +148,16 @@ def validate(wid: str, spec: WorkloadSpec) -> None:
         raise DriverError(f"{w}: an id is 1-128 letters, digits, '.', '_' or '-'")
     if spec.command is not None:
         raise DriverError(f"{w}: qemu runs a kernel or a disk image, not a command")
-    unknown = sorted(set(spec.env) - ENV_KEYS)
-    if unknown:
-        raise DriverError(f"{w}: qemu does not use env {', '.join(unknown)} (only {ENV_BRIDGE})")
-    bridge = spec.env.get(ENV_BRIDGE)
-    if bridge is not None and not _BRIDGE_RE.match(bridge):
-        raise DriverError(f"{w}: {ENV_BRIDGE}={bridge!r} is not an interface name")
+    if spec.env:
+        raise DriverError(
+            f"{w}: qemu does not use env {', '.join(sorted(spec.env))}; a guest's settings "
+            "go in user_data, and its tap goes on the node's bridge (MESHD_QEMU_BRIDGE)"
+        )
+    if spec.nics:
+        raise DriverError(
+            f"{w}: NICs on mesh networks are not supported by this node yet; "
+            "submit it without nics (a tap on the node's bridge, if it has one)"
+        )
     if not spec.kernel and not spec.image:
         raise DriverError(f"{w}: qemu needs a kernel or a disk image")
     if (spec.initrd or spec.cmdline) and not spec.kernel:
@@ -287,7 +287,6 @@ def plan_for(
     has_seed: bool,
 ) -> LaunchPlan:
     machine = machine_for(spec)
-    bridge = spec.env.get(ENV_BRIDGE, bridge)
     return LaunchPlan(
         binary=binary,
         name=f"meshd-{wid}"[:64],

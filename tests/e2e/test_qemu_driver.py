@@ -41,7 +41,7 @@ from meshd.drivers import qemu_host as host
 from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.qemu import QemuDriver
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec
+from meshd.spec import Nic, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "MESHD-GUEST-READY"
@@ -321,6 +321,8 @@ async def test_bad_input_is_refused_with_nothing_left(
         "b4": (micro(guest, "b4", user_data="#" * (64 * 1024 + 1)), "over the 64 KiB limit"),
         "b5": (micro(guest, "b5", env={"PATH": "/bin"}), "does not use env PATH"),
         "b6": (micro(guest, "b6", kernel=None, initrd=None, image=str(junk), disk=1), "smaller"),
+        "b7": (micro(guest, "b7", env={"QEMU_BRIDGE": "br0"}), r"node's bridge \(MESHD_QEMU"),
+        "b8": (micro(guest, "b8", nics=(Nic("lan"),)), "NICs on mesh networks are not supported"),
     }
     for wid, (spec, message) in cases.items():
         with pytest.raises(DriverError, match=message):

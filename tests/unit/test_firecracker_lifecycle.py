@@ -36,7 +36,7 @@ from meshd.drivers.firecracker_host import (
 )
 from meshd.drivers.procfs import is_alive, read_stat
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec
+from meshd.spec import Nic, WorkloadSpec
 
 try:
     from tests.unit import firecracker_fake as fake
@@ -163,6 +163,7 @@ REFUSALS = {
     "cloud-init": ({"user_data": "#cloud-config\n"}, "no cloud-init seed"),
     "other driver": ({"driver": "qemu"}, "for the qemu driver"),
     "bad id": ({"wid": "../etc"}, "can't name a firecracker VM"),
+    "mesh NICs": ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported"),
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import qemu_host as host
+from meshd.drivers.qemu import QemuDriver
 from meshd.drivers.qemu_args import (
     MICROVM_OPTS,
     USER_DATA_MAX,
@@ -27,7 +28,7 @@ from meshd.drivers.qemu_args import (
 )
 from meshd.drivers.specfile import read_spec
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec, dumps
+from meshd.spec import Nic, WorkloadSpec, dumps
 
 MIB = 1024 * 1024
 WID = "vm1"
@@ -117,7 +118,9 @@ def test_kernel_kind(head: bytes, kind: str | None) -> None:
         ({"wid": ""}, "an id is"),
         ({"command": "/bin/true"}, "not a command"),
         ({"env": {"FOO": "1"}}, "does not use env FOO"),
-        ({"env": {"QEMU_BRIDGE": "br 0; rm"}}, "not an interface name"),
+        # The bridge is the node's: a workload's env no longer smuggles one in.
+        ({"env": {"QEMU_BRIDGE": "br0"}}, "the node's bridge (MESHD_QEMU_BRIDGE)"),
+        ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported by this node yet"),
         ({"kernel": None}, "needs a kernel or a disk image"),
         ({"kernel": None, "image": "/i.qcow2", "initrd": "/i"}, "needs a kernel"),
         ({"kernel": None, "image": "/i.qcow2", "cmdline": "x"}, "needs a kernel"),
@@ -158,7 +161,7 @@ def test_size_limits_count_bytes_not_characters() -> None:
         {},
         {"image": "/base.qcow2", "kernel": None, "disk": 1 << 30},
         {"image": "/base.qcow2", "initrd": "/i", "cmdline": "x=1"},
-        {"env": {"QEMU_BRIDGE": "br0"}, "user_data": "#cloud-config\n", "cpus": 0.5},
+        {"user_data": "#cloud-config\n", "cpus": 0.5},
     ],
 )
 def test_accepted(changes: dict[str, object]) -> None:
@@ -266,8 +269,20 @@ def test_argv_tap(tmp_path: Path) -> None:
     assert ("-device", f"virtio-net-device,netdev=net0,mac={mac_for('vm1')}") in _pairs(micro)
     q35 = argv(_plan(tmp_path, spec(image="/b"), bridge="br0", has_disk=True))
     assert any(a.startswith("virtio-net-pci,") and a.endswith(",romfile=") for a in q35)
-    per_workload = _plan(tmp_path, spec(env={"QEMU_BRIDGE": "br9"}))
-    assert per_workload.bridge == "br9" and per_workload.tap == tap
+    on_node_bridge = _plan(tmp_path, spec(), bridge="br9")
+    assert (on_node_bridge.bridge, on_node_bridge.tap) == ("br9", tap)
+    no_bridge = _plan(tmp_path, spec())
+    assert (no_bridge.bridge, no_bridge.tap, no_bridge.mac) == (None, None, None)
+    assert "-netdev" not in argv(no_bridge)
+
+
+def test_the_bridge_is_the_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHD_QEMU_BRIDGE", "br7")
+    assert QemuDriver(tmp_path, print).bridge == "br7"
+    assert QemuDriver(tmp_path, print, bridge="br0").bridge == "br0"  # the argument wins
+    monkeypatch.setenv("MESHD_QEMU_BRIDGE", "br 0; rm")
+    with pytest.raises(DriverError, match="'br 0; rm' is not an interface name; fix MESHD_QEMU"):
+        QemuDriver(tmp_path, print)
 
 
 def test_commas_in_paths_are_escaped(tmp_path: Path) -> None:
