@@ -36,9 +36,9 @@ from pathlib import Path
 import psutil
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.qemu import QemuDriver
 from meshd.drivers.qemu_args import argv, choose_accel, plan_for, read_tsc_khz
+from meshd.spec import WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "MESHD-GUEST-READY"
@@ -63,7 +63,6 @@ def guest() -> dict[str, str]:
 
 def spec(g: dict[str, str], wid: str) -> WorkloadSpec:
     return WorkloadSpec(
-        id=wid,
         name=wid,
         driver="qemu",
         cpus=1.0,
@@ -87,8 +86,9 @@ def bare_boot(g: dict[str, str], wdir: Path) -> float:
     """Exec of the driver's command line to the marker on the console."""
     wdir.mkdir(parents=True)
     accel = choose_accel()
+    wid = wdir.name
     plan = plan_for(
-        spec(g, wdir.name), wdir, "qemu-system-x86_64", accel.name, read_tsc_khz(), None,
+        wid, spec(g, wid), wdir, "qemu-system-x86_64", accel.name, read_tsc_khz(), None,
         has_disk=False, has_seed=False,
     )  # fmt: skip
     needle = MARKER.encode()
@@ -114,7 +114,7 @@ async def driver_boot(g: dict[str, str], root: Path, wid: str, rss: dict[str, fl
     d = QemuDriver(root, lambda wid, st: None)
     try:
         t0 = time.perf_counter()
-        await d.create(spec(g, wid))
+        await d.create(wid, spec(g, wid))
         st = await d.start(wid)
         took = time.perf_counter() - t0
         if st.state != "running":

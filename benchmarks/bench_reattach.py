@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshd.drivers.base import WorkloadSpec, WorkloadState
+from meshd.drivers.base import WorkloadState
 from meshd.drivers.process import ProcessDriver, read_stat
+from meshd.spec import WorkloadSpec
 
 
 def ignore(wid: str, status: object) -> None:
@@ -38,9 +39,9 @@ async def bench(root: Path, n: int, rounds: int) -> None:
     try:
         for i in range(n):
             wid = f"w{i:03d}"
-            spec = WorkloadSpec(wid, wid, "process", 0.1, 1 << 20, command="sleep 300")
-            await first.create(spec)
-            st = await first.start(spec.id)
+            spec = WorkloadSpec(name=wid, cpus=0.1, memory=1 << 20, command="sleep 300")
+            await first.create(wid, spec)
+            st = await first.start(wid)
             assert st.pid is not None
             pids.append(st.pid)
         first.detach()

@@ -300,9 +300,8 @@ class QemuDriverConfig(_Section):
     kill_timeout_s: float = 5.0
     # destroy's ACPI grace; 0 sends `quit` at once (the guest's data is going anyway).
     destroy_grace_s: float = 0.0
-    # How long a guest has to print its ready marker when its driver spec names no
+    # How long a guest has to print its ready marker when its spec names no
     # boot_timeout_s: a cloud image's first boot under TCG takes tens of seconds.
-    # (A submitted workload always names one today: meshd/spec.py defaults it to 60 s.)
     boot_timeout_s: float = 60.0
 
 
@@ -328,9 +327,8 @@ class FirecrackerDriverConfig(_Section):
     term_grace_s: float = 3.0
     # Graceful time destroy() gives a running VM before signals (0: signals at once).
     destroy_timeout_s: float = 0.0
-    # How long a guest has to print its ready marker when its driver spec names no
+    # How long a guest has to print its ready marker when its spec names no
     # boot_timeout_s (a microVM boots in well under a second; slow storage does not).
-    # (A submitted workload always names one today: meshd/spec.py defaults it to 60 s.)
     boot_timeout_s: float = 60.0
 
 

@@ -103,7 +103,9 @@ class WorkloadSpec(
     meta_data: Text | None = None
     network_config: Text | None = None
     ready_marker: Text | None = None
-    boot_timeout_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+    # Seconds the guest has to print ``ready_marker``; None: the node's driver default
+    # (``[drivers.qemu] boot_timeout_s`` or ``[drivers.firecracker]``, 60 s).
+    boot_timeout_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
     services: tuple[Service, ...] = ()
     nics: tuple[Nic, ...] = ()
     # Where it may run. ``nodes``: only these; ``avoid``: never these; ``labels``: only

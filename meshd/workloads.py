@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshd import workload_states
-from meshd.auction.model import Allocation, Workload
+from meshd.auction.model import Allocation
 from meshd.bus import WorkloadAssigned, WorkloadReleased
 from meshd.context import NodeContext
-from meshd.drivers.base import Driver, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, Status, WorkloadState
 from meshd.drivers.registry import driver_for, make_drivers
 from meshd.errors import DriverError, MeshdError
 from meshd.mesh import Mesh
@@ -39,34 +39,6 @@ from meshd.workload_states import StateBook, StateEntry
 logger = logging.getLogger(__name__)
 STATE_BROADCAST = "workload.state"
 ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
-_SPEC_KEYS = (
-    "command",
-    "image",
-    "kernel",
-    "initrd",
-    "cmdline",
-    "user_data",
-    "meta_data",
-    "network_config",
-    "ready_marker",
-    "boot_timeout_s",
-)
-
-
-def to_spec(w: Workload) -> WorkloadSpec:
-    """The driver's view of a placed workload."""
-    s = w.spec
-    extra: dict[str, Any] = {k: getattr(s, k) for k in _SPEC_KEYS if getattr(s, k) is not None}
-    return WorkloadSpec(
-        id=w.id,
-        name=s.name,
-        driver=s.driver,
-        cpus=s.cpus,
-        memory=s.memory,
-        disk=s.disk,
-        env=dict(s.env),
-        **extra,
-    )
 
 
 class WorkloadRunner:
@@ -134,7 +106,7 @@ class WorkloadRunner:
             self._set(w.id, alloc.generation, WorkloadState.STARTING, f"{w.driver} driver")
             try:
                 driver = driver_for(self.drivers, w.driver)
-                await driver.create(to_spec(w))
+                await driver.create(w.id, w.spec)
                 status = await driver.start(w.id)
             except DriverError as exc:
                 self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))

@@ -13,10 +13,12 @@ again (pid, process start time, control sockets) under the workload's directory,
 never mistaken for the workload. ``stop`` is graceful first (ACPI/SIGTERM), forceful
 after ``timeout_s``. ``destroy`` removes every process and file the workload had.
 
-Every workload has one directory, ``DATA_DIR/workloads/<id>/``, holding at least
-``spec.json`` (what was asked) and the driver's own files. A driver refuses bad input
-at ``create`` with a :class:`DriverError` whose sentence says what is wrong, and
-leaves nothing behind when it refuses.
+Drivers read the one workload model, :class:`meshd.spec.WorkloadSpec`; the workload's
+id is given beside it (``create(wid, spec)``), never inside it. Every workload has one
+directory, ``DATA_DIR/workloads/<id>/``, holding at least ``spec.json`` (what was
+asked; see :mod:`meshd.drivers.specfile`) and the driver's own files. A driver
+refuses bad input at ``create`` with a :class:`DriverError` whose sentence says what
+is wrong, and leaves nothing behind when it refuses.
 
 States: ``pending`` (placed, not created here yet), ``starting``, ``running``,
 ``stopped``, ``failed``. A driver reports asynchronous changes (the guest powered
@@ -26,15 +28,14 @@ callback it is given.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 
 class WorkloadState(StrEnum):
@@ -43,42 +44,6 @@ class WorkloadState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    """Everything a driver may need; which fields matter depends on the driver."""
-
-    id: str
-    name: str
-    driver: str
-    cpus: float
-    memory: int  # bytes
-    disk: int = 0  # bytes (overlay size for qemu)
-    command: str | None = None  # process: a shell-free argv string (shlex-split)
-    image: str | None = None  # qemu: a base disk image (qcow2 or raw) path
-    kernel: str | None = None  # qemu/firecracker: direct kernel boot
-    initrd: str | None = None
-    cmdline: str | None = None  # kernel command line; drivers add what they need
-    user_data: str | None = None  # cloud-init NoCloud seed (qemu)
-    meta_data: str | None = None
-    network_config: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)  # process driver
-    # The guest must reach its ready marker within this; None: the driver's
-    # boot_timeout_s ([drivers.qemu] or [drivers.firecracker] in the config).
-    boot_timeout_s: float | None = None
-    ready_marker: str | None = None  # a line on the console that means "booted"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkloadSpec:
-        try:
-            raw = json.loads(text)
-            return cls(**raw)
-        except (ValueError, TypeError) as exc:
-            raise DriverError(f"unreadable workload spec: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -108,8 +73,9 @@ class Driver(ABC):
         return self.root / wid
 
     @abstractmethod
-    async def create(self, spec: WorkloadSpec) -> Status:
-        """Check the spec and prepare everything to start; raise DriverError if it can't."""
+    async def create(self, wid: str, spec: WorkloadSpec) -> Status:
+        """Check the spec and prepare everything to start workload ``wid``; raise
+        DriverError if it can't. The same ``wid`` with an equal spec is no error."""
 
     @abstractmethod
     async def start(self, wid: str) -> Status:

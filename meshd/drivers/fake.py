@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 T = TypeVar("T")
 Schedule = Callable[[float, Callable[[], None]], object]
@@ -152,21 +153,21 @@ class FakeDriver(Driver):
         else:
             asyncio.get_running_loop().call_later(delay_s, crash)
 
-    async def create(self, spec: WorkloadSpec) -> Status:
-        self.calls.append(("create", spec.id))
+    async def create(self, wid: str, spec: WorkloadSpec) -> Status:
+        self.calls.append(("create", wid))
         if spec.driver != self.name:
-            raise DriverError(f"workload {spec.id} is for the {spec.driver!r} driver")
-        if not spec.id or "/" in spec.id:
-            raise DriverError(f"workload id {spec.id!r} is not a safe name")
-        reason = self.refuse.get(spec.id) or self.refuse.get(spec.name)
+            raise DriverError(f"workload {wid} is for the {spec.driver!r} driver")
+        if not wid or "/" in wid:
+            raise DriverError(f"workload id {wid!r} is not a safe name")
+        reason = self.refuse.get(wid) or self.refuse.get(spec.name)
         if reason is not None:
             raise DriverError(reason)
-        existing = self.host.workloads.get(spec.id)
+        existing = self.host.workloads.get(wid)
         if existing is not None:
             if existing.spec != spec:
-                raise DriverError(f"workload {spec.id} already exists with a different spec")
+                raise DriverError(f"workload {wid} already exists with a different spec")
             return existing.status()
-        self.host.workloads[spec.id] = FakeWorkload(spec)
+        self.host.workloads[wid] = FakeWorkload(spec)
         return Status(WorkloadState.STOPPED, detail="created, not started")
 
     async def start(self, wid: str) -> Status:

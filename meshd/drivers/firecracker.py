@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.drivers.firecracker_api import FirecrackerApi, NetworkInterface, check_spec, vm_config
 from meshd.drivers.firecracker_host import (
     Availability,
@@ -62,7 +62,9 @@ from meshd.drivers.firecracker_vm import (
     wait_for_marker,
     write_json,
 )
+from meshd.drivers.specfile import read_spec
 from meshd.errors import DriverError, FirecrackerApiError
+from meshd.spec import WorkloadSpec, dumps
 
 __all__ = ["FirecrackerDriver", "FirecrackerOptions", "JailerOptions", "NetworkInterface"]
 
@@ -97,32 +99,32 @@ class FirecrackerDriver(Driver):
             self._unwatch(wid)
         self._procs.clear()
 
-    async def create(self, spec: WorkloadSpec) -> Status:
+    async def create(self, wid: str, spec: WorkloadSpec) -> Status:
         avail = self.availability()
         if not avail.ok:
             raise DriverError(avail.sentence())
-        if not valid_instance_id(spec.id):
+        if not valid_instance_id(wid):
             raise DriverError(
-                f"workload id {spec.id!r} can't name a firecracker VM: "
+                f"workload id {wid!r} can't name a firecracker VM: "
                 "use 1 to 64 letters, digits and hyphens"
             )
-        check_spec(spec)
+        check_spec(wid, spec)
         if self.options.jailer is not None:
             find_jailer(self.options.jailer)
-        f = VmFiles(self.dir_of(spec.id))
+        f = VmFiles(self.dir_of(wid))
         if len(os.fsencode(f.sock)) > SUN_PATH_MAX:
             raise DriverError(f"the API socket path {f.sock} is too long for a unix socket")
-        async with self._lock(spec.id):
+        async with self._lock(wid):
             try:
-                await asyncio.to_thread(self._prepare, spec, f)
+                await asyncio.to_thread(self._prepare, wid, spec, f)
             except FileExistsError:
-                raise DriverError(f"workload {spec.id} already exists on this node") from None
+                raise DriverError(f"workload {wid} already exists on this node") from None
             except subprocess.CalledProcessError as exc:
                 why = exc.stderr.decode(errors="replace").strip()
-                raise DriverError(f"cannot copy the rootfs of {spec.id}: {why}") from exc
+                raise DriverError(f"cannot copy the rootfs of {wid}: {why}") from exc
             except OSError as exc:
-                raise DriverError(f"cannot prepare workload {spec.id}: {exc}") from exc
-        logger.info("firecracker workload created id=%s", spec.id)
+                raise DriverError(f"cannot prepare workload {wid}: {exc}") from exc
+        logger.info("firecracker workload created id=%s", wid)
         return Status(WorkloadState.STOPPED, detail="created; not started")
 
     async def start(self, wid: str) -> Status:
@@ -134,7 +136,10 @@ class FirecrackerDriver(Driver):
             avail = self.availability()
             if avail.binary is None or not avail.ok:
                 raise DriverError(avail.sentence())
-            spec = WorkloadSpec.from_json(await asyncio.to_thread(f.spec.read_text))
+            try:
+                spec = await asyncio.to_thread(read_spec, f.dir)
+            except OSError as exc:
+                raise DriverError(f"workload {wid}: its spec is unreadable: {exc}") from exc
             o = self.options
             proc, config, offset = await asyncio.to_thread(
                 launch, f, wid, spec.cpus, avail.binary, o.boot, o.jailer
@@ -208,17 +213,17 @@ class FirecrackerDriver(Driver):
             return known if rec is not None else None
         return VmProcess(rec)
 
-    def _prepare(self, spec: WorkloadSpec, f: VmFiles) -> None:
+    def _prepare(self, wid: str, spec: WorkloadSpec, f: VmFiles) -> None:
         f.dir.mkdir(parents=True)  # FileExistsError: someone else's; leave it alone
         try:
-            f.spec.write_text(spec.to_json())
+            f.spec.write_bytes(dumps(spec))
             rootfs = None
             if spec.image:
                 # A sparse copy (and a reflink where the filesystem can): images are mostly holes.
                 cp = ["cp", "--sparse=always", "--reflink=auto", spec.image, str(f.rootfs)]
                 subprocess.run(cp, check=True, capture_output=True)
                 rootfs = f.rootfs
-            nics = self.options.nics(spec) if self.options.nics else ()
+            nics = self.options.nics(wid, spec) if self.options.nics else ()
             write_json(f.config, vm_config(spec, rootfs=rootfs, log_path=f.fclog, nics=nics))
         except BaseException:
             shutil.rmtree(f.dir, ignore_errors=True)

@@ -30,8 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from meshd.drivers.base import WorkloadSpec
 from meshd.errors import DriverError, FirecrackerApiError
+from meshd.spec import WorkloadSpec
 
 MIB = 1 << 20
 MIN_MEMORY_MIB = 128  # Firecracker's default; smaller guests are not worth a VM
@@ -64,10 +64,15 @@ def vcpus_for(cpus: float) -> int:
     return math.ceil(cpus) if cpus > 0 else 0
 
 
-def check_spec(spec: WorkloadSpec) -> None:
+def check_spec(wid: str, spec: WorkloadSpec) -> None:
     """Raise a DriverError with one sentence if Firecracker could not run ``spec``."""
     if spec.driver != "firecracker":
-        raise DriverError(f"workload {spec.id} is for the {spec.driver} driver, not firecracker")
+        raise DriverError(f"workload {wid} is for the {spec.driver} driver, not firecracker")
+    if spec.nics:
+        raise DriverError(
+            f"workload {wid}: NICs on mesh networks are not supported by this node yet; "
+            "submit it without nics"
+        )
     if not spec.kernel:
         raise DriverError(
             "a firecracker workload needs a kernel (an uncompressed vmlinux on x86_64)"

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.firecracker_api import NetworkInterface
 from meshd.errors import ConfigError, DriverError
+from meshd.spec import WorkloadSpec
 
 FIRECRACKER_ENV = "MESHD_FIRECRACKER"
 # Firecracker's and the jailer's rule for an instance id.
@@ -104,8 +104,9 @@ class FirecrackerOptions:
     destroy_timeout_s: float = 0.0
     # Seconds a guest has to print its ready marker when its spec names no limit.
     boot_timeout_s: float = 60.0
-    # The tap-backed NICs of a workload (creating the taps is the network's job).
-    nics: Callable[[WorkloadSpec], Sequence[NetworkInterface]] | None = None
+    # The tap-backed NICs of a workload, given its id and spec (creating the taps is the
+    # network's job).
+    nics: Callable[[str, WorkloadSpec], Sequence[NetworkInterface]] | None = None
 
     def __post_init__(self) -> None:
         if self.boot not in ("config-file", "api"):

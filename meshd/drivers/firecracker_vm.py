@@ -50,6 +50,7 @@ from meshd.drivers.firecracker_host import (
 )
 from meshd.drivers.process import describe_exit
 from meshd.drivers.procfs import boot_id, is_alive, read_stat
+from meshd.drivers.specfile import SPEC_NAME, spec_driver
 from meshd.errors import DriverError
 
 _EXIT_CODE = re.compile(rb"exit_code=(\d+)")
@@ -66,7 +67,7 @@ class VmFiles:
 
     def __init__(self, wdir: Path) -> None:
         self.dir = wdir
-        self.spec = wdir / "spec.json"
+        self.spec = wdir / SPEC_NAME
         self.config = wdir / "vm-config.json"
         self.record = wdir / "process.json"
         self.pidfile = wdir / "firecracker.pid"
@@ -282,13 +283,8 @@ async def wait_for_marker(
 
 
 def list_ids(root: Path, driver: str) -> list[str]:
-    found = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError):
-            spec = json.loads((d / "spec.json").read_text())
-            if isinstance(spec, dict) and spec.get("driver") == driver:
-                found.append(d.name)
-    return found
+    dirs = sorted(root.iterdir()) if root.is_dir() else []
+    return [d.name for d in dirs if d.is_dir() and spec_driver(d) == driver]
 
 
 def remove(wdir: Path, jail: str | None, opts: JailerOptions | None) -> None:

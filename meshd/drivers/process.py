@@ -57,14 +57,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.drivers.procfs import (
     boot_id,
     is_alive,
     read_stat,
     session_members,
 )
+from meshd.drivers.specfile import SPEC_NAME, read_spec, spec_driver
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec, dumps
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +74,10 @@ SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _write(path: Path, text: str, durable: bool = False) -> None:
+def _write(path: Path, text: str | bytes, durable: bool = False) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
         if durable:
             f.flush()
             os.fsync(f.fileno())
@@ -96,11 +98,7 @@ def _load(path: Path) -> dict[str, Any]:
 def _list_ids(root: Path, driver: str) -> list[str]:
     if not root.is_dir():
         return []
-    return [
-        d.name
-        for d in sorted(root.iterdir())
-        if d.is_dir() and _load(d / "spec.json").get("driver") == driver
-    ]
+    return [d.name for d in sorted(root.iterdir()) if d.is_dir() and spec_driver(d) == driver]
 
 
 def describe_exit(code: int | None) -> str:
@@ -113,9 +111,9 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def check_spec(spec: WorkloadSpec, driver: str) -> list[str]:
-    """The argv of ``spec``, or a DriverError saying what is wrong with it."""
-    wid, command, cpus, memory = spec.id, spec.command, spec.cpus, spec.memory
+def check_spec(wid: str, spec: WorkloadSpec, driver: str) -> list[str]:
+    """The argv of workload ``wid``, or a DriverError saying what is wrong with it."""
+    command, cpus, memory = spec.command, spec.cpus, spec.memory
     if not isinstance(wid, str) or not SAFE_ID.fullmatch(wid):
         raise DriverError(f"workload id {wid!r} is not a safe name (letters, digits, . _ -)")
     if spec.driver != driver:
@@ -182,10 +180,10 @@ class ProcessDriver(Driver):
             watch.close()
         self._watches.clear()
 
-    async def create(self, spec: WorkloadSpec) -> Status:
-        check_spec(spec, self.name)
-        async with self._lock(spec.id):
-            return self._create(spec)
+    async def create(self, wid: str, spec: WorkloadSpec) -> Status:
+        check_spec(wid, spec, self.name)
+        async with self._lock(wid):
+            return self._create(wid, spec)
 
     async def start(self, wid: str) -> Status:
         async with self._lock(wid):
@@ -193,7 +191,7 @@ class ProcessDriver(Driver):
             if status.state is WorkloadState.RUNNING and status.pid is not None:
                 self._watch(wid, status.pid)
                 return status
-            return self._spawn(self._spec(wid))
+            return self._spawn(wid, self._spec(wid))
 
     async def stop(self, wid: str, timeout_s: float) -> Status:
         async with self._lock(wid):
@@ -222,7 +220,7 @@ class ProcessDriver(Driver):
         d = self.dir_of(wid)
         if not SAFE_ID.fullmatch(wid) or not d.is_dir():
             return
-        if (d / "spec.json").is_file():
+        if (d / SPEC_NAME).is_file():
             await self.stop(wid, self.destroy_timeout_s)
         async with self._lock(wid):
             self._sweep(_load(d / "process.json"))
@@ -259,33 +257,33 @@ class ProcessDriver(Driver):
 
     def _spec(self, wid: str) -> WorkloadSpec:
         try:
-            return WorkloadSpec.from_json((self.dir_of(wid) / "spec.json").read_text())
+            return read_spec(self.dir_of(wid))
         except OSError as exc:
             raise DriverError(f"no process workload {wid!r} on this node") from exc
 
-    def _create(self, spec: WorkloadSpec) -> Status:
-        d = self.dir_of(spec.id)
-        if (d / "spec.json").exists():
-            if self._spec(spec.id) != spec:
-                raise DriverError(f"workload {spec.id} already exists with a different spec")
-            return self._status(spec.id)
+    def _create(self, wid: str, spec: WorkloadSpec) -> Status:
+        d = self.dir_of(wid)
+        if (d / SPEC_NAME).exists():
+            if self._spec(wid) != spec:
+                raise DriverError(f"workload {wid} already exists with a different spec")
+            return self._status(wid)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             d.mkdir()
         except OSError as exc:
-            raise DriverError(f"workload {spec.id}: can't create {d}: {exc}") from exc
+            raise DriverError(f"workload {wid}: can't create {d}: {exc}") from exc
         try:
-            _write(d / "spec.json", spec.to_json(), durable=True)
+            _write(d / SPEC_NAME, dumps(spec), durable=True)
         except (OSError, TypeError, ValueError) as exc:
             shutil.rmtree(d, ignore_errors=True)
-            raise DriverError(f"workload {spec.id}: can't write its spec: {exc}") from exc
-        logger.info("workload created id=%s command=%r", spec.id, spec.command)
+            raise DriverError(f"workload {wid}: can't write its spec: {exc}") from exc
+        logger.info("workload created id=%s command=%r", wid, spec.command)
         return Status(WorkloadState.STOPPED, detail="created, not started")
 
-    def _spawn(self, spec: WorkloadSpec) -> Status:
-        d = self.dir_of(spec.id)
+    def _spawn(self, wid: str, spec: WorkloadSpec) -> Status:
+        d = self.dir_of(wid)
         env = {"PATH": os.environ.get("PATH") or _FALLBACK_PATH, "HOME": str(d), "LANG": "C.UTF-8"}
-        env |= {"MESHD_WORKLOAD_ID": spec.id, "MESHD_WORKLOAD_NAME": spec.name, **spec.env}
+        env |= {"MESHD_WORKLOAD_ID": wid, "MESHD_WORKLOAD_NAME": spec.name, **spec.env}
         argv = shlex.split(spec.command or "")
         try:
             with open(d / "console.log", "ab") as log:
@@ -311,8 +309,8 @@ class ProcessDriver(Driver):
         rec |= {"started_at": time.time(), "stopping": False, "state": "running"}
         _write(d / "process.json", json.dumps(rec))
         _write(d / "pidfile", f"{proc.pid}\n")
-        self._watch(spec.id, proc.pid)
-        logger.info("workload started id=%s pid=%s", spec.id, proc.pid)
+        self._watch(wid, proc.pid)
+        logger.info("workload started id=%s pid=%s", wid, proc.pid)
         return Status(
             WorkloadState.RUNNING, proc.pid, f"running as pid {proc.pid}", rec["started_at"]
         )
@@ -329,7 +327,8 @@ class ProcessDriver(Driver):
 
     def _status(self, wid: str) -> Status:
         d = self.dir_of(wid)
-        if not SAFE_ID.fullmatch(wid) or _load(d / "spec.json").get("driver") != self.name:
+        # An unreadable spec.json says why (read_spec's sentence), not "no workload".
+        if not SAFE_ID.fullmatch(wid) or self._spec(wid).driver != self.name:
             raise DriverError(f"no process workload {wid!r} on this node")
         rec = _load(d / "process.json")
         if (pid := self._running_pid(wid, rec)) is not None:

@@ -27,9 +27,10 @@ even after a daemon restart. ``reattach`` reconnects QMP (~1 ms) to a QEMU still
 running, resumes waiting for the marker of one that was still booting, and reports one
 that died while meshd was away. ``close`` hangs up QMP and leaves the VMs running.
 
-Networking: a tap on a bridge when the driver has one (``bridge=`` or
-``$MESHD_QEMU_BRIDGE``) or the workload's env says ``QEMU_BRIDGE``; root only, the
-bridge must exist. WorkloadSpec has no network field yet, hence the env key.
+Networking: a tap on the driver's bridge when it has one (``bridge=`` or
+``$MESHD_QEMU_BRIDGE``); root only, the bridge must exist. A workload does not choose
+it. NICs on mesh networks (``spec.nics``) are refused at ``create`` until the node can
+attach them, rather than ignored.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import time
 from pathlib import Path
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.drivers.qemu_args import (
     QemuTuning,
     choose_accel,
@@ -54,10 +56,13 @@ from meshd.drivers.qemu_args import (
     validate,
 )
 from meshd.drivers.qemu_qmp import FAILED_RUNSTATES, QmpSession
+from meshd.drivers.specfile import SPEC_NAME, read_spec
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 logger = logging.getLogger(__name__)
 SOCK_PATH_MAX = 107  # sun_path
+_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # an interface name (IFNAMSIZ)
 
 
 class QemuDriver(Driver):
@@ -75,6 +80,11 @@ class QemuDriver(Driver):
         super().__init__(root, on_change)
         self.tuning = tuning or QemuTuning()
         self.bridge = bridge or os.environ.get("MESHD_QEMU_BRIDGE") or None
+        if self.bridge is not None and not _BRIDGE_RE.match(self.bridge):
+            raise DriverError(
+                f"the qemu bridge {self.bridge!r} is not an interface name; "
+                "fix MESHD_QEMU_BRIDGE (or the driver's bridge setting)"
+            )
         self.binary = binary or os.environ.get("MESHD_QEMU") or "qemu-system-x86_64"
         self.accel = choose_accel()
         self.tsc_khz = read_tsc_khz()
@@ -94,25 +104,25 @@ class QemuDriver(Driver):
             return frozenset()  # listed, but every create would fail: don't bid for it
         return frozenset({"driver:qemu", self.accel.name})
 
-    async def create(self, spec: WorkloadSpec) -> Status:
-        validate(spec)
-        wdir = self.dir_of(spec.id)
+    async def create(self, wid: str, spec: WorkloadSpec) -> Status:
+        validate(wid, spec)
+        wdir = self.dir_of(wid)
         if shutil.which(self.binary) is None:
             raise DriverError(f"{self.binary} is not installed (apt-get install qemu-system-x86)")
         if wdir.exists():
-            raise DriverError(f"workload {spec.id!r} already exists on this node")
+            raise DriverError(f"workload {wid!r} already exists on this node")
         if len(str(wdir.resolve() / "qmp.sock")) > SOCK_PATH_MAX:
             raise DriverError(f"the workload directory {wdir} is too deep for a unix socket")
-        spec = await asyncio.to_thread(host.check_files, spec)
+        spec = await asyncio.to_thread(host.check_files, wid, spec)
         base_fmt = ""
         if spec.image:
             base_fmt, vsize = await host.image_info(Path(spec.image), self.tuning.tool_timeout_s)
             if spec.disk and spec.disk < vsize:
                 raise DriverError(
-                    f"workload {spec.id!r}: disk {spec.disk} bytes is smaller than the "
+                    f"workload {wid!r}: disk {spec.disk} bytes is smaller than the "
                     f"image's {vsize} bytes"
                 )
-        await host.prepare(wdir, spec, base_fmt, self.tuning.tool_timeout_s)
+        await host.prepare(wdir, wid, spec, base_fmt, self.tuning.tool_timeout_s)
         return self._status(WorkloadState.STOPPED, f"created; will run on {self.accel.reason}")
 
     async def start(self, wid: str) -> Status:
@@ -123,7 +133,7 @@ class QemuDriver(Driver):
                 return await self.status(wid)
             self._quiet.add(wid)
             try:
-                return await self._start(spec)
+                return await self._start(wid, spec)
             finally:
                 self._quiet.discard(wid)
 
@@ -135,7 +145,7 @@ class QemuDriver(Driver):
     async def destroy(self, wid: str) -> None:
         wdir = self.dir_of(wid)
         async with self._lock(wid):
-            if (wdir / "spec.json").exists():
+            if (wdir / SPEC_NAME).exists():
                 self._spec(wid)  # refuses another driver's workload
                 await self._stop(wid, self.tuning.destroy_grace_s)
             await host.tap_down(tap_name(wid), self.tuning.tool_timeout_s)
@@ -182,7 +192,7 @@ class QemuDriver(Driver):
                 return await self.status(wid)
             if not rec.ready and spec.ready_marker and wid not in self._boots:
                 self._boots[wid] = asyncio.get_running_loop().create_task(
-                    self._resume_boot(spec, rec)
+                    self._resume_boot(wid, spec, rec)
                 )
             return await self.status(wid)
 
@@ -201,11 +211,19 @@ class QemuDriver(Driver):
 
     # -- start and stop -----------------------------------------------------------
 
-    async def _start(self, spec: WorkloadSpec) -> Status:
-        wid, wdir = spec.id, self.dir_of(spec.id)
+    async def _start(self, wid: str, spec: WorkloadSpec) -> Status:
+        wdir = self.dir_of(wid)
+        if spec.env:  # create refuses env: only a spec.json from an older meshd has one
+            logger.warning(
+                "qemu ignores a workload's env id=%s keys=%s: QEMU_BRIDGE no longer chooses "
+                "the bridge, the node's does (MESHD_QEMU_BRIDGE)",
+                wid,
+                ",".join(sorted(spec.env)),
+            )
         await self._drop_session(wid)
         console = self.log_path(wid)
         plan = plan_for(
+            wid,
             spec,
             wdir.resolve(),
             self.binary,
@@ -231,7 +249,7 @@ class QemuDriver(Driver):
             why = str(exc)
         if why is None and spec.ready_marker:
             deadline = t0 + self.boot_timeout(spec)
-            why = await self._await_marker(spec, rec, deadline)
+            why = await self._await_marker(wid, spec, rec, deadline)
         if why is not None:
             detail = f"workload {wid} did not boot: {why}"
             last = host.tail(console)
@@ -247,15 +265,15 @@ class QemuDriver(Driver):
         )
 
     async def _await_marker(
-        self, spec: WorkloadSpec, rec: host.RunRecord, deadline: float
+        self, wid: str, spec: WorkloadSpec, rec: host.RunRecord, deadline: float
     ) -> str | None:
         def failure() -> str | None:
-            sess = self._sessions.get(spec.id)
+            sess = self._sessions.get(wid)
             return sess.failure if sess else None
 
         assert spec.ready_marker is not None
         return await host.await_marker(
-            self.log_path(spec.id),
+            self.log_path(wid),
             spec.ready_marker,
             rec,
             deadline,
@@ -264,24 +282,24 @@ class QemuDriver(Driver):
             failure,
         )
 
-    async def _resume_boot(self, spec: WorkloadSpec, rec: host.RunRecord) -> None:
+    async def _resume_boot(self, wid: str, spec: WorkloadSpec, rec: host.RunRecord) -> None:
         """A VM found still booting after a restart: finish its start in the background."""
         deadline = time.monotonic() + max(
             0.0, rec.started_at + self.boot_timeout(spec) - time.time()
         )
-        why = await self._await_marker(spec, rec, deadline)
-        self._boots.pop(spec.id, None)
-        async with self._lock(spec.id):
+        why = await self._await_marker(wid, spec, rec, deadline)
+        self._boots.pop(wid, None)
+        async with self._lock(wid):
             if why is None:
-                dataclasses.replace(rec, ready=True).save(self.dir_of(spec.id) / host.RUN_NAME)
+                dataclasses.replace(rec, ready=True).save(self.dir_of(wid) / host.RUN_NAME)
             elif host.alive(rec):
-                self._quiet.add(spec.id)
+                self._quiet.add(wid)
                 try:
-                    await self._kill(spec.id, rec, 0)
+                    await self._kill(wid, rec, 0)
                 finally:
-                    self._quiet.discard(spec.id)
-                await self._finish(spec.id, rec, WorkloadState.FAILED, f"did not boot: {why}")
-        self.on_change(spec.id, await self.status(spec.id))
+                    self._quiet.discard(wid)
+                await self._finish(wid, rec, WorkloadState.FAILED, f"did not boot: {why}")
+        self.on_change(wid, await self.status(wid))
 
     async def _stop(self, wid: str, timeout_s: float) -> Status:
         rec = host.RunRecord.load(self.dir_of(wid) / host.RUN_NAME)
@@ -415,10 +433,9 @@ class QemuDriver(Driver):
 
     def _spec(self, wid: str) -> WorkloadSpec:
         try:
-            text = (self.dir_of(wid) / "spec.json").read_text()
+            spec = read_spec(self.dir_of(wid))
         except OSError as exc:
             raise DriverError(f"no qemu workload {wid!r} on this node") from exc
-        spec = WorkloadSpec.from_json(text)
         if spec.driver != self.name:
             raise DriverError(f"workload {wid!r} belongs to the {spec.driver!r} driver")
         return spec

@@ -30,8 +30,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.drivers.base import WorkloadSpec
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 MIB = 1024 * 1024
 USER_DATA_MAX = 64 * 1024  # bytes; cloud-init user-data
@@ -40,11 +40,7 @@ NETWORK_CONFIG_MAX = 16 * 1024  # bytes
 MEMORY_MIN = 16 * MIB  # below this no Linux guest boots
 MICROVM_OPTS = "microvm,x-option-roms=off,isa-serial=on,acpi=on"
 BASE_KERNEL_ARGS = ("console=ttyS0", "quiet", "cryptomgr.notests")
-# Environment keys a qemu workload may carry (anything else in ``env`` is refused).
-ENV_BRIDGE = "QEMU_BRIDGE"  # attach a tap on this bridge (overrides the driver's)
-ENV_KEYS = frozenset({ENV_BRIDGE})
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -144,21 +140,25 @@ def _size(text: str | None) -> int:
     return len(text.encode()) if text else 0
 
 
-def validate(spec: WorkloadSpec) -> None:
+def validate(wid: str, spec: WorkloadSpec) -> None:
     """Refuse what can be refused without touching the host; one sentence each."""
-    w = f"workload {spec.id!r}"
+    w = f"workload {wid!r}"
     if spec.driver != "qemu":
         raise DriverError(f"{w} is for the {spec.driver!r} driver, not qemu")
-    if not _ID_RE.match(spec.id):
+    if not _ID_RE.match(wid):
         raise DriverError(f"{w}: an id is 1-128 letters, digits, '.', '_' or '-'")
     if spec.command is not None:
         raise DriverError(f"{w}: qemu runs a kernel or a disk image, not a command")
-    unknown = sorted(set(spec.env) - ENV_KEYS)
-    if unknown:
-        raise DriverError(f"{w}: qemu does not use env {', '.join(unknown)} (only {ENV_BRIDGE})")
-    bridge = spec.env.get(ENV_BRIDGE)
-    if bridge is not None and not _BRIDGE_RE.match(bridge):
-        raise DriverError(f"{w}: {ENV_BRIDGE}={bridge!r} is not an interface name")
+    if spec.env:
+        raise DriverError(
+            f"{w}: qemu does not use env {', '.join(sorted(spec.env))}; a guest's settings "
+            "go in user_data, and its tap goes on the node's bridge (MESHD_QEMU_BRIDGE)"
+        )
+    if spec.nics:
+        raise DriverError(
+            f"{w}: NICs on mesh networks are not supported by this node yet; "
+            "submit it without nics (a tap on the node's bridge, if it has one)"
+        )
     if not spec.kernel and not spec.image:
         raise DriverError(f"{w}: qemu needs a kernel or a disk image")
     if (spec.initrd or spec.cmdline) and not spec.kernel:
@@ -278,6 +278,7 @@ def argv(plan: LaunchPlan) -> list[str]:
 
 
 def plan_for(
+    wid: str,
     spec: WorkloadSpec,
     wdir: Path,
     binary: str,
@@ -288,10 +289,9 @@ def plan_for(
     has_seed: bool,
 ) -> LaunchPlan:
     machine = machine_for(spec)
-    bridge = spec.env.get(ENV_BRIDGE, bridge)
     return LaunchPlan(
         binary=binary,
-        name=f"meshd-{spec.id}"[:64],
+        name=f"meshd-{wid}"[:64],
         accel=accel,
         machine=machine,
         memory_mib=max(1, math.ceil(spec.memory / MIB)),
@@ -304,7 +304,7 @@ def plan_for(
         append=kernel_args(machine, khz, spec.cmdline) if spec.kernel else None,
         disk=wdir / "overlay.qcow2" if has_disk else None,
         seed=wdir / "seed.img" if has_seed else None,
-        tap=tap_name(spec.id) if bridge else None,
+        tap=tap_name(wid) if bridge else None,
         bridge=bridge,
-        mac=mac_for(spec.id) if bridge else None,
+        mac=mac_for(wid) if bridge else None,
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -34,10 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meshd.drivers.base import WorkloadSpec, WorkloadState
+import msgspec
+
+from meshd.drivers.base import WorkloadState
 from meshd.drivers.procfs import DEAD, boot_id, read_stat
 from meshd.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
+from meshd.drivers.specfile import SPEC_NAME, spec_driver
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec, dumps
 
 SEED_NAME = "seed.img"
 OVERLAY_NAME = "overlay.qcow2"
@@ -197,11 +200,11 @@ async def create_overlay(base: Path, fmt: str, overlay: Path, size: int, timeout
     await run_tool(cmd, f"cannot create an overlay on {base}", timeout_s)
 
 
-async def create_seed(wdir: Path, spec: WorkloadSpec, timeout_s: float) -> Path:
+async def create_seed(wdir: Path, wid: str, spec: WorkloadSpec, timeout_s: float) -> Path:
     """A NoCloud seed (volume ``cidata``) in ``wdir``; meta-data defaults to the id."""
     files = {
         "user-data": spec.user_data or "",
-        "meta-data": spec.meta_data if spec.meta_data is not None else f"instance-id: {spec.id}\n",
+        "meta-data": spec.meta_data if spec.meta_data is not None else f"instance-id: {wid}\n",
     }
     if spec.network_config is not None:
         files["network-config"] = spec.network_config
@@ -292,7 +295,7 @@ def remove_runtime(wdir: Path) -> None:
         (wdir / name).unlink(missing_ok=True)
 
 
-def check_files(spec: WorkloadSpec) -> WorkloadSpec:
+def check_files(wid: str, spec: WorkloadSpec) -> WorkloadSpec:
     """Absolute paths (QEMU daemonizes into /), each file present and plausible."""
     paths: dict[str, str] = {}
     for field in ("kernel", "initrd", "image"):
@@ -301,17 +304,16 @@ def check_files(spec: WorkloadSpec) -> WorkloadSpec:
             continue
         path = Path(value).expanduser().resolve()
         if not path.is_file():
-            raise DriverError(f"workload {spec.id!r}: {field} {value} does not exist")
+            raise DriverError(f"workload {wid!r}: {field} {value} does not exist")
         paths[field] = str(path)
     if "kernel" in paths:
         with open(paths["kernel"], "rb") as f:
             head = f.read(1024)
         if kernel_kind(head) is None:
             raise DriverError(
-                f"workload {spec.id!r}: kernel {spec.kernel} is neither a bzImage "
-                "nor an ELF vmlinux"
+                f"workload {wid!r}: kernel {spec.kernel} is neither a bzImage nor an ELF vmlinux"
             )
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         spec,
         kernel=paths.get("kernel", spec.kernel),
         initrd=paths.get("initrd", spec.initrd),
@@ -323,12 +325,7 @@ def scan(root: Path, driver: str) -> list[str]:
     """Ids of the workloads under ``root`` whose spec names ``driver``."""
     if not root.is_dir():
         return []
-    found = []
-    for d in sorted(root.iterdir()):
-        raw = read_json(d / "spec.json")
-        if raw and raw.get("driver") == driver:
-            found.append(d.name)
-    return found
+    return [d.name for d in sorted(root.iterdir()) if d.is_dir() and spec_driver(d) == driver]
 
 
 def unwatched_exit(console: Path, rec: RunRecord) -> tuple[WorkloadState, str]:
@@ -367,17 +364,19 @@ async def await_marker(
         await asyncio.sleep(poll_s)
 
 
-async def prepare(wdir: Path, spec: WorkloadSpec, base_fmt: str, timeout_s: float) -> None:
+async def prepare(
+    wdir: Path, wid: str, spec: WorkloadSpec, base_fmt: str, timeout_s: float
+) -> None:
     """The workload's directory: spec, overlay, seed; nothing is left if one fails."""
     await asyncio.to_thread(wdir.mkdir, parents=True)  # fails if it exists: never rmtree that
     try:
-        await asyncio.to_thread((wdir / "spec.json").write_text, spec.to_json())
+        await asyncio.to_thread((wdir / SPEC_NAME).write_bytes, dumps(spec))
         if spec.image:
             await create_overlay(
                 Path(spec.image), base_fmt, wdir / OVERLAY_NAME, spec.disk, timeout_s
             )
         if wants_seed(spec):
-            await create_seed(wdir, spec, timeout_s)
+            await create_seed(wdir, wid, spec, timeout_s)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, wdir, True)
         raise

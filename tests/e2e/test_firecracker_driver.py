@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver
 from meshd.drivers.procfs import is_alive
 from meshd.drivers.registry import make_drivers
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 MIB = 1 << 20
 AVAILABILITY = FirecrackerDriver(Path("/nonexistent"), lambda w, s: None).availability()
@@ -64,8 +65,8 @@ async def test_boots_a_guest_reattaches_and_stops_it(root: Path) -> None:
         pytest.skip("no cached guest: run `bash bootstrap/guest-image.sh` first")
     changes: list[tuple[str, Status]] = []
     first = FirecrackerDriver(root / "w", lambda w, s: changes.append((w, s)))
+    wid = "e2e-fc-1"
     spec = WorkloadSpec(
-        id="e2e-fc-1",
         name="e2e",
         driver="firecracker",
         cpus=1,
@@ -78,20 +79,20 @@ async def test_boots_a_guest_reattaches_and_stops_it(root: Path) -> None:
     )
     second = FirecrackerDriver(root / "w", lambda w, s: changes.append((w, s)))
     try:
-        await first.create(spec)
-        started = await first.start(spec.id)
+        await first.create(wid, spec)
+        started = await first.start(wid)
         assert started.state is WorkloadState.RUNNING, started.detail
-        assert spec.ready_marker and spec.ready_marker in first.log_path(spec.id).read_text()
+        assert spec.ready_marker and spec.ready_marker in first.log_path(wid).read_text()
         first.detach()  # meshd restarts; the VM does not
-        again = await second.reattach(spec.id)
+        again = await second.reattach(wid)
         assert (again.state, again.pid) == (WorkloadState.RUNNING, started.pid)
         assert again.extra["vm_state"] == "Running"
-        stopped = await second.stop(spec.id, timeout_s=5.0)
+        stopped = await second.stop(wid, timeout_s=5.0)
         assert stopped.state is WorkloadState.STOPPED
         assert changes == []
     finally:
-        await second.destroy(spec.id)
-    assert not (root / "w" / spec.id).exists()
+        await second.destroy(wid)
+    assert not (root / "w" / wid).exists()
 
 
 @pytest.mark.skipif(AVAILABILITY.ok, reason="this node can run firecracker: nothing to refuse")
@@ -100,12 +101,12 @@ async def test_create_refuses_with_one_sentence_saying_what_is_missing(root: Pat
     kernel = root / "vmlinux"
     kernel.write_bytes(b"\x7fELF")
     driver = FirecrackerDriver(root / "w", lambda w, s: None)
+    wid = "e2e-fc-2"
     spec = WorkloadSpec(
-        id="e2e-fc-2", name="e2e", driver="firecracker", cpus=1, memory=256 * MIB,
-        kernel=str(kernel),
+        name="e2e", driver="firecracker", cpus=1, memory=256 * MIB, kernel=str(kernel),
     )  # fmt: skip
     with pytest.raises(DriverError) as exc:
-        await driver.create(spec)
+        await driver.create(wid, spec)
     sentence = str(exc.value)
     assert sentence == AVAILABILITY.sentence()
     if AVAILABILITY.binary is None:
@@ -116,4 +117,4 @@ async def test_create_refuses_with_one_sentence_saying_what_is_missing(root: Pat
     else:
         assert sentence.startswith("firecracker cannot run on this node: it has no usable KVM")
     assert "\n" not in sentence and ". " not in sentence
-    assert not (root / "w" / spec.id).exists()
+    assert not (root / "w" / wid).exists()

@@ -38,9 +38,10 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.qemu import QemuDriver
 from meshd.errors import DriverError
+from meshd.spec import Nic, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "MESHD-GUEST-READY"
@@ -124,7 +125,6 @@ async def driver(root: Path) -> AsyncIterator[tuple[QemuDriver, Changes]]:
 
 def micro(guest: dict[str, str], wid: str, **kw: object) -> WorkloadSpec:
     fields: dict[str, object] = {
-        "id": wid,
         "name": wid,
         "driver": "qemu",
         "cpus": 1.0,
@@ -150,7 +150,7 @@ async def test_boot_reattach_stop_destroy(
 ) -> None:
     d, _ = driver
     spec = micro(guest, "vm-a", user_data="#cloud-config\nhostname: a\n")
-    created = await d.create(spec)
+    created = await d.create("vm-a", spec)
     assert created.state == WorkloadState.STOPPED and created.extra["accel"] == d.accel.name
     assert (root / "vm-a" / "seed.img").stat().st_size > 0
     t0 = time.monotonic()
@@ -205,7 +205,7 @@ async def test_q35_on_an_overlay_and_destroy_while_running(
         image=guest["MESHD_GUEST_DISK"],
         disk=128 * MIB,
     )
-    await d.create(spec)
+    await d.create("vm-q", spec)
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(root / "vm-q" / "overlay.qcow2")],
@@ -228,8 +228,8 @@ async def test_changes_behind_our_back(
     guest: dict[str, str], root: Path, driver: tuple[QemuDriver, Changes]
 ) -> None:
     d, changes = driver
-    await d.create(micro(guest, "vm-off"))
-    await d.create(micro(guest, "vm-kill"))
+    await d.create("vm-off", micro(guest, "vm-off"))
+    await d.create("vm-kill", micro(guest, "vm-kill"))
     off, killed = await asyncio.gather(d.start("vm-off"), d.start("vm-kill"))
     assert off.state == killed.state == WorkloadState.RUNNING, (off.detail, killed.detail)
 
@@ -260,7 +260,7 @@ async def test_died_while_meshd_was_away(
     guest: dict[str, str], root: Path, driver: tuple[QemuDriver, Changes]
 ) -> None:
     d, _ = driver
-    await d.create(micro(guest, "vm-away"))
+    await d.create("vm-away", micro(guest, "vm-away"))
     st = await d.start("vm-away")
     assert st.state == WorkloadState.RUNNING and st.pid is not None
     await d.close()
@@ -283,7 +283,7 @@ async def test_restart_while_a_guest_boots(
     guest: dict[str, str], root: Path, driver: tuple[QemuDriver, Changes]
 ) -> None:
     d, _ = driver
-    await d.create(micro(guest, "vm-boot"))
+    await d.create("vm-boot", micro(guest, "vm-boot"))
     start = asyncio.ensure_future(d.start("vm-boot"))
     while not (root / "vm-boot" / "run.json").exists():
         await asyncio.sleep(0.01)
@@ -314,23 +314,25 @@ async def test_bad_input_is_refused_with_nothing_left(
     d, _ = driver
     junk = tmp_path / "random.bin"
     junk.write_bytes(os.urandom(64 * 1024))
-    cases = [
-        (micro(guest, "b1", kernel=str(tmp_path / "nope")), "kernel .* does not exist"),
-        (micro(guest, "b2", image=str(tmp_path / "nope.qcow2")), "image .* does not exist"),
-        (micro(guest, "b3", kernel=str(junk)), "neither a bzImage nor an ELF vmlinux"),
-        (micro(guest, "b4", user_data="#" * (64 * 1024 + 1)), "over the 64 KiB limit"),
-        (micro(guest, "b5", env={"PATH": "/bin"}), "does not use env PATH"),
-        (micro(guest, "b6", kernel=None, initrd=None, image=str(junk), disk=1), "smaller"),
-    ]
-    for spec, message in cases:
+    cases = {
+        "b1": (micro(guest, "b1", kernel=str(tmp_path / "nope")), "kernel .* does not exist"),
+        "b2": (micro(guest, "b2", image=str(tmp_path / "nope.qcow2")), "image .* does not exist"),
+        "b3": (micro(guest, "b3", kernel=str(junk)), "neither a bzImage nor an ELF vmlinux"),
+        "b4": (micro(guest, "b4", user_data="#" * (64 * 1024 + 1)), "over the 64 KiB limit"),
+        "b5": (micro(guest, "b5", env={"PATH": "/bin"}), "does not use env PATH"),
+        "b6": (micro(guest, "b6", kernel=None, initrd=None, image=str(junk), disk=1), "smaller"),
+        "b7": (micro(guest, "b7", env={"QEMU_BRIDGE": "br0"}), r"node's bridge \(MESHD_QEMU"),
+        "b8": (micro(guest, "b8", nics=(Nic("lan"),)), "NICs on mesh networks are not supported"),
+    }
+    for wid, (spec, message) in cases.items():
         with pytest.raises(DriverError, match=message):
-            await d.create(spec)
-        assert not (root / spec.id).exists()
+            await d.create(wid, spec)
+        assert not (root / wid).exists()
     with pytest.raises(DriverError, match="no qemu workload"):
         await d.start("never-created")
-    await d.create(micro(guest, "dup"))
+    await d.create("dup", micro(guest, "dup"))
     with pytest.raises(DriverError, match="already exists"):
-        await d.create(micro(guest, "dup"))
+        await d.create("dup", micro(guest, "dup"))
     await d.destroy("dup")
     assert _qemu_pids_under(tmp_path) == []
     assert await d.list() == []
@@ -345,7 +347,7 @@ async def test_a_kernel_that_does_not_boot(
     fake[0x202:0x206] = b"HdrS"
     (tmp_path / "fake-bzImage").write_bytes(bytes(fake))
     spec = micro(guest, "vm-bad", kernel=str(tmp_path / "fake-bzImage"), boot_timeout_s=3.0)
-    await d.create(spec)
+    await d.create("vm-bad", spec)
     t0 = time.monotonic()
     st = await d.start("vm-bad")
     took = time.monotonic() - t0
@@ -361,7 +363,7 @@ async def test_a_kernel_that_does_not_boot(
     # A base image that vanished after create: QEMU refuses, start says why.
     base = tmp_path / "base.qcow2"
     shutil.copy(guest["MESHD_GUEST_DISK"], base)
-    await d.create(micro(guest, "vm-gone", image=str(base)))
+    await d.create("vm-gone", micro(guest, "vm-gone", image=str(base)))
     base.unlink()
     st = await d.start("vm-gone")
     assert st.state == WorkloadState.FAILED and "QEMU refused" in st.detail, st.detail
@@ -376,16 +378,16 @@ async def test_a_kernel_that_does_not_boot(
 NET_SCRIPT = """
 import asyncio, json, subprocess, sys
 from pathlib import Path
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.qemu import QemuDriver
+from meshd.spec import WorkloadSpec
 
 root, vmlinux, bzimage, initrd, disk = sys.argv[1:6]
 
 async def boot(d, wid, addr, **kw):
-    spec = WorkloadSpec(id=wid, name=wid, driver="qemu", cpus=1.0, memory=128 << 20,
+    spec = WorkloadSpec(name=wid, driver="qemu", cpus=1.0, memory=128 << 20,
                         initrd=initrd, cmdline=f"meshd.ip={addr}/24",
                         ready_marker="MESHD-GUEST-READY", boot_timeout_s=40.0, **kw)
-    await d.create(spec)
+    await d.create(wid, spec)
     st = await d.start(wid)
     ping = subprocess.run(["busybox", "ping", "-c", "1", "-W", "5", addr], capture_output=True)
     return {"state": st.state.value, "detail": st.detail, "ping": ping.returncode}

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.procfs import is_alive, parse_stat, read_stat, session_members
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec, dumps
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -32,9 +33,10 @@ Events = list[tuple[str, Status]]
 
 
 def spec(wid: str, command: str | None, **kw: object) -> WorkloadSpec:
+    """A process workload's spec, named ``svc-<wid>``."""
     fields: dict[str, object] = {"name": f"svc-{wid}", "driver": "process", "cpus": 1.0}
     fields |= {"memory": 64 << 20, "command": command} | kw
-    return WorkloadSpec(id=wid, **fields)  # type: ignore[arg-type]
+    return WorkloadSpec(**fields)  # type: ignore[arg-type]
 
 
 def py(code: str) -> str:
@@ -104,7 +106,7 @@ Make = Callable[..., tuple[ProcessDriver, Events]]
 
 async def test_lifecycle(drivers: Make, root: Path) -> None:
     d, events = drivers()
-    created = await d.create(spec("w1", "sleep 60"))
+    created = await d.create("w1", spec("w1", "sleep 60"))
     assert created.state is WorkloadState.STOPPED
     assert json.loads((root / "w1" / "spec.json").read_text())["command"] == "sleep 60"
     started = await d.start("w1")
@@ -129,7 +131,7 @@ async def test_lifecycle(drivers: Make, root: Path) -> None:
 async def test_console_log_and_clean_exit(drivers: Make) -> None:
     d, events = drivers()
     code = "import sys; print('marker-out'); print('marker-err', file=sys.stderr)"
-    await d.create(spec("w1", py(code)))
+    await d.create("w1", spec("w1", py(code)))
     await d.start("w1")
     await until(lambda: bool(events))
     ((wid, st),) = events
@@ -143,7 +145,7 @@ async def test_console_log_and_clean_exit(drivers: Make) -> None:
 
 async def test_nonzero_exit_is_failed(drivers: Make) -> None:
     d, events = drivers()
-    await d.create(spec("w1", "sh -c 'exit 3'"))
+    await d.create("w1", spec("w1", "sh -c 'exit 3'"))
     await d.start("w1")
     await until(lambda: bool(events))
     st = events[0][1]
@@ -153,7 +155,7 @@ async def test_nonzero_exit_is_failed(drivers: Make) -> None:
 
 async def test_killed_by_signal_is_failed(drivers: Make) -> None:
     d, events = drivers()
-    await d.create(spec("w1", "sleep 60"))
+    await d.create("w1", spec("w1", "sleep 60"))
     pid = (await d.start("w1")).pid
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
@@ -172,7 +174,7 @@ async def test_env_cwd_stdin(drivers: Make, root: Path) -> None:
     )
     os.environ["SECRET_TEST_VAR"] = "1"  # meshd's own environment must not leak
     try:
-        await d.create(spec("w1", py(code), env={"FOO": "bar baz"}))
+        await d.create("w1", spec("w1", py(code), env={"FOO": "bar baz"}))
         await d.start("w1")
     finally:
         del os.environ["SECRET_TEST_VAR"]
@@ -187,7 +189,7 @@ async def test_stop_escalates_to_sigkill(drivers: Make) -> None:
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
         "print('ready', flush=True); time.sleep(60)"
     )
-    await d.create(spec("w1", py(code)))
+    await d.create("w1", spec("w1", py(code)))
     await d.start("w1")
     await until(lambda: "ready" in d.log_path("w1").read_text())
     t0 = time.monotonic()
@@ -200,14 +202,14 @@ async def test_stop_escalates_to_sigkill(drivers: Make) -> None:
 
 async def test_stop_kills_the_whole_group_and_leftovers(drivers: Make) -> None:
     d, events = drivers()
-    await d.create(spec("grp", "sh -c 'sleep 60 & sleep 60 & wait'"))
+    await d.create("grp", spec("grp", "sh -c 'sleep 60 & sleep 60 & wait'"))
     grp = (await d.start("grp")).pid
     assert grp is not None
     await until(lambda: len(session_members(grp)) == 3)
     await d.stop("grp", 5.0)
     await until(lambda: session_members(grp) == [])
     # A leader that exits cleanly but leaves a child behind: stop sweeps the leftover.
-    await d.create(spec("left", "sh -c 'sleep 60 & exit 0'"))
+    await d.create("left", spec("left", "sh -c 'sleep 60 & exit 0'"))
     pid = (await d.start("left")).pid
     assert pid is not None
     await until(lambda: len(events) == 2)
@@ -219,7 +221,7 @@ async def test_stop_kills_the_whole_group_and_leftovers(drivers: Make) -> None:
 
 async def test_survives_driver_discard(drivers: Make) -> None:
     d1, events1 = drivers()
-    await d1.create(spec("w1", "sleep 60"))
+    await d1.create("w1", spec("w1", "sleep 60"))
     pid = (await d1.start("w1")).pid
     d1.detach()
     del d1
@@ -235,14 +237,14 @@ async def test_survives_driver_discard(drivers: Make) -> None:
 CHILD = """
 import asyncio, sys
 from pathlib import Path
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.process import ProcessDriver
+from meshd.spec import WorkloadSpec
 
 async def main() -> None:
     root, wid, command = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     d = ProcessDriver(root, lambda w, s: None)
-    spec = WorkloadSpec(id=wid, name=wid, driver="process", cpus=1, memory=1 << 20, command=command)
-    await d.create(spec)
+    spec = WorkloadSpec(name=wid, driver="process", cpus=1, memory=1 << 20, command=command)
+    await d.create(wid, spec)
     print((await d.start(wid)).pid, flush=True)
 
 asyncio.run(main())
@@ -280,6 +282,70 @@ async def test_survives_the_daemon_exiting(drivers: Make, root: Path) -> None:
     assert not is_alive(pid, st.starttime)
 
 
+# spec.json as the driver dataclass of meshd before the one workload model wrote it
+# (json.dumps(asdict(spec), sort_keys=True, indent=2)): every field, nulls, and the id.
+OLD_SPEC_JSON = """{
+  "boot_timeout_s": 60.0,
+  "cmdline": null,
+  "command": "sh -c 'echo foo=$FOO; exec sleep 60'",
+  "cpus": 1.0,
+  "disk": 0,
+  "driver": "process",
+  "env": {
+    "FOO": "bar"
+  },
+  "id": "w1",
+  "image": null,
+  "initrd": null,
+  "kernel": null,
+  "memory": 67108864,
+  "meta_data": null,
+  "name": "svc-w1",
+  "network_config": null,
+  "ready_marker": null,
+  "user_data": null
+}"""
+
+
+async def test_reattach_after_an_upgrade_reads_the_old_spec_json(drivers: Make, root: Path) -> None:
+    """A workload an older meshd started (and described in the old format) is found, run
+    and restarted by this one, from that file as it is."""
+    d1, _ = drivers()
+    same = spec("w1", "sh -c 'echo foo=$FOO; exec sleep 60'", env={"FOO": "bar"})
+    await d1.create("w1", same)
+    pid = (await d1.start("w1")).pid
+    d1.detach()
+    (root / "w1" / "spec.json").write_text(OLD_SPEC_JSON)  # the upgrade: only the file is old
+    d2, events = drivers()
+    assert await d2.list() == ["w1"]
+    got = await d2.reattach("w1")
+    assert (got.state, got.pid) == (WorkloadState.RUNNING, pid)
+    assert (await d2.create("w1", same)).pid == pid  # the old file reads as the same spec
+    with pytest.raises(DriverError, match="different spec"):
+        await d2.create("w1", spec("w1", "sleep 61"))
+    stopped = await d2.stop("w1", 5.0)
+    assert events == [("w1", stopped)]
+    restarted = await d2.start("w1")  # command and env come from the old file
+    assert restarted.state is WorkloadState.RUNNING and restarted.pid != pid
+    await until(lambda: d2.log_path("w1").read_text().count("foo=bar") == 2)
+    assert (root / "w1" / "spec.json").read_text() == OLD_SPEC_JSON  # reading never rewrites
+
+
+async def test_an_unreadable_spec_json_is_refused_with_a_sentence(
+    drivers: Make, root: Path
+) -> None:
+    d, _ = drivers()
+    await d.create("w1", spec("w1", "sleep 60"))
+    old = json.loads(OLD_SPEC_JSON) | {"memory": 0}  # the model never had room for this
+    (root / "w1" / "spec.json").write_text(json.dumps(old))
+    with pytest.raises(DriverError, match="written by an older meshd and does not fit"):
+        await d.reattach("w1")
+    (root / "w1" / "spec.json").write_text("{")
+    with pytest.raises(DriverError, match="is not a workload spec meshd can read"):
+        await d.status("w1")
+    assert await d.list() == []  # whose it is can't be told
+
+
 async def test_reattach_after_exit_while_away(drivers: Make, root: Path) -> None:
     pid = start_in_child_meshd(root, "w1", "sleep 60")
     st = read_stat(pid)
@@ -309,7 +375,7 @@ async def test_recycled_pid_is_not_adopted(drivers: Make, root: Path, tamper: st
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         d, _ = drivers()
-        await d.create(spec("w1", "sleep 60"))
+        await d.create("w1", spec("w1", "sleep 60"))
         st = read_stat(other.pid)
         assert st is not None
         rec = {"pid": other.pid, "starttime": st.starttime, "boot_id": d.boot_id}
@@ -335,7 +401,7 @@ async def test_pidfd_less_fallback_polls(drivers: Make, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
     d, events = drivers(poll_interval_s=0.05)
-    await d.create(spec("w1", "sh -c 'sleep 0.2; exit 4'"))
+    await d.create("w1", spec("w1", "sh -c 'sleep 0.2; exit 4'"))
     await d.start("w1")
     await until(lambda: bool(events))
     assert (events[0][1].state, events[0][1].exit_code) == (WorkloadState.FAILED, 4)
@@ -346,7 +412,7 @@ async def test_start_failure_is_reported(drivers: Make, tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
     d, _ = drivers()
-    await d.create(spec("w1", str(script)))
+    await d.create("w1", spec("w1", str(script)))
     script.unlink()
     st = await d.start("w1")
     assert st.state is WorkloadState.FAILED and "could not start" in st.detail
@@ -354,52 +420,57 @@ async def test_start_failure_is_reported(drivers: Make, tmp_path: Path) -> None:
 
 
 BAD_SPECS = {
-    "missing command": spec("w1", None),
-    "blank command": spec("w1", "   "),
-    "unknown executable": spec("w1", "no-such-command-meshd-test --flag"),
-    "bad quoting": spec("w1", "sleep 'unclosed"),
-    "relative path": spec("w1", "./run.sh"),
-    "not executable": spec("w1", "/dev/null"),
-    "zero cpus": spec("w1", "sleep 1", cpus=0),
-    "nan cpus": spec("w1", "sleep 1", cpus=math.nan),
-    "zero memory": spec("w1", "sleep 1", memory=0),
-    "unsafe id": spec("../evil", "sleep 1"),
-    "empty id": spec("", "sleep 1"),
-    "other driver": spec("w1", "sleep 1", driver="qemu"),
-    "bad env": spec("w1", "sleep 1", env={"A=B": "x"}),
+    "missing command": ("w1", spec("w1", None)),
+    "blank command": ("w1", spec("w1", "   ")),
+    "unknown executable": ("w1", spec("w1", "no-such-command-meshd-test --flag")),
+    "bad quoting": ("w1", spec("w1", "sleep 'unclosed")),
+    "relative path": ("w1", spec("w1", "./run.sh")),
+    "not executable": ("w1", spec("w1", "/dev/null")),
+    "zero cpus": ("w1", spec("w1", "sleep 1", cpus=0)),
+    "zero memory": ("w1", spec("w1", "sleep 1", memory=0)),
+    "unsafe id": ("../evil", spec("evil", "sleep 1")),
+    "empty id": ("", spec("empty", "sleep 1")),
+    "other driver": ("w1", spec("w1", "sleep 1", driver="qemu")),
+    "bad env": ("w1", spec("w1", "sleep 1", env={"A=B": "x"})),
 }
 
 
-@pytest.mark.parametrize("bad", BAD_SPECS.values(), ids=BAD_SPECS.keys())
+def test_nan_cpus_never_reach_the_driver() -> None:
+    with pytest.raises(ValueError, match="cpus must be a finite number"):
+        spec("w1", "sleep 1", cpus=math.nan)  # the model refuses it when it is built
+
+
+@pytest.mark.parametrize(("wid", "bad"), BAD_SPECS.values(), ids=BAD_SPECS.keys())
 async def test_bad_specs_are_refused_without_leftovers(
-    drivers: Make, root: Path, bad: WorkloadSpec
+    drivers: Make, root: Path, wid: str, bad: WorkloadSpec
 ) -> None:
     d, _ = drivers()
     with pytest.raises(DriverError):
-        await d.create(bad)
+        await d.create(wid, bad)
     assert not root.exists() or list(root.iterdir()) == []
     assert not (root.parent / "evil").exists()
 
 
 async def test_create_is_idempotent_and_refuses_a_different_spec(drivers: Make, root: Path) -> None:
     d, _ = drivers()
-    await d.create(spec("w1", "sleep 60"))
-    assert (await d.create(spec("w1", "sleep 60"))).state is WorkloadState.STOPPED
+    await d.create("w1", spec("w1", "sleep 60"))
+    assert (await d.create("w1", spec("w1", "sleep 60"))).state is WorkloadState.STOPPED
     with pytest.raises(DriverError, match="different spec"):
-        await d.create(spec("w1", "sleep 61"))
+        await d.create("w1", spec("w1", "sleep 61"))
     (root / "stray").mkdir()
     with pytest.raises(DriverError):
-        await d.create(spec("stray", "sleep 1"))
+        await d.create("stray", spec("stray", "sleep 1"))
     assert (root / "stray").is_dir()  # not ours to remove
 
 
 async def test_list_only_process_workloads(drivers: Make, root: Path) -> None:
     d, _ = drivers()
     assert await d.list() == []
-    await d.create(spec("b", "sleep 1"))
-    await d.create(spec("a", "sleep 1"))
+    await d.create("b", spec("b", "sleep 1"))
+    await d.create("a", spec("a", "sleep 1"))
     (root / "vm").mkdir()
-    (root / "vm" / "spec.json").write_text(json.dumps({"driver": "qemu"}))
+    vm = WorkloadSpec(name="vm", driver="qemu", cpus=1, memory=64 << 20, kernel="/k")
+    (root / "vm" / "spec.json").write_bytes(dumps(vm))
     (root / "junk").mkdir()
     (root / "file.txt").write_text("x")
     assert await d.list() == ["a", "b"]
@@ -411,7 +482,7 @@ async def test_list_only_process_workloads(drivers: Make, root: Path) -> None:
 
 async def test_destroy_running(drivers: Make, root: Path) -> None:
     d, events = drivers()
-    await d.create(spec("w1", "sleep 60"))
+    await d.create("w1", spec("w1", "sleep 60"))
     pid = (await d.start("w1")).pid
     assert pid is not None
     await d.destroy("w1")

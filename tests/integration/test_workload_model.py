@@ -61,7 +61,7 @@ def test_survivors_know_the_whole_spec_of_a_dead_nodes_workload(three: list[Daem
     for d in (alpha, beta):
         shown = d.api("GET", f"/v1/workloads/{wid}")
         assert shown["owner"] == "gamma"
-        assert shown["spec"] == SPEC, d.name  # defaults (tcp, 60 s boot) are left out
+        assert shown["spec"] == SPEC, d.name  # defaults (tcp, no boot timeout) are left out
         assert shown["spec"]["command"] == "sleep 600"
 
 

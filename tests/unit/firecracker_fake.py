@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.firecracker import FirecrackerOptions
 from meshd.drivers.firecracker_api import MIB
+from meshd.spec import WorkloadSpec
 
 try:
     from tests.unit.firecracker_spec import Swagger
@@ -236,9 +236,11 @@ def guest(d: Path, console: str = "Linux version 6.1 (fake)\nMESHD-READY\n") -> 
     return files
 
 
-def spec_for(g: dict[str, Path], wid: str = "vm-1", **kw: Any) -> WorkloadSpec:
+WID = "vm-1"  # the workload id the tests give their VM
+
+
+def spec_for(g: dict[str, Path], **kw: Any) -> WorkloadSpec:
     fields: dict[str, Any] = {
-        "id": wid,
         "name": "web",
         "driver": "firecracker",
         "cpus": 1.0,

@@ -10,17 +10,18 @@ import math
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from meshd import config
 from meshd.cli.main import main
-from meshd.drivers.base import WorkloadSpec
 from meshd.drivers.firecracker_host import FirecrackerOptions
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.qemu import QemuDriver
 from meshd.drivers.qemu_args import QemuTuning
 from meshd.drivers.registry import driver_options, make_drivers
 from meshd.errors import ConfigError
+from meshd.spec import WorkloadSpec
 
 
 @pytest.mark.parametrize("name", config.PRESETS)
@@ -285,9 +286,9 @@ def test_the_registry_hands_each_driver_its_section(tmp_path: Path) -> None:
     assert isinstance(process, ProcessDriver) and process.poll_interval_s == 2.0
     qemu = QemuDriver(tmp_path, lambda wid, status: None, **driver_options("qemu", cfg.drivers))
     assert qemu.tuning.tool_timeout_s == 7.0
-    spec = WorkloadSpec("w1", "w1", "qemu", 1.0, 64 * 1024**2)
+    spec = WorkloadSpec(name="w1", driver="qemu", cpus=1.0, memory=64 * 1024**2)
     assert qemu.boot_timeout(spec) == 120.0  # the spec names none: the config's
-    assert qemu.boot_timeout(dataclasses.replace(spec, boot_timeout_s=5.0)) == 5.0
+    assert qemu.boot_timeout(msgspec.structs.replace(spec, boot_timeout_s=5.0)) == 5.0
     fc = driver_options("firecracker", cfg.drivers)["options"]
     assert fc.boot_timeout_s == 9.0 and fc.binary is None
 

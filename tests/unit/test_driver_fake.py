@@ -7,21 +7,26 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from meshd.drivers import registry
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadSpec, WorkloadState
+from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.drivers.fake import FakeDriver, FakeHost, run_now
 from meshd.drivers.process import ProcessDriver
 from meshd.drivers.registry import driver_for, make_drivers
 from meshd.errors import DriverError
+from meshd.spec import WorkloadSpec
 
 Events = list[tuple[str, Status]]
 
 
-def spec(wid: str, driver: str = "fake", name: str | None = None) -> WorkloadSpec:
-    return WorkloadSpec(id=wid, name=name or f"svc-{wid}", driver=driver, cpus=1, memory=1 << 20)
+DriverName = Literal["process", "qemu", "firecracker", "fake"]
+
+
+def spec(wid: str, driver: DriverName = "fake", name: str | None = None) -> WorkloadSpec:
+    return WorkloadSpec(name=name or f"svc-{wid}", driver=driver, cpus=1, memory=1 << 20)
 
 
 def make(host: FakeHost | None = None, **kw: object) -> tuple[FakeDriver, Events]:
@@ -48,7 +53,7 @@ class Queue:
 def test_lifecycle_runs_synchronously() -> None:
     host = FakeHost(clock=lambda: 42.0)
     d, events = make(host)
-    assert run_now(d.create(spec("w1"))).state is WorkloadState.STOPPED
+    assert run_now(d.create("w1", spec("w1"))).state is WorkloadState.STOPPED
     started = run_now(d.start("w1"))
     assert (started.state, started.pid, started.started_at) == (WorkloadState.RUNNING, 1001, 42.0)
     assert run_now(d.status("w1")) == started
@@ -75,7 +80,7 @@ def test_run_now_refuses_a_suspending_coroutine() -> None:
 async def test_usable_as_async_driver() -> None:
     d, _ = make()
     assert isinstance(d, Driver)
-    await d.create(spec("w1"))
+    await d.create("w1", spec("w1"))
     assert (await d.start("w1")).state is WorkloadState.RUNNING
     assert d.log_path("w1") == Path("/nonexistent/w1/console.log")
     assert d.console("w1") == ["[fake] started svc-w1"]
@@ -86,26 +91,26 @@ def test_refuse_knob_by_id_and_name() -> None:
     d.refuse["w1"] = "no room for w1"
     d.refuse["db"] = "db is refused"
     with pytest.raises(DriverError, match="no room for w1"):
-        run_now(d.create(spec("w1")))
+        run_now(d.create("w1", spec("w1")))
     with pytest.raises(DriverError, match="db is refused"):
-        run_now(d.create(spec("w2", name="db")))
+        run_now(d.create("w2", spec("w2", name="db")))
     with pytest.raises(DriverError, match="driver"):
-        run_now(d.create(spec("w3", driver="qemu")))
+        run_now(d.create("w3", spec("w3", driver="qemu")))
     assert run_now(d.list()) == []
 
 
 def test_create_is_idempotent_and_refuses_a_different_spec() -> None:
     d, _ = make()
-    run_now(d.create(spec("w1")))
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     with pytest.raises(DriverError, match="different spec"):
-        run_now(d.create(spec("w1", name="other")))
+        run_now(d.create("w1", spec("w1", name="other")))
 
 
 def test_fail_start_knob() -> None:
     d, events = make()
     d.fail_start["w1"] = "image missing"
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     st = run_now(d.start("w1"))
     assert (st.state, st.detail, st.pid) == (WorkloadState.FAILED, "image missing", None)
     assert events == []
@@ -113,7 +118,7 @@ def test_fail_start_knob() -> None:
 
 def test_crash_is_reported_once() -> None:
     d, events = make()
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     run_now(d.start("w1"))
     d.host.crash("w1", 3)
     d.host.crash("w1", 4)  # already dead: ignored
@@ -126,7 +131,7 @@ def test_crash_is_reported_once() -> None:
 
 def test_clean_exit_is_stopped() -> None:
     d, events = make()
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     run_now(d.start("w1"))
     d.host.crash("w1", 0)
     assert events[0][1].state is WorkloadState.STOPPED
@@ -135,7 +140,7 @@ def test_clean_exit_is_stopped() -> None:
 def test_crash_after_on_a_virtual_clock() -> None:
     q = Queue()
     d, events = make(schedule=q.after)
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     run_now(d.start("w1"))
     d.crash_after("w1", 5.0, exit_code=139, detail="segfault")
     assert events == []
@@ -145,7 +150,7 @@ def test_crash_after_on_a_virtual_clock() -> None:
 
 async def test_crash_after_on_the_asyncio_loop() -> None:
     d, events = make()
-    await d.create(spec("w1"))
+    await d.create("w1", spec("w1"))
     await d.start("w1")
     d.crash_after("w1", 0.01)
     await asyncio.sleep(0.05)
@@ -156,7 +161,7 @@ def test_restart_reattaches_survivors_and_reports_the_dead() -> None:
     host = FakeHost()
     d1, events1 = make(host)
     for wid in ("alive", "dies"):
-        run_now(d1.create(spec(wid)))
+        run_now(d1.create(wid, spec(wid)))
         run_now(d1.start(wid))
     d1.detach()  # meshd exits; the host keeps running them
     host.crash("dies", 1)
@@ -174,9 +179,9 @@ def test_restart_reattaches_survivors_and_reports_the_dead() -> None:
 def test_power_off_tells_nobody() -> None:
     host = FakeHost()
     d, events = make(host)
-    run_now(d.create(spec("w1")))
+    run_now(d.create("w1", spec("w1")))
     run_now(d.start("w1"))
-    run_now(d.create(spec("w2")))
+    run_now(d.create("w2", spec("w2")))
     assert host.power_off() == ["w1"]
     assert events == []
     assert (
@@ -187,7 +192,7 @@ def test_power_off_tells_nobody() -> None:
 
 def test_name_override_stands_in_for_another_driver() -> None:
     d, _ = make(name="qemu")
-    run_now(d.create(spec("vm1", driver="qemu")))
+    run_now(d.create("vm1", spec("vm1", driver="qemu")))
     assert run_now(d.list()) == ["vm1"]
 
 

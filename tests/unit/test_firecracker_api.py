@@ -302,14 +302,14 @@ async def test_every_request_of_the_driver_validates(
     driver = FirecrackerDriver(short_dir / "w", lambda wid, st: None, opts)
     spec = fake.spec_for(fake.guest(short_dir / "g"))
     try:
-        await driver.create(spec)
-        started = await driver.start(spec.id)
+        await driver.create(fake.WID, spec)
+        started = await driver.start(fake.WID)
         assert started.state is WorkloadState.RUNNING, started.detail
-        assert (await driver.status(spec.id)).state is WorkloadState.RUNNING
-        stopped = await driver.stop(spec.id, timeout_s=5.0)
+        assert (await driver.status(fake.WID)).state is WorkloadState.RUNNING
+        stopped = await driver.stop(fake.WID, timeout_s=5.0)
         assert stopped.detail == "stopped by ctrl-alt-del"
     finally:
-        await driver.destroy(spec.id)
+        await driver.destroy(fake.WID)
     entries = [json.loads(line) for line in record.read_text().splitlines()]
     assert [e for e in entries if e["errors"]] == []
     calls = [(e["method"], e["path"]) for e in entries if "method" in e]

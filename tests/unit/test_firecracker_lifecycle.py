@@ -26,7 +26,7 @@ import pytest
 
 from meshd.drivers.base import Status, WorkloadState
 from meshd.drivers.firecracker import FirecrackerDriver, FirecrackerOptions
-from meshd.drivers.firecracker_api import MIB, boot_args
+from meshd.drivers.firecracker_api import MIB, NetworkInterface, boot_args
 from meshd.drivers.firecracker_host import (
     JailerOptions,
     check_availability,
@@ -36,6 +36,7 @@ from meshd.drivers.firecracker_host import (
 )
 from meshd.drivers.procfs import is_alive, read_stat
 from meshd.errors import DriverError
+from meshd.spec import Nic, WorkloadSpec
 
 try:
     from tests.unit import firecracker_fake as fake
@@ -133,7 +134,7 @@ async def test_create_refuses_a_node_without_firecracker(
     (lab.root / "modules" / "kvm_pvm").mkdir()
     d = lab.driver(binary=None)
     with pytest.raises(DriverError) as exc:
-        await d.create(fake.spec_for(lab.guest))
+        await d.create(fake.WID, fake.spec_for(lab.guest))
     assert str(exc.value) == (
         "firecracker is not installed on this node; put the binary on PATH or set "
         f"MESHD_FIRECRACKER (this node also has no usable KVM: {lab.root}/kvm is kvm_pvm)"
@@ -147,7 +148,7 @@ async def test_create_refuses_a_node_without_firecracker(
 async def test_create_refuses_a_node_without_usable_kvm(lab: Lab) -> None:
     d = lab.driver(kvm_device=lab.root / "no-kvm")
     with pytest.raises(DriverError, match=r"^firecracker cannot run on this node: it has no"):
-        await d.create(fake.spec_for(lab.guest))
+        await d.create(fake.WID, fake.spec_for(lab.guest))
 
 
 # --- create ---------------------------------------------------------------------------------
@@ -161,39 +162,42 @@ REFUSALS = {
     "too many cpus": ({"cpus": 33}, "1 to 32 vCPUs"),
     "cloud-init": ({"user_data": "#cloud-config\n"}, "no cloud-init seed"),
     "other driver": ({"driver": "qemu"}, "for the qemu driver"),
-    "bad id": ({"id": "../etc"}, "can't name a firecracker VM"),
+    "bad id": ({"wid": "../etc"}, "can't name a firecracker VM"),
+    "mesh NICs": ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported"),
 }
 
 
 @pytest.mark.parametrize("case", REFUSALS)
 async def test_create_refuses_bad_specs_and_leaves_nothing(lab: Lab, case: str) -> None:
     fields, why = REFUSALS[case]
+    fields = dict(fields)
+    wid = str(fields.pop("wid", fake.WID))
     d = lab.driver()
     with pytest.raises(DriverError, match=why):
-        await d.create(fake.spec_for(lab.guest, **fields))
+        await d.create(wid, fake.spec_for(lab.guest, **fields))
     assert not (lab.root / "w").exists() or list((lab.root / "w").iterdir()) == []
 
 
 async def test_create_refuses_a_qcow2_rootfs(lab: Lab) -> None:
     lab.guest["rootfs"].write_bytes(b"QFI\xfb" + b"\0" * 100)
     with pytest.raises(DriverError, match="is qcow2; firecracker needs a raw image"):
-        await lab.driver().create(fake.spec_for(lab.guest))
+        await lab.driver().create(fake.WID, fake.spec_for(lab.guest))
 
 
 async def test_create_writes_the_config_and_copies_the_rootfs(lab: Lab) -> None:
     d = lab.driver()
     spec = fake.spec_for(lab.guest, cpus=1.5, memory=300 * MIB, cmdline="quiet console=hvc0")
-    status = await d.create(spec)
+    status = await d.create(fake.WID, spec)
     assert (status.state, status.detail) == (WorkloadState.STOPPED, "created; not started")
-    wdir = lab.root / "w" / spec.id
+    wdir = lab.root / "w" / fake.WID
     config = json.loads((wdir / "vm-config.json").read_text())
     assert config["machine-config"] == {"vcpu_count": 2, "mem_size_mib": 300, "smt": False}
     assert config["boot-source"]["boot_args"] == "reboot=k panic=1 pci=off quiet console=hvc0"
     assert config["drives"][0]["path_on_host"] == str(wdir / "rootfs.img")
     assert (wdir / "rootfs.img").read_bytes() == lab.guest["rootfs"].read_bytes()
-    assert await d.list() == [spec.id]
+    assert await d.list() == [fake.WID]
     with pytest.raises(DriverError, match="already exists"):
-        await d.create(spec)
+        await d.create(fake.WID, spec)
     assert (wdir / "spec.json").exists()  # the refusal left the first one alone
 
 
@@ -209,29 +213,29 @@ def test_boot_args_keep_the_specs_own_values() -> None:
 async def test_start_status_stop_start_destroy(lab: Lab, boot: str) -> None:
     d = lab.driver(boot=boot)
     spec = fake.spec_for(lab.guest)
-    await d.create(spec)
-    started = await d.start(spec.id)
+    await d.create(fake.WID, spec)
+    started = await d.start(fake.WID)
     assert started.state is WorkloadState.RUNNING, started.detail
     assert started.pid is not None and started.extra["boot"] == boot
-    assert "MESHD-READY" in d.log_path(spec.id).read_text()
-    assert (lab.root / "w" / spec.id / "firecracker.pid").read_text() == f"{started.pid}\n"
-    again = await d.start(spec.id)
+    assert "MESHD-READY" in d.log_path(fake.WID).read_text()
+    assert (lab.root / "w" / fake.WID / "firecracker.pid").read_text() == f"{started.pid}\n"
+    again = await d.start(fake.WID)
     assert (again.state, again.pid) == (WorkloadState.RUNNING, started.pid)
-    status = await d.status(spec.id)
+    status = await d.status(fake.WID)
     assert status.extra["vm_state"] == "Running"
-    stopped = await d.stop(spec.id, timeout_s=5.0)
+    stopped = await d.stop(fake.WID, timeout_s=5.0)
     assert (stopped.state, stopped.detail, stopped.exit_code) == (
         WorkloadState.STOPPED,
         "stopped by ctrl-alt-del",
         0,
     )
-    assert (await d.status(spec.id)).state is WorkloadState.STOPPED
+    assert (await d.status(fake.WID)).state is WorkloadState.STOPPED
     # Firecracker leaves its socket file behind; a second start must not trip on it.
-    restarted = await d.start(spec.id)
+    restarted = await d.start(fake.WID)
     assert restarted.state is WorkloadState.RUNNING, restarted.detail
     assert restarted.pid != started.pid
-    await d.destroy(spec.id)
-    assert not (lab.root / "w" / spec.id).exists()
+    await d.destroy(fake.WID)
+    assert not (lab.root / "w" / fake.WID).exists()
     assert restarted.pid is not None and read_stat(restarted.pid) is None
     assert lab.changes == []  # every change above was asked for, none was reported
 
@@ -248,9 +252,9 @@ async def test_stop_falls_back_to_signals(
         monkeypatch.setenv(k, v)
     d = lab.driver(term_grace_s=0.5)
     spec = fake.spec_for(lab.guest)
-    await d.create(spec)
-    pid = (await d.start(spec.id)).pid
-    stopped = await d.stop(spec.id, timeout_s=0.3)
+    await d.create(fake.WID, spec)
+    pid = (await d.start(fake.WID)).pid
+    stopped = await d.stop(fake.WID, timeout_s=0.3)
     assert (stopped.state, stopped.detail) == (WorkloadState.STOPPED, f"stopped by {how}")
     assert pid is not None and read_stat(pid) is None
 
@@ -274,36 +278,36 @@ async def test_the_watcher_reports_an_exit_once(
     lab.guest["kernel"].write_text(console)
     d = lab.driver()
     spec = fake.spec_for(lab.guest)
-    await d.create(spec)
-    assert (await d.start(spec.id)).state is WorkloadState.RUNNING
+    await d.create(fake.WID, spec)
+    assert (await d.start(fake.WID)).state is WorkloadState.RUNNING
     await wait_for(lambda: lab.changes)
     await asyncio.sleep(0.2)
     assert len(lab.changes) == 1
     wid, status = lab.changes[0]
-    assert (wid, status.state) == (spec.id, state)
+    assert (wid, status.state) == (fake.WID, state)
     assert status.detail.startswith(detail), status.detail
-    assert (await d.status(spec.id)).state is state  # read back from exit.json
+    assert (await d.status(fake.WID)).state is state  # read back from exit.json
 
 
 async def test_a_guest_that_never_gets_ready_fails_and_is_killed(lab: Lab) -> None:
     lab.guest["kernel"].write_text("Linux version 6.1 (fake)\nstuck\n")
     d = lab.driver()
     spec = fake.spec_for(lab.guest, boot_timeout_s=1.0)
-    await d.create(spec)
-    status = await d.start(spec.id)
+    await d.create(fake.WID, spec)
+    status = await d.start(fake.WID)
     assert status.state is WorkloadState.FAILED
     assert status.detail == "the guest did not print 'MESHD-READY' within 1 s"
-    rec = json.loads((lab.root / "w" / spec.id / "process.json").read_text())
+    rec = json.loads((lab.root / "w" / fake.WID / "process.json").read_text())
     assert not is_alive(rec["pid"], rec["start_ticks"])
-    assert (await d.status(spec.id)).state is WorkloadState.FAILED
+    assert (await d.status(fake.WID)).state is WorkloadState.FAILED
 
 
 async def test_a_firecracker_that_refuses_its_config_fails_with_its_words(lab: Lab) -> None:
     d = lab.driver()
     spec = fake.spec_for(lab.guest)
-    await d.create(spec)
+    await d.create(fake.WID, spec)
     lab.guest["kernel"].unlink()  # gone between create and start
-    status = await d.start(spec.id)
+    status = await d.start(fake.WID)
     assert status.state is WorkloadState.FAILED
     assert status.detail.startswith("firecracker exited before its API answered (exit status 1")
     assert "Cannot open the kernel file" in status.detail
@@ -312,28 +316,68 @@ async def test_a_firecracker_that_refuses_its_config_fails_with_its_words(lab: L
 async def test_reattach_finds_the_vm_after_a_daemon_restart(lab: Lab) -> None:
     first = lab.driver()
     spec = fake.spec_for(lab.guest)
-    await first.create(spec)
-    pid = (await first.start(spec.id)).pid
+    await first.create(fake.WID, spec)
+    pid = (await first.start(fake.WID)).pid
     first.detach()  # meshd exits; the VM stays
     second = lab.driver()
-    assert await second.list() == [spec.id]
-    status = await second.reattach(spec.id)
+    assert await second.list() == [fake.WID]
+    status = await second.reattach(fake.WID)
     assert (status.state, status.pid) == (WorkloadState.RUNNING, pid)
-    stopped = await second.stop(spec.id, timeout_s=5.0)
+    stopped = await second.stop(fake.WID, timeout_s=5.0)
     assert stopped.detail == "stopped by ctrl-alt-del"
     assert stopped.exit_code is None  # not its child: the status went to init
+
+
+async def test_reattach_after_an_upgrade_reads_the_old_spec_json(lab: Lab) -> None:
+    first = lab.driver()
+    spec = fake.spec_for(lab.guest)
+    await first.create(fake.WID, spec)
+    pid = (await first.start(fake.WID)).pid
+    first.detach()
+    # What the driver dataclass of meshd before the one model wrote: every field, nulls
+    # for the unset ones, and the id.
+    old = {
+        "id": fake.WID, "name": "web", "driver": "firecracker", "cpus": 1.0,
+        "memory": 256 * MIB, "disk": 0, "command": None, "image": str(lab.guest["rootfs"]),
+        "kernel": str(lab.guest["kernel"]), "initrd": str(lab.guest["initrd"]),
+        "cmdline": None, "user_data": None, "meta_data": None, "network_config": None,
+        "env": {}, "boot_timeout_s": 20.0, "ready_marker": "MESHD-READY",
+    }  # fmt: skip
+    (lab.root / "w" / fake.WID / "spec.json").write_text(json.dumps(old, indent=2))
+    second = lab.driver()
+    assert await second.list() == [fake.WID]
+    status = await second.reattach(fake.WID)
+    assert (status.state, status.pid) == (WorkloadState.RUNNING, pid)
+    await second.stop(fake.WID, timeout_s=5.0)
+    restarted = await second.start(fake.WID)  # boot timeout and marker from the old file
+    assert restarted.state is WorkloadState.RUNNING, restarted.detail
+    assert restarted.pid != pid
+
+
+async def test_the_nics_hook_is_given_the_workload_id(lab: Lab) -> None:
+    asked: list[str] = []
+
+    def nics(wid: str, spec: WorkloadSpec) -> list[NetworkInterface]:
+        asked.append(wid)
+        return [NetworkInterface("eth0", f"tap-{wid}")]
+
+    d = lab.driver(nics=nics)
+    await d.create(fake.WID, fake.spec_for(lab.guest))
+    config = json.loads((lab.root / "w" / fake.WID / "vm-config.json").read_text())
+    assert asked == [fake.WID]
+    assert config["network-interfaces"] == [{"iface_id": "eth0", "host_dev_name": "tap-vm-1"}]
 
 
 async def test_reattach_reports_a_vm_that_died_while_meshd_was_away(lab: Lab) -> None:
     first = lab.driver()
     spec = fake.spec_for(lab.guest)
-    await first.create(spec)
-    pid = (await first.start(spec.id)).pid
+    await first.create(fake.WID, spec)
+    pid = (await first.start(fake.WID)).pid
     first.detach()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await wait_for(lambda: not is_alive(pid, read_stat(pid).starttime if read_stat(pid) else 0))
-    status = await lab.driver().reattach(spec.id)
+    status = await lab.driver().reattach(fake.WID)
     assert status.state is WorkloadState.FAILED
     assert "firecracker exit status unknown" in status.detail
 
@@ -341,7 +385,7 @@ async def test_reattach_reports_a_vm_that_died_while_meshd_was_away(lab: Lab) ->
 async def test_a_recycled_pid_is_never_taken_for_the_vm(lab: Lab) -> None:
     d = lab.driver()
     spec = fake.spec_for(lab.guest)
-    await d.create(spec)
+    await d.create(fake.WID, spec)
     me = read_stat(os.getpid())
     assert me is not None
     record = {
@@ -349,12 +393,12 @@ async def test_a_recycled_pid_is_never_taken_for_the_vm(lab: Lab) -> None:
         "start_ticks": me.starttime + 1,
         "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
         "started_at": 0.0,
-        "api_sock": str(lab.root / "w" / spec.id / "fc.sock"),
+        "api_sock": str(lab.root / "w" / fake.WID / "fc.sock"),
         "jail": None,
     }
-    (lab.root / "w" / spec.id / "process.json").write_text(json.dumps(record))
-    assert (await d.reattach(spec.id)).state is WorkloadState.FAILED
-    stopped = await d.stop(spec.id, timeout_s=0.1)  # must not signal this test's process
+    (lab.root / "w" / fake.WID / "process.json").write_text(json.dumps(record))
+    assert (await d.reattach(fake.WID)).state is WorkloadState.FAILED
+    stopped = await d.stop(fake.WID, timeout_s=0.1)  # must not signal this test's process
     assert stopped.detail == "stopped by nothing: it was not running"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshd.drivers import qemu_host as host
-from meshd.drivers.base import WorkloadSpec
+from meshd.drivers.qemu import QemuDriver
 from meshd.drivers.qemu_args import (
     MICROVM_OPTS,
     USER_DATA_MAX,
@@ -26,14 +26,16 @@ from meshd.drivers.qemu_args import (
     tsc_khz,
     validate,
 )
+from meshd.drivers.specfile import read_spec
 from meshd.errors import DriverError
+from meshd.spec import Nic, WorkloadSpec, dumps
 
 MIB = 1024 * 1024
+WID = "vm1"
 
 
 def spec(**kw: object) -> WorkloadSpec:
     base: dict[str, object] = {
-        "id": "vm1",
         "name": "vm1",
         "driver": "qemu",
         "cpus": 1.0,
@@ -112,16 +114,17 @@ def test_kernel_kind(head: bytes, kind: str | None) -> None:
     ("changes", "fragment"),
     [
         ({"driver": "process"}, "for the 'process' driver"),
-        ({"id": "../etc"}, "an id is"),
-        ({"id": ""}, "an id is"),
+        ({"wid": "../etc"}, "an id is"),
+        ({"wid": ""}, "an id is"),
         ({"command": "/bin/true"}, "not a command"),
         ({"env": {"FOO": "1"}}, "does not use env FOO"),
-        ({"env": {"QEMU_BRIDGE": "br 0; rm"}}, "not an interface name"),
+        # The bridge is the node's: a workload's env no longer smuggles one in.
+        ({"env": {"QEMU_BRIDGE": "br0"}}, "the node's bridge (MESHD_QEMU_BRIDGE)"),
+        ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported by this node yet"),
         ({"kernel": None}, "needs a kernel or a disk image"),
         ({"kernel": None, "image": "/i.qcow2", "initrd": "/i"}, "needs a kernel"),
         ({"kernel": None, "image": "/i.qcow2", "cmdline": "x"}, "needs a kernel"),
         ({"cpus": 0.0}, "cpus must be positive"),
-        ({"cpus": float("nan")}, "cpus must be positive"),
         ({"memory": 8 * MIB}, "at least 16 MiB"),
         ({"disk": 1 << 30}, "needs an image"),
         ({"disk": -1, "image": "/i"}, "must not be negative"),
@@ -134,15 +137,22 @@ def test_kernel_kind(head: bytes, kind: str | None) -> None:
     ],
 )
 def test_refused(changes: dict[str, object], fragment: str) -> None:
+    fields = dict(changes)
+    wid = str(fields.pop("wid", WID))
     with pytest.raises(DriverError, match="workload") as err:
-        validate(spec(**changes))
+        validate(wid, spec(**fields))
     assert fragment in str(err.value)
 
 
+def test_nan_cpus_never_reach_the_driver() -> None:
+    with pytest.raises(ValueError, match="cpus must be a finite number"):
+        spec(cpus=float("nan"))  # the model refuses it when it is built
+
+
 def test_size_limits_count_bytes_not_characters() -> None:
-    validate(spec(user_data="x" * USER_DATA_MAX))  # exactly at the limit is fine
+    validate(WID, spec(user_data="x" * USER_DATA_MAX))  # exactly at the limit is fine
     with pytest.raises(DriverError, match="user-data"):
-        validate(spec(user_data="é" * (USER_DATA_MAX // 2 + 1)))  # 2 bytes each
+        validate(WID, spec(user_data="é" * (USER_DATA_MAX // 2 + 1)))  # 2 bytes each
 
 
 @pytest.mark.parametrize(
@@ -151,17 +161,21 @@ def test_size_limits_count_bytes_not_characters() -> None:
         {},
         {"image": "/base.qcow2", "kernel": None, "disk": 1 << 30},
         {"image": "/base.qcow2", "initrd": "/i", "cmdline": "x=1"},
-        {"env": {"QEMU_BRIDGE": "br0"}, "user_data": "#cloud-config\n", "cpus": 0.5},
+        {"user_data": "#cloud-config\n", "cpus": 0.5},
     ],
 )
 def test_accepted(changes: dict[str, object]) -> None:
-    validate(spec(**changes))
+    validate(WID, spec(**changes))
 
 
-def test_unknown_json_fields_are_refused() -> None:
-    raw = spec().to_json().replace('"cpus"', '"vcpus": 2, "cpus"')
-    with pytest.raises(DriverError, match="unreadable workload spec"):
-        WorkloadSpec.from_json(raw)
+def test_unknown_json_fields_are_refused(tmp_path: Path) -> None:
+    wdir = tmp_path / WID
+    wdir.mkdir()
+    raw = dumps(spec()).replace(b'"cpus"', b'"vcpus":2,"cpus"')
+    (wdir / "spec.json").write_bytes(raw)
+    with pytest.raises(DriverError, match="is not a workload spec meshd can read") as err:
+        read_spec(wdir)
+    assert "vcpus" in str(err.value)
 
 
 # -- machine, kernel args, command line ----------------------------------------------
@@ -193,7 +207,7 @@ def _plan(tmp: Path, s: WorkloadSpec, **kw: object) -> LaunchPlan:
         "has_seed": False,
     }
     args.update(kw)
-    return plan_for(s, tmp, **args)  # type: ignore[arg-type]
+    return plan_for(WID, s, tmp, **args)  # type: ignore[arg-type]
 
 
 def _pairs(cmd: list[str]) -> list[tuple[str, str]]:
@@ -255,8 +269,20 @@ def test_argv_tap(tmp_path: Path) -> None:
     assert ("-device", f"virtio-net-device,netdev=net0,mac={mac_for('vm1')}") in _pairs(micro)
     q35 = argv(_plan(tmp_path, spec(image="/b"), bridge="br0", has_disk=True))
     assert any(a.startswith("virtio-net-pci,") and a.endswith(",romfile=") for a in q35)
-    per_workload = _plan(tmp_path, spec(env={"QEMU_BRIDGE": "br9"}))
-    assert per_workload.bridge == "br9" and per_workload.tap == tap
+    on_node_bridge = _plan(tmp_path, spec(), bridge="br9")
+    assert (on_node_bridge.bridge, on_node_bridge.tap) == ("br9", tap)
+    no_bridge = _plan(tmp_path, spec())
+    assert (no_bridge.bridge, no_bridge.tap, no_bridge.mac) == (None, None, None)
+    assert "-netdev" not in argv(no_bridge)
+
+
+def test_the_bridge_is_the_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHD_QEMU_BRIDGE", "br7")
+    assert QemuDriver(tmp_path, print).bridge == "br7"
+    assert QemuDriver(tmp_path, print, bridge="br0").bridge == "br0"  # the argument wins
+    monkeypatch.setenv("MESHD_QEMU_BRIDGE", "br 0; rm")
+    with pytest.raises(DriverError, match="'br 0; rm' is not an interface name; fix MESHD_QEMU"):
+        QemuDriver(tmp_path, print)
 
 
 def test_commas_in_paths_are_escaped(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ def submit(**extra: object) -> s.SubmitRequest:
 
 def test_a_minimal_submission_has_the_documented_defaults() -> None:
     r = submit()
-    assert (r.driver, r.disk, r.restart, r.boot_timeout_s) == ("process", 0, "reschedule", 60.0)
+    assert (r.driver, r.disk, r.restart, r.boot_timeout_s) == ("process", 0, "reschedule", None)
     assert r.spec().requirements() == frozenset({"driver:process"})
 
 
