@@ -38,11 +38,11 @@ from typing import Any
 from kademlia.network import Server
 
 from meshd import config
-from meshd.dht import MeshDHT, StaticDirectory
-from meshd.envelope import ReplayGuard, Sealer
+from meshd.adapters.dht import MeshDHT, StaticDirectory
+from meshd.adapters.transport import DatagramMux
+from meshd.core.envelope import ReplayGuard, Sealer
 from meshd.identity import pki
 from meshd.metrics import Registry
-from meshd.transport import DatagramMux
 
 HOST = "127.0.0.1"
 SEEDS_PER_NODE = 3

@@ -38,7 +38,7 @@ from typing import Any
 import nacl.secret
 
 from meshd import config
-from meshd.envelope import ReplayGuard, Sealer, Signer, Verifier
+from meshd.core.envelope import ReplayGuard, Sealer, Signer, Verifier
 from meshd.identity import pki
 from meshd.identity.revocation import RevocationList
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshd import config
 from meshd.config import Config
-from meshd.membership import MemberChanged, MemberState, Send
-from meshd.membership import codec as membership_codec
+from meshd.core.membership import MemberChanged, MemberState, Send
+from meshd.core.membership import codec as membership_codec
 from tests.sim.harness import Simulation
 from tests.sim.network import LinkModel
 

@@ -17,7 +17,7 @@ Two figures, one JSON line each (plus one line per mesh size for the second):
     reports within 12 % of an omniscient scheduler);
   * ``best_fit_online``: the same best fit, on the arrival order (no look-ahead);
   * ``balanced_fit_online``: meshd's own criterion (the fullest least-used dimension,
-    :mod:`meshd.auction.scoring`) over every blade: what the auction would do if it
+    :mod:`meshd.core.auction.scoring`) over every blade: what the auction would do if it
     could ask the whole mesh for free; ``ratio_balanced`` isolates what sampling and
     decentralization cost.
 
@@ -63,7 +63,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshd import config
-from meshd.auction import (
+from meshd.config import Config
+from meshd.core.auction import (
     Auctioneer,
     BidRequest,
     Broadcast,
@@ -75,9 +76,8 @@ from meshd.auction import (
     Telemetry,
     Workload,
 )
-from meshd.auction.candidates import Batch
-from meshd.auction.model import GiB
-from meshd.config import Config
+from meshd.core.auction.candidates import Batch
+from meshd.core.auction.model import GiB
 from tests.factories import workload as _factory_workload
 from tests.sim.auction import AUCTION_MESSAGES, auction_sim
 

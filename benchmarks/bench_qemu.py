@@ -35,10 +35,10 @@ from pathlib import Path
 
 import psutil
 
-from meshd.drivers import qemu_host as host
-from meshd.drivers.qemu import QemuDriver
-from meshd.drivers.qemu_args import argv, choose_accel, plan_for, read_tsc_khz
-from meshd.spec import WorkloadSpec
+from meshd.adapters.drivers import qemu_host as host
+from meshd.adapters.drivers.qemu import QemuDriver
+from meshd.adapters.drivers.qemu_args import argv, choose_accel, plan_for, read_tsc_khz
+from meshd.core.spec import WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "MESHD-GUEST-READY"

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshd.drivers.base import WorkloadState
-from meshd.drivers.process import ProcessDriver, read_stat
-from meshd.spec import WorkloadSpec
+from meshd.adapters.drivers.base import WorkloadState
+from meshd.adapters.drivers.process import ProcessDriver, read_stat
+from meshd.core.spec import WorkloadSpec
 
 
 def ignore(wid: str, status: object) -> None:

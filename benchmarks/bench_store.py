@@ -20,7 +20,7 @@ from pathlib import Path
 
 import apsw
 
-from meshd.store import Store
+from meshd.adapters.store import Store
 
 
 def rate(step: Callable[[int], None], seconds: float) -> float:

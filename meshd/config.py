@@ -137,7 +137,7 @@ class StoreConfig(_Section):
 
 @dataclass(frozen=True)
 class MembershipConfig(_Section):
-    """meshd.membership: SWIM with the Lifeguard extensions."""
+    """meshd.core.membership: SWIM with the Lifeguard extensions."""
 
     # Time between probes of one member (round-robin over a shuffled list).
     probe_interval_s: float = 0.5
@@ -175,7 +175,7 @@ class MembershipConfig(_Section):
 
 @dataclass(frozen=True)
 class DhtConfig(_Section):
-    """meshd.dht: Kademlia with signed records."""
+    """meshd.adapters.dht: Kademlia with signed records."""
 
     # Kademlia bucket size k and lookup parallelism alpha (the paper's defaults).
     ksize: int = 20
@@ -202,7 +202,7 @@ class DhtConfig(_Section):
 
 @dataclass(frozen=True)
 class AuctionConfig(_Section):
-    """meshd.auction: placement by auction, and the shell around it."""
+    """meshd.core.auction: placement by auction, and the shell around it."""
 
     # How long an originator waits for bids before it closes the round with what it
     # has (a round also closes as soon as every candidate answered). 250 ms is the
@@ -253,7 +253,7 @@ class AuctionConfig(_Section):
     batch_linger_s: float = 0.005
     # Holds, bids and this node's copy of the placement view are written to the store
     # in groups, at most this long after they changed (promises are written at once;
-    # see meshd/journal.py for why losing these moments to a crash is safe).
+    # see meshd/shell/journal.py for why losing these moments to a crash is safe).
     journal_lag_s: float = 0.05
     # Round records an originator keeps, in memory (`meshd auctions`) and on disk; older
     # final ones are pruned, leaving only their awarded generations (so none is
@@ -263,7 +263,7 @@ class AuctionConfig(_Section):
 
 @dataclass(frozen=True)
 class ProcessDriverConfig(_Section):
-    """meshd.drivers.process: workloads as host processes."""
+    """meshd.adapters.drivers.process: workloads as host processes."""
 
     # Exit detection period where pidfds are missing (kernels before 5.3, reattach).
     poll_interval_s: float = 0.5
@@ -275,7 +275,7 @@ class ProcessDriverConfig(_Section):
 
 @dataclass(frozen=True)
 class QemuDriverConfig(_Section):
-    """meshd.drivers.qemu: every timing bounds a wait on something outside us."""
+    """meshd.adapters.drivers.qemu: every timing bounds a wait on something outside us."""
 
     # The QEMU binary; unset: $MESHD_QEMU, else qemu-system-x86_64 on PATH.
     binary: str | None = None
@@ -307,7 +307,7 @@ class QemuDriverConfig(_Section):
 
 @dataclass(frozen=True)
 class FirecrackerDriverConfig(_Section):
-    """meshd.drivers.firecracker: microVMs through Firecracker's API."""
+    """meshd.adapters.drivers.firecracker: microVMs through Firecracker's API."""
 
     # The firecracker binary; unset: $MESHD_FIRECRACKER, else `firecracker` on PATH.
     binary: Path | None = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd.auction.model import Placement, Resources, Workload
-from meshd.spec import WorkloadSpec
+from meshd.core.auction.model import Placement, Resources, Workload
+from meshd.core.spec import WorkloadSpec
 
 RES1 = Resources(1.0, 1 << 20, 0)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd import __version__, spec
+from meshd import __version__
+from meshd.core import spec
 
 
 def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -467,7 +468,7 @@ def document() -> dict[str, Any]:
             },
         },
         "components": {
-            # The workload model's schemas come from the model itself (meshd.spec).
+            # The workload model's schemas come from the model itself (meshd.core.spec).
             "schemas": {**_SCHEMAS, **spec.json_schemas()},
             "securitySchemes": {"meshCA": {"type": "mutualTLS"}},
         },

@@ -32,10 +32,12 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from meshd import spec
+from meshd.adapters.store import roster, services
+from meshd.adapters.store.db import Store
 from meshd.api import tls
 from meshd.api.openapi import document
 from meshd.config import Config
+from meshd.core import spec
 from meshd.errors import (
     BadRequest,
     ConfigError,
@@ -47,12 +49,10 @@ from meshd.errors import (
 from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
-from meshd.mesh import REVOCATION_KIND, REVOCATIONS_PATH, Mesh
 from meshd.metrics import Registry
-from meshd.placement import PlacementShell
-from meshd.store import roster, services
-from meshd.store.db import Store
-from meshd.workloads import WorkloadRunner
+from meshd.shell.mesh import REVOCATION_KIND, REVOCATIONS_PATH, Mesh
+from meshd.shell.placement import PlacementShell
+from meshd.shell.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 

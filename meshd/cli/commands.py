@@ -16,14 +16,15 @@ from urllib.parse import quote
 import uvloop
 
 from meshd import config as config_mod
-from meshd import logs, spec
+from meshd import logs
+from meshd.adapters.store import roster
+from meshd.adapters.store.db import Store
 from meshd.cli import output
 from meshd.cli.client import DaemonClient
 from meshd.config import Config
+from meshd.core import spec
 from meshd.errors import ConfigError, IdentityError
 from meshd.identity import authority, enrolment, files, pki
-from meshd.store import roster
-from meshd.store.db import Store
 from meshd.units import format_size, parse_duration, parse_size
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meshd import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
+    from meshd.shell import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
 
     cfg = load_config(args, **_run_flags(args))
     logs.setup(cfg.log_level, cfg.log_format)

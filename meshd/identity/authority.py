@@ -13,13 +13,13 @@ import logging
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshd.adapters.store import record_token, roster
+from meshd.adapters.store import revocations as stored_revocations
+from meshd.adapters.store.db import Store
 from meshd.errors import IdentityError
 from meshd.identity import pki, revocation, token
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import Revocation, RevocationList
-from meshd.store import record_token, roster
-from meshd.store import revocations as stored_revocations
-from meshd.store.db import Store
 
 logger = logging.getLogger(__name__)
 

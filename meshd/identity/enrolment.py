@@ -30,14 +30,14 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshd.adapters.store import claim_token, roster
+from meshd.adapters.store.db import Store
 from meshd.api import tls
 from meshd.config import SecurityConfig
-from meshd.envelope import SECRET_BYTES
+from meshd.core.envelope import SECRET_BYTES
 from meshd.errors import EnrolmentError, IdentityError, TokenError
 from meshd.identity import pki, token
 from meshd.identity.files import NodeIdentity
-from meshd.store import claim_token, roster
-from meshd.store.db import Store
 from meshd.units import parse_hostport
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshd.envelope import SECRET_BYTES
+from meshd.core.envelope import SECRET_BYTES
 from meshd.errors import IdentityError
 from meshd.identity import pki
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import Status, WorkloadState
-from meshd.drivers.firecracker import FirecrackerDriver
-from meshd.drivers.procfs import is_alive
-from meshd.drivers.registry import make_drivers
+from meshd.adapters.drivers.base import Status, WorkloadState
+from meshd.adapters.drivers.firecracker import FirecrackerDriver
+from meshd.adapters.drivers.procfs import is_alive
+from meshd.adapters.drivers.registry import make_drivers
+from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec
 
 MIB = 1 << 20
 AVAILABILITY = FirecrackerDriver(Path("/nonexistent"), lambda w, s: None).availability()

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers import qemu_host as host
-from meshd.drivers.base import Status, WorkloadState
-from meshd.drivers.qemu import QemuDriver
+from meshd.adapters.drivers import qemu_host as host
+from meshd.adapters.drivers.base import Status, WorkloadState
+from meshd.adapters.drivers.qemu import QemuDriver
+from meshd.core.spec import Nic, WorkloadSpec
 from meshd.errors import DriverError
-from meshd.spec import Nic, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "MESHD-GUEST-READY"
@@ -378,8 +378,8 @@ async def test_a_kernel_that_does_not_boot(
 NET_SCRIPT = """
 import asyncio, json, subprocess, sys
 from pathlib import Path
-from meshd.drivers.qemu import QemuDriver
-from meshd.spec import WorkloadSpec
+from meshd.adapters.drivers.qemu import QemuDriver
+from meshd.core.spec import WorkloadSpec
 
 root, vmlinux, bzimage, initrd, disk = sys.argv[1:6]
 

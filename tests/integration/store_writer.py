@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from meshd.store import Store
+from meshd.adapters.store import Store
 
 
 def main() -> None:

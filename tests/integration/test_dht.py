@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.node import Node
 
 from meshd import config
+from meshd.adapters.dht import DhtError, MeshDHT, Record, StaticDirectory
+from meshd.adapters.dht import record as rec
+from meshd.adapters.dht.crawling import parse_contacts
+from meshd.adapters.transport import Channel, DatagramMux
 from meshd.config import Config
-from meshd.dht import DhtError, MeshDHT, Record, StaticDirectory
-from meshd.dht import record as rec
-from meshd.dht.crawling import parse_contacts
-from meshd.envelope import ReplayGuard, Sealer
+from meshd.core.envelope import ReplayGuard, Sealer
 from meshd.identity import pki
 from meshd.metrics import Registry
-from meshd.transport import Channel, DatagramMux
 
 HOST = "127.0.0.1"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.base import Status, WorkloadState
-from meshd.drivers.process import ProcessDriver
-from meshd.drivers.procfs import is_alive, parse_stat, read_stat, session_members
+from meshd.adapters.drivers.base import Status, WorkloadState
+from meshd.adapters.drivers.process import ProcessDriver
+from meshd.adapters.drivers.procfs import is_alive, parse_stat, read_stat, session_members
+from meshd.core.spec import WorkloadSpec, dumps
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec, dumps
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -237,8 +237,8 @@ async def test_survives_driver_discard(drivers: Make) -> None:
 CHILD = """
 import asyncio, sys
 from pathlib import Path
-from meshd.drivers.process import ProcessDriver
-from meshd.spec import WorkloadSpec
+from meshd.adapters.drivers.process import ProcessDriver
+from meshd.core.spec import WorkloadSpec
 
 async def main() -> None:
     root, wid, command = Path(sys.argv[1]), sys.argv[2], sys.argv[3]

@@ -27,11 +27,11 @@ from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 
 from meshd import config
-from meshd.dht import DhtError, StaticDirectory
-from meshd.dht import record as rec
-from meshd.dht.crawling import MeshRoutingTable
-from meshd.dht.protocol import DhtMetrics, DhtProtocol
-from meshd.dht.storage import RecordStore
+from meshd.adapters.dht import DhtError, StaticDirectory
+from meshd.adapters.dht import record as rec
+from meshd.adapters.dht.crawling import MeshRoutingTable
+from meshd.adapters.dht.protocol import DhtMetrics, DhtProtocol
+from meshd.adapters.dht.storage import RecordStore
 from meshd.identity import pki
 from meshd.metrics import Registry
 

@@ -21,7 +21,7 @@ from typing import IO
 
 import pytest
 
-from meshd.store import Store
+from meshd.adapters.store import Store
 
 WRITER = Path(__file__).with_name("store_writer.py")
 

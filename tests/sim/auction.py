@@ -2,22 +2,22 @@
 
 Theory of operation
 -------------------
-:class:`Fleet` plugs the :class:`~meshd.auction.Auctioneer` into a
+:class:`Fleet` plugs the :class:`~meshd.core.auction.Auctioneer` into a
 :class:`~tests.sim.harness.Simulation` on the ``"auction"`` channel, next to membership
 (or, for the thousands of random schedules, next to an *oracle* membership — the
 harness's truth of who is up — which is what SWIM converges to and is far cheaper).
-Each node gets a fake :class:`~meshd.auction.Capacity` and fake telemetry derived
+Each node gets a fake :class:`~meshd.core.auction.Capacity` and fake telemetry derived
 from its committed ledger (or overridden by a scenario).
 
 The shell's contract is modelled exactly: the effects of one step are applied with
-every ``Persist`` first — into a per-node :class:`~meshd.auction.DurableState` that
+every ``Persist`` first — into a per-node :class:`~meshd.core.auction.DurableState` that
 the fleet keeps across crashes, filled *only* by those records; like the shell's
 journal, records in ``durable.KNOWLEDGE`` (holds, bids, the view) reach it only
 ``auction.journal_lag_s`` later or ahead of the next promise, and a crash in between
 loses them — then the sends
 (``Send`` through the faulty network, ``Broadcast`` to every member directly and by
 membership gossip), then the rest. A restarted node's core is
-:meth:`~meshd.auction.Auctioneer.restore`-d from that store. A shell that got the
+:meth:`~meshd.core.auction.Auctioneer.restore`-d from that store. A shell that got the
 order wrong is modelled too (``crash ... torn``): the sends of a step leave and the
 node dies before its records are written; the invariants then break, which is the
 proof that persist-before-send matters.
@@ -50,7 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.auction import (
+from meshd.config import Config
+from meshd.core.auction import (
     AllocationCommitted,
     AllocationReleased,
     Auctioneer,
@@ -76,13 +77,12 @@ from meshd.auction import (
     Telemetry,
     Workload,
 )
-from meshd.auction import codec as auction_codec
-from meshd.auction.candidates import Batch
-from meshd.auction.durable import KNOWLEDGE
-from meshd.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, Revoke, Sync
-from meshd.auction.model import GiB, total
-from meshd.config import Config
-from meshd.membership import Deliver
+from meshd.core.auction import codec as auction_codec
+from meshd.core.auction.candidates import Batch
+from meshd.core.auction.durable import KNOWLEDGE
+from meshd.core.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, Revoke, Sync
+from meshd.core.auction.model import GiB, total
+from meshd.core.membership import Deliver
 from tests import factories
 from tests.sim.harness import MEMBERSHIP, SimNode, Simulation
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from meshd.auction import Capacity, Telemetry
 from meshd.config import Config
+from meshd.core.auction import Capacity, Telemetry
 from meshd.units import parse_size
 from tests.sim.auction import AUCTION, DEFAULT_CAPACITY, auction_sim, workload
 from tests.sim.harness import Simulation

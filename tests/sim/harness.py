@@ -44,8 +44,16 @@ from typing import Any, Protocol
 
 from meshd import config
 from meshd.config import Config
-from meshd.membership import Deliver, Identity, Member, MemberChanged, Membership, MemberState, Send
-from meshd.membership import codec as membership_codec
+from meshd.core.membership import (
+    Deliver,
+    Identity,
+    Member,
+    MemberChanged,
+    Membership,
+    MemberState,
+    Send,
+)
+from meshd.core.membership import codec as membership_codec
 from tests.sim.clock import EventQueue
 from tests.sim.network import LinkModel, Network
 

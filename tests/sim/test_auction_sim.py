@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from meshd import config
-from meshd.auction import Capacity, InvariantBreach, Telemetry
-from meshd.auction.model import GiB, MiB
+from meshd.core.auction import Capacity, InvariantBreach, Telemetry
+from meshd.core.auction.model import GiB, MiB
 from tests.sim.auction import AuctionNode, Fleet, auction_sim, workload
 from tests.sim.auction_script import DIRECTIVES, extension
 from tests.sim.harness import (

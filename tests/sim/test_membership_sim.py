@@ -16,7 +16,7 @@ import pytest
 
 from meshd import config
 from meshd.config import Config
-from meshd.membership import Deliver, MemberChanged, MemberState, suspicion
+from meshd.core.membership import Deliver, MemberChanged, MemberState, suspicion
 from tests.sim.harness import (
     Simulation,
     check_golden,

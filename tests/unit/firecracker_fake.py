@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from meshd.drivers.firecracker import FirecrackerOptions
-from meshd.drivers.firecracker_api import MIB
-from meshd.spec import WorkloadSpec
+from meshd.adapters.drivers.firecracker import FirecrackerOptions
+from meshd.adapters.drivers.firecracker_api import MIB
+from meshd.core.spec import WorkloadSpec
 
 try:
     from tests.unit.firecracker_spec import Swagger

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshd.envelope import ReplayGuard, Sealer, Signer, Verifier
+from meshd.core.envelope import ReplayGuard, Sealer, Signer, Verifier
 from meshd.identity import pki
 from meshd.identity.revocation import RevocationList
 

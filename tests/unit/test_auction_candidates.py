@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from meshd.auction.candidates import eligible, sample_size, select
-from meshd.auction.model import Constraints
+from meshd.core.auction.candidates import eligible, sample_size, select
+from meshd.core.auction.model import Constraints
 
 ANY = Constraints()
 

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshd.api.server import MAX_BODY
-from meshd.auction import codec, fields
-from meshd.auction import durable as d
-from meshd.auction.bidder import MAX_REASON_BYTES
-from meshd.auction.capabilities import Requirements
-from meshd.auction.messages import (
+from meshd.core.auction import codec, fields
+from meshd.core.auction import durable as d
+from meshd.core.auction.bidder import MAX_REASON_BYTES
+from meshd.core.auction.capabilities import Requirements
+from meshd.core.auction.messages import (
     Accept,
     AuctionMsg,
     Award,
@@ -29,7 +29,7 @@ from meshd.auction.messages import (
     Revoke,
     Sync,
 )
-from meshd.auction.model import (
+from meshd.core.auction.model import (
     Allocation,
     AwardRecord,
     BidRecord,
@@ -38,8 +38,8 @@ from meshd.auction.model import (
     Resources,
     RoundRecord,
 )
+from meshd.core.spec import Service
 from meshd.errors import EnvelopeError
-from meshd.spec import Service
 from tests.factories import placement, workload
 
 RES = Resources(2.5, 4 * GiB, 10 * GiB)

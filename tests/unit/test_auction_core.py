@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import meshd.auction
+import meshd.core.auction
 from meshd import config
-from meshd.auction import (
+from meshd.core.auction import (
     Accept,
     Auctioneer,
     Award,
@@ -48,9 +48,9 @@ from meshd.auction import (
     Workload,
     codec,
 )
-from meshd.auction.capabilities import SIMULATED, Capabilities
-from meshd.auction.model import GiB, MiB
-from meshd.auction.ranking import rank
+from meshd.core.auction.capabilities import SIMULATED, Capabilities
+from meshd.core.auction.model import GiB, MiB
+from meshd.core.auction.ranking import rank
 from meshd.errors import ConfigError
 from tests.factories import placement, workload
 
@@ -624,7 +624,7 @@ def test_large_mesh_asks_a_sample() -> None:
 
 # -- purity and config -----------------------------------------------------------------
 
-ROOT = Path(meshd.auction.__file__).parent
+ROOT = Path(meshd.core.auction.__file__).parent
 FORBIDDEN = {"asyncio", "socket", "apsw", "aiohttp", "time", "zeroconf", "psutil", "threading"}
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from meshd.auction.digest import (
+from meshd.core.auction.digest import (
     COUNTS,
     FINE,
     MIN_BUCKETS,
@@ -15,7 +15,7 @@ from meshd.auction.digest import (
     bucket_count,
     fine_bucket,
 )
-from meshd.auction.model import Placement, Resources
+from meshd.core.auction.model import Placement, Resources
 from tests.factories import placement
 
 RES = Resources(1, 1, 0)

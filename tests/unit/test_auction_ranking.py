@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.auction.messages import Bid
-from meshd.auction.ranking import rank, tiebreak_hash, winner
+from meshd.core.auction.messages import Bid
+from meshd.core.auction.ranking import rank, tiebreak_hash, winner
 
 RID = "n1-000000000001"
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.auction.model import Capacity, GiB, MiB, Resources, Telemetry
-from meshd.auction.scoring import Overcommit, evaluate, limit
+from meshd.core.auction.model import Capacity, GiB, MiB, Resources, Telemetry
+from meshd.core.auction.scoring import Overcommit, evaluate, limit
 
 CAP = Capacity(8.0, 16 * GiB, 100 * GiB)
 NONE = Resources(0.0, 0, 0)

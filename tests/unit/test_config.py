@@ -14,14 +14,14 @@ import msgspec
 import pytest
 
 from meshd import config
+from meshd.adapters.drivers.firecracker_host import FirecrackerOptions
+from meshd.adapters.drivers.process import ProcessDriver
+from meshd.adapters.drivers.qemu import QemuDriver
+from meshd.adapters.drivers.qemu_args import QemuTuning
+from meshd.adapters.drivers.registry import driver_options, make_drivers
 from meshd.cli.main import main
-from meshd.drivers.firecracker_host import FirecrackerOptions
-from meshd.drivers.process import ProcessDriver
-from meshd.drivers.qemu import QemuDriver
-from meshd.drivers.qemu_args import QemuTuning
-from meshd.drivers.registry import driver_options, make_drivers
+from meshd.core.spec import WorkloadSpec
 from meshd.errors import ConfigError
-from meshd.spec import WorkloadSpec
 
 
 @pytest.mark.parametrize("name", config.PRESETS)

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.dht import record as rec
-from meshd.dht.record import Record, StaticDirectory
+from meshd.adapters.dht import record as rec
+from meshd.adapters.dht.record import Record, StaticDirectory
 from meshd.errors import DhtError, MeshdError, RecordError
 from meshd.identity import pki
 

@@ -14,8 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from meshd.dht.record import Record, key_digest
-from meshd.dht.storage import Outcome, OwnRecord, RecordStore, dump_state, parse_state
+from meshd.adapters.dht.record import Record, key_digest
+from meshd.adapters.dht.storage import Outcome, OwnRecord, RecordStore, dump_state, parse_state
 from meshd.errors import DhtError
 
 NOW = 1_700_000_000.0

@@ -11,13 +11,13 @@ from typing import Literal
 
 import pytest
 
-from meshd.drivers import registry
-from meshd.drivers.base import Driver, OnChange, Status, WorkloadState
-from meshd.drivers.fake import FakeDriver, FakeHost, run_now
-from meshd.drivers.process import ProcessDriver
-from meshd.drivers.registry import driver_for, make_drivers
+from meshd.adapters.drivers import registry
+from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
+from meshd.adapters.drivers.fake import FakeDriver, FakeHost, run_now
+from meshd.adapters.drivers.process import ProcessDriver
+from meshd.adapters.drivers.registry import driver_for, make_drivers
+from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec
 
 Events = list[tuple[str, Status]]
 
@@ -236,7 +236,7 @@ def test_registry_skips_missing_and_refusing_drivers(
         registry,
         "OPTIONAL",
         {
-            "missing": ("meshd.drivers.not_written_yet", "Nope"),
+            "missing": ("meshd.adapters.drivers.not_written_yet", "Nope"),
             "nameless": ("meshd_test_drivers", "Nope"),
             "refusing": ("meshd_test_drivers", "Refusing"),
             "fake": ("meshd_test_drivers", "Fake"),

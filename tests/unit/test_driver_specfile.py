@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers.specfile import SPEC_NAME, read_spec, spec_driver
+from meshd.adapters.drivers.specfile import SPEC_NAME, read_spec, spec_driver
+from meshd.core.spec import WorkloadSpec, dumps
 from meshd.errors import DriverError
-from meshd.spec import WorkloadSpec, dumps
 
 MIB = 1 << 20
 
@@ -24,7 +24,7 @@ def wdir_with(tmp_path: Path, text: str | bytes, wid: str = "vm1") -> Path:
 
 
 def old_format(**changes: object) -> dict[str, object]:
-    """What the driver dataclass before meshd.spec wrote: every field, nulls, the id."""
+    """What the driver dataclass before meshd.core.spec wrote: every field, nulls, the id."""
     doc: dict[str, object] = {
         "id": "vm1",
         "name": "web",
@@ -121,6 +121,6 @@ def test_spec_driver_of_missing_and_unreadable_files(
     assert spec_driver(tmp_path / "empty") is None
     with pytest.raises(FileNotFoundError):
         read_spec(tmp_path / "empty")
-    with caplog.at_level(logging.WARNING, logger="meshd.drivers.specfile"):
+    with caplog.at_level(logging.WARNING, logger="meshd.adapters.drivers.specfile"):
         assert spec_driver(wdir_with(tmp_path, "{")) is None
     assert "unreadable workload spec" in caplog.text

@@ -23,7 +23,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from meshd.envelope import (
+from meshd.core.envelope import (
     SEAL_OVERHEAD,
     ReplayGuard,
     Sealer,

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from meshd.drivers.base import WorkloadState
-from meshd.drivers.firecracker import FirecrackerDriver
-from meshd.drivers.firecracker_api import MIB, FirecrackerApi, NetworkInterface, vm_config
-from meshd.drivers.firecracker_host import JailerOptions, prepare_jail
+from meshd.adapters.drivers.base import WorkloadState
+from meshd.adapters.drivers.firecracker import FirecrackerDriver
+from meshd.adapters.drivers.firecracker_api import MIB, FirecrackerApi, NetworkInterface, vm_config
+from meshd.adapters.drivers.firecracker_host import JailerOptions, prepare_jail
 from meshd.errors import FirecrackerApiError
 
 try:

@@ -24,19 +24,19 @@ from typing import Any
 
 import pytest
 
-from meshd.drivers.base import Status, WorkloadState
-from meshd.drivers.firecracker import FirecrackerDriver, FirecrackerOptions
-from meshd.drivers.firecracker_api import MIB, NetworkInterface, boot_args
-from meshd.drivers.firecracker_host import (
+from meshd.adapters.drivers.base import Status, WorkloadState
+from meshd.adapters.drivers.firecracker import FirecrackerDriver, FirecrackerOptions
+from meshd.adapters.drivers.firecracker_api import MIB, NetworkInterface, boot_args
+from meshd.adapters.drivers.firecracker_host import (
     JailerOptions,
     check_availability,
     jailer_argv,
     kvm_problem,
     prepare_jail,
 )
-from meshd.drivers.procfs import is_alive, read_stat
+from meshd.adapters.drivers.procfs import is_alive, read_stat
+from meshd.core.spec import Nic, WorkloadSpec
 from meshd.errors import DriverError
-from meshd.spec import Nic, WorkloadSpec
 
 try:
     from tests.unit import firecracker_fake as fake

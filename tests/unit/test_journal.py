@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
-from meshd.auction.durable import (
+from meshd.adapters.store import auction_records
+from meshd.adapters.store.db import Store
+from meshd.core.auction.durable import (
     AllocationCommitted,
     BidRecorded,
     HoldPlaced,
     HoldReleased,
     PlacementRecorded,
 )
-from meshd.auction.model import Allocation, BidRecord, Hold, Resources
+from meshd.core.auction.model import Allocation, BidRecord, Hold, Resources
 from meshd.errors import StoreError
-from meshd.journal import AuctionJournal
-from meshd.store import auction_records
-from meshd.store.db import Store
+from meshd.shell.journal import AuctionJournal
 from tests.factories import placement, workload
 
 RES = Resources(1.0, 1 << 20, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshd.membership.awareness import Awareness
+from meshd.core.membership.awareness import Awareness
 
 
 def test_score_saturates_at_both_ends() -> None:

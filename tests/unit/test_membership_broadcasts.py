@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from meshd.membership import codec
-from meshd.membership.broadcasts import BroadcastQueue
-from meshd.membership.messages import Alive, Left, Suspect, Update, UserMsg
+from meshd.core.membership import codec
+from meshd.core.membership.broadcasts import BroadcastQueue
+from meshd.core.membership.messages import Alive, Left, Suspect, Update, UserMsg
 
 
 def _push(q: BroadcastQueue, u: Update, key: str | None = None, born: float | None = None) -> None:

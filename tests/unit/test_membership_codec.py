@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.errors import EnvelopeError
-from meshd.membership import codec
-from meshd.membership.messages import (
+from meshd.core.membership import codec
+from meshd.core.membership.messages import (
     Ack,
     Alive,
     Dead,
@@ -26,7 +25,8 @@ from meshd.membership.messages import (
     Update,
     UserMsg,
 )
-from meshd.membership.state import MemberState
+from meshd.core.membership.state import MemberState
+from meshd.errors import EnvelopeError
 
 U32 = st.integers(0, 2**32 - 1)
 NAME = st.text(min_size=1, max_size=20)

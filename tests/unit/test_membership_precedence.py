@@ -8,8 +8,8 @@ import random
 import pytest
 
 from meshd import config
-from meshd.membership import Identity, Membership, MemberState
-from meshd.membership.messages import Alive, Dead, Gossip, Left, Suspect, Update
+from meshd.core.membership import Identity, Membership, MemberState
+from meshd.core.membership.messages import Alive, Dead, Gossip, Left, Suspect, Update
 
 ME = Identity("me", "00aa", ("10.0.0.1", 7420))
 B_ID, B_ADDR = "00bb", ("10.0.0.2", 7420)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from meshd.membership.state import MemberState, NameSet, sample_names
+from meshd.core.membership.state import MemberState, NameSet, sample_names
 
 
 def test_live_states() -> None:

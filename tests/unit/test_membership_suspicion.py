@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from meshd.membership import suspicion
-from meshd.membership.suspicion import Suspicion
+from meshd.core.membership import suspicion
+from meshd.core.membership.suspicion import Suspicion
 
 
 @pytest.mark.parametrize(

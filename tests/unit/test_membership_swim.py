@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from meshd import config
 from meshd.config import Config
-from meshd.membership import (
+from meshd.core.membership import (
     Deliver,
     Effect,
     Identity,
@@ -26,7 +26,7 @@ from meshd.membership import (
     codec,
     swim,
 )
-from meshd.membership.messages import (
+from meshd.core.membership.messages import (
     Ack,
     Alive,
     Dead,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from meshd.core.names import Instance, NameQuery, parse, select
 from meshd.errors import NamingError
-from meshd.names import Instance, NameQuery, parse, select
 
 
 @pytest.mark.parametrize(

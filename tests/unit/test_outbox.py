@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.auction import codec
-from meshd.auction.messages import Accept, Release
-from meshd.outbox import Outbox, frames
+from meshd.core.auction import codec
+from meshd.core.auction.messages import Accept, Release
+from meshd.shell.outbox import Outbox, frames
 
 
 def body(i: int) -> bytes:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.drivers import qemu_host as host
-from meshd.drivers.qemu import QemuDriver
-from meshd.drivers.qemu_args import (
+from meshd.adapters.drivers import qemu_host as host
+from meshd.adapters.drivers.qemu import QemuDriver
+from meshd.adapters.drivers.qemu_args import (
     MICROVM_OPTS,
     USER_DATA_MAX,
     LaunchPlan,
@@ -26,9 +26,9 @@ from meshd.drivers.qemu_args import (
     tsc_khz,
     validate,
 )
-from meshd.drivers.specfile import read_spec
+from meshd.adapters.drivers.specfile import read_spec
+from meshd.core.spec import Nic, WorkloadSpec, dumps
 from meshd.errors import DriverError
-from meshd.spec import Nic, WorkloadSpec, dumps
 
 MIB = 1024 * 1024
 WID = "vm1"

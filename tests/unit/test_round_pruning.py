@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from meshd import config
-from meshd.auction import Auctioneer, Capacity, Decided, Send
-from meshd.auction.durable import FloorRecorded, PlacementRecorded, RoundRecorded
-from meshd.auction.model import (
+from meshd.adapters.store import auction_records
+from meshd.adapters.store.db import Store
+from meshd.core.auction import Auctioneer, Capacity, Decided, Send
+from meshd.core.auction.durable import FloorRecorded, PlacementRecorded, RoundRecorded
+from meshd.core.auction.model import (
     DECIDED,
     FAILED,
     AwardRecord,
@@ -21,8 +23,6 @@ from meshd.auction.model import (
     Resources,
     RoundRecord,
 )
-from meshd.store import auction_records
-from meshd.store.db import Store
 from tests.factories import placement, workload
 
 RES = Resources(1.0, GiB, 0)

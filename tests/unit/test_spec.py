@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from meshd import spec as s
+from meshd.core import spec as s
 from meshd.errors import BadRequest
 
 OK = {"name": "web", "cpus": 2, "memory": 1 << 30}

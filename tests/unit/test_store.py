@@ -13,8 +13,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from meshd.errors import StoreError
-from meshd.store import (
+from meshd.adapters.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Migration,
@@ -24,7 +23,8 @@ from meshd.store import (
     list_tokens,
     record_token,
 )
-from meshd.store import migrations as migrations_module
+from meshd.adapters.store import migrations as migrations_module
+from meshd.errors import StoreError
 
 TABLES = {
     "meta",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd import workload_states as ws
+from meshd.core import workload_states as ws
 
 
 def test_own_changes_are_announced_and_only_state_changes_are_events() -> None:

@@ -1,0 +1,1 @@
+"""IO adapters: sockets, the DHT, mDNS, the store, drivers, host telemetry."""

@@ -1,0 +1,77 @@
+"""What this host offers: capacity measured with psutil, or declared in the config."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from meshd.config import Config
+from meshd.core.auction.capabilities import Capabilities
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpus: float
+    memory: int
+    disk: int
+    declared: bool
+
+    def as_json(self) -> dict[str, float | int | bool]:
+        return {
+            "cpus": self.cpus,
+            "memory": self.memory,
+            "disk": self.disk,
+            "declared": self.declared,
+        }
+
+
+def capacity(cfg: Config) -> Capacity:
+    """Declared values win; what isn't declared is measured from the host."""
+    declared = cfg.cpus is not None and cfg.memory is not None and cfg.disk is not None
+    cpus = cfg.cpus if cfg.cpus is not None else float(os.cpu_count() or 1)
+    memory = cfg.memory if cfg.memory is not None else psutil.virtual_memory().total
+    disk = cfg.disk if cfg.disk is not None else _disk_free(cfg.data_dir)
+    return Capacity(cpus=cpus, memory=memory, disk=disk, declared=declared)
+
+
+def _disk_free(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return psutil.disk_usage(str(path)).free
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the bidder scores from: this host's load and what is free right now."""
+
+    load_per_core: float
+    mem_available: int
+    disk_free: int
+
+
+def sample(data_dir: Path) -> Sample:
+    """A live reading: 1-minute load per core, available memory, free disk under data_dir."""
+    cores = os.cpu_count() or 1
+    return Sample(
+        load_per_core=os.getloadavg()[0] / cores,
+        mem_available=psutil.virtual_memory().available,
+        disk_free=_disk_free(data_dir),
+    )
+
+
+def rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def capabilities(cfg: Config, driver_offers: Iterable[frozenset[str]]) -> Capabilities:
+    """What this node offers in its bids: what its drivers can really run here (checked
+    once at start-up), its CPU architecture, and the labels its operator set."""
+    offers = {f"arch:{platform.machine()}"}
+    for offer in driver_offers:
+        offers |= offer
+    return Capabilities(frozenset(offers), cfg.label_map())

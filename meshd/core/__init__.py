@@ -1,0 +1,1 @@
+"""Pure protocol cores: no IO, no clocks, no global random (STYLE.md)."""

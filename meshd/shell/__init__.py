@@ -1,0 +1,1 @@
+"""The node's shells: drive the cores over ports (persist, send, act)."""

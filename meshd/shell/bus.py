@@ -1,0 +1,52 @@
+"""Events one shell publishes and others subscribe to, instead of reaching into each other.
+
+The placement shell says "this allocation is confirmed here" and "this workload moved
+away"; the workload runner listens. Neither imports the other, and a test (or the
+simulator) can subscribe to watch the same events. Handlers run synchronously in
+publication order; one that raises is logged and the others still run, because one
+subscriber's bug must not cost another its event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from meshd.core.auction.model import Allocation
+
+logger = logging.getLogger(__name__)
+E = TypeVar("E")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadAssigned:
+    """A placement on this node is confirmed: run it (the runner creates and starts it)."""
+
+    allocation: Allocation
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadReleased:
+    """This node no longer runs ``workload_id`` (moved away at ``generation``, or removed)."""
+
+    workload_id: str
+    generation: int
+    reason: str
+
+
+class Bus:
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Callable[[Any], None]]] = defaultdict(list)
+
+    def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> None:
+        self._handlers[kind].append(handler)
+
+    def publish(self, event: object) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("an event handler failed event=%s", type(event).__name__)

@@ -1,0 +1,362 @@
+"""The node shell: one asyncio process that owns this blade's identity, store and API.
+
+Start-up order matters: take the data-dir lock (one daemon per data dir), load and
+check the identity, open the store, bind the mesh port and the unix socket, record
+the address peers should use, then announce readiness. Shutdown (SIGTERM/SIGINT)
+runs the same steps backwards and lets in-flight requests finish for
+``api.shutdown_grace_s``.
+
+Later issues hang the protocol cores (membership, auction, fencing) and the DHT off
+this shell; it stays thin: cores decide, the shell persists, sends and acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from meshd import __version__
+from meshd.adapters import telemetry
+from meshd.adapters.store import roster
+from meshd.adapters.store.db import Store
+from meshd.api import tls
+from meshd.api.server import Api
+from meshd.config import Config
+from meshd.errors import DaemonError, MeshdError
+from meshd.identity import authority
+from meshd.identity.files import NodeIdentity
+from meshd.metrics import Registry
+from meshd.shell.bus import Bus
+from meshd.shell.context import NodeContext
+from meshd.shell.mesh import Mesh
+from meshd.shell.placement import PlacementShell
+from meshd.shell.workloads import WorkloadRunner
+from meshd.units import format_hostport, parse_hostport
+
+logger = logging.getLogger(__name__)
+
+
+def _first_lan_ipv4() -> str:
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return "127.0.0.1"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold ``DATA_DIR/meshd.lock`` for the life of the process: one daemon per data dir."""
+    path = data_dir / "meshd.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise DaemonError(
+            f"another meshd is already running with data directory {data_dir}"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=512)
+    except OSError as exc:
+        raise DaemonError(
+            f"can't listen on {format_hostport(host, port)}: {exc.strerror}; "
+            "pick another --listen address or stop what holds the port"
+        ) from exc
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # a stale socket left by a crashed daemon
+        else:
+            raise DaemonError(f"another meshd already answers on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+async def _resolve_seeds(seeds: tuple[str, ...], own: str) -> list[tuple[str, int]]:
+    """Seed HOST:PORTs to IPv4 addresses (names resolved once, at start); skips ourselves."""
+    out: list[tuple[str, int]] = []
+    loop = asyncio.get_running_loop()
+    for seed in seeds:
+        if seed == own:
+            continue
+        host, port = parse_hostport(seed, "seed")
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            )
+        except OSError as exc:
+            logger.warning("can't resolve seed seed=%s error=%s", seed, exc)
+            continue
+        out.extend((str(i[4][0]), int(i[4][1])) for i in infos[:1])
+    return out
+
+
+class Node:
+    def __init__(
+        self,
+        cfg: Config,
+        ident: NodeIdentity,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.ident = ident
+        self.store = store
+        self.clock = clock
+        self.metrics = Registry()
+        self.revocations = authority.load_revocations(store, ident.ca_cert)
+        self.ctx = NodeContext(
+            cfg, ident, store, clock, self.metrics, self.revocations, Bus(), self.request_stop
+        )
+        self.started_at = clock()
+        self._started_mono = time.monotonic()
+        self.address = ""
+        self.listen = ""
+        self._runner: web.AppRunner | None = None
+        self._owns_socket = False
+        self.mesh: Mesh | None = None
+        self.placement: PlacementShell | None = None
+        self.runner: WorkloadRunner | None = None
+        # False until start-up has finished: /v1/health answers 503 "starting" till then.
+        self.ready = False
+        self._socket_path = cfg.socket_path
+        self._stopping = asyncio.Event()
+        self._housekeeping: asyncio.Task[None] | None = None
+        m = self.metrics
+        m.gauge("meshd_up", "1 while the daemon runs", lambda: 1.0)
+        m.gauge("meshd_uptime_seconds", "Seconds since start", lambda: self.uptime)
+        m.gauge("meshd_process_rss_bytes", "Resident memory of the daemon", telemetry.rss_bytes)
+        m.gauge("meshd_roster_nodes", "Enrolled, not removed nodes", self._roster_size)
+        m.gauge("meshd_revoked_nodes", "Revocations known", lambda: float(len(self.revocations)))
+        info = m.gauge("meshd_info", "Constant 1, labelled with this node's identity")
+        info.set(1.0, name=ident.name, domain=ident.domain, version=__version__)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def _roster_size(self) -> float:
+        return float(len(roster.members(self.store)))
+
+    # -- life cycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
+        self.mesh = Mesh(self.ctx)
+        tcp = await self._bind_mesh_port(listen_host, listen_port)
+        port = tcp.getsockname()[1]
+        self.listen = format_hostport(listen_host, port)
+        if self.cfg.advertise:
+            self.address = self.cfg.advertise
+        elif self.cfg.mdns and listen_host in ("0.0.0.0", "::", ""):  # noqa: S104
+            self.address = format_hostport(self.cfg.mdns, port)
+        elif listen_host in ("0.0.0.0", "::", ""):  # noqa: S104 - detecting a wildcard
+            self.address = format_hostport(_first_lan_ipv4(), port)
+        else:
+            self.address = self.listen
+        unix = _bind_unix(self._socket_path)
+        self._owns_socket = True
+        api = Api(self)
+        self._runner = web.AppRunner(
+            api.app(), shutdown_timeout=self.cfg.api.shutdown_grace_s, access_log=None
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, unix).start()
+        await web.SockSite(self._runner, tcp, ssl_context=tls.server_context(self.ident)).start()
+        # Configured seeds first, then every member's last known address from the
+        # durable roster: a restarted node rejoins even when its seeds are gone.
+        known = [
+            m.address
+            for m in roster.members(self.store)
+            if m.name != self.ident.name and m.address and not m.address.endswith(":0")
+        ]
+        candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
+        seeds = await _resolve_seeds(candidates, self.address)
+        await self.mesh.start(parse_hostport(self.address, "address"), seeds)
+        self.runner = WorkloadRunner(self.ctx, self.mesh)
+        caps = telemetry.capabilities(
+            self.cfg, (d.capabilities() for d in self.runner.drivers.values())
+        )
+        logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
+        self.placement = PlacementShell(self.ctx, self.mesh, caps)
+        self.placement.start()
+        self.runner.start(self.placement.core.ledger().allocations)
+        self.store.set_meta("address", self.address)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
+        self.ready = True
+        roster.set_address(self.store, self.ident.name, self.address)
+        self.store.append_event(
+            self.clock(), "node.started", self.ident.name, {"address": self.address}
+        )
+        logger.info(
+            "meshd ready name=%s domain=%s address=%s socket=%s version=%s",
+            self.ident.name,
+            self.ident.domain,
+            self.address,
+            self._socket_path,
+            __version__,
+        )
+
+    async def _prune_events(self) -> None:
+        """Keep the event log bounded (``store.events_keep``, ``store.events_max_age_s``)."""
+        while True:
+            try:
+                dropped = self.store.prune_events(
+                    self.cfg.store.events_keep, self.clock() - self.cfg.store.events_max_age_s
+                )
+                if dropped:
+                    logger.debug("pruned events count=%d", dropped)
+            except MeshdError as exc:  # a busy or failing disk: try again next time
+                logger.warning("pruning the event log failed: %s", exc)
+            await asyncio.sleep(60.0)
+
+    async def _bind_mesh_port(self, host: str, port: int) -> socket.socket:
+        """TCP and UDP on one port number; with port 0, retry until both are free."""
+        assert self.mesh is not None
+        for _ in range(20):
+            tcp = _bind_tcp(host, port)
+            try:
+                await self.mesh.bind(host, tcp.getsockname()[1])
+            except OSError as exc:
+                tcp.close()
+                if port != 0:
+                    raise DaemonError(
+                        f"can't listen on UDP {format_hostport(host, port)}: {exc.strerror}; "
+                        "pick another --listen address or stop what holds the port"
+                    ) from exc
+                continue
+            return tcp
+        raise DaemonError(f"found no port free for both TCP and UDP on {host}")
+
+    async def stop(self) -> None:
+        logger.info("meshd stopping name=%s", self.ident.name)
+        self.ready = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        if self.runner is not None:
+            await self.runner.stop()  # workloads keep running: they outlive the daemon
+        if self.placement is not None:
+            self.placement.stop()
+        if self.mesh is not None:
+            try:
+                await self.mesh.stop()
+            except Exception:  # stopping must go on: the socket and store still need closing
+                logger.exception("stopping the mesh failed")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._owns_socket:  # never remove a socket another process answers on
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+            self._owns_socket = False
+        with contextlib.suppress(MeshdError):
+            self.store.append_event(self.clock(), "node.stopped", self.ident.name, {})
+        logger.info("meshd stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- views ----------------------------------------------------------------------
+
+    def health_checks(self) -> dict[str, str]:
+        checks = {}
+        try:
+            self.store.scalar("SELECT 1")
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
+            checks["store"] = f"failing: {exc}"
+        checks["api"] = "ok" if self._runner is not None else "stopped"
+        checks["startup"] = "ok" if self.ready else "starting"
+        return checks
+
+    def status(self) -> dict[str, Any]:
+        cap = telemetry.capacity(self.cfg)
+        members = roster.members(self.store)
+        return {
+            "name": self.ident.name,
+            "domain": self.ident.domain,
+            "node_id": self.ident.node_id,
+            "address": self.address,
+            "listen": self.listen,
+            "uptime_s": round(self.uptime, 3),
+            "started_at": self.started_at,
+            "version": __version__,
+            "preset": self.cfg.preset,
+            "role": self.ident.info.role,
+            "witness": self.cfg.witness,
+            "ca_holder": self.ident.is_ca_holder,
+            "ca_fingerprint": self.ident.ca_fingerprint,
+            "capacity": cap.as_json(),
+            "allocated": (
+                self.placement.allocated()
+                if self.placement
+                else {"cpus": 0.0, "memory": 0, "disk": 0}
+            ),
+            "capabilities": (sorted(self.placement.capabilities.offers) if self.placement else []),
+            "labels": self.cfg.label_map(),
+            "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
+            "roster_size": len(members),
+            "rss_bytes": telemetry.rss_bytes(),
+        }
+
+
+async def serve(cfg: Config, ident: NodeIdentity) -> None:
+    """Run a node until SIGTERM/SIGINT (what ``meshd run`` does)."""
+    lock = lock_data_dir(cfg.data_dir)
+    try:
+        with Store.open(cfg.store_path) as store:
+            await Node(cfg, ident, store).run_until_stopped()
+    finally:
+        os.close(lock)

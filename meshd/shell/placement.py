@@ -1,0 +1,497 @@
+"""The node's placement shell: the auction core on real sockets, disk and a clock.
+
+The pure core (``meshd.core.auction``) decides; this shell only carries out, in the order
+the core's effects document:
+
+1. **persist** the step's records through the journal (``meshd.shell.journal``): promises
+   (an accepted award, a round with its awards) at once, fsynced for allocations;
+   knowledge (holds, bids, the view) within ``auction.journal_lag_s``, in order;
+2. **send** through the outbox (``meshd.shell.outbox``): one loop turn's messages to a
+   member as one compact-signed, sealed datagram bundle on the mesh port's auction
+   channel, confirmations as one bundle for everyone; what does not fit a datagram
+   (a large award, a large digest or Sync) and withdrawals over mTLS
+   (``POST /v1/mesh/auction``); confirmations also through membership gossip, with
+   digest anti-entropy so a partitioned or restarted node catches up;
+3. **act**: resolve the waiting ``submit`` call, log workload starts and stops.
+
+The core runs on the wall clock (holds and decisions are compared across nodes);
+telemetry (load, free memory and disk) is sampled with psutil once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from meshd.adapters import telemetry
+from meshd.adapters.store import auction_records
+from meshd.adapters.transport import Addr, Channel
+from meshd.core import spec
+from meshd.core.auction import candidates, codec, fields
+from meshd.core.auction.auctioneer import Auctioneer
+from meshd.core.auction.capabilities import Capabilities
+from meshd.core.auction.effects import (
+    Broadcast,
+    Decided,
+    Effect,
+    Failed,
+    Persist,
+    Send,
+    Start,
+    Stop,
+)
+from meshd.core.auction.fields import dumps
+from meshd.core.auction.messages import AuctionMsg, Confirm, Sync
+from meshd.core.auction.model import Capacity, InvariantBreach, Placement, Telemetry, Workload
+from meshd.core.spec import SubmitRequest
+from meshd.errors import (
+    BadRequest,
+    EnvelopeError,
+    MeshdError,
+    NotFoundError,
+    PlacementError,
+)
+from meshd.shell.alarm import Alarm
+from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from meshd.shell.context import NodeContext
+from meshd.shell.journal import AuctionJournal
+from meshd.shell.mesh import Mesh
+from meshd.shell.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+StateOf = Callable[[str, int], tuple[str, str]]  # (workload id, generation) -> state, detail
+AUCTION_KIND = "auction"
+PLACEMENT_BROADCAST = "placement"
+PRUNE_BATCH = 2000  # round records decoded and deleted per pruning pass
+WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RELIABLE
+
+
+class PlacementShell:
+    def __init__(self, ctx: NodeContext, mesh: Mesh, capabilities: Capabilities) -> None:
+        self.ctx = ctx
+        self.capabilities = capabilities
+        self.mesh = mesh
+        cfg = ctx.cfg
+        cap = telemetry.capacity(cfg)
+        self.capacity = Capacity(cpus=cap.cpus, memory=cap.memory, disk=cap.disk)
+        durable = auction_records.load(ctx.store)
+        self.core = Auctioneer.restore(
+            cfg.auction,
+            ctx.ident.name,
+            self.capacity,
+            random.Random(),  # noqa: S311 - round ids and sampling, not secrets
+            ctx.clock(),
+            logging.getLogger("meshd.core.auction"),
+            durable,
+            witness=cfg.witness,
+            capabilities=capabilities,
+        )
+        self.journal = AuctionJournal(ctx.store, cfg.auction.journal_lag_s)
+        self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
+        self._waiting: dict[str, asyncio.Future[Placement]] = {}
+        self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
+        self._start_due = False
+        self._alarm = Alarm("auction", self._tick, self.core.next_deadline, ctx.clock, 1.0)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        m = ctx.metrics
+        self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
+        self.dropped = m.counter("meshd_auction_dropped_total", "Auction messages dropped")
+        self.repairs = m.counter(
+            "meshd_auction_sync_placements_total",
+            "Placements this node sent to a member whose view differed (anti-entropy)",
+        )
+        self.pruned = m.counter(
+            "meshd_auction_rounds_pruned_total", "Old round records deleted from the store"
+        )
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
+        self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
+        self._alarm.rearm()
+        if self.ctx.cfg.auction.host_telemetry:
+            self._spawn(self._sample_telemetry())
+        self._spawn(self._anti_entropy())
+        self._spawn(self._prune_rounds())
+
+    def stop(self) -> None:
+        self._alarm.stop()
+        try:
+            self.journal.flush(self.ctx.clock())
+        except MeshdError as exc:
+            logger.error("writing the last auction records failed: %s", exc)
+        for task in list(self._tasks):
+            task.cancel()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(PlacementError("meshd is stopping; the auction was abandoned"))
+        for _, ready in self._queued:
+            if not ready.done():
+                ready.set_exception(PlacementError("meshd is stopping; the auction never started"))
+        self._queued.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _tick(self) -> None:
+        self._apply(self.core.tick(self.ctx.clock()))
+
+    async def _sample_telemetry(self) -> None:
+        while True:
+            s = await asyncio.to_thread(telemetry.sample, self.ctx.cfg.data_dir)
+            self.core.set_telemetry(Telemetry(s.load_per_core, s.mem_available, s.disk_free))
+            await asyncio.sleep(1.0)
+
+    async def _anti_entropy(self) -> None:
+        rng = random.Random()  # noqa: S311 - peer choice
+        # The first exchange comes soon: a node that was down catches up on what was
+        # placed meanwhile. At rest an exchange is a Digest datagram each way; only
+        # the buckets that differ travel (meshd.core.auction.digest).
+        interval = min(self.ctx.cfg.auction.sync_interval_s, 2.0)
+        while True:
+            await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
+            peer = self.mesh.random_peer(rng)
+            if peer is not None:
+                self._apply(self.core.anti_entropy(peer))
+            interval = self.ctx.cfg.auction.sync_interval_s
+
+    async def _prune_rounds(self) -> None:
+        """Keep the stored round records bounded (``auction.rounds_keep``).
+
+        A pass decodes and deletes at most ``PRUNE_BATCH`` rounds, so it never holds
+        the loop for long; a pass that found a full batch runs again a second later.
+        """
+        view = self.core.placements()
+
+        def placed(wid: str) -> int:
+            p = view.get(wid)
+            return 0 if p is None else p.generation
+
+        while True:
+            pruned = 0
+            try:
+                now = self.ctx.clock()
+                # ``placed`` reads the view in memory: put it on disk first, so a floor
+                # skipped because the view holds that generation is not lost in a crash.
+                self.journal.flush(now)
+                keep = self.ctx.cfg.auction.rounds_keep
+                pruned = auction_records.prune_rounds(
+                    self.ctx.store, keep, PRUNE_BATCH, placed, now
+                )
+                if pruned:
+                    self.pruned.inc(pruned)
+                    logger.debug("pruned auction rounds count=%d", pruned)
+            except MeshdError as exc:  # a busy or failing disk: try again next time
+                logger.warning("pruning auction rounds failed: %s", exc)
+            except Exception:  # a bug must not end pruning for good
+                logger.exception("pruning auction rounds failed")
+            await asyncio.sleep(1.0 if pruned >= PRUNE_BATCH else 10.0)
+
+    # -- submitting -----------------------------------------------------------------
+
+    def _workload(self, request: SubmitRequest) -> Workload:
+        """The placed form of a submission: an id, and the spec (already checked)."""
+        # A key names one workload *per originating node*: two nodes must never run
+        # auctions for one workload id at once, so a retry goes to the same node.
+        node, key = self.ctx.ident.name, request.idempotency_key
+        wid = (
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"meshd:{node}:{key}")) if key else str(uuid.uuid4())
+        )
+        w = Workload(wid, request.spec())
+        if len(dumps(fields.workload(w))) > WORKLOAD_MAX:  # an Award carries it whole
+            raise BadRequest(
+                f"the workload (its settings and node list) is larger than "
+                f"{WORKLOAD_MAX // 1024} KiB"
+            )
+        return w
+
+    async def submit(self, request: SubmitRequest) -> dict[str, Any]:
+        workload = self._workload(request)
+        started = time.perf_counter()
+        aid = await self._start(workload)
+        fut = self._waiting[aid]
+        cfg = self.ctx.cfg
+        limit = cfg.auction.max_rounds * (cfg.auction.window_s + 3 * cfg.auction.award_timeout_s)
+        try:
+            placement = await asyncio.wait_for(asyncio.shield(fut), timeout=limit + 5.0)
+        except TimeoutError as exc:
+            raise PlacementError(
+                "the auction did not finish in time; check `meshd auctions`"
+            ) from exc
+        finally:
+            if fut.done():
+                self._waiting.pop(aid, None)
+        decided_ms = (time.perf_counter() - started) * 1000
+        return {
+            "workload": placement.workload_id,
+            "name": placement.name,
+            "owner": placement.owner,
+            "round": placement.round,
+            "generation": placement.generation,
+            "decided_ms": round(decided_ms, 3),
+            "bids": self._bids(placement.round),
+        }
+
+    async def _start(self, workload: Workload) -> str:
+        """Start an auction for ``workload``; its id once started.
+
+        While auctions of ours are in flight, new ones wait ``auction.batch_linger_s``
+        and start together: their requests, bids and confirmations then share
+        datagrams (meshd.shell.outbox). An idle originator starts at once.
+        """
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[str] = loop.create_future()
+        self._queued.append((workload, ready))
+        if not self._start_due:
+            self._start_due = True
+            busy = any(not f.done() for f in self._waiting.values())
+            linger = self.ctx.cfg.auction.batch_linger_s if busy else 0.0
+            loop.call_later(linger, self._start_queued)
+        return await ready
+
+    def _start_queued(self) -> None:
+        self._start_due = False
+        queued, self._queued = self._queued, []
+        members = sorted(self.mesh.live_names())
+        now = self.ctx.clock()
+        effects: list[Effect] = []
+        batch = candidates.Batch()  # one first-round sample: shared datagrams
+        for workload, ready in queued:
+            try:
+                aid, started = self.core.submit(workload, members, now, batch=batch)
+            except Exception as exc:  # a bug in one must not strand the others
+                logger.exception("starting an auction failed workload=%s", workload.id)
+                if not ready.done():
+                    ready.set_exception(PlacementError(f"the auction could not start: {exc}"))
+                continue
+            if aid not in self._waiting:
+                self._waiting[aid] = asyncio.get_running_loop().create_future()
+            effects += started
+            if not ready.done():
+                ready.set_result(aid)
+        self._apply(effects)
+        self._alarm.rearm()
+
+    def _bids(self, round_id: str) -> list[dict[str, Any]]:
+        r = self.core.round_record(round_id)
+        return [] if r is None else [{"node": b.bidder, "score": b.score} for b in r.bids]
+
+    # -- views ----------------------------------------------------------------------
+
+    def workloads(self, states: StateOf) -> list[dict[str, Any]]:
+        """The view as rows; ``states`` tells each workload's state (the runner's gossip)."""
+        mine = self.core.ledger().allocations
+        placed = sorted(self.core.placements().values(), key=lambda p: p.name)
+        return [self._row(p, mine, states) for p in placed if not p.removed]
+
+    def workload(self, wid: str, states: StateOf) -> dict[str, Any]:
+        """One workload with its whole spec, from this node's replicated view."""
+        p = self.core.placements().get(wid)
+        if p is None or p.removed:
+            raise NotFoundError(f"no workload {wid} is placed in this mesh")
+        row = self._row(p, self.core.ledger().allocations, states)
+        row.update(originator=p.originator, decided_at=p.decided_at, spec=spec.to_wire(p.spec))
+        return row
+
+    def _row(self, p: Placement, mine: Mapping[str, object], states: StateOf) -> dict[str, Any]:
+        state, detail = states(p.workload_id, p.generation)
+        return {
+            "workload": p.workload_id,
+            "name": p.name,
+            "owner": p.owner,
+            "generation": p.generation,
+            "state": state,
+            "detail": detail,
+            "tenant": p.tenant,
+            "resources": {
+                "cpus": p.resources.cpus,
+                "memory": p.resources.memory,
+                "disk": p.resources.disk,
+            },
+            "local": p.workload_id in mine,
+        }
+
+    def owner_of(self, wid: str) -> str | None:
+        p = self.core.placements().get(wid)
+        return None if p is None or p.removed else p.owner
+
+    def remove(self, wid: str) -> dict[str, Any]:
+        """``meshd workload rm``: tombstone it mesh-wide; its owner stops and destroys it."""
+        try:
+            tomb, effects = self.core.remove(wid, self.ctx.clock())
+        except KeyError as exc:
+            raise NotFoundError(f"no workload {wid} is placed in this mesh") from exc
+        self._apply(effects)
+        return {
+            "removed": wid,
+            "name": tomb.name,
+            "owner": tomb.owner,
+            "generation": tomb.generation,
+        }
+
+    def auctions(self) -> list[dict[str, Any]]:
+        return [self._round_json(r) for r in self.core.rounds()]
+
+    def auction(self, round_id: str) -> dict[str, Any] | None:
+        for r in self.core.rounds():
+            if round_id in (r.round_id, r.auction_id):
+                doc = self._round_json(r)
+                doc["bids"] = [
+                    {"node": b.bidder, "score": b.score, "reason": b.reason} for b in r.bids
+                ]
+                return doc
+        return None
+
+    @staticmethod
+    def _round_json(r: Any) -> dict[str, Any]:
+        return {
+            "round": r.round_id,
+            "auction": r.auction_id,
+            "workload": r.workload_id,
+            "name": r.workload_name,
+            "originator": r.originator,
+            "winner": r.winner,
+            "outcome": r.state,
+            "reason": r.reason,
+            "generation": r.generation,
+            "started_at": r.started_at,
+            "closed_at": r.closed_at,
+            "candidates": list(r.candidates),
+            "bids": len(r.bids),
+        }
+
+    def allocated(self) -> dict[str, float | int]:
+        c = self.core.ledger().committed
+        return {"cpus": c.cpus, "memory": c.memory, "disk": c.disk}
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
+        opened = self.mesh.open_datagram(
+            payload, addr, AUCTION_KIND, codec.decode_all, self.dropped
+        )
+        if opened is not None:
+            msgs, sender = opened
+            self._receive_all(msgs, sender)
+
+    def receive_reliable(self, body: bytes, cert_der: bytes) -> None:
+        opened = self.mesh.open_reliable(body, cert_der, AUCTION_KIND, codec.decode, self.dropped)
+        if opened is not None:
+            self._receive(opened[0], opened[1].name)
+
+    def _on_gossip(self, payload: bytes, origin: str) -> None:
+        try:
+            msg = codec.decode(payload)
+        except EnvelopeError as exc:
+            logger.debug("dropped gossiped placement from=%s error=%s", origin, exc)
+            return
+        if isinstance(msg, Confirm):
+            self._receive(msg, origin)
+
+    def _receive(self, msg: AuctionMsg, sender: str) -> None:
+        self._receive_all([msg], sender)
+
+    def _receive_all(self, msgs: list[AuctionMsg], sender: str) -> None:
+        """Feed the core each message of a datagram; carry out their effects together."""
+        effects: list[Effect] = []
+        try:
+            for msg in msgs:
+                effects += self.core.receive(msg, sender, self.ctx.clock())
+        except InvariantBreach:
+            # Two owners for one generation, or a commitment beyond capacity: stop
+            # rather than risk running a workload twice (STYLE.md, "Errors").
+            logger.critical("placement invariant broken; stopping meshd", exc_info=True)
+            self.ctx.request_stop()
+            raise
+        self._apply(effects)
+        self._alarm.rearm()
+
+    # -- carrying out effects -------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        if not effects:
+            return
+        records = [e.record for e in effects if isinstance(e, Persist)]
+        if records:
+            # Promises (allocations, rounds with awards) are on disk before any message
+            # of this step leaves; holds, bids and the view follow within a moment
+            # (meshd.shell.journal says why that is safe).
+            self.journal.write(records, self.ctx.clock())
+        encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
+        for e in effects:
+            if isinstance(e, Send):
+                if isinstance(e.msg, Sync):
+                    self.repairs.inc(len(e.msg.placements))
+                if e.reliable:
+                    self._send_reliable(e.to, e.msg)
+                elif e.to == self.ctx.ident.name:
+                    self._local(e.msg)
+                else:
+                    body = encoded.get(id(e.msg))
+                    if body is None:
+                        body = encoded[id(e.msg)] = codec.encode(e.msg)
+                    self.outbox.to(e.to, body)
+            elif isinstance(e, Broadcast):
+                self._broadcast(e.msg)
+        for e in effects:
+            if isinstance(e, Decided | Failed):
+                fut = self._waiting.get(e.round_id)
+                if fut is None or fut.done():
+                    continue
+                if isinstance(e, Decided):
+                    self.decisions.inc(result="placed")
+                    fut.set_result(e.placement)
+                else:
+                    self.decisions.inc(result="failed")
+                    fut.set_exception(PlacementError(e.reason))
+            elif isinstance(e, Start):
+                w = e.allocation.workload
+                logger.debug("workload assigned here name=%s id=%s", w.name, w.id)
+                self.ctx.bus.publish(WorkloadAssigned(e.allocation))
+            elif isinstance(e, Stop):
+                logger.info("workload moved away id=%s reason=%s", e.workload_id, e.reason)
+                self.ctx.bus.publish(WorkloadReleased(e.workload_id, e.generation, e.reason))
+
+    def _local(self, msg: AuctionMsg) -> None:
+        # Messages to ourselves skip the network but not the loop: no re-entrancy.
+        asyncio.get_running_loop().call_soon(self._receive, msg, self.ctx.ident.name)
+
+    def _sign(self, body: bytes) -> bytes:
+        return self.mesh.signer.sign(AUCTION_KIND, body, self.ctx.clock(), compact=True)
+
+    def _send_signed(self, names: Iterable[str], signed: bytes) -> None:
+        for name in names:
+            addr = self.mesh.address_of(name)
+            if addr is not None:
+                self.mesh.mux.send(Channel.AUCTION, signed, addr)
+
+    def _send_reliable(self, to: str, msg: AuctionMsg) -> None:
+        if to == self.ctx.ident.name:
+            self._local(msg)
+            return
+        addr = self.mesh.address_of(to)
+        if addr is not None:
+            self._spawn(self.mesh.post(addr, "/v1/mesh/auction", codec.encode(msg)))
+
+    def _broadcast(self, msg: Confirm) -> None:
+        body = codec.encode(msg)
+        if len(body) + codec.BUNDLE_OVERHEAD > codec.MAX_DATAGRAM:
+            # The placement carries the spec: a large one (user-data) can't go as a
+            # datagram, so each live member gets it over mTLS; gossip can't carry it
+            # either, and digest anti-entropy backs both up.
+            for name in self.mesh.live_peers():
+                self._send_reliable(name, msg)
+            return
+        self.outbox.to_everyone(body)
+        try:
+            self.mesh.broadcast(PLACEMENT_BROADCAST, body, key=msg.placement.workload_id)
+        except ValueError:
+            logger.warning("placement too large to gossip; anti-entropy will carry it")

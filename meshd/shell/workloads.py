@@ -1,0 +1,276 @@
+"""Running what the mesh placed here: drivers under the auction's decisions.
+
+The auction core says *what* runs here (``Start`` when a placement on this node is
+confirmed, ``Stop`` when a newer generation moved it away); this runner makes it so
+through the workload's driver, and tells the mesh how it went:
+
+* states (``starting``, ``running``, ``stopped``, ``failed``) are recorded in the
+  store, logged as events, and gossiped (``workload.state``) so every node's
+  ``meshd workloads`` shows them; the owner re-announces its states periodically, so
+  a node that restarted or missed one catches up;
+* a workload's services (``--service NAME:PORT``) are published under this node's
+  name while it runs and withdrawn when it stops;
+* on start-up every confirmed allocation is **reattached** (the driver finds the
+  process or VM again by pid and start time) or, if it was never created, started;
+  one that died while meshd was away is reported, not silently restarted.
+
+Driver calls run as tasks, one at a time per workload, so a slow boot never blocks
+the loop or another workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from meshd.adapters.drivers.base import Driver, Status, WorkloadState
+from meshd.adapters.drivers.registry import driver_for, make_drivers
+from meshd.core import workload_states
+from meshd.core.auction.model import Allocation
+from meshd.core.workload_states import StateBook, StateEntry
+from meshd.errors import DriverError, MeshdError
+from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from meshd.shell.context import NodeContext
+from meshd.shell.mesh import Mesh
+
+logger = logging.getLogger(__name__)
+STATE_BROADCAST = "workload.state"
+ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
+
+
+class WorkloadRunner:
+    def __init__(self, ctx: NodeContext, mesh: Mesh) -> None:
+        self.ctx = ctx
+        self.mesh = mesh
+        self.drivers: dict[str, Driver] = make_drivers(
+            ctx.cfg.data_dir / "workloads", self._changed, ctx.cfg.drivers
+        )
+        # What the placement shell assigned here and has not released (its events).
+        self._allocs: dict[str, Allocation] = {}
+        # Mesh-wide view of states (the pure core; this runner feeds it and gossips).
+        self.states = StateBook(ctx.ident.name, ANNOUNCE_PER_INTERVAL)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._services: dict[str, list[str]] = {}
+        # Which driver runs each workload here: Stop arrives after the allocation is
+        # released, so the runner must remember it itself.
+        self._driver_names: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, allocations: Mapping[str, Allocation]) -> None:
+        """Reattach or start every confirmed allocation, then follow the placement's events."""
+        self.mesh.on_broadcast(STATE_BROADCAST, self._on_gossip)
+        self.ctx.bus.subscribe(WorkloadAssigned, self._on_assigned)
+        self.ctx.bus.subscribe(WorkloadReleased, self._on_released)
+        for alloc in allocations.values():
+            if alloc.confirmed:
+                self._allocs[alloc.workload.id] = alloc
+                self._spawn(self._recover(alloc))
+        self._spawn(self._announce_periodically())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for driver in self.drivers.values():
+            try:
+                await driver.close()  # let go; the workloads outlive the daemon
+            except Exception:  # one driver's trouble must not keep the daemon up
+                logger.exception("closing the %s driver failed", driver.name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lock(self, wid: str) -> asyncio.Lock:
+        return self._locks.setdefault(wid, asyncio.Lock())
+
+    # -- what the auction asks -------------------------------------------------------
+
+    def _on_assigned(self, event: WorkloadAssigned) -> None:
+        self._allocs[event.allocation.workload.id] = event.allocation
+        self._spawn(self._run(event.allocation))
+
+    def _on_released(self, event: WorkloadReleased) -> None:
+        alloc = self._allocs.pop(event.workload_id, None)
+        if alloc is not None:
+            self._driver_names.setdefault(event.workload_id, alloc.workload.driver)
+        self._spawn(self._remove(event.workload_id, event.generation, event.reason))
+
+    async def _run(self, alloc: Allocation) -> None:
+        w = alloc.workload
+        self._driver_names[w.id] = w.driver
+        async with self._lock(w.id):
+            self._set(w.id, alloc.generation, WorkloadState.STARTING, f"{w.driver} driver")
+            try:
+                driver = driver_for(self.drivers, w.driver)
+                await driver.create(w.id, w.spec)
+                status = await driver.start(w.id)
+            except DriverError as exc:
+                self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))
+                await self._cleanup(w.driver, w.id)
+                return
+            self._apply_status(w.id, status)
+
+    async def _recover(self, alloc: Allocation) -> None:
+        w = alloc.workload
+        self._driver_names[w.id] = w.driver
+        try:
+            driver = driver_for(self.drivers, w.driver)
+        except DriverError as exc:
+            self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))
+            return
+        if w.id not in await driver.list():
+            await self._run(alloc)  # accepted but never created (meshd stopped first)
+            return
+        async with self._lock(w.id):
+            status = await driver.reattach(w.id)
+        if status.state is not WorkloadState.RUNNING and not status.detail:
+            status = Status(status.state, detail="it exited while meshd was away")
+        self._apply_status(w.id, status, generation=alloc.generation)
+
+    async def _driver_holding(self, wid: str) -> str | None:
+        """Which driver has ``wid``: remembered, else asked (the allocation may be gone)."""
+        name = self._driver_names.get(wid) or self._local_driver(wid)
+        if name is not None:
+            return name
+        for driver in self.drivers.values():
+            if wid in await driver.list():
+                return driver.name
+        return None
+
+    async def _remove(self, wid: str, generation: int, reason: str) -> None:
+        driver_name = await self._driver_holding(wid)
+        async with self._lock(wid):
+            if driver_name is not None:
+                await self._cleanup(driver_name, wid)
+            self._withdraw_services(wid)
+        logger.info("workload removed here id=%s reason=%s", wid, reason)
+        self._driver_names.pop(wid, None)
+        self.states.forget(wid)
+
+    async def _cleanup(self, driver_name: str, wid: str) -> None:
+        try:
+            await driver_for(self.drivers, driver_name).destroy(wid)
+        except DriverError as exc:
+            logger.error("cleaning up a workload failed id=%s error=%s", wid, exc)
+
+    # -- operator actions (on the owner) ---------------------------------------------
+
+    def _local_driver(self, wid: str) -> str | None:
+        alloc = self._allocation(wid)
+        return None if alloc is None else alloc.workload.driver
+
+    def _allocation(self, wid: str) -> Allocation | None:
+        return self._allocs.get(wid)
+
+    def _owned(self, wid: str) -> tuple[Allocation, Driver]:
+        alloc = self._allocation(wid)
+        if alloc is None:
+            raise MeshdError(f"workload {wid} does not run on {self.ctx.ident.name}")
+        return alloc, driver_for(self.drivers, alloc.workload.driver)
+
+    async def stop_workload(self, wid: str, timeout_s: float) -> dict[str, Any]:
+        alloc, driver = self._owned(wid)
+        async with self._lock(wid):
+            status = await driver.stop(wid, timeout_s)
+        self._withdraw_services(wid)
+        self._apply_status(wid, status, generation=alloc.generation)
+        return self._state_json(wid)
+
+    async def start_workload(self, wid: str) -> dict[str, Any]:
+        alloc, driver = self._owned(wid)
+        async with self._lock(wid):
+            self._set(wid, alloc.generation, WorkloadState.STARTING, "restarting")
+            try:
+                status = await driver.start(wid)
+            except DriverError as exc:
+                status = Status(WorkloadState.FAILED, detail=str(exc))
+        self._apply_status(wid, status, generation=alloc.generation)
+        return self._state_json(wid)
+
+    def log_path(self, wid: str) -> str:
+        _, driver = self._owned(wid)
+        return str(driver.log_path(wid))
+
+    # -- states ----------------------------------------------------------------------
+
+    def _changed(self, wid: str, status: Status) -> None:
+        """A driver's asynchronous report (the guest powered off, the process exited)."""
+        self._apply_status(wid, status)
+
+    def _apply_status(self, wid: str, status: Status, generation: int | None = None) -> None:
+        alloc = self._allocation(wid)
+        gen = generation if generation is not None else (alloc.generation if alloc else 0)
+        self._set(wid, gen, status.state, status.detail, dict(status.extra))
+        if status.state is WorkloadState.RUNNING and alloc is not None:
+            self._spawn(self._publish_services(alloc))
+        elif status.state in (WorkloadState.STOPPED, WorkloadState.FAILED):
+            self._withdraw_services(wid)
+
+    def _set(
+        self,
+        wid: str,
+        generation: int,
+        state: WorkloadState,
+        detail: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        entry, changed = self.states.set(wid, generation, str(state), detail, time.time(), extra)
+        if changed:
+            logger.info("workload %s id=%s detail=%s", state, wid, detail)
+            self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
+        self._announce(entry)
+
+    def _state_json(self, wid: str) -> dict[str, Any]:
+        entry = self.states.get(wid)
+        return {} if entry is None else entry.as_json()
+
+    def _announce(self, entry: StateEntry) -> None:
+        try:
+            body = workload_states.encode(entry)
+            # Keyed: a newer state replaces an older one still queued for gossip.
+            self.mesh.broadcast(STATE_BROADCAST, body, key=entry.workload_id)
+        except ValueError:
+            logger.warning("workload state too large to gossip id=%s", entry.workload_id)
+
+    async def _announce_periodically(self) -> None:
+        """Anti-entropy for states: each interval, re-announce a few of ours in turn."""
+        while True:
+            await asyncio.sleep(self.ctx.cfg.auction.sync_interval_s)
+            for entry in self.states.due():
+                self._announce(entry)
+
+    def _on_gossip(self, payload: bytes, origin: str) -> None:
+        try:
+            self.states.receive(workload_states.decode(payload, origin))
+        except ValueError as exc:
+            logger.debug("dropped a workload state from %s: %s", origin, exc)
+
+    def state_of(self, wid: str, generation: int) -> tuple[str, str]:
+        return self.states.state_of(wid, generation)
+
+    # -- services ----------------------------------------------------------------------
+
+    async def _publish_services(self, alloc: Allocation) -> None:
+        published = []
+        for svc in alloc.workload.spec.services:
+            try:
+                await self.mesh.add_service(svc.name, svc.port, svc.proto)
+                published.append(svc.name)
+            except MeshdError as exc:
+                logger.warning("can't publish a service of %s: %s", alloc.workload.name, exc)
+        if published:
+            self._services[alloc.workload.id] = published
+
+    def _withdraw_services(self, wid: str) -> None:
+        for name in self._services.pop(wid, []):
+            self._spawn(self._withdraw(name))
+
+    async def _withdraw(self, name: str) -> None:
+        try:
+            await self.mesh.remove_service(name)
+        except MeshdError as exc:
+            logger.debug("withdrawing service %s: %s", name, exc)
