@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from meshd.adapters import tls
 from meshd.adapters.store import roster, services
 from meshd.adapters.store.db import Store
-from meshd.api import tls
 from meshd.api.openapi import document
 from meshd.config import Config
 from meshd.core import spec
@@ -50,8 +50,9 @@ from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
-from meshd.shell.mesh import REVOCATION_KIND, REVOCATIONS_PATH, Mesh
+from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
+from meshd.shell.revocation_sync import REVOCATION_KIND, REVOCATIONS_PATH
 from meshd.shell.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)

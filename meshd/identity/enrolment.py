@@ -30,9 +30,9 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshd.adapters import tls
 from meshd.adapters.store import claim_token, roster
 from meshd.adapters.store.db import Store
-from meshd.api import tls
 from meshd.config import SecurityConfig
 from meshd.core.envelope import SECRET_BYTES
 from meshd.errors import EnrolmentError, IdentityError, TokenError

@@ -29,10 +29,9 @@ import psutil
 from aiohttp import web
 
 from meshd import __version__
-from meshd.adapters import telemetry
+from meshd.adapters import telemetry, tls
 from meshd.adapters.store import roster
 from meshd.adapters.store.db import Store
-from meshd.api import tls
 from meshd.api.server import Api
 from meshd.config import Config
 from meshd.errors import DaemonError, MeshdError

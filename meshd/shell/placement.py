@@ -465,7 +465,7 @@ class PlacementShell:
         asyncio.get_running_loop().call_soon(self._receive, msg, self.ctx.ident.name)
 
     def _sign(self, body: bytes) -> bytes:
-        return self.mesh.signer.sign(AUCTION_KIND, body, self.ctx.clock(), compact=True)
+        return self.mesh.sign(AUCTION_KIND, body)
 
     def _send_signed(self, names: Iterable[str], signed: bytes) -> None:
         for name in names:

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from meshd import config
-from meshd.api import tls
+from meshd.adapters import tls
 from meshd.api.server import Api, Peer, relayed_by_node
 from meshd.identity import pki
 from meshd.identity.files import NodeIdentity
