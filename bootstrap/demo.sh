@@ -105,6 +105,11 @@ echo "-- its console, read through ${names[1]} (forwarded to $runner):"
 sleep 1.2
 meshd workload logs "$wid" --data-dir "$dir/${names[1]}" | tail -2
 meshd auctions --data-dir "$dir/${names[0]}"
+echo "-- every node's view carries the spec; ${names[2]} shows it from its own copy:"
+meshd workload show "$wid" --data-dir "$dir/${names[2]}" | sed -n '/^spec:/,$p'
+echo "-- a requirement no node meets is refused with a sentence naming it:"
+meshd submit --name needs-sparc --cpus 1 --memory 64MiB --requires arch:sparc64 \
+    --data-dir "$dir/${names[0]}" 2>&1 | cut -c1-160 || true
 
 echo
 echo "== meshd status on ${names[0]}"

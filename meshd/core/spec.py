@@ -48,6 +48,8 @@ DRIVERS = ("process", "qemu", "firecracker", "fake")
 RESTART_POLICIES = ("reschedule", "none")
 
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+_EMPTY: frozenset[str] = frozenset()
+_SET_FIELDS = ("nodes", "avoid", "requires", "anti_affinity")
 Size = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
@@ -112,17 +114,22 @@ class WorkloadSpec(
     # on nodes whose operator set these labels; ``requires``: capabilities a node must
     # have (``kvm``, ``arch:x86_64``; the driver and each NIC's network are required
     # implicitly); ``anti_affinity``: never beside a workload of one of these names.
-    nodes: frozenset[Name] = frozenset()
-    avoid: frozenset[Name] = frozenset()
+    nodes: frozenset[Name] = _EMPTY
+    avoid: frozenset[Name] = _EMPTY
     labels: dict[Name, Name] = {}
-    requires: frozenset[Name] = frozenset()
-    anti_affinity: frozenset[Name] = frozenset()
+    requires: frozenset[Name] = _EMPTY
+    anti_affinity: frozenset[Name] = _EMPTY
     # What the mesh does when the owner is fenced: run it again elsewhere, or not.
     restart: Literal["reschedule", "none"] = "reschedule"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.cpus):  # Meta bounds already refuse NaN; be explicit
             raise ValueError("cpus must be a finite number")
+        for f in _SET_FIELDS:
+            if not getattr(self, f):
+                # The shared empty frozenset, so the wire form leaves it out as a
+                # default (msgspec compares a default by identity).
+                msgspec.structs.force_setattr(self, f, _EMPTY)
         _check_bytes("name", self.name)
         _check_bytes("tenant", self.tenant)
         for group in (self.nodes, self.avoid, self.requires, self.anti_affinity, self.labels):

@@ -91,3 +91,9 @@ def test_schemas_describe_every_field_the_model_accepts() -> None:
     props = schemas["SubmitRequest"]["properties"]
     assert set(props) == set(s.SubmitRequest.__struct_fields__)
     assert schemas["SubmitRequest"].get("additionalProperties") is False
+
+
+def test_empty_constraints_from_json_are_left_out_of_the_wire_form() -> None:
+    r = submit(nodes=[], avoid=[], requires=[], anti_affinity=[], labels={}, services=[])
+    assert s.to_wire(r.spec()) == {"name": "web", "cpus": 2.0, "memory": 1 << 30}
+    assert s.submission_json(r) == {"name": "web", "cpus": 2.0, "memory": 1 << 30}
