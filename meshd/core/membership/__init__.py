@@ -4,8 +4,9 @@
 messages (:mod:`.codec`) and clock ticks and carries out its effects.
 """
 
+from meshd.core.membership.effects import Deliver, Effect, MemberChanged, Send
 from meshd.core.membership.state import Identity, Member, MemberState
-from meshd.core.membership.swim import Deliver, Effect, MemberChanged, Membership, Send
+from meshd.core.membership.swim import Membership
 
 __all__ = [
     "Deliver",

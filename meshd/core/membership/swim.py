@@ -82,12 +82,12 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from meshd.config import MembershipConfig
-from meshd.core.membership import codec, suspicion
+from meshd.core.membership import codec, suspicion, timings
 from meshd.core.membership.awareness import Awareness
 from meshd.core.membership.broadcasts import BroadcastQueue
+from meshd.core.membership.effects import Deliver, Effect, MemberChanged, Send
 from meshd.core.membership.messages import (
     Ack,
     Alive,
@@ -104,6 +104,7 @@ from meshd.core.membership.messages import (
     Update,
     UserMsg,
 )
+from meshd.core.membership.probes import Probe, ProbeOrder, Relay
 from meshd.core.membership.state import (
     INCARNATION_MAX,
     Address,
@@ -121,8 +122,6 @@ ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.LEFT,
 )
 _SEQ_MASK = 0xFFFFFFFF
-# Beyond this many members push-pull slows down logarithmically (memberlist).
-_PUSH_PULL_SCALE_THRESHOLD = 32
 # Bounds on what peers can make us hold: ping-reqs in flight, queued broadcasts,
 # remembered broadcast ids. Sizes, not timings.
 _MAX_RELAYS = 1024
@@ -130,65 +129,11 @@ _MAX_QUEUE = 1024
 _MAX_SEEN = 65536
 
 
-# -- effects ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``msg`` to ``addr``: a datagram, or over the reliable channel (push-pull)."""
-
-    addr: Address
-    msg: Message
-    reliable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class MemberChanged:
-    """A member's state (or address) changed; ``previous`` is None for a new member."""
-
-    member: Member
-    previous: MemberState | None
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """A broadcast from ``origin`` arrived here for the first time."""
-
-    kind: str
-    payload: bytes
-    origin: str
-
-
-Effect = Send | MemberChanged | Deliver
-
-
 # -- helpers ------------------------------------------------------------------------
 
 
 def _ok_int(x: object) -> bool:
     return type(x) is int and 0 <= x <= INCARNATION_MAX
-
-
-class _Probe:
-    __slots__ = ("end_at", "helpers", "indirect_sent", "nacks", "seq", "target", "timeout_at")
-
-    def __init__(self, target: str, seq: int, timeout_at: float, end_at: float) -> None:
-        self.target = target
-        self.seq = seq
-        self.timeout_at = timeout_at
-        self.end_at = end_at
-        self.indirect_sent = False
-        self.helpers: list[str] = []
-        self.nacks: set[str] = set()
-
-
-class _Relay:
-    __slots__ = ("requester", "seq", "target")
-
-    def __init__(self, requester: Address, seq: int, target: str) -> None:
-        self.requester = requester
-        self.seq = seq
-        self.target = target
 
 
 # -- the core -----------------------------------------------------------------------
@@ -228,15 +173,14 @@ class Membership:
         self._queue = BroadcastQueue()
         self._awareness = Awareness(cfg.awareness_max)
         self._seq = rng.getrandbits(32)
-        self._probe: _Probe | None = None
-        self._probe_order: list[str] = []
-        self._probe_idx = 0
+        self._probe: Probe | None = None
+        self._probe_order = ProbeOrder(rng)
         # Stagger the first probe and push-pull so nodes started together don't beat
         # in lockstep.
         self._next_probe = now + rng.uniform(0, cfg.probe_interval_s)
         self._next_gossip = now
         self._next_push_pull = now + rng.uniform(0, cfg.push_pull_interval_s)
-        self._relays: dict[int, _Relay] = {}
+        self._relays: dict[int, Relay] = {}
         self._relay_heap: list[tuple[float, int]] = []
         self._reclaim_heap: list[tuple[float, str, float]] = []
         self._gossip_dead = NameSet()
@@ -328,7 +272,7 @@ class Membership:
             self._next_gossip = now + self._cfg.gossip_interval_s
             self._gossip(now, out)
         if now >= self._next_push_pull and not self._left:
-            self._next_push_pull = now + self._push_pull_interval()
+            self._next_push_pull = now + timings.push_pull_interval(self._cfg, self.live_count())
             self._push_pull(out)
         if now >= self._join_retry_at and not self._left:
             self._retry_join(now, out)
@@ -459,7 +403,7 @@ class Membership:
         known = self._members.get(msg.target)
         target_addr = known.address if known is not None else msg.target_addr
         seq = self._next_seq()
-        self._relays[seq] = _Relay(addr, msg.seq, msg.target)
+        self._relays[seq] = Relay(addr, msg.seq, msg.target)
         heapq.heappush(self._relay_heap, (now + self._cfg.probe_timeout_s, seq))
         ping = Ping(seq, self._inc, msg.target, self._fill(codec.ping_base(msg.target)))
         out.append(Send(target_addr, ping))
@@ -735,17 +679,15 @@ class Membership:
         if state.live:
             self._gossip_dead.discard(name)
             if old is None or not old.live:
-                order = self._probe_order
-                pos = self._rng.randint(0, len(order))
-                order.insert(pos, name)
-                if pos < self._probe_idx:
-                    self._probe_idx += 1
+                self._probe_order.insert(name)
         elif old is None or old.live:
             heapq.heappush(self._reclaim_heap, (now + self._cfg.dead_reclaim_s, name, now))
             # Keep gossiping to the newly dead for a while: if it is in fact alive it
             # learns of its death and refutes (memberlist's GossipToTheDeadTime).
             self._gossip_dead.add(name)
-            heapq.heappush(self._gossip_dead_heap, (now + self._gossip_dead_s(), name, now))
+            heapq.heappush(
+                self._gossip_dead_heap, (now + timings.gossip_dead_s(self._cfg), name, now)
+            )
 
     def _announce(self) -> None:
         me = self._me
@@ -767,7 +709,7 @@ class Membership:
     def _remember(self, u: UserMsg, now: float) -> None:
         key = (u.origin, u.id)
         self._seen.add(key)
-        self._seen_fifo.append((now + self._dedup_s(), key))
+        self._seen_fifo.append((now + timings.dedup_s(self._cfg), key))
         if len(self._seen_fifo) > _MAX_SEEN:
             self._seen.discard(self._seen_fifo.popleft()[1])
 
@@ -781,28 +723,6 @@ class Membership:
             for m in self._members.values()
         )
 
-    # -- derived timings -------------------------------------------------------------
-
-    def _limit(self) -> int:
-        """Transmissions per update: retransmit_mult * ceil(log10(N + 1))."""
-        return self._cfg.retransmit_mult * math.ceil(math.log10(self.live_count() + 1))
-
-    def _push_pull_interval(self) -> float:
-        n = self.live_count()
-        base = self._cfg.push_pull_interval_s
-        if n <= _PUSH_PULL_SCALE_THRESHOLD:
-            return base
-        return base * (math.ceil(math.log2(n) - math.log2(_PUSH_PULL_SCALE_THRESHOLD)) + 1)
-
-    def _gossip_dead_s(self) -> float:
-        # memberlist's LAN GossipToTheDeadTime equals its push-pull interval.
-        return self._cfg.push_pull_interval_s
-
-    def _dedup_s(self) -> float:
-        # A broadcast id is remembered, and a queued broadcast kept, this long: long
-        # enough for any copy to have died out (retransmits are spent within seconds).
-        return 2 * self._cfg.push_pull_interval_s
-
     # -- timers ----------------------------------------------------------------------
 
     def _next_seq(self) -> int:
@@ -814,24 +734,18 @@ class Membership:
         if not len(self._queue):
             return first
         room = self._cfg.max_gossip_bytes - base - sum(codec.update_size(u) for u in first)
-        return first + tuple(self._queue.take(room, self._limit()))
+        return first + tuple(
+            self._queue.take(room, timings.transmit_limit(self._cfg, self.live_count()))
+        )
 
     def _next_target(self) -> str | None:
-        for _ in range(2):
-            order = self._probe_order
-            while self._probe_idx < len(order):
-                name = order[self._probe_idx]
-                self._probe_idx += 1
-                m = self._members.get(name)
-                if m is not None and m.state.live:
-                    return name
-            fresh = self._sets[ALIVE].items + self._sets[SUSPECT].items
-            self._rng.shuffle(fresh)
-            self._probe_order = fresh
-            self._probe_idx = 0
-            if not fresh:
-                return None
-        return None
+        def live(name: str) -> bool:
+            m = self._members.get(name)
+            return m is not None and m.state.live
+
+        return self._probe_order.next(
+            live, lambda: self._sets[ALIVE].items + self._sets[SUSPECT].items
+        )
 
     def _start_probe(self, now: float, out: list[Effect]) -> None:
         interval = self._awareness.scale(self._cfg.probe_interval_s)
@@ -842,7 +756,7 @@ class Membership:
         m = self._members[target]
         seq = self._next_seq()
         timeout = self._awareness.scale(self._cfg.probe_timeout_s)
-        self._probe = _Probe(target, seq, now + timeout, now + interval)
+        self._probe = Probe(target, seq, now + timeout, now + interval)
         # Lifeguard's buddy system: a suspect learns of its suspicion from our ping.
         first: tuple[Update, ...] = ()
         if m.state is SUSPECT:
@@ -850,7 +764,7 @@ class Membership:
         ping = Ping(seq, self._inc, target, self._fill(codec.ping_base(target), first))
         out.append(Send(m.address, ping))
 
-    def _indirect(self, p: _Probe, out: list[Effect]) -> None:
+    def _indirect(self, p: Probe, out: list[Effect]) -> None:
         p.indirect_sent = True
         m = self._members.get(p.target)
         if m is None or not m.state.live:
@@ -869,7 +783,7 @@ class Membership:
             req = PingReq(p.seq, self._inc, p.target, m.address, self._fill(base))
             out.append(Send(self._members[h].address, req))
 
-    def _probe_failed(self, p: _Probe, now: float, out: list[Effect]) -> None:
+    def _probe_failed(self, p: Probe, now: float, out: list[Effect]) -> None:
         self._probe = None
         expected = len(p.helpers)
         self._awareness.apply(expected - len(p.nacks) if expected else 1)
@@ -915,7 +829,7 @@ class Membership:
 
     def _gossip(self, now: float, out: list[Effect]) -> None:
         sets = (self._sets[ALIVE], self._sets[SUSPECT], self._gossip_dead)
-        limit = self._limit()
+        limit = timings.transmit_limit(self._cfg, self.live_count())
         room = self._cfg.max_gossip_bytes - codec.GOSSIP_BASE
         for name in sample_names(self._rng, sets, self._cfg.gossip_nodes):
             m = self._members.get(name)
@@ -972,7 +886,7 @@ class Membership:
         fifo = self._seen_fifo
         while fifo and fifo[0][0] <= now:
             self._seen.discard(fifo.popleft()[1])
-        self._queue.expire(now - self._dedup_s())
+        self._queue.expire(now - timings.dedup_s(self._cfg))
         if len(self._told) > 2 * len(self._members) + 64:
             horizon = now - self._cfg.probe_interval_s
             self._told = {k: t for k, t in self._told.items() if t > horizon}
