@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshd.adapters.store import auction_records
 from meshd.adapters.store.db import Store
@@ -51,15 +51,15 @@ MAX_PENDING = 512  # records; a burst beyond this is written at once
 
 
 class AuctionJournal:
-    def __init__(self, store: Store, lag_s: float) -> None:
-        self._store, self._lag_s = store, lag_s
+    def __init__(self, store: Store, lag_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._store, self._lag_s, self._clock = store, lag_s, clock
         self._pending: list[tuple[float, Record]] = []  # (wall-clock time, record)
         self._timer: asyncio.TimerHandle | None = None
         self._held = auction_records.held_rounds(store)  # rounds with a hold row on disk
 
     def write(self, records: Sequence[Record], now: float) -> None:
         """Record a step's records: promises at once (with anything pending), else soon."""
-        stamp = time.time()
+        stamp = self._clock()
         if all(isinstance(r, KNOWLEDGE) for r in records) and len(self._pending) < MAX_PENDING:
             self._pending.extend((stamp, r) for r in records)
             if self._timer is None:
@@ -75,7 +75,7 @@ class AuctionJournal:
     def _on_timer(self) -> None:
         self._timer = None
         try:
-            self.flush(time.time())
+            self.flush(self._clock())
         except Exception:  # the store says what failed; the next write tries again
             logger.exception("writing auction records failed")
 

@@ -213,6 +213,35 @@ class Mesh:
     def sign(self, kind: str, body: bytes) -> bytes:
         return self.gate.sign(kind, body)
 
+    # -- the rest of the mesh port of the other shells (meshd.shell.ports.MeshPort) ----
+
+    def on_datagram(
+        self,
+        channel: Channel,
+        kind: str,
+        decode: Callable[[bytes], T],
+        handler: Callable[[T, str], None],
+        dropped: Counter,
+    ) -> None:
+        """Hand each valid signed datagram of ``kind`` on ``channel`` to ``handler``."""
+
+        def receive(payload: bytes, addr: Addr) -> None:
+            opened = self.open_datagram(payload, addr, kind, decode, dropped)
+            if opened is not None:
+                handler(*opened)
+
+        self.mux.register(channel, receive)
+
+    def send_datagram(self, channel: Channel, name: str, signed: bytes) -> None:
+        addr = self.address_of(name)
+        if addr is not None:
+            self.mux.send(channel, signed, addr)
+
+    async def post_to(self, name: str, path: str, body: bytes) -> None:
+        addr = self.address_of(name)
+        if addr is not None:
+            await self.post(addr, path, body)
+
     def _on_datagram(self, payload: bytes, addr: Addr) -> None:
         opened = self.open_datagram(payload, addr, SWIM_KIND, codec.decode, self.dropped)
         if opened is not None:

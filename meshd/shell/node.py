@@ -30,6 +30,7 @@ from aiohttp import web
 
 from meshd import __version__
 from meshd.adapters import telemetry, tls
+from meshd.adapters.drivers.registry import make_drivers
 from meshd.adapters.store import roster
 from meshd.adapters.store.db import Store
 from meshd.api.server import Api
@@ -42,7 +43,8 @@ from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
-from meshd.shell.workloads import WorkloadRunner
+from meshd.shell.ports import MeshPort
+from meshd.shell.workloads import DriverFactory, WorkloadRunner
 from meshd.units import format_hostport, parse_hostport
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,25 @@ async def _resolve_seeds(seeds: tuple[str, ...], own: str) -> list[tuple[str, in
             continue
         out.extend((str(i[4][0]), int(i[4][1])) for i in infos[:1])
     return out
+
+
+def start_shells(
+    ctx: NodeContext, mesh: MeshPort, drivers: DriverFactory = make_drivers
+) -> tuple[PlacementShell, WorkloadRunner]:
+    """Build and start the placement shell and the workload runner on ``mesh``.
+
+    The daemon and the simulator (``tests/sim/shells.py``) both start a node's shells
+    here, so the simulator exercises the same wiring: the runner first (its drivers
+    say what this node can run), then the placement, then the runner reattaches what
+    the placement's store says is confirmed here and follows its events.
+    """
+    runner = WorkloadRunner(ctx, mesh, drivers)
+    caps = telemetry.capabilities(ctx.cfg, (d.capabilities() for d in runner.drivers.values()))
+    logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
+    placement = PlacementShell(ctx, mesh, caps)
+    placement.start()
+    runner.start(placement.core.ledger().allocations)
+    return placement, runner
 
 
 class Node:
@@ -212,14 +233,7 @@ class Node:
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
-        self.runner = WorkloadRunner(self.ctx, self.mesh)
-        caps = telemetry.capabilities(
-            self.cfg, (d.capabilities() for d in self.runner.drivers.values())
-        )
-        logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
-        self.placement = PlacementShell(self.ctx, self.mesh, caps)
-        self.placement.start()
-        self.runner.start(self.placement.core.ledger().allocations)
+        self.placement, self.runner = start_shells(self.ctx, self.mesh)
         self.store.set_meta("address", self.address)
         self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
         self.ready = True

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +29,7 @@ from typing import Any
 
 from meshd.adapters import telemetry
 from meshd.adapters.store import auction_records
-from meshd.adapters.transport import Addr, Channel
+from meshd.adapters.transport import Channel
 from meshd.core import spec
 from meshd.core.auction import candidates, codec, fields
 from meshd.core.auction.auctioneer import Auctioneer
@@ -60,8 +59,8 @@ from meshd.shell.alarm import Alarm
 from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.journal import AuctionJournal
-from meshd.shell.mesh import Mesh
 from meshd.shell.outbox import Outbox
+from meshd.shell.ports import MeshPort
 
 logger = logging.getLogger(__name__)
 StateOf = Callable[[str, int], tuple[str, str]]  # (workload id, generation) -> state, detail
@@ -72,7 +71,7 @@ WORKLOAD_MAX = 256 * 1024  # bytes of an encoded workload: its Award fits MAX_RE
 
 
 class PlacementShell:
-    def __init__(self, ctx: NodeContext, mesh: Mesh, capabilities: Capabilities) -> None:
+    def __init__(self, ctx: NodeContext, mesh: MeshPort, capabilities: Capabilities) -> None:
         self.ctx = ctx
         self.capabilities = capabilities
         self.mesh = mesh
@@ -84,14 +83,14 @@ class PlacementShell:
             cfg.auction,
             ctx.ident.name,
             self.capacity,
-            random.Random(),  # noqa: S311 - round ids and sampling, not secrets
+            ctx.new_random(),  # round ids and sampling, not secrets
             ctx.clock(),
             logging.getLogger("meshd.core.auction"),
             durable,
             witness=cfg.witness,
             capabilities=capabilities,
         )
-        self.journal = AuctionJournal(ctx.store, cfg.auction.journal_lag_s)
+        self.journal = AuctionJournal(ctx.store, cfg.auction.journal_lag_s, ctx.clock)
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
@@ -112,7 +111,9 @@ class PlacementShell:
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        self.mesh.mux.register(Channel.AUCTION, self._on_datagram)
+        self.mesh.on_datagram(
+            Channel.AUCTION, AUCTION_KIND, codec.decode_all, self._receive_all, self.dropped
+        )
         self.mesh.on_broadcast(PLACEMENT_BROADCAST, self._on_gossip)
         self._alarm.rearm()
         if self.ctx.cfg.auction.host_telemetry:
@@ -151,7 +152,7 @@ class PlacementShell:
             await asyncio.sleep(1.0)
 
     async def _anti_entropy(self) -> None:
-        rng = random.Random()  # noqa: S311 - peer choice
+        rng = self.ctx.new_random()  # peer choice
         # The first exchange comes soon: a node that was down catches up on what was
         # placed meanwhile. At rest an exchange is a Digest datagram each way; only
         # the buckets that differ travel (meshd.core.auction.digest).
@@ -374,14 +375,6 @@ class PlacementShell:
 
     # -- receiving ------------------------------------------------------------------
 
-    def _on_datagram(self, payload: bytes, addr: Addr) -> None:
-        opened = self.mesh.open_datagram(
-            payload, addr, AUCTION_KIND, codec.decode_all, self.dropped
-        )
-        if opened is not None:
-            msgs, sender = opened
-            self._receive_all(msgs, sender)
-
     def receive_reliable(self, body: bytes, cert_der: bytes) -> None:
         opened = self.mesh.open_reliable(body, cert_der, AUCTION_KIND, codec.decode, self.dropped)
         if opened is not None:
@@ -469,17 +462,13 @@ class PlacementShell:
 
     def _send_signed(self, names: Iterable[str], signed: bytes) -> None:
         for name in names:
-            addr = self.mesh.address_of(name)
-            if addr is not None:
-                self.mesh.mux.send(Channel.AUCTION, signed, addr)
+            self.mesh.send_datagram(Channel.AUCTION, name, signed)
 
     def _send_reliable(self, to: str, msg: AuctionMsg) -> None:
         if to == self.ctx.ident.name:
             self._local(msg)
             return
-        addr = self.mesh.address_of(to)
-        if addr is not None:
-            self._spawn(self.mesh.post(addr, "/v1/mesh/auction", codec.encode(msg)))
+        self._spawn(self.mesh.post_to(to, "/v1/mesh/auction", codec.encode(msg)))
 
     def _broadcast(self, msg: Confirm) -> None:
         body = codec.encode(msg)

@@ -15,37 +15,44 @@ through the workload's driver, and tells the mesh how it went:
   one that died while meshd was away is reported, not silently restarted.
 
 Driver calls run as tasks, one at a time per workload, so a slow boot never blocks
-the loop or another workload.
+the loop or another workload. The drivers are built by a factory the node may replace
+(the simulator gives every node the in-memory fake driver on a host that outlives
+its meshd); by default, every driver this host offers (``make_drivers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from meshd.adapters.drivers.base import Driver, Status, WorkloadState
+from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.adapters.drivers.registry import driver_for, make_drivers
+from meshd.config import DriversConfig
 from meshd.core import workload_states
 from meshd.core.auction.model import Allocation
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError
 from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
-from meshd.shell.mesh import Mesh
+from meshd.shell.ports import MeshPort
 
 logger = logging.getLogger(__name__)
+# (root, on_change, the drivers' config) -> every driver by name
+DriverFactory = Callable[[Path, OnChange, DriversConfig], dict[str, Driver]]
 STATE_BROADCAST = "workload.state"
 ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
 
 
 class WorkloadRunner:
-    def __init__(self, ctx: NodeContext, mesh: Mesh) -> None:
+    def __init__(
+        self, ctx: NodeContext, mesh: MeshPort, drivers: DriverFactory = make_drivers
+    ) -> None:
         self.ctx = ctx
         self.mesh = mesh
-        self.drivers: dict[str, Driver] = make_drivers(
+        self.drivers: dict[str, Driver] = drivers(
             ctx.cfg.data_dir / "workloads", self._changed, ctx.cfg.drivers
         )
         # What the placement shell assigned here and has not released (its events).
@@ -218,7 +225,9 @@ class WorkloadRunner:
         detail: str,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        entry, changed = self.states.set(wid, generation, str(state), detail, time.time(), extra)
+        entry, changed = self.states.set(
+            wid, generation, str(state), detail, self.ctx.clock(), extra
+        )
         if changed:
             logger.info("workload %s id=%s detail=%s", state, wid, detail)
             self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
