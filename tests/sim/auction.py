@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ from meshd.core.auction import codec as auction_codec
 from meshd.core.auction.candidates import Batch
 from meshd.core.auction.durable import KNOWLEDGE
 from meshd.core.auction.messages import Accept, AuctionMsg, Digest, Refuse, Release, Revoke, Sync
-from meshd.core.auction.model import GiB, total
+from meshd.core.auction.model import GiB, Ledger, total
 from meshd.core.membership import Deliver
 from tests import factories
 from tests.sim.harness import MEMBERSHIP, SimNode, Simulation
@@ -435,26 +435,7 @@ class Fleet:
     # -- invariants --------------------------------------------------------------------
 
     def step_problems(self, a: AuctionNode) -> None:
-        now = self.sim.now
-        ledger = a.core.ledger()
-        name = a.node.name
-        if not ledger.committed.within(ledger.limit):
-            self.violations.append(
-                f"t={now:.3f} {name} committed {ledger.committed} > {ledger.limit}"
-            )
-        # The bidder keeps running totals; they must equal the ledger summed afresh.
-        for kept, items in (
-            (ledger.committed, ledger.allocations.values()),
-            (ledger.held, ledger.holds.values()),
-        ):
-            fresh = total(items)
-            if (kept.memory, kept.disk) != (fresh.memory, fresh.disk) or abs(
-                kept.cpus - fresh.cpus
-            ) > 1e-6:
-                self.violations.append(f"t={now:.3f} {name} running total {kept} != {fresh}")
-        for h in ledger.holds.values():
-            if h.expires_at < now:
-                self.violations.append(f"t={now:.3f} {name} still holds {h.round_id} past expiry")
+        self.violations += ledger_problems(a.node.name, a.core.ledger(), self.sim.now)
 
     def _write_journal(self, node: SimNode, boot: int) -> None:
         if node.boot != boot or not node.up:
@@ -469,53 +450,97 @@ class Fleet:
             self._write_journal(self.sim.nodes[n], self.sim.nodes[n].boot)
         problems = list(self.violations)
         live = self.sim.running()
-        views = {
-            n: {w: (p.owner, p.generation) for w, p in self.core(n).placements().items()}
-            for n in live
-        }
-        removed = {n: {w for w, p in self.core(n).placements().items() if p.removed} for n in live}
-        first = views[live[0]] if live else {}
-        for n in live:
-            if views[n] != first:
-                diff = sorted(set(views[n].items()) ^ set(first.items()))[:4]
-                problems.append(f"{n}'s view differs from {live[0]}'s: {diff}")
-            if removed[n] != removed[live[0]]:
-                problems.append(f"{n} and {live[0]} disagree on what was removed")
-        for n in live:
-            core = self.core(n)
-            ledger = core.ledger()
-            for wid, alloc in ledger.allocations.items():
-                want = first.get(wid)
-                if live and wid in removed[live[0]]:
-                    problems.append(f"{n} still holds {wid} gen {alloc.generation}, removed")
-                elif want != (n, alloc.generation):
-                    problems.append(f"{n} holds {wid} gen {alloc.generation}, view says {want}")
-                elif not alloc.confirmed:
-                    problems.append(f"{n} never confirmed {wid} gen {alloc.generation}")
-            if ledger.holds:
-                problems.append(f"{n} still holds {sorted(ledger.holds)}")
-            d = self.durable[n]
-            if d.allocations != dict(ledger.allocations) or d.holds != dict(ledger.holds):
-                problems.append(f"{n}: durable allocations/holds differ from the core's")
-            if d.placements != dict(core.placements()):
-                problems.append(f"{n}: durable placement view differs from the core's")
-        for wid, (owner, gen) in first.items():
-            if live and wid in removed[live[0]]:
-                continue  # a tombstone: nobody holds it
-            if owner in views and wid not in self.core(owner).ledger().allocations:
-                problems.append(f"{wid} placed on {owner} gen {gen}, which holds no allocation")
+        decided: list[tuple[str, int]] = []
         for aid, o in self.outcomes.items():
             if o.placement is not None and o.reason is not None:
                 problems.append(f"{aid} both decided and failed: {o.reason}")
-            p = o.placement
-            if p is not None and (first.get(p.workload_id, ("", -1))[1] < p.generation):
-                problems.append(
-                    f"decided {p.workload_id} gen {p.generation} lost: {first.get(p.workload_id)}"
-                )
-        for wid, gen in self.started.items():
-            if first.get(wid, ("", -1))[1] < gen:
-                problems.append(f"started {wid} gen {gen} lost: {first.get(wid)}")
+            if o.placement is not None:
+                decided.append((o.placement.workload_id, o.placement.generation))
+        problems += mesh_problems(
+            {n: self.core(n) for n in live}, self.durable, decided, self.started
+        )
         return problems
+
+
+# -- invariants, shared with the simulator of the real shells (tests/sim/shells.py) ------
+
+
+def ledger_problems(name: str, ledger: Ledger, now: float) -> list[str]:
+    """What is wrong with one node's ledger at ``now`` (checked after every step)."""
+    problems: list[str] = []
+    if not ledger.committed.within(ledger.limit):
+        problems.append(f"t={now:.3f} {name} committed {ledger.committed} > {ledger.limit}")
+    # The bidder keeps running totals; they must equal the ledger summed afresh.
+    for kept, items in (
+        (ledger.committed, ledger.allocations.values()),
+        (ledger.held, ledger.holds.values()),
+    ):
+        fresh = total(items)
+        if (kept.memory, kept.disk) != (fresh.memory, fresh.disk) or abs(
+            kept.cpus - fresh.cpus
+        ) > 1e-6:
+            problems.append(f"t={now:.3f} {name} running total {kept} != {fresh}")
+    for h in ledger.holds.values():
+        if h.expires_at < now:
+            problems.append(f"t={now:.3f} {name} still holds {h.round_id} past expiry")
+    return problems
+
+
+def mesh_problems(
+    cores: Mapping[str, Auctioneer],
+    durable: Mapping[str, DurableState],
+    decided: Iterable[tuple[str, int]],
+    started: Mapping[str, int],
+) -> list[str]:
+    """Whole-mesh checks over the live nodes' ``cores`` once the mesh has settled.
+
+    ``durable`` is what each node's store holds (all written); ``decided`` the
+    (workload, generation) originators reported placed; ``started`` the highest generation of each
+    workload any node was told to start.
+    """
+    problems: list[str] = []
+    live = list(cores)
+    views = {
+        n: {w: (p.owner, p.generation) for w, p in cores[n].placements().items()} for n in live
+    }
+    removed = {n: {w for w, p in cores[n].placements().items() if p.removed} for n in live}
+    first = views[live[0]] if live else {}
+    for n in live:
+        if views[n] != first:
+            diff = sorted(set(views[n].items()) ^ set(first.items()))[:4]
+            problems.append(f"{n}'s view differs from {live[0]}'s: {diff}")
+        if removed[n] != removed[live[0]]:
+            problems.append(f"{n} and {live[0]} disagree on what was removed")
+    for n in live:
+        core = cores[n]
+        ledger = core.ledger()
+        for wid, alloc in ledger.allocations.items():
+            want = first.get(wid)
+            if live and wid in removed[live[0]]:
+                problems.append(f"{n} still holds {wid} gen {alloc.generation}, removed")
+            elif want != (n, alloc.generation):
+                problems.append(f"{n} holds {wid} gen {alloc.generation}, view says {want}")
+            elif not alloc.confirmed:
+                problems.append(f"{n} never confirmed {wid} gen {alloc.generation}")
+        if ledger.holds:
+            problems.append(f"{n} still holds {sorted(ledger.holds)}")
+        d = durable[n]
+        if d.allocations != dict(ledger.allocations) or d.holds != dict(ledger.holds):
+            problems.append(f"{n}: durable allocations/holds differ from the core's")
+        if d.placements != dict(core.placements()):
+            problems.append(f"{n}: durable placement view differs from the core's")
+    for wid, (owner, gen) in first.items():
+        if live and wid in removed[live[0]]:
+            continue  # a tombstone: nobody holds it
+        if owner in views and wid not in cores[owner].ledger().allocations:
+            problems.append(f"{wid} placed on {owner} gen {gen}, which holds no allocation")
+    for wid, gen in decided:
+        if first.get(wid, ("", -1))[1] < gen:
+            problems.append(f"decided {wid} gen {gen} lost: {first.get(wid)}")
+    for wid, gen in started.items():
+        if first.get(wid, ("", -1))[1] < gen:
+            problems.append(f"started {wid} gen {gen} lost: {first.get(wid)}")
+    return problems
 
 
 def _fmt_record(r: Any) -> str | None:
