@@ -8,7 +8,11 @@ node keeps the newest it has heard, so ``meshd workloads`` anywhere shows it. Th
 merge rule is last-writer-wins on ``(generation, at)``: a newer generation (the
 workload moved) always wins, and within one generation the owner's clock orders its
 own announcements, which gossip may reorder. Nodes never compare clocks with each
-other here: one generation has one owner.
+other here: one generation has one owner. The owner's stamps for one workload and
+generation strictly increase even when its clock does not (two changes within the
+clock's resolution, or a clock stepped back): a change stamped no later than the one
+before would lose to it everywhere else, for good (found by the shell simulator,
+where ``starting`` and ``running`` come at the same virtual instant).
 
 Gossip loses messages, so the owner also re-announces its states, a few per interval
 in turn (:meth:`StateBook.due`): a node that restarted or missed one catches up
@@ -77,6 +81,8 @@ class StateBook:
         if state not in STATES:
             raise ValueError(f"unknown workload state {state!r}")
         previous = self._entries.get(wid)
+        if previous is not None and previous.generation == generation and now <= previous.at:
+            now = math.nextafter(previous.at, math.inf)
         entry = StateEntry(wid, generation, state, detail, self._me, now, dict(extra or {}))
         self._entries[wid] = entry
         return entry, previous is None or previous.state != state

@@ -34,6 +34,22 @@ def test_a_newer_generation_wins_and_older_news_is_ignored() -> None:
     assert book.state_of("w1", 2) == ("stopped", "")
 
 
+def test_own_stamps_increase_even_when_the_clock_does_not() -> None:
+    """``starting`` then ``running`` within the clock's resolution (or after the clock
+    stepped back): the later change must still win on every other node."""
+    owner, peer = ws.StateBook("n1"), ws.StateBook("n2")
+    first, _ = owner.set("w1", 1, "starting", "fake driver", 10.0)
+    second, _ = owner.set("w1", 1, "running", "", 10.0)
+    third, _ = owner.set("w1", 1, "stopped", "", 9.0)
+    assert first.at < second.at < third.at
+    for entry in (first, second, third):
+        assert peer.receive(ws.decode(ws.encode(entry), "n1"))
+    assert peer.state_of("w1", 1) == ("stopped", "")
+    # A new generation starts from its own clock.
+    fresh, _ = owner.set("w1", 2, "starting", "", 5.0)
+    assert fresh.at == 5.0
+
+
 def test_a_placement_newer_than_any_state_is_pending() -> None:
     book = ws.StateBook("n1")
     book.receive(ws.StateEntry("w1", 1, "running", "", "n2", 1.0))
