@@ -12,7 +12,10 @@ through the workload's driver, and tells the mesh how it went:
   name while it runs and withdrawn when it stops;
 * on start-up every confirmed allocation is **reattached** (the driver finds the
   process or VM again by pid and start time) or, if it was never created, started;
-  one that died while meshd was away is reported, not silently restarted.
+  one that died while meshd was away is reported, not silently restarted. What a
+  driver still has that no allocation names is **destroyed**: its release reached
+  the store but meshd died before it stopped the workload (the Stop is persisted
+  before the runner hears of it), so nothing else would ever stop it.
 
 Driver calls run as tasks, one at a time per workload, so a slow boot never blocks
 the loop or another workload. The drivers are built by a factory the node may replace
@@ -75,6 +78,7 @@ class WorkloadRunner:
             if alloc.confirmed:
                 self._allocs[alloc.workload.id] = alloc
                 self._spawn(self._recover(alloc))
+        self._spawn(self._reap(frozenset(allocations)))
         self._spawn(self._announce_periodically())
 
     async def stop(self) -> None:
@@ -137,6 +141,25 @@ class WorkloadRunner:
         if status.state is not WorkloadState.RUNNING and not status.detail:
             status = Status(status.state, detail="it exited while meshd was away")
         self._apply_status(w.id, status, generation=alloc.generation)
+
+    async def _reap(self, allocated: frozenset[str]) -> None:
+        """Destroy the workloads drivers hold that no allocation here names."""
+        for driver in list(self.drivers.values()):
+            try:
+                held = await driver.list()
+            except DriverError as exc:
+                logger.error("listing the %s driver's workloads failed: %s", driver.name, exc)
+                continue
+            for wid in held:
+                if wid in allocated or wid in self._allocs:
+                    continue  # ours (or assigned here since start-up)
+                logger.warning(
+                    "workload without an allocation here id=%s driver=%s; destroying it",
+                    wid,
+                    driver.name,
+                )
+                self._driver_names.setdefault(wid, driver.name)
+                await self._remove(wid, 0, "released while meshd was down")
 
     async def _driver_holding(self, wid: str) -> str | None:
         """Which driver has ``wid``: remembered, else asked (the allocation may be gone)."""
