@@ -1,0 +1,733 @@
+"""The simulator of the real shells: PlacementShell and WorkloadRunner on fake ports.
+
+Theory of operation
+-------------------
+:mod:`.auction` runs the pure auction core and *models* its shell. This module runs
+the shell itself — :class:`meshd.placement.PlacementShell` with its journal, outbox,
+alarm, anti-entropy and pruning loops, and :class:`meshd.workloads.WorkloadRunner`
+with its state gossip — started by :func:`meshd.node.start_shells` exactly as the
+daemon starts them, as pve-ha-manager runs its manager on a simulated environment.
+Only the ports are fake:
+
+* **time**: every node shares one :class:`~tests.sim.loop.VirtualLoop` (asyncio in
+  virtual time); ``ctx.clock`` is that time plus :data:`EPOCH`. Each node's generators
+  (``ctx.new_random``) are seeded from the run's seed, the node and its boot.
+* **mesh**: :class:`FakeMesh` implements :class:`meshd.ports.MeshPort`. Datagrams,
+  gossip and reliable posts go through :class:`~tests.sim.network.Network` (seeded
+  loss, delay, duplication, partitions and one-way cuts; posts are never lost but are
+  blocked by partitions); each arrives as a loop timer and is handed to the
+  destination's current process. Nothing is signed or sealed (the envelope has its
+  own tests): the network knows who sent what, so the sender is authenticated by
+  construction, and a post carries a stand-in certificate naming its sender, which
+  ``open_reliable`` reads back. Membership is an oracle: the nodes that are up.
+* **store**: a real :class:`meshd.store.db.Store` (SQLite) per node in a temporary
+  directory, so the journal's fsynced promises and lagging knowledge are real writes.
+* **drivers**: one :class:`meshd.drivers.fake.FakeDriver` per boot over a
+  :class:`~meshd.drivers.fake.FakeHost` per node, which outlives meshd's crashes
+  (workloads keep running while meshd is away, as with the process driver).
+
+**Crashes.** A node's meshd is a :class:`~tests.sim.loop.Process`: a crash kills it
+(none of its callbacks, timers or tasks runs again, no ``stop()``), closes its store
+connection and drops its shells; what the journal had not written is lost, exactly.
+A restart opens the same store and starts new shells from it, as ``meshd run`` does.
+Crashes come when the schedule says, or when a trigger fires: right after a node
+handled its k-th message (``mid``: that step's records are written, its messages
+not yet sent; ``after``: sent too), right after its placement told the runner to
+start or stop a workload (before the runner acted), or the moment its k-th durable
+commit is on disk (:class:`SimStore`; the rest of that step runs in memory only and
+sends nothing, and any further write would fail the run).
+
+**Checks.** After every message a node handles, and every 50 ms for every live node,
+:func:`~tests.sim.auction.ledger_problems` checks its ledger (never beyond capacity,
+running totals right, no hold kept past its expiry) and every owner it records or
+believes in is noted: one owner per (workload, generation), ever. Once the schedule
+is over (healed, every node up, settled), :meth:`ShellSim.final_problems` adds
+:func:`~tests.sim.auction.mesh_problems` over the live cores and what their *stores*
+hold (views agree, allocations match the view and are confirmed, no hold left, store
+equals memory, nothing reported placed or started is lost) and the shell-level
+invariants: one allocation per (workload, generation) across all stores; every
+placement a ``submit()`` reported is in every view and its owner holds it on disk;
+each owner's fake host runs its workloads and no other host does; every node's
+gossiped state of every workload is the owner's ``running`` at the view's generation.
+Any exception a callback lets escape fails the run, and so does a shell asking its
+node to stop (a broken invariant).
+
+Determinism: one seed drives the network, the schedule and every node's generators;
+the loop orders simultaneous timers the same way every time; no set of strings is
+iterated (the fake membership answers sorted lists). The same seed replays the same
+run exactly; the seed is in every failure message (:meth:`ShellSim.describe`,
+``MESHD_SIM_SEED``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import itertools
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshd import config
+from meshd.auction.model import InvariantBreach
+from meshd.bus import Bus, WorkloadAssigned, WorkloadReleased
+from meshd.config import Config
+from meshd.context import NodeContext
+from meshd.drivers.base import Driver, OnChange, WorkloadState
+from meshd.drivers.fake import FakeDriver, FakeHost
+from meshd.errors import EnvelopeError, MeshdError, NotFoundError
+from meshd.identity import pki
+from meshd.identity.files import NodeIdentity
+from meshd.identity.revocation import RevocationList
+from meshd.membership import codec as membership_codec
+from meshd.membership.messages import UserMsg
+from meshd.metrics import Counter, Registry
+from meshd.node import start_shells
+from meshd.placement import PlacementShell
+from meshd.ports import BroadcastHandler
+from meshd.spec import SubmitRequest
+from meshd.store import auction_records
+from meshd.store.db import Store
+from meshd.transport import Channel
+from meshd.workloads import WorkloadRunner
+from tests.sim.auction import ledger_problems, mesh_problems
+from tests.sim.harness import ENV_SEED
+from tests.sim.loop import Process, VirtualLoop
+from tests.sim.loop import current as loop_process
+from tests.sim.network import LinkModel, Network
+
+T = TypeVar("T")
+EPOCH = 1_800_000_000.0  # ctx.clock() = EPOCH + virtual time (2027-01-15)
+DOMAIN = "sim.meshd.test"
+AUCTION_PATH = "/v1/mesh/auction"  # the API route that feeds PlacementShell.receive_reliable
+FAKE_CERT = b"sim-cert:"  # + the sender's name: the stand-in for its TLS client certificate
+CHECK_EVERY = 0.05  # seconds between the periodic checks of every live node
+
+
+# -- identities (the shells only read the name; built once per test process) ------------
+
+
+@functools.cache
+def _authority() -> tuple[Ed25519PrivateKey, x509.Certificate]:
+    return pki.create_ca(DOMAIN, EPOCH, 3650)
+
+
+@functools.cache
+def identity(name: str) -> NodeIdentity:
+    ca_key, ca_cert = _authority()
+    key = pki.new_key()
+    cert = pki.issue(ca_key, ca_cert, key.public_key(), name, "node", EPOCH, 825)
+    info = pki.verify(cert, ca_cert, EPOCH)
+    return NodeIdentity(key, cert, ca_cert, bytes(32), None, info)
+
+
+# -- the store: real SQLite, with a hook on commits --------------------------------------
+
+
+class SimStore(Store):
+    """A real store that tells the simulator of each commit (to crash right after one)
+    and refuses writes from a killed process (none should be possible)."""
+
+    committed: Callable[[bool], None] | None = None  # called with ``durable``
+
+    @contextlib.contextmanager
+    def transaction(self, durable: bool = True) -> Iterator[Store]:
+        _check_alive()
+        with super().transaction(durable) as store:
+            yield store
+        if self.committed is not None:
+            self.committed(durable)
+
+    def execute(self, sql: str, params: Any = ()) -> None:
+        _check_alive()
+        super().execute(sql, params)
+
+
+def _check_alive() -> None:
+    proc = loop_process()
+    if proc is not None and not proc.alive:
+        raise AssertionError(f"{proc.name} wrote to its store after it was killed")
+
+
+# -- what travels on the simulated network ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    channel: Channel
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    path: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    kind: str
+    payload: bytes
+    origin: str
+
+
+Packet = Datagram | Post | Gossip
+
+
+@dataclass(frozen=True, slots=True)
+class SimAuthor:
+    """The sender of a post, as the TLS client certificate would name it."""
+
+    name: str
+
+
+# -- the fake mesh port ------------------------------------------------------------------
+
+
+class FakeMesh:
+    """One boot's :class:`meshd.ports.MeshPort` on the simulated network."""
+
+    def __init__(self, sim: ShellSim, name: str, proc: Process) -> None:
+        self.sim, self.me, self.proc = sim, name, proc
+        self.datagrams: dict[Channel, Callable[[bytes, str], None]] = {}
+        self.gossip: dict[str, BroadcastHandler] = {}
+        self.services: dict[str, tuple[int, str]] = {}
+
+    def live_names(self) -> Collection[str]:
+        return self.sim.live()
+
+    def live_peers(self) -> Collection[str]:
+        return [n for n in self.sim.live() if n != self.me]
+
+    def random_peer(self, rng: random.Random) -> str | None:
+        peers = list(self.live_peers())
+        return rng.choice(peers) if peers else None
+
+    def on_datagram(
+        self,
+        channel: Channel,
+        kind: str,
+        decode: Callable[[bytes], T],
+        handler: Callable[[T, str], None],
+        dropped: Counter,
+    ) -> None:
+        def receive(payload: bytes, sender: str) -> None:
+            head, _, body = payload.partition(b"\n")
+            if head != kind.encode():
+                dropped.inc(reason="invalid")
+                return
+            try:
+                msg = decode(body)
+            except EnvelopeError:
+                dropped.inc(reason="invalid")
+                return
+            handler(msg, sender)
+
+        self.datagrams[channel] = receive
+
+    def sign(self, kind: str, body: bytes) -> bytes:
+        return kind.encode() + b"\n" + body  # the kind travels; authenticity by construction
+
+    def send_datagram(self, channel: Channel, name: str, signed: bytes) -> None:
+        if self.proc.alive:  # killed mid-step: the rest of the step sends nothing
+            self.sim.send(self.me, name, Datagram(channel, signed), reliable=False)
+
+    async def post_to(self, name: str, path: str, body: bytes) -> None:
+        if self.proc.alive:
+            self.sim.send(self.me, name, Post(path, body), reliable=True)
+
+    def open_reliable(
+        self,
+        body: bytes,
+        cert_der: bytes,
+        kind: str,
+        decode: Callable[[bytes], T],
+        dropped: Counter,
+    ) -> tuple[T, SimAuthor] | None:
+        if not cert_der.startswith(FAKE_CERT):
+            dropped.inc(reason="invalid")
+            return None
+        try:
+            return decode(body), SimAuthor(cert_der[len(FAKE_CERT) :].decode())
+        except EnvelopeError:
+            dropped.inc(reason="invalid")
+            return None
+
+    def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None:
+        if kind in self.gossip:
+            raise RuntimeError(f"broadcast kind {kind!r} has a handler already")
+        self.gossip[kind] = handler
+
+    def broadcast(self, kind: str, payload: bytes, key: str | None = None) -> None:
+        # Best effort, like SWIM's gossip: each live member may miss it (loss, partition).
+        size = membership_codec.update_size(UserMsg(self.me, 0, kind, payload))
+        if membership_codec.GOSSIP_BASE + size > self.sim.cfg.max_gossip_bytes:
+            raise ValueError(f"broadcast of {len(payload)} bytes does not fit max_gossip_bytes")
+        if not self.proc.alive:
+            return
+        for peer in self.live_peers():
+            self.sim.send(self.me, peer, Gossip(kind, payload, self.me), reliable=False)
+
+    async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
+        self.services[name] = (port, proto)
+        return {"name": name, "port": port, "proto": proto}
+
+    async def remove_service(self, name: str) -> None:
+        if self.services.pop(name, None) is None:
+            raise NotFoundError(f"this node publishes no service named {name!r}")
+
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+@dataclass
+class ShellNode:
+    """A simulated machine: its disk and host outlive its meshd; its shells don't."""
+
+    name: str
+    cfg: Config
+    host: FakeHost
+    boot: int = 0
+    proc: Process | None = None
+    store: Store | None = None
+    mesh: FakeMesh | None = None
+    placement: PlacementShell | None = None
+    runner: WorkloadRunner | None = None
+    dead: list[Process] = field(default_factory=list)  # killed processes (their tasks)
+
+    @property
+    def up(self) -> bool:
+        return self.proc is not None
+
+
+@dataclass
+class Submission:
+    """One ``PlacementShell.submit`` call and what it returned (if its node lived)."""
+
+    origin: str
+    request: SubmitRequest
+    at: float
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+# -- the simulation ----------------------------------------------------------------------
+
+
+class ShellSim:
+    """N nodes running the real shells on fake ports in one virtual-time loop."""
+
+    def __init__(
+        self,
+        seed: int,
+        capacities: dict[str, tuple[float, int, int]],
+        cfg: Config | None = None,
+        link: LinkModel | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self.seed = seed
+        self.cfg = (cfg or config.sim()).replace(host_telemetry=False).validate()
+        self.loop = VirtualLoop()
+        self.net = Network(random.Random(f"{seed}/net"), link)
+        self._own_root = root is None
+        self.root = root or Path(tempfile.mkdtemp(prefix="meshd-sim-"))
+        self._net_ctx = contextvars.Context()  # packets in flight belong to no process
+        self.nodes: dict[str, ShellNode] = {}
+        for name, (cpus, memory, disk) in capacities.items():
+            node_cfg = self.cfg.replace(
+                data_dir=self.root / name, cpus=cpus, memory=memory, disk=disk
+            )
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.nodes[name] = ShellNode(name, node_cfg, FakeHost(self.clock))
+        self.violations: list[str] = []
+        self.owners: dict[tuple[str, int], str] = {}
+        self.started: dict[str, int] = {}  # workload -> highest generation assigned
+        self.submissions: list[Submission] = []
+        self.trace: list[str] = []  # commands, for a failure report
+        self.delivered = 0
+        # Crash triggers: after the k-th message a node handles ("mid": before the
+        # step's messages leave; "after": once they left), or right after it is told
+        # to start or stop a workload (before the runner acts on it).
+        self.step_triggers: dict[str, tuple[int, str]] = {}
+        self.event_triggers: list[tuple[str, type]] = []
+        self.commit_triggers: dict[str, int] = {}
+        self.loop.call_later(CHECK_EVERY, self._check_all, context=self._net_ctx)
+
+    # -- inspection -------------------------------------------------------------------
+
+    def clock(self) -> float:
+        return EPOCH + self.loop.time()
+
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+    def describe(self) -> str:
+        return f"seed={self.seed} t={self.now:.3f} (replay with {ENV_SEED}={self.seed})"
+
+    def live(self) -> list[str]:
+        """The membership oracle: who is up (sorted, so iteration is deterministic)."""
+        return [n for n, node in self.nodes.items() if node.up]
+
+    def placement(self, name: str) -> PlacementShell:
+        shell = self.nodes[name].placement
+        assert shell is not None, f"{name} is down"
+        return shell
+
+    def runner(self, name: str) -> WorkloadRunner:
+        runner = self.nodes[name].runner
+        assert runner is not None, f"{name} is down"
+        return runner
+
+    def _cmd(self, text: str) -> None:
+        self.trace.append(f"{self.now:9.3f} {text}")
+
+    # -- running ----------------------------------------------------------------------
+
+    def at(self, t: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` at virtual time ``t``, as the operator (no process)."""
+        self.loop.call_at(t, fn, *args, context=self._net_ctx)
+
+    def run_until(self, t: float) -> None:
+        self.loop.run_until(t)
+        if self.loop.errors:
+            self.violations += [f"callback raised: {e}" for e in self.loop.errors]
+            self.loop.errors.clear()
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            for proc in [*node.dead, *([node.proc] if node.proc else [])]:
+                for task in proc.tasks:  # never started: no code of it ran, none will
+                    coro = task.get_coro()
+                    if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == (
+                        inspect.CORO_CREATED
+                    ):
+                        coro.close()
+            if node.store is not None:
+                node.store.close()
+                node.store = None
+        self.loop.close()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- nodes and faults ---------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.up:
+            return
+        node.boot += 1
+        self._cmd(f"start {name}" if node.boot == 1 else f"restart {name}")
+        proc = Process(f"{name}#{node.boot}")
+        node.proc = proc
+        store = SimStore.open(node.cfg.store_path)
+        assert isinstance(store, SimStore)
+        store.committed = functools.partial(self._on_commit, name)
+        node.store = store
+        counter = itertools.count()
+        boot = node.boot
+
+        def new_random() -> random.Random:
+            return random.Random(f"{self.seed}/{name}/{boot}/{next(counter)}")
+
+        bus = Bus()  # the simulator listens first: a triggered crash beats the runner
+        bus.subscribe(WorkloadAssigned, functools.partial(self._on_assigned, name))
+        bus.subscribe(WorkloadReleased, functools.partial(self._on_event, name))
+        ctx = NodeContext(
+            node.cfg,
+            identity(name),
+            node.store,
+            self.clock,
+            Registry(),
+            RevocationList(),
+            bus,
+            functools.partial(self._stop_requested, name),
+            new_random,
+        )
+        node.mesh = FakeMesh(self, name, proc)
+        host = node.host
+
+        def drivers(root: Path, on_change: OnChange) -> dict[str, Driver]:
+            return {"fake": FakeDriver(root, on_change, host=host)}
+
+        node.placement, node.runner = proc.run(start_shells, ctx, node.mesh, drivers)
+
+    def crash(self, name: str) -> None:
+        """``SIGKILL``: nothing of this meshd runs again; its disk and host stay."""
+        node = self.nodes[name]
+        if node.proc is None:
+            return
+        self._cmd(f"crash {name}")
+        node.proc.kill()
+        node.dead.append(node.proc)
+        if node.runner is not None:
+            for driver in node.runner.drivers.values():
+                if isinstance(driver, FakeDriver):
+                    driver.detach()  # the host's workloads run on, unwatched
+        assert node.store is not None
+        node.store.close()
+        node.proc = node.store = node.mesh = node.placement = node.runner = None
+
+    def restart(self, name: str) -> None:
+        self.crash(name)
+        self.start(name)
+
+    def arm_step(self, name: str, k: int, mode: str) -> None:
+        """Crash ``name`` right after the ``k``-th message it handles from now on."""
+        self._cmd(f"arm {name} crash {mode} message {k}")
+        self.step_triggers[name] = (k, mode)
+
+    def arm_event(self, name: str, event: type) -> None:
+        """Crash ``name`` right after its placement publishes ``event`` (Start or Stop)."""
+        self._cmd(f"arm {name} crash after {event.__name__}")
+        self.event_triggers.append((name, event))
+
+    def arm_commit(self, name: str, k: int) -> None:
+        """Crash ``name`` the moment its ``k``-th durable commit from now is on disk:
+        the rest of that step runs in memory only (nothing it sends leaves)."""
+        self._cmd(f"arm {name} crash at durable commit {k}")
+        self.commit_triggers[name] = k
+
+    def _on_commit(self, name: str, durable: bool) -> None:
+        k = self.commit_triggers.get(name)
+        if not durable or k is None:
+            return
+        if k > 1:
+            self.commit_triggers[name] = k - 1
+            return
+        del self.commit_triggers[name]
+        proc = self.nodes[name].proc
+        assert proc is not None
+        self._cmd(f"{name} committed: crash")
+        proc.kill()  # now; the store and shells go once the step is over
+        self.loop.call_soon(self.crash, name, context=self._net_ctx)
+
+    def _on_event(self, name: str, event: object) -> None:
+        trigger = (name, type(event))
+        if trigger in self.event_triggers:
+            self.event_triggers.remove(trigger)
+            self._cmd(f"{name} got {type(event).__name__}: crash")
+            self.loop.call_soon(self.crash, name, context=self._net_ctx)
+
+    def end_faults(self) -> None:
+        """Heal the network, disarm every trigger, start every node."""
+        self.heal()
+        self.step_triggers.clear()
+        self.event_triggers.clear()
+        self.commit_triggers.clear()
+        for name in self.nodes:
+            self.start(name)
+
+    def partition(self, *groups: list[str]) -> None:
+        self._cmd("partition " + " | ".join(",".join(sorted(g)) for g in groups))
+        self.net.partition(*groups)
+
+    def cut(self, src: str, dst: str, both: bool = False) -> None:
+        self._cmd(f"cut {src}->{dst}{' both' if both else ''}")
+        self.net.cut(src, dst, both)
+
+    def heal(self) -> None:
+        self._cmd("heal")
+        self.net.heal()
+
+    # -- operator commands --------------------------------------------------------------
+
+    def submit(self, origin: str, request: SubmitRequest) -> None:
+        """``meshd submit`` on ``origin`` (nothing if it is down)."""
+        node = self.nodes[origin]
+        if node.proc is None or node.placement is None:
+            return
+        self._cmd(f"submit {origin} {request.name} key={request.idempotency_key}")
+        sub = Submission(origin, request, self.now)
+        self.submissions.append(sub)
+        node.proc.spawn(self._submit(node.placement, sub))
+
+    async def _submit(self, shell: PlacementShell, sub: Submission) -> None:
+        try:
+            sub.result = await shell.submit(sub.request)
+        except MeshdError as exc:
+            sub.error = str(exc)
+
+    def remove_named(self, name: str, workload: str) -> None:
+        """``meshd workload rm`` of the workload called ``workload``, as ``name`` sees it."""
+        shell = self.nodes[name].placement
+        if shell is None:
+            return
+        for wid, p in sorted(shell.core.placements().items()):
+            if p.name == workload and not p.removed:
+                self.remove(name, wid)
+
+    def remove(self, name: str, wid: str) -> None:
+        """``meshd workload rm`` on ``name`` (nothing if it is down or sees no such one)."""
+        node = self.nodes[name]
+        if node.proc is None or node.placement is None:
+            return
+        self._cmd(f"remove {name} {wid}")
+        with contextlib.suppress(NotFoundError):
+            node.proc.run(node.placement.remove, wid)
+
+    # -- the network ----------------------------------------------------------------------
+
+    def send(self, src: str, dst: str, packet: Packet, *, reliable: bool) -> None:
+        if dst not in self.nodes:
+            return
+        for delay in self.net.delays(src, dst, reliable):
+            self.loop.call_at(
+                self.loop.time() + delay, self._arrive, src, dst, packet, context=self._net_ctx
+            )
+
+    def _arrive(self, src: str, dst: str, packet: Packet) -> None:
+        node = self.nodes[dst]
+        if node.proc is None or not node.proc.alive or self.net.blocked(src, dst):
+            return  # down, or cut off while it was in flight
+        self.delivered += 1
+        node.proc.run(self._deliver, node, src, packet)
+        if node.up:
+            self.check(node)
+        trigger = self.step_triggers.get(dst)
+        if trigger is not None:
+            k, mode = trigger
+            if k > 1:
+                self.step_triggers[dst] = (k - 1, mode)
+                return
+            del self.step_triggers[dst]
+            if mode == "mid":
+                self.crash(dst)  # its records are written, its messages not yet sent
+            else:
+                self.loop.call_soon(self.crash, dst, context=self._net_ctx)
+
+    def _deliver(self, node: ShellNode, src: str, packet: Packet) -> None:
+        assert node.mesh is not None and node.placement is not None
+        try:
+            if isinstance(packet, Datagram):
+                handler = node.mesh.datagrams.get(packet.channel)
+                if handler is not None:
+                    handler(packet.payload, src)
+            elif isinstance(packet, Post):
+                if packet.path != AUCTION_PATH:
+                    raise AssertionError(f"a post to {packet.path}, which the sim does not route")
+                node.placement.receive_reliable(packet.body, FAKE_CERT + src.encode())
+            else:
+                gossip = node.mesh.gossip.get(packet.kind)
+                if gossip is not None:
+                    gossip(packet.payload, packet.origin)
+        except InvariantBreach as exc:
+            self.violations.append(f"t={self.now:.3f} {node.name}: invariant breach: {exc}")
+
+    # -- checks -------------------------------------------------------------------------
+
+    def _on_assigned(self, name: str, event: WorkloadAssigned) -> None:
+        a = event.allocation
+        self.started[a.workload.id] = max(self.started.get(a.workload.id, 0), a.generation)
+        self._owner(a.workload.id, a.generation, name, name)
+        self._on_event(name, event)
+
+    def _stop_requested(self, name: str) -> None:
+        self.violations.append(f"t={self.now:.3f} {name} asked its node to stop")
+
+    def _owner(self, wid: str, gen: int, owner: str, seen_by: str) -> None:
+        prev = self.owners.setdefault((wid, gen), owner)
+        if prev != owner:
+            self.violations.append(
+                f"t={self.now:.3f} {seen_by}: {wid} gen {gen} owned by {prev} and {owner}"
+            )
+
+    def check(self, node: ShellNode) -> None:
+        """The step invariants of one running node (after each message it handled)."""
+        assert node.placement is not None
+        core = node.placement.core
+        ledger = core.ledger()
+        self.violations += ledger_problems(node.name, ledger, self.clock())
+        for wid, a in ledger.allocations.items():
+            self._owner(wid, a.generation, node.name, node.name)
+        for wid, p in core.placements().items():
+            self._owner(wid, p.generation, p.owner, node.name)
+
+    def _check_all(self) -> None:
+        """Every ``CHECK_EVERY`` s, check every running node (timers step them too)."""
+        for node in self.nodes.values():
+            if node.up:
+                self.check(node)
+        self.loop.call_later(CHECK_EVERY, self._check_all, context=self._net_ctx)
+
+    def flush(self) -> None:
+        """Write every live node's pending journal (a test reading the stores)."""
+        for name in self.live():
+            shell = self.placement(name)
+            shell.journal.flush(self.clock())
+
+    def final_problems(self) -> list[str]:
+        """Whole-mesh checks, once healed, every node up and the mesh settled."""
+        self.flush()
+        live = self.live()
+        problems = list(self.violations)
+        cores = {n: self.placement(n).core for n in live}
+        stores = {}
+        for n in live:
+            store = self.nodes[n].store
+            assert store is not None
+            stores[n] = auction_records.load(store)
+        decided: list[tuple[str, str, int]] = []  # (workload, owner, generation)
+        for sub in self.submissions:
+            r = sub.result
+            if r is not None and sub.error is not None:
+                problems.append(f"{sub.request.name} both placed and failed")
+            if r is not None:
+                decided.append((r["workload"], r["owner"], r["generation"]))
+        problems += mesh_problems(cores, stores, [(w, g) for w, _, g in decided], self.started)
+        if not live:
+            return problems
+        view = cores[live[0]].placements()
+        # One allocation per (workload, generation) across every store.
+        holders: dict[tuple[str, int], list[str]] = {}
+        for n in live:
+            for wid, alloc in stores[n].allocations.items():
+                holders.setdefault((wid, alloc.generation), []).append(n)
+        for (wid, gen), names in holders.items():
+            if len(names) > 1:
+                problems.append(f"{wid} gen {gen} allocated on {names}")
+        # What submit() reported placed is placed, and its owner holds it on disk.
+        for wid, owner, gen in decided:
+            now = view.get(wid)
+            if now is None:
+                problems.append(f"{wid} reported placed on {owner}, not in the view")
+            elif not now.removed and now.generation == gen:
+                held = stores[owner].allocations.get(wid) if owner in stores else None
+                if now.owner != owner or held is None or held.generation != gen:
+                    problems.append(
+                        f"{wid} reported placed on {owner} gen {gen}; the view says "
+                        f"{now.owner}, and {owner}'s store holds {held}"
+                    )
+        # Each owner's host runs what it owns; no other host runs it.
+        placed = {w: p for w, p in view.items() if not p.removed}
+        for n in live:
+            host = self.nodes[n].host
+            running = {w for w, fw in host.workloads.items() if fw.state is WorkloadState.RUNNING}
+            mine = {w for w, p in placed.items() if p.owner == n}
+            for w in sorted(mine - running):
+                problems.append(f"{n} owns {w} gen {placed[w].generation} but does not run it")
+            for w in sorted(running - mine):
+                owner = placed[w].owner if w in placed else "nobody (removed)"
+                problems.append(f"{n} runs {w}, owned by {owner}")
+            for w in sorted(set(host.workloads) - mine):
+                problems.append(f"{n}'s host still has {w}, which it does not own")
+        # Every node's gossiped state of each workload is its owner's, running.
+        for w, p in placed.items():
+            own = self.runner(p.owner).states.get(w) if p.owner in live else None
+            for n in live:
+                state, detail = self.runner(n).state_of(w, p.generation)
+                if state != "running":
+                    problems.append(f"{n} sees {w} gen {p.generation} as {state} ({detail})")
+                entry = self.runner(n).states.get(w)
+                if own is not None and entry is not None and entry.at != own.at:
+                    problems.append(f"{n}'s state of {w} is not its owner's latest")
+        return problems
