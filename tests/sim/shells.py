@@ -19,7 +19,10 @@ Only the ports are fake:
   destination's current process. Nothing is signed or sealed (the envelope has its
   own tests): the network knows who sent what, so the sender is authenticated by
   construction, and a post carries a stand-in certificate naming its sender, which
-  ``open_reliable`` reads back. Membership is an oracle: the nodes that are up.
+  ``open_reliable`` reads back. Membership is an oracle (the nodes that are up) or
+  *lagged*: each node's own view follows that truth a detection delay later (a dead
+  or cut-off member is dropped 1-4 s later, a returning one added 0.05-2 s later), so
+  auctions ask dead members and anti-entropy picks them, as with SWIM.
 * **store**: a real :class:`meshd.store.db.Store` (SQLite) per node in a temporary
   directory, so the journal's fsynced promises and lagging knowledge are real writes.
 * **drivers**: one :class:`meshd.drivers.fake.FakeDriver` per boot over a
@@ -203,10 +206,10 @@ class FakeMesh:
         self.services: dict[str, tuple[int, str]] = {}
 
     def live_names(self) -> Collection[str]:
-        return self.sim.live()
+        return self.sim.view_of(self.me)
 
     def live_peers(self) -> Collection[str]:
-        return [n for n in self.sim.live() if n != self.me]
+        return [n for n in self.sim.view_of(self.me) if n != self.me]
 
     def random_peer(self, rng: random.Random) -> str | None:
         peers = list(self.live_peers())
@@ -333,7 +336,10 @@ class ShellSim:
         cfg: Config | None = None,
         link: LinkModel | None = None,
         root: Path | None = None,
+        membership: str = "oracle",
     ) -> None:
+        if membership not in ("oracle", "lagged"):
+            raise ValueError(f"membership is oracle or lagged, not {membership!r}")
         self.seed = seed
         self.cfg = (cfg or config.sim()).replace(host_telemetry=False).validate()
         self.loop = VirtualLoop()
@@ -361,6 +367,12 @@ class ShellSim:
         self.event_triggers: list[tuple[str, type]] = []
         self.commit_triggers: dict[str, int] = {}
         self.loop.call_later(CHECK_EVERY, self._check_all, context=self._net_ctx)
+        # Lagged membership: each node's own view, following the truth after a delay.
+        self.lagged = membership == "lagged"
+        self._mrng = random.Random(f"{seed}/membership")
+        self.views: dict[str, set[str]] = {}
+        self._view_change: dict[tuple[str, str], tuple[int, bool]] = {}  # pending
+        self._view_serial = 0
 
     # -- inspection -------------------------------------------------------------------
 
@@ -372,11 +384,67 @@ class ShellSim:
         return self.loop.time()
 
     def describe(self) -> str:
-        return f"seed={self.seed} t={self.now:.3f} (replay with {ENV_SEED}={self.seed})"
+        membership = "lagged" if self.lagged else "oracle"
+        return (
+            f"seed={self.seed} membership={membership} t={self.now:.3f} "
+            f"(replay with {ENV_SEED}={self.seed})"
+        )
 
     def live(self) -> list[str]:
         """The membership oracle: who is up (sorted, so iteration is deterministic)."""
         return [n for n, node in self.nodes.items() if node.up]
+
+    def view_of(self, observer: str) -> list[str]:
+        """Who ``observer``'s membership says is live, itself included (sorted)."""
+        if not self.lagged:
+            return self.live()
+        view = self.views.get(observer, set())
+        return [n for n in self.nodes if n == observer or n in view]
+
+    # -- lagged membership: what SWIM would converge to, a detection delay later --------
+
+    def _reachable(self, a: str, b: str) -> bool:
+        """Would ``a``'s SWIM keep ``b`` alive? Up, and not cut off both ways (a one-way
+        cut is bridged by indirect probes and refutations)."""
+        return self.nodes[b].up and not (self.net.blocked(a, b) and self.net.blocked(b, a))
+
+    def _follow_truth(self) -> None:
+        """Schedule each live observer's view to follow the truth: a member that died
+        or was cut off is dropped 1-4 s later (probe, suspicion), one that came back is
+        added 0.05-2 s later (join, push-pull); a reversal in between cancels it."""
+        if not self.lagged:
+            return
+        for x, node in self.nodes.items():
+            if not node.up:
+                continue
+            view = self.views.setdefault(x, set())
+            for y in self.nodes:
+                if y == x:
+                    continue
+                truth = self._reachable(x, y)
+                pending = self._view_change.get((x, y))
+                if pending is not None and pending[1] == truth:
+                    continue  # already on its way
+                if (y in view) == truth:
+                    self._view_change.pop((x, y), None)  # cancels a pending reversal
+                    continue
+                self._view_serial += 1
+                self._view_change[(x, y)] = (self._view_serial, truth)
+                delay = self._mrng.uniform(0.05, 2.0) if truth else self._mrng.uniform(1.0, 4.0)
+                self.loop.call_later(
+                    delay, self._learn, x, y, self._view_serial, context=self._net_ctx
+                )
+
+    def _learn(self, observer: str, member: str, serial: int) -> None:
+        pending = self._view_change.get((observer, member))
+        if pending is None or pending[0] != serial:
+            return  # overtaken
+        del self._view_change[(observer, member)]
+        view = self.views.setdefault(observer, set())
+        if pending[1]:
+            view.add(member)
+        else:
+            view.discard(member)
 
     def placement(self, name: str) -> PlacementShell:
         shell = self.nodes[name].placement
@@ -459,6 +527,11 @@ class ShellSim:
         def drivers(root: Path, on_change: OnChange) -> dict[str, Driver]:
             return {"fake": FakeDriver(root, on_change, host=host)}
 
+        if self.lagged:  # a joining node learns the members at once (push-pull)
+            self.views[name] = {y for y in self.nodes if y != name and self._reachable(name, y)}
+            for y in self.nodes:
+                self._view_change.pop((name, y), None)
+            self._follow_truth()
         node.placement, node.runner = proc.run(start_shells, ctx, node.mesh, drivers)
 
     def crash(self, name: str) -> None:
@@ -476,6 +549,7 @@ class ShellSim:
         assert node.store is not None
         node.store.close()
         node.proc = node.store = node.mesh = node.placement = node.runner = None
+        self._follow_truth()
 
     def restart(self, name: str) -> None:
         self.crash(name)
@@ -530,14 +604,17 @@ class ShellSim:
     def partition(self, *groups: list[str]) -> None:
         self._cmd("partition " + " | ".join(",".join(sorted(g)) for g in groups))
         self.net.partition(*groups)
+        self._follow_truth()
 
     def cut(self, src: str, dst: str, both: bool = False) -> None:
         self._cmd(f"cut {src}->{dst}{' both' if both else ''}")
         self.net.cut(src, dst, both)
+        self._follow_truth()
 
     def heal(self) -> None:
         self._cmd("heal")
         self.net.heal()
+        self._follow_truth()
 
     # -- operator commands --------------------------------------------------------------
 
