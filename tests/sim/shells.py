@@ -3,16 +3,16 @@
 Theory of operation
 -------------------
 :mod:`.auction` runs the pure auction core and *models* its shell. This module runs
-the shell itself — :class:`meshd.placement.PlacementShell` with its journal, outbox,
-alarm, anti-entropy and pruning loops, and :class:`meshd.workloads.WorkloadRunner`
-with its state gossip — started by :func:`meshd.node.start_shells` exactly as the
+the shell itself — :class:`meshd.shell.placement.PlacementShell` with its journal, outbox,
+alarm, anti-entropy and pruning loops, and :class:`meshd.shell.workloads.WorkloadRunner`
+with its state gossip — started by :func:`meshd.shell.node.start_shells` exactly as the
 daemon starts them, as pve-ha-manager runs its manager on a simulated environment.
 Only the ports are fake:
 
 * **time**: every node shares one :class:`~tests.sim.loop.VirtualLoop` (asyncio in
   virtual time); ``ctx.clock`` is that time plus :data:`EPOCH`. Each node's generators
   (``ctx.new_random``) are seeded from the run's seed, the node and its boot.
-* **mesh**: :class:`FakeMesh` implements :class:`meshd.ports.MeshPort`. Datagrams,
+* **mesh**: :class:`FakeMesh` implements :class:`meshd.shell.ports.MeshPort`. Datagrams,
   gossip and reliable posts go through :class:`~tests.sim.network.Network` (seeded
   loss, delay, duplication, partitions and one-way cuts; posts are never lost but are
   blocked by partitions); each arrives as a loop timer and is handed to the
@@ -23,10 +23,10 @@ Only the ports are fake:
   *lagged*: each node's own view follows that truth a detection delay later (a dead
   or cut-off member is dropped 1-4 s later, a returning one added 0.05-2 s later), so
   auctions ask dead members and anti-entropy picks them, as with SWIM.
-* **store**: a real :class:`meshd.store.db.Store` (SQLite) per node in a temporary
+* **store**: a real :class:`meshd.adapters.store.db.Store` (SQLite) per node in a temporary
   directory, so the journal's fsynced promises and lagging knowledge are real writes.
-* **drivers**: one :class:`meshd.drivers.fake.FakeDriver` per boot over a
-  :class:`~meshd.drivers.fake.FakeHost` per node, which outlives meshd's crashes
+* **drivers**: one :class:`meshd.adapters.drivers.fake.FakeDriver` per boot over a
+  :class:`~meshd.adapters.drivers.fake.FakeHost` per node, which outlives meshd's crashes
   (workloads keep running while meshd is away, as with the process driver).
 
 **Crashes.** A node's meshd is a :class:`~tests.sim.loop.Process`: a crash kills it
@@ -81,27 +81,27 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshd import config
-from meshd.auction.model import InvariantBreach
-from meshd.bus import Bus, WorkloadAssigned, WorkloadReleased
-from meshd.config import Config
-from meshd.context import NodeContext
-from meshd.drivers.base import Driver, OnChange, WorkloadState
-from meshd.drivers.fake import FakeDriver, FakeHost
+from meshd.adapters.drivers.base import Driver, OnChange, WorkloadState
+from meshd.adapters.drivers.fake import FakeDriver, FakeHost
+from meshd.adapters.store import auction_records
+from meshd.adapters.store.db import Store
+from meshd.adapters.transport import Channel
+from meshd.config import Config, DriversConfig
+from meshd.core.auction.model import InvariantBreach
+from meshd.core.membership import codec as membership_codec
+from meshd.core.membership.messages import UserMsg
+from meshd.core.spec import SubmitRequest
 from meshd.errors import EnvelopeError, MeshdError, NotFoundError
 from meshd.identity import pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
-from meshd.membership import codec as membership_codec
-from meshd.membership.messages import UserMsg
 from meshd.metrics import Counter, Registry
-from meshd.node import start_shells
-from meshd.placement import PlacementShell
-from meshd.ports import BroadcastHandler
-from meshd.spec import SubmitRequest
-from meshd.store import auction_records
-from meshd.store.db import Store
-from meshd.transport import Channel
-from meshd.workloads import WorkloadRunner
+from meshd.shell.bus import Bus, WorkloadAssigned, WorkloadReleased
+from meshd.shell.context import NodeContext
+from meshd.shell.node import start_shells
+from meshd.shell.placement import PlacementShell
+from meshd.shell.ports import BroadcastHandler
+from meshd.shell.workloads import WorkloadRunner
 from tests.sim.auction import ledger_problems, mesh_problems
 from tests.sim.harness import ENV_SEED
 from tests.sim.loop import Process, VirtualLoop
@@ -197,7 +197,7 @@ class SimAuthor:
 
 
 class FakeMesh:
-    """One boot's :class:`meshd.ports.MeshPort` on the simulated network."""
+    """One boot's :class:`meshd.shell.ports.MeshPort` on the simulated network."""
 
     def __init__(self, sim: ShellSim, name: str, proc: Process) -> None:
         self.sim, self.me, self.proc = sim, name, proc
@@ -273,7 +273,7 @@ class FakeMesh:
     def broadcast(self, kind: str, payload: bytes, key: str | None = None) -> None:
         # Best effort, like SWIM's gossip: each live member may miss it (loss, partition).
         size = membership_codec.update_size(UserMsg(self.me, 0, kind, payload))
-        if membership_codec.GOSSIP_BASE + size > self.sim.cfg.max_gossip_bytes:
+        if membership_codec.GOSSIP_BASE + size > self.sim.cfg.membership.max_gossip_bytes:
             raise ValueError(f"broadcast of {len(payload)} bytes does not fit max_gossip_bytes")
         if not self.proc.alive:
             return
@@ -341,7 +341,7 @@ class ShellSim:
         if membership not in ("oracle", "lagged"):
             raise ValueError(f"membership is oracle or lagged, not {membership!r}")
         self.seed = seed
-        self.cfg = (cfg or config.sim()).replace(host_telemetry=False).validate()
+        self.cfg = (cfg or config.sim()).override({"auction.host_telemetry": False}).validate()
         self.loop = VirtualLoop()
         self.net = Network(random.Random(f"{seed}/net"), link)
         self._own_root = root is None
@@ -524,7 +524,7 @@ class ShellSim:
         node.mesh = FakeMesh(self, name, proc)
         host = node.host
 
-        def drivers(root: Path, on_change: OnChange) -> dict[str, Driver]:
+        def drivers(root: Path, on_change: OnChange, _: DriversConfig) -> dict[str, Driver]:
             return {"fake": FakeDriver(root, on_change, host=host)}
 
         if self.lagged:  # a joining node learns the members at once (push-pull)

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 import pytest
 
 from meshd import config
-from meshd.auction.model import GiB
-from meshd.bus import WorkloadAssigned, WorkloadReleased
-from meshd.spec import Service, SubmitRequest
+from meshd.core.auction.model import GiB
+from meshd.core.spec import Service, SubmitRequest
+from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
 from tests.sim.harness import ENV_SEED, seed_or
 from tests.sim.network import LinkModel
 from tests.sim.shells import ShellSim
@@ -46,11 +46,13 @@ def random_run(seed: int, membership: str = "lagged") -> tuple[ShellSim, list[st
     rng = random.Random(seed)
     n = rng.randint(3, 6)
     names = [f"n{i}" for i in range(1, n + 1)]
-    cfg = config.sim().replace(
-        auction_sync_interval_s=1.0,
-        auction_full_mesh_max=rng.choice([8, 8, 3]),
-        # Sometimes keep only the last two rounds: pruning runs under crashes too.
-        auction_rounds_keep=rng.choice([1000, 1000, 2]),
+    cfg = config.sim().override(
+        {
+            "auction.sync_interval_s": 1.0,
+            "auction.full_mesh_max": rng.choice([8, 8, 3]),
+            # Sometimes keep only the last two rounds: pruning runs under crashes too.
+            "auction.rounds_keep": rng.choice([1000, 1000, 2]),
+        }
     )
     link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
     caps = {
@@ -103,9 +105,8 @@ def random_run(seed: int, membership: str = "lagged") -> tuple[ShellSim, list[st
             sim.at(t, sim.arm_commit, x, rng.randint(1, 3))
         if kind != "heal" and rng.random() < 0.6:
             sim.at(t + rng.uniform(0.05, 3.0), sim.start, x)
-    settle = (
-        cfg.auction_confirm_timeout_s + cfg.auction_hold_ttl_s + 4 * cfg.auction_sync_interval_s
-    )
+    timing = cfg.auction
+    settle = timing.confirm_timeout_s + timing.hold_ttl_s + 4 * timing.sync_interval_s
     if membership == "lagged":
         settle += 2.0  # the last views to learn that everyone is back
     sim.at(FAULT_END, sim.end_faults)
@@ -171,7 +172,7 @@ def test_same_seed_same_run() -> None:
 
 
 def _three(seed: int) -> ShellSim:
-    cfg = config.sim().replace(auction_sync_interval_s=1.0)
+    cfg = config.sim().override({"auction.sync_interval_s": 1.0})
     sim = ShellSim(seed, {f"n{i}": (4.0, 8 * GiB, 100 * GiB) for i in (1, 2, 3)}, cfg)
     for name in sim.nodes:
         sim.at(0.0, sim.start, name)
@@ -221,7 +222,7 @@ def test_a_stop_cut_short_by_a_crash_is_finished_after_the_restart() -> None:
         sim.close()
 
 
-@pytest.mark.parametrize("seed", [1, 10, 16])
+@pytest.mark.parametrize("seed", [1, 16])  # 10 found the second too, before main's layout
 def test_the_random_seeds_that_found_them(seed: int) -> None:
     failures = list(_run(seed, "oracle"))
     assert not failures, failures[0]
