@@ -35,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshd import config
 from meshd.config import Config
+from meshd.config import files as config_files
 from meshd.core.membership import MemberChanged, MemberState, Send
 from meshd.core.membership import codec as membership_codec
 from tests.sim.harness import Simulation
@@ -131,8 +131,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     # Values as in meshd.toml (numbers typed, "250ms" a duration), keys as in `--set`.
-    overrides: dict[str, Any] = dict(config.parse_assignment(item) for item in args.set)
-    cfg = config.load(None, "lan", overrides)
+    overrides: dict[str, Any] = dict(config_files.parse_assignment(item) for item in args.set)
+    cfg = config_files.load(None, "lan", overrides)
     long_s = {int(k): float(v) for k, v in (x.split("=") for x in args.long.split(",") if x)}
     for n in (int(x) for x in args.nodes.split(",")):
         wall = time.perf_counter()

@@ -62,8 +62,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshd import config
 from meshd.config import Config
+from meshd.config import files as config_files
 from meshd.core.auction import (
     Auctioneer,
     BidRequest,
@@ -317,8 +317,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     # Values as in meshd.toml: numbers and booleans typed (auction.sample_d=1.5).
-    overrides = dict(config.parse_assignment(item) for item in args.set)
-    cfg = config.load(None, "sim", overrides)
+    overrides = dict(config_files.parse_assignment(item) for item in args.set)
+    cfg = config_files.load(None, "sim", overrides)
     for batch in (int(x) for x in args.batch.split(",")):
         print(json.dumps(quality(args.nodes, args.seed, cfg, batch)), flush=True)
     for n in (int(x) for x in args.sizes.split(",")):

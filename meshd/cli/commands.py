@@ -22,6 +22,7 @@ from meshd.adapters.store.db import Store
 from meshd.cli import output
 from meshd.cli.client import DaemonClient
 from meshd.config import Config
+from meshd.config import files as config_files
 from meshd.core import spec
 from meshd.errors import ConfigError, IdentityError
 from meshd.identity import authority, enrolment, files, pki
@@ -35,7 +36,7 @@ def data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if args.data_dir else config_mod.default_data_dir()
 
 
-def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_mod.Resolved:
+def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_files.Resolved:
     """Preset → config file (``--config``, else DATA_DIR/meshd.toml) → flags.
 
     ``overrides`` are the dedicated flags (``listen=args.listen``; None: not given);
@@ -46,7 +47,7 @@ def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_mod.Res
     cfg_path = path if getattr(args, "config", None) or path.exists() else None
     labels: dict[str, str] = {}
     for item in getattr(args, "set", None) or []:
-        key, value = config_mod.parse_assignment(item)
+        key, value = config_files.parse_assignment(item)
         overrides[key] = value
     # The data dir is the flag's, else the environment's, else the preset's default.
     if args.data_dir:
@@ -54,7 +55,7 @@ def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_mod.Res
     elif os.environ.get(config_mod.DATA_DIR_ENV):
         overrides["data_dir"] = ddir
         labels["data_dir"] = f"env:{config_mod.DATA_DIR_ENV}"
-    return config_mod.resolve(cfg_path, getattr(args, "preset", None), overrides, labels)
+    return config_files.resolve(cfg_path, getattr(args, "preset", None), overrides, labels)
 
 
 def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
@@ -435,7 +436,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     """
     resolved = resolve_config(args, **_run_flags(args))
     if args.json:
-        output.emit_json(config_mod.as_json(resolved))
+        output.emit_json(config_files.as_json(resolved))
     else:
-        output.emit_text(config_mod.as_toml(resolved))
+        output.emit_text(config_files.as_toml(resolved))
     return 0

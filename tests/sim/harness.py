@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from meshd import config
 from meshd.config import Config
+from meshd.config import files as config_files
 from meshd.core.membership import (
     Deliver,
     Identity,
@@ -524,7 +525,7 @@ Extension = Callable[
 
 def run_scenario(sc: Scenario, extension: Extension | None = None) -> tuple[list[str], list[str]]:
     """Run a scenario; returns its trace lines and the failed expectations."""
-    cfg = config.load(None, sc.preset, sc.overrides)
+    cfg = config_files.load(None, sc.preset, sc.overrides)
     extra: dict[str, Callable[[list[str]], list[str]]] = {}
     if extension is None:
         sim = Simulation(sc.seed, sc.nodes, cfg, sc.link, start=False)

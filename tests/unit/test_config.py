@@ -20,6 +20,7 @@ from meshd.adapters.drivers.qemu import QemuDriver
 from meshd.adapters.drivers.qemu_args import QemuTuning
 from meshd.adapters.drivers.registry import driver_options, make_drivers
 from meshd.cli.main import main
+from meshd.config import files as config_files
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import ConfigError
 
@@ -59,7 +60,7 @@ def test_layering_preset_then_file_then_flags(tmp_path: Path) -> None:
         '[security]\ntoken_ttl_s = "30m"\n[auction]\nwindow_s = "300ms"\n'
         '[drivers.qemu]\nbinary = "/opt/qemu/bin/qemu-system-x86_64"\ntool_timeout_s = "1m"\n'
     )
-    cfg = config.load(
+    cfg = config_files.load(
         f,
         None,
         {"listen": "127.0.0.1:9100", "cpus": 4, "seeds": None, "auction.max_rounds": 3},
@@ -83,14 +84,14 @@ def test_the_file_meshd_init_writes_still_loads(tmp_path: Path) -> None:
         "# Written by `meshd init`; flags to `meshd run` override these.\n"
         'listen = "127.0.0.1:7421"\nseeds = ["127.0.0.1:7420"]\n'
     )
-    cfg = config.load(f)
+    cfg = config_files.load(f)
     assert (cfg.listen, cfg.seeds) == ("127.0.0.1:7421", ("127.0.0.1:7420",))
 
 
 def test_preset_flag_wins_over_file_preset(tmp_path: Path) -> None:
     f = tmp_path / "meshd.toml"
     f.write_text('preset = "local"\n')
-    assert config.load(f, "lan").preset == "lan"
+    assert config_files.load(f, "lan").preset == "lan"
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) ->
     f = tmp_path / "meshd.toml"
     f.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        config.load(f)
+        config_files.load(f)
 
 
 @pytest.mark.parametrize(
@@ -153,12 +154,12 @@ def test_nan_and_infinity_are_refused_everywhere(tmp_path: Path, text: str) -> N
     f = tmp_path / "meshd.toml"
     f.write_text(text)
     with pytest.raises(ConfigError, match="must be a finite number"):
-        config.load(f)
+        config_files.load(f)
 
 
 def test_nan_is_refused_from_flags_and_from_code() -> None:
     with pytest.raises(ConfigError, match="cpus must be a finite number"):
-        config.load(None, "lan", {"cpus": math.nan})  # argparse's type=float takes "nan"
+        config_files.load(None, "lan", {"cpus": math.nan})  # argparse's type=float takes "nan"
     cfg = config.lan()
     broken = cfg.replace(auction=cfg.auction.replace(cpu_overcommit=math.inf))
     with pytest.raises(ConfigError, match=r"auction\.cpu_overcommit must be a finite number"):
@@ -167,37 +168,37 @@ def test_nan_is_refused_from_flags_and_from_code() -> None:
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        config.load(tmp_path / "nope.toml")
+        config_files.load(tmp_path / "nope.toml")
 
 
 def test_float_knobs_accept_numbers_and_refuse_text(tmp_path: Path) -> None:
     f = tmp_path / "meshd.toml"
     f.write_text("[auction]\ncpu_overcommit = 2\n[membership]\nsuspicion_mult = 3.5\n")
-    cfg = config.load(f)
+    cfg = config_files.load(f)
     assert cfg.auction.cpu_overcommit == 2.0 and cfg.membership.suspicion_mult == 3.5
     f.write_text('[auction]\ncpu_overcommit = "lots"\n')
     with pytest.raises(ConfigError, match=r"auction\.cpu_overcommit must be a number"):
-        config.load(f)
+        config_files.load(f)
 
 
 def test_unknown_or_moved_override_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
-        config.load(None, "lan", {"colour": "blue"})
+        config_files.load(None, "lan", {"colour": "blue"})
     with pytest.raises(ConfigError, match=r"auction_window_s moved to \[auction\] window_s"):
-        config.load(None, "lan", {"auction_window_s": 0.3})
+        config_files.load(None, "lan", {"auction_window_s": 0.3})
     with pytest.raises(ConfigError, match=r"unknown key 'window' in \[auction\]"):
-        config.load(None, "lan", {"auction.window": 0.3})
+        config_files.load(None, "lan", {"auction.window": 0.3})
 
 
 def test_set_assignments_are_typed_as_in_the_file() -> None:
-    assert config.parse_assignment("auction.window_s=300ms") == ("auction.window_s", "300ms")
-    assert config.parse_assignment("auction.max_rounds=3") == ("auction.max_rounds", 3)
-    assert config.parse_assignment("auction.host_telemetry=false") == (
+    assert config_files.parse_assignment("auction.window_s=300ms") == ("auction.window_s", "300ms")
+    assert config_files.parse_assignment("auction.max_rounds=3") == ("auction.max_rounds", 3)
+    assert config_files.parse_assignment("auction.host_telemetry=false") == (
         "auction.host_telemetry",
         False,
     )
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        config.parse_assignment("auction.window_s")
+        config_files.parse_assignment("auction.window_s")
 
 
 def test_config_and_its_sections_are_frozen() -> None:
@@ -225,7 +226,7 @@ def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_every_value_knows_its_layer(tmp_path: Path) -> None:
     f = tmp_path / "meshd.toml"
     f.write_text('listen = "127.0.0.1:9000"\n[auction]\nwindow_s = "300ms"\n')
-    r = config.resolve(f, "local", {"cpus": 2, "memory": None}, {"cpus": "env:TEST"})
+    r = config_files.resolve(f, "local", {"cpus": 2, "memory": None}, {"cpus": "env:TEST"})
     assert r.sources["preset"] == "flag"
     assert r.sources["listen"] == f"file:{f}"
     assert r.sources["auction.window_s"] == f"file:{f}"
@@ -234,25 +235,25 @@ def test_every_value_knows_its_layer(tmp_path: Path) -> None:
     assert r.sources["membership.probe_interval_s"] == "preset:local"
     assert set(r.sources) == set(config.KEYS)
     f.write_text('preset = "sim"\n')
-    assert config.resolve(f).sources["preset"] == f"file:{f}"
-    assert config.resolve().sources["preset"] == "preset:lan"
+    assert config_files.resolve(f).sources["preset"] == f"file:{f}"
+    assert config_files.resolve().sources["preset"] == "preset:lan"
 
 
 def test_the_shown_toml_loads_back_as_the_same_config(tmp_path: Path) -> None:
     f = tmp_path / "meshd.toml"
     f.write_text('seeds = ["10.0.0.2:7420"]\n[drivers.qemu]\nbridge = "br0"\n')
-    r = config.resolve(f, "local", {"cpus": 2, "auction.window_s": "300ms"})
-    text = config.as_toml(r)
+    r = config_files.resolve(f, "local", {"cpus": 2, "auction.window_s": "300ms"})
+    text = config_files.as_toml(r)
     assert "window_s = 0.3" in text and "# flag" in text and f"# file:{f}" in text
     assert "# advertise is not set" in text and "[drivers.qemu]" in text
     again = tmp_path / "again.toml"
     again.write_text(text)
     tomllib.loads(text)
-    assert config.load(again) == r.config
+    assert config_files.load(again) == r.config
 
 
 def test_the_json_form_has_every_key_with_value_and_source() -> None:
-    doc = config.as_json(config.resolve(None, "sim"))
+    doc = config_files.as_json(config_files.resolve(None, "sim"))
     assert list(doc) == list(config.KEYS)
     assert doc["auction.window_s"] == {"value": 0.25, "source": "preset:sim"}
     assert doc["seeds"]["value"] == [] and isinstance(doc["data_dir"]["value"], str)

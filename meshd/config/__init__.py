@@ -54,296 +54,68 @@ No timing constant lives anywhere else in the code.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tomllib
 import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from meshd.config.sections import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    DEFAULT_PORT,
+    DHT_MAX_VALUE_LIMIT,
+    FIRECRACKER_BOOTS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    PRESETS,
+    ApiConfig,
+    AuctionConfig,
+    DhtConfig,
+    DriversConfig,
+    FirecrackerDriverConfig,
+    MembershipConfig,
+    ProcessDriverConfig,
+    QemuDriverConfig,
+    SecurityConfig,
+    StoreConfig,
+    _Section,
+    default_data_dir,
+)
 from meshd.errors import ConfigError
 from meshd.units import parse_duration, parse_hostport, parse_size
 
-DEFAULT_PORT = 7420
-DEFAULT_DATA_DIR = Path("/var/lib/meshd")
-DATA_DIR_ENV = "MESHD_DATA_DIR"
-PRESETS = ("lan", "local", "sim")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
-FIRECRACKER_BOOTS = ("config-file", "api")
-# rpcudp's 8 KiB request cap minus a record's fixed fields (684 B) and RPC framing (64 B).
-DHT_MAX_VALUE_LIMIT = 8192 - 684 - 64
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else DEFAULT_DATA_DIR
-
-
-class _Section:
-    """What every section (and Config) shares: ``replace`` keeps the frozen object."""
-
-    def replace(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
-# -- sections ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecurityConfig(_Section):
-    """Who may talk to us and for how long: certificates, tokens, message freshness."""
-
-    # Validity of the mesh CA certificate, in days: a mesh outlives its hardware.
-    ca_validity_days: int = 3650
-    # Validity of node and client certificates, in days (the CA/Browser ceiling, 825).
-    cert_validity_days: int = 825
-    # Default lifetime of a join token when `meshd token create` gets no --ttl.
-    token_ttl_s: float = 3600.0
-    # Timeout of each enrolment request to the seed while joining.
-    enrol_timeout_s: float = 10.0
-    # Largest clock difference tolerated between nodes; messages stamped further from
-    # our clock are dropped as stale or future. Also the replay memory's time window.
-    max_clock_skew_s: float = 30.0
-    # Nonces remembered for replay detection; beyond this the oldest are forgotten and
-    # anything older is refused (bounded memory under flood).
-    replay_cache_size: int = 65536
-
-
-@dataclass(frozen=True)
-class ApiConfig(_Section):
-    """The HTTP API on the unix socket and the mesh port."""
-
-    # Upper bound on serving one API request (guards the loop against stuck clients).
-    request_timeout_s: float = 30.0
-    # How long a stopping daemon lets in-flight requests finish before closing them.
-    shutdown_grace_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class StoreConfig(_Section):
-    """The node's SQLite store."""
-
-    # The event log (`meshd events`, GET /v1/events) keeps at most this many events and
-    # none older than events_max_age_s; every node records one per placement in the
-    # mesh, so without a bound it would grow for ever. Checked once a minute.
-    events_keep: int = 100_000
-    events_max_age_s: float = 7 * 86400.0
-
-
-@dataclass(frozen=True)
-class MembershipConfig(_Section):
-    """meshd.core.membership: SWIM with the Lifeguard extensions."""
-
-    # Time between probes of one member (round-robin over a shuffled list).
-    probe_interval_s: float = 0.5
-    # Wait for a direct ack before asking k others to probe indirectly.
-    probe_timeout_s: float = 0.2
-    # Members asked to probe indirectly when the direct probe times out.
-    indirect_probes: int = 5
-    # Suspicion timeout (Lifeguard §4.2): starts at
-    # suspicion_max_mult·log10(max(N,10))·probe_interval and shrinks towards
-    # suspicion_mult·log10(max(N,10))·probe_interval as independent confirmations
-    # arrive; `suspicion_confirmations` of them reach the minimum.
-    suspicion_mult: float = 2.5
-    suspicion_max_mult: float = 6.0
-    suspicion_confirmations: int = 3
-    # Lifeguard local health: probe timeout and interval scale by up to this factor
-    # when this node misses acks or is itself suspected (it may be the slow one).
-    awareness_max: int = 8
-    # Gossip: every interval, piggyback pending broadcasts to this many random members.
-    gossip_interval_s: float = 0.2
-    gossip_nodes: int = 3
-    # Each broadcast is retransmitted retransmit_mult * ceil(log10(N+1)) times.
-    retransmit_mult: int = 4
-    # Full state exchange with one random member (push-pull), and at join.
-    push_pull_interval_s: float = 30.0
-    # Anti-entropy for removals: gossip is best effort, so every interval each node that
-    # knows revocations pushes them all to one random live member (mTLS).
-    revocation_sync_interval_s: float = 10.0
-    # A dead or left member's entry is forgotten after this long (its roster row stays).
-    dead_reclaim_s: float = 3600.0
-    # Largest membership datagram payload before signing and sealing. The compact
-    # signature adds ~120 B and sealing 49 B, so 1200 keeps a datagram within one
-    # 1500-byte Ethernet frame with IP/UDP headers: no fragments.
-    max_gossip_bytes: int = 1200
-
-
-@dataclass(frozen=True)
-class DhtConfig(_Section):
-    """meshd.adapters.dht: Kademlia with signed records."""
-
-    # Kademlia bucket size k and lookup parallelism alpha (the paper's defaults).
-    ksize: int = 20
-    alpha: int = 3
-    # One RPC's timeout: on a LAN a live peer answers in well under a millisecond, so
-    # 0.5 s only waits for the dead (bare kademlia's fixed 5 s made 25 % of gets slow).
-    rpc_timeout_s: float = 0.5
-    # Bootstrap retries with exponential backoff from `initial` up to `max` between
-    # attempts, for as long as no seed answers (seeds may start after us).
-    bootstrap_initial_s: float = 0.25
-    bootstrap_max_s: float = 10.0
-    # A contact that failed an RPC is not re-learnt from third parties for this long.
-    dead_contact_s: float = 30.0
-    # Default lifetime of a record; its author republishes it at `republish_fraction`.
-    record_ttl_s: float = 300.0
-    republish_fraction: float = 0.5
-    # Bounded storage: records held per node, per author, and the size of one value.
-    max_records: int = 100_000
-    max_records_per_author: int = 10_000
-    max_value_bytes: int = 4096
-    # Routing table refresh (bare kademlia: hourly).
-    refresh_interval_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class AuctionConfig(_Section):
-    """meshd.core.auction: placement by auction, and the shell around it."""
-
-    # How long an originator waits for bids before it closes the round with what it
-    # has (a round also closes as soon as every candidate answered). 250 ms is the
-    # Aether scheduler's window (DESIGN.md §12): many LAN round trips, short for a client.
-    window_s: float = 0.25
-    # How long the originator waits for the winner's Accept/Refuse before it withdraws
-    # the award and tries the next-best bidder.
-    award_timeout_s: float = 1.0
-    # An award that fits one datagram travels as one (no TLS round trips) and is sent
-    # again after this long without an answer, then after twice as long, and so on until
-    # the award timeout; the winner answers every copy (committing is idempotent).
-    award_resend_s: float = 0.1
-    # Lifetime of a bidder's hold. It must outlive the window and both award attempts
-    # (winner, then next-best), so a hold never expires under a live award; holds of an
-    # originator that crashed go away on their own after this long.
-    hold_ttl_s: float = 5.0
-    # How long a winner that accepted waits for the originator's confirmation before it
-    # broadcasts the placement itself (the originator may have crashed after the award).
-    # Longer than the award timeout, so a live originator withdraws a late award first.
-    confirm_timeout_s: float = 3.0
-    # Up to this many eligible members, every one is asked to bid; beyond it a random
-    # sample of ceil(sample_d * log2 N) (Sparrow's power of d choices). Measured on 16
-    # daemons: asking the 8 sampled instead of all 16 cut the decision p50 from 30 to
-    # 22 ms and raised throughput by ~40 %, for a packing loss the quality benchmark
-    # bounds (benchmarks/bench_placement_quality.py).
-    full_mesh_max: int = 8
-    sample_d: float = 2.0
-    # How far each resource may be promised beyond capacity (1.0: never overcommit).
-    # CPU is commonly overcommitted for idle VMs; memory and disk rarely should be.
-    cpu_overcommit: float = 1.0
-    memory_overcommit: float = 1.0
-    disk_overcommit: float = 1.0
-    # Rounds per auction: a round whose sample finds no fit is followed by a wider one
-    # (doubled; the last asks every eligible member). Rounds that fail only because
-    # concurrent rounds hold capacity are retried for up to hold_ttl_s on top.
-    max_rounds: int = 2
-    # Score bids from the host's live load, free memory and disk (psutil) as well as the
-    # ledger. Off when several daemons share one machine (the `local` preset): the
-    # host's load is then everybody's, not this node's, and declared capacity rules.
-    host_telemetry: bool = True
-    # Anti-entropy: every interval the shell compares placement views with one random
-    # member (bucket digests; only the buckets that differ travel), so nodes that
-    # missed a confirmation (partition, restart) converge.
-    sync_interval_s: float = 10.0
-    # While this node's own auctions are in flight, a new submission waits this long
-    # so the ones arriving together start together and share datagrams (an idle
-    # originator starts at once: a lone submission never waits). 0: no batching.
-    batch_linger_s: float = 0.005
-    # Holds, bids and this node's copy of the placement view are written to the store
-    # in groups, at most this long after they changed (promises are written at once;
-    # see meshd/shell/journal.py for why losing these moments to a crash is safe).
-    journal_lag_s: float = 0.05
-    # Round records an originator keeps, in memory (`meshd auctions`) and on disk; older
-    # final ones are pruned, leaving only their awarded generations (so none is
-    # handed out twice). Nomad's evaluation GC plays the same part.
-    rounds_keep: int = 1000
-
-
-@dataclass(frozen=True)
-class ProcessDriverConfig(_Section):
-    """meshd.adapters.drivers.process: workloads as host processes."""
-
-    # Exit detection period where pidfds are missing (kernels before 5.3, reattach).
-    poll_interval_s: float = 0.5
-    # Graceful-stop budget of destroy (SIGTERM, then SIGKILL).
-    destroy_timeout_s: float = 10.0
-    # How long SIGKILL may take before stop gives up (a process in D state).
-    kill_wait_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class QemuDriverConfig(_Section):
-    """meshd.adapters.drivers.qemu: every timing bounds a wait on something outside us."""
-
-    # The QEMU binary; unset: $MESHD_QEMU, else qemu-system-x86_64 on PATH.
-    binary: str | None = None
-    # Attach every guest's tap to this bridge (root only); unset: $MESHD_QEMU_BRIDGE,
-    # else user-mode networking unless the workload names a bridge.
-    bridge: str | None = None
-    # qemu-img, genisoimage, ip: milliseconds normally; a hung NFS is not.
-    tool_timeout_s: float = 30.0
-    # The `qemu -daemonize` parent must exit within this.
-    launch_timeout_s: float = 15.0
-    # The QMP greeting; a socket held by another client hangs.
-    qmp_connect_timeout_s: float = 2.0
-    # One QMP command (query-status, quit).
-    qmp_command_timeout_s: float = 2.0
-    # How often the console is read for the ready marker while booting.
-    console_poll_s: float = 0.02
-    # How often /proc/<pid>/stat is read while waiting for an exit.
-    exit_poll_s: float = 0.02
-    # After `quit`, SIGKILL if QEMU is still there.
-    quit_timeout_s: float = 2.0
-    # After SIGKILL, give up (the process is a zombie or in D state).
-    kill_timeout_s: float = 5.0
-    # destroy's ACPI grace; 0 sends `quit` at once (the guest's data is going anyway).
-    destroy_grace_s: float = 0.0
-    # How long a guest has to print its ready marker when its spec names no
-    # boot_timeout_s: a cloud image's first boot under TCG takes tens of seconds.
-    boot_timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class FirecrackerDriverConfig(_Section):
-    """meshd.adapters.drivers.firecracker: microVMs through Firecracker's API."""
-
-    # The firecracker binary; unset: $MESHD_FIRECRACKER, else `firecracker` on PATH.
-    binary: Path | None = None
-    # "config-file": --config-file boots at once; "api": configure over the API, then start.
-    boot: str = "config-file"
-    # The KVM device checked before create/start.
-    kvm_device: Path = Path("/dev/kvm")
-    # Accept kvm_pvm's /dev/kvm anyway (stock guests do not boot under it).
-    allow_kvm_pvm: bool = False
-    # Time limit of one API request.
-    api_timeout_s: float = 5.0
-    # Between checks while waiting (API up, ready marker, process gone).
-    boot_poll_s: float = 0.05
-    # Between checks that a running VM's process still lives.
-    poll_interval_s: float = 0.5
-    # After SIGTERM before SIGKILL, and after SIGKILL before giving up.
-    term_grace_s: float = 3.0
-    # Graceful time destroy() gives a running VM before signals (0: signals at once).
-    destroy_timeout_s: float = 0.0
-    # How long a guest has to print its ready marker when its spec names no
-    # boot_timeout_s (a microVM boots in well under a second; slow storage does not).
-    boot_timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class DriversConfig(_Section):
-    """The workload drivers' knobs; the registry hands each driver its own."""
-
-    # Graceful-stop budget of `meshd workload stop` (ACPI power button, SIGTERM) when the
-    # request names none; the driver forces the stop after it. A guest OS shutting down
-    # cleanly takes seconds to tens of seconds.
-    stop_timeout_s: float = 30.0
-    process: ProcessDriverConfig = field(default_factory=ProcessDriverConfig)
-    qemu: QemuDriverConfig = field(default_factory=QemuDriverConfig)
-    firecracker: FirecrackerDriverConfig = field(default_factory=FirecrackerDriverConfig)
-
+__all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_PORT",
+    "DHT_MAX_VALUE_LIMIT",
+    "FIRECRACKER_BOOTS",
+    "KEYS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "PRESETS",
+    "SECTIONS",
+    "ApiConfig",
+    "AuctionConfig",
+    "Config",
+    "DhtConfig",
+    "DriversConfig",
+    "FirecrackerDriverConfig",
+    "MembershipConfig",
+    "ProcessDriverConfig",
+    "QemuDriverConfig",
+    "SecurityConfig",
+    "StoreConfig",
+    "default_data_dir",
+    "lan",
+    "local",
+    "moved_to",
+    "preset",
+    "sim",
+]
 
 # -- the config -------------------------------------------------------------------------
 
@@ -741,141 +513,3 @@ def _flatten(raw: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, 
         else:
             raise _unknown(key, where)
     return out
-
-
-def read_file(path: Path) -> dict[str, Any]:
-    """The file's settings as ``{"section.field": raw value}``; every key checked."""
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"can't read config file {path}: {exc.strerror}") from exc
-    return _flatten(raw, f" in {path}")
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A validated config and, for every dotted key, the layer that set its value."""
-
-    config: Config
-    # "preset:lan", "file:/var/lib/meshd/meshd.toml", "flag", "env:MESHD_DATA_DIR".
-    sources: Mapping[str, str]
-
-
-def resolve(
-    path: Path | None = None,
-    preset_name: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    override_sources: Mapping[str, str] | None = None,
-) -> Resolved:
-    """Preset, then file, then flags (``overrides``; None values ignored), validated.
-
-    ``override_sources`` labels overrides that did not come from a flag (an
-    environment variable, say); the rest are labelled ``flag``.
-    """
-    file_values = read_file(path) if path is not None else {}
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    chosen = flags.pop("preset", None) or preset_name
-    if chosen is not None:
-        name, name_source = str(chosen), "flag"
-    elif "preset" in file_values:
-        name, name_source = str(file_values["preset"]), f"file:{path}"
-    else:
-        name, name_source = "lan", "preset:lan"
-    file_values.pop("preset", None)
-    cfg = preset(name)
-    sources = dict.fromkeys(KEYS, f"preset:{name}")
-    sources["preset"] = name_source
-    values: dict[str, Any] = {}
-    for key, value in file_values.items():
-        values[key] = _coerce(key, value)
-        sources[key] = f"file:{path}"
-    for key, value in flags.items():
-        values[key] = _coerce(key, value)
-        sources[key] = (override_sources or {}).get(key, "flag")
-    new: Config = _apply(cfg, values)
-    return Resolved(new.validate(), sources)
-
-
-def load(
-    path: Path | None = None,
-    preset_name: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """Preset, then file, then flags (``overrides``, None values ignored), validated."""
-    return resolve(path, preset_name, overrides).config
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``--set auction.window_s=300ms``: the key and its value, typed as TOML would.
-
-    A value that is not a TOML literal (``300ms``, ``10.0.0.1:7420``) is a string.
-    """
-    key, eq, value = text.partition("=")
-    if not eq or not key.strip():
-        raise ConfigError(f"--set wants KEY=VALUE (e.g. auction.window_s=300ms), got {text!r}")
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value
-    return key.strip(), parsed
-
-
-# -- showing a config (`meshd config show`) ---------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON has it: paths as strings, tuples as lists."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def as_json(resolved: Resolved) -> dict[str, dict[str, Any]]:
-    """``{"auction.window_s": {"value": 0.25, "source": "preset:lan"}, ...}``, every key."""
-    return {
-        key: {"value": _plain(value), "source": resolved.sources[key]}
-        for key, value in resolved.config.items()
-    }
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(_plain(value))  # JSON strings and string lists are TOML values
-
-
-def as_toml(resolved: Resolved) -> str:
-    """The effective config as a TOML document, grouped by section, each value's source
-    in a comment on its right. Unset values and ``data_dir`` (which only a flag or the
-    environment sets) are comments, so the text loads back as a config file."""
-    rows: list[tuple[str, str]] = [
-        ("# The effective configuration (preset, then file, then flags); each value's", ""),
-        ("# source is on its right. Loadable as meshd.toml.", ""),
-        ("", ""),
-    ]
-    section = ""
-    for key, value in resolved.config.items():
-        head, _, name = key.rpartition(".")
-        if head != section:
-            rows.append(("", ""))
-            rows.append((f"[{head}]", ""))
-            section = head
-        source = resolved.sources[key]
-        if value is None:
-            rows.append((f"# {name} is not set", source))
-        elif key in _FLAG_ONLY:
-            rows.append((f"# {name} = {_toml_value(value)}", source))
-        else:
-            rows.append((f"{name} = {_toml_value(value)}", source))
-    width = max(len(text) for text, source in rows if source)
-    lines = [f"{text:<{width}}  # {source}" if source else text for text, source in rows]
-    return "\n".join(lines) + "\n"
