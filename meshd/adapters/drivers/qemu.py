@@ -102,7 +102,10 @@ class QemuDriver(Driver):
     def capabilities(self) -> frozenset[str]:
         if shutil.which(self.binary) is None:
             return frozenset()  # listed, but every create would fail: don't bid for it
-        return frozenset({"driver:qemu", self.accel.name})
+        offers = {"driver:qemu", self.accel.name}
+        if self.bridge is not None and host.has_netdev(self.bridge, "bridge"):
+            offers.add(f"bridge:{self.bridge}")  # guests' taps can go on it here
+        return frozenset(offers)
 
     async def create(self, wid: str, spec: WorkloadSpec) -> Status:
         validate(wid, spec)
