@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -432,7 +433,7 @@ class Api:
 
     async def workload_stop(self, request: web.Request) -> web.StreamResponse:
         wid = request.match_info["id"]
-        timeout = float(request.query.get("timeout", self.node.cfg.drivers.stop_timeout_s))
+        timeout = _stop_timeout(request.query.get("timeout"), self.node.cfg.drivers.stop_timeout_s)
 
         async def local() -> web.StreamResponse:
             return web.json_response(await self._runner().stop_workload(wid, timeout))
@@ -534,3 +535,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+MAX_STOP_TIMEOUT_S = 3600.0
+
+
+def _stop_timeout(text: str | None, default: float) -> float:
+    """``?timeout=SECONDS`` of a workload stop: finite, 0..1 h (a stop must end)."""
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"timeout must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_STOP_TIMEOUT_S:
+        raise BadRequest(f"timeout must be between 0 and {MAX_STOP_TIMEOUT_S:g} seconds")
+    return value

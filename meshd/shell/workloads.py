@@ -137,7 +137,10 @@ class WorkloadRunner:
             await self._run(alloc)  # accepted but never created (meshd stopped first)
             return
         async with self._lock(w.id):
-            status = await driver.reattach(w.id)
+            try:
+                status = await driver.reattach(w.id)
+            except DriverError as exc:  # an unreadable spec.json, a vanished directory
+                status = Status(WorkloadState.FAILED, detail=f"can't reattach: {exc}")
         if status.state is not WorkloadState.RUNNING and not status.detail:
             status = Status(status.state, detail="it exited while meshd was away")
         self._apply_status(w.id, status, generation=alloc.generation)
