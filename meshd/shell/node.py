@@ -140,7 +140,7 @@ def start_shells(
     logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
     placement = PlacementShell(ctx, mesh, caps)
     placement.start()
-    runner.start(placement.core.ledger().allocations)
+    runner.start(placement.core.ledger().allocations, placement.allocations_complete)
     return placement, runner
 
 

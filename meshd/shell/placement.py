@@ -79,6 +79,9 @@ class PlacementShell:
         cap = telemetry.capacity(cfg)
         self.capacity = Capacity(cpus=cap.cpus, memory=cap.memory, disk=cap.disk)
         durable = auction_records.load(ctx.store)
+        # Whether every allocation this node committed was read back: only then may an
+        # absence mean "released" (the runner reaps what no allocation names).
+        self.allocations_complete = durable.unreadable == 0
         self.core = Auctioneer.restore(
             cfg.auction,
             ctx.ident.name,

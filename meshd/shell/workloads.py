@@ -69,8 +69,13 @@ class WorkloadRunner:
         self._driver_names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def start(self, allocations: Mapping[str, Allocation]) -> None:
-        """Reattach or start every confirmed allocation, then follow the placement's events."""
+    def start(self, allocations: Mapping[str, Allocation], complete: bool = True) -> None:
+        """Reattach or start every confirmed allocation, then follow the placement's events.
+
+        With ``complete`` (every stored allocation was read back), a workload a driver
+        holds that no allocation names was released while meshd was down: it is
+        destroyed. Without it, nothing is destroyed for want of an allocation.
+        """
         self.mesh.on_broadcast(STATE_BROADCAST, self._on_gossip)
         self.ctx.bus.subscribe(WorkloadAssigned, self._on_assigned)
         self.ctx.bus.subscribe(WorkloadReleased, self._on_released)
@@ -78,7 +83,13 @@ class WorkloadRunner:
             if alloc.confirmed:
                 self._allocs[alloc.workload.id] = alloc
                 self._spawn(self._recover(alloc))
-        self._spawn(self._reap(frozenset(allocations)))
+        if complete:
+            self._spawn(self._reap(frozenset(allocations)))
+        else:
+            logger.error(
+                "some auction records could not be read; workloads without an allocation "
+                "are left running (see the errors above; `meshd workload rm` removes one)"
+            )
         self._spawn(self._announce_periodically())
 
     async def stop(self) -> None:

@@ -104,3 +104,18 @@ def test_a_restarted_originator_never_reuses_a_pruned_generation(store: Store) -
 def test_floor_records_fold_to_the_highest(store: Store) -> None:
     put(store, [FloorRecorded("x", 5)], 1.0)
     assert auction_records.load(store).floors == {"x": 5}
+
+
+def test_load_counts_the_records_it_could_not_read(store: Store) -> None:
+    """The runner reaps what no allocation names only when every record was read back:
+    an unreadable row (a bug, a damaged disk) must not look like a release."""
+    put(store, [rnd(1, "a")], 1.0)
+    assert auction_records.load(store).unreadable == 0
+    with store.transaction():
+        store.execute(
+            "INSERT INTO auction_records (kind, key, data, updated_at) VALUES (?, ?, ?, ?)",
+            ("alloc", "w-broken", b"{not json", 2.0),
+        )
+    state = auction_records.load(store)
+    assert state.unreadable == 1
+    assert "a" in {r.workload_id for r in state.rounds.values()}

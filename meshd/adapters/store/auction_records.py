@@ -126,6 +126,7 @@ def load(store: Store) -> d.DurableState:
         except EnvelopeError as exc:
             # Only meshd writes this table; a bad row means a bug or a damaged disk.
             logger.error("unreadable auction record kind=%s key=%s error=%s", kind, key, exc)
+            state.unreadable += 1
     _mend_legacy(state)
     return state
 

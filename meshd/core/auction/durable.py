@@ -110,6 +110,9 @@ class DurableState:
     rounds: dict[str, RoundRecord] = field(default_factory=dict)
     bids: dict[str, BidRecorded] = field(default_factory=dict)
     floors: dict[str, int] = field(default_factory=dict)  # workload id -> generation
+    # Stored records that could not be read back (a bug or a damaged disk): when any
+    # is, the allocations may be incomplete, and the shell must not act on an absence.
+    unreadable: int = 0
 
     def apply(self, record: Record) -> None:
         if isinstance(record, HoldPlaced):
