@@ -80,7 +80,7 @@ MESSAGES: list[AuctionMsg] = [
     Bid("n1-00000000abcd", 734, "", 2, 3 * GiB, 5),
     Bid("n1-00000000abcd", -1, "not enough memory: 1.5 GiB free of 2 GiB asked", 0, 0, 0, True),
     Release("n1-00000000abcd"),
-    Award("n1-00000000abcd", W, 4),
+    Award("n1-00000000abcd", W, 4, "n2"),
     Accept("n1-00000000abcd", "w-1", 4),
     Refuse("n1-00000000abcd", "w-1", 4, "overloaded"),
     Revoke("n1-00000000abcd", "w-1", 4),
@@ -165,7 +165,7 @@ def test_garbage_raises_envelope_error(data: bytes) -> None:
 
 
 def test_award_spec_must_be_an_object() -> None:
-    good = json.loads(codec.encode(Award("r", W, 1)))
+    good = json.loads(codec.encode(Award("r", W, 1, "n2")))
     good["wl"]["spec"] = [1, 2]
     with pytest.raises(EnvelopeError):
         codec.decode(json.dumps(good).encode())

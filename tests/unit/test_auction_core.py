@@ -48,7 +48,7 @@ from meshd.core.auction import (
     Workload,
     codec,
 )
-from meshd.core.auction.capabilities import SIMULATED, Capabilities
+from meshd.core.auction.capabilities import SIMULATED, Capabilities, Requirements
 from meshd.core.auction.model import GiB, MiB
 from meshd.core.auction.ranking import rank
 from meshd.errors import ConfigError
@@ -328,14 +328,42 @@ def test_anti_affinity_keeps_a_workload_off_the_node_running_the_named_one() -> 
 
 
 def test_a_winner_rechecks_the_awarded_spec_against_its_capabilities() -> None:
-    """An award (a copied or forged request's) for a spec this node can't run is refused."""
+    """An award whose spec differs from the request this node bid on (a forged or
+    confused originator) is judged by the spec it carries: refused if it can't run it."""
     net = Net(2, offers={"n2": QEMU_KVM})
     core = net.cores["n1"]  # offers only driver:fake
-    award = Award("n9-000000000001", workload("w1", driver="qemu"), 1)
+    fake = workload("w1")
+    req = BidRequest(
+        "n9-000000000001", "w1", None, fake.resources, 0.25, Requirements.of(fake.spec)
+    )
+    [bid] = [e.msg for e in core.receive(req, "n9", net.now) if isinstance(e, Send)]
+    assert bid.score > 0
+    award = Award("n9-000000000001", workload("w1", driver="qemu"), 1, "n1")
     effects = core.receive(award, "n9", net.now)
     [refuse] = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, Refuse)]
     assert refuse.reason == "lacks driver:qemu"
     assert core.allocation("w1") is None
+
+
+def test_an_award_copied_to_another_node_commits_nothing_there() -> None:
+    """The award names its winner: a copy delivered to any other node (its signature
+    verifies anywhere) is dropped there, without an answer."""
+    net = Net(3)
+    net.intercept = lambda src, dst, msg: not isinstance(msg, Award)  # keep awards back
+    net.submit("n1", W(nodes=frozenset({"n2", "n3"})))
+    net.pump()
+    [award] = [m for src, dst, m in net.sent if isinstance(m, Award)]
+    victim = "n3" if award.winner == "n2" else "n2"
+    effects = net.cores[victim].receive(award, "n1", net.now)
+    assert effects == []
+    assert net.cores[victim].allocation(award.workload.id) is None
+
+
+def test_an_award_for_a_round_this_node_never_bid_in_is_refused() -> None:
+    core = Auctioneer(config.sim().auction, "n2", CAP, random.Random(1), T0, LOG)
+    [refuse] = core.receive(Award("r7", W(), 1, "n2"), "n1", T0)
+    assert refuse.msg.reason == "this node made no positive bid in that round"
+    assert not core.ledger().allocations
 
 
 def test_deadline_closes_with_partial_bids() -> None:
@@ -669,7 +697,7 @@ def test_placement_defaults() -> None:
 def test_a_revoke_that_overtakes_its_award_makes_the_award_refused() -> None:
     core = Auctioneer(config.sim().auction, "n2", CAP, random.Random(1), T0, LOG)
     assert core.receive(Revoke("r1", "w1", 1), "n1", T0) == []
-    [refuse] = core.receive(Award("r1", W(), 1), "n1", T0)
+    [refuse] = core.receive(Award("r1", W(), 1, "n2"), "n1", T0)
     assert refuse.msg.reason == "the award was withdrawn"
     assert not core.ledger().allocations
 

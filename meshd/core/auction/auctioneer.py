@@ -479,7 +479,7 @@ class Auctioneer:
                 r.award_deadline = now + self._cfg.award_timeout_s
                 r.resend_gap = self._cfg.award_resend_s
                 r.resend_at = now + r.resend_gap
-                award = Award(r.rid, w, gen)
+                award = Award(r.rid, w, gen, node)
                 self._send_sized(node, award, out)
                 return
             placed = self._view.get(w.id)
@@ -499,7 +499,7 @@ class Auctioneer:
             return
         r.resend_gap *= 2
         r.resend_at = now + r.resend_gap
-        award = Award(r.rid, a.workload, aw.generation)
+        award = Award(r.rid, a.workload, aw.generation, aw.node)
         self._send_sized(aw.node, award, out)
         self._log.debug("auction award-resend round=%s node=%s", r.rid, aw.node)
 
@@ -517,6 +517,13 @@ class Auctioneer:
 
     def _on_award(self, m: Award, sender: str, now: float, out: list[Effect]) -> None:
         w, gen = m.workload, m.generation
+        if m.winner != self._name:
+            # A copy of another node's award (the signature is the originator's, so it
+            # verifies anywhere): never commit what was awarded to someone else.
+            self._log.warning(
+                "auction award-for-another round=%s winner=%s from=%s", m.round_id, m.winner, sender
+            )
+            return
         placed = self._view.get(w.id)
         why = self._book.accept_award(m.round_id, w, gen, sender, placed, now, out)
         if why is None:

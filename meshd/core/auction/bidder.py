@@ -278,6 +278,11 @@ class Bidder:
             return f"this node already holds generation {cur.generation} of the workload"
         if (rid, gen) in self._revoked:
             return "the award was withdrawn"
+        bid = self._my_bids.get(rid)
+        if bid is None or bid[1].score <= 0:
+            # Commit only what this node bid for in this round: an award for a round it
+            # never bid in (a copied datagram, a confused originator) or that it refused.
+            return "this node made no positive bid in that round"
         if placed is not None and placed.generation >= gen:
             return f"generation {placed.generation} is already placed on {placed.owner}"
         why: str | None = "witness runs no workloads" if self.witness else None

@@ -77,6 +77,7 @@ def _msg(msg: m.AuctionMsg) -> dict[str, Any]:
             "r": msg.round_id,
             "wl": v.workload(msg.workload),
             "g": msg.generation,
+            "to": msg.winner,
         }
     if isinstance(msg, m.Accept | m.Revoke):
         tag = "acc" if isinstance(msg, m.Accept) else "rev"
@@ -185,7 +186,9 @@ _MESSAGES: dict[str, Callable[[dict[str, Any]], m.AuctionMsg]] = {
         v.flag(o["b"]),
     ),
     "rel": lambda o: m.Release(v.text(o["r"], RID)),
-    "award": lambda o: m.Award(v.text(o["r"], RID), v.to_workload(o["wl"]), v.count(o["g"])),
+    "award": lambda o: m.Award(
+        v.text(o["r"], RID), v.to_workload(o["wl"]), v.count(o["g"]), v.text(o["to"])
+    ),
     "acc": lambda o: m.Accept(v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"])),
     "rev": lambda o: m.Revoke(v.text(o["r"], RID), v.text(o["w"]), v.count(o["g"])),
     "ref": lambda o: m.Refuse(

@@ -73,6 +73,9 @@ class Award:
     round_id: str
     workload: Workload
     generation: int
+    # The node awarded: a copy of this (signed, sealed) award delivered anywhere else is
+    # dropped there, so a datagram copied on the LAN can't make a node commit.
+    winner: str
 
 
 @dataclass(frozen=True, slots=True)
