@@ -40,7 +40,8 @@ from kademlia.network import Server
 from meshd import config
 from meshd.adapters.dht import MeshDHT, StaticDirectory
 from meshd.adapters.transport import DatagramMux
-from meshd.core.envelope import ReplayGuard, Sealer
+from meshd.core.keyring import KeyRing, MeshKey
+from meshd.core.replay import ReplayGuard
 from meshd.identity import pki
 from meshd.metrics import Registry
 
@@ -79,9 +80,9 @@ async def meshd_network(n: int, rng: random.Random) -> list[Peer]:
         name = f"n{i}"
         directory.add(name, key.public_key())
         registry = Registry()
-        mux = DatagramMux(
-            Sealer(secret, ReplayGuard(cfg.security.max_clock_skew_s, 65536)), registry
-        )
+        keys = KeyRing(cfg.security.key_grace_s)
+        keys.add(MeshKey(0, secret), time.time())
+        mux = DatagramMux(keys, ReplayGuard(cfg.security.max_clock_skew_s, 65536), registry)
         port = await mux.bind(HOST, 0)
         node_id = pki.node_id_of(key.public_key())
         dht = MeshDHT(cfg.dht, node_id, key, name, directory, mux, time.time, registry)

@@ -80,6 +80,22 @@ class UnknownAuthorError(EnvelopeError):
         self.node_id = node_id
 
 
+class MisaddressedError(EnvelopeError):
+    """A sealed datagram names another node as its addressee (a copy sent elsewhere)."""
+
+    http_status = 400
+
+
+class UnknownKeyError(EnvelopeError):
+    """A datagram is sealed with a mesh key this node does not hold (yet): fetch it."""
+
+    http_status = 400
+
+    def __init__(self, key_id: bytes) -> None:
+        super().__init__(f"sealed with mesh key {key_id.hex()}, which this node does not hold")
+        self.key_id = key_id
+
+
 class StoreError(MeshdError):
     """The node's SQLite store can't be opened, migrated or written."""
 

@@ -3,10 +3,18 @@
 Theory of operation
 -------------------
 A node has one UDP socket on its mesh port (the TCP API shares the port number).
-Every datagram on it is sealed with the mesh secret (``meshd.core.envelope.Sealer``); the
-first byte of the sealed payload names the channel (the DHT, membership, ...). A
-datagram that does not open — an outsider's, a corrupt, a stale or a replayed one —
-is dropped and counted by reason, never raised: bad input must not disturb the loop.
+Every datagram on it is sealed with the mesh's current key for the address it is sent
+to (``meshd.core.envelope.Sealer``); the first byte of the sealed payload names the
+channel (the DHT, membership, ...). A datagram that does not open — an outsider's, a
+corrupt, a stale or a replayed one, one sealed for another node (a copy), one sealed
+with a retired key — is dropped and counted by reason, never raised: bad input must
+not disturb the loop. One sealed with a key this node lacks (the mesh rotated its key
+while we were away) is dropped too, and reported to ``on_unknown_key`` so the node can
+fetch the key from the sender over its authenticated channel.
+
+Which addresses are "this node": the bound host, or with a wildcard bind every
+address of the host's interfaces (re-read at most every few seconds when a datagram
+names an address we don't know, so an address added later is picked up).
 
 Protocols that expect an ``asyncio.DatagramTransport`` (rpcudp/kademlia) get a
 :class:`ChannelTransport`, which looks like one but seals and tags what it sends.
@@ -15,14 +23,19 @@ Protocols that expect an ``asyncio.DatagramTransport`` (rpcudp/kademlia) get a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, cast
 
-from meshd.core.envelope import Sealer
-from meshd.errors import EnvelopeError, ReplayError
+import psutil
+
+from meshd.core.envelope import Sealer, addressee
+from meshd.core.keyring import KeyRing
+from meshd.core.replay import ReplayGuard
+from meshd.errors import EnvelopeError, MisaddressedError, ReplayError, UnknownKeyError
 from meshd.metrics import Counter, Registry
 
 logger = logging.getLogger(__name__)
@@ -32,6 +45,18 @@ Handler = Callable[[bytes, Addr], None]
 # Sealed datagrams are kept under the IPv4 UDP limit minus headers; kademlia caps
 # its own payloads at ~8 KiB, membership at its configured size.
 MAX_DATAGRAM = 65507
+ADDRESS_REFRESH_S = 5.0  # at most this often, re-read the interfaces' addresses on a miss
+
+
+def _interface_addresses() -> set[bytes]:
+    out: set[bytes] = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            try:
+                out.add(ipaddress.ip_address(a.address.split("%", 1)[0]).packed)
+            except ValueError:
+                continue  # a MAC address, or a family we don't speak
+    return out
 
 
 class Channel(IntEnum):
@@ -43,14 +68,22 @@ class Channel(IntEnum):
 class DatagramMux(asyncio.DatagramProtocol):
     def __init__(
         self,
-        sealer: Sealer,
+        keys: KeyRing,
+        guard: ReplayGuard,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._sealer = sealer
+        self.keys = keys
+        self._sealer = Sealer(keys, guard, self._is_me)
         self._clock = clock
         self._handlers: dict[int, Handler] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._port = -1
+        self._wildcard = True
+        self._mine: set[bytes] = set()
+        self._mine_read_at = -1e9
+        # Called with the sender's address when a datagram names a key we lack.
+        self.on_unknown_key: Callable[[Addr, bytes], None] | None = None
         reg = registry or Registry()
         self.dropped: Counter = reg.counter(
             "meshd_datagrams_dropped_total", "Datagrams dropped on the mesh port, by reason"
@@ -67,7 +100,31 @@ class DatagramMux(asyncio.DatagramProtocol):
         """Bind the UDP socket; returns the port (useful with port 0)."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        return int(transport.get_extra_info("sockname")[1])
+        self._port = int(transport.get_extra_info("sockname")[1])
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None  # a host name: accept any of our addresses
+        self._wildcard = ip is None or ip.is_unspecified
+        if not self._wildcard:
+            self._mine = {addressee((host, 0))[2:]}
+        return self._port
+
+    def _is_me(self, to: bytes) -> bool:
+        """Does a datagram's addressee (``envelope.addressee``) name this socket?"""
+        if len(to) < 2 or int.from_bytes(to[:2], "big") != self._port:
+            return False
+        ip = to[2:]
+        if not ip or ip in self._mine:
+            return True
+        if not self._wildcard:
+            return False
+        now = time.monotonic()
+        if now - self._mine_read_at < ADDRESS_REFRESH_S:
+            return False
+        self._mine_read_at = now
+        self._mine = _interface_addresses()
+        return ip in self._mine
 
     def register(self, channel: Channel, handler: Handler) -> None:
         if channel in self._handlers:
@@ -88,9 +145,17 @@ class DatagramMux(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         peer: Addr = (addr[0], addr[1])
         try:
-            payload = self._sealer.open(data, self._clock())
+            payload = self._sealer.open(data, peer, self._clock())
         except ReplayError as exc:
             self._drop("replay", peer, exc)
+            return
+        except MisaddressedError as exc:
+            self._drop("misaddressed", peer, exc)
+            return
+        except UnknownKeyError as exc:
+            self._drop("unknown_key", peer, exc)
+            if self.on_unknown_key is not None:
+                self.on_unknown_key(peer, exc.key_id)
             return
         except EnvelopeError as exc:
             self._drop("unsealed", peer, exc)
@@ -124,7 +189,7 @@ class DatagramMux(asyncio.DatagramProtocol):
     def send(self, channel: Channel, payload: bytes, addr: Addr) -> None:
         if self._transport is None:
             return
-        sealed = self._sealer.seal(bytes((channel,)) + payload, self._clock())
+        sealed = self._sealer.seal(bytes((channel,)) + payload, addr, self._clock())
         if len(sealed) > MAX_DATAGRAM:
             logger.error("datagram too large to send channel=%s size=%d", channel.name, len(sealed))
             return

@@ -63,6 +63,7 @@ _SCHEMAS: dict[str, Any] = {
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "members_alive": {"type": "integer"},
             "roster_size": {"type": "integer"},
+            "key_epoch": {"type": "integer"},
             "rss_bytes": {"type": "integer"},
         },
     },
@@ -314,6 +315,25 @@ def document() -> dict[str, Any]:
                     "requestBody": {"content": {"application/octet-stream": {}}},
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }
+            },
+            "/v1/mesh/keys": {
+                "post": {
+                    "summary": "Mesh-internal: a rotated mesh key (CA-signed) with the "
+                    "removals behind it, pushed to each member (nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                },
+                "get": {
+                    "summary": "Mesh-internal: the removals and the mesh keys, for a member "
+                    "that missed a rotation (nodes only)",
+                    "responses": {
+                        "200": {
+                            "description": "the bundle",
+                            "content": {"application/octet-stream": {}},
+                        },
+                        **_ERRORS,
+                    },
+                },
             },
             "/v1/workloads": {
                 "post": {

@@ -51,6 +51,7 @@ from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
+from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
 from meshd.shell.revocation_sync import REVOCATION_KIND, REVOCATIONS_PATH
@@ -93,6 +94,8 @@ NODE_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", KEYS_PATH),
+        ("GET", KEYS_PATH),
     }
 )
 # The mark a node puts on a request it relays to a workload's owner. A node that gets
@@ -150,6 +153,8 @@ class Api:
         app.router.add_get("/v1/resolve", self.resolve)
         app.router.add_post("/v1/mesh/message", self.mesh_message)
         app.router.add_post(REVOCATIONS_PATH, self.mesh_revocations)
+        app.router.add_post(KEYS_PATH, self.mesh_keys_push)
+        app.router.add_get(KEYS_PATH, self.mesh_keys_fetch)
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
@@ -275,10 +280,19 @@ class Api:
         rev, record = authority.remove_node(
             self.node.store, self.node.ident, self.node.revocations, name, reason, self.node.clock()
         )
+        epoch = None
         if self.node.mesh is not None:
             self.node.mesh.broadcast(REVOCATION_KIND, record)
+            # The removed node holds the mesh key: rotate it, so nothing sealed from now
+            # on opens for it (the new key goes to each member over its own mTLS).
+            epoch = self.node.mesh.rotate_key(f"removed {rev.name}")
         return web.json_response(
-            {"name": rev.name, "serial": rev.serial, "revoked_at": rev.revoked_at}
+            {
+                "name": rev.name,
+                "serial": rev.serial,
+                "revoked_at": rev.revoked_at,
+                "key_epoch": epoch,
+            }
         )
 
     async def token_create(self, request: web.Request) -> web.Response:
@@ -347,6 +361,21 @@ class Api:
         except IdentityError as exc:
             raise BadRequest(f"malformed revocation bundle: {exc}") from exc
         return web.Response(status=204)
+
+    async def mesh_keys_push(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            self._mesh().receive_keys(body, request["peer"].name)
+        except IdentityError as exc:
+            raise BadRequest(f"malformed mesh key bundle: {exc}") from exc
+        return web.Response(status=204)
+
+    async def mesh_keys_fetch(self, request: web.Request) -> web.Response:
+        # Only a current member gets here (_auth checks the caller's certificate against
+        # the revocations, which every key bundle carries ahead of its keys).
+        return web.Response(
+            body=self._mesh().keys_bundle(), content_type="application/octet-stream"
+        )
 
     def _state_of(self, wid: str, generation: int) -> tuple[str, str]:
         runner = self.node.runner

@@ -265,6 +265,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "allocated": f"{alloc['cpus']:g} cpus, {format_size(alloc['memory'])} memory, "
             f"{format_size(alloc['disk'])} disk",
             "members alive": f"{doc['members_alive']} of {doc['roster_size']} enrolled",
+            "mesh key": f"epoch {doc.get('key_epoch', 0)}",
         }
     )
     return 0

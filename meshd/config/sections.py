@@ -53,9 +53,18 @@ class SecurityConfig(_Section):
     # Largest clock difference tolerated between nodes; messages stamped further from
     # our clock are dropped as stale or future. Also the replay memory's time window.
     max_clock_skew_s: float = 30.0
-    # Nonces remembered for replay detection; beyond this the oldest are forgotten and
-    # anything older is refused (bounded memory under flood).
-    replay_cache_size: int = 65536
+    # Nonces remembered for replay detection, per sender (a source address, or a
+    # signed message's author); beyond this that sender's oldest are forgotten and
+    # anything it stamped earlier is refused, so a flood raises only its own floor.
+    replay_cache_size: int = 16384
+    # Senders whose nonces are remembered; the least recently heard is forgotten past
+    # this (it loses only what was in flight then). Memory: senders x cache size x ~80 B
+    # at worst, reached only by members flooding from many source addresses.
+    replay_senders: int = 1024
+    # How long a mesh key still opens datagrams after a newer one (a rotation on node
+    # removal) was installed here: members that haven't got the new key yet still get
+    # through meanwhile, and fetch it on the first datagram they can't open.
+    key_grace_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ class MembershipConfig(_Section):
     # A dead or left member's entry is forgotten after this long (its roster row stays).
     dead_reclaim_s: float = 3600.0
     # Largest membership datagram payload before signing and sealing. The compact
-    # signature adds ~120 B and sealing 49 B, so 1200 keeps a datagram within one
+    # signature adds ~120 B and sealing 60 B (72 over IPv6), so 1200 keeps a datagram within one
     # 1500-byte Ethernet frame with IP/UDP headers: no fragments.
     max_gossip_bytes: int = 1200
 

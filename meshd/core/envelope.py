@@ -5,13 +5,18 @@ Theory of operation
 Two layers, used together or apart (DESIGN.md §3):
 
 *Sealing* (privacy and membership of the mesh). Every datagram between nodes is a
-NaCl SecretBox (XSalsa20-Poly1305) under the 32-byte mesh secret::
+NaCl SecretBox (XSalsa20-Poly1305) under the mesh's current key
+(:mod:`meshd.core.keyring`: a new key epoch each time a node is removed)::
 
-    version (1) | nonce (24) | box( timestamp_ms (8) | payload )
+    version (1) | key id (4) | nonce (24)
+        | box( timestamp_ms (8) | addressee_len (1) | addressee | payload )
 
-The box's random 24-byte nonce doubles as the replay nonce. An outsider can neither
-read nor forge a datagram; a replayed one is caught by :class:`ReplayGuard`, a stale or
-far-future one by its timestamp. Overhead is 49 bytes.
+An outsider (and, once the key has rotated, a removed node) can neither read nor
+forge a datagram. The *addressee* is the port and IP the sender sent it to
+(:func:`addressee`): a datagram copied to any other node is dropped there as
+misaddressed. The box's random 24-byte nonce doubles as the replay nonce, checked per
+source address by :class:`~meshd.core.replay.ReplayGuard` with the timestamp (stale,
+far-future and replayed datagrams are dropped). Overhead is 60 bytes (72 over IPv6).
 
 *Signing* (authorship). A protocol message that asserts something (a bid, a placement,
 a vote, a record) is signed by its author's Ed25519 node key and carries the author's
@@ -37,7 +42,7 @@ CSPRNG by default, a seeded source in the simulator).
 
 from __future__ import annotations
 
-import heapq
+import ipaddress
 import os
 import struct
 from collections.abc import Callable
@@ -50,16 +55,26 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from meshd.errors import EnvelopeError, IdentityError, ReplayError, UnknownAuthorError
+from meshd.core.keyring import KEY_ID_BYTES, KeyRing
+from meshd.core.replay import ReplayGuard
+from meshd.errors import EnvelopeError, IdentityError, MisaddressedError, UnknownAuthorError
 from meshd.identity import pki
 from meshd.identity.revocation import RevocationList
 
-SEAL_VERSION = 1
+__all__ = ["ReplayGuard", "Sealer", "Signed", "Signer", "Verifier", "addressee"]
+
+SEAL_VERSION = 2
 SIGN_VERSION = 1
 COMPACT_VERSION = 2
 _NODE_ID_LEN = 20
 SECRET_BYTES = nacl.secret.SecretBox.KEY_SIZE
-SEAL_OVERHEAD = 1 + nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + 8
+_BOX_NONCE = nacl.secret.SecretBox.NONCE_SIZE
+# version, key id, nonce, MAC, timestamp, addressee length; then the addressee: a port
+# (2) and an IPv4 (4) or IPv6 (16) address, or no address for a host name.
+_SEAL_FIXED = 1 + KEY_ID_BYTES + _BOX_NONCE + nacl.secret.SecretBox.MACBYTES + 8 + 1
+SEAL_OVERHEAD = _SEAL_FIXED + 6  # over IPv4
+SEAL_OVERHEAD_MAX = _SEAL_FIXED + 18  # over IPv6
+_SEAL_MIN = _SEAL_FIXED + 2
 _SIGN_PREFIX = b"meshd-msg-v1\x00"
 _SIG_LEN = 64
 _NONCE_LEN = 16
@@ -69,87 +84,70 @@ _HEAD = struct.Struct(">2sBB")
 RandomBytes = Callable[[int], bytes]
 
 
-class ReplayGuard:
-    """Remembers nonces seen inside a time window; refuses repeats and stale messages.
-
-    Memory is bounded: when ``capacity`` is reached the oldest nonce is forgotten and
-    the *floor* rises to its timestamp, so anything at or before the floor is refused
-    as stale rather than risk accepting a replay we no longer remember. Nonces that
-    fall out of the window raise the floor too, which matters only if ``now`` ever
-    goes backwards (a wall-clock step).
-    """
-
-    def __init__(self, window_s: float, capacity: int) -> None:
-        if window_s <= 0 or capacity <= 0:
-            raise ValueError("replay window and capacity must be positive")
-        self._window = window_s
-        self._capacity = capacity
-        self._seen: set[bytes] = set()
-        self._heap: list[tuple[float, bytes]] = []
-        self._floor = float("-inf")
-
-    def check(self, nonce: bytes, ts: float, now: float) -> None:
-        """Accept ``nonce`` stamped ``ts`` at ``now`` once, or raise ReplayError."""
-        if ts < now - self._window:
-            raise ReplayError(f"message is stale ({now - ts:.1f}s old)")
-        if ts > now + self._window:
-            raise ReplayError(f"message is {ts - now:.1f}s in the future; check the clocks")
-        if ts <= self._floor:
-            raise ReplayError("message is older than the replay memory")
-        if nonce in self._seen:
-            raise ReplayError("message was already seen (replay)")
-        self._seen.add(nonce)
-        heapq.heappush(self._heap, (ts, nonce))
-        self._expire(now)
-
-    def _expire(self, now: float) -> None:
-        horizon = now - self._window
-        while self._heap and (self._heap[0][0] < horizon or len(self._heap) > self._capacity):
-            ts, old = heapq.heappop(self._heap)
-            self._seen.discard(old)
-            # Raise the floor for every forgotten nonce, stale ones too: the stale check
-            # alone would let a forgotten nonce back in if the wall clock steps backwards.
-            # While time moves forwards the floor stays below the horizon and costs nothing.
-            self._floor = max(self._floor, ts)
-
-    def __len__(self) -> int:
-        return len(self._seen)
+def addressee(addr: tuple[str, int]) -> bytes:
+    """How a sealed datagram names where it was sent: port (2 bytes) and IP (4 or 16;
+    none for a host name, which then binds the port only)."""
+    port = struct.pack(">H", addr[1])
+    try:
+        ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
+    except ValueError:
+        return port
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return port + ip.packed
 
 
 class Sealer:
-    """Seals and opens datagrams with the mesh secret."""
+    """Seals and opens datagrams with the mesh's keys, each bound to its addressee."""
 
     def __init__(
         self,
-        secret: bytes,
+        keys: KeyRing,
         guard: ReplayGuard,
+        is_me: Callable[[bytes], bool],
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
-        if len(secret) != SECRET_BYTES:
-            raise EnvelopeError(f"the mesh secret must be {SECRET_BYTES} bytes")
-        self._box = nacl.secret.SecretBox(secret)
+        self._keys = keys
         self._guard = guard
+        self._is_me = is_me
         self._random = random_bytes
+        self._to: dict[tuple[str, int], bytes] = {}
 
-    def seal(self, payload: bytes, now: float) -> bytes:
-        nonce = self._random(nacl.secret.SecretBox.NONCE_SIZE)
-        sealed = self._box.encrypt(_TS.pack(int(now * 1000)) + payload, nonce)
-        return bytes((SEAL_VERSION,)) + bytes(sealed)
+    def seal(self, payload: bytes, to: tuple[str, int], now: float) -> bytes:
+        """``payload`` sealed for the node at ``to`` (valid there only)."""
+        name = self._to.get(to)
+        if name is None:
+            name = addressee(to)
+            if len(self._to) >= 4096:
+                self._to.clear()
+            self._to[to] = name
+        key_id, box = self._keys.current_box()
+        nonce = self._random(_BOX_NONCE)
+        plain = b"".join((_TS.pack(int(now * 1000)), bytes((len(name),)), name, payload))
+        return bytes((SEAL_VERSION,)) + key_id + bytes(box.encrypt(plain, nonce))
 
-    def open(self, datagram: bytes, now: float) -> bytes:
-        """Return the payload, or raise EnvelopeError (foreign, corrupt) / ReplayError."""
-        if len(datagram) < SEAL_OVERHEAD:
+    def open(self, datagram: bytes, sender: tuple[str, int], now: float) -> bytes:
+        """Return the payload, or raise EnvelopeError (foreign, corrupt, misaddressed,
+        sealed with a key we lack: :class:`UnknownKeyError`) or ReplayError."""
+        if len(datagram) < _SEAL_MIN:
             raise EnvelopeError("datagram too short to be sealed")
         if datagram[0] != SEAL_VERSION:
-            raise EnvelopeError(f"unknown seal version {datagram[0]}")
-        body = datagram[1:]
+            raise EnvelopeError(
+                f"unknown seal version {datagram[0]} (an older or newer meshd? "
+                "every node of a mesh must run a release with the same seal version)"
+            )
+        box = self._keys.box_for(datagram[1 : 1 + KEY_ID_BYTES], now)
+        body = datagram[1 + KEY_ID_BYTES :]
         try:
-            plain = self._box.decrypt(body)
+            plain = box.decrypt(body)
         except nacl.exceptions.CryptoError as exc:
-            raise EnvelopeError("datagram does not open with the mesh secret") from exc
+            raise EnvelopeError("datagram does not open with the mesh key it names") from exc
         ts = _TS.unpack_from(plain)[0] / 1000.0
-        self._guard.check(body[: nacl.secret.SecretBox.NONCE_SIZE], ts, now)
-        return plain[_TS.size :]
+        end = _TS.size + 1 + plain[_TS.size]
+        if len(plain) < end or not self._is_me(plain[_TS.size + 1 : end]):
+            raise MisaddressedError("datagram was sealed for another node")
+        self._guard.check(sender, body[:_BOX_NONCE], ts, now)
+        return plain[end:]
 
 
 @dataclass(frozen=True)
@@ -338,7 +336,7 @@ class Verifier:
         except nacl.exceptions.BadSignatureError as exc:
             raise EnvelopeError(f"signature by {info.name!r} does not verify") from exc
         if fresh and self._guard is not None:
-            self._guard.check(info.node_id.encode() + msg.nonce, msg.ts, now)
+            self._guard.check(info.node_id, msg.nonce, msg.ts, now)
         return Signed(
             author=info.name,
             node_id=info.node_id,

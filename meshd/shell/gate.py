@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 from meshd.adapters import tls
 from meshd.adapters.store import roster
 from meshd.adapters.transport import Addr, DatagramMux
-from meshd.core.envelope import ReplayGuard, Sealer, Signer, Verifier
+from meshd.core.envelope import Signer, Verifier
+from meshd.core.keyring import KeyRing
+from meshd.core.replay import ReplayGuard
 from meshd.errors import EnvelopeError, IdentityError, UnknownAuthorError
 from meshd.identity import pki
 from meshd.identity.directory import Directory
@@ -48,12 +50,12 @@ class Gate:
         self.ctx = ctx
         self._spawn = spawn
         cfg, ident = ctx.cfg, ctx.ident
-        skew, cache = cfg.security.max_clock_skew_s, cfg.security.replay_cache_size
-        self.mux = DatagramMux(
-            Sealer(ident.mesh_secret, ReplayGuard(skew, cache)), ctx.metrics, ctx.clock
-        )
+        sec = cfg.security
+        skew, cache, senders = sec.max_clock_skew_s, sec.replay_cache_size, sec.replay_senders
+        self.keys = KeyRing(sec.key_grace_s)  # filled by key_sync.KeySync.load
+        self.mux = DatagramMux(self.keys, ReplayGuard(skew, cache, senders), ctx.metrics, ctx.clock)
         self.signer = Signer(ident.key, ident.cert)
-        self.verifier = Verifier(ident.ca_cert, ctx.revocations, ReplayGuard(skew, cache))
+        self.verifier = Verifier(ident.ca_cert, ctx.revocations, ReplayGuard(skew, cache, senders))
         self.directory = Directory.from_store(ctx.store, ctx.revocations)
         self.directory.learn(ident.key.public_key(), ident.info)
         # Compact datagrams name their author by id: prime the verifier with the roster.

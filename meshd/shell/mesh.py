@@ -49,6 +49,7 @@ from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
 from meshd.shell.context import NodeContext
 from meshd.shell.gate import Gate
+from meshd.shell.key_sync import KeySync, fetch_from
 from meshd.shell.peer_client import PeerClient
 from meshd.shell.revocation_sync import REVOCATION_KIND, RevocationSync
 from meshd.shell.service_names import ServiceNames
@@ -67,8 +68,23 @@ class Mesh:
         self.mux = self.gate.mux
         self.peer_client = PeerClient(ctx)
         self.revocations = RevocationSync(
-            ctx, self.peer_client.post, self._random_peer_addr, self._leave_for_good
+            ctx,
+            self.peer_client.post,
+            self._random_peer_addr,
+            self._leave_for_good,
+            self._forget_removed,
         )
+        self.keys = KeySync(
+            ctx,
+            self.gate.keys,
+            self.peer_client.post,
+            self.peer_client.get,
+            self._member_addrs,
+            self.revocations.receive,
+            self._spawn,
+        )
+        self.keys.load()
+        self.mux.on_unknown_key = self.keys.fetch_soon
         self.names = ServiceNames(ctx, lambda: self.dht, lambda: self.address, self.live_names)
         self.membership: Membership | None = None
         self.dht: MeshDHT | None = None
@@ -108,6 +124,7 @@ class Mesh:
             ctx.clock,
             ctx.metrics,
         )
+        self.dht.protocol.on_stranger = self.gate.fetch_cert_soon
         await self.dht.start()
         self.membership = Membership(
             cfg.membership,
@@ -143,6 +160,10 @@ class Mesh:
             self._spawn(self._start_mdns(self.mdns))
         self._schedule_republish(0.0)
         self._spawn(self.revocations.run())
+        if seeds:  # a key rotated while we were down (or before we joined)
+            self._spawn(fetch_from(self.keys, seeds, cfg.security.enrol_timeout_s))
+        if self.keys.rotation_owed():  # a removal made while the daemon was down
+            self.keys.rotate("a removal made while this node's daemon was down")
 
     async def _start_mdns(self, mdns: MdnsDiscovery) -> None:
         try:
@@ -368,6 +389,35 @@ class Mesh:
         if self.membership is not None:
             self._apply(self.membership.broadcast(kind, payload, self.mono(), key))
             self._rearm()
+
+    def _forget_removed(self, node_id: str) -> None:
+        """A removed node leaves the DHT's routing table at once."""
+        if self.dht is not None:
+            self.dht.remove_contact(node_id)
+
+    def _member_addrs(self) -> list[Addr]:
+        """The addresses of the members we know, alive or not, except us and the removed
+        (a rotation must never be pushed to the node it locks out)."""
+        if self.membership is None:
+            return []
+        me, revoked = self.ctx.ident.name, self.ctx.revocations
+        return [
+            m.address
+            for m in self.membership.members()
+            if m.name != me and m.address[1] and not revoked.is_revoked("", m.node_id)
+        ]
+
+    def rotate_key(self, reason: str) -> int:
+        """Rotate the mesh key (a CA holder removed a node); returns the new epoch."""
+        return self.keys.rotate(reason).epoch
+
+    def receive_keys(self, body: bytes, origin: str) -> int:
+        """Keys (and revocations) a member pushed (``POST /v1/mesh/keys``)."""
+        return self.keys.receive_bundle(body, origin)
+
+    def keys_bundle(self) -> bytes:
+        """What ``GET /v1/mesh/keys`` answers a member."""
+        return self.keys.bundle()
 
     def receive_revocations(self, body: bytes, origin: str) -> None:
         """Records a member pushed (``POST /v1/mesh/revocations``); each is CA-checked."""

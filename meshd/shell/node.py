@@ -361,6 +361,8 @@ class Node:
             "labels": self.cfg.label_map(),
             "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
             "roster_size": len(members),
+            # The sealing key's epoch: one more for each node removal (DESIGN.md §3).
+            "key_epoch": self.mesh.keys.ring.current.epoch if self.mesh else 0,
             "rss_bytes": telemetry.rss_bytes(),
         }
 

@@ -51,3 +51,18 @@ class PeerClient:
                     logger.debug("%s refused peer=%s:%s status=%s", path, *addr, resp.status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             logger.debug("%s failed peer=%s:%s error=%s", path, *addr, exc)
+
+    async def get(self, addr: Addr, path: str) -> bytes | None:
+        """GET a member's mesh-internal route over mTLS; None (logged) if it fails."""
+        if self._http is None:
+            return None
+        url = f"https://{addr[0]}:{addr[1]}{path}"
+        try:
+            async with self._http.get(url) as resp:
+                if resp.status != 200:
+                    logger.debug("%s refused peer=%s:%s status=%s", path, *addr, resp.status)
+                    return None
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            logger.debug("%s failed peer=%s:%s error=%s", path, *addr, exc)
+            return None

@@ -35,11 +35,13 @@ class RevocationSync:
         post: Callable[[Addr, str, bytes], Awaitable[None]],
         random_peer_addr: Callable[[random.Random], Addr | None],
         on_removed_self: Callable[[], None],
+        on_removed: Callable[[str], None] = lambda node_id: None,
     ) -> None:
         self.ctx = ctx
         self._post = post
         self._random_peer_addr = random_peer_addr
         self._on_removed_self = on_removed_self
+        self._on_removed = on_removed
 
     async def run(self) -> None:
         """Anti-entropy for removals: push every known record to one random member."""
@@ -68,6 +70,7 @@ class RevocationSync:
             stored_revocations.add(self.ctx.store, rev, payload)
             roster.mark_removed(self.ctx.store, rev.name, rev.revoked_at)
             logger.info("node removed by the CA name=%s serial=%s", rev.name, rev.serial)
+            self._on_removed(rev.node_id)
             if rev.name == self.ctx.ident.name:
                 # Every member now drops what we send; say so loudly and go quiet.
                 logger.error("this node was removed from the mesh; stopping membership")

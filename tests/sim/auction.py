@@ -365,6 +365,9 @@ class Fleet:
                     )
         for delay in sim.net.delays(node.name, to, reliable):
             sim.events.at(sim.now + delay, sim._deliver, node.name, to, AUCTION, payload)
+        if not reliable:
+            for other, delay in sim.net.strays(node.name, to, list(sim.nodes)):
+                sim.events.at(sim.now + delay, sim._deliver, node.name, other, AUCTION, payload)
 
     def _on_broadcast(self, node: SimNode, channel: str, e: Broadcast) -> None:
         sim = self.sim

@@ -2,7 +2,9 @@
 
 A datagram is lost with probability ``loss``, else delivered after a delay drawn
 uniformly from ``delay`` (so datagrams reorder whenever their delays cross), and with
-probability ``duplicate`` delivered a second time with its own delay. A *reliable*
+probability ``duplicate`` delivered a second time with its own delay; with probability
+``copy`` an eavesdropper on the LAN also sends a copy of it to some other node
+(:meth:`Network.strays`: the datagram's signature is still its author's). A *reliable*
 send (the shell's TCP/TLS channel) is never lost or duplicated but takes
 ``reliable_factor`` times as long (connection set-up), and like everything else it is
 blocked by partitions and cuts.
@@ -29,6 +31,7 @@ class LinkModel:
     loss: float = 0.0
     delay: tuple[float, float] = (0.0002, 0.002)  # seconds, uniform: a switched LAN
     duplicate: float = 0.0
+    copy: float = 0.0  # a copy of the datagram also reaches another node (an attacker)
     reliable_factor: float = 3.0
 
 
@@ -100,3 +103,14 @@ class Network:
         if m.duplicate and rng.random() < m.duplicate:
             out.append(lo + (hi - lo) * rng.random())
         return out
+
+    def strays(self, src: str, dst: str, names: list[str]) -> list[tuple[str, float]]:
+        """Copies of a datagram for ``dst`` that an eavesdropper sends to other nodes."""
+        m = self._links.get((src, dst), self.model) if self._links else self.model
+        if not m.copy or self.rng.random() >= m.copy:
+            return []
+        others = [x for x in names if x not in (src, dst) and not self.blocked(src, x)]
+        if not others:
+            return []
+        lo, hi = m.delay
+        return [(self.rng.choice(others), lo + (hi - lo) * self.rng.random())]

@@ -661,6 +661,16 @@ class ShellSim:
             self.loop.call_at(
                 self.loop.time() + delay, self._arrive, src, dst, packet, context=self._net_ctx
             )
+        if not reliable:  # an eavesdropper copies it to another node
+            for other, delay in self.net.strays(src, dst, list(self.nodes)):
+                self.loop.call_at(
+                    self.loop.time() + delay,
+                    self._arrive,
+                    src,
+                    other,
+                    packet,
+                    context=self._net_ctx,
+                )
 
     def _arrive(self, src: str, dst: str, packet: Packet) -> None:
         node = self.nodes[dst]

@@ -95,7 +95,11 @@ def random_run(
         # Membership re-merges a split (nodes that restarted during a partition know
         # only each other) at its next push-pull with a dead member: keep it short.
         cfg = cfg.override({"membership.push_pull_interval_s": 5.0})
-    link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
+    link = LinkModel(
+        loss=rng.choice([0.0, 0.0, 0.05, 0.2]),
+        duplicate=rng.choice([0.0, 0.05]),
+        copy=rng.choice([0.0, 0.0, 0.1]),  # datagrams copied to other nodes by an attacker
+    )
     names = [f"n{i}" for i in range(1, n + 1)]
     caps = {
         x: Capacity(float(rng.choice([2, 4, 8])), rng.choice([4, 8, 16]) * GiB, 100 * GiB)

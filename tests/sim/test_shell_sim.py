@@ -54,7 +54,11 @@ def random_run(seed: int, membership: str = "lagged") -> tuple[ShellSim, list[st
             "auction.rounds_keep": rng.choice([1000, 1000, 2]),
         }
     )
-    link = LinkModel(loss=rng.choice([0.0, 0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05]))
+    link = LinkModel(
+        loss=rng.choice([0.0, 0.0, 0.05, 0.2]),
+        duplicate=rng.choice([0.0, 0.05]),
+        copy=rng.choice([0.0, 0.0, 0.1]),  # datagrams copied to other nodes by an attacker
+    )
     caps = {
         x: (float(rng.choice([2, 4, 8])), rng.choice([4, 8, 16]) * GiB, 100 * GiB) for x in names
     }

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshd.core.envelope import ReplayGuard, Sealer, Signer, Verifier
+from meshd.core.envelope import ReplayGuard, Sealer, Signer, Verifier, addressee
+from meshd.core.keyring import KeyRing, MeshKey
 from meshd.identity import pki
 from meshd.identity.revocation import RevocationList
 
@@ -106,15 +107,41 @@ def secret(seed: int) -> bytes:
     return seeded_bytes(seed).randbytes(32)
 
 
+# Where the test sealers live: each sends to HERE, and accepts what is sealed for HERE,
+# from PEER; tests of the addressee give their own.
+HERE = ("127.0.0.1", 7000)
+PEER = ("127.0.0.1", 7001)
+
+
+class Pipe:
+    """A real :class:`Sealer` at ``HERE``: ``seal`` sends to ``HERE``, ``open`` takes
+    what came from ``PEER`` (so the envelope tests keep their one-line calls)."""
+
+    def __init__(self, sealer: Sealer, guard: ReplayGuard, keys: KeyRing) -> None:
+        self.sealer, self._guard, self.keys = sealer, guard, keys
+
+    def seal(self, payload: bytes, now: float, to: tuple[str, int] = HERE) -> bytes:
+        return self.sealer.seal(payload, to, now)
+
+    def open(self, datagram: bytes, now: float, sender: tuple[str, int] = PEER) -> bytes:
+        return self.sealer.open(datagram, sender, now)
+
+
 def sealer(
     seed: int = 1,
     *,
     window_s: float = WINDOW_S,
     capacity: int = 4096,
     key_seed: int = 0,
-) -> Sealer:
-    """A sealer with its own replay memory; nodes sharing ``key_seed`` share the secret."""
-    return Sealer(secret(key_seed), ReplayGuard(window_s, capacity), seeded_bytes(seed).randbytes)
+    at: tuple[str, int] = HERE,
+    grace_s: float = 15.0,
+) -> Pipe:
+    """A sealer with its own replay memory at ``at``; sharing ``key_seed``, one key."""
+    keys = KeyRing(grace_s)
+    keys.add(MeshKey(0, secret(key_seed)), 0.0)
+    guard = ReplayGuard(window_s, capacity)
+    me = addressee(at)
+    return Pipe(Sealer(keys, guard, me.__eq__, seeded_bytes(seed).randbytes), guard, keys)
 
 
 def signer(node: Node, seed: int = 1) -> Signer:

@@ -33,7 +33,6 @@ from meshd.core.auction import (
     DurableState,
     Failed,
     HoldReleased,
-    InvariantBreach,
     Persist,
     Placement,
     Refuse,
@@ -615,14 +614,31 @@ def test_a_large_view_is_compared_in_small_buckets() -> None:
     assert "late" in b.placements()
 
 
-def test_two_owners_for_one_generation_is_a_breach() -> None:
-    core = Auctioneer(config.sim().auction, "n9", CAP, random.Random(1), T0, LOG)
-    p = placement("w1", "w1", "n2", 1, "r1", "n1", T0, Resources(1, 1, 0), None)
-    core.receive(Confirm(p), "n1", T0)
-    with pytest.raises(InvariantBreach, match="two owners for workload w1 generation 1"):
-        core.receive(
-            Confirm(placement("w1", "w1", "n5", 1, "r9", "n7", T0, p.resources, None)), "n7", T0
-        )
+def test_two_owners_for_one_generation_resolve_the_same_way_in_either_order() -> None:
+    p = placement("w1", "w1", "n5", 1, "r9", "n7", T0, Resources(1, 1, 0), None)
+    q = placement("w1", "w1", "n2", 1, "r1", "n1", T0, p.resources, None)
+    kept = set()
+    for first, second in ((p, q), (q, p)):
+        core = Auctioneer(config.sim().auction, "n9", CAP, random.Random(1), T0, LOG)
+        core.receive(Confirm(first), "n1", T0)
+        core.receive(Confirm(second), "n7", T0)  # no breach, no stop: the view chooses
+        kept.add(core.placements()["w1"].owner)
+    assert kept == {"n2"}  # the smaller (owner, round), whichever arrived first
+
+
+def test_the_losing_owner_of_a_generation_releases_and_stops_its_side() -> None:
+    net = Net(3)
+    net.submit("n1", W())
+    net.pump()
+    placed = net.of("n1", Decided)[-1].placement
+    owner = placed.owner
+    # Another originator (a partition, say) confirmed generation 1 on a node that sorts
+    # first: the first owner meets it, lets its side go and stops it; nothing breaks.
+    rival = dataclasses.replace(placed, owner="n0", round="r-rival", originator="n0")
+    net.apply(owner, net.cores[owner].receive(Confirm(rival), "n0", net.now))
+    [stop] = net.of(owner, Stop)
+    assert (stop.workload_id, stop.generation) == (placed.workload_id, 1)
+    assert placed.workload_id not in net.cores[owner].ledger().allocations
 
 
 def test_supersede_moves_the_workload_and_stops_the_old_owner() -> None:

@@ -50,6 +50,8 @@ STATUS = {
     errors.EnvelopeError: 400,
     errors.ReplayError: 400,
     errors.UnknownAuthorError: 400,
+    errors.MisaddressedError: 400,
+    errors.UnknownKeyError: 400,
     errors.StoreError: 503,
     errors.DaemonError: 503,
     errors.BadRequest: 400,
@@ -70,6 +72,8 @@ def _instance(cls: type[MeshdError]) -> MeshdError:
         return errors.RecordError("malformed", "a sentence")
     if cls is errors.UnknownAuthorError:
         return errors.UnknownAuthorError("ab" * 20)
+    if cls is errors.UnknownKeyError:
+        return errors.UnknownKeyError(b"\x01\x02\x03\x04")
     return cls("a sentence")
 
 

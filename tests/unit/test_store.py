@@ -31,6 +31,7 @@ TABLES = {
     "roster",
     "tokens",
     "revocations",
+    "mesh_keys",
     "workloads",
     "auction_records",  # migration 2 replaced placements, holds, auction_rounds, bids
     "fence_records",

@@ -23,6 +23,11 @@ on the mesh port's DHT channel, where every datagram is sealed with the mesh sec
   routing table at once and is remembered dead for ``dht.dead_contact_s``: lookups
   ignore it when third parties name it, until it talks to us itself (defect 4).
 * Every task is kept in :attr:`DhtProtocol.tasks` until it ends (defect 7).
+* Only members: a request whose sender id is not a current, unrevoked member in the
+  directory is dropped unserved (``not_a_member``; an id we haven't met yet sends the
+  node to learn its certificate, ``on_stranger``), and only members enter the routing
+  table or are named in a FIND_NODE answer. With the mesh key rotated on removal
+  (DESIGN.md §3), a removed node can neither open the DHT's datagrams nor be routed to.
 """
 
 from __future__ import annotations
@@ -122,6 +127,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.tasks: set[asyncio.Task[Any]] = set()
         self._dead: dict[bytes, float] = {}
         self._closed = False
+        # Called with the address of a request whose sender id we don't know (yet).
+        self.on_stranger: Callable[[tuple[str, int]], None] | None = None
+
+    def is_member(self, node_id: bytes) -> bool:
+        """A current, unrevoked member (the directory knows its key)."""
+        return self.directory.key_for(node_id.hex()) is not None
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp answers *any* missing attribute with a remote-call stub (defect 6).
@@ -250,6 +261,11 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         ):
             self._drop("bad_arguments", address)
             return
+        if not self.is_member(args[0]):
+            self._drop("not_a_member", address)
+            if self.on_stranger is not None:
+                self.on_stranger(address)
+            return
         try:
             reply = umsgpack.packb(getattr(self, f"rpc_{name}")(address, *args))
         except Exception:  # a bug serving one peer must not take the node down
@@ -278,7 +294,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def rpc_find_node(self, sender: Any, nodeid: bytes, key: bytes) -> list[tuple[Any, ...]]:
         source = Node(nodeid, sender[0], sender[1])
         self.welcome_if_new(source)
-        return [tuple(n) for n in self.router.find_neighbors(Node(key), exclude=source)]
+        near = self.router.find_neighbors(Node(key), exclude=source)
+        return [tuple(n) for n in near if self.is_member(n.id)]
 
     def rpc_find_value(self, sender: Any, nodeid: bytes, key: bytes) -> Any:
         records = [
@@ -323,8 +340,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
 
     def welcome_if_new(self, node: Node) -> None:
         """Add a node that talked to us; replicate to it what it should hold (§2.5)."""
-        if node.id == self.source_node.id:
-            return
+        if node.id == self.source_node.id or not self.is_member(node.id):
+            return  # only current members enter the routing table
         self._dead.pop(node.id, None)  # it talked to us directly: it is alive
         bucket = self.router.buckets[self.router.get_bucket_for(node)]
         known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)

@@ -209,10 +209,22 @@ _AUCTION_RECORDS_BY_AGE = """
 CREATE INDEX auction_records_by_age ON auction_records (kind, updated_at);
 """
 
+# Sealing key epochs made by node removals (meshd.identity.mesh_key); secret, like
+# the identity directory's mesh.secret.
+_MESH_KEYS = """
+CREATE TABLE mesh_keys (
+    key_id       TEXT PRIMARY KEY,
+    epoch        INTEGER NOT NULL,
+    installed_at REAL NOT NULL,
+    record       BLOB NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
     Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
+    Migration(4, "mesh keys", _MESH_KEYS),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

@@ -28,9 +28,13 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
    next-best bidder is awarded; after two awards, a new round.
 5. **Confirm.** On ``Accept`` the originator records the placement, broadcasts
    ``Confirm`` and resolves the client with ``Decided``. Every node merges it into
-   its view (highest generation wins; one generation, one owner — anything else is an
-   :class:`~meshd.core.auction.model.InvariantBreach`); losers drop their holds; an owner
-   of an older generation releases and stops it; the winner starts it (``Start``).
+   its view (highest generation wins; at one generation the smaller (owner, round)
+   wins, the same on every node, so two owners for one generation, from two
+   originators in a partition or a winner that confirmed itself, resolve into one: the
+   losing owner releases and stops its side, and nothing stops the daemon); losers drop
+   their holds; an owner of an older generation releases and stops it; the winner
+   starts it (``Start``). An award names its winner, and a node commits only an award
+   for a round it bid in, so a copied award commits nothing anywhere else.
 
 Where meshd departs from the design's letter
 ---------------------------------------------
@@ -115,7 +119,6 @@ from meshd.core.auction.model import (
     Allocation,
     AwardRecord,
     Capacity,
-    InvariantBreach,
     Ledger,
     Placement,
     RoundRecord,
@@ -131,11 +134,14 @@ CONFIRM_ASKS = 2  # Accepts a winner re-sends before it confirms the placement i
 
 def _supersedes(p: Placement, cur: Placement) -> bool:
     """At one generation: a removal beats a placement (a removal and a re-placement
-    from two nodes may meet there), and of two removals the smaller (owner, round)
-    wins, so every node keeps the same entry and the views' digests agree."""
+    from two nodes may meet there), and otherwise the smaller (owner, round) wins, so
+    every node keeps the same entry and the views' digests agree. Two placements that
+    name two owners for one generation (two originators in a partition, a node that
+    confirmed its own award) are a conflict the view resolves the same way everywhere:
+    the losing owner meets the winning placement and releases its side."""
     if p.removed != cur.removed:
         return p.removed
-    return p.removed and (p.owner, p.round) < (cur.owner, cur.round)
+    return (p.owner, p.round) < (cur.owner, cur.round)
 
 
 class Auctioneer:
@@ -700,15 +706,19 @@ class Auctioneer:
         if cur is not None and p.generation < cur.generation:
             return "stale"
         if cur is not None and p.generation == cur.generation:
-            if not (p.removed or cur.removed) and p.owner != cur.owner:
-                text = (
-                    f"two owners for workload {wid} generation {p.generation}: "
-                    f"{cur.owner} (round {cur.round}) and {p.owner} (round {p.round})"
+            conflict = not (p.removed or cur.removed) and p.owner != cur.owner
+            keep = cur if not _supersedes(p, cur) else p
+            if conflict:
+                self._log.warning(
+                    "auction owner-conflict workload=%s generation=%d owners=%s,%s keeping=%s",
+                    wid,
+                    p.generation,
+                    cur.owner,
+                    p.owner,
+                    keep.owner,
                 )
-                self._log.critical("auction invariant-breach %s", text)
-                raise InvariantBreach(text)
-            if not _supersedes(p, cur):
-                self._book.reconcile(cur if cur.removed else p, False, out)
+            if keep is cur:
+                self._book.reconcile(cur if cur.removed or conflict else p, False, out)
                 return "same"
         self._view[wid] = p
         self._digest.replace(cur, p)

@@ -360,10 +360,20 @@ class Bidder:
             self.release_alloc(wid, f"generation {p.generation} placed on {p.owner}", out)
         elif alloc.generation == p.generation:
             if p.owner != self._name:
-                raise InvariantBreach(
-                    f"two owners for workload {wid} generation {p.generation}: "
-                    f"{self._name} (round {alloc.round_id}) and {p.owner} (round {p.round})"
+                # The view resolved two owners for this generation (Auctioneer._adopt):
+                # the other side won, so this node lets its side go, stopping it if it
+                # was already running, instead of stopping the daemon.
+                self._log.warning(
+                    "auction owner-conflict-lost workload=%s generation=%d round=%s winner=%s",
+                    wid,
+                    p.generation,
+                    alloc.round_id,
+                    p.owner,
                 )
+                self.release_alloc(
+                    wid, f"generation {p.generation} is placed on {p.owner} (round {p.round})", out
+                )
+                return
             if not alloc.confirmed:
                 done = dataclasses.replace(alloc, confirmed=True)
                 self._put_alloc(done)

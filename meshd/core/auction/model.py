@@ -32,7 +32,7 @@ CPU_EPSILON = 1e-9
 
 
 class InvariantBreach(RuntimeError):
-    """Two owners for one workload generation, or a ledger over its limit: stop loudly."""
+    """A ledger committed beyond its limit: impossible by construction, so stop loudly."""
 
 
 def human_bytes(n: int) -> str:
