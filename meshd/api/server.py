@@ -208,7 +208,10 @@ class Api:
                 raise
             if exc.status == 413:
                 return _too_large(request, self._body_limit(request))
-            return error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}")
+            resp = error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}")
+            if "Allow" in exc.headers:  # a 405 names the methods the path has (RFC 9110)
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
         except TimeoutError:
             logger.warning("api request timed out path=%s", request.path)
             return error(504, "the request took too long and was abandoned")
@@ -328,11 +331,8 @@ class Api:
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        try:
-            since = int(request.query.get("since", "0"))
-            limit = min(int(request.query.get("limit", "100")), 1000)
-        except ValueError as exc:
-            raise ConfigError("since and limit must be integers") from exc
+        since = _int_query(request, "since", 0, 0, 2**63 - 1)
+        limit = _int_query(request, "limit", 100, 1, 1000)
         return web.json_response(self.node.store.events(limit=limit, since_id=since))
 
     def _mesh(self) -> Mesh:
@@ -366,7 +366,7 @@ class Api:
 
     async def mesh_message(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self._mesh().receive_reliable(body, request["peer_cert"], request.remote or "")
+        self._mesh().receive_reliable(body, _peer_cert(request), request.remote or "")
         return web.Response(status=204)
 
     async def mesh_revocations(self, request: web.Request) -> web.Response:
@@ -388,7 +388,7 @@ class Api:
 
     async def mesh_auction(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self._placement().receive_reliable(body, request["peer_cert"])
+        self._placement().receive_reliable(body, _peer_cert(request))
         return web.Response(status=204)
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
@@ -527,6 +527,28 @@ class Api:
             raise
         self.enrolments.inc(result="ok")
         return web.json_response(answer)
+
+
+def _peer_cert(request: web.Request) -> bytes:
+    """The calling node's certificate: mesh-internal routes are for nodes over TCP only."""
+    der = request.get("peer_cert")
+    if not isinstance(der, bytes):
+        raise BadRequest(f"{request.path} is for mesh nodes over the mesh TCP port only")
+    return der
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``low..high``, else a 400 naming it."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
 
 
 def _follows(request: web.Request) -> bool:
