@@ -38,7 +38,8 @@ Presets (like memberlist's ``DefaultLANConfig``/``DefaultLocalConfig``)
   queueing delay; the shorter window also lets the replay memory cover a higher
   datagram rate). Full-state push-pull runs every 15 s instead of 30 (memberlist's
   local value: loopback bandwidth is free and restarted daemons converge sooner).
-  The event log keeps 10,000 events for a day: many daemons share one disk, and
+  The API's per-address connection budget is its total: every daemon calls from
+  127.0.0.1. The event log keeps 10,000 events for a day: many daemons share one disk, and
   demos read the recent past. Failure-detection timers (probe interval and timeout,
   suspicion) stay as on the LAN: with many daemons on a few cores, scheduling delay
   is the slow path, and shortening them would buy false suspicions.
