@@ -24,6 +24,15 @@ _ERRORS = {
     "400": _ok("bad request", _ERROR),
     "401": _ok("no client certificate (TCP only)", _ERROR),
     "403": _ok("refused: revoked, wrong role, or a bad token", _ERROR),
+    "413": _ok("the request body is larger than the route takes", _ERROR),
+    "503": _ok("not ready yet, or the store is busy: retry", _ERROR),
+    "504": _ok("the request took longer than api.request_timeout_s", _ERROR),
+}
+# The lifecycle routes of one workload: it may be unknown, or its owner unreachable.
+_WORKLOAD_ERRORS = {
+    **_ERRORS,
+    "404": _ok("no such workload", _ERROR),
+    "409": _ok("not possible in the workload's state", _ERROR),
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -392,7 +401,7 @@ def document() -> dict[str, Any]:
                         },
                         {"name": "timeout", "in": "query", "schema": {"type": "number"}},
                     ],
-                    "responses": {"200": _ok("its state", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("its state", json_obj), **_WORKLOAD_ERRORS},
                 }
             },
             "/v1/workloads/{id}/start": {
@@ -401,7 +410,7 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
-                    "responses": {"200": _ok("its state", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("its state", json_obj), **_WORKLOAD_ERRORS},
                 }
             },
             "/v1/workloads/{id}/logs": {
@@ -418,7 +427,7 @@ def document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": "text", "content": {"text/plain": {}}},
-                        **_ERRORS,
+                        **_WORKLOAD_ERRORS,
                     },
                 }
             },
@@ -481,6 +490,8 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _ok("certificate, CA, mesh secret, roster", json_obj),
+                        "400": _ok("malformed request", _ERROR),
+                        "413": _ok("the request body is too large", _ERROR),
                         "403": _ok("token refused", _ERROR),
                         "409": _ok("name taken or request refused", _ERROR),
                     },

@@ -37,6 +37,7 @@ from meshd.adapters import tls
 from meshd.adapters.store import roster, services
 from meshd.adapters.store.db import Store
 from meshd.api.openapi import document
+from meshd.api.refusals import Refusals
 from meshd.config import Config
 from meshd.core import spec
 from meshd.errors import (
@@ -83,8 +84,16 @@ class NodeView(Protocol):
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_ROUTES = frozenset({("GET", "/v1/enrol/ca"), ("POST", "/v1/enrol")})
-# Every request body meshd expects is small; anything bigger is refused unread.
-MAX_BODY = 1024**2
+# The routes whose bodies carry data (user-data, mesh messages) may send up to
+# api.max_body_bytes; every other route api.max_small_body_bytes. Bigger: 413, unread.
+LARGE_BODY_ROUTES = frozenset(
+    {
+        ("POST", "/v1/workloads"),
+        ("POST", "/v1/mesh/message"),
+        ("POST", "/v1/mesh/auction"),
+        ("POST", REVOCATIONS_PATH),
+    }
+)
 TENANT_ROUTES = frozenset(
     {("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/resolve")}
 )
@@ -133,10 +142,12 @@ class Api:
         self.latency = m.histogram("meshd_api_request_seconds", "API request latency")
         self.refused = m.counter("meshd_api_refused_total", "TCP API requests refused, by reason")
         self.enrolments = m.counter("meshd_enrolments_total", "Enrolment requests by result")
+        self.refusals = Refusals(self.refused, node.cfg.api.refusal_log_interval_s)
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._observe, self._errors, self._auth], client_max_size=MAX_BODY
+            middlewares=[self._observe, self._errors, self._limit, self._auth],
+            client_max_size=self.node.cfg.api.max_body_bytes,
         )
         app.router.add_get("/v1/health", self.health)
         app.router.add_get("/v1/node", self.node_info)
@@ -175,8 +186,11 @@ class Api:
     async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         status = 500
+        # A followed log is a stream that lasts until the client hangs up: no deadline.
+        streaming = request.path.endswith("/logs") and _follows(request)
+        limit = None if streaming else self.node.cfg.api.request_timeout_s
         try:
-            resp = await asyncio.wait_for(handler(request), self.node.cfg.api.request_timeout_s)
+            resp = await asyncio.wait_for(handler(request), limit)
             status = resp.status
             return resp
         except web.HTTPException as exc:
@@ -198,14 +212,30 @@ class Api:
             if exc.status < 400:
                 raise
             if exc.status == 413:
-                return error(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
-            return error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}")
+                return _too_large(request, self._body_limit(request))
+            resp = error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}")
+            if "Allow" in exc.headers:  # a 405 names the methods the path has (RFC 9110)
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
         except TimeoutError:
             logger.warning("api request timed out path=%s", request.path)
             return error(504, "the request took too long and was abandoned")
         except Exception:
             logger.exception("api handler failed path=%s", request.path)
             return error(500, "internal error in meshd; the daemon's log has the details")
+
+    def _body_limit(self, request: web.Request) -> int:
+        a = self.node.cfg.api
+        large = (request.method, request.path) in LARGE_BODY_ROUTES
+        return a.max_body_bytes if large else a.max_small_body_bytes
+
+    @web.middleware
+    async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse a body bigger than its route takes before reading it (413)."""
+        limit = self._body_limit(request)
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(request, limit)
+        return await handler(request.clone(client_max_size=limit))
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -218,11 +248,10 @@ class Api:
             return await handler(request)
         der = ssl_object.getpeercert(binary_form=True)
         if not der:
-            self.refused.inc(reason="no_certificate")
+            self.refusals.note("no_certificate", request.remote or "", request.path)
             return error(401, "a client certificate from this mesh's CA is required")
-        info = self._verify_peer(der)
+        info = self._verify_peer(der, request.remote or "")
         if info is None:
-            self.refused.inc(reason="bad_certificate")
             return error(403, "the client certificate is not valid for this mesh")
         if self.node.revocations.is_revoked(info.serial, info.node_id):
             self.refused.inc(reason="revoked")
@@ -237,19 +266,22 @@ class Api:
         request["peer_cert"] = der
         return await handler(request)
 
-    def _verify_peer(self, der: bytes) -> pki.CertInfo | None:
+    def _verify_peer(self, der: bytes, remote: str) -> pki.CertInfo | None:
         info = self._cert_cache.get(der)
         now = self.node.clock()
         if info is None:
             try:
                 info = pki.verify(pki.load_cert_der(der), self.node.ident.ca_cert, now)
             except IdentityError as exc:
-                logger.warning("refused a client certificate: %s", exc)
+                self.refusals.note("bad_certificate", remote, exc)
                 return None
             if len(self._cert_cache) > 1024:
                 self._cert_cache.clear()
             self._cert_cache[der] = info
-        return info if info.not_before <= now <= info.not_after else None
+        if not info.not_before <= now <= info.not_after:
+            self.refusals.note("bad_certificate", remote, f"{info.name}'s certificate expired")
+            return None
+        return info
 
     # -- handlers --------------------------------------------------------------------
 
@@ -313,11 +345,8 @@ class Api:
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        try:
-            since = int(request.query.get("since", "0"))
-            limit = min(int(request.query.get("limit", "100")), 1000)
-        except ValueError as exc:
-            raise ConfigError("since and limit must be integers") from exc
+        since = _int_query(request, "since", 0, 0, 2**63 - 1)
+        limit = _int_query(request, "limit", 100, 1, 1000)
         return web.json_response(self.node.store.events(limit=limit, since_id=since))
 
     def _mesh(self) -> Mesh:
@@ -351,7 +380,7 @@ class Api:
 
     async def mesh_message(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self._mesh().receive_reliable(body, request["peer_cert"], request.remote or "")
+        self._mesh().receive_reliable(body, _peer_cert(request), request.remote or "")
         return web.Response(status=204)
 
     async def mesh_revocations(self, request: web.Request) -> web.Response:
@@ -388,7 +417,7 @@ class Api:
 
     async def mesh_auction(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self._placement().receive_reliable(body, request["peer_cert"])
+        self._placement().receive_reliable(body, _peer_cert(request))
         return web.Response(status=204)
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
@@ -479,7 +508,7 @@ class Api:
 
     async def workload_logs(self, request: web.Request) -> web.StreamResponse:
         wid = request.match_info["id"]
-        follow = request.query.get("follow", "") in ("1", "true", "yes")
+        follow = _follows(request)
 
         async def local() -> web.StreamResponse:
             return await stream_file(request, Path(self._runner().log_path(wid)), follow)
@@ -527,6 +556,40 @@ class Api:
             raise
         self.enrolments.inc(result="ok")
         return web.json_response(answer)
+
+
+def _peer_cert(request: web.Request) -> bytes:
+    """The calling node's certificate: mesh-internal routes are for nodes over TCP only."""
+    der = request.get("peer_cert")
+    if not isinstance(der, bytes):
+        raise BadRequest(f"{request.path} is for mesh nodes over the mesh TCP port only")
+    return der
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``low..high``, else a 400 naming it."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _follows(request: web.Request) -> bool:
+    return request.query.get("follow", "") in ("1", "true", "yes")
+
+
+def _too_large(request: web.Request, limit: int) -> web.Response:
+    return error(
+        413,
+        f"the request body is larger than {limit} bytes, the most {request.method} "
+        f"{request.path} accepts (api.max_body_bytes, api.max_small_body_bytes)",
+    )
 
 
 async def stream_file(request: web.Request, path: Path, follow: bool) -> web.StreamResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,17 @@ from meshd.cli import commands, output
 from meshd.errors import MeshdError
 
 EPILOG = "Every command takes --data-dir (default /var/lib/meshd or $MESHD_DATA_DIR)."
+
+
+def finite(text: str) -> float:
+    """A number flag: NaN and infinity are refused (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
@@ -42,7 +54,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         metavar="K=V",
         help="a label of this node that workloads may require (repeatable)",
     )
-    p.add_argument("--cpus", type=float, help="declare CPU capacity instead of measuring")
+    p.add_argument("--cpus", type=finite, help="declare CPU capacity instead of measuring")
     p.add_argument("--memory", metavar="SIZE", help="declare memory capacity, e.g. 2GiB")
     p.add_argument("--disk", metavar="SIZE", help="declare disk capacity, e.g. 20GiB")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -150,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="place a workload by auction and wait for the decision")
     _common(p, json_flag=True)
     p.add_argument("--name", required=True, help="workload name")
-    p.add_argument("--cpus", type=float, required=True, help="CPUs to reserve")
+    p.add_argument("--cpus", type=finite, required=True, help="CPUs to reserve")
     p.add_argument("--memory", required=True, metavar="SIZE", help="memory to reserve, e.g. 512MiB")
     p.add_argument("--disk", default="0", metavar="SIZE", help="disk to reserve (default 0)")
     p.add_argument("--driver", choices=["process", "qemu", "firecracker"], default="process")

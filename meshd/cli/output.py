@@ -1,8 +1,16 @@
-"""The CLI's output layer: the only place that prints. JSON or aligned human text."""
+"""The CLI's output layer: the only place that prints. JSON or aligned human text.
+
+Names and every other text in a daemon's answer may come from a peer (a workload's
+name, a member's address, an error sentence quoting input). Printed raw, an ESC
+sequence in one could clear the operator's screen, retitle the terminal or fake
+lines; so human text shows control characters escaped (``\x1b``), and a table cell
+shows line breaks escaped too. JSON escapes them itself.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,17 +20,32 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
+# C0 controls but tab and newline, DEL, and the C1 controls (0x9b is a one-byte CSI).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_BREAK = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def clean(text: str, keep_lines: bool = True) -> str:
+    """``text`` safe for a terminal: control characters shown as ``\\xNN``."""
+    return (_CONTROL if keep_lines else _CONTROL_OR_BREAK).sub(_escape, text)
+
+
 def emit_text(text: str) -> None:
+    text = clean(text)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def emit_error(message: str) -> None:
-    sys.stderr.write(f"meshd: {message}\n")
+    sys.stderr.write(f"meshd: {clean(message, keep_lines=False)}\n")
 
 
 def emit_fields(fields: Mapping[str, Any]) -> None:
     width = max((len(k) for k in fields), default=0)
-    emit_text("\n".join(f"{k:<{width}}  {_cell(v)}" for k, v in fields.items()))
+    emit_text("\n".join(f"{clean(k, False):<{width}}  {_cell(v)}" for k, v in fields.items()))
 
 
 def emit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
@@ -42,5 +65,5 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={_cell(v)}" for k, v in value.items())
-    return str(value)
+        return " ".join(f"{clean(str(k), False)}={_cell(v)}" for k, v in value.items())
+    return clean(str(value), keep_lines=False)

@@ -38,7 +38,8 @@ Presets (like memberlist's ``DefaultLANConfig``/``DefaultLocalConfig``)
   queueing delay; the shorter window also lets the replay memory cover a higher
   datagram rate). Full-state push-pull runs every 15 s instead of 30 (memberlist's
   local value: loopback bandwidth is free and restarted daemons converge sooner).
-  The event log keeps 10,000 events for a day: many daemons share one disk, and
+  The API's per-address connection budget is its total: every daemon calls from
+  127.0.0.1. The event log keeps 10,000 events for a day: many daemons share one disk, and
   demos read the recent past. Failure-detection timers (probe interval and timeout,
   suspicion) stay as on the LAN: with many daemons on a few cores, scheduling delay
   is the slow path, and shortening them would buy false suspicions.
@@ -279,6 +280,11 @@ def _check_relations(cfg: Config) -> None:
             "auction.confirm_timeout_s must exceed auction.award_timeout_s "
             "(a live originator withdraws a late award before the winner confirms it)"
         )
+    api = cfg.api
+    if api.max_connections_per_peer > api.max_connections:
+        raise ConfigError("api.max_connections_per_peer can't exceed api.max_connections")
+    if api.max_small_body_bytes > api.max_body_bytes:
+        raise ConfigError("api.max_small_body_bytes can't exceed api.max_body_bytes")
     fc = cfg.drivers.firecracker
     if fc.boot not in FIRECRACKER_BOOTS:
         raise ConfigError(
@@ -302,7 +308,13 @@ def local() -> Config:
         preset="local",
         listen=f"127.0.0.1:{DEFAULT_PORT}",
         security=base.security.replace(enrol_timeout_s=5.0, max_clock_skew_s=10.0),
-        api=base.api.replace(request_timeout_s=10.0, shutdown_grace_s=1.0),
+        # Every daemon on the machine calls from 127.0.0.1: a per-address budget would
+        # be one budget for the whole mesh, so it is the total here.
+        api=base.api.replace(
+            request_timeout_s=10.0,
+            shutdown_grace_s=1.0,
+            max_connections_per_peer=base.api.max_connections,
+        ),
         store=base.store.replace(events_keep=10_000, events_max_age_s=86400.0),
         membership=base.membership.replace(push_pull_interval_s=15.0),
         dht=base.dht.replace(bootstrap_max_s=2.0),

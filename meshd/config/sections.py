@@ -75,6 +75,36 @@ class ApiConfig(_Section):
     request_timeout_s: float = 30.0
     # How long a stopping daemon lets in-flight requests finish before closing them.
     shutdown_grace_s: float = 5.0
+    # Exposure of the mesh TCP port to callers we don't know yet (meshd/api/listener.py).
+    # A TLS 1.3 handshake is one round trip; a peer that has not finished it in this
+    # many seconds is stalling, and its connection is closed.
+    tls_handshake_timeout_s: float = 5.0
+    # Seconds a connection may take, once set up, to send its first request's headers
+    # (a real client sends them at once; a slow-loris sends a byte a second). Also on
+    # the unix socket.
+    header_timeout_s: float = 10.0
+    # An idle kept-alive connection (between requests) is closed after this long.
+    keepalive_timeout_s: float = 30.0
+    # Connections the TCP port holds open at once; more are closed at accept. Bounded so
+    # a flood can't take every file descriptor (the daemon checks RLIMIT_NOFILE leaves
+    # room for these, the unix socket's, and its own files).
+    max_connections: int = 256
+    # Connections one peer address may hold open on the TCP port. A node relays at most
+    # 100 at once (aiohttp's connector), so a well-behaved peer stays below 64.
+    max_connections_per_peer: int = 64
+    # Connections the unix socket (the local operator) holds open at once: its own
+    # budget, so a TCP flood never locks out the local CLI.
+    unix_max_connections: int = 64
+    # Largest request body, in bytes, of the routes that carry data: a workload
+    # submission (cloud-init user-data) and mesh-internal messages.
+    max_body_bytes: int = 1024**2
+    # Largest request body, in bytes, of every other route (enrolment: a token and a
+    # CSR; services; tokens; and the routes that take no body at all).
+    max_small_body_bytes: int = 64 * 1024
+    # Seconds between two log lines of one kind of refusal (failed handshake, missing
+    # certificate, malformed request...); the ones in between are only counted
+    # (meshd_api_refused_total), so strangers can't fill the log.
+    refusal_log_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -33,6 +34,8 @@ from meshd.adapters import telemetry, tls
 from meshd.adapters.drivers.registry import make_drivers
 from meshd.adapters.store import roster
 from meshd.adapters.store.db import Store
+from meshd.api.listener import Budget, Listener
+from meshd.api.refusals import ServerLog
 from meshd.api.server import Api
 from meshd.config import Config
 from meshd.errors import DaemonError, MeshdError
@@ -106,6 +109,51 @@ def _bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+# Descriptors the daemon needs besides its API connections: the store, the UDP port,
+# outgoing peer connections, workloads' logs and pipes.
+_OWN_FDS = 256
+
+
+def ensure_fd_room(cfg: Config) -> None:
+    """Raise RLIMIT_NOFILE's soft limit so both API budgets and our own files fit.
+
+    Without room, a TCP flood would take the last descriptor and the unix socket could
+    no longer accept: the budgets only protect the CLI if the limit is above them.
+    """
+    need = cfg.api.max_connections + cfg.api.unix_max_connections + _OWN_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise DaemonError(
+                f"the open-file limit is {hard} but api.max_connections + "
+                f"api.unix_max_connections + {_OWN_FDS} for the daemon's own files is {need}; "
+                "lower api.max_connections or raise the limit (ulimit -n, LimitNOFILE=)"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _listeners(
+    cfg: Config,
+    ident: NodeIdentity,
+    api: Api,
+    runner: web.AppRunner,
+    unix: socket.socket,
+    tcp: socket.socket,
+) -> list[Listener]:
+    """The unix socket and the mesh TCP port, each with its own connection budget."""
+    server = runner.server
+    assert server is not None
+    a = cfg.api
+    local = Budget(a.unix_max_connections, None, None, a.header_timeout_s)
+    remote = Budget(
+        a.max_connections, a.max_connections_per_peer, a.tls_handshake_timeout_s, a.header_timeout_s
+    )
+    return [
+        Listener(unix, server, local, api.refusals),
+        Listener(tcp, server, remote, api.refusals, tls.server_context(ident)),
+    ]
+
+
 async def _resolve_seeds(seeds: tuple[str, ...], own: str) -> list[tuple[str, int]]:
     """Seed HOST:PORTs to IPv4 addresses (names resolved once, at start); skips ourselves."""
     out: list[tuple[str, int]] = []
@@ -166,6 +214,7 @@ class Node:
         self.address = ""
         self.listen = ""
         self._runner: web.AppRunner | None = None
+        self._listeners: list[Listener] = []
         self._owns_socket = False
         self.mesh: Mesh | None = None
         self.placement: PlacementShell | None = None
@@ -218,11 +267,16 @@ class Node:
         self._owns_socket = True
         api = Api(self)
         self._runner = web.AppRunner(
-            api.app(), shutdown_timeout=self.cfg.api.shutdown_grace_s, access_log=None
+            api.app(),
+            shutdown_timeout=self.cfg.api.shutdown_grace_s,
+            access_log=None,
+            keepalive_timeout=self.cfg.api.keepalive_timeout_s,
+            logger=ServerLog(api.refusals),
         )
         await self._runner.setup()
-        await web.SockSite(self._runner, unix).start()
-        await web.SockSite(self._runner, tcp, ssl_context=tls.server_context(self.ident)).start()
+        self._listeners = _listeners(self.cfg, self.ident, api, self._runner, unix, tcp)
+        for listener in self._listeners:
+            listener.start()
         # Configured seeds first, then every member's last known address from the
         # durable roster: a restarted node rejoins even when its seeds are gone.
         known = [
@@ -295,6 +349,9 @@ class Node:
                 await self.mesh.stop()
             except Exception:  # stopping must go on: the socket and store still need closing
                 logger.exception("stopping the mesh failed")
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners = []
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -369,6 +426,7 @@ class Node:
 
 async def serve(cfg: Config, ident: NodeIdentity) -> None:
     """Run a node until SIGTERM/SIGINT (what ``meshd run`` does)."""
+    ensure_fd_room(cfg)
     lock = lock_data_dir(cfg.data_dir)
     try:
         with Store.open(cfg.store_path) as store:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.api.server import MAX_BODY
+from meshd.config import ApiConfig
 from meshd.core.auction import codec, fields
 from meshd.core.auction import durable as d
 from meshd.core.auction.bidder import MAX_REASON_BYTES
@@ -252,7 +252,7 @@ def test_a_large_view_syncs_in_runs_the_api_accepts() -> None:
     chunks = codec.sync_chunks(big)
     assert len(chunks) > 1 and [p for c in chunks for p in c] == big
     for c in chunks:
-        assert len(codec.encode(Sync(c, True))) <= codec.MAX_RELIABLE < MAX_BODY
+        assert len(codec.encode(Sync(c, True))) <= codec.MAX_RELIABLE < ApiConfig().max_body_bytes
     assert codec.sync_chunks([]) == []
 
 

@@ -182,6 +182,7 @@ def test_no_pickle_anywhere() -> None:
 def test_openapi_matches_routes() -> None:
     class _Stub:
         metrics = meshd.metrics.Registry()
+        cfg = meshd.config.local()
 
     app = Api(_Stub()).app()  # type: ignore[arg-type]
     served = {
