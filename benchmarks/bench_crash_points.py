@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+GUEST: dict[str, str] = {}  # the cached guest's files (bootstrap/guest-image.sh)
 sys.path.insert(0, str(REPO))
 
 from tests.faults.kill import STUBBORN, points, run_point  # noqa: E402
@@ -40,6 +41,7 @@ def guest_args() -> tuple[str, ...] | None:
     if proc.returncode != 0:
         return None
     g = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    GUEST.update(g)
     return ("--kernel", g["MESHD_GUEST_VMLINUX"], "--initrd", g["MESHD_GUEST_INITRD"],
             "--memory", "128MiB")  # fmt: skip
 
@@ -59,8 +61,18 @@ def main() -> None:
         for point in points(driver):
             with tempfile.TemporaryDirectory(prefix="meshd-crash-") as tmp:
                 mesh = Mesh(Path(tmp))
+                args = submit
+                if point.endswith("after_overlay") and GUEST:  # only an image passes it
+                    args = (
+                        "--image",
+                        GUEST["MESHD_GUEST_DISK"],
+                        "--disk",
+                        "1GiB",
+                        "--memory",
+                        "128MiB",
+                    )
                 try:
-                    out = run_point(mesh, driver, point, submit)
+                    out = run_point(mesh, driver, point, args)
                 finally:
                     mesh.close()
             cells.append(out)
