@@ -258,6 +258,10 @@ def _check_relations(cfg: Config) -> None:
         )
     if m.suspicion_max_mult < m.suspicion_mult:
         raise ConfigError("membership.suspicion_max_mult can't be below membership.suspicion_mult")
+    if cfg.drivers.stop_timeout_s > cfg.drivers.stop_timeout_max_s:
+        raise ConfigError(
+            "drivers.stop_timeout_s can't exceed drivers.stop_timeout_max_s; raise the maximum"
+        )
     if d.max_value_bytes > DHT_MAX_VALUE_LIMIT:
         raise ConfigError(
             f"dht.max_value_bytes can be at most {DHT_MAX_VALUE_LIMIT}: a record must fit "

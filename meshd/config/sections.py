@@ -323,6 +323,11 @@ class DriversConfig(_Section):
     # request names none; the driver forces the stop after it. A guest OS shutting down
     # cleanly takes seconds to tens of seconds.
     stop_timeout_s: float = 30.0
+    # Upper bound on any stop's graceful budget, whatever `?timeout` asked (the API
+    # accepts up to 3600 s): past it the driver forces the stop (SIGKILL to the whole
+    # process group, QEMU `quit` then SIGKILL), so a workload that ignores SIGTERM can
+    # hold its workload's lock, and `meshd workload rm` behind it, only this long.
+    stop_timeout_max_s: float = 300.0
     process: ProcessDriverConfig = field(default_factory=ProcessDriverConfig)
     qemu: QemuDriverConfig = field(default_factory=QemuDriverConfig)
     firecracker: FirecrackerDriverConfig = field(default_factory=FirecrackerDriverConfig)

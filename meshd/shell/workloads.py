@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 DriverFactory = Callable[[Path, OnChange, DriversConfig], dict[str, Driver]]
 STATE_BROADCAST = "workload.state"
 ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
+# A destroy that failed (a process outlived SIGKILL) is retried, backing off to this.
+REMOVE_RETRY_FIRST_S = 1.0
+REMOVE_RETRY_MAX_S = 30.0
 
 
 class WorkloadRunner:
@@ -132,7 +135,8 @@ class WorkloadRunner:
                 status = await driver.start(w.id)
             except DriverError as exc:
                 self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))
-                await self._cleanup(w.driver, w.id)
+                if (error := await self._cleanup(w.driver, w.id)) is not None:
+                    self._set(w.id, alloc.generation, WorkloadState.FAILED, f"{exc}; {error}")
                 return
             self._apply_status(w.id, status)
 
@@ -186,20 +190,31 @@ class WorkloadRunner:
         return None
 
     async def _remove(self, wid: str, generation: int, reason: str) -> None:
+        """Destroy ``wid`` here; until its driver says every process is gone, keep trying
+        (and keep showing it ``failed``): a removal never leaves a process uncounted."""
         driver_name = await self._driver_holding(wid)
-        async with self._lock(wid):
-            if driver_name is not None:
-                await self._cleanup(driver_name, wid)
-            self._withdraw_services(wid)
+        delay = REMOVE_RETRY_FIRST_S
+        while True:
+            async with self._lock(wid):
+                error = None if driver_name is None else await self._cleanup(driver_name, wid)
+                if error is None:
+                    self._withdraw_services(wid)
+                    break
+                self._set(wid, generation, WorkloadState.FAILED, f"removal failed: {error}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REMOVE_RETRY_MAX_S)
         logger.info("workload removed here id=%s reason=%s", wid, reason)
         self._driver_names.pop(wid, None)
         self.states.forget(wid)
 
-    async def _cleanup(self, driver_name: str, wid: str) -> None:
+    async def _cleanup(self, driver_name: str, wid: str) -> str | None:
+        """Destroy ``wid``; None once it is gone, else the sentence saying why not."""
         try:
             await driver_for(self.drivers, driver_name).destroy(wid)
         except DriverError as exc:
             logger.error("cleaning up a workload failed id=%s error=%s", wid, exc)
+            return str(exc)
+        return None
 
     # -- operator actions (on the owner) ---------------------------------------------
 
@@ -217,11 +232,25 @@ class WorkloadRunner:
         return alloc, driver_for(self.drivers, alloc.workload.driver)
 
     async def stop_workload(self, wid: str, timeout_s: float) -> dict[str, Any]:
+        """Stop ``wid`` gracefully within ``timeout_s`` (at most the configured maximum),
+        then by force. The stop runs as its own task: a caller that gives up (the API's
+        request timeout) does not cut it short between SIGTERM and the SIGKILL."""
         alloc, driver = self._owned(wid)
+        timeout_s = min(max(timeout_s, 0.0), self.ctx.cfg.drivers.stop_timeout_max_s)
+        task = asyncio.get_running_loop().create_task(
+            self._stop_locked(wid, driver, timeout_s, alloc.generation)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def _stop_locked(
+        self, wid: str, driver: Driver, timeout_s: float, generation: int
+    ) -> dict[str, Any]:
         async with self._lock(wid):
             status = await driver.stop(wid, timeout_s)
         self._withdraw_services(wid)
-        self._apply_status(wid, status, generation=alloc.generation)
+        self._apply_status(wid, status, generation=generation)
         return self._state_json(wid)
 
     async def start_workload(self, wid: str) -> dict[str, Any]:

@@ -331,8 +331,13 @@ async def test_bad_input_is_refused_with_nothing_left(
     with pytest.raises(DriverError, match="no qemu workload"):
         await d.start("never-created")
     await d.create("dup", micro(guest, "dup"))
-    with pytest.raises(DriverError, match="already exists"):
-        await d.create("dup", micro(guest, "dup"))
+    # Idempotent (the Driver contract): the same spec again is no error, another one is.
+    assert (await d.create("dup", micro(guest, "dup"))).state is WorkloadState.STOPPED
+    with pytest.raises(DriverError, match="different spec"):
+        await d.create("dup", micro(guest, "dup", memory=256 * MIB))
+    (root / "half").mkdir()  # a create cut short (no spec.json): done again, not refused
+    await d.create("half", micro(guest, "half"))
+    await d.destroy("half")
     await d.destroy("dup")
     assert _qemu_pids_under(tmp_path) == []
     assert await d.list() == []

@@ -15,6 +15,21 @@ time in clock ticks since boot from /proc/<pid>/stat field 22, the boot id, whet
 meshd asked it to stop, and how the last run ended), ``pidfile`` (while it may be
 running) and ``console.log``.
 
+Crash safety: every step is written down before its effect can't be taken back, in a
+form the next meshd reads (every record is replaced atomically: temp file, fsync,
+rename). ``start`` writes the *intent* (state ``spawning`` and a fresh run id) before
+the fork and gives the process ``MESHD_RUN=<id>:<run>`` in its environment (set last,
+so spec.env can't hide it); a meshd that dies between the fork and writing the pid
+finds the process by that marker and adopts it, or learns that it never ran (stopped,
+so ``start`` works). Any marked process that no record accounts for (a copy from an
+older run) is killed, and waited for, before a new run starts and on reattach, stop
+and destroy: never two copies, never an untracked one. ``stop`` writes its deadline
+before the first signal; a restarted meshd finishes an interrupted stop by it (SIGKILL
+to the whole group at the deadline). ``destroy`` renames the directory away in one
+step before removing it; ``list`` finishes the removal of such leftovers. A directory
+without ``spec.json`` (a create cut short) is reused by the next ``create``. Every
+step has a failpoint (:mod:`meshd.failpoints`) named ``driver.process.<step>``.
+
 Identity: a pid proves nothing, since a zombie or a recycled pid passes ``kill(pid, 0)``.
 A workload runs iff /proc/<pid>/stat exists, its state is not Z/X, its start time is
 the recorded one, and the boot id is this boot's.
@@ -35,8 +50,9 @@ written to process.json and reported once through ``on_change`` (also after ``st
 Not done: resource limits. ``memory`` and ``cpus`` are checked, not enforced.
 RLIMIT_AS caps address space (which JITs and Go reserve by the gigabyte), not memory
 use; enforcement belongs to a delegated cgroup v2 subtree (memory.max, cpu.max). Only
-spec.json is fsynced: process.json need only survive meshd restarts, and a reboot
-ends the workloads anyway (the boot id check sees that).
+spec.json was fsynced: process.json need only survive meshd restarts, and a reboot
+ends the workloads anyway (the boot id check sees that). Since the crash-safety work
+every record is fsynced too: the cost is a few milliseconds per start and stop.
 """
 
 from __future__ import annotations
@@ -48,6 +64,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -60,28 +77,49 @@ from typing import Any
 from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.adapters.drivers.procfs import (
     boot_id,
+    find_by_env,
     is_alive,
     read_stat,
     session_members,
+    write_durably,
 )
 from meshd.adapters.drivers.specfile import SPEC_NAME, read_spec, spec_driver
 from meshd.core.spec import WorkloadSpec, dumps
 from meshd.errors import DriverError
+from meshd.failpoints import declare, failpoint
 
 logger = logging.getLogger(__name__)
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Set last in every workload's environment (spec.env can't override it): "<id>:<run>".
+# Its processes and their children carry it, so a scan of /proc finds every one of
+# them, recorded or not (a meshd killed between the fork and writing the pid down).
+MARKER = "MESHD_RUN"
+TRASH = ".trash-"  # a destroyed workload's directory, renamed before it is removed
+
+_FP = "driver.process."
+declare(
+    *(
+        _FP + step
+        for step in (
+            "create.after_mkdir",
+            "create.after_spec",
+            "start.after_intent",
+            "start.after_spawn",
+            "start.after_record",
+            "stop.after_mark",
+            "stop.after_sigterm",
+            "stop.after_sigkill",
+            "destroy.after_stop",
+            "destroy.after_rename",
+        )
+    )
+)
 
 
-def _write(path: Path, text: str | bytes, durable: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write(path: Path, text: str | bytes, durable: bool = True) -> None:
+    write_durably(path, text.encode() if isinstance(text, str) else text)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -98,7 +136,38 @@ def _load(path: Path) -> dict[str, Any]:
 def _list_ids(root: Path, driver: str) -> list[str]:
     if not root.is_dir():
         return []
-    return [d.name for d in sorted(root.iterdir()) if d.is_dir() and spec_driver(d) == driver]
+    return [
+        d.name
+        for d in sorted(root.iterdir())
+        if SAFE_ID.fullmatch(d.name) and d.is_dir() and spec_driver(d) == driver
+    ]
+
+
+def purge_trash(root: Path) -> None:
+    """Finish removing what a destroy renamed away before meshd died."""
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(TRASH):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def marked(wid: str) -> list[tuple[int, str]]:
+    """(pid, run) of every live process started for workload ``wid``, by any meshd."""
+    prefix = wid + ":"
+    return [(st.pid, value[len(prefix) :]) for st, value in find_by_env(MARKER, prefix)]
+
+
+def kill_marked(wid: str, keep_run: str | None = None) -> list[int]:
+    """SIGKILL every process of ``wid`` except those of run ``keep_run``; their pids."""
+    killed = []
+    for pid, run in marked(wid):
+        if keep_run is not None and run == keep_run:
+            continue
+        logger.warning("killing an untracked process of a workload id=%s pid=%s", wid, pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
 
 
 def describe_exit(code: int | None) -> str:
@@ -170,6 +239,7 @@ class ProcessDriver(Driver):
         self.boot_id = boot_id()
         self._watches: dict[str, _Watch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._stops: dict[str, asyncio.Task[None]] = {}  # stops resumed after a restart
 
     def log_path(self, wid: str) -> Path:
         return self.dir_of(wid) / "console.log"
@@ -179,6 +249,9 @@ class ProcessDriver(Driver):
         for watch in list(self._watches.values()):
             watch.close()
         self._watches.clear()
+        for task in self._stops.values():
+            task.cancel()
+        self._stops.clear()
 
     async def create(self, wid: str, spec: WorkloadSpec) -> Status:
         check_spec(wid, spec, self.name)
@@ -187,68 +260,173 @@ class ProcessDriver(Driver):
 
     async def start(self, wid: str) -> Status:
         async with self._lock(wid):
+            rec = self._settle(wid)
             status = self._status(wid)
             if status.state is WorkloadState.RUNNING and status.pid is not None:
                 self._watch(wid, status.pid)
                 return status
+            self._sweep(rec)
+            await self._kill_strays(wid, None)  # nothing of it may run beside the new run
             return self._spawn(wid, self._spec(wid))
 
     async def stop(self, wid: str, timeout_s: float) -> Status:
         async with self._lock(wid):
+            self._settle(wid)
             status = self._status(wid)
             rec = _load(self.dir_of(wid) / "process.json")
             if status.state is not WorkloadState.RUNNING or status.pid is None:
                 self._sweep(rec)
+                await self._kill_strays(wid, None)
                 return status
-            rec["stopping"] = True
+            # Written before the first signal: a meshd that dies now still knows, once
+            # restarted, that this run is to end by the deadline (see reattach).
+            rec |= {"stopping": True, "stop_deadline": time.time() + max(timeout_s, 0.0)}
             _write(self.dir_of(wid) / "process.json", json.dumps(rec))
+            failpoint(_FP + "stop.after_mark")
             pid, watch = status.pid, self._watch(wid, status.pid)
             self._signal(pid, rec, signal.SIGTERM)
+            failpoint(_FP + "stop.after_sigterm")
             if not await _wait(watch.exited, timeout_s):
-                logger.warning(
-                    "workload ignored SIGTERM id=%s pid=%s timeout_s=%s", wid, pid, timeout_s
-                )
-                self._signal(pid, rec, signal.SIGKILL)
-                if not await _wait(watch.exited, self.kill_wait_s):
-                    raise DriverError(
-                        f"workload {wid}: pid {pid} outlived SIGKILL by {self.kill_wait_s} s"
-                    )
+                await self._force(wid, pid, rec, watch, timeout_s)
             self._sweep(rec)
+            await self._kill_strays(wid, None)
             return watch.exited.result()
+
+    async def _force(
+        self, wid: str, pid: int, rec: dict[str, Any], watch: _Watch, waited_s: float
+    ) -> None:
+        """SIGKILL the run's whole process group; a DriverError if even that fails."""
+        logger.warning("workload ignored SIGTERM id=%s pid=%s timeout_s=%s", wid, pid, waited_s)
+        self._signal(pid, rec, signal.SIGKILL)
+        failpoint(_FP + "stop.after_sigkill")
+        if not await _wait(watch.exited, self.kill_wait_s):
+            raise DriverError(
+                f"workload {wid}: pid {pid} outlived SIGKILL by {self.kill_wait_s} s "
+                "(stuck in the kernel, state D?); it is still counted as running"
+            )
 
     async def destroy(self, wid: str) -> None:
         d = self.dir_of(wid)
-        if not SAFE_ID.fullmatch(wid) or not d.is_dir():
+        if not SAFE_ID.fullmatch(wid):
+            return
+        if not d.is_dir():  # never made, or a destroy got past its rename before dying
+            await self._kill_strays(wid, None)
+            purge_trash(self.root)
             return
         if (d / SPEC_NAME).is_file():
             await self.stop(wid, self.destroy_timeout_s)
+        failpoint(_FP + "destroy.after_stop")
         async with self._lock(wid):
             self._sweep(_load(d / "process.json"))
+            await self._kill_strays(wid, None)
             if (watch := self._watches.pop(wid, None)) is not None:
                 watch.close()
+            if (task := self._stops.pop(wid, None)) is not None:
+                task.cancel()
+            # One rename takes the workload away whole; what a crash leaves of the
+            # removal is a trash directory, which purge_trash finishes.
+            trash = self.root / f"{TRASH}{wid}-{secrets.token_hex(4)}"
             try:
-                shutil.rmtree(d)
+                os.rename(d, trash)
+                failpoint(_FP + "destroy.after_rename")
+                shutil.rmtree(trash)
             except OSError as exc:
                 raise DriverError(f"workload {wid}: can't remove {d}: {exc}") from exc
         self._locks.pop(wid, None)
 
     async def status(self, wid: str) -> Status:
+        self._settle(wid)
         return self._status(wid)
 
     async def list(self) -> list[str]:
+        purge_trash(self.root)
         return _list_ids(self.root, self.name)
 
     async def reattach(self, wid: str) -> Status:
         async with self._lock(wid):
+            rec = self._settle(wid)
             status = self._status(wid)
             if status.state is WorkloadState.RUNNING and status.pid is not None:
                 self._watch(wid, status.pid)
+                if isinstance(run := rec.get("run"), str):
+                    await self._kill_strays(wid, run)  # an older run's, or a second copy
+                if rec.get("stopping"):
+                    self._resume_stop(wid, status.pid, rec)
                 return status
             d = self.dir_of(wid)
             rec = _load(d / "process.json")
             if rec.get("state") == "running":  # it ended while nobody watched
                 status = self._conclude(wid, rec, None, away=True)
+            self._sweep(rec)
+            await self._kill_strays(wid, None)
             return status
+
+    def _resume_stop(self, wid: str, pid: int, rec: dict[str, Any]) -> None:
+        """A stop meshd began before it died: SIGTERM again, SIGKILL at its deadline."""
+        if wid in self._stops:
+            return
+        deadline = rec.get("stop_deadline")
+        left = max(0.0, float(deadline) - time.time()) if isinstance(deadline, int | float) else 0.0
+
+        async def finish() -> None:
+            async with self._lock(wid):
+                watch = self._watch(wid, pid)
+                self._signal(pid, rec, signal.SIGTERM)
+                if not await _wait(watch.exited, left):
+                    try:
+                        await self._force(wid, pid, rec, watch, left)
+                    except DriverError as exc:
+                        logger.error("resumed stop failed id=%s error=%s", wid, exc)
+                        return
+                self._sweep(rec)
+            self._stops.pop(wid, None)
+
+        logger.info("resuming an interrupted stop id=%s pid=%s left_s=%.1f", wid, pid, left)
+        self._stops[wid] = asyncio.get_running_loop().create_task(finish())
+
+    async def _kill_strays(self, wid: str, keep_run: str | None) -> None:
+        """Kill the processes of ``wid`` no record accounts for (all but run ``keep_run``)
+        and wait until they are gone, so no second copy ever runs beside a new one."""
+        killed = kill_marked(wid, keep_run)
+        deadline = time.monotonic() + self.kill_wait_s
+        while killed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            left = {pid for pid, _ in marked(wid)}
+            killed = [pid for pid in killed if pid in left]
+        if killed:
+            raise DriverError(
+                f"workload {wid}: untracked pids {killed} outlived SIGKILL by "
+                f"{self.kill_wait_s} s; try again"
+            )
+
+    def _settle(self, wid: str) -> dict[str, Any]:
+        """Resolve a start that meshd died in the middle of: the recorded intent names the
+        run, and the run's marker finds its process if the fork happened. Adopted, it
+        is recorded as running; never forked, the workload is stopped (start works)."""
+        d = self.dir_of(wid)
+        rec = _load(d / "process.json")
+        if rec.get("state") != "spawning":
+            return rec
+        run = rec.get("run")
+        leaders = []
+        if rec.get("boot_id") == self.boot_id:
+            for pid, r in marked(wid):
+                st = read_stat(pid)
+                if r == run and st is not None and st.session == pid:
+                    leaders.append(st)
+        if leaders:
+            st = leaders[0]
+            rec |= {"pid": st.pid, "starttime": st.starttime, "state": "running"}
+            rec["started_at"] = rec.get("requested_at")
+            _write(d / "process.json", json.dumps(rec))
+            _write(d / "pidfile", f"{st.pid}\n")
+            logger.warning("adopted a process started before meshd died id=%s pid=%s", wid, st.pid)
+        else:
+            detail = "meshd stopped while starting it, before the process ran"
+            rec = {"state": "stopped", "detail": detail, "run": run}
+            _write(d / "process.json", json.dumps(rec))
+            logger.warning("an interrupted start left no process id=%s", wid)
+        return rec
 
     # -- the synchronous work behind the coroutines (all of it is short) --
 
@@ -267,24 +445,33 @@ class ProcessDriver(Driver):
             if self._spec(wid) != spec:
                 raise DriverError(f"workload {wid} already exists with a different spec")
             return self._status(wid)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            d.mkdir()
+        try:  # a directory without spec.json is what a crash left half made: reuse it
+            d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DriverError(f"workload {wid}: can't create {d}: {exc}") from exc
+        failpoint(_FP + "create.after_mkdir")
         try:
-            _write(d / SPEC_NAME, dumps(spec), durable=True)
+            _write(d / SPEC_NAME, dumps(spec))
         except (OSError, TypeError, ValueError) as exc:
             shutil.rmtree(d, ignore_errors=True)
             raise DriverError(f"workload {wid}: can't write its spec: {exc}") from exc
+        failpoint(_FP + "create.after_spec")
         logger.info("workload created id=%s command=%r", wid, spec.command)
         return Status(WorkloadState.STOPPED, detail="created, not started")
 
     def _spawn(self, wid: str, spec: WorkloadSpec) -> Status:
         d = self.dir_of(wid)
         env = {"PATH": os.environ.get("PATH") or _FALLBACK_PATH, "HOME": str(d), "LANG": "C.UTF-8"}
+        run = secrets.token_hex(8)
         env |= {"MESHD_WORKLOAD_ID": wid, "MESHD_WORKLOAD_NAME": spec.name, **spec.env}
+        env[MARKER] = f"{wid}:{run}"
         argv = shlex.split(spec.command or "")
+        # The intent goes to disk before the fork: a meshd that dies after it finds the
+        # run by its marker (_settle) instead of starting a second copy.
+        intent: dict[str, Any] = {"state": "spawning", "run": run, "boot_id": self.boot_id}
+        intent |= {"requested_at": time.time(), "stopping": False}
+        _write(d / "process.json", json.dumps(intent))
+        failpoint(_FP + "start.after_intent")
         try:
             with open(d / "console.log", "ab") as log:
                 proc = subprocess.Popen(
@@ -298,17 +485,21 @@ class ProcessDriver(Driver):
                 )
         except (OSError, ValueError) as exc:
             detail = f"could not start {argv[0] if argv else spec.command!r}: {exc}"
-            _write(d / "process.json", json.dumps({"state": "failed", "detail": detail}))
+            _write(
+                d / "process.json", json.dumps({"state": "failed", "detail": detail, "run": run})
+            )
             (d / "pidfile").unlink(missing_ok=True)
             return Status(WorkloadState.FAILED, detail=detail)
         proc.returncode = 0  # disowned: our watch reaps it (see the module doc)
+        failpoint(_FP + "start.after_spawn")
         st = read_stat(proc.pid)  # unreaped, so present even if it already exited
         if st is None:
             raise RuntimeError(f"/proc/{proc.pid}/stat of our own unreaped child is missing")
         rec: dict[str, Any] = {"pid": proc.pid, "starttime": st.starttime, "boot_id": self.boot_id}
-        rec |= {"started_at": time.time(), "stopping": False, "state": "running"}
+        rec |= {"started_at": time.time(), "stopping": False, "state": "running", "run": run}
         _write(d / "process.json", json.dumps(rec))
         _write(d / "pidfile", f"{proc.pid}\n")
+        failpoint(_FP + "start.after_record")
         self._watch(wid, proc.pid)
         logger.info("workload started id=%s pid=%s", wid, proc.pid)
         return Status(
@@ -340,6 +531,8 @@ class ProcessDriver(Driver):
             watch.fire()  # dead, and our watch has not run yet: settle it now
             rec = _load(d / "process.json")
         state = rec.get("state")
+        if state == "spawning":  # status() settles this first; a bare _status can't
+            return Status(WorkloadState.STARTING, detail="being started")
         if state == "running":  # dead, unwatched: reattach will record it
             stopped = bool(rec.get("stopping"))
             state = WorkloadState.STOPPED if stopped else WorkloadState.FAILED

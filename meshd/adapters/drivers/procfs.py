@@ -62,3 +62,72 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def environ_value(pid: int, name: str) -> str | None:
+    """The value of ``name`` in the environment ``pid`` was started with; None if it has
+    none or we may not read it (another user's process)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    key = name.encode() + b"="
+    for item in raw.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key) :].decode(errors="replace")
+    return None
+
+
+def find_by_env(name: str, prefix: str) -> list[tuple[ProcStat, str]]:
+    """Every live process whose environment sets ``name`` to a value starting with
+    ``prefix``, with that value: how a driver finds the processes it started even when
+    it died before it could write their pids down."""
+    found = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            value = environ_value(int(entry.name), name)
+            if value is None or not value.startswith(prefix):
+                continue
+            st = read_stat(int(entry.name))
+            if st is not None and st.state not in DEAD:
+                found.append((st, value))
+    return found
+
+
+def find_by_cmdline(needle: str) -> list[ProcStat]:
+    """Every live process one of whose arguments contains ``needle`` (e.g. the path of a
+    workload's directory, which only that workload's processes name)."""
+    found = []
+    key = needle.encode()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if key not in raw:
+                continue
+            st = read_stat(int(entry.name))
+            if st is not None and st.state not in DEAD:
+                found.append(st)
+    return found
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically: a temporary file, fsync, rename, fsync of the
+    directory. A crash at any moment leaves the old content or the new, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -59,6 +59,7 @@ from meshd.adapters.drivers.qemu_qmp import FAILED_RUNSTATES, QmpSession
 from meshd.adapters.drivers.specfile import SPEC_NAME, read_spec
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
+from meshd.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 SOCK_PATH_MAX = 107  # sun_path
@@ -112,11 +113,17 @@ class QemuDriver(Driver):
         wdir = self.dir_of(wid)
         if shutil.which(self.binary) is None:
             raise DriverError(f"{self.binary} is not installed (apt-get install qemu-system-x86)")
-        if wdir.exists():
-            raise DriverError(f"workload {wid!r} already exists on this node")
         if len(str(wdir.resolve() / "qmp.sock")) > SOCK_PATH_MAX:
             raise DriverError(f"the workload directory {wdir} is too deep for a unix socket")
         spec = await asyncio.to_thread(host.check_files, wid, spec)
+        if (wdir / SPEC_NAME).exists():  # created before: the same spec is no error
+            if self._spec(wid) != spec:
+                raise DriverError(f"workload {wid!r} already exists with a different spec")
+            return await self.status(wid)
+        if wdir.exists():  # no spec.json: a create cut short (it is written last); redo it
+            logger.warning("removing a half-made qemu workload directory wid=%s", wid)
+            await host.kill_strays(wdir, None, self.tuning.kill_timeout_s)
+            await asyncio.to_thread(shutil.rmtree, wdir, True)
         base_fmt = ""
         if spec.image:
             base_fmt, vsize = await host.image_info(Path(spec.image), self.tuning.tool_timeout_s)
@@ -131,9 +138,12 @@ class QemuDriver(Driver):
     async def start(self, wid: str) -> Status:
         async with self._lock(wid):
             spec = self._spec(wid)
-            rec = host.RunRecord.load(self.dir_of(wid) / host.RUN_NAME)
+            rec = self._record(wid)
             if rec and host.alive(rec):
+                if wid not in self._sessions:
+                    await self._reconnect(wid, spec, rec)
                 return await self.status(wid)
+            await host.kill_strays(self.dir_of(wid), None, self.tuning.kill_timeout_s)
             self._quiet.add(wid)
             try:
                 return await self._start(wid, spec)
@@ -151,8 +161,15 @@ class QemuDriver(Driver):
             if (wdir / SPEC_NAME).exists():
                 self._spec(wid)  # refuses another driver's workload
                 await self._stop(wid, self.tuning.destroy_grace_s)
+            failpoint(host.FP + "destroy.after_stop")
+            if wdir.exists():
+                await host.kill_strays(wdir, None, self.tuning.kill_timeout_s)
             await host.tap_down(tap_name(wid), self.tuning.tool_timeout_s)
-            await asyncio.to_thread(shutil.rmtree, wdir, True)
+            if wdir.exists():  # one rename takes it away whole; list() purges the rest
+                trash = self.root / f".trash-{wid}-{os.getpid()}-{time.monotonic_ns()}"
+                await asyncio.to_thread(os.rename, wdir, trash)
+                failpoint(host.FP + "destroy.after_rename")
+                await asyncio.to_thread(shutil.rmtree, trash, True)
         self._locks.pop(wid, None)
 
     async def status(self, wid: str) -> Status:
@@ -176,28 +193,49 @@ class QemuDriver(Driver):
         return self._status(WorkloadState.STOPPED, "created, not started")
 
     async def list(self) -> list[str]:
+        await asyncio.to_thread(_purge_trash, self.root)
         return await asyncio.to_thread(host.scan, self.root, self.name)
 
     async def reattach(self, wid: str) -> Status:
         async with self._lock(wid):
             spec = self._spec(wid)
             wdir = self.dir_of(wid)
-            rec = host.RunRecord.load(wdir / host.RUN_NAME)
+            rec = self._record(wid)
+            alive = rec is not None and host.alive(rec)
+            await host.kill_strays(wdir, rec if alive else None, self.tuning.kill_timeout_s)
             if rec is None:
                 return await self.status(wid)
-            if host.alive(rec) and wid not in self._sessions:
-                try:
-                    await self._connect(wid)
-                except DriverError as exc:
-                    logger.warning("qemu reattach without QMP wid=%s error=%s", wid, exc)
-            if not host.alive(rec):  # dead before, or died while we connected
-                await self._finish(wid, rec, *host.unwatched_exit(self.log_path(wid), rec))
-                return await self.status(wid)
-            if not rec.ready and spec.ready_marker and wid not in self._boots:
-                self._boots[wid] = asyncio.get_running_loop().create_task(
-                    self._resume_boot(wid, spec, rec)
-                )
+            await self._reconnect(wid, spec, rec)
             return await self.status(wid)
+
+    async def _reconnect(self, wid: str, spec: WorkloadSpec, rec: host.RunRecord) -> None:
+        """Watch a running QEMU again: QMP, and the rest of its boot if it was booting."""
+        if host.alive(rec) and wid not in self._sessions:
+            try:
+                await self._connect(wid)
+            except DriverError as exc:
+                logger.warning("qemu reattach without QMP wid=%s error=%s", wid, exc)
+        if not host.alive(rec):  # dead before, or died while we connected
+            await self._finish(wid, rec, *host.unwatched_exit(self.log_path(wid), rec))
+            return
+        if not rec.ready and spec.ready_marker and wid not in self._boots:
+            self._boots[wid] = asyncio.get_running_loop().create_task(
+                self._resume_boot(wid, spec, rec)
+            )
+
+    def _record(self, wid: str) -> host.RunRecord | None:
+        """The run record, or the QEMU a meshd launched before it died, adopted."""
+        wdir = self.dir_of(wid)
+        rec = host.RunRecord.load(wdir / host.RUN_NAME)
+        if rec is not None and host.alive(rec):
+            return rec
+        adopted = host.adopt(wdir)
+        if adopted is not None:
+            logger.warning(
+                "adopted a QEMU launched before meshd died wid=%s pid=%s", wid, adopted.pid
+            )
+            return adopted
+        return rec
 
     def log_path(self, wid: str) -> Path:
         return self.dir_of(wid) / "console.log"
@@ -305,7 +343,9 @@ class QemuDriver(Driver):
         self.on_change(wid, await self.status(wid))
 
     async def _stop(self, wid: str, timeout_s: float) -> Status:
-        rec = host.RunRecord.load(self.dir_of(wid) / host.RUN_NAME)
+        rec = self._record(wid)
+        if rec is None or not host.alive(rec):
+            await host.kill_strays(self.dir_of(wid), None, self.tuning.kill_timeout_s)
         if rec is None:
             return await self.status(wid)
         if not host.alive(rec):
@@ -346,6 +386,7 @@ class QemuDriver(Driver):
                 os.kill(rec.pid, signal.SIGTERM)  # QEMU quits on SIGTERM too
         except (DriverError, ProcessLookupError):
             pass
+        failpoint(host.FP + "stop.after_quit")
         if await host.wait_dead(rec, t.quit_timeout_s, t.exit_poll_s):
             return how + "QEMU quit"
         host.kill(rec)
@@ -445,3 +486,11 @@ class QemuDriver(Driver):
 
     def _lock(self, wid: str) -> asyncio.Lock:
         return self._locks.setdefault(wid, asyncio.Lock())
+
+
+def _purge_trash(root: Path) -> None:
+    """Finish removing what a destroy renamed away before meshd died."""
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".trash-"):
+                shutil.rmtree(d, ignore_errors=True)

@@ -36,17 +36,36 @@ from typing import Any, TypeVar
 import msgspec
 
 from meshd.adapters.drivers.base import WorkloadState
-from meshd.adapters.drivers.procfs import DEAD, boot_id, read_stat
+from meshd.adapters.drivers.procfs import DEAD, boot_id, find_by_cmdline, read_stat, write_durably
 from meshd.adapters.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
 from meshd.adapters.drivers.specfile import SPEC_NAME, spec_driver
 from meshd.core.spec import WorkloadSpec, dumps
 from meshd.errors import DriverError
+from meshd.failpoints import declare, failpoint
 
 SEED_NAME = "seed.img"
 OVERLAY_NAME = "overlay.qcow2"
 RUN_NAME = "run.json"
 EXIT_NAME = "exit.json"
 LAUNCH_ERR_NAME = "launch.err"
+INTENT_NAME = "launch.json"  # written before QEMU is run: how to adopt it if meshd dies
+FP = "driver.qemu."
+declare(
+    *(
+        FP + step
+        for step in (
+            "create.after_mkdir",
+            "create.after_overlay",
+            "create.after_spec",
+            "start.after_intent",
+            "start.after_launch",
+            "start.after_record",
+            "stop.after_quit",
+            "destroy.after_stop",
+            "destroy.after_rename",
+        )
+    )
+)
 T = TypeVar("T")
 
 
@@ -75,9 +94,57 @@ class RunRecord:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    tmp.replace(path)
+    write_durably(path, json.dumps(data, sort_keys=True).encode())
+
+
+def strays(wdir: Path, keep: RunRecord | None) -> list[int]:
+    """Live processes naming ``wdir`` on their command line (every QEMU of the workload
+    does: its QMP socket, pidfile and console are there) other than ``keep``."""
+    needle = str(wdir.resolve()) + "/"
+    return [
+        st.pid
+        for st in find_by_cmdline(needle)
+        if keep is None or (st.pid, st.starttime) != (keep.pid, keep.start_ticks)
+    ]
+
+
+async def kill_strays(wdir: Path, keep: RunRecord | None, timeout_s: float) -> None:
+    """SIGKILL the QEMUs of ``wdir`` no run record accounts for, and wait until gone."""
+    pids = strays(wdir, keep)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        pids = [p for p in strays(wdir, keep) if p in pids]
+    if pids:
+        raise DriverError(f"untracked QEMU pids {pids} of {wdir.name} outlived SIGKILL; try again")
+
+
+def adopt(wdir: Path) -> RunRecord | None:
+    """A QEMU launched by a meshd that died before saving its run record: found by its
+    pidfile and the launch intent, recorded as this workload's run (not yet ready)."""
+    intent = read_json(wdir / INTENT_NAME)
+    try:
+        pid = int((wdir / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    st = read_stat(pid)
+    if intent is None or st is None or st.state in DEAD or pid not in strays(wdir, None):
+        return None
+    tap = intent.get("tap")
+    rec = RunRecord(
+        pid=pid,
+        start_ticks=st.starttime,
+        boot_id=boot_id(),
+        started_at=float(intent.get("at", time.time())),
+        accel=str(intent.get("accel", "")),
+        machine=str(intent.get("machine", "")),
+        tap=tap if isinstance(tap, str) else None,
+    )
+    rec.save(wdir / RUN_NAME)
+    return rec
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -291,7 +358,7 @@ def tail(path: Path, n: int = 5) -> str:
 
 def remove_runtime(wdir: Path) -> None:
     """What only a running QEMU needs: QEMU leaves its socket file behind on exit."""
-    for name in ("qmp.sock", "qemu.pid", RUN_NAME):
+    for name in ("qmp.sock", "qemu.pid", RUN_NAME, INTENT_NAME):
         (wdir / name).unlink(missing_ok=True)
 
 
@@ -325,7 +392,11 @@ def scan(root: Path, driver: str) -> list[str]:
     """Ids of the workloads under ``root`` whose spec names ``driver``."""
     if not root.is_dir():
         return []
-    return [d.name for d in sorted(root.iterdir()) if d.is_dir() and spec_driver(d) == driver]
+    return [
+        d.name
+        for d in sorted(root.iterdir())
+        if not d.name.startswith(".") and d.is_dir() and spec_driver(d) == driver
+    ]
 
 
 def unwatched_exit(console: Path, rec: RunRecord) -> tuple[WorkloadState, str]:
@@ -369,14 +440,19 @@ async def prepare(
 ) -> None:
     """The workload's directory: spec, overlay, seed; nothing is left if one fails."""
     await asyncio.to_thread(wdir.mkdir, parents=True)  # fails if it exists: never rmtree that
+    failpoint(FP + "create.after_mkdir")
     try:
-        await asyncio.to_thread((wdir / SPEC_NAME).write_bytes, dumps(spec))
         if spec.image:
             await create_overlay(
                 Path(spec.image), base_fmt, wdir / OVERLAY_NAME, spec.disk, timeout_s
             )
+            failpoint(FP + "create.after_overlay")
         if wants_seed(spec):
             await create_seed(wdir, wid, spec, timeout_s)
+        # spec.json last: its presence says the directory is complete. One without it
+        # is a create cut short, which the next create removes and does again.
+        await asyncio.to_thread(write_durably, wdir / SPEC_NAME, dumps(spec))
+        failpoint(FP + "create.after_spec")
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, wdir, True)
         raise
@@ -395,7 +471,11 @@ async def launch(
         if plan.tap and plan.bridge:
             await tap_up(plan.tap, plan.bridge, tool_timeout_s)
         err = wdir / LAUNCH_ERR_NAME
+        intent = {"at": time.time(), "accel": plan.accel, "machine": plan.machine}
+        write_json(wdir / INTENT_NAME, intent | {"tap": plan.tap})
+        failpoint(FP + "start.after_intent")
         await run_daemonizing(argv(plan), f"QEMU refused workload {wdir.name}", err, timeout_s)
+        failpoint(FP + "start.after_launch")
         pid = int(plan.pidfile.read_text().strip())
     except (DriverError, OSError, ValueError) as exc:
         if plan.tap:
@@ -415,4 +495,5 @@ async def launch(
         tap=plan.tap,
     )
     rec.save(wdir / RUN_NAME)
+    failpoint(FP + "start.after_record")
     return rec
