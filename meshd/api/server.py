@@ -51,6 +51,7 @@ from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
+from meshd.shell import ca_custody
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
 from meshd.shell.revocation_sync import REVOCATION_KIND, REVOCATIONS_PATH
@@ -93,8 +94,12 @@ NODE_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", ca_custody.PROMOTE_PATH),
     }
 )
+# Handing out the CA key: the local operator or an admin certificate, never a node
+# (any member could otherwise ask a holder to promote it).
+OPERATOR_ROUTES = frozenset({("POST", "/v1/ca/promote"), ("POST", "/v1/ca/reload")})
 # The mark a node puts on a request it relays to a workload's owner. A node that gets
 # a marked request and is not the owner answers at once instead of relaying it again,
 # so two nodes that briefly disagree on the owner can't bounce it between them. Only a
@@ -162,6 +167,9 @@ class Api:
         app.router.add_get("/v1/auctions/{round}", self.auctions_show)
         app.router.add_get("/v1/enrol/ca", self.enrol_ca)
         app.router.add_post("/v1/enrol", self.enrol)
+        app.router.add_post("/v1/ca/promote", self.ca_promote)
+        app.router.add_post("/v1/ca/reload", self.ca_reload)
+        app.router.add_post(ca_custody.PROMOTE_PATH, self.mesh_ca)
         return app
 
     # -- middlewares -----------------------------------------------------------------
@@ -228,6 +236,9 @@ class Api:
         if (request.method, request.path) in NODE_ROUTES and info.role != "node":
             self.refused.inc(reason="role")
             return error(403, f"only mesh nodes may call {request.path}")
+        if (request.method, request.path) in OPERATOR_ROUTES and info.role != "admin":
+            self.refused.inc(reason="role")
+            return error(403, f"only the local operator or an admin may call {request.path}")
         request["peer"] = Peer(info.name, info.role, local=False)
         request["peer_cert"] = der
         return await handler(request)
@@ -287,12 +298,16 @@ class Api:
         seeds = body.get("seeds") or [self.node.address]
         if not isinstance(ttl, int | float) or not isinstance(seeds, list):
             raise ConfigError("ttl_s must be a number of seconds and seeds a list of HOST:PORT")
+        replace = body.get("replace")
+        if replace is not None and not isinstance(replace, str):
+            raise BadRequest("replace must be the name of a removed node")
         tok, text = authority.issue_token(
             self.node.store,
             self.node.ident,
             tuple(str(s) for s in seeds),
             float(ttl),
             self.node.clock(),
+            replace,
         )
         return web.json_response(
             {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
@@ -498,6 +513,50 @@ class Api:
             raise
         self.enrolments.inc(result="ok")
         return web.json_response(answer)
+
+    # -- CA custody (meshd ca promote / restore) ----------------------------------------
+
+    async def ca_promote(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        name = body.get("node")
+        if not isinstance(name, str):
+            raise BadRequest("a promotion needs node: the name of the member to promote")
+        mesh = self.node.mesh
+        doc = await ca_custody.promote(
+            self.node.ident,
+            self.node.store,
+            self.node.revocations,
+            mesh.address_of if mesh is not None else (lambda _name: None),
+            name,
+            self.node.clock(),
+            self.node.cfg.security.enrol_timeout_s,
+        )
+        return web.json_response(doc)
+
+    async def mesh_ca(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        peer = request["peer"]
+        try:
+            ident, answer = ca_custody.receive(
+                self.node.cfg.data_dir,
+                self.node.ident,
+                self.node.store,
+                body,
+                peer.name,
+                self.node.clock(),
+                self.node.cfg.security.max_clock_skew_s,
+            )
+        except IdentityError as exc:
+            logger.warning("refused a CA promotion from=%s reason=%s", peer.name, exc)
+            raise
+        self.node.ident = ident
+        return web.json_response(answer)
+
+    async def ca_reload(self, request: web.Request) -> web.Response:
+        self.node.ident = ca_custody.reload(
+            self.node.cfg.data_dir, self.node.ident, self.node.clock()
+        )
+        return web.json_response({"ca_holder": self.node.ident.is_ca_holder})
 
 
 async def stream_file(request: web.Request, path: Path, follow: bool) -> web.StreamResponse:
