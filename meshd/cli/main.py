@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="this node's name (a DNS label)")
     p.add_argument("--domain", help="the mesh domain, e.g. lab.example (founding)")
     p.add_argument("--listen", metavar="HOST:PORT", help="mesh address to record for `run`")
-    p.add_argument("--join", metavar="TOKEN", help="join the mesh that issued TOKEN")
+    p.add_argument(
+        "--join",
+        metavar="TOKEN",
+        help="join the mesh that issued TOKEN; if it fails, run the same command again: "
+        "the key kept in identity/join.key is reused, so a join the seed accepted completes",
+    )
     p.set_defaults(func=commands.cmd_init)
 
     p = sub.add_parser("token", help="join tokens")
