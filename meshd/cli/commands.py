@@ -237,8 +237,10 @@ def cmd_ca_restore(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"can't read --from {args.source}: {exc.strerror}") from exc
     ca_key = custody.open_backup(blob, _passphrase(args, confirm=False), ident.ca_cert)
-    if ident.ca_key is None:
-        files.save_ca_key(cfg.data_dir, ident, ca_key)
+    if ident.ca_key is not None:  # a holder checking its backup: nothing to write
+        output.emit_text(f"{args.source} opens and holds this mesh's CA key; nothing changed")
+        return 0
+    files.save_ca_key(cfg.data_dir, ident, ca_key)
     c = client(args)
     if c.is_running():
         c.request("POST", "/v1/ca/reload")

@@ -132,6 +132,8 @@ def test_backup_and_restore_bring_enrolment_back_when_every_holder_died(
     alpha.cli("ca", "backup", "--out", backup, "--passphrase-file", secret, check=True)
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert b"PRIVATE KEY" not in backup.read_bytes()
+    checked = alpha.cli("ca", "restore", "--from", backup, "--passphrase-file", secret, check=True)
+    assert "nothing changed" in checked.stdout
     refused(alpha.cli("ca", "backup", "--out", backup, "--passphrase-file", secret), "exists")
 
     # Every holder is gone: alpha's disk died with it.
