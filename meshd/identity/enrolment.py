@@ -120,6 +120,11 @@ def serve(
             _claim(store, tok, now, name, retry=True)
         else:
             _check_name_free(existing, name, tok)
+            if existing is not None and _same_key(existing, public_key):
+                raise EnrolmentError(
+                    f"this key belonged to the removed node {name!r} and stays revoked; "
+                    "the replacement must make a new key (a fresh data directory)"
+                )
             cert = pki.issue(
                 ident.ca_key, ident.ca_cert, public_key, name, "node", now, cfg.cert_validity_days
             )

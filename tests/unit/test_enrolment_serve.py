@@ -101,6 +101,8 @@ def test_a_removed_name_is_reused_only_with_a_replace_token(seed) -> None:  # ty
     replace = _token(store, ident, replace="beta")
     with pytest.raises(EnrolmentError, match="only enrol a replacement named 'beta'"):
         _serve(store, ident, replace, pki.new_key(), "delta")
+    with pytest.raises(EnrolmentError, match="stays revoked"):
+        _serve(store, ident, replace, old_key, "beta")
     new_key = pki.new_key()
     new = _serve(store, ident, replace, new_key, "beta")
     assert new["cert"] != old["cert"]
