@@ -216,6 +216,11 @@ def document() -> dict[str, Any]:
                                     "properties": {
                                         "ttl_s": {"type": "number"},
                                         "seeds": {"type": "array", "items": {"type": "string"}},
+                                        "replace": {
+                                            "type": "string",
+                                            "description": "a removed node's name the "
+                                            "token lets a new node take",
+                                        },
                                     },
                                 }
                             }
@@ -495,6 +500,38 @@ def document() -> dict[str, Any]:
                         "403": _ok("token refused", _ERROR),
                         "409": _ok("name taken or request refused", _ERROR),
                     },
+                }
+            },
+            "/v1/ca/promote": {
+                "post": {
+                    "summary": "Make another member a CA holder (local operator or admin)",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["node"],
+                                    "properties": {"node": {"type": "string"}},
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _ok("node, node_id, by, promoted_at", json_obj),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/ca/reload": {
+                "post": {
+                    "summary": "Load a CA key restored on disk (local operator or admin)",
+                    "responses": {"200": _ok("ca_holder", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/mesh/ca": {
+                "post": {
+                    "summary": "Receive the CA key from a CA holder (mesh nodes only)",
+                    "responses": {"200": _ok("node, node_id, ack", json_obj), **_ERRORS},
                 }
             },
         },

@@ -52,6 +52,7 @@ from meshd.identity import authority, enrolment, pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
+from meshd.shell import ca_custody
 from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
@@ -105,6 +106,22 @@ NODE_ROUTES = frozenset(
         ("POST", REVOCATIONS_PATH),
         ("POST", KEYS_PATH),
         ("GET", KEYS_PATH),
+        ("POST", ca_custody.PROMOTE_PATH),
+    }
+)
+# Handing out the CA key: the local operator or an admin certificate, never a node
+# (any member could otherwise ask a holder to promote it).
+OPERATOR_ROUTES = frozenset({("POST", "/v1/ca/promote"), ("POST", "/v1/ca/reload")})
+# What a member's `node` certificate may not do on another node: a node's certificate
+# is for the mesh's own traffic (mesh routes, reads, workload calls relayed to their
+# owner), not for an operator's acts, so a compromised member can't remove nodes, mint
+# join tokens or publish services in another node's name.
+NOT_FOR_NODES = frozenset(
+    {
+        ("DELETE", "/v1/roster/{name}"),
+        ("POST", "/v1/tokens"),
+        ("POST", "/v1/services"),
+        ("DELETE", "/v1/services/{name}"),
     }
 )
 # The mark a node puts on a request it relays to a workload's owner. A node that gets
@@ -178,6 +195,9 @@ class Api:
         app.router.add_get("/v1/auctions/{round}", self.auctions_show)
         app.router.add_get("/v1/enrol/ca", self.enrol_ca)
         app.router.add_post("/v1/enrol", self.enrol)
+        app.router.add_post("/v1/ca/promote", self.ca_promote)
+        app.router.add_post("/v1/ca/reload", self.ca_reload)
+        app.router.add_post(ca_custody.PROMOTE_PATH, self.mesh_ca)
         return app
 
     # -- middlewares -----------------------------------------------------------------
@@ -262,6 +282,18 @@ class Api:
         if (request.method, request.path) in NODE_ROUTES and info.role != "node":
             self.refused.inc(reason="role")
             return error(403, f"only mesh nodes may call {request.path}")
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else request.path
+        if info.role == "node" and (request.method, template) in NOT_FOR_NODES:
+            self.refused.inc(reason="role")
+            return error(
+                403,
+                f"a node certificate may not call {request.method} {template}; "
+                "use the node's local socket or an admin certificate",
+            )
+        if (request.method, request.path) in OPERATOR_ROUTES and info.role != "admin":
+            self.refused.inc(reason="role")
+            return error(403, f"only the local operator or an admin may call {request.path}")
         request["peer"] = Peer(info.name, info.role, local=False)
         request["peer_cert"] = der
         return await handler(request)
@@ -333,12 +365,16 @@ class Api:
         seeds = body.get("seeds") or [self.node.address]
         if not isinstance(ttl, int | float) or not isinstance(seeds, list):
             raise ConfigError("ttl_s must be a number of seconds and seeds a list of HOST:PORT")
+        replace = body.get("replace")
+        if replace is not None and not isinstance(replace, str):
+            raise BadRequest("replace must be the name of a removed node")
         tok, text = authority.issue_token(
             self.node.store,
             self.node.ident,
             tuple(str(s) for s in seeds),
             float(ttl),
             self.node.clock(),
+            replace,
         )
         return web.json_response(
             {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
@@ -556,6 +592,50 @@ class Api:
             raise
         self.enrolments.inc(result="ok")
         return web.json_response(answer)
+
+    # -- CA custody (meshd ca promote / restore) ----------------------------------------
+
+    async def ca_promote(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        name = body.get("node")
+        if not isinstance(name, str):
+            raise BadRequest("a promotion needs node: the name of the member to promote")
+        mesh = self.node.mesh
+        doc = await ca_custody.promote(
+            self.node.ident,
+            self.node.store,
+            self.node.revocations,
+            mesh.address_of if mesh is not None else (lambda _name: None),
+            name,
+            self.node.clock(),
+            self.node.cfg.security.enrol_timeout_s,
+        )
+        return web.json_response(doc)
+
+    async def mesh_ca(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        peer = request["peer"]
+        try:
+            ident, answer = ca_custody.receive(
+                self.node.cfg.data_dir,
+                self.node.ident,
+                self.node.store,
+                body,
+                peer.name,
+                self.node.clock(),
+                self.node.cfg.security.max_clock_skew_s,
+            )
+        except IdentityError as exc:
+            logger.warning("refused a CA promotion from=%s reason=%s", peer.name, exc)
+            raise
+        self.node.ident = ident
+        return web.json_response(answer)
+
+    async def ca_reload(self, request: web.Request) -> web.Response:
+        self.node.ident = ca_custody.reload(
+            self.node.cfg.data_dir, self.node.ident, self.node.clock()
+        )
+        return web.json_response({"ca_holder": self.node.ident.is_ca_holder})
 
 
 def _peer_cert(request: web.Request) -> bytes:

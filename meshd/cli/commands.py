@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from meshd.config import Config
 from meshd.config import files as config_files
 from meshd.core import spec
 from meshd.errors import ConfigError, IdentityError
-from meshd.identity import authority, enrolment, files, pki
+from meshd.identity import authority, custody, enrolment, files, pki
 from meshd.units import format_size, parse_duration, parse_size
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,21 @@ def cmd_init(args: argparse.Namespace) -> int:
         )
     now = time.time()
     if args.join:
+        # The key goes to disk before the CSR leaves: a join whose answer is lost can be
+        # run again and gets the same certificate (enrolment.serve, "a retry").
+        enrolment.check_join(args.join, args.name, args.domain, now)
+        key = files.join_key(ddir)
         joined = asyncio.run(
-            enrolment.join(args.join, args.name, args.domain, args.listen, cfg.security, now)
+            enrolment.join(
+                args.join,
+                args.name,
+                args.domain,
+                args.listen,
+                cfg.security,
+                now,
+                key,
+                on_refused=lambda: files.discard_join_key(ddir),
+            )
         )
         ident, members, seeds = joined.identity, joined.members, joined.seeds
     else:
@@ -158,13 +172,82 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     ident = _ident(cfg)
     with Store.open(cfg.store_path) as store:
         seeds = tuple(args.seed) if args.seed else tuple(filter(None, [store.get_meta("address")]))
-        tok, text = authority.issue_token(store, ident, seeds, ttl, time.time())
+        tok, text = authority.issue_token(store, ident, seeds, ttl, time.time(), args.replace)
     if args.json:
         output.emit_json(
             {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
         )
     else:
         output.emit_text(text)
+    return 0
+
+
+# -- ca: promote, backup, restore -----------------------------------------------------
+
+
+def cmd_ca_promote(args: argparse.Namespace) -> int:
+    doc = client(args).request("POST", "/v1/ca/promote", {"node": args.node})
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(
+            f"{doc['node']} now holds the CA key: it can create tokens and remove nodes"
+        )
+    return 0
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool) -> bytes:
+    if args.passphrase_file:
+        try:
+            text = Path(args.passphrase_file).read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"can't read --passphrase-file {args.passphrase_file}: {exc.strerror}"
+            ) from exc
+        return text.rstrip("\n").encode()
+    if not sys.stdin.isatty():
+        raise ConfigError("no terminal to ask for the passphrase; pass --passphrase-file FILE")
+    first = getpass.getpass("passphrase: ")
+    if confirm and getpass.getpass("passphrase again: ") != first:
+        raise ConfigError("the two passphrases differ")
+    return first.encode()
+
+
+def cmd_ca_backup(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    ident = _ident(cfg)
+    ca_key = authority.require_ca_key(ident, "back up the CA key")
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; refusing to overwrite a backup")
+    blob = custody.seal_backup(ca_key, ident.ca_cert, _passphrase(args, confirm=True))
+    files.write_private(out, blob)
+    output.emit_text(
+        f"wrote {out} (the CA key of {ident.domain}, sealed with the passphrase); "
+        "keep it offline, apart from the passphrase"
+    )
+    return 0
+
+
+def cmd_ca_restore(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    ident = _ident(cfg)
+    try:
+        blob = Path(args.source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"can't read --from {args.source}: {exc.strerror}") from exc
+    ca_key = custody.open_backup(blob, _passphrase(args, confirm=False), ident.ca_cert)
+    if ident.ca_key is not None:  # a holder checking its backup: nothing to write
+        output.emit_text(f"{args.source} opens and holds this mesh's CA key; nothing changed")
+        return 0
+    files.save_ca_key(cfg.data_dir, ident, ca_key)
+    c = client(args)
+    if c.is_running():
+        c.request("POST", "/v1/ca/reload")
+    output.emit_text(
+        f"{ident.name} now holds the CA key of {ident.domain}: it can create tokens and "
+        "remove nodes"
+    )
     return 0
 
 

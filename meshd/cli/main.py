@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="this node's name (a DNS label)")
     p.add_argument("--domain", help="the mesh domain, e.g. lab.example (founding)")
     p.add_argument("--listen", metavar="HOST:PORT", help="mesh address to record for `run`")
-    p.add_argument("--join", metavar="TOKEN", help="join the mesh that issued TOKEN")
+    p.add_argument(
+        "--join",
+        metavar="TOKEN",
+        help="join the mesh that issued TOKEN; if it fails, run the same command again: "
+        "the key kept in identity/join.key is reused, so a join the seed accepted completes",
+    )
     p.set_defaults(func=commands.cmd_init)
 
     p = sub.add_parser("token", help="join tokens")
@@ -93,7 +98,52 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--seed", action="append", metavar="HOST:PORT", help="seed address(es) to put in the token"
     )
+    t.add_argument(
+        "--replace",
+        metavar="NAME",
+        help="let a new node take NAME, which a removed node had (a replaced blade); "
+        "the old certificate stays revoked",
+    )
     t.set_defaults(func=commands.cmd_token_create)
+
+    p = sub.add_parser("ca", help="the mesh CA key: more holders, an offline backup, a restore")
+    casub = p.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
+    c = casub.add_parser(
+        "promote",
+        help="make another node a CA holder (enrolment and revocation survive the founder)",
+        description="Run on a CA holder: sends the CA key to the member NODE over mutual "
+        "TLS, sealed to NODE's own key and with a promotion signed by the CA key; NODE "
+        "stores it (identity/ca.key, 0600) and can then create tokens and remove nodes.",
+    )
+    _common(c, json_flag=True)
+    c.add_argument("node", help="a current, unrevoked member")
+    c.set_defaults(func=commands.cmd_ca_promote)
+    c = casub.add_parser(
+        "backup",
+        help="write the CA key, encrypted with a passphrase, to FILE (CA holders)",
+        description="Seal the CA key with a passphrase (Argon2id + XSalsa20-Poly1305) "
+        "into FILE (0600). Keep FILE offline and the passphrase apart from it: with "
+        "both, anyone can enrol and remove nodes. Needs no running daemon.",
+    )
+    _common(c)
+    c.add_argument("--out", required=True, metavar="FILE", help="where to write the backup")
+    c.add_argument(
+        "--passphrase-file", metavar="FILE", help="read the passphrase from FILE (else prompt)"
+    )
+    c.set_defaults(func=commands.cmd_ca_backup)
+    c = casub.add_parser(
+        "restore",
+        help="make this member a CA holder again from a backup (every holder lost)",
+        description="Open a backup made by `meshd ca backup` and write the CA key to this "
+        "member's identity/ca.key (0600); a running daemon picks it up at once. The "
+        "backup must be of this mesh's CA.",
+    )
+    _common(c)
+    c.add_argument("--from", dest="source", required=True, metavar="FILE", help="the backup file")
+    c.add_argument(
+        "--passphrase-file", metavar="FILE", help="read the passphrase from FILE (else prompt)"
+    )
+    c.set_defaults(func=commands.cmd_ca_restore)
 
     p = sub.add_parser("node", help="the mesh's roster")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)

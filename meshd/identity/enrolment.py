@@ -11,7 +11,13 @@ Joining (DESIGN.md §3), in the style of kubeadm's token discovery:
    the joiner to its roster in one durable transaction, and answers with the signed
    certificate, the CA certificate, the mesh secret and its roster.
 4. The joiner checks the certificate (issued by the pinned CA, for its own key and
-   name) before writing anything to disk.
+   name) before writing its identity to disk.
+
+The joiner keeps its key on disk (``identity/join.key``) before the CSR leaves. If it
+dies after the seed signed it in but before it stored the answer, the same command
+run again sends the same key, and the seed answers again with the same certificate
+instead of refusing the used token and the taken name. A different key is still
+refused (see :func:`serve`).
 
 The private key never leaves the joiner; the token travels only to a server that
 proved it holds a certificate from the pinned CA.
@@ -23,15 +29,17 @@ import base64
 import binascii
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshd.adapters import tls
-from meshd.adapters.store import claim_token, roster
+from meshd.adapters.store import claim_token, roster, token_used_by
 from meshd.adapters.store.db import Store
 from meshd.config import SecurityConfig
 from meshd.core.envelope import SECRET_BYTES
@@ -78,7 +86,18 @@ def serve(
     address: str | None,
     now: float,
 ) -> dict[str, Any]:
-    """Check a join request and, if it is good, sign the joiner in. Raises on refusal."""
+    """Check a join request and, if it is good, sign the joiner in. Raises on refusal.
+
+    Three cases beyond a plain first join:
+
+    * **a retry**: the name is in the roster with the very key of this CSR (the joiner
+      died before it stored our answer). The holder of that key *is* that node, so it
+      gets the same certificate again, with the token it used or with a new one.
+    * **a replacement**: the name belonged to a removed node and the token was made
+      with ``--replace NAME``; the new node takes the name, the old certificate stays
+      revoked (its serial and key remain in the revocation list).
+    * otherwise a taken name is refused, saying how to replace it.
+    """
     if ident.ca_key is None:
         raise EnrolmentError(
             f"node {ident.name} does not hold the mesh CA key and can't enrol nodes; "
@@ -90,31 +109,36 @@ def serve(
     except (ValueError, x509.InvalidVersion) as exc:
         raise EnrolmentError("the certificate request is not a PEM CSR") from exc
     name, public_key = pki.csr_name(csr)
-    cert = pki.issue(
-        ident.ca_key, ident.ca_cert, public_key, name, "node", now, cfg.cert_validity_days
-    )
-    joiner = member_of(cert, address, now)
     with store.transaction(durable=True):
         existing = roster.get(store, name)
-        if existing is not None and existing.removed_at is None:
-            raise EnrolmentError(
-                f"a node named {name!r} is already in this mesh; choose another name "
-                f"or remove the old one first (meshd node remove {name})"
+        again = (
+            existing is not None and existing.removed_at is None and _same_key(existing, public_key)
+        )
+        if again:
+            assert existing is not None
+            cert = pki.load_cert_pem(existing.cert_pem.encode(), f"{name}'s roster certificate")
+            _claim(store, tok, now, name, retry=True)
+        else:
+            _check_name_free(existing, name, tok)
+            if existing is not None and _same_key(existing, public_key):
+                raise EnrolmentError(
+                    f"this key belonged to the removed node {name!r} and stays revoked; "
+                    "the replacement must make a new key (a fresh data directory)"
+                )
+            cert = pki.issue(
+                ident.ca_key, ident.ca_cert, public_key, name, "node", now, cfg.cert_validity_days
             )
-        if existing is not None:
-            raise EnrolmentError(
-                f"the name {name!r} belonged to a removed node and can't be reused"
-            )
-        status = claim_token(store, tok.id, now, name)
-        if status == "unknown":
-            raise TokenError("this join token was not issued by this seed")
-        if status == "used":
-            raise TokenError("this join token was already used; ask for a new one")
-        if status == "expired":
-            raise TokenError("join token has expired; ask for a new one with `meshd token create`")
-        roster.upsert(store, joiner)
-    store.append_event(now, "node.enrolled", name, {"node_id": joiner.node_id})
-    logger.info("node enrolled name=%s node_id=%s token=%s", name, joiner.node_id, tok.id[:8])
+            _claim(store, tok, now, name, retry=False)
+            # Under a removed name, the new key takes the row (see roster.upsert).
+            roster.upsert(store, member_of(cert, address, now))
+    if again:
+        store.append_event(now, "node.enrol_retried", name, {"token": tok.id[:8]})
+        logger.info("enrolment answered again name=%s token=%s", name, tok.id[:8])
+    else:
+        info = pki.describe(cert)
+        event = "node.replaced" if existing is not None else "node.enrolled"
+        store.append_event(now, event, name, {"node_id": info.node_id})
+        logger.info("node enrolled name=%s node_id=%s token=%s", name, info.node_id, tok.id[:8])
     return {
         "cert": pki.cert_pem(cert).decode(),
         "ca_cert": pki.cert_pem(ident.ca_cert).decode(),
@@ -122,6 +146,48 @@ def serve(
         "domain": ident.domain,
         "roster": [{"cert": m.cert_pem, "address": m.address} for m in roster.members(store)],
     }
+
+
+def _same_key(member: roster.Member, public_key: Any) -> bool:
+    try:
+        cert = pki.load_cert_pem(member.cert_pem.encode(), f"{member.name}'s roster certificate")
+    except IdentityError:
+        return False
+    return pki.public_raw(cert.public_key()) == pki.public_raw(public_key)  # type: ignore[arg-type]
+
+
+def _check_name_free(existing: roster.Member | None, name: str, tok: token.JoinToken) -> None:
+    if existing is not None and existing.removed_at is None:
+        raise EnrolmentError(
+            f"a node named {name!r} is already in this mesh; choose another name, or remove "
+            f"the old one (meshd node remove {name}) and enrol the new one with a token from "
+            f"`meshd token create --replace {name}`"
+        )
+    if existing is not None and tok.replace != name:
+        raise EnrolmentError(
+            f"the name {name!r} belonged to a removed node; to enrol a replacement under "
+            f"that name, use a token from `meshd token create --replace {name}` on a CA holder"
+        )
+    if tok.replace is not None and tok.replace != name:
+        raise EnrolmentError(
+            f"this token may only enrol a replacement named {tok.replace!r}, not {name!r}"
+        )
+
+
+def _claim(store: Store, tok: token.JoinToken, now: float, name: str, retry: bool) -> None:
+    """Claim the token for ``name``; a retry may present the token it already used."""
+    status = claim_token(store, tok.id, now, name)
+    if status == "used" and retry and token_used_by(store, tok.id) == name:
+        return
+    if status == "unknown":
+        raise TokenError(
+            "this join token was not issued by this seed (a token is redeemed only at the "
+            "CA holder that created it)"
+        )
+    if status == "used":
+        raise TokenError("this join token was already used; ask for a new one")
+    if status == "expired":
+        raise TokenError("join token has expired; ask for a new one with `meshd token create`")
 
 
 # -- the joiner's side ---------------------------------------------------------------
@@ -198,20 +264,22 @@ async def join(
     address: str | None,
     cfg: SecurityConfig,
     now: float,
+    key: Ed25519PrivateKey | None = None,
+    on_refused: Callable[[], None] | None = None,
 ) -> Joined:
-    """Enrol through the token's seeds, trying each in turn; nothing is written to disk."""
-    pki.check_name(name)
-    tok = token.parse(token_text)
-    if domain is not None and domain != tok.domain:
-        raise TokenError(f"this token is for mesh {tok.domain}, not {domain}")
-    if now >= tok.expires_at:
-        raise TokenError("join token has expired; ask for a new one with `meshd token create`")
+    """Enrol through the token's seeds, trying each in turn; nothing is written to disk.
+
+    ``key`` is the joiner's key, kept on disk by the caller before this is called
+    (``files.join_key``), so that a join whose answer was lost can be asked again;
+    ``on_refused`` runs when a seed answered with a refusal (the key is of no more use).
+    """
+    tok = check_join(token_text, name, domain, now)
     if address is not None:
         host, port = parse_hostport(address, "listen")
         # Only an address peers can dial is worth telling the seed; the real one is
         # learnt once the node runs (port 0 and wildcards are resolved at bind time).
         address = None if port == 0 or host in ("0.0.0.0", "::") else address  # noqa: S104
-    key = pki.new_key()
+    key = key or pki.new_key()
     csr = pki.make_csr(key, name, tok.domain)
     req = {
         "token": token_text,
@@ -224,7 +292,12 @@ async def join(
         for seed in tok.seeds:
             try:
                 ca = await _fetch_ca(session, seed, tok.ca_fingerprint)
-                answer = await _post(session, seed, ca, req)
+                try:
+                    answer = await _post(session, seed, ca, req)
+                except IdentityError:
+                    if on_refused is not None:
+                        on_refused()
+                    raise
                 ident, members = _accept(answer, key, name, ca, now)
                 return Joined(ident, members, tok.seeds)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -232,5 +305,17 @@ async def join(
                 logger.warning("seed unreachable seed=%s error=%s", seed, exc)
     raise EnrolmentError(
         "could not reach any seed in the token (" + "; ".join(errors) + "); "
-        "check that the seed's meshd is running and reachable"
+        "check that the seed's meshd is running and reachable, then run the same command "
+        "again (it reuses this joiner's key, so a join the seed already accepted completes)"
     )
+
+
+def check_join(token_text: str, name: str, domain: str | None, now: float) -> token.JoinToken:
+    """What a joiner can check alone, before it makes a key or contacts anyone."""
+    pki.check_name(name)
+    tok = token.parse(token_text)
+    if domain is not None and domain != tok.domain:
+        raise TokenError(f"this token is for mesh {tok.domain}, not {domain}")
+    if now >= tok.expires_at:
+        raise TokenError("join token has expired; ask for a new one with `meshd token create`")
+    return tok

@@ -7,6 +7,9 @@ Layout (private files 0600, the directory 0700)::
     identity/ca.crt        the mesh CA certificate
     identity/ca.key        the mesh CA key, only on CA holders (0600)
     identity/mesh.secret   32 random bytes sealing every datagram (0600)
+    identity/join.key      a joiner's key while it enrols (0600): kept before the CSR
+                           is sent so a failed join can be retried with the same key;
+                           becomes node.key once the identity is saved
 
 Files are written to a temporary name with their final mode and renamed into place,
 so a crash never leaves a half-written key and a key is never briefly world-readable.
@@ -14,8 +17,9 @@ so a crash never leaves a half-written key and a key is never briefly world-read
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -30,6 +34,7 @@ NODE_CERT = "node.crt"
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 MESH_SECRET = "mesh.secret"  # noqa: S105 - a file name, not a secret
+JOIN_KEY = "join.key"
 
 
 def identity_dir(data_dir: Path) -> Path:
@@ -108,6 +113,40 @@ def save(data_dir: Path, ident: NodeIdentity) -> None:
     write_private(d / NODE_KEY, pki.key_pem(ident.key))
     # The certificate last: its presence marks a complete identity.
     write_private(d / NODE_CERT, pki.cert_pem(ident.cert), 0o644)
+    (d / JOIN_KEY).unlink(missing_ok=True)
+
+
+def join_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The key this joiner enrols with: the one kept by an earlier attempt, else a new one.
+
+    Written to disk before the CSR leaves, so a joiner that dies after the seed signed
+    it in can ask again with the same key and get the same certificate back.
+    """
+    ensure_private_dir(data_dir)
+    d = identity_dir(data_dir)
+    ensure_private_dir(d)
+    path = d / JOIN_KEY
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise IdentityError(f"{path} is readable by others; run `chmod 600 {path}`")
+        return pki.load_key_pem(_read(path, "join key"), str(path))
+    key = pki.new_key()
+    write_private(path, pki.key_pem(key))
+    return key
+
+
+def discard_join_key(data_dir: Path) -> None:
+    """A seed refused the join: forget the key, and the identity dir if nothing else is in it."""
+    d = identity_dir(data_dir)
+    (d / JOIN_KEY).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        d.rmdir()  # only if empty
+
+
+def save_ca_key(data_dir: Path, ident: NodeIdentity, ca_key: Ed25519PrivateKey) -> NodeIdentity:
+    """Make this node a CA holder: write ``ca.key`` (0600); return the updated identity."""
+    write_private(identity_dir(data_dir) / CA_KEY, pki.key_pem(ca_key))
+    return replace(ident, ca_key=ca_key)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -7,6 +7,11 @@ The payload is canonical JSON::
      "seeds": ["10.0.0.1:7420"], "iat": <issued, unix s>, "exp": <expiry, unix s>,
      "by": <issuing node>}
 
+and, on a token made with ``meshd token create --replace NAME``, ``"replace": NAME``:
+the CA's word that NAME, which a removed node had, may be enrolled again (the old
+certificate stays revoked). Seeds that predate the field ignore it and refuse the
+name, which is the safe side.
+
 The joiner can read the payload without any key: it learns the seed to contact and
 the CA fingerprint to pin TLS to. The seed checks everything: the signature by the
 mesh CA (forgery), the CA fingerprint and domain (a token for another mesh), the
@@ -44,6 +49,7 @@ class JoinToken:
     issued_at: float
     expires_at: float
     issued_by: str
+    replace: str | None = None
 
 
 def _b64e(data: bytes) -> str:
@@ -61,12 +67,15 @@ def create(
     now: float,
     ttl_s: float,
     issued_by: str,
+    replace: str | None = None,
 ) -> tuple[JoinToken, str]:
     """Make and sign a token; the caller records its id in the store before handing it out."""
     if ttl_s <= 0:
         raise TokenError("a token's time to live must be positive")
     if not seeds:
         raise TokenError("a token needs at least one seed address")
+    if replace is not None:
+        pki.check_name(replace)
     tok = JoinToken(
         id=os.urandom(16).hex(),
         domain=pki.ca_domain(ca_cert),
@@ -75,21 +84,21 @@ def create(
         issued_at=now,
         expires_at=now + ttl_s,
         issued_by=issued_by,
+        replace=replace,
     )
-    payload = json.dumps(
-        {
-            "v": 1,
-            "id": tok.id,
-            "domain": tok.domain,
-            "ca": tok.ca_fingerprint,
-            "seeds": list(tok.seeds),
-            "iat": round(tok.issued_at, 3),
-            "exp": round(tok.expires_at, 3),
-            "by": tok.issued_by,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
+    fields: dict[str, object] = {
+        "v": 1,
+        "id": tok.id,
+        "domain": tok.domain,
+        "ca": tok.ca_fingerprint,
+        "seeds": list(tok.seeds),
+        "iat": round(tok.issued_at, 3),
+        "exp": round(tok.expires_at, 3),
+        "by": tok.issued_by,
+    }
+    if replace is not None:
+        fields["replace"] = replace
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     sig = ca_key.sign(_SIGN_PREFIX + payload)
     return tok, f"{PREFIX}.{_b64e(payload)}.{_b64e(sig)}"
 
@@ -121,6 +130,7 @@ def parse(text: str) -> JoinToken:
             issued_at=float(raw["iat"]),
             expires_at=float(raw["exp"]),
             issued_by=str(raw["by"]),
+            replace=None if raw.get("replace") is None else str(raw["replace"]),
         )
     except TokenError:
         raise
@@ -128,6 +138,8 @@ def parse(text: str) -> JoinToken:
         raise TokenError("malformed join token: bad payload") from exc
     if not _ID_RE.match(tok.id) or not _FP_RE.match(tok.ca_fingerprint) or not tok.seeds:
         raise TokenError("malformed join token: bad id, fingerprint or seeds")
+    if tok.replace is not None and not pki.NAME_RE.match(tok.replace):
+        raise TokenError("malformed join token: bad name to replace")
     return tok
 
 

@@ -27,6 +27,8 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from meshd.adapters.store import mesh_keys as stored_keys
 from meshd.adapters.store import revocations as stored_revocations
 from meshd.adapters.transport import Addr
@@ -68,8 +70,12 @@ class KeySync:
         member_addrs: Callable[[], Iterable[Addr]],
         apply_revocation: Callable[[bytes, str], None],
         spawn: Callable[[Awaitable[None]], object],
+        ca_key: Callable[[], Ed25519PrivateKey | None],
     ) -> None:
         self.ctx = ctx
+        # The CA key as held now: a node promoted (or restored) while running holds it
+        # from then on (``meshd ca promote``, ``meshd ca restore``).
+        self._ca_key = ca_key
         self.ring = ring
         self._post = post
         self._get = get
@@ -97,14 +103,14 @@ class KeySync:
 
     def rotation_owed(self) -> bool:
         """A removal is newer than the newest key, and this node can make the next one."""
-        if self.ctx.ident.ca_key is None:
+        if self._ca_key() is None:
             return False
         newest_removal = max((r.revoked_at for r in self.ctx.revocations), default=None)
         return newest_removal is not None and newest_removal >= self._made_at
 
     def rotate(self, reason: str) -> MeshKey:
         """Make, store and install the next key; push it to every member (CA holder)."""
-        ca_key = self.ctx.ident.ca_key
+        ca_key = self._ca_key()
         if ca_key is None:
             raise IdentityError("only a CA holder can rotate the mesh key")
         now = self.ctx.clock()

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from meshd.adapters.dht import MeshDHT
 from meshd.adapters.mdns import MdnsDiscovery
 from meshd.adapters.store import roster
@@ -61,7 +63,11 @@ BroadcastHandler = Callable[[bytes, str], None]
 
 
 class Mesh:
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        ca_key: Callable[[], Ed25519PrivateKey | None] | None = None,
+    ) -> None:
         self.ctx = ctx
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gate = Gate(ctx, self._spawn)
@@ -82,6 +88,7 @@ class Mesh:
             self._member_addrs,
             self.revocations.receive,
             self._spawn,
+            ca_key or (lambda: ctx.ident.ca_key),
         )
         self.keys.load()
         self.mux.on_unknown_key = self.keys.fetch_soon

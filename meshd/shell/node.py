@@ -251,7 +251,7 @@ class Node:
 
     async def _start(self) -> None:
         listen_host, listen_port = parse_hostport(self.cfg.listen, "listen")
-        self.mesh = Mesh(self.ctx)
+        self.mesh = Mesh(self.ctx, lambda: self.ident.ca_key)
         tcp = await self._bind_mesh_port(listen_host, listen_port)
         port = tcp.getsockname()[1]
         self.listen = format_hostport(listen_host, port)

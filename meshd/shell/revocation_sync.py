@@ -68,10 +68,10 @@ class RevocationSync:
             return
         if self.ctx.revocations.add(rev):
             stored_revocations.add(self.ctx.store, rev, payload)
-            roster.mark_removed(self.ctx.store, rev.name, rev.revoked_at)
+            roster.mark_removed(self.ctx.store, rev.name, rev.revoked_at, rev.node_id)
             logger.info("node removed by the CA name=%s serial=%s", rev.name, rev.serial)
             self._on_removed(rev.node_id)
-            if rev.name == self.ctx.ident.name:
+            if rev.node_id == self.ctx.ident.node_id:  # by key: a replacement reuses the name
                 # Every member now drops what we send; say so loudly and go quiet.
                 logger.error("this node was removed from the mesh; stopping membership")
                 self._on_removed_self()

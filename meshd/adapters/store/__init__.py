@@ -8,6 +8,7 @@ from meshd.adapters.store.tokens import (
     consume_token,
     list_tokens,
     record_token,
+    token_used_by,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "consume_token",
     "list_tokens",
     "record_token",
+    "token_used_by",
 ]

@@ -38,13 +38,24 @@ _SELECT = f"SELECT {_COLUMNS} FROM roster"  # noqa: S608
 
 
 def upsert(store: Store, m: Member) -> None:
-    """Insert or refresh a member; a removal, once recorded, is never undone here."""
+    """Insert or refresh a member; a removal, once recorded, is never undone here.
+
+    A *new key* under a removed name is another node: a replacement the CA enrolled
+    with ``meshd token create --replace`` (callers pass only CA-verified, unrevoked
+    certificates). It takes the row, as a member, with its own enrolment time; the old
+    node stays refused by its revocation, which is kept apart from the roster.
+    """
     store.execute(
         f"INSERT INTO roster ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
-        "ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "enrolled_at = CASE WHEN roster.node_id = excluded.node_id "
+        "THEN roster.enrolled_at ELSE excluded.enrolled_at END, "
+        "removed_at = CASE WHEN roster.node_id = excluded.node_id "
+        "THEN COALESCE(roster.removed_at, excluded.removed_at) ELSE excluded.removed_at END, "
+        "node_id = excluded.node_id, "
         "cert_pem = excluded.cert_pem, role = excluded.role, "
-        "address = COALESCE(excluded.address, roster.address), "
-        "removed_at = COALESCE(roster.removed_at, excluded.removed_at)",
+        "address = CASE WHEN roster.node_id = excluded.node_id "
+        "THEN COALESCE(excluded.address, roster.address) ELSE excluded.address END",
         (m.name, m.node_id, m.cert_pem, m.role, m.address, m.enrolled_at, m.removed_at),
     )
 
@@ -59,9 +70,17 @@ def members(store: Store, include_removed: bool = False) -> list[Member]:
     return [Member(*r) for r in store.query(_SELECT + where + " ORDER BY name")]
 
 
-def mark_removed(store: Store, name: str, when: float) -> None:
+def mark_removed(store: Store, name: str, when: float, node_id: str | None = None) -> None:
+    """Mark ``name`` removed; with ``node_id``, only if the row is still that node's (a
+    late revocation of a replaced node must not remove its replacement)."""
+    if node_id is None:
+        store.execute(
+            "UPDATE roster SET removed_at = ? WHERE name = ? AND removed_at IS NULL", (when, name)
+        )
+        return
     store.execute(
-        "UPDATE roster SET removed_at = ? WHERE name = ? AND removed_at IS NULL", (when, name)
+        "UPDATE roster SET removed_at = ? WHERE name = ? AND node_id = ? AND removed_at IS NULL",
+        (when, name, node_id),
     )
 
 

@@ -53,6 +53,12 @@ def claim_token(store: Store, id: str, now: float, used_by: str) -> TokenStatus:
     return "used" if row[0] is not None else "expired"
 
 
+def token_used_by(store: Store, id: str) -> str | None:
+    """The name that redeemed token ``id``, or None (unknown or unused)."""
+    row = store.query_one("SELECT used_by FROM tokens WHERE id = ? AND used_at IS NOT NULL", (id,))
+    return None if row is None else str(row[0])
+
+
 def consume_token(store: Store, id: str, now: float, used_by: str) -> TokenStatus:
     """Mark the token used by ``used_by``; "ok" for exactly one caller, ever.
 
