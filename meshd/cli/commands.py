@@ -265,9 +265,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             "allocated": f"{alloc['cpus']:g} cpus, {format_size(alloc['memory'])} memory, "
             f"{format_size(alloc['disk'])} disk",
             "members alive": f"{doc['members_alive']} of {doc['roster_size']} enrolled",
+            "store": _store_line(doc.get("store")),
         }
     )
     return 0
+
+
+def _store_line(store: Any) -> str:
+    if not isinstance(store, dict) or store.get("writable", True):
+        return "writable"
+    return f"can't write, refusing work: {store.get('problem')}"
 
 
 # -- the mesh: peers, services, names ---------------------------------------------------

@@ -279,6 +279,8 @@ def _check_relations(cfg: Config) -> None:
             "auction.confirm_timeout_s must exceed auction.award_timeout_s "
             "(a live originator withdraws a late award before the winner confirms it)"
         )
+    if cfg.store.probe_max_s < cfg.store.probe_s:
+        raise ConfigError("store.probe_max_s can't be below store.probe_s")
     fc = cfg.drivers.firecracker
     if fc.boot not in FIRECRACKER_BOOTS:
         raise ConfigError(

@@ -209,10 +209,21 @@ _AUCTION_RECORDS_BY_AGE = """
 CREATE INDEX auction_records_by_age ON auction_records (kind, updated_at);
 """
 
+# The write probe (meshd.adapters.store.probe): one row, rewritten by every probe, so
+# "the store can write" is tested by a real fsynced transaction, not assumed.
+_WRITE_PROBE = """
+CREATE TABLE write_probe (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    at  REAL NOT NULL,
+    seq INTEGER NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
     Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
+    Migration(4, "write probe", _WRITE_PROBE),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
