@@ -97,7 +97,7 @@ from meshd.core.auction.model import InvariantBreach
 from meshd.core.membership import codec as membership_codec
 from meshd.core.membership.messages import UserMsg
 from meshd.core.spec import SubmitRequest
-from meshd.errors import EnvelopeError, MeshdError, NotFoundError
+from meshd.errors import EnvelopeError, MeshdError, NotFoundError, StoreError
 from meshd.identity import pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
@@ -509,16 +509,20 @@ class ShellSim:
         node = self.nodes[name]
         if node.up:
             return
+        try:
+            if self._faults is not None:
+                self._faults.plan(node.cfg.store_path)
+                store = SimStore.open(node.cfg.store_path, vfs=store_faults.VFS_NAME)
+            else:
+                store = SimStore.open(node.cfg.store_path)
+        except StoreError as exc:  # a full disk: `meshd run` says so and exits
+            self._cmd(f"start {name} failed: {exc}")
+            return
+        assert isinstance(store, SimStore)
         node.boot += 1
         self._cmd(f"start {name}" if node.boot == 1 else f"restart {name}")
         proc = Process(f"{name}#{node.boot}")
         node.proc = proc
-        if self._faults is not None:
-            self._faults.plan(node.cfg.store_path)
-            store = SimStore.open(node.cfg.store_path, vfs=store_faults.VFS_NAME)
-        else:
-            store = SimStore.open(node.cfg.store_path)
-        assert isinstance(store, SimStore)
         store.committed = functools.partial(self._on_commit, name)
         node.store = store
         counter = itertools.count()

@@ -23,7 +23,7 @@ from meshd.units import format_size
 
 def probe(store: Store, reserve_bytes: int, now: float) -> None:
     """Raise :class:`StoreError` (one sentence) unless the store can write durably now."""
-    directory = store.path.parent
+    directory = store.path.resolve().parent  # the file's own disk, through any symlink
     try:
         st = os.statvfs(directory)
     except OSError as exc:
