@@ -696,8 +696,12 @@ class ShellSim:
         if node.proc is None or node.placement is None:
             return
         self._cmd(f"remove {name} {wid}")
-        with contextlib.suppress(NotFoundError):
+        try:
             node.proc.run(node.placement.remove, wid)
+        except NotFoundError:
+            pass
+        except StoreError as exc:  # the API answers 503 with this sentence
+            self._cmd(f"remove {name} refused: {exc}")
 
     # -- the network ----------------------------------------------------------------------
 

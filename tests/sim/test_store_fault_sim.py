@@ -39,8 +39,8 @@ def _request(name: str, nodes: frozenset[str] = frozenset()) -> SubmitRequest:
 
 
 def _promises_kept(sim: ShellSim) -> list[str]:
-    """Every placement a client heard of, and every placement any view names, is on its
-    owner's disk (read from the store, not from memory)."""
+    """Every placement a client heard of (unless removed or re-placed since), and every
+    placement any view names, is on its owner's disk (read from the store, not memory)."""
     problems: list[str] = []
     sim.flush()
     disks = {}
@@ -48,10 +48,15 @@ def _promises_kept(sim: ShellSim) -> list[str]:
         store = sim.nodes[name].store
         assert store is not None
         disks[name] = auction_records.load(store).allocations
+    live = sim.live()
+    view = sim.placement(live[0]).core.placements() if live else {}
     for sub in sim.submissions:
         r = sub.result
         if r is None:
             continue
+        now = view.get(r["workload"])
+        if now is not None and (now.removed or now.generation > r["generation"]):
+            continue  # removed by an operator, or re-placed since: a later decision
         alloc = disks.get(r["owner"], {}).get(r["workload"])
         if alloc is None or alloc.generation < r["generation"]:
             problems.append(
