@@ -74,6 +74,16 @@ _SCHEMAS: dict[str, Any] = {
             "roster_size": {"type": "integer"},
             "key_epoch": {"type": "integer"},
             "rss_bytes": {"type": "integer"},
+            "store": {
+                "type": "object",
+                "description": "whether the store can write; while it can't, the node "
+                "refuses bids, awards and submissions, and problem says why",
+                "properties": {
+                    "writable": {"type": "boolean"},
+                    "problem": {"type": ["string", "null"]},
+                    "since": {"type": ["number", "null"]},
+                },
+            },
         },
     },
     "Peer": {

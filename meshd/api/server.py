@@ -320,7 +320,9 @@ class Api:
     async def health(self, request: web.Request) -> web.Response:
         checks = self.node.health_checks()
         ok = all(v == "ok" for v in checks.values())
-        body = {"status": "ok" if ok else "degraded", "checks": checks}
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "checks": checks}
+        if not ok:  # one sentence for clients that print only the error
+            body["error"] = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
         return web.json_response(body, status=200 if ok else 503)
 
     async def node_info(self, request: web.Request) -> web.Response:

@@ -349,9 +349,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{format_size(alloc['disk'])} disk",
             "members alive": f"{doc['members_alive']} of {doc['roster_size']} enrolled",
             "mesh key": f"epoch {doc.get('key_epoch', 0)}",
+            "store": _store_line(doc.get("store")),
         }
     )
     return 0
+
+
+def _store_line(store: Any) -> str:
+    if not isinstance(store, dict) or store.get("writable", True):
+        return "writable"
+    return f"can't write, refusing work: {store.get('problem')}"
 
 
 # -- the mesh: peers, services, names ---------------------------------------------------

@@ -289,6 +289,8 @@ def _check_relations(cfg: Config) -> None:
         raise ConfigError("api.max_connections_per_peer can't exceed api.max_connections")
     if api.max_small_body_bytes > api.max_body_bytes:
         raise ConfigError("api.max_small_body_bytes can't exceed api.max_body_bytes")
+    if cfg.store.probe_max_s < cfg.store.probe_s:
+        raise ConfigError("store.probe_max_s can't be below store.probe_s")
     fc = cfg.drivers.firecracker
     if fc.boot not in FIRECRACKER_BOOTS:
         raise ConfigError(

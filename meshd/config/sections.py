@@ -116,6 +116,15 @@ class StoreConfig(_Section):
     # mesh, so without a bound it would grow for ever. Checked once a minute.
     events_keep: int = 100_000
     events_max_age_s: float = 7 * 86400.0
+    # After a write to the store failed (disk full, I/O error, read-only), the node
+    # bids and accepts nothing until a probe write succeeds; the first probe comes
+    # this long after the failure, each next one twice as late, up to probe_max_s.
+    probe_s: float = 1.0
+    probe_max_s: float = 30.0
+    # Free space (bytes) the store's filesystem must keep for the node to count its
+    # store as writable: a full-size award record (256 KiB of spec) and its WAL frames
+    # must fit, and SQLite may report success on a full disk by reusing WAL space.
+    reserve_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ bidder per decision.
 
 The ``placement.recorded`` event of each placement is stamped when the placement was
 recorded in memory, not when its row reached the disk.
+
+A write that fails (disk full, I/O error, read-only) raises and leaves the journal as
+it was: what was pending stays pending, the failed step's records are not kept (the
+placement shell discards that step, see ``meshd.shell.placement``). A failed timed
+write is reported to ``failed`` and tried again with the next write.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from meshd.adapters.store import auction_records
 from meshd.adapters.store.db import Store
@@ -43,6 +48,7 @@ from meshd.core.auction.durable import (
     PlacementRecorded,
     Record,
 )
+from meshd.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +57,44 @@ MAX_PENDING = 512  # records; a burst beyond this is written at once
 
 
 class AuctionJournal:
-    def __init__(self, store: Store, lag_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lag_s: float,
+        clock: Callable[[], float] = time.time,
+        failed: Callable[[StoreError], None] | None = None,
+    ) -> None:
         self._store, self._lag_s, self._clock = store, lag_s, clock
+        self._failed = failed
         self._pending: list[tuple[float, Record]] = []  # (wall-clock time, record)
         self._timer: asyncio.TimerHandle | None = None
         self._held = auction_records.held_rounds(store)  # rounds with a hold row on disk
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be written."""
+        return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        """Whether a knowledge-only step would now be written at once, not later."""
+        return len(self._pending) >= MAX_PENDING
+
+    def pending(self) -> Iterator[Record]:
+        """The records not yet on disk, oldest first (they fold onto what the store holds)."""
+        return (r for _, r in self._pending)
+
+    def defer(self, records: Sequence[Record]) -> None:
+        """Queue records to be written with the next write, whatever their kind.
+
+        Only for records that a restart would derive again from the store (those a
+        freshly restored core owes, such as its abandoned rounds): losing them in a
+        crash loses nothing, so they need not reach the disk before anything is sent.
+        """
+        stamp = self._clock()
+        self._pending.extend((stamp, r) for r in records)
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._lag_s, self._on_timer)
 
     def write(self, records: Sequence[Record], now: float) -> None:
         """Record a step's records: promises at once (with anything pending), else soon."""
@@ -76,7 +115,12 @@ class AuctionJournal:
         self._timer = None
         try:
             self.flush(self._clock())
-        except Exception:  # the store says what failed; the next write tries again
+        except StoreError as exc:  # the store says what failed; the next write tries again
+            if self._failed is not None:
+                self._failed(exc)
+            else:
+                logger.error("writing auction records failed: %s", exc)
+        except Exception:  # a bug must not end the timed writes for good
             logger.exception("writing auction records failed")
 
     def _commit(self, stamped: list[tuple[float, Record]], now: float) -> None:

@@ -32,7 +32,7 @@ from aiohttp import web
 from meshd import __version__
 from meshd.adapters import telemetry, tls
 from meshd.adapters.drivers.registry import make_drivers
-from meshd.adapters.store import roster
+from meshd.adapters.store import probe, roster
 from meshd.adapters.store.db import Store
 from meshd.api.listener import Budget, Listener
 from meshd.api.refusals import ServerLog
@@ -382,11 +382,16 @@ class Node:
 
     def health_checks(self) -> dict[str, str]:
         checks = {}
+        # A real write (meshd.adapters.store.probe): reading succeeds on a full disk too.
         try:
-            self.store.scalar("SELECT 1")
-            checks["store"] = "ok"
+            if self.placement is not None:
+                problem = self.placement.health.check()
+            else:
+                probe.probe(self.store, self.cfg.store.reserve_bytes, self.clock())
+                problem = None
         except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
-            checks["store"] = f"failing: {exc}"
+            problem = str(exc)
+        checks["store"] = "ok" if problem is None else f"can't write: {problem}"
         checks["api"] = "ok" if self._runner is not None else "stopped"
         checks["startup"] = "ok" if self.ready else "starting"
         return checks
@@ -421,6 +426,12 @@ class Node:
             # The sealing key's epoch: one more for each node removal (DESIGN.md §3).
             "key_epoch": self.mesh.keys.ring.current.epoch if self.mesh else 0,
             "rss_bytes": telemetry.rss_bytes(),
+            # Whether the store can write (else the node refuses work, and says why).
+            "store": (
+                self.placement.health.as_json()
+                if self.placement
+                else {"writable": True, "problem": None, "since": None}
+            ),
         }
 
 

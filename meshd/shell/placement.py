@@ -14,6 +14,16 @@ the core's effects document:
    digest anti-entropy so a partitioned or restarted node catches up;
 3. **act**: resolve the waiting ``submit`` call, log workload starts and stops.
 
+**A write that fails** (disk full, I/O error, read-only) ends the step there: nothing
+of it is sent or acted on, and the core, which changed as it decided, is rebuilt from
+what the store holds plus the journal's pending records, exactly as a restart would
+rebuild it (``Auctioneer.restore``), so memory holds no promise the disk does not: a
+resent award then finds no allocation to accept again. The rebuild abandons this
+node's auctions in flight (their clients are told why). Until the store writes again
+(``meshd.shell.store_health``) the node bids nothing, refuses awards and submissions
+with a sentence saying why, and the messages of a step whose write fails again are
+dropped, as if lost.
+
 The core runs on the wall clock (holds and decisions are compared across nodes);
 telemetry (load, free memory and disk) is sampled with psutil once a second.
 """
@@ -21,6 +31,7 @@ telemetry (load, free memory and disk) is sampled with psutil once a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -34,6 +45,7 @@ from meshd.core import spec
 from meshd.core.auction import candidates, codec, fields
 from meshd.core.auction.auctioneer import Auctioneer
 from meshd.core.auction.capabilities import Capabilities
+from meshd.core.auction.durable import DurableState
 from meshd.core.auction.effects import (
     Broadcast,
     Decided,
@@ -54,6 +66,7 @@ from meshd.errors import (
     MeshdError,
     NotFoundError,
     PlacementError,
+    StoreError,
 )
 from meshd.shell.alarm import Alarm
 from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
@@ -61,6 +74,7 @@ from meshd.shell.context import NodeContext
 from meshd.shell.journal import AuctionJournal
 from meshd.shell.outbox import Outbox
 from meshd.shell.ports import MeshPort
+from meshd.shell.store_health import StoreHealth
 
 logger = logging.getLogger(__name__)
 StateOf = Callable[[str, int], tuple[str, str]]  # (workload id, generation) -> state, detail
@@ -82,23 +96,19 @@ class PlacementShell:
         # Whether every allocation this node committed was read back: only then may an
         # absence mean "released" (the runner reaps what no allocation names).
         self.allocations_complete = durable.unreadable == 0
-        self.core = Auctioneer.restore(
-            cfg.auction,
-            ctx.ident.name,
-            self.capacity,
-            ctx.new_random(),  # round ids and sampling, not secrets
-            ctx.clock(),
-            logging.getLogger("meshd.core.auction"),
-            durable,
-            witness=cfg.witness,
-            capabilities=capabilities,
+        self.core = self._restore(durable)
+        self.health = StoreHealth(ctx.store, cfg.store, ctx.clock, ctx.metrics)
+        self.health.subscribe(self._store_changed)
+        self.journal = AuctionJournal(
+            ctx.store, cfg.auction.journal_lag_s, ctx.clock, self.health.failed
         )
-        self.journal = AuctionJournal(ctx.store, cfg.auction.journal_lag_s, ctx.clock)
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
         self._start_due = False
-        self._alarm = Alarm("auction", self._tick, self.core.next_deadline, ctx.clock, 1.0)
+        self._telemetry: Telemetry | None = None
+        self._broken: str | None = None  # the store can't even be read: refuse everything
+        self._alarm = Alarm("auction", self._tick, self._deadline, ctx.clock, 1.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = ctx.metrics
         self.decisions = m.counter("meshd_placements_total", "Auctions this node ran, by result")
@@ -109,6 +119,20 @@ class PlacementShell:
         )
         self.pruned = m.counter(
             "meshd_auction_rounds_pruned_total", "Old round records deleted from the store"
+        )
+
+    def _restore(self, durable: DurableState) -> Auctioneer:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        return Auctioneer.restore(
+            cfg.auction,
+            ctx.ident.name,
+            self.capacity,
+            ctx.new_random(),  # round ids and sampling, not secrets
+            ctx.clock(),
+            logging.getLogger("meshd.core.auction"),
+            durable,
+            witness=cfg.witness,
+            capabilities=self.capabilities,
         )
 
     # -- life cycle -----------------------------------------------------------------
@@ -126,6 +150,7 @@ class PlacementShell:
 
     def stop(self) -> None:
         self._alarm.stop()
+        self.health.stop()
         try:
             self.journal.flush(self.ctx.clock())
         except MeshdError as exc:
@@ -145,13 +170,20 @@ class PlacementShell:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _deadline(self) -> float:
+        return self.core.next_deadline()  # the core of the moment: a rebuild replaces it
+
     def _tick(self) -> None:
-        self._apply(self.core.tick(self.ctx.clock()))
+        if self._broken is not None:
+            return
+        with contextlib.suppress(StoreError):  # the step was discarded; the store said why
+            self._apply(self.core.tick(self.ctx.clock()))
 
     async def _sample_telemetry(self) -> None:
         while True:
             s = await asyncio.to_thread(telemetry.sample, self.ctx.cfg.data_dir)
-            self.core.set_telemetry(Telemetry(s.load_per_core, s.mem_available, s.disk_free))
+            self._telemetry = Telemetry(s.load_per_core, s.mem_available, s.disk_free)
+            self.core.set_telemetry(self._telemetry)
             await asyncio.sleep(1.0)
 
     async def _anti_entropy(self) -> None:
@@ -163,8 +195,9 @@ class PlacementShell:
         while True:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             peer = self.mesh.random_peer(rng)
-            if peer is not None:
-                self._apply(self.core.anti_entropy(peer))
+            if peer is not None and self._broken is None:
+                with contextlib.suppress(StoreError):  # discarded; the store said why
+                    self._apply(self.core.anti_entropy(peer))
             interval = self.ctx.cfg.auction.sync_interval_s
 
     async def _prune_rounds(self) -> None:
@@ -193,7 +226,9 @@ class PlacementShell:
                 if pruned:
                     self.pruned.inc(pruned)
                     logger.debug("pruned auction rounds count=%d", pruned)
-            except MeshdError as exc:  # a busy or failing disk: try again next time
+            except StoreError as exc:  # a full or failing disk: try again next time
+                self.health.failed(exc, "pruning")
+            except MeshdError as exc:
                 logger.warning("pruning auction rounds failed: %s", exc)
             except Exception:  # a bug must not end pruning for good
                 logger.exception("pruning auction rounds failed")
@@ -217,8 +252,21 @@ class PlacementShell:
             )
         return w
 
+    def _refusing(self) -> str | None:
+        """Why this node takes no submission now (its store can't write), or None."""
+        problem = self._broken or self.health.problem
+        if problem is None:
+            return None
+        return (
+            f"this node's store can't write, so it can place nothing now: {problem}; "
+            "submit through another node, or fix the store and retry"
+        )
+
     async def submit(self, request: SubmitRequest) -> dict[str, Any]:
         workload = self._workload(request)
+        why = self._refusing()
+        if why is not None:
+            raise StoreError(why)
         started = time.perf_counter()
         aid = await self._start(workload)
         fut = self._waiting[aid]
@@ -264,6 +312,12 @@ class PlacementShell:
     def _start_queued(self) -> None:
         self._start_due = False
         queued, self._queued = self._queued, []
+        why = self._refusing()
+        if why is not None:  # the store failed while these waited for the linger
+            for _, ready in queued:
+                if not ready.done():
+                    ready.set_exception(StoreError(why))
+            return
         members = sorted(self.mesh.live_names())
         now = self.ctx.clock()
         effects: list[Effect] = []
@@ -281,7 +335,8 @@ class PlacementShell:
             effects += started
             if not ready.done():
                 ready.set_result(aid)
-        self._apply(effects)
+        with contextlib.suppress(StoreError):  # discarded; the waiting clients were told
+            self._apply(effects)
         self._alarm.rearm()
 
     def _bids(self, round_id: str) -> list[dict[str, Any]]:
@@ -396,7 +451,28 @@ class PlacementShell:
         self._receive_all([msg], sender)
 
     def _receive_all(self, msgs: list[AuctionMsg], sender: str) -> None:
-        """Feed the core each message of a datagram; carry out their effects together."""
+        """Feed the core each message of a datagram; carry out their effects together.
+
+        If the step's write fails, the core is rebuilt from the store (knowing now that
+        it can't write) and fed the messages once more: what it can answer without a
+        promise (a refusal, a negative bid) then leaves. If that step must write too,
+        its messages are dropped, as if lost.
+        """
+        if self._broken is not None or (self.health.problem and self.journal.full):
+            # Nothing more can be recorded, even later: receive nothing.
+            self.dropped.inc(len(msgs), reason="store")
+            return
+        try:
+            self._step(msgs, sender)
+        except StoreError:
+            if self._broken is None:
+                try:
+                    self._step(msgs, sender)
+                except StoreError:
+                    self.dropped.inc(len(msgs), reason="store")
+        self._alarm.rearm()
+
+    def _step(self, msgs: list[AuctionMsg], sender: str) -> None:
         effects: list[Effect] = []
         try:
             for msg in msgs:
@@ -408,7 +484,6 @@ class PlacementShell:
             self.ctx.request_stop()
             raise
         self._apply(effects)
-        self._alarm.rearm()
 
     # -- carrying out effects -------------------------------------------------------
 
@@ -420,7 +495,11 @@ class PlacementShell:
             # Promises (allocations, rounds with awards) are on disk before any message
             # of this step leaves; holds, bids and the view follow within a moment
             # (meshd.shell.journal says why that is safe).
-            self.journal.write(records, self.ctx.clock())
+            try:
+                self.journal.write(records, self.ctx.clock())
+            except StoreError as exc:
+                self._discard_step(exc)
+                raise
         encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
         for e in effects:
             if isinstance(e, Send):
@@ -456,6 +535,61 @@ class PlacementShell:
                 logger.info("workload moved away id=%s reason=%s", e.workload_id, e.reason)
                 self.ctx.bus.publish(WorkloadReleased(e.workload_id, e.generation, e.reason))
 
+    def _discard_step(self, exc: StoreError) -> None:
+        """A step's write failed: forget the step, as a crash before its write would.
+
+        The core is rebuilt from the store and the journal's pending records (what a
+        restart would read, plus knowledge not yet written), so it holds no promise the
+        disk lacks; nothing of the step was sent. Auctions this node ran are abandoned
+        by the rebuild: their clients hear why.
+        """
+        self.health.failed(exc)
+        problem = self.health.problem or str(exc)
+        try:
+            durable = auction_records.load(self.ctx.store)
+        except StoreError as read_exc:
+            # Neither written nor readable: the core in memory may hold what the disk
+            # lacks and can't be rebuilt. Refuse everything and stop (STYLE.md, "Errors").
+            self._broken = str(read_exc)
+            logger.critical("store can't be read back after a failed write; stopping meshd")
+            self.ctx.request_stop()
+            self._fail_waiting(problem)
+            return
+        for record in self.journal.pending():
+            durable.apply(record)
+        core = self._restore(durable)
+        core.set_unwritable(_refusal(self.health.problem))
+        if self._telemetry is not None:
+            core.set_telemetry(self._telemetry)
+        self.core = core
+        # What a restored core owes at once (its abandoned rounds, expired holds) is what
+        # any later restore derives again from the store: it may wait for the disk.
+        owed = core.tick(self.ctx.clock())
+        self.journal.defer([e.record for e in owed if isinstance(e, Persist)])
+        stray = [e for e in owed if not isinstance(e, Persist)]
+        if stray:  # a restored core sends nothing at its first tick; if it did, drop it
+            logger.error("a rebuilt auction core owed effects; dropped: %r", stray)
+        self._fail_waiting(problem)
+        logger.info("auction state rebuilt from the store after a failed write")
+
+    def _fail_waiting(self, problem: str) -> None:
+        why = (
+            f"this node's store can't write, so it gave up the auction: {problem}; "
+            "submit through another node, or fix the store and retry"
+        )
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(StoreError(why))
+
+    def _store_changed(self, problem: str | None) -> None:
+        """The store stopped or resumed writing: refuse or take work again."""
+        if self._broken is not None:
+            return
+        self.core.set_unwritable(_refusal(problem))
+        if problem is None:
+            self.journal.flush(self.ctx.clock())  # a StoreError here: unwritable again
+            self._alarm.rearm()
+
     def _local(self, msg: AuctionMsg) -> None:
         # Messages to ourselves skip the network but not the loop: no re-entrancy.
         asyncio.get_running_loop().call_soon(self._receive, msg, self.ctx.ident.name)
@@ -487,3 +621,8 @@ class PlacementShell:
             self.mesh.broadcast(PLACEMENT_BROADCAST, body, key=msg.placement.workload_id)
         except ValueError:
             logger.warning("placement too large to gossip; anti-entropy will carry it")
+
+
+def _refusal(problem: str | None) -> str | None:
+    """What the node answers a request or an award with while its store can't write."""
+    return None if problem is None else f"this node's store can't write: {problem}"

@@ -37,7 +37,7 @@ from meshd.config import DriversConfig
 from meshd.core import workload_states
 from meshd.core.auction.model import Allocation
 from meshd.core.workload_states import StateBook, StateEntry
-from meshd.errors import DriverError, MeshdError
+from meshd.errors import DriverError, MeshdError, StoreError
 from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.ports import MeshPort
@@ -296,7 +296,12 @@ class WorkloadRunner:
         )
         if changed:
             logger.info("workload %s id=%s detail=%s", state, wid, detail)
-            self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
+            try:
+                self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
+            except StoreError as exc:
+                # The event log is history, not a promise: the state is what the driver
+                # reported, true whether or not the log has room, so it is still told.
+                logger.warning("recording a workload event failed id=%s: %s", wid, exc)
         self._announce(entry)
 
     def _state_json(self, wid: str) -> dict[str, Any]:

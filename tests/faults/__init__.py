@@ -1,0 +1,1 @@
+"""Fault injection for tests: tools that make real components fail on purpose."""

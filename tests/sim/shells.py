@@ -40,6 +40,12 @@ start or stop a workload (before the runner acted), or the moment its k-th durab
 commit is on disk (:class:`SimStore`; the rest of that step runs in memory only and
 sends nothing, and any further write would fail the run).
 
+**Disk faults.** With ``store_faults``, every store is opened through the fault VFS
+(``tests/faults/store.py``): a node's disk can fill up (every write fails with
+``SQLITE_FULL``, or an I/O error, or read-only) and free up again, or one chosen write
+can fail. The node's meshd keeps running; it must refuse work while it can't write,
+promise nothing its disk lacks, and resume by itself.
+
 **Checks.** After every message a node handles, and every 50 ms for every live node,
 :func:`~tests.sim.auction.ledger_problems` checks its ledger (never beyond capacity,
 running totals right, no hold kept past its expiry) and every owner it records or
@@ -91,7 +97,7 @@ from meshd.core.auction.model import InvariantBreach
 from meshd.core.membership import codec as membership_codec
 from meshd.core.membership.messages import UserMsg
 from meshd.core.spec import SubmitRequest
-from meshd.errors import EnvelopeError, MeshdError, NotFoundError
+from meshd.errors import EnvelopeError, MeshdError, NotFoundError, StoreError
 from meshd.identity import pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
@@ -102,6 +108,7 @@ from meshd.shell.node import start_shells
 from meshd.shell.placement import PlacementShell
 from meshd.shell.ports import BroadcastHandler
 from meshd.shell.workloads import WorkloadRunner
+from tests.faults import store as store_faults
 from tests.sim.auction import ledger_problems, mesh_problems
 from tests.sim.harness import ENV_SEED
 from tests.sim.loop import Process, VirtualLoop
@@ -153,6 +160,10 @@ class SimStore(Store):
     def execute(self, sql: str, params: Any = ()) -> None:
         _check_alive()
         super().execute(sql, params)
+
+
+def _faults_vfs() -> store_faults.StoreFaults:
+    return store_faults.install()
 
 
 def _check_alive() -> None:
@@ -337,12 +348,14 @@ class ShellSim:
         link: LinkModel | None = None,
         root: Path | None = None,
         membership: str = "oracle",
+        store_faults: bool = False,
     ) -> None:
         if membership not in ("oracle", "lagged"):
             raise ValueError(f"membership is oracle or lagged, not {membership!r}")
         self.seed = seed
         self.cfg = (cfg or config.sim()).override({"auction.host_telemetry": False}).validate()
         self.loop = VirtualLoop()
+        self._faults = _faults_vfs() if store_faults else None
         self.net = Network(random.Random(f"{seed}/net"), link)
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="meshd-sim-"))
@@ -484,6 +497,9 @@ class ShellSim:
                 node.store.close()
                 node.store = None
         self.loop.close()
+        if self._faults is not None:
+            for node in self.nodes.values():
+                self._faults.forget(node.cfg.store_path)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -493,12 +509,20 @@ class ShellSim:
         node = self.nodes[name]
         if node.up:
             return
+        try:
+            if self._faults is not None:
+                self._faults.plan(node.cfg.store_path)
+                store = SimStore.open(node.cfg.store_path, vfs=store_faults.VFS_NAME)
+            else:
+                store = SimStore.open(node.cfg.store_path)
+        except StoreError as exc:  # a full disk: `meshd run` says so and exits
+            self._cmd(f"start {name} failed: {exc}")
+            return
+        assert isinstance(store, SimStore)
         node.boot += 1
         self._cmd(f"start {name}" if node.boot == 1 else f"restart {name}")
         proc = Process(f"{name}#{node.boot}")
         node.proc = proc
-        store = SimStore.open(node.cfg.store_path)
-        assert isinstance(store, SimStore)
         store.committed = functools.partial(self._on_commit, name)
         node.store = store
         counter = itertools.count()
@@ -592,9 +616,32 @@ class ShellSim:
             self._cmd(f"{name} got {type(event).__name__}: crash")
             self.loop.call_soon(self.crash, name, context=self._net_ctx)
 
+    def disk(self, name: str) -> store_faults.WritePlan:
+        """The write faults of ``name``'s store (needs ``store_faults``)."""
+        assert self._faults is not None, "ShellSim(store_faults=True) injects disk faults"
+        return self._faults.plan(self.nodes[name].cfg.store_path)
+
+    def disk_full(self, name: str, kind: store_faults.Fault = store_faults.Fault.FULL) -> None:
+        """Every write to ``name``'s store fails from now on (its meshd keeps running)."""
+        self._cmd(f"disk {name} {kind.value}")
+        self.disk(name).fail_from(1, kind)
+
+    def disk_ok(self, name: str) -> None:
+        """``name``'s store writes again (space was freed)."""
+        self._cmd(f"disk {name} ok")
+        self.disk(name).heal()
+
+    def fail_write(self, name: str, k: int) -> None:
+        """The ``k``-th write to ``name``'s store from now fails, once."""
+        self._cmd(f"disk {name} fail write {k}")
+        self.disk(name).fail_at(k)
+
     def end_faults(self) -> None:
-        """Heal the network, disarm every trigger, start every node."""
+        """Heal the network and the disks, disarm every trigger, start every node."""
         self.heal()
+        if self._faults is not None:
+            for name in self.nodes:
+                self.disk(name).heal()
         self.step_triggers.clear()
         self.event_triggers.clear()
         self.commit_triggers.clear()
@@ -649,8 +696,12 @@ class ShellSim:
         if node.proc is None or node.placement is None:
             return
         self._cmd(f"remove {name} {wid}")
-        with contextlib.suppress(NotFoundError):
+        try:
             node.proc.run(node.placement.remove, wid)
+        except NotFoundError:
+            pass
+        except StoreError as exc:  # the API answers 503 with this sentence
+            self._cmd(f"remove {name} refused: {exc}")
 
     # -- the network ----------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Each seed builds a mesh of 3-6 nodes (:mod:`tests.sim.shells`: the real shells, 
 SQLite stores, fake mesh port and fake driver, virtual time), submits workloads
 through ``PlacementShell.submit``, retries and removes some, and meanwhile crashes and
 restarts nodes (at random moments, or right after a node handled a message, was told
-to start or stop a workload, or made a promise durable), partitions, cuts links and
+to start or stop a workload, or made a promise durable), fills disks up and frees them
+(every write fails: disk full, I/O error or read-only), partitions, cuts links and
 heals. Then everything
 heals, every node runs again, the mesh settles, and the invariants of
 :meth:`~tests.sim.shells.ShellSim.final_problems` must hold, as must the step checks
@@ -27,6 +28,7 @@ from meshd import config
 from meshd.core.auction.model import GiB
 from meshd.core.spec import Service, SubmitRequest
 from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from tests.faults.store import Fault
 from tests.sim.harness import ENV_SEED, seed_or
 from tests.sim.network import LinkModel
 from tests.sim.shells import ShellSim
@@ -62,7 +64,7 @@ def random_run(seed: int, membership: str = "lagged") -> tuple[ShellSim, list[st
     caps = {
         x: (float(rng.choice([2, 4, 8])), rng.choice([4, 8, 16]) * GiB, 100 * GiB) for x in names
     }
-    sim = ShellSim(seed, caps, cfg, link, membership=membership)
+    sim = ShellSim(seed, caps, cfg, link, membership=membership, store_faults=True)
     for i, x in enumerate(names):
         sim.at(i * 0.01, sim.start, x)
     t, origin = 0.0, names[0]
@@ -109,8 +111,16 @@ def random_run(seed: int, membership: str = "lagged") -> tuple[ShellSim, list[st
             sim.at(t, sim.arm_commit, x, rng.randint(1, 3))
         if kind != "heal" and rng.random() < 0.6:
             sim.at(t + rng.uniform(0.05, 3.0), sim.start, x)
+    # Disks that fill up and are freed again, from their own generator (so the other
+    # faults of a seed stay what they were before disks could fail).
+    drng = random.Random(f"{seed}/disk")
+    for _ in range(drng.choice([0, 0, 1, 2])):
+        x, t = drng.choice(names), drng.uniform(0.0, 5.0)
+        sim.at(t, sim.disk_full, x, drng.choice(list(Fault)))
+        sim.at(t + drng.uniform(0.2, 3.0), sim.disk_ok, x)
     timing = cfg.auction
     settle = timing.confirm_timeout_s + timing.hold_ttl_s + 4 * timing.sync_interval_s
+    settle += cfg.store.probe_max_s  # a node whose disk was freed finds out by a probe
     if membership == "lagged":
         settle += 2.0  # the last views to learn that everyone is back
     sim.at(FAULT_END, sim.end_faults)

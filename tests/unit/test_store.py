@@ -37,6 +37,7 @@ TABLES = {
     "fence_records",
     "services",
     "events",
+    "write_probe",  # migration 4: the health probe's one row
 }
 
 

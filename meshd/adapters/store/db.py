@@ -75,10 +75,12 @@ class Store:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout_ms: int = 5000) -> Store:
+    def open(cls, path: Path, *, busy_timeout_ms: int = 5000, vfs: str | None = None) -> Store:
         """Open (creating if needed) the store at ``path`` and bring its schema up to date.
 
         ``busy_timeout_ms`` is how long to wait for another process's write lock.
+        ``vfs`` names a registered SQLite VFS to open the file through (tests inject
+        disk faults with one, ``tests/faults/store.py``); None is SQLite's default.
         """
         path = Path(path)
         try:
@@ -100,7 +102,7 @@ class Store:
                 "check the data directory exists and is writable"
             ) from exc
         try:
-            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE, vfs=vfs)
         except apsw.Error as exc:
             raise _translate(exc, "open", path, busy_timeout_ms) from exc
         store = cls(conn, path, busy_timeout_ms)

@@ -220,11 +220,22 @@ CREATE TABLE mesh_keys (
 ) STRICT;
 """
 
+# The write probe (meshd.adapters.store.probe): one row, rewritten by every probe, so
+# "the store can write" is tested by a real fsynced transaction, not assumed.
+_WRITE_PROBE = """
+CREATE TABLE write_probe (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    at  REAL NOT NULL,
+    seq INTEGER NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
     Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
-    Migration(4, "mesh keys", _MESH_KEYS),
+    Migration(4, "write probe", _WRITE_PROBE),
+    Migration(5, "mesh keys", _MESH_KEYS),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

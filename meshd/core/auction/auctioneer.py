@@ -222,6 +222,18 @@ class Auctioneer:
     def set_telemetry(self, t: Telemetry) -> None:
         self._book.telemetry = t
 
+    def set_unwritable(self, reason: str | None) -> None:
+        """Why this node's store can't write now (None: it can again).
+
+        Meanwhile the node answers every request with a refusal that says so and refuses
+        every award (a repeat of one already committed excepted: that one is on disk).
+        """
+        self._book.unwritable = None if reason is None else clip(reason)
+
+    @property
+    def unwritable(self) -> str | None:
+        return self._book.unwritable
+
     def submit(
         self,
         workload: Workload,

@@ -15,6 +15,10 @@ strict:
   fresh telemetry; only then is the **allocation** committed (persisted before the
   ``Accept`` leaves). A commit that would take committed beyond capacity x overcommit
   is impossible by construction and raises :class:`~.model.InvariantBreach`.
+* A node whose store can't write (``unwritable``, set by the shell) bids nothing and
+  refuses every award: it could persist neither the hold nor the allocation. A
+  repeated award of an allocation it committed before is still accepted: that one is
+  on disk.
 * A repeated award is answered again without a second commit; an award for a
   generation at or below one already held or placed is refused; an award the
   originator already withdrew (a ``Revoke`` that overtook it) is refused.
@@ -121,6 +125,9 @@ class Bidder:
         self._cfg, self._name, self._capacity, self._log = cfg, name, capacity, log
         self.witness = witness
         self.capabilities = capabilities
+        # Why this node's store can't write (None: it can). Then it bids nothing and
+        # accepts no award: it could not persist the hold or the allocation first.
+        self.unwritable: str | None = None
         self._oc = scoring.Overcommit.from_config(cfg)
         self.limit = scoring.limit(capacity, self._oc)
         self.telemetry: Telemetry | None = None
@@ -241,6 +248,8 @@ class Bidder:
         unmet = self._unmet(req.requirements)
         if self.witness:
             v = scoring.Verdict(scoring.NO_BID, "witness runs no workloads", 0)
+        elif self.unwritable is not None:
+            v = scoring.Verdict(scoring.NO_BID, self.unwritable, 0)
         elif wid in self.allocs:
             v = scoring.Verdict(scoring.NO_BID, "already hosts this workload", 0)
         elif unmet is not None:
@@ -285,7 +294,7 @@ class Bidder:
             return "this node made no positive bid in that round"
         if placed is not None and placed.generation >= gen:
             return f"generation {placed.generation} is already placed on {placed.owner}"
-        why: str | None = "witness runs no workloads" if self.witness else None
+        why: str | None = "witness runs no workloads" if self.witness else self.unwritable
         if why is None:  # an award carries the whole spec: judge it, not the request
             why = self._unmet(Requirements.of(w.spec))
         if why is None:
