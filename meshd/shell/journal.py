@@ -4,7 +4,8 @@ Two kinds of record reach the store:
 
 * **promises** — an accepted allocation, its release, a round with its awards (a
   restarted originator must never hand one generation to two nodes). They are written
-  before the step's messages leave, in one transaction, fsynced for the allocations.
+  before the step's messages leave, in one transaction, fsynced for the allocations
+  and for a round as it awards (so not even a power cut forgets a generation).
 * **knowledge** — holds, this node's bids, and this node's copy of the mesh-wide
   placement view. Losing the last moments of it to a crash breaks no promise: a
   forgotten hold makes a later award be re-checked against the ledger (committed
@@ -47,12 +48,23 @@ from meshd.core.auction.durable import (
     HoldReleased,
     PlacementRecorded,
     Record,
+    RoundRecorded,
 )
+from meshd.core.auction.model import AWARDING
 from meshd.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
 FSYNCED = (AllocationCommitted, AllocationReleased)
+
+
+def _fsynced(r: Record) -> bool:
+    """Allocations, and a round while it awards: the generation an originator handed
+    out must survive a power cut too, or after one it could hand the same generation
+    to a second node (a process crash alone loses nothing either way: WAL)."""
+    return isinstance(r, FSYNCED) or (isinstance(r, RoundRecorded) and r.record.state == AWARDING)
+
+
 MAX_PENDING = 512  # records; a burst beyond this is written at once
 
 
@@ -129,7 +141,7 @@ class AuctionJournal:
             self._timer = None
         store = self._store
         records = self._net([r for _, r in stamped])
-        with store.transaction(durable=any(isinstance(r, FSYNCED) for _, r in stamped)):
+        with store.transaction(durable=any(_fsynced(r) for _, r in stamped)):
             auction_records.write(store, records, now)
             for stamp, r in stamped:
                 if isinstance(r, PlacementRecorded):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,17 @@ from meshd.core.auction.durable import (
     HoldPlaced,
     HoldReleased,
     PlacementRecorded,
+    RoundRecorded,
 )
-from meshd.core.auction.model import Allocation, BidRecord, Hold, Resources
+from meshd.core.auction.model import (
+    AWARDING,
+    COLLECTING,
+    Allocation,
+    BidRecord,
+    Hold,
+    Resources,
+    RoundRecord,
+)
 from meshd.errors import StoreError
 from meshd.shell.journal import AuctionJournal
 from tests.factories import placement, workload
@@ -137,3 +147,31 @@ async def test_a_hold_placed_and_released_in_one_group_never_touches_the_disk(
     restarted.flush(100.0)
     assert _rows(store) == [("placement", "w1")]
     assert auction_records.load(store).holds == {}
+
+
+async def test_allocations_and_a_round_that_awards_are_fsynced_knowledge_is_not(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a power cut must not take: an allocation, and the generation an originator
+    handed out (else it could award that generation again to another node)."""
+    fsynced: list[bool] = []
+    real = store.transaction
+
+    def spy(*, durable: bool = False) -> Any:
+        fsynced.append(durable)
+        return real(durable=durable)
+
+    monkeypatch.setattr(store, "transaction", spy)
+    w = workload("w9", resources=RES, driver="process")
+    awarding = RoundRecord("r9", "a9", 1, w, "n1", 10.0, ("n2",), state=AWARDING, generation=1)
+    collecting = dataclasses.replace(awarding, state=COLLECTING, generation=None)
+    journal = AuctionJournal(store, LAG)
+    for records, expected in (
+        ([RoundRecorded(collecting)], False),
+        ([RoundRecorded(awarding)], True),
+        ([committed("w8")], True),
+    ):
+        fsynced.clear()
+        journal.write(records, 100.0)
+        journal.flush(100.0)
+        assert any(fsynced) is expected, records
