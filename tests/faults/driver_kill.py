@@ -147,15 +147,6 @@ async def run_driver_point(driver: str, point: str, data: Path, wid: str = WID) 
         out.detail = out.detail.strip()
 
 
-def kill_all(driver: str, data: Path) -> None:
-    """SIGKILL every process of every workload under ``data`` (test clean-up)."""
-    for pid in copies(driver, data):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-
-
 def _main(args: list[str]) -> Any:
     driver, data, wid, act = args
     asyncio.run(_child(driver, Path(data), wid, act))

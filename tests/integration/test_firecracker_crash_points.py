@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from meshd.failpoints import LOG_ENV
-from tests.faults.driver_kill import kill_all, run_child, run_driver_point
-from tests.faults.kill import Outcome, points
+from tests.faults.driver_kill import run_child, run_driver_point
+from tests.faults.kill import Outcome, kill_copies, points
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def data() -> Iterator[Path]:
         try:
             yield Path(tmp)
         finally:
-            kill_all("firecracker", Path(tmp))
+            kill_copies("firecracker", Path(tmp))
 
 
 @pytest.mark.parametrize("point", points("firecracker"))
