@@ -6,12 +6,20 @@ mesh is killed at that point and restarted (tests/faults/kill.py). Prints one JS
 line per cell (lost, double, untracked: goal 0 each; reconcile_s: restart to settled)
 and one summary line per driver.
 
-Usage: .venv/bin/python benchmarks/bench_crash_points.py [--drivers process,qemu]
+``firecracker`` rows are driver-level and use a stand-in (``"level": "driver"``,
+``"stand_in"`` says which): a child process running only the driver is killed at the
+point and a fresh driver reconciles (tests/faults/driver_kill.py); the Firecracker it
+spawns, adopts and kills is tests/unit/firecracker_fake.py run as a program, because
+this host has no firecracker binary and no hardware KVM. Their reconcile_s has no
+daemon start-up in it, unlike the meshd-level rows.
+
+Usage: .venv/bin/python benchmarks/bench_crash_points.py [--drivers process,qemu,firecracker]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
@@ -24,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 GUEST: dict[str, str] = {}  # the cached guest's files (bootstrap/guest-image.sh)
 sys.path.insert(0, str(REPO))
 
-from tests.faults.kill import STUBBORN, points, run_point  # noqa: E402
+from tests.faults.driver_kill import run_driver_point  # noqa: E402
+from tests.faults.kill import STUBBORN, Outcome, kill_copies, points, run_point  # noqa: E402
 from tests.integration.daemon import Mesh  # noqa: E402
 
 
@@ -46,11 +55,54 @@ def guest_args() -> tuple[str, ...] | None:
             "--memory", "128MiB")  # fmt: skip
 
 
+STAND_IN = (
+    "tests/unit/firecracker_fake.py as the firecracker binary (none here, /dev/kvm is kvm_pvm)"
+)
+
+
+def firecracker_cells() -> list[Outcome]:
+    cells = []
+    for point in points("firecracker"):
+        # Short: the API socket path must fit in sun_path (107 bytes).
+        with tempfile.TemporaryDirectory(prefix="fck-", dir="/tmp") as tmp:
+            try:
+                out = asyncio.run(run_driver_point("firecracker", point, Path(tmp)))
+            finally:
+                kill_copies("firecracker", Path(tmp))
+        cells.append(out)
+        row = {"figure": "crash_point", **out.json(), "level": "driver", "stand_in": STAND_IN}
+        print(json.dumps(row), flush=True)
+    return cells
+
+
+def summary(driver: str, cells: list[Outcome], **extra: str) -> None:
+    print(
+        json.dumps(
+            {
+                "figure": "crash_matrix",
+                "driver": driver,
+                "points": len(cells),
+                "killed": sum(c.killed for c in cells),
+                "lost": sum(c.lost for c in cells),
+                "double": sum(c.double for c in cells),
+                "untracked": sum(c.untracked for c in cells),
+                "reconcile_s_median": round(statistics.median(c.reconcile_s for c in cells), 3),
+                "reconcile_s_max": round(max(c.reconcile_s for c in cells), 3),
+                **extra,
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--drivers", default="process,qemu")
+    ap.add_argument("--drivers", default="process,qemu,firecracker")
     args = ap.parse_args()
     for driver in args.drivers.split(","):
+        if driver == "firecracker":
+            summary(driver, firecracker_cells(), level="driver", stand_in=STAND_IN)
+            continue
         submit: tuple[str, ...] | None = ("--command", STUBBORN)
         if driver == "qemu":
             submit = guest_args()
@@ -77,22 +129,7 @@ def main() -> None:
                     mesh.close()
             cells.append(out)
             print(json.dumps({"figure": "crash_point", **out.json()}), flush=True)
-        print(
-            json.dumps(
-                {
-                    "figure": "crash_matrix",
-                    "driver": driver,
-                    "points": len(cells),
-                    "killed": sum(c.killed for c in cells),
-                    "lost": sum(c.lost for c in cells),
-                    "double": sum(c.double for c in cells),
-                    "untracked": sum(c.untracked for c in cells),
-                    "reconcile_s_median": round(statistics.median(c.reconcile_s for c in cells), 3),
-                    "reconcile_s_max": round(max(c.reconcile_s for c in cells), 3),
-                }
-            ),
-            flush=True,
-        )
+        summary(driver, cells)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,48 @@ def test_registry_skips_missing_and_refusing_drivers(
     )
     drivers = make_drivers(tmp_path, noop)
     assert sorted(drivers) == ["fake", "process"]
+
+
+STEPS = ("create", "start", "stop", "start", "destroy")
+
+
+@pytest.mark.parametrize("cut", range(len(STEPS)))
+def test_a_restart_at_any_step_repeats_it_without_a_second_copy(cut: int) -> None:
+    """A meshd killed after step ``cut`` (done, or not recorded by the runner) restarts
+    with a new driver over the same host, which repeats that step and goes on: every
+    repeat is no error, at most one copy runs, and the end state is the same as without
+    the crash (the simulator crashes nodes between any two of these steps)."""
+
+    def run(d: FakeDriver, step: str) -> Status | None:
+        if step == "create":
+            return run_now(d.create("w1", spec("w1")))
+        if step == "destroy":
+            run_now(d.destroy("w1"))
+            return None
+        if step == "stop":
+            return run_now(d.stop("w1", 1.0))
+        return run_now(d.start("w1"))
+
+    host = FakeHost()
+    d1, events1 = make(host)
+    for step in STEPS[: cut + 1]:
+        run(d1, step)
+    pid = host.workloads["w1"].pid if "w1" in host.workloads else None
+    d1.detach()  # killed: the host's workload runs on
+    d2, events2 = make(host)
+    if "w1" in run_now(d2.list()):
+        run_now(d2.reattach("w1"))
+    again = run(d2, STEPS[cut])  # the interrupted step, again
+    if STEPS[cut] == "start":
+        assert again is not None and (again.state, again.pid) == (WorkloadState.RUNNING, pid)
+    if STEPS[cut] == "stop":
+        assert again is not None and again.state is WorkloadState.STOPPED
+    running = [w for w in host.workloads.values() if w.state is WorkloadState.RUNNING]
+    assert len(running) <= 1
+    for step in STEPS[cut + 1 :]:
+        run(d2, step)
+    assert host.workloads == {} and host.watchers == {}
+    assert run_now(d2.list()) == []
+    stops = [s for _, s in events1 + events2 if s.state is WorkloadState.STOPPED]
+    # The stop and the destroy of the running workload, each reported once, a repeat never.
+    assert len(stops) == 2

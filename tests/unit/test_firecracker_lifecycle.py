@@ -196,9 +196,12 @@ async def test_create_writes_the_config_and_copies_the_rootfs(lab: Lab) -> None:
     assert config["drives"][0]["path_on_host"] == str(wdir / "rootfs.img")
     assert (wdir / "rootfs.img").read_bytes() == lab.guest["rootfs"].read_bytes()
     assert await d.list() == [fake.WID]
-    with pytest.raises(DriverError, match="already exists"):
-        await d.create(fake.WID, spec)
+    again = await d.create(fake.WID, spec)  # the same spec again is no error (Driver contract)
+    assert again.state is WorkloadState.STOPPED
+    with pytest.raises(DriverError, match="already exists with a different spec"):
+        await d.create(fake.WID, fake.spec_for(lab.guest, cpus=2.0))
     assert (wdir / "spec.json").exists()  # the refusal left the first one alone
+    assert json.loads((wdir / "vm-config.json").read_text()) == config
 
 
 def test_boot_args_keep_the_specs_own_values() -> None:

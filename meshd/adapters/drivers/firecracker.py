@@ -23,6 +23,20 @@ stop marker, sends ``SendCtrlAltDel`` (x86 guests with the i8042 driver; with
 SIGTERM and SIGKILL by pid, each only while pid, start time and boot id still match.
 ``reattach`` trusts the same triple, then asks ``GET /``. ``destroy`` stops the VM and
 removes its directory, its jail and its cgroup.
+
+Crash safety (as the process and qemu drivers; see ``firecracker_vm``): every step is
+written down durably before its effect can't be taken back, and a restarted meshd
+reconciles from those files. ``create`` writes ``spec.json`` last, so a directory
+without it is a create cut short, removed and redone (never "File exists"); the same
+spec again is no error. ``start`` writes its intent before the spawn and adopts a
+Firecracker that a killed meshd started but never recorded; ``start``, ``stop``,
+``reattach`` and ``destroy`` kill any process of the workload no record accounts for
+(never two copies, never an untracked one). ``stop`` writes its deadline before the
+first signal, and a restarted meshd finishes an interrupted stop by it; it ends in
+SIGKILL to the VM's process group, and nothing is reported stopped before the process
+is gone. ``destroy`` renames the directory away in one step, then removes it; ``list``
+finishes removals a crash cut short. Every step has a failpoint
+(:mod:`meshd.failpoints`) named ``driver.firecracker.<step>``.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -53,23 +68,32 @@ from meshd.adapters.drivers.firecracker_host import (
     valid_instance_id,
 )
 from meshd.adapters.drivers.firecracker_vm import (
+    FP,
+    TRASH,
     BootFailed,
     ProcessRecord,
     VmFiles,
     VmProcess,
+    adopt,
     exit_status,
+    kill_strays,
     last_line,
     launch,
     list_ids,
     load_exit,
-    remove,
+    purge_trash,
+    read_json,
+    remove_jail,
     save_exit,
+    stop_deadline,
     wait_for_marker,
     write_json,
 )
+from meshd.adapters.drivers.procfs import write_durably
 from meshd.adapters.drivers.specfile import read_spec
 from meshd.core.spec import WorkloadSpec, dumps
 from meshd.errors import DriverError, FirecrackerApiError
+from meshd.failpoints import failpoint
 
 __all__ = ["FirecrackerDriver", "FirecrackerOptions", "JailerOptions", "NetworkInterface"]
 
@@ -85,11 +109,14 @@ class FirecrackerDriver(Driver):
     def __init__(
         self, root: Path, on_change: OnChange, options: FirecrackerOptions | None = None
     ) -> None:
-        super().__init__(root, on_change)
+        # Absolute: the workload's directory on Firecracker's command line is how a
+        # later meshd (whatever its cwd) recognises the process as the workload's.
+        super().__init__(root.absolute(), on_change)
         self.options = options or FirecrackerOptions()
         self._locks: dict[str, asyncio.Lock] = {}
         self._procs: dict[str, VmProcess] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Task[None]] = {}  # stops resumed after a restart
 
     def availability(self) -> Availability:
         o = self.options
@@ -103,6 +130,9 @@ class FirecrackerDriver(Driver):
         for wid in list(self._watchers):
             self._unwatch(wid)
         self._procs.clear()
+        for task in self._stops.values():
+            task.cancel()
+        self._stops.clear()
 
     async def create(self, wid: str, spec: WorkloadSpec) -> Status:
         avail = self.availability()
@@ -120,10 +150,20 @@ class FirecrackerDriver(Driver):
         if len(os.fsencode(f.sock)) > SUN_PATH_MAX:
             raise DriverError(f"the API socket path {f.sock} is too long for a unix socket")
         async with self._lock(wid):
+            if f.spec.is_file():  # created before (spec.json is written last)
+                try:
+                    same = await asyncio.to_thread(read_spec, f.dir) == spec
+                except OSError as exc:
+                    raise DriverError(f"workload {wid}: its spec is unreadable: {exc}") from exc
+                if not same:
+                    raise DriverError(f"workload {wid} already exists with a different spec")
+                return await self._status(wid, f)
+            if f.dir.exists():  # no spec.json: a create cut short; redo it
+                logger.warning("removing a half-made firecracker workload directory id=%s", wid)
+                await kill_strays(f.dir, None, None, self.options.term_grace_s)
+                await asyncio.to_thread(shutil.rmtree, f.dir, True)
             try:
                 await asyncio.to_thread(self._prepare, wid, spec, f)
-            except FileExistsError:
-                raise DriverError(f"workload {wid} already exists on this node") from None
             except subprocess.CalledProcessError as exc:
                 why = exc.stderr.decode(errors="replace").strip()
                 raise DriverError(f"cannot copy the rootfs of {wid}: {why}") from exc
@@ -135,9 +175,16 @@ class FirecrackerDriver(Driver):
     async def start(self, wid: str) -> Status:
         async with self._lock(wid):
             f = self._files(wid)
-            current = await self._status(wid, f)
-            if current.state in (WorkloadState.RUNNING, WorkloadState.STARTING):
-                return current
+            o = self.options
+            running = self._settle(wid, f)
+            if running is not None and running.alive():
+                await kill_strays(f.dir, running.record.jail, running.record, o.term_grace_s)
+                if wid not in self._watchers:
+                    self._procs[wid] = running
+                    self._watch(wid, running)
+                return await self._running_status(wid, running)
+            # Nothing of the workload may run beside the new run.
+            await kill_strays(f.dir, self._jail(f, running), None, o.term_grace_s)
             avail = self.availability()
             if avail.binary is None or not avail.ok:
                 raise DriverError(avail.sentence())
@@ -145,7 +192,6 @@ class FirecrackerDriver(Driver):
                 spec = await asyncio.to_thread(read_spec, f.dir)
             except OSError as exc:
                 raise DriverError(f"workload {wid}: its spec is unreadable: {exc}") from exc
-            o = self.options
             proc, config, offset = await asyncio.to_thread(
                 launch, f, wid, spec.cpus, avail.binary, o.boot, o.jailer
             )
@@ -162,17 +208,33 @@ class FirecrackerDriver(Driver):
     async def destroy(self, wid: str) -> None:
         if not valid_instance_id(wid):
             return  # no VM of ours can have this id, and its path may be anywhere
+        o = self.options
         async with self._lock(wid):
             f = VmFiles(self.dir_of(wid))
-            if not f.dir.is_dir():
+            if not f.dir.is_dir():  # never made, or a destroy got past its rename and died
+                await kill_strays(f.dir, None, None, o.term_grace_s)
+                await asyncio.to_thread(purge_trash, self.root)
                 return
-            proc = self._proc(wid, f)
+            if (task := self._stops.pop(wid, None)) is not None:
+                task.cancel()
+            proc = self._settle(wid, f)
+            jail = self._jail(f, proc)
             if proc is not None and proc.alive():
-                await self._stop(wid, f, self.options.destroy_timeout_s)
+                await self._stop(wid, f, o.destroy_timeout_s)
+            failpoint(FP + "destroy.after_stop")
+            await kill_strays(f.dir, jail, None, o.term_grace_s)
             self._unwatch(wid)
             self._procs.pop(wid, None)
-            jail = proc.record.jail if proc is not None else None
-            await asyncio.to_thread(remove, f.dir, jail, self.options.jailer)
+            await asyncio.to_thread(remove_jail, jail, o.jailer)
+            # One rename takes the workload away whole; what a crash leaves of the
+            # removal is a trash directory, which list() finishes.
+            trash = self.root / f"{TRASH}{wid}-{secrets.token_hex(4)}"
+            try:
+                await asyncio.to_thread(os.rename, f.dir, trash)
+            except OSError as exc:
+                raise DriverError(f"workload {wid}: can't remove {f.dir}: {exc}") from exc
+            failpoint(FP + "destroy.after_rename")
+            await asyncio.to_thread(shutil.rmtree, trash, True)
         self._locks.pop(wid, None)
         logger.info("firecracker workload destroyed id=%s", wid)
 
@@ -182,11 +244,16 @@ class FirecrackerDriver(Driver):
     async def reattach(self, wid: str) -> Status:
         async with self._lock(wid):
             f = self._files(wid)
-            proc = self._proc(wid, f)
-            if proc is not None and proc.alive():
+            proc = self._settle(wid, f)
+            alive = proc is not None and proc.alive()
+            keep = proc.record if proc is not None and alive else None
+            await kill_strays(f.dir, self._jail(f, proc), keep, self.options.term_grace_s)
+            if proc is not None and alive:
                 self._procs[wid] = proc
                 self._watch(wid, proc)
                 logger.info("firecracker reattached id=%s pid=%s", wid, proc.record.pid)
+                if (deadline := stop_deadline(f)) is not None:
+                    self._resume_stop(wid, deadline)
                 return await self._running_status(wid, proc)
             if proc is not None and load_exit(f) is None:  # it ended while meshd was away
                 status = exit_status(f, None, stop_requested=f.stop.exists())
@@ -195,6 +262,7 @@ class FirecrackerDriver(Driver):
             return await self._status(wid, f)
 
     async def list(self) -> list[str]:
+        await asyncio.to_thread(purge_trash, self.root)
         return await asyncio.to_thread(list_ids, self.root, self.name)
 
     # --- internals --------------------------------------------------------------------
@@ -207,7 +275,7 @@ class FirecrackerDriver(Driver):
 
     def _files(self, wid: str) -> VmFiles:
         f = VmFiles(self.dir_of(wid))
-        if not valid_instance_id(wid) or not f.config.is_file():
+        if not valid_instance_id(wid) or not f.spec.is_file() or not f.config.is_file():
             raise DriverError(f"no firecracker workload {wid} on this node")
         return f
 
@@ -218,18 +286,72 @@ class FirecrackerDriver(Driver):
             return known if rec is not None else None
         return VmProcess(rec)
 
+    def _settle(self, wid: str, f: VmFiles) -> VmProcess | None:
+        """The workload's process: the recorded one, or one a meshd killed between the
+        spawn and ``process.json`` started, adopted (see ``firecracker_vm.adopt``)."""
+        proc = self._proc(wid, f)
+        if proc is not None and proc.alive():
+            return proc
+        adopted = adopt(f)
+        if adopted is None:
+            return proc
+        logger.warning(
+            "adopted a firecracker started before meshd died id=%s pid=%s", wid, adopted.pid
+        )
+        return VmProcess(adopted)
+
+    def _jail(self, f: VmFiles, proc: VmProcess | None) -> str | None:
+        """The jail of the workload's last run (whose chrooted processes are its own)."""
+        if proc is not None:
+            return proc.record.jail
+        intent = read_json(f.intent) or {}
+        jail = intent.get("jail")
+        return jail if isinstance(jail, str) else None
+
+    def _resume_stop(self, wid: str, deadline: float) -> None:
+        """A stop meshd began before it died: finish it, forcing it at its deadline."""
+        if wid in self._stops:
+            return
+        left = max(0.0, deadline - time.time())
+
+        async def finish() -> None:
+            try:
+                async with self._lock(wid):
+                    status = await self._stop(wid, self._files(wid), left)
+            except DriverError as exc:
+                logger.error("resumed stop failed id=%s error=%s", wid, exc)
+                return
+            finally:
+                self._stops.pop(wid, None)
+            self.on_change(wid, status)
+
+        logger.info("resuming an interrupted stop id=%s left_s=%.1f", wid, left)
+        self._stops[wid] = asyncio.get_running_loop().create_task(finish())
+
     def _prepare(self, wid: str, spec: WorkloadSpec, f: VmFiles) -> None:
-        f.dir.mkdir(parents=True)  # FileExistsError: someone else's; leave it alone
+        # The caller removed any half-made directory; FileExistsError here is a race.
+        f.dir.mkdir(parents=True)
+        failpoint(FP + "create.after_mkdir")
         try:
-            f.spec.write_bytes(dumps(spec))
             rootfs = None
             if spec.image:
                 # A sparse copy (and a reflink where the filesystem can): images are mostly holes.
                 cp = ["cp", "--sparse=always", "--reflink=auto", spec.image, str(f.rootfs)]
                 subprocess.run(cp, check=True, capture_output=True)
+                fd = os.open(f.rootfs, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # on disk before spec.json says the directory is complete
+                finally:
+                    os.close(fd)
                 rootfs = f.rootfs
+                failpoint(FP + "create.after_rootfs")
             nics = self.options.nics(wid, spec) if self.options.nics else ()
             write_json(f.config, vm_config(spec, rootfs=rootfs, log_path=f.fclog, nics=nics))
+            failpoint(FP + "create.after_config")
+            # spec.json last: its presence says the directory is complete (list() and
+            # every other call go by it); one without it is a create cut short.
+            write_durably(f.spec, dumps(spec))
+            failpoint(FP + "create.after_spec")
         except BaseException:
             shutil.rmtree(f.dir, ignore_errors=True)
             raise
@@ -324,12 +446,20 @@ class FirecrackerDriver(Driver):
         )
 
     async def _stop(self, wid: str, f: VmFiles, timeout_s: float) -> Status:
-        f.stop.touch()
+        o = self.options
+        # Written before the first signal: a meshd that dies now still knows, once
+        # restarted, that this run is to end by the deadline (see reattach).
+        write_json(f.stop, {"deadline": time.time() + max(timeout_s, 0.0)})
+        failpoint(FP + "stop.after_mark")
         self._unwatch(wid)
-        proc = self._proc(wid, f)
+        proc = self._settle(wid, f)
+        alive = proc is not None and proc.alive()
+        keep = proc.record if proc is not None and alive else None
+        await kill_strays(f.dir, self._jail(f, proc), keep, o.term_grace_s)
         how = "nothing: it was not running"
-        if proc is not None and proc.alive():
+        if proc is not None and alive:
             how = await self._shut_down(wid, proc, timeout_s)
+        await kill_strays(f.dir, self._jail(f, proc), None, o.term_grace_s)
         code = proc.exit_code() if proc is not None else None
         self._procs.pop(wid, None)
         status = Status(WorkloadState.STOPPED, detail=f"stopped by {how}", exit_code=code)
@@ -349,6 +479,7 @@ class FirecrackerDriver(Driver):
                 logger.info("firecracker ctrl-alt-del failed id=%s error=%s", wid, exc)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             proc.signal(sig)
+            failpoint(f"{FP}stop.after_{sig.name.lower()}")
             if await proc.wait_dead(o.term_grace_s, o.boot_poll_s):
                 return sig.name
         raise DriverError(f"firecracker pid {proc.record.pid} of {wid} outlived SIGKILL")

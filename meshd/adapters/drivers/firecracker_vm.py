@@ -6,8 +6,19 @@ Theory of operation
 so a restarted meshd (or an operator) reads the same truth: ``spec.json``,
 ``vm-config.json``, ``process.json`` (pid, start time, boot id, API socket, jail),
 ``firecracker.pid``, ``console.log`` (the serial console: Firecracker's stdout),
-``firecracker.log`` (Firecracker's own log), ``exit.json`` (how the last run ended) and
-``stop-requested`` (a stop was asked, so an exit is not a failure).
+``firecracker.log`` (Firecracker's own log), ``exit.json`` (how the last run ended),
+``stop-requested`` (a stop was asked, so an exit is not a failure; it holds the stop's
+deadline) and ``launch.json`` (the intent of a start: written before the spawn).
+
+*Crash safety.* Every record is replaced atomically and fsynced
+(:func:`~meshd.adapters.drivers.procfs.write_durably`) before the step it enables, so a
+meshd killed at any point leaves files the next one reads: ``launch.json`` (a run id,
+the API socket, the jail) precedes the spawn, and ``process.json`` names the same run
+id once the pid is known. A Firecracker started by a meshd that died before writing
+``process.json`` is found by what its command line names (the workload's directory:
+``--api-sock <dir>/fc.sock``) or, jailed, by its root directory (the jail's), and
+adopted (:func:`adopt`); any other process of the workload is a stray and is killed
+(:func:`kill_strays`) before a start and on reattach, stop and destroy.
 
 *Process.* Firecracker is started with :class:`subprocess.Popen` in its own session —
 not with asyncio's subprocess, whose transport kills the child when it is closed,
@@ -30,7 +41,9 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -49,13 +62,43 @@ from meshd.adapters.drivers.firecracker_host import (
     prepare_jail,
 )
 from meshd.adapters.drivers.process import describe_exit
-from meshd.adapters.drivers.procfs import boot_id, is_alive, read_stat
+from meshd.adapters.drivers.procfs import (
+    DEAD,
+    ProcStat,
+    boot_id,
+    find_by_cmdline,
+    is_alive,
+    read_stat,
+    write_durably,
+)
 from meshd.adapters.drivers.specfile import SPEC_NAME, spec_driver
 from meshd.errors import DriverError
+from meshd.failpoints import declare, failpoint
 
 _EXIT_CODE = re.compile(rb"exit_code=(\d+)")
 _PANIC = b"Kernel panic"
 _TAIL = 8192
+TRASH = ".trash-"  # a destroyed workload's directory, renamed before it is removed
+FP = "driver.firecracker."
+declare(
+    *(
+        FP + step
+        for step in (
+            "create.after_mkdir",
+            "create.after_rootfs",
+            "create.after_config",
+            "create.after_spec",
+            "start.after_intent",
+            "start.after_spawn",
+            "start.after_record",
+            "stop.after_mark",
+            "stop.after_sigterm",
+            "stop.after_sigkill",
+            "destroy.after_stop",
+            "destroy.after_rename",
+        )
+    )
+)
 
 
 class BootFailed(Exception):
@@ -77,6 +120,7 @@ class VmFiles:
         self.exit = wdir / "exit.json"
         self.stop = wdir / "stop-requested"
         self.rootfs = wdir / "rootfs.img"
+        self.intent = wdir / "launch.json"
 
 
 @dataclass(frozen=True)
@@ -89,6 +133,7 @@ class ProcessRecord:
     started_at: float  # wall clock
     api_sock: str
     jail: str | None = None  # the jail directory (…/firecracker/<id>) when jailed
+    run: str = ""  # the run id of launch.json (empty in records of older meshds)
 
     @classmethod
     def load(cls, path: Path) -> ProcessRecord | None:
@@ -109,7 +154,15 @@ class VmProcess:
 
     @classmethod
     def spawn(cls, argv: list[str], f: VmFiles, api_sock: Path, jail: str | None) -> VmProcess:
-        """Start ``argv`` detached, console to console.log; write process.json and the pidfile."""
+        """Start ``argv`` detached, console to console.log; write process.json and the pidfile.
+
+        The intent (``launch.json``) is on disk before the fork, so a meshd killed
+        between the fork and ``process.json`` adopts this process instead of starting a
+        second one."""
+        run = secrets.token_hex(8)
+        intent = {"run": run, "at": time.time(), "api_sock": str(api_sock), "jail": jail}
+        write_json(f.intent, intent)
+        failpoint(FP + "start.after_intent")
         with f.console.open("ab") as console:
             child = subprocess.Popen(
                 argv,
@@ -119,19 +172,21 @@ class VmProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        failpoint(FP + "start.after_spawn")
         try:
             st = read_stat(child.pid)
             if st is None:  # an unreaped child always has a /proc entry
                 raise RuntimeError(f"no /proc entry for the firecracker just started ({child.pid})")
             rec = ProcessRecord(
-                child.pid, st.starttime, boot_id(), time.time(), str(api_sock), jail
+                child.pid, st.starttime, boot_id(), time.time(), str(api_sock), jail, run
             )
             write_json(f.record, asdict(rec))
-            f.pidfile.write_text(f"{child.pid}\n")
+            write_durably(f.pidfile, f"{child.pid}\n".encode())
         except BaseException:
             child.kill()  # a VM nobody could find again must not run
             child.wait()
             raise
+        failpoint(FP + "start.after_record")
         return cls(rec, child)
 
     def alive(self) -> bool:
@@ -145,10 +200,14 @@ class VmProcess:
         return self.child.poll() if self.child is not None else None
 
     def signal(self, sig: int) -> None:
-        """Signal the VM, only while pid, start time and boot id still match."""
+        """Signal the VM's process group (it leads its own session: the jailer or
+        Firecracker and anything they started), only while pid, start time and boot id
+        still match."""
         if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.record.pid, sig)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.record.pid, sig)
+                os.kill(self.record.pid, sig)  # not a group leader (an adopted oddity)
 
     async def wait_dead(self, timeout_s: float, poll_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -189,9 +248,8 @@ def launch(
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    tmp.replace(path)
+    """Replace a record atomically and durably (temp file, fsync, rename, dir fsync)."""
+    write_durably(path, json.dumps(data, sort_keys=True).encode())
 
 
 def read_json(path: Path) -> dict[str, object] | None:
@@ -284,14 +342,125 @@ async def wait_for_marker(
 
 def list_ids(root: Path, driver: str) -> list[str]:
     dirs = sorted(root.iterdir()) if root.is_dir() else []
-    return [d.name for d in dirs if d.is_dir() and spec_driver(d) == driver]
+    return [
+        d.name
+        for d in dirs
+        if d.is_dir() and not d.name.startswith(TRASH) and spec_driver(d) == driver
+    ]
 
 
-def remove(wdir: Path, jail: str | None, opts: JailerOptions | None) -> None:
+def purge_trash(root: Path) -> None:
+    """Finish removing what a destroy renamed away before meshd died."""
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(TRASH):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# --- finding a workload's processes ------------------------------------------------------
+
+
+def _root_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return None
+
+
+def members(wdir: Path, jail: str | None) -> list[ProcStat]:
+    """Every live process of the workload at ``wdir``: those whose command line names the
+    directory (a direct Firecracker: ``--api-sock <dir>/fc.sock``) and, when jailed,
+    those chrooted into the jail (whose command line names only chroot paths)."""
+    found = {st.pid: st for st in find_by_cmdline(str(wdir) + "/")}
     if jail is not None:
-        shutil.rmtree(jail, ignore_errors=True)
-        if opts is not None and opts.cgroup_version == 2:
-            parent = opts.parent_cgroup or Path(jail).parent.name
-            with contextlib.suppress(OSError):  # busy or never made: nothing of ours is left
-                (Path("/sys/fs/cgroup") / parent / Path(jail).name).rmdir()
-    shutil.rmtree(wdir)
+        root = str(Path(jail) / "root")
+        with os.scandir("/proc") as entries:
+            for entry in entries:
+                if entry.name.isdigit() and _root_of(int(entry.name)) == root:
+                    st = read_stat(int(entry.name))
+                    if st is not None and st.state not in DEAD:
+                        found[st.pid] = st
+    return sorted(found.values(), key=lambda st: st.pid)
+
+
+def strays(wdir: Path, jail: str | None, keep: ProcessRecord | None) -> list[int]:
+    """The workload's processes other than ``keep`` (the run its records account for)."""
+    return [
+        st.pid
+        for st in members(wdir, jail)
+        if keep is None or (st.pid, st.starttime) != (keep.pid, keep.start_ticks)
+    ]
+
+
+async def kill_strays(
+    wdir: Path, jail: str | None, keep: ProcessRecord | None, timeout_s: float
+) -> None:
+    """SIGKILL the processes of the workload that no record accounts for and wait until
+    they are gone: never a second copy beside the recorded one, never an untracked one."""
+    pids = strays(wdir, jail, keep)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        pids = [p for p in strays(wdir, jail, keep) if p in pids]
+    if pids:
+        raise DriverError(
+            f"untracked firecracker pids {pids} of {wdir.name} outlived SIGKILL; try again"
+        )
+
+
+def adopt(f: VmFiles) -> ProcessRecord | None:
+    """The Firecracker a meshd launched before it died without writing ``process.json``:
+    found by the launch intent and the processes of the workload (a session leader, as
+    each spawn makes it), recorded as this workload's run. None if there is none."""
+    intent = read_json(f.intent)
+    if intent is None or not isinstance(run := intent.get("run"), str):
+        return None
+    rec = ProcessRecord.load(f.record)
+    if rec is not None and rec.run == run:
+        return None  # the run was recorded: nothing to adopt
+    jail = intent.get("jail")
+    jail = jail if isinstance(jail, str) else None
+    leaders = [st for st in members(f.dir, jail) if st.session == st.pid]
+    if not leaders:
+        return None
+    st = leaders[0]
+    at = intent.get("at")
+    rec = ProcessRecord(
+        st.pid,
+        st.starttime,
+        boot_id(),
+        float(at) if isinstance(at, int | float) else time.time(),
+        str(intent.get("api_sock", f.sock)),
+        jail,
+        run,
+    )
+    write_json(f.record, asdict(rec))
+    write_durably(f.pidfile, f"{st.pid}\n".encode())
+    return rec
+
+
+def remove_jail(jail: str | None, opts: JailerOptions | None) -> None:
+    """Remove a VM's jail and its cgroup (the workload's directory goes by rename)."""
+    if jail is None:
+        return
+    shutil.rmtree(jail, ignore_errors=True)
+    if opts is not None and opts.cgroup_version == 2:
+        parent = opts.parent_cgroup or Path(jail).parent.name
+        with contextlib.suppress(OSError):  # busy or never made: nothing of ours is left
+            (Path("/sys/fs/cgroup") / parent / Path(jail).name).rmdir()
+
+
+def stop_deadline(f: VmFiles) -> float | None:
+    """The wall-clock deadline of the stop ``stop-requested`` records, None without one
+    (an empty file, from an older meshd, asks for the stop to end now)."""
+    try:
+        data = json.loads(f.stop.read_bytes() or b"{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return 0.0
+    deadline = data.get("deadline") if isinstance(data, dict) else None
+    return float(deadline) if isinstance(deadline, int | float) else 0.0
