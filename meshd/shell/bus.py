@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from meshd.core.auction.model import Allocation
+from meshd.core.auction.model import Allocation, Resources
 
 logger = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -35,6 +35,14 @@ class WorkloadReleased:
     workload_id: str
     generation: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainingChanged:
+    """What workloads released here but not yet destroyed use, in all (the runner says):
+    the placement shell keeps it counted, so it is not offered before it is free."""
+
+    resources: Resources
 
 
 class Bus:

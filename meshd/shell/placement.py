@@ -58,7 +58,14 @@ from meshd.core.auction.effects import (
 )
 from meshd.core.auction.fields import dumps
 from meshd.core.auction.messages import AuctionMsg, Confirm, Sync
-from meshd.core.auction.model import Capacity, InvariantBreach, Placement, Telemetry, Workload
+from meshd.core.auction.model import (
+    NOTHING,
+    Capacity,
+    InvariantBreach,
+    Placement,
+    Telemetry,
+    Workload,
+)
 from meshd.core.spec import SubmitRequest
 from meshd.errors import (
     BadRequest,
@@ -69,7 +76,7 @@ from meshd.errors import (
     StoreError,
 )
 from meshd.shell.alarm import Alarm
-from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.journal import AuctionJournal
 from meshd.shell.outbox import Outbox
@@ -107,6 +114,8 @@ class PlacementShell:
         self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
         self._start_due = False
         self._telemetry: Telemetry | None = None
+        self._draining = NOTHING  # released, not yet destroyed (the runner says)
+        ctx.bus.subscribe(DrainingChanged, self._on_draining)
         self._broken: str | None = None  # the store can't even be read: refuse everything
         self._alarm = Alarm("auction", self._tick, self._deadline, ctx.clock, 1.0)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,6 +129,10 @@ class PlacementShell:
         self.pruned = m.counter(
             "meshd_auction_rounds_pruned_total", "Old round records deleted from the store"
         )
+
+    def _on_draining(self, event: DrainingChanged) -> None:
+        self._draining = event.resources
+        self.core.set_draining(event.resources)
 
     def _restore(self, durable: DurableState) -> Auctioneer:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -561,6 +574,7 @@ class PlacementShell:
         core.set_unwritable(_refusal(self.health.problem))
         if self._telemetry is not None:
             core.set_telemetry(self._telemetry)
+        core.set_draining(self._draining)
         self.core = core
         # What a restored core owes at once (its abandoned rounds, expired holds) is what
         # any later restore derives again from the store: it may wait for the disk.

@@ -33,12 +33,13 @@ from typing import Any
 
 from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.adapters.drivers.registry import driver_for, make_drivers
+from meshd.adapters.drivers.specfile import read_spec
 from meshd.config import DriversConfig
 from meshd.core import workload_states
-from meshd.core.auction.model import Allocation
+from meshd.core.auction.model import NOTHING, Allocation, Resources
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError, StoreError
-from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.ports import MeshPort
 
@@ -71,6 +72,8 @@ class WorkloadRunner:
         # released, so the runner must remember it itself.
         self._driver_names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Released here, not yet destroyed: their resources stay counted meanwhile.
+        self._draining: dict[str, Resources] = {}
 
     def start(self, allocations: Mapping[str, Allocation], complete: bool = True) -> None:
         """Reattach or start every confirmed allocation, then follow the placement's events.
@@ -122,7 +125,24 @@ class WorkloadRunner:
         alloc = self._allocs.pop(event.workload_id, None)
         if alloc is not None:
             self._driver_names.setdefault(event.workload_id, alloc.workload.driver)
+            self._drain(event.workload_id, alloc.resources)
         self._spawn(self._remove(event.workload_id, event.generation, event.reason))
+
+    def _drain(self, wid: str, r: Resources | None) -> None:
+        """Count ``r`` as still in use by ``wid`` (None: it is gone) and say the total."""
+        if r is None:
+            if self._draining.pop(wid, None) is None:
+                return
+        else:
+            self._draining[wid] = r
+        total = NOTHING
+        for used in self._draining.values():
+            total = total + used
+        self.ctx.bus.publish(DrainingChanged(total))
+
+    def draining(self) -> dict[str, Resources]:
+        """Workloads released here whose processes are not verifiably gone yet."""
+        return dict(self._draining)
 
     async def _run(self, alloc: Allocation) -> None:
         w = alloc.workload
@@ -177,6 +197,7 @@ class WorkloadRunner:
                     driver.name,
                 )
                 self._driver_names.setdefault(wid, driver.name)
+                self._drain(wid, _resources_of(driver, wid))
                 await self._remove(wid, 0, "released while meshd was down")
 
     async def _driver_holding(self, wid: str) -> str | None:
@@ -204,6 +225,7 @@ class WorkloadRunner:
             await asyncio.sleep(delay)
             delay = min(delay * 2, REMOVE_RETRY_MAX_S)
         logger.info("workload removed here id=%s reason=%s", wid, reason)
+        self._drain(wid, None)
         self._driver_names.pop(wid, None)
         self.states.forget(wid)
 
@@ -354,3 +376,12 @@ class WorkloadRunner:
             await self.mesh.remove_service(name)
         except MeshdError as exc:
             logger.debug("withdrawing service %s: %s", name, exc)
+
+
+def _resources_of(driver: Driver, wid: str) -> Resources:
+    """What a workload found without an allocation uses, from its ``spec.json``."""
+    try:
+        s = read_spec(driver.dir_of(wid))
+    except (DriverError, OSError, ValueError):
+        return NOTHING  # unreadable: nothing to count (its destroy still runs)
+    return Resources(float(s.cpus), s.memory, s.disk)

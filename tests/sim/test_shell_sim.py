@@ -25,9 +25,9 @@ from collections.abc import Iterator
 import pytest
 
 from meshd import config
-from meshd.core.auction.model import GiB
+from meshd.core.auction.model import NOTHING, GiB, Resources
 from meshd.core.spec import Service, SubmitRequest
-from meshd.shell.bus import WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
 from tests.faults.store import Fault
 from tests.sim.harness import ENV_SEED, seed_or
 from tests.sim.network import LinkModel
@@ -240,3 +240,23 @@ def test_a_stop_cut_short_by_a_crash_is_finished_after_the_restart() -> None:
 def test_the_random_seeds_that_found_them(seed: int) -> None:
     failures = list(_run(seed, "oracle"))
     assert not failures, failures[0]
+
+
+def test_a_removed_workload_keeps_its_capacity_counted_until_it_is_destroyed() -> None:
+    """The owner's ledger lets a removed workload go when the tombstone arrives; its
+    resources stay counted (the runner's ``DrainingChanged``) until the driver has
+    destroyed it, so nothing is offered again before the process is gone."""
+    sim = _three(seed_or(3))
+    seen: list[Resources] = []
+    try:
+        sim.at(0.5, sim.submit, "n1", _request("w1", nodes=frozenset({"n2"})))
+        sim.run_until(2.0)
+        sim.runner("n2").ctx.bus.subscribe(DrainingChanged, lambda e: seen.append(e.resources))
+        sim.at(2.1, sim.remove_named, "n1", "w1")
+        sim.run_until(6.0)
+        assert seen == [Resources(1.0, GiB, 0), NOTHING], seen
+        assert sim.placement("n2").core._book.draining == NOTHING
+        assert sim.nodes["n2"].host.workloads == {}
+        assert sim.final_problems() == []
+    finally:
+        sim.close()

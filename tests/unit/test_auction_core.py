@@ -774,3 +774,24 @@ def test_tombstones_round_trip_through_the_codec() -> None:
     tomb = dataclasses.replace(p, removed=True)
     for pl in (p, tomb):
         assert codec.decode(codec.encode(Confirm(pl))) == Confirm(pl)
+
+
+def test_capacity_a_removal_frees_is_offered_only_once_its_workload_is_destroyed() -> None:
+    net = Net(2, {"n2": Capacity(2.0, 8 * GiB, 100 * GiB)})
+    only2 = frozenset({"n2"})
+    net.submit("n1", W("w1", nodes=only2))
+    net.pump()
+    w1 = net.of("n1", Decided)[-1].placement
+    # w1 is removed: n2's ledger lets it go, but its process is still being destroyed.
+    _, effects = net.cores["n1"].remove("w1", net.now)
+    net.apply("n1", effects)
+    net.pump()
+    net.cores["n2"].set_draining(w1.workload.resources)
+    assert "w1" not in net.cores["n2"].ledger().allocations
+    net.submit("n1", W("w2", nodes=only2))
+    net.pump()
+    first = net.cores["n1"].rounds()[-1]
+    assert first.bids[0].score < 0 and first.bids[0].busy  # "retry": it frees soon
+    net.cores["n2"].set_draining(Resources(0.0, 0, 0))  # the runner saw it gone
+    net.advance(2 * net.cfg.window_s)
+    assert net.of("n1", Decided)[-1].placement.workload_id == "w2"

@@ -121,6 +121,7 @@ from meshd.core.auction.model import (
     Capacity,
     Ledger,
     Placement,
+    Resources,
     RoundRecord,
     Telemetry,
     Workload,
@@ -221,6 +222,10 @@ class Auctioneer:
 
     def set_telemetry(self, t: Telemetry) -> None:
         self._book.telemetry = t
+
+    def set_draining(self, r: Resources) -> None:
+        """What released workloads still use here until they are destroyed."""
+        self._book.draining = r
 
     def set_unwritable(self, reason: str | None) -> None:
         """Why this node's store can't write now (None: it can again).

@@ -19,6 +19,8 @@ strict:
   refuses every award: it could persist neither the hold nor the allocation. A
   repeated award of an allocation it committed before is still accepted: that one is
   on disk.
+* A released allocation's resources stay counted (``draining``, from the shell) until
+  the runner has destroyed its workload: nothing is offered again before it is gone.
 * A repeated award is answered again without a second commit; an award for a
   generation at or below one already held or placed is refused; an award the
   originator already withdrew (a ``Revoke`` that overtook it) is refused.
@@ -51,6 +53,7 @@ from meshd.core.auction.durable import (
 from meshd.core.auction.effects import Effect, Persist, Start, Stop
 from meshd.core.auction.messages import Bid, BidRequest, Revoke
 from meshd.core.auction.model import (
+    NOTHING,
     Allocation,
     BidRecord,
     Capacity,
@@ -131,6 +134,10 @@ class Bidder:
         self._oc = scoring.Overcommit.from_config(cfg)
         self.limit = scoring.limit(capacity, self._oc)
         self.telemetry: Telemetry | None = None
+        # What released workloads still use here until the runner has verifiably
+        # destroyed them (the shell passes it in): counted like holds, so capacity
+        # freed by a removal or a move is offered again only once its process is gone.
+        self.draining = NOTHING
         # Change these only through _put_hold/_drop_hold/_put_alloc/_drop_alloc (tallies).
         self.holds: dict[str, Hold] = {}  # round id -> hold
         self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
@@ -235,6 +242,7 @@ class Bidder:
 
     def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
         committed, held, _, _ = self._others(wid, None)
+        held = held + self.draining
         return scoring.evaluate(ask, self._capacity, self._oc, committed, held, self.telemetry)
 
     def bid(self, req: BidRequest, originator: str, now: float, out: list[Effect]) -> Bid:
