@@ -591,3 +591,27 @@ async def test_membership_removes_and_restores_contacts(mesh: DhtMesh) -> None:
     assert gone_id in {c.id for c in node.dht.protocol.router.contacts()}
     with pytest.raises(DhtError):
         node.dht.add_contact("xyz", gone.addr)
+
+
+async def test_only_current_members_are_served_and_routed(mesh: DhtMesh) -> None:
+    """Holding the mesh key is not enough: a request whose sender id is not a current,
+    unrevoked member goes unanswered, and such an id enters no routing table."""
+    await mesh.grow(4)
+    target = mesh.members[0]
+    # A stranger: the mesh key, a node key the members' directory doesn't know.
+    stranger = await mesh.add("stranger", directory=StaticDirectory(), join=False)
+    ok, _ = await stranger.dht.protocol.ping(target.addr, stranger.dht.node.id)
+    assert not ok and target.metric("dropped", reason="not_a_member") >= 1
+    # A member that is removed: answered before, refused (and forgotten) after.
+    removed = mesh.members[1]
+    ok, _ = await removed.dht.protocol.ping(target.addr, removed.dht.node.id)
+    assert ok
+    mesh.directory.revoke(removed.node_id)
+    ok, _ = await removed.dht.protocol.ping(target.addr, removed.dht.node.id)
+    assert not ok
+    # Neither is named in a FIND_NODE answer, nor kept as a contact.
+    near = target.dht.protocol.rpc_find_node(
+        ("127.0.0.1", 1), mesh.members[2].dht.node.id, b"\0" * 20
+    )
+    named = {bytes(n[0]) for n in near}
+    assert removed.dht.node.id not in named and stranger.dht.node.id not in named
