@@ -240,6 +240,11 @@ class Api:
         except TimeoutError:
             logger.warning("api request timed out path=%s", request.path)
             return error(504, "the request took too long and was abandoned")
+        except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
+            # The caller went away mid-request (a member stopping or timing out while it
+            # posts, a client that interrupted `logs --follow`): normal, not an error.
+            logger.debug("caller went away path=%s error=%s", request.path, exc)
+            return error(400, "the request was cut short by its sender")
         except Exception:
             logger.exception("api handler failed path=%s", request.path)
             return error(500, "internal error in meshd; the daemon's log has the details")

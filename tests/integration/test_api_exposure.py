@@ -19,10 +19,10 @@ import ssl
 import time
 
 try:
-    from tests.integration.daemon import Daemon, Mesh
+    from tests.integration.daemon import Daemon, Mesh, client_context
     from tests.integration.flood import Flood
 except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
-    from daemon import Daemon, Mesh  # type: ignore[no-redef,import-not-found]
+    from daemon import Daemon, Mesh, client_context  # type: ignore[no-redef,import-not-found]
     from flood import Flood  # type: ignore[no-redef,import-not-found]
 
 import psutil
@@ -147,3 +147,29 @@ def test_a_malformed_request_from_a_stranger_is_one_short_line(mesh_factory: Mes
     assert len(lines) == 1, new
     assert len(lines[0]) < 300
     assert _metric(d, "meshd_api_refused_total", reason="malformed_request") == 5
+
+
+def test_a_peer_that_drops_a_request_midway_is_a_debug_line_not_a_traceback(
+    mesh_factory: Mesh,
+) -> None:
+    """A member that goes away in the middle of a post (a node stopping while it joins,
+    a timeout on its side) is normal life for a mesh: no error, no traceback."""
+    alpha = mesh_factory.found("alpha")
+    beta = mesh_factory.join("beta", via=alpha)
+    host, port = _host_port(alpha)
+    crt, key = beta.node_cert
+    ctx = client_context(alpha.ca_file, (crt, key))
+    for _ in range(5):  # a body cut short: the headers promise 4 KiB, 10 bytes come
+        with (
+            socket.create_connection((host, port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(
+                b"POST /v1/mesh/message HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\n"
+                + b"0123456789"
+            )
+    time.sleep(1.0)
+    log = alpha.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "level=error" not in log, log[-3000:]
