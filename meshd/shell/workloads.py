@@ -319,7 +319,11 @@ class WorkloadRunner:
         if changed:
             logger.info("workload %s id=%s detail=%s", state, wid, detail)
             try:
-                self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
+                # History, not a promise (the state is re-announced and gossiped): the
+                # event need not wait for an fsync of its own, which cost a busy winner
+                # two per placement.
+                with self.ctx.store.transaction(durable=False):
+                    self.ctx.store.append_event(entry.at, f"workload.{state}", wid, entry.as_json())
             except StoreError as exc:
                 # The event log is history, not a promise: the state is what the driver
                 # reported, true whether or not the log has room, so it is still told.
