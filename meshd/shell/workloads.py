@@ -36,7 +36,7 @@ from meshd.adapters.drivers.registry import driver_for, make_drivers
 from meshd.adapters.drivers.specfile import read_spec
 from meshd.config import DriversConfig
 from meshd.core import workload_states
-from meshd.core.auction.model import NOTHING, Allocation, Resources
+from meshd.core.auction.model import NOTHING, Allocation, Resources, Workload
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError, StoreError
 from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
@@ -388,4 +388,4 @@ def _resources_of(driver: Driver, wid: str) -> Resources:
         s = read_spec(driver.dir_of(wid))
     except (DriverError, OSError, ValueError):
         return NOTHING  # unreadable: nothing to count (its destroy still runs)
-    return Resources(float(s.cpus), s.memory, s.disk)
+    return Workload(wid, s).resources  # the one place a spec becomes resources
