@@ -8,7 +8,7 @@ drives a workload through the phase that passes the point (submit for create/sta
 starts it again without the failpoint and measures:
 
 * ``lost``: the workload is gone from the node's view, or it neither runs nor starts
-  again with ``workload start``;
+  again with ``workload start`` (a stop the kill interrupted must first finish);
 * ``double``: more than one copy of its process runs at any check;
 * ``untracked``: a process of it survives its ``workload rm``;
 * ``reconcile_s``: from the restart to the workload's settled state (running, or the
@@ -183,9 +183,13 @@ def run_point(
             out.detail = "the workload is gone from the node's view after the restart"
             return out
         wid = str(row["workload"])
-        settled = _wait(
-            lambda: (view(d, name) or {}).get("state") in ("running", "stopped", "failed")
-        )
+        # A stop the kill interrupted is finished after the restart (the run may show as
+        # running until its resumed stop ends it); anything else settles either way.
+        ends = ("stopped", "failed") if act == "stop" else ("running", "stopped", "failed")
+        settled = _wait(lambda: (view(d, name) or {}).get("state") in ends)
+        if not settled and act == "stop":
+            out.lost = 1  # counted: the operator's stop was lost
+            out.detail = f"the interrupted stop did not finish ({view(d, name)});"
         state = (view(d, name) or {}).get("state")
         if state != "running":
             d.cli("workload", "start", wid)
@@ -193,7 +197,7 @@ def run_point(
         out.reconcile_s = time.monotonic() - t0
         if not settled:
             out.lost = 1
-            out.detail = f"not running after the restart and a start ({view(d, name)})"
+            out.detail += f" not running after the restart and a start ({view(d, name)})"
         n = len(copies(driver, d.data_dir, wid))
         out.double = int(n > 1)
         if n == 0:
