@@ -147,6 +147,16 @@ class MembershipConfig(_Section):
     # Lifeguard local health: probe timeout and interval scale by up to this factor
     # when this node misses acks or is itself suspected (it may be the slow one).
     awareness_max: int = 8
+    # A timer that rings this much later than it was due means this node's own event
+    # loop stalled (a starved CPU, a stopped process, a clock jump): the probe in
+    # flight is not evidence against its target, suspicions that came due meanwhile
+    # wait one probe interval for the refutations queued behind the stall, and the
+    # local health score rises (probes slow down; see core/membership/awareness.py).
+    stall_s: float = 0.15
+    # Seeds and remembered addresses contacted at once when joining; the next ones on
+    # each retry while nobody answers (a restarted chassis must not storm itself with
+    # a full-state exchange from every node to every node).
+    join_fanout: int = 3
     # Gossip: every interval, piggyback pending broadcasts to this many random members.
     gossip_interval_s: float = 0.2
     gossip_nodes: int = 3

@@ -18,6 +18,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import random
 import resource
 import signal
 import socket
@@ -42,6 +43,7 @@ from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
+from meshd.shell import loop_errors
 from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
 from meshd.shell.mesh import Mesh
@@ -284,6 +286,9 @@ class Node:
             for m in roster.members(self.store)
             if m.name != self.ident.name and m.address and not m.address.endswith(":0")
         ]
+        # Remembered addresses in random order: membership contacts a few at a time
+        # (membership.join_fanout), so a chassis restarting together spreads its joins.
+        random.shuffle(known)
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"), seeds)
@@ -438,6 +443,7 @@ class Node:
 async def serve(cfg: Config, ident: NodeIdentity) -> None:
     """Run a node until SIGTERM/SIGINT (what ``meshd run`` does)."""
     ensure_fd_room(cfg)
+    loop_errors.install(asyncio.get_running_loop())
     lock = lock_data_dir(cfg.data_dir)
     try:
         with Store.open(cfg.store_path) as store:

@@ -13,7 +13,16 @@ anyone. The score moves on evidence about ourselves:
 * ``+1`` per expected nack that did not arrive (Lifeguard §4.1: peers that answer
   nacks are healthy, so a missing nack points at our own network path);
 * ``+1`` when we have to refute a suspicion about ourselves;
-* ``-1`` for every successful probe.
+* ``-1`` for every successful probe;
+* ``+1``, and one more per probe interval lost, when a tick comes more than
+  ``membership.stall_s`` after the timer that asked for it: our own event loop
+  stalled (a starved CPU, SIGSTOP, a clock jump). Lifeguard infers ill health only
+  from missed acks and nacks; a loop that ran late is the most direct evidence there
+  is, and on a machine shared by many busy processes it is the usual one. The probe
+  in flight during such a stall is voided rather than failed, and suspicions that
+  came due wait one more probe interval for the refutations queued behind the stall
+  (``Membership._stalled``): accusations made while the accuser was stalled don't
+  count.
 
 This mirrors memberlist's ``awareness.go``. meshd departs only in also scaling the
 direct-ack wait (memberlist leaves it fixed), as the Lifeguard paper does.

@@ -53,7 +53,7 @@ def wanted(k_cfg: int, n: int) -> int:
 class Suspicion:
     """One member's suspicion timer, started at ``start`` by ``origin``'s claim."""
 
-    __slots__ = ("_seen", "confirmations", "deadline", "hi", "inc", "k", "lo", "start")
+    __slots__ = ("_floor", "_seen", "confirmations", "deadline", "hi", "inc", "k", "lo", "start")
 
     def __init__(self, origin: str, inc: int, k: int, lo: float, hi: float, start: float) -> None:
         self.inc = inc
@@ -63,19 +63,31 @@ class Suspicion:
         self.start = start
         self.confirmations = 0
         self._seen = {origin}
+        self._floor = start  # a postponed deadline holds against later confirmations
         self.deadline = start + timeout(0, k, lo, hi)
 
     def confirm(self, origin: str) -> bool:
         """Count ``origin``'s independent confirmation; True if it was new evidence.
 
-        The deadline only ever moves earlier; it may already be in the past, in which
-        case the caller's next tick declares the member dead.
+        The deadline only ever moves earlier (never before a :meth:`postpone`); it may
+        already be in the past, in which case the caller's next tick declares the
+        member dead.
         """
         if self.confirmations >= self.k or origin in self._seen:
             return False
         self._seen.add(origin)
         self.confirmations += 1
-        self.deadline = self.start + timeout(self.confirmations, self.k, self.lo, self.hi)
+        computed = self.start + timeout(self.confirmations, self.k, self.lo, self.hi)
+        self.deadline = max(self._floor, computed)
+        return True
+
+    def postpone(self, until: float) -> bool:
+        """Move the deadline to ``until`` (our own loop stalled when it came due); False,
+        unchanged, once that would pass twice the longest timeout from the start."""
+        if until > self.start + 2 * self.hi:
+            return False
+        self._floor = max(self._floor, until)
+        self.deadline = max(self.deadline, until)
         return True
 
     def restart(self, origin: str, inc: int) -> None:
@@ -83,4 +95,4 @@ class Suspicion:
         self.inc = inc
         self.confirmations = 0
         self._seen = {origin}
-        self.deadline = self.start + timeout(0, self.k, self.lo, self.hi)
+        self.deadline = max(self._floor, self.start + timeout(0, self.k, self.lo, self.hi))

@@ -29,7 +29,9 @@ incarnation ``i``:
   and ``Suspect``/``Dead``/``Left`` with ``j >= i``, make us refute — unless we left.
 
 *Local health* (Lifeguard §4.1, :mod:`.awareness`) stretches our probe timeout and
-interval when we miss nacks, fail probes or have to refute.
+interval when we miss nacks, fail probes, have to refute, or find that our own timers
+ring late (our loop stalled: then the probe in flight is void and due suspicions wait
+for what queued up behind the stall).
 
 *Dissemination* (SWIM §4.4, :mod:`.broadcasts`). Updates are piggybacked on every ping,
 ack, nack and ping-req, and every ``gossip_interval`` (only when something is queued)
@@ -66,8 +68,12 @@ Where meshd departs from memberlist and the papers
   interval boundary); the interval only rate-limits sustained gossip.
 * Merging a push-pull, a remote ``dead`` record is a suspicion (memberlist does the
   same) attributed to the sender.
-* A message from an unknown sender triggers a push-pull with it (rate-limited), which
-  is how a restarted seed with no seeds of its own finds the mesh again.
+* A message from an unknown sender triggers a push-pull with it (at most one per
+  probe interval), which is how a restarted seed with no seeds of its own finds the
+  mesh again.
+* ``join`` contacts ``join_fanout`` seeds at a time (the next ones on each retry), not
+  every address given: a restarted node is given every roster address it remembers,
+  and a chassis restarting together must not exchange full state pairwise.
 * ``mark`` sets a state locally without gossip: the hook later issues (fencing) use.
 
 Nothing here does IO, reads a clock or uses global randomness: the shell passes
@@ -190,7 +196,13 @@ class Membership:
         self._seen_fifo: deque[tuple[float, tuple[str, int]]] = deque()
         self._told: dict[str, float] = {}
         self._seeds: tuple[Address, ...] = ()
+        self._seed_next = 0
         self._join_retry_at = math.inf
+        self._next_stranger_pp = now
+        # When the shell should tick us next, as of our last run: how late a tick comes
+        # is measured against it (see tick).
+        self._expect = math.inf
+        self.stalls = 0  # ticks that came late enough to mean our own loop stalled
         self._join_backoff = cfg.probe_interval_s
         self._announce()
 
@@ -227,6 +239,7 @@ class Membership:
     def join(self, seeds: Iterable[Address], now: float) -> list[Effect]:
         """Push-pull with every seed address; retried while we know nobody alive."""
         self._seeds = tuple((str(h), int(p)) for h, p in seeds if (h, p) != self._me.address)
+        self._seed_next = 0
         self._join_backoff = self._cfg.probe_interval_s
         self._join_retry_at = now + self._join_backoff
         out: list[Effect] = []
@@ -253,11 +266,20 @@ class Membership:
             self._on_pushpull(msg_, sender, addr, now, out)
         else:
             self._log.debug("drop reason=unknown-message type=%s from=%s", type(msg), sender)
+        # When the next tick should come now (a deadline moved into the past is due at
+        # once, not late). Once the expected tick is overdue a receive may only bring
+        # it forward: the first datagram read after a stall must not hide the stall
+        # from the tick that follows it.
+        expect = max(self._due(), now)
+        self._expect = expect if now < self._expect else min(self._expect, expect)
         return out
 
     def tick(self, now: float) -> list[Effect]:
         """Run every timer that is due: probes, suspicions, relays, gossip, push-pull."""
         out: list[Effect] = []
+        late = now - self._expect
+        if late > self._cfg.stall_s:
+            self._stalled(now, late)
         self._expire_suspicions(now, out)
         self._expire_relays(now, out)
         p = self._probe
@@ -277,7 +299,62 @@ class Membership:
         if now >= self._join_retry_at and not self._left:
             self._retry_join(now, out)
         self._housekeeping(now)
+        self._expect = max(self._due(), now)
         return out
+
+    def _due(self) -> float:
+        """When the earliest timer that measures time came due: the moment the shell was
+        asked to tick us (gossip is excluded: its first round is due "now" on purpose)."""
+        d = math.inf if self._left else min(self._next_probe, self._next_push_pull)
+        p = self._probe
+        if p is not None:
+            d = min(d, p.end_at if p.indirect_sent else p.timeout_at)
+        if self._susp_heap:
+            d = min(d, self._susp_heap[0][0])
+        if self._relay_heap:
+            d = min(d, self._relay_heap[0][0])
+        return d
+
+    def _stalled(self, now: float, late: float) -> None:
+        """Our own loop ran ``late`` seconds behind (Lifeguard's local health, driven
+        by our own lateness): what we measured meanwhile is about us, not the others.
+
+        * the probe in flight is void: its ack may be sitting unread in our socket;
+        * suspicions that came due wait one more probe interval (at most until twice
+          their longest timeout), so refutations queued behind the stall are read first;
+        * ping-reqs we relay are dropped without a nack (a nack would say the target
+          is unreachable, and we don't know that);
+        * the local health score rises by one, and one more per probe interval lost.
+        """
+        self.stalls += 1
+        self._awareness.apply(1 + int(late / self._cfg.probe_interval_s))
+        self._log.debug(
+            "loop stalled late_s=%.3f health=%d probe=%s",
+            late,
+            self._awareness.score,
+            self._probe.target if self._probe is not None else None,
+        )
+        if self._probe is not None:
+            self._probe = None
+            self._next_probe = min(self._next_probe, now)
+        grace = now + self._cfg.probe_interval_s
+        heap = self._susp_heap
+        waiting: list[tuple[float, int, str]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            sus = self._suspicions.get(entry[2])
+            if sus is None or sus.deadline != entry[0]:
+                continue
+            if sus.postpone(grace):
+                self._heap_tie += 1
+                waiting.append((sus.deadline, self._heap_tie, entry[2]))
+            else:
+                waiting.append(entry)
+        for entry in waiting:
+            heapq.heappush(heap, entry)
+        relays = self._relay_heap
+        while relays and relays[0][0] <= now:
+            self._relays.pop(heapq.heappop(relays)[1], None)
 
     def next_deadline(self) -> float:
         """The time by which :meth:`tick` must next run."""
@@ -466,7 +543,11 @@ class Membership:
         if m is None:
             # Someone we don't know talks to us: exchange state with it (that is how
             # a restarted node with nothing persisted finds the mesh again).
-            if not self._left and self._may_tell(sender, now):
+            # At most one such exchange per probe interval: when a whole chassis starts
+            # together everybody is a stranger to everybody for a moment, and one
+            # full-state exchange per pair would be a storm.
+            if not self._left and now >= self._next_stranger_pp and self._may_tell(sender, now):
+                self._next_stranger_pp = now + self._cfg.probe_interval_s
                 out.append(Send(addr, PushPull(self._records()), reliable=True))
             return
         if not _ok_int(inc):
@@ -848,10 +929,14 @@ class Membership:
                 out.append(Send(self._members[name].address, PushPull(records), reliable=True))
 
     def _push_seeds(self, out: list[Effect]) -> None:
+        """Push-pull with the next ``join_fanout`` seeds (in turn, wrapping around)."""
         if self._seeds:
             records = self._records()
-            for addr in self._seeds:
+            count = min(self._cfg.join_fanout, len(self._seeds))
+            for i in range(count):
+                addr = self._seeds[(self._seed_next + i) % len(self._seeds)]
                 out.append(Send(addr, PushPull(records, join=True), reliable=True))
+            self._seed_next = (self._seed_next + count) % len(self._seeds)
 
     def _retry_join(self, now: float, out: list[Effect]) -> None:
         if not self._seeds:
