@@ -340,6 +340,19 @@ def document() -> dict[str, Any]:
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }
             },
+            "/v1/mesh/certs": {
+                "get": {
+                    "summary": "Mesh-internal: every member's certificate (PEM), for a "
+                    "node meeting many members at once (nodes only)",
+                    "responses": {
+                        "200": {
+                            "description": "the certificates",
+                            "content": {"application/x-pem-file": {}},
+                        },
+                        **_ERRORS,
+                    },
+                },
+            },
             "/v1/mesh/keys": {
                 "post": {
                     "summary": "Mesh-internal: a rotated mesh key (CA-signed) with the "

@@ -53,6 +53,7 @@ from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
 from meshd.shell import ca_custody
+from meshd.shell.gate import CERTS_PATH
 from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
@@ -106,6 +107,7 @@ NODE_ROUTES = frozenset(
         ("POST", REVOCATIONS_PATH),
         ("POST", KEYS_PATH),
         ("GET", KEYS_PATH),
+        ("GET", CERTS_PATH),
         ("POST", ca_custody.PROMOTE_PATH),
     }
 )
@@ -183,6 +185,7 @@ class Api:
         app.router.add_post(REVOCATIONS_PATH, self.mesh_revocations)
         app.router.add_post(KEYS_PATH, self.mesh_keys_push)
         app.router.add_get(KEYS_PATH, self.mesh_keys_fetch)
+        app.router.add_get(CERTS_PATH, self.mesh_certs_fetch)
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
@@ -448,6 +451,11 @@ class Api:
         return web.Response(
             body=self._mesh().keys_bundle(), content_type="application/octet-stream"
         )
+
+    async def mesh_certs_fetch(self, request: web.Request) -> web.Response:
+        # Only a current member gets here (_auth): the certificates of every member.
+        body = self._mesh().gate.certs_bundle()
+        return web.Response(body=body, content_type="application/x-pem-file")
 
     def _state_of(self, wid: str, generation: int) -> tuple[str, str]:
         runner = self.node.runner

@@ -149,9 +149,10 @@ class MembershipConfig(_Section):
     awareness_max: int = 8
     # A timer that rings this much later than it was due means this node's own event
     # loop stalled (a starved CPU, a stopped process, a clock jump): the probe in
-    # flight is not evidence against its target, suspicions that came due meanwhile
-    # wait one probe interval for the refutations queued behind the stall, and the
-    # local health score rises (probes slow down; see core/membership/awareness.py).
+    # flight is not evidence against its target, the stall does not count against the
+    # members it suspects (their timers move on by its length, and one that came due
+    # waits a probe interval for refutations queued behind it), and the local health
+    # score rises (probes slow down; see core/membership/awareness.py).
     stall_s: float = 0.15
     # Seeds and remembered addresses contacted at once when joining; the next ones on
     # each retry while nobody answers (a restarted chassis must not storm itself with

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -43,6 +44,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Spawn = Callable[[Coroutine[Any, Any, Any]], object]
 CACHE_MAX = 4096  # certificates (and fetch times) remembered before starting afresh
+# Certificate fetches (TLS handshakes) in flight at once: a node meeting a whole chassis
+# at once (everyone restarted together) learns 60 certificates without a storm.
+FETCHES_AT_ONCE = 4
+# Every member's certificate in one answer (nodes only): how a node that meets many
+# members at once (joining, or a chassis restarting together) learns them all.
+CERTS_PATH = "/v1/mesh/certs"
+BUNDLE_MAX_CERTS = 4096
+_PEM_END = b"-----END CERTIFICATE-----"
 
 
 class Gate:
@@ -67,6 +76,9 @@ class Gate:
             except (IdentityError, EnvelopeError) as exc:
                 logger.warning("roster certificate of %s refused: %s", member.name, exc)
         self._cert_fetches: dict[Addr, float] = {}
+        self._fetching = asyncio.Semaphore(FETCHES_AT_ONCE)
+        # One client context per identity (building one writes and loads the key chain).
+        self._tls: tuple[object, ssl.SSLContext] | None = None
         # Certificates already verified and persisted, so a busy mTLS peer costs one
         # dict lookup per message instead of a chain verification.
         self._member_certs: dict[bytes, pki.CertInfo] = {}
@@ -124,8 +136,18 @@ class Gate:
             self._cert_fetches.clear()
         self._spawn(self._fetch_cert(addr))
 
+    def _client_tls(self) -> ssl.SSLContext:
+        ident = self.ctx.ident
+        if self._tls is None or self._tls[0] is not ident:  # built again after a promote
+            self._tls = (ident, tls.client_context(ident, ident.ca_cert))
+        return self._tls[1]
+
     async def _fetch_cert(self, addr: Addr) -> None:
-        tls_ctx = tls.client_context(self.ctx.ident, self.ctx.ident.ca_cert)
+        async with self._fetching:
+            await self._fetch_cert_now(addr)
+
+    async def _fetch_cert_now(self, addr: Addr) -> None:
+        tls_ctx = self._client_tls()
         try:
             timeout = max(1.0, self.ctx.cfg.membership.probe_interval_s * 4)
             async with asyncio.timeout(timeout):
@@ -140,6 +162,28 @@ class Gate:
             writer.close()
         if der:
             self.learn_member(der)
+
+    def certs_bundle(self) -> bytes:
+        """The certificates of every current member, PEM, one after the other."""
+        return b"".join(m.cert_pem.encode() for m in roster.members(self.ctx.store) if m.cert_pem)
+
+    def learn_bundle(self, body: bytes) -> int:
+        """Learn each certificate of a member's :meth:`certs_bundle` (each checked
+        against the CA and the revocations as any other); how many were new to us."""
+        new = 0
+        for chunk in body.split(_PEM_END)[:BUNDLE_MAX_CERTS]:
+            if not chunk.strip():
+                continue
+            try:
+                der = pki.cert_der(pki.load_cert_pem(chunk + _PEM_END, "a member's bundle"))
+            except IdentityError as exc:
+                logger.debug("skipped a certificate in a member's bundle: %s", exc)
+                continue
+            if der in self._member_certs:
+                continue
+            if self.learn_member(der) is not None:
+                new += 1
+        return new
 
     def learn_member(self, cert_der: bytes) -> pki.CertInfo | None:
         """Check a member's certificate; persist the member the first time we hear it."""

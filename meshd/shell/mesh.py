@@ -50,7 +50,7 @@ from meshd.identity import pki
 from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
 from meshd.shell.context import NodeContext
-from meshd.shell.gate import Gate
+from meshd.shell.gate import CERTS_PATH, Gate
 from meshd.shell.key_sync import KeySync, fetch_from
 from meshd.shell.peer_client import PeerClient
 from meshd.shell.revocation_sync import REVOCATION_KIND, RevocationSync
@@ -70,6 +70,8 @@ class Mesh:
     ) -> None:
         self.ctx = ctx
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._certs_task: asyncio.Task[Any] | None = None
+        self._certs_at = -1e9
         self.gate = Gate(ctx, self._spawn)
         self.mux = self.gate.mux
         self.peer_client = PeerClient(ctx)
@@ -327,6 +329,29 @@ class Mesh:
                 except Exception:
                     logger.exception("broadcast handler failed kind=%s", e.kind)
 
+    def _learn_certs_soon(self, node_id: str, addr: Addr) -> None:
+        """Learn an unknown member's certificate: every member's at once from it (one
+        request, ``GET /v1/mesh/certs``) when no such fetch is under way, else from its
+        TLS handshake. Meeting a whole chassis at once then costs a few requests, not
+        one handshake per member, and no ping from a member we can't verify yet goes
+        unanswered for long."""
+        if self._certs_task is not None and not self._certs_task.done():
+            return  # the bundle under way most likely holds it
+        now = time.monotonic()
+        if now - self._certs_at < 1.0:
+            self.gate.fetch_cert_soon(addr)
+            return
+        self._certs_at = now
+        self._certs_task = self._spawn(self._learn_certs(node_id, addr))
+
+    async def _learn_certs(self, node_id: str, addr: Addr) -> None:
+        body = await self.peer_client.get(addr, CERTS_PATH)
+        if body is not None:
+            new = self.gate.learn_bundle(body)
+            logger.debug("learnt certificates from a member peer=%s:%s new=%d", *addr, new)
+        if not self.gate.knows(node_id):
+            self.gate.fetch_cert_soon(addr)
+
     def _persist_change(self, ch: MemberChanged) -> None:
         m = ch.member
         if ch.previous is None or m.state is MemberState.ALIVE:
@@ -353,7 +378,7 @@ class Mesh:
         if m.state.live and not self.gate.knows(m.node_id):
             # Learn its certificate now, not when its first compact message is dropped
             # (a lost first bid would stall an auction until its deadline).
-            self.gate.fetch_cert_soon(m.address)
+            self._learn_certs_soon(m.node_id, m.address)
         if self.dht is None:
             return
         if m.state.live:

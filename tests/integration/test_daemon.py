@@ -405,3 +405,26 @@ def test_client_certificates_by_role(mesh_factory: Mesh, tmp_path: Path) -> None
 
     bad = alpha.cli("cert", "create", "--name", "x", "--role", "root", "--out", out)
     assert_refused(bad, "invalid role")
+
+
+def test_members_hand_out_every_certificate_to_nodes_only(
+    mesh_factory: Mesh, tmp_path: Path
+) -> None:
+    """``GET /v1/mesh/certs``: how a node meeting many members at once learns them all
+    in one request (a chassis restarting together) instead of one handshake each."""
+    nodes = mesh_factory.start_cluster(["alpha", "beta", "gamma"])
+    alpha, beta = nodes[0], nodes[1]
+    resp = alpha.https("GET", "/v1/mesh/certs", cert=beta.node_cert)
+    assert resp.status == 200
+    certs = [
+        pki.load_cert_pem(chunk + b"-----END CERTIFICATE-----", "bundle")
+        for chunk in resp.body.split(b"-----END CERTIFICATE-----")
+        if chunk.strip()
+    ]
+    names = sorted(
+        pki.verify(c, pki.load_cert_pem(alpha.ca_file.read_bytes(), "ca"), time.time()).name
+        for c in certs
+    )
+    assert names == ["alpha", "beta", "gamma"]
+    admin = issue_client_cert(alpha, tmp_path / "certs", "ops", "admin")
+    assert_json_error(alpha.https("GET", "/v1/mesh/certs", cert=admin), 403)

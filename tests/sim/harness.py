@@ -98,15 +98,21 @@ class SimNode:
     left: bool = False
     cores: dict[str, Core] = field(default_factory=dict)
     scheduled: dict[str, float] = field(default_factory=dict)
+    # Local health faults (Simulation.stall, Simulation.jump): until when the node's
+    # process is frozen, what reached it meanwhile, and how far its clock is ahead.
+    frozen_until: float = -math.inf
+    backlog: list[tuple[str, str, Any]] = field(default_factory=list)
+    offset: float = 0.0
 
 
 def membership_factory(sim: Simulation, node: SimNode) -> tuple[Core, list[Any]]:
     rng = random.Random(f"{sim.seed}/{node.name}/{node.boot}")
     log = logging.getLogger(f"meshd.sim.{node.name}")
+    now = sim.clock(node)
     core = Membership(
-        sim.cfg.membership, Identity(node.name, node.node_id, node.address), rng, sim.now, log
+        sim.cfg.membership, Identity(node.name, node.node_id, node.address), rng, now, log
     )
-    return core, core.join(node.seeds, sim.now)
+    return core, core.join(node.seeds, now)
 
 
 def _fmt_changed(e: MemberChanged) -> str:
@@ -175,6 +181,10 @@ class Simulation:
                 self.events.at(i * stagger, self.start, name)
 
     # -- inspection ------------------------------------------------------------------
+
+    def clock(self, node: SimNode) -> float:
+        """What ``node``'s own clock reads now (ahead of the world after a jump)."""
+        return self.now + node.offset
 
     @property
     def now(self) -> float:
@@ -297,6 +307,7 @@ class Simulation:
         node.up = False
         node.cores = {}
         node.scheduled = {}
+        node.frozen_until, node.backlog = -math.inf, []
         node.boot += 1  # anything scheduled for the old process is now stale
 
     def leave(self, name: str, grace: float = 10.0) -> None:
@@ -340,6 +351,40 @@ class Simulation:
         self._cmd(f"cut {src}->{dst}{' both' if both else ''}")
         self.net.cut(src, dst, both)
 
+    def stall(self, name: str, seconds: float) -> None:
+        """Freeze ``name``'s process for ``seconds`` (a starved CPU, SIGSTOP): nothing of
+        it runs; what reaches it queues. When it thaws, its overdue timers ring first,
+        then the queue is read (the worst order an event loop may pick)."""
+        node = self.nodes[name]
+        self._cmd(f"stall {name} {seconds:g}s")
+        node.frozen_until = max(node.frozen_until, self.now + seconds)
+        self.events.at(node.frozen_until, self._thaw, node, node.boot, node.frozen_until)
+
+    def jump(self, name: str, seconds: float) -> None:
+        """``name``'s clock leaps ``seconds`` ahead of the world's (a VM paused and
+        resumed, a suspended host): its timers in between come due at once."""
+        node = self.nodes[name]
+        self._cmd(f"jump {name} {seconds:g}s")
+        node.offset += seconds
+        for channel in list(node.cores):
+            node.scheduled[channel] = math.inf
+            self._reschedule(node, channel)
+
+    def _thaw(self, node: SimNode, boot: int, until: float) -> None:
+        if node.boot != boot or node.frozen_until != until:
+            return
+        node.frozen_until = -math.inf
+        for channel, core in list(node.cores.items()):
+            node.scheduled[channel] = math.inf
+            effects = core.tick(self.clock(node))
+            if effects:
+                self._run(node, channel, effects)
+        backlog, node.backlog = node.backlog, []
+        for src, channel, payload in backlog:
+            self._deliver(src, node.name, channel, payload)
+        for channel in list(node.cores):
+            self._reschedule(node, channel)
+
     def inject(self, name: str, channel: str, call: Callable[[Any], list[Any]]) -> None:
         """Run ``call(core)`` on a running node's core now, then dispatch its effects."""
         node = self.nodes[name]
@@ -354,7 +399,9 @@ class Simulation:
     def broadcast(self, name: str, kind: str, payload: bytes) -> None:
         node = self.nodes[name]
         self._cmd(f"broadcast {name} {kind}")
-        self._run(node, MEMBERSHIP, self.membership(name).broadcast(kind, payload, self.now))
+        self._run(
+            node, MEMBERSHIP, self.membership(name).broadcast(kind, payload, self.clock(node))
+        )
         self._reschedule(node, MEMBERSHIP)
 
     # -- plumbing --------------------------------------------------------------------
@@ -403,8 +450,11 @@ class Simulation:
         core = node.cores.get(channel)
         if core is None:
             return
+        if node.frozen_until > self.now:
+            node.backlog.append((src, channel, payload))
+            return
         msg = self.codecs[channel][1](payload) if self.codec else payload
-        effects = core.receive(msg, src, self.nodes[src].address, self.now)
+        effects = core.receive(msg, src, self.nodes[src].address, self.clock(node))
         if effects:
             self._run(node, channel, effects)
         self._reschedule(node, channel)
@@ -413,20 +463,25 @@ class Simulation:
         core = node.cores.get(channel)
         if core is None:
             return
-        d = core.next_deadline()
+        own = core.next_deadline()
+        d = own - node.offset  # the node's time to the world's
         if d < node.scheduled.get(channel, math.inf):
             node.scheduled[channel] = d
-            self.events.at(d, self._wake, node, node.boot, channel, d)
+            self.events.at(d, self._wake, node, node.boot, channel, d, own)
 
-    def _wake(self, node: SimNode, boot: int, channel: str, d: float) -> None:
+    def _wake(self, node: SimNode, boot: int, channel: str, d: float, own: float) -> None:
         if node.boot != boot or node.scheduled.get(channel) != d:
             return
         t, spins = self._spin
         self._spin = (self.now, spins + 1 if t == self.now else 0)
         assert self._spin[1] < 100_000, f"{node.name} keeps asking to be woken at {d}"
         node.scheduled[channel] = math.inf
+        if node.frozen_until > self.now:
+            return  # frozen: _thaw ticks it
         core = node.cores[channel]
-        effects = core.tick(self.now)
+        # At least the node-time deadline it asked for (world and node time differ by a
+        # float offset after a jump, which must not make the wake a hair early).
+        effects = core.tick(max(self.clock(node), own))
         if effects:
             self._run(node, channel, effects)
         self._reschedule(node, channel)
@@ -570,6 +625,8 @@ def run_scenario(sc: Scenario, extension: Extension | None = None) -> tuple[list
             sim.heal()
         elif verb == "broadcast":
             sim.broadcast(args[0], args[1], " ".join(args[2:]).encode())
+        elif verb in ("stall", "jump"):  # stall NAME SECONDS, jump NAME SECONDS
+            getattr(sim, verb)(args[0], float(args[1].removesuffix("s")))
         elif verb == "expect":
             expect(args)
         else:

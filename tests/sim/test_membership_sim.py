@@ -210,15 +210,20 @@ class Invariants:
 
 
 def random_schedule(sim: Simulation, rng: random.Random, until: float) -> None:
-    """Crashes, restarts, partitions, cuts, heals and leaves at random times."""
+    """Crashes, restarts, partitions, cuts, heals, leaves, loop stalls and clock jumps at
+    random times."""
     names = list(sim.nodes)
     t = 3.0
     while True:
         t += rng.expovariate(1 / 4.0)
         if t >= until:
             return
-        action = rng.choice(["crash", "restart", "partition", "cut", "heal", "heal", "leave"])
-        if action == "crash":
+        action = rng.choice(
+            ["crash", "restart", "partition", "cut", "heal", "heal", "leave", "stall", "jump"]
+        )
+        if action in ("stall", "jump"):
+            sim.at(t, getattr(sim, action), rng.choice(names), rng.uniform(0.1, 4.0))
+        elif action == "crash":
             sim.at(t, _crash_keeping_two, sim, rng.choice(names))
         elif action == "restart":
             sim.at(t, sim.restart, rng.choice(names))
@@ -275,3 +280,79 @@ def test_random_faults_then_heal_converge(seed: int) -> None:
     # ...and once converged, a live connected node stays alive in every view
     sim.run_for(30.0)
     assert sim.converged(), f"{sim.describe()}: {sim.disagreements()[:10]}"
+
+
+# -- local health: a node whose own loop stalls or whose clock jumps --------------------
+
+
+class Suspicions:
+    """Every suspicion of a running node, by who first raised it (its origin)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.raised: list[str] = []
+        sim.listeners.append(self)
+
+    def __call__(self, t: float, node: str, channel: str, e: Any) -> None:
+        if isinstance(e, MemberChanged) and e.member.state is S and e.previous is A:
+            target = self.sim.nodes[e.member.name]
+            if target.up and not target.left and target.frozen_until <= t:
+                self.raised.append(f"t={t:.3f} {node} suspects running {e.member.name}")
+
+
+@pytest.mark.parametrize("fault", ["stall", "jump"])
+def test_a_node_that_stalled_accuses_nobody_for_it(fault: str) -> None:
+    """A probe in flight while its prober's loop stalls (or its clock jumped) says
+    nothing about the target: no suspicion, no death, and the prober's health drops."""
+    cfg = config.lan()
+    sim = Simulation(seed_or(31), 8, cfg, LinkModel(), stagger=0.01)
+    sim.run_for(0.1)
+    assert sim.run_until_true(sim.converged, 30, 0.5) is not None, sim.describe()
+    suspicions, false_deaths = Suspicions(sim), FalseDeaths(sim)
+    core = sim.membership("n3")
+    for _ in range(20):  # each time while a probe of n3's is in flight
+        sim.run_until_true(lambda: core._probe is not None, 5.0, 0.001)
+        getattr(sim, fault)("n3", 3.0)
+        sim.run_for(6.0)
+    # Others may rightly suspect n3 while it is frozen for 3 s; n3 itself accuses nobody.
+    by_n3 = [x for x in suspicions.raised + false_deaths.events if " n3 " in x.split(" running")[0]]
+    assert not by_n3, f"{sim.describe()}:\n" + "\n".join(by_n3[:10])
+    if fault == "jump":  # n3 answered throughout: nobody had a reason to suspect anyone
+        assert not suspicions.raised, f"{sim.describe()}:\n" + "\n".join(suspicions.raised)
+    assert core.stalls >= 20, sim.describe()
+    sim.run_for(30.0)
+    assert sim.converged(), f"{sim.describe()}: {sim.disagreements()[:10]}"
+
+
+def test_sixteen_nodes_stalling_and_jumping_for_an_hour_at_ten_percent_loss() -> None:
+    """SIGSTOP-like stalls of 1 s and clock jumps of up to 3 s hit random nodes all
+    hour long (one every 5 s on average), under 10 % loss: nobody is ever declared
+    dead, and a real crash at the end is still detected within the bound. (A node
+    frozen for longer than the suspicion timeout, 1.5 s at 16 nodes, is rightly
+    declared dead: it is indistinguishable from a crashed one.)"""
+    cfg = config.lan()
+    n = 16
+    seed = seed_or(16)
+    rng = random.Random(seed)
+    sim = Simulation(seed, n, cfg, LinkModel(loss=0.1), trace=False, stagger=0.01)
+    sim.run_for(0.2)
+    assert sim.run_until_true(sim.converged, 60, 0.5) is not None, sim.describe()
+    false_deaths = FalseDeaths(sim)
+    start = sim.now
+    t = start
+    while t < start + 3600.0:
+        t += rng.expovariate(1 / 5.0)
+        name = rng.choice(list(sim.nodes))
+        if rng.random() < 0.5:
+            sim.at(t, sim.stall, name, 1.0)
+        else:
+            sim.at(t, sim.jump, name, rng.uniform(0.2, 3.0))
+    sim.run_until(start + 3600.0)
+    sim.run_for(30.0)
+    assert not false_deaths.events, f"{sim.describe()}:\n" + "\n".join(false_deaths.events[:10])
+    assert sim.converged(), f"{sim.describe()}: {sim.disagreements()[:10]}"
+    bound = detection_bound(cfg, n)
+    sim.crash("n9")
+    live = sim.running()
+    found = sim.run_until_true(lambda: all(sim.state_of(o, "n9") is D for o in live), bound, 0.05)
+    assert found is not None, f"n9 not dead everywhere within {bound:.1f} s; {sim.describe()}"

@@ -19,10 +19,9 @@ anyone. The score moves on evidence about ourselves:
   stalled (a starved CPU, SIGSTOP, a clock jump). Lifeguard infers ill health only
   from missed acks and nacks; a loop that ran late is the most direct evidence there
   is, and on a machine shared by many busy processes it is the usual one. The probe
-  in flight during such a stall is voided rather than failed, and suspicions that
-  came due wait one more probe interval for the refutations queued behind the stall
-  (``Membership._stalled``): accusations made while the accuser was stalled don't
-  count.
+  in flight during such a stall is voided rather than failed, and the stall does not
+  count against the members we suspect (``Membership._stalled``): accusations made
+  while the accuser was stalled don't count.
 
 This mirrors memberlist's ``awareness.go``. meshd departs only in also scaling the
 direct-ack wait (memberlist leaves it fixed), as the Lifeguard paper does.

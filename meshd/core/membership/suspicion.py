@@ -53,7 +53,18 @@ def wanted(k_cfg: int, n: int) -> int:
 class Suspicion:
     """One member's suspicion timer, started at ``start`` by ``origin``'s claim."""
 
-    __slots__ = ("_floor", "_seen", "confirmations", "deadline", "hi", "inc", "k", "lo", "start")
+    __slots__ = (
+        "_first",
+        "_floor",
+        "_seen",
+        "confirmations",
+        "deadline",
+        "hi",
+        "inc",
+        "k",
+        "lo",
+        "start",
+    )
 
     def __init__(self, origin: str, inc: int, k: int, lo: float, hi: float, start: float) -> None:
         self.inc = inc
@@ -61,6 +72,7 @@ class Suspicion:
         self.lo = lo
         self.hi = hi
         self.start = start
+        self._first = start  # start before any pause
         self.confirmations = 0
         self._seen = {origin}
         self._floor = start  # a postponed deadline holds against later confirmations
@@ -69,7 +81,7 @@ class Suspicion:
     def confirm(self, origin: str) -> bool:
         """Count ``origin``'s independent confirmation; True if it was new evidence.
 
-        The deadline only ever moves earlier (never before a :meth:`postpone`); it may
+        The deadline only ever moves earlier (never before a :meth:`pause` allows); it may
         already be in the past, in which case the caller's next tick declares the
         member dead.
         """
@@ -81,13 +93,18 @@ class Suspicion:
         self.deadline = max(self._floor, computed)
         return True
 
-    def postpone(self, until: float) -> bool:
-        """Move the deadline to ``until`` (our own loop stalled when it came due); False,
-        unchanged, once that would pass twice the longest timeout from the start."""
-        if until > self.start + 2 * self.hi:
+    def pause(self, seconds: float, now: float, grace: float) -> bool:
+        """Our own loop stalled (or our clock jumped) for ``seconds``: that time does not
+        count against the suspect, and a deadline it made pass waits ``grace`` more for
+        the refutations queued behind the stall. False, unchanged, once the pauses
+        would add up to more than twice the longest timeout."""
+        if self.start + seconds > self._first + 2 * self.hi:
             return False
-        self._floor = max(self._floor, until)
-        self.deadline = max(self.deadline, until)
+        self.start += seconds
+        self.deadline += seconds
+        if self.deadline < now + grace:
+            self._floor = max(self._floor, now + grace)
+            self.deadline = self._floor
         return True
 
     def restart(self, origin: str, inc: int) -> None:

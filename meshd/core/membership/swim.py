@@ -320,8 +320,9 @@ class Membership:
         by our own lateness): what we measured meanwhile is about us, not the others.
 
         * the probe in flight is void: its ack may be sitting unread in our socket;
-        * suspicions that came due wait one more probe interval (at most until twice
-          their longest timeout), so refutations queued behind the stall are read first;
+        * the stall does not count against the members we suspect: their timers move
+          on by its length (at most twice their longest timeout in all), and one that
+          came due waits a probe interval more for the refutations queued behind it;
         * ping-reqs we relay are dropped without a nack (a nack would say the target
           is unreachable, and we don't know that);
         * the local health score rises by one, and one more per probe interval lost.
@@ -337,21 +338,11 @@ class Membership:
         if self._probe is not None:
             self._probe = None
             self._next_probe = min(self._next_probe, now)
-        grace = now + self._cfg.probe_interval_s
-        heap = self._susp_heap
-        waiting: list[tuple[float, int, str]] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            sus = self._suspicions.get(entry[2])
-            if sus is None or sus.deadline != entry[0]:
-                continue
-            if sus.postpone(grace):
-                self._heap_tie += 1
-                waiting.append((sus.deadline, self._heap_tie, entry[2]))
-            else:
-                waiting.append(entry)
-        for entry in waiting:
-            heapq.heappush(heap, entry)
+        grace = self._cfg.probe_interval_s
+        paused = [n for n, sus in self._suspicions.items() if sus.pause(late, now, grace)]
+        if paused:
+            for name in paused:
+                self._push_suspicion(name, self._suspicions[name])
         relays = self._relay_heap
         while relays and relays[0][0] <= now:
             self._relays.pop(heapq.heappop(relays)[1], None)
