@@ -16,6 +16,10 @@ Prints one JSON line per figure (``"bench": "startup"``):
 * ``rss_steps``: where the RSS goes: one process importing, in order, the interpreter's
   own start, the stdlib the daemon uses, each third-party dependency, then the daemon's
   own modules; the RSS after each step (the floor is the third-party line).
+* ``daemons_together``: ``--together`` single-node daemons spawned at once: wall time
+  until every one answers, their summed CPU time by then, and after ``--idle``
+  seconds the mean RSS and PSS per daemon (PSS shares the libraries' pages between
+  them: what each daemon really costs the host when many run).
 * ``smaps``: the idle daemon's mappings summed by kind (anonymous heap, each shared
   library), largest first.
 * ``importtime``: the slowest imports (cumulative, ``-X importtime``) of ``meshd``'s CLI
@@ -53,7 +57,7 @@ HEAVY = ("aiohttp", "cryptography", "meshd.shell", "kademlia", "zeroconf", "qemu
 
 # The RSS breakdown's steps: (label, modules imported at that step).
 RSS_STEPS: list[tuple[str, list[str]]] = [
-    ("stdlib", ["asyncio", "ssl", "json", "sqlite3", "http.client", "dataclasses", "inspect"]),
+    ("stdlib", ["asyncio", "ssl", "json", "dataclasses", "inspect", "subprocess", "tomllib"]),
     ("uvloop", ["uvloop"]),
     ("msgspec+orjson", ["msgspec", "orjson"]),
     ("cryptography", ["cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ed25519"]),
@@ -62,9 +66,10 @@ RSS_STEPS: list[tuple[str, list[str]]] = [
     ("aiohttp", ["aiohttp", "aiohttp.web"]),
     ("kademlia", ["kademlia.network"]),
     ("psutil", ["psutil"]),
-    ("zeroconf", ["zeroconf", "zeroconf.asyncio"]),
-    ("qemu.qmp", ["qemu.qmp"]),
     ("meshd daemon", ["meshd.cli.main", "meshd.cli.commands", "meshd.shell.node"]),
+    # What the daemon loads only when needed: with --mdns, with a VM.
+    ("zeroconf (--mdns)", ["zeroconf", "zeroconf.asyncio"]),
+    ("qemu.qmp (a VM)", ["qemu.qmp"]),
 ]
 
 
@@ -183,11 +188,29 @@ def smaps_by_kind(pid: int, top: int = 12) -> list[tuple[str, float]]:
     return [(k, round(v / 1024.0, 2)) for k, v in ranked]
 
 
-@contextlib.contextmanager
-def daemon(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], float, float]]:
-    """``meshd run``; yields the process, its spawn-to-ready wall ms and CPU ms then."""
+def wait_ready(data_dir: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``GET /v1/health`` on the socket until it answers 200."""
     sock = data_dir / "meshd.sock"
     client = DaemonClient(sock, timeout=2.0)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"meshd run exited {proc.returncode}; see {data_dir}/meshd.log")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"meshd run not ready in {READY_TIMEOUT_S}s; see {data_dir}")
+        if sock.exists():
+            with contextlib.suppress(DaemonError, ApiError):
+                client.request("GET", "/v1/health")
+                return
+        time.sleep(0.002)
+
+
+@contextlib.contextmanager
+def daemon(
+    data_dir: Path, wait: bool = True
+) -> Iterator[tuple[subprocess.Popen[bytes], float, float]]:
+    """``meshd run``; yields the process, its spawn-to-ready wall ms and CPU ms then
+    (with ``wait`` False: at once, and the two figures are 0)."""
     with (data_dir / "meshd.log").open("ab") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -197,17 +220,10 @@ def daemon(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], float, flo
             stderr=log,
         )
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"meshd run exited {proc.returncode}; see {log.name}")
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"meshd run not ready in {READY_TIMEOUT_S}s; see {log.name}")
-                if sock.exists():
-                    with contextlib.suppress(DaemonError, ApiError):
-                        client.request("GET", "/v1/health")
-                        break
-                time.sleep(0.002)
+            if not wait:
+                yield proc, 0.0, 0.0
+                return
+            wait_ready(data_dir, proc)
             ready_ms = (time.perf_counter() - start) * 1000.0
             yield proc, ready_ms, cpu_ms_of(proc.pid)
         finally:
@@ -220,6 +236,42 @@ def daemon(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], float, flo
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(proc.pid, signal.SIGKILL)
                     proc.wait(10)
+
+
+def founded(base: Path, name: str) -> Path:
+    node = base / name
+    code, *_, text = timed_child(
+        [*MESHD, "init", "--name", name, "--domain", "bench.example",
+         "--listen", "127.0.0.1:0", "--data-dir", str(node)]
+    )  # fmt: skip
+    if code != 0:
+        raise SystemExit(f"meshd init failed: {text}")
+    return node
+
+
+def together(base: Path, count: int, idle_s: float) -> None:
+    """``count`` daemons spawned at once; all are stopped by pid whatever happens."""
+    nodes = [founded(base, f"n{i}") for i in range(count)]
+    with contextlib.ExitStack() as stack:
+        start = time.perf_counter()
+        procs = []
+        for node in nodes:
+            procs.append(stack.enter_context(daemon(node, wait=False))[0])
+        for node, proc in zip(nodes, procs, strict=True):
+            wait_ready(node, proc)
+        wall = (time.perf_counter() - start) * 1000.0
+        cpu = sum(cpu_ms_of(p.pid) for p in procs)
+        time.sleep(idle_s)
+        mems = [rss_of(p.pid) for p in procs]
+        emit(
+            {
+                "figure": "daemons_together",
+                "daemons": count,
+                "all_ready_ms": round(wall, 1),
+                "cpu_ms_sum": round(cpu, 1),
+                **{f"mean_{k}": round(statistics.fmean(m[k] for m in mems), 2) for k in mems[0]},
+            }
+        )
 
 
 def rss_steps() -> None:
@@ -284,6 +336,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs of each CLI command")
     parser.add_argument("--starts", type=int, default=5, help="daemon starts to time")
     parser.add_argument("--idle", type=float, default=10.0, help="idle seconds before RSS/CPU")
+    parser.add_argument("--together", type=int, default=4, help="daemons started at once")
     args = parser.parse_args()
 
     measure("python_pass", [sys.executable, "-c", "pass"], args.runs)
@@ -293,13 +346,7 @@ def main() -> None:
     cli_imports(["status", "--help"])
 
     with tempfile.TemporaryDirectory(prefix="meshd-bench-") as tmp:
-        node = Path(tmp) / "node"
-        code, *_, text = timed_child(
-            [*MESHD, "init", "--name", "alpha", "--domain", "bench.example",
-             "--listen", "127.0.0.1:0", "--data-dir", str(node)]
-        )  # fmt: skip
-        if code != 0:
-            raise SystemExit(f"meshd init failed: {text}")
+        node = founded(Path(tmp), "alpha")
         with daemon(node):
             pass  # warm-up start
         walls, cpus = [], []
@@ -336,6 +383,8 @@ def main() -> None:
                 }
             )
             emit({"figure": "smaps", "top_mib": smaps_by_kind(proc.pid)})
+        if args.together > 0:
+            together(Path(tmp), args.together, args.idle)
     rss_steps()
     importtime("meshd.cli.main")
     importtime("meshd.shell.node")
