@@ -3,7 +3,8 @@
 A command imports what it needs inside its handler: the module level holds only the
 standard library's light parts and the daemon client, so a command that asks a
 running daemon (``status``, ``peers``) starts without the config's dataclasses, the
-store, the identity's cryptography or aiohttp (``tests/unit/test_cli_imports.py``).
+store, the identity's cryptography or aiohttp, and ``--help`` and ``--version``
+without http.client either (``tests/unit/test_cli_imports.py``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from meshd.cli import output
-from meshd.cli.client import DaemonClient
 from meshd.data_dir import DATA_DIR_ENV, default_data_dir
 from meshd.errors import ConfigError, IdentityError
 from meshd.units import format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from meshd.cli.client import DaemonClient
     from meshd.config import Config
     from meshd.config import files as config_files
     from meshd.identity import files
@@ -74,6 +75,8 @@ def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list
 
 
 def client(args: argparse.Namespace) -> DaemonClient:
+    from meshd.cli.client import DaemonClient  # http.client: not for --help or --version
+
     return DaemonClient(data_dir(args) / "meshd.sock")
 
 
