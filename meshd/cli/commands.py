@@ -1,40 +1,41 @@
-"""What each ``meshd`` subcommand does. Parsing lives in ``main``, printing in ``output``."""
+"""What each ``meshd`` subcommand does. Parsing lives in ``main``, printing in ``output``.
+
+A command imports what it needs inside its handler: the module level holds only the
+standard library's light parts and the daemon client, so a command that asks a
+running daemon (``status``, ``peers``) starts without the config's dataclasses, the
+store, the identity's cryptography or aiohttp, and ``--help`` and ``--version``
+without http.client either (``tests/unit/test_cli_imports.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import uvloop
-
-from meshd import config as config_mod
-from meshd import logs
-from meshd.adapters.store import roster
-from meshd.adapters.store.db import Store
 from meshd.cli import output
-from meshd.cli.client import DaemonClient
-from meshd.config import Config
-from meshd.config import files as config_files
-from meshd.core import spec
+from meshd.data_dir import DATA_DIR_ENV, default_data_dir
 from meshd.errors import ConfigError, IdentityError
-from meshd.identity import authority, custody, enrolment, files, pki
 from meshd.units import format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from meshd.cli.client import DaemonClient
+    from meshd.config import Config
+    from meshd.config import files as config_files
+    from meshd.identity import files
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "meshd.toml"
 
 
 def data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir) if args.data_dir else config_mod.default_data_dir()
+    return Path(args.data_dir) if args.data_dir else default_data_dir()
 
 
 def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_files.Resolved:
@@ -43,6 +44,8 @@ def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_files.R
     ``overrides`` are the dedicated flags (``listen=args.listen``; None: not given);
     ``--set KEY=VALUE`` flags, where the command has them, come on top.
     """
+    from meshd.config import files as config_files
+
     ddir = data_dir(args)
     path = Path(args.config) if getattr(args, "config", None) else ddir / CONFIG_NAME
     cfg_path = path if getattr(args, "config", None) or path.exists() else None
@@ -53,9 +56,9 @@ def resolve_config(args: argparse.Namespace, **overrides: Any) -> config_files.R
     # The data dir is the flag's, else the environment's, else the preset's default.
     if args.data_dir:
         overrides["data_dir"] = ddir
-    elif os.environ.get(config_mod.DATA_DIR_ENV):
+    elif os.environ.get(DATA_DIR_ENV):
         overrides["data_dir"] = ddir
-        labels["data_dir"] = f"env:{config_mod.DATA_DIR_ENV}"
+        labels["data_dir"] = f"env:{DATA_DIR_ENV}"
     return config_files.resolve(cfg_path, getattr(args, "preset", None), overrides, labels)
 
 
@@ -72,6 +75,8 @@ def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list
 
 
 def client(args: argparse.Namespace) -> DaemonClient:
+    from meshd.cli.client import DaemonClient  # http.client: not for --help or --version
+
     return DaemonClient(data_dir(args) / "meshd.sock")
 
 
@@ -92,6 +97,12 @@ def _write_node_config(ddir: Path, values: dict[str, Any]) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshd.adapters.store import roster
+    from meshd.adapters.store.db import Store
+    from meshd.identity import enrolment, files, pki
+
     cfg = load_config(args)
     ddir = cfg.data_dir
     if files.exists(ddir):
@@ -161,10 +172,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _ident(cfg: Config) -> files.NodeIdentity:
+    from meshd.identity import files
+
     return files.load(cfg.data_dir, time.time())
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    from meshd.adapters.store.db import Store
+    from meshd.identity import authority
+
     cfg = load_config(args)
     ttl = parse_duration(args.ttl, "--ttl") if args.ttl else cfg.security.token_ttl_s
     if ttl <= 0:
@@ -197,6 +213,8 @@ def cmd_ca_promote(args: argparse.Namespace) -> int:
 
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> bytes:
+    import getpass
+
     if args.passphrase_file:
         try:
             text = Path(args.passphrase_file).read_text()
@@ -214,6 +232,8 @@ def _passphrase(args: argparse.Namespace, confirm: bool) -> bytes:
 
 
 def cmd_ca_backup(args: argparse.Namespace) -> int:
+    from meshd.identity import authority, custody, files
+
     cfg = load_config(args)
     ident = _ident(cfg)
     ca_key = authority.require_ca_key(ident, "back up the CA key")
@@ -230,6 +250,8 @@ def cmd_ca_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_restore(args: argparse.Namespace) -> int:
+    from meshd.identity import custody, files
+
     cfg = load_config(args)
     ident = _ident(cfg)
     try:
@@ -252,6 +274,9 @@ def cmd_ca_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
+    from meshd.adapters.store.db import Store
+    from meshd.identity import authority
+
     cfg = load_config(args)
     c = client(args)
     if c.is_running():
@@ -275,6 +300,9 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_node_ls(args: argparse.Namespace) -> int:
+    from meshd.adapters.store import roster
+    from meshd.adapters.store.db import Store
+
     cfg = load_config(args)
     with Store.open(cfg.store_path) as store:
         rows = [m.as_json() for m in roster.members(store, include_removed=True)]
@@ -283,6 +311,8 @@ def cmd_node_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cert_create(args: argparse.Namespace) -> int:
+    from meshd.identity import authority, files, pki
+
     cfg = load_config(args)
     ident = _ident(cfg)
     key, cert = authority.issue_client_cert(
@@ -318,7 +348,11 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meshd.shell import node  # noqa: PLC0415 - the daemon's imports (aiohttp, ...) only when running it
+    import uvloop
+
+    from meshd import logs
+    from meshd.identity import files
+    from meshd.shell import node
 
     cfg = load_config(args, **_run_flags(args))
     logs.setup(cfg.log_level, cfg.log_format)
@@ -446,6 +480,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"can't read --user-data {args.user_data}: {exc.strerror}") from exc
     # Checked here exactly as the daemon checks it: a mistake is one sentence, at once.
+    from meshd.core import spec
+
     request = spec.check(body)
     doc = client(args).request("POST", "/v1/workloads", spec.submission_json(request))
     if args.json:
@@ -525,6 +561,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     Reads the files as ``run`` does and needs no running daemon.
     """
+    from meshd.config import files as config_files
+
     resolved = resolve_config(args, **_run_flags(args))
     if args.json:
         output.emit_json(config_files.as_json(resolved))

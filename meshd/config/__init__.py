@@ -64,8 +64,6 @@ from pathlib import Path
 from typing import Any
 
 from meshd.config.sections import (
-    DATA_DIR_ENV,
-    DEFAULT_DATA_DIR,
     DEFAULT_PORT,
     DHT_MAX_VALUE_LIMIT,
     FIRECRACKER_BOOTS,
@@ -83,8 +81,8 @@ from meshd.config.sections import (
     SecurityConfig,
     StoreConfig,
     _Section,
-    default_data_dir,
 )
+from meshd.data_dir import DATA_DIR_ENV, DEFAULT_DATA_DIR, default_data_dir
 from meshd.errors import ConfigError
 from meshd.units import parse_duration, parse_hostport, parse_size
 

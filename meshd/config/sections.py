@@ -7,25 +7,17 @@ defaults are the ``lan`` preset's (``meshd.config`` builds the others).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 DEFAULT_PORT = 7420
-DEFAULT_DATA_DIR = Path("/var/lib/meshd")
-DATA_DIR_ENV = "MESHD_DATA_DIR"
 PRESETS = ("lan", "local", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 FIRECRACKER_BOOTS = ("config-file", "api")
 # rpcudp's 8 KiB request cap minus a record's fixed fields (684 B) and RPC framing (64 B).
 DHT_MAX_VALUE_LIMIT = 8192 - 684 - 64
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else DEFAULT_DATA_DIR
 
 
 class _Section:

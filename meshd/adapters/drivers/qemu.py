@@ -44,6 +44,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshd.adapters.drivers import qemu_host as host
 from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
@@ -55,11 +56,15 @@ from meshd.adapters.drivers.qemu_args import (
     tap_name,
     validate,
 )
-from meshd.adapters.drivers.qemu_qmp import FAILED_RUNSTATES, QmpSession
 from meshd.adapters.drivers.specfile import SPEC_NAME, read_spec
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
 from meshd.failpoints import failpoint
+
+if TYPE_CHECKING:
+    # qemu.qmp is imported with the first QMP connection: a node that runs no VM
+    # never loads it (see _connect).
+    from meshd.adapters.drivers.qemu_qmp import QmpSession
 
 logger = logging.getLogger(__name__)
 SOCK_PATH_MAX = 107  # sun_path
@@ -180,8 +185,9 @@ class QemuDriver(Driver):
             sess = self._sessions.get(wid)
             runstate = await sess.runstate() if sess else None
             extra = {"machine": rec.machine, "runstate": runstate}
-            if runstate in FAILED_RUNSTATES:
-                return self._status(WorkloadState.FAILED, FAILED_RUNSTATES[runstate], rec, **extra)
+            failure = sess.failure_of(runstate) if sess else None
+            if failure is not None:
+                return self._status(WorkloadState.FAILED, failure, rec, **extra)
             if not rec.ready and spec.ready_marker:
                 return self._status(WorkloadState.STARTING, "booting", rec, **extra)
             return self._status(WorkloadState.RUNNING, "running", rec, **extra)
@@ -410,6 +416,8 @@ class QemuDriver(Driver):
     # -- QMP ----------------------------------------------------------------------
 
     async def _connect(self, wid: str) -> None:
+        from meshd.adapters.drivers.qemu_qmp import QmpSession  # noqa: PLC0415 - see top
+
         sock = self.dir_of(wid).resolve() / "qmp.sock"
         rec = host.RunRecord.load(self.dir_of(wid) / host.RUN_NAME)
 

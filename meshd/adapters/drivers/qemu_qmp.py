@@ -86,6 +86,11 @@ class QmpSession:
             return None
         return str(res.get("status")) if isinstance(res, dict) else None
 
+    @staticmethod
+    def failure_of(runstate: str | None) -> str | None:
+        """Why a guest in ``runstate`` will not run again by itself; None if it may."""
+        return FAILED_RUNSTATES.get(runstate) if runstate is not None else None
+
     @property
     def connected(self) -> bool:
         return self.client.runstate == Runstate.RUNNING and not self._closing
