@@ -70,6 +70,8 @@ SERF_TIMINGS = (
     "membership.push_pull_interval_s=30s",
 )
 MESHD_EVENT = re.compile(r"msg=member (alive|suspect|dead|left) name=(\S+)")
+MESHD_READY = re.compile(r"msg=meshd ready name=(\S+)")
+SERF_READY = re.compile(r"Serf agent running!")
 SERF_EVENT = re.compile(r"serf: EventMember(Join|Failed|Leave|Reap): (\S+)")
 SERF_SUSPECT = re.compile(r"memberlist: Suspect (\S+) has failed")
 SERF_STATE = {"Join": "alive", "Failed": "dead", "Leave": "left", "Reap": "left"}
@@ -228,8 +230,11 @@ class MeshdCluster(Cluster):
             self.procs.append(Proc(d.name, argv, env))
 
     def parse(self, line: str) -> tuple[str, str] | None:
-        m = MESHD_EVENT.search(line)
-        return (m.group(1), m.group(2)) if m else None
+        if m := MESHD_EVENT.search(line):
+            return (m.group(1), m.group(2))
+        if m := MESHD_READY.search(line):
+            return ("ready", m.group(1))
+        return None
 
 
 class SerfCluster(Cluster):
@@ -253,6 +258,8 @@ class SerfCluster(Cluster):
             return (SERF_STATE[m.group(1)], m.group(2))
         if m := SERF_SUSPECT.search(line):
             return ("suspect-origin", m.group(1))
+        if SERF_READY.search(line):
+            return ("ready", "")
         return None
 
 
@@ -263,7 +270,7 @@ def views(procs: list[Proc], until: float | None = None) -> dict[str, dict[str, 
         for t, state, member in list(p.events):
             if until is not None and t > until:
                 break
-            if state != "suspect-origin" and member != p.name:
+            if state not in ("suspect-origin", "ready") and member != p.name:
                 v[member] = state
         out[p.name] = v
     return out
@@ -277,7 +284,7 @@ def joined_at(procs: list[Proc]) -> float | None:
     need = len(names) * (len(names) - 1)
     alive = 0
     for t, obs, s, m in merged:
-        if s == "suspect-origin" or m == obs or m not in names:
+        if s in ("suspect-origin", "ready") or m == obs or m not in names:
             continue
         old = state.get((obs, m))
         state[(obs, m)] = s
@@ -319,6 +326,13 @@ def run(cluster: Cluster, load: str, args: argparse.Namespace) -> dict[str, Any]
             joined = joined_at(procs)
         row["join_s"] = round(joined - t0, 2) if joined is not None else None
         row["all_alive"] = joined is not None
+        ready = [
+            min((t for t, s, _ in list(p.events) if s == "ready"), default=None) for p in procs
+        ]
+        if all(r is not None for r in ready):
+            row["ready_s"] = round(max(r for r in ready if r is not None) - t0, 2)
+            if joined is not None:
+                row["join_after_ready_s"] = round(max(0.0, joined - t0 - row["ready_s"]), 2)
 
         def stopper() -> None:
             rng = random.Random(7)
@@ -401,7 +415,16 @@ def ensure_serf() -> None:
 
 def summary(rows: list[dict[str, Any]], n: int, load: str) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": True, "n": n, "load": load}
-    keys = ("join_s", "detect_s", "false_dead_pairs", "suspected_members", "rss_mib", "cpu_pct")
+    keys = (
+        "join_s",
+        "ready_s",
+        "join_after_ready_s",
+        "detect_s",
+        "false_dead_pairs",
+        "suspected_members",
+        "rss_mib",
+        "cpu_pct",
+    )
     for key in keys:
         med = {}
         for impl in ("meshd", "serf"):
