@@ -118,7 +118,10 @@ class Mesh:
     async def bind(self, host: str, port: int) -> int:
         return await self.mux.bind(host, port)
 
-    async def start(self, advertise: Addr, seeds: list[Addr]) -> None:
+    async def start(self, advertise: Addr) -> None:
+        """Open the mesh port's protocols: we answer from now on, but nobody is told
+        of us until :meth:`join` (the daemon joins once everything else is started, so
+        a member that others know of never spends seconds still starting up)."""
         ctx, cfg, ident = self.ctx, self.ctx.cfg, self.ctx.ident
         self.address = advertise
         self.mux.register(Channel.MEMBERSHIP, self._on_datagram)
@@ -150,8 +153,15 @@ class Mesh:
             cfg.membership.probe_interval_s,
         )
         self._alarm.rearm()
+
+    def join(self, seeds: list[Addr]) -> None:
+        """Join through ``seeds`` (membership, the DHT, the mesh keys) and start
+        discovery; the last step of a node's start."""
+        assert self.membership is not None and self.dht is not None
+        cfg, ident, advertise = self.ctx.cfg, self.ctx.ident, self.address
         if seeds:
             self._apply(self.membership.join(seeds, self.mono()))
+            self._rearm()
             task = self.dht.bootstrap_forever(seeds)  # the DHT keeps its own reference
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

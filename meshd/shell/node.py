@@ -291,8 +291,9 @@ class Node:
         random.shuffle(known)
         candidates = tuple(dict.fromkeys([*self.cfg.seeds, *known]))
         seeds = await _resolve_seeds(candidates, self.address)
-        await self.mesh.start(parse_hostport(self.address, "address"), seeds)
+        await self.mesh.start(parse_hostport(self.address, "address"))
         self.placement, self.runner = start_shells(self.ctx, self.mesh)
+        self.mesh.join(seeds)  # last: once others hear of us, we are all there
         self.store.set_meta("address", self.address)
         self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
         self.ready = True
