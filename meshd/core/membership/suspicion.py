@@ -62,6 +62,7 @@ class Suspicion:
         "hi",
         "inc",
         "k",
+        "last_call",
         "lo",
         "start",
     )
@@ -73,6 +74,7 @@ class Suspicion:
         self.hi = hi
         self.start = start
         self._first = start  # start before any pause
+        self.last_call = False  # the suspect was pinged once more as the timer ran out
         self.confirmations = 0
         self._seen = {origin}
         self._floor = start  # a postponed deadline holds against later confirmations
@@ -106,6 +108,11 @@ class Suspicion:
             self._floor = max(self._floor, now + grace)
             self.deadline = self._floor
         return True
+
+    def hold_until(self, until: float) -> None:
+        """Keep the suspect alive in our view until ``until`` at least."""
+        self._floor = max(self._floor, until)
+        self.deadline = max(self.deadline, until)
 
     def restart(self, origin: str, inc: int) -> None:
         """A claim at a newer incarnation: the evidence so far was about an older one."""
