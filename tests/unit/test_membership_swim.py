@@ -435,3 +435,54 @@ def test_hostile_messages_never_raise(batch: list[tuple[Message, str]], garbage:
         t = max(t, n1.next_deadline())
         n1.tick(t)
     assert n1.incarnation <= 2**32 - 1
+
+
+# -- joins that don't storm, and strangers --------------------------------------------
+
+
+def _lone(name: str = "n1", now: float = 0.0) -> Membership:
+    cfg = config.lan().membership
+    return Membership(cfg, Identity(name, f"id-{name}", addr_of(name)), random.Random(1), now, LOG)
+
+
+def test_join_contacts_join_fanout_seeds_at_a_time_and_the_next_ones_on_retry() -> None:
+    core = _lone()
+    seeds = [addr_of(f"n{i}") for i in range(2, 12)]  # ten remembered addresses
+    fanout = config.lan().membership.join_fanout
+    first = [e.addr for e in core.join(seeds, 0.0) if isinstance(e, Send)]
+    assert first == seeds[:fanout]
+    # nobody answered: the retry (while alone) goes to the next ones, not the same
+    retry: list[tuple[str, int]] = []
+    for _ in range(10):
+        out = core.tick(core.next_deadline())
+        retry = [e.addr for e in out if isinstance(e, Send) and isinstance(e.msg, PushPull)]
+        if retry:
+            break
+    assert retry == seeds[fanout : 2 * fanout]
+
+
+def test_strangers_earn_one_full_state_exchange_per_probe_interval() -> None:
+    core = _lone()
+    core.join([addr_of("n2")], 0.0)
+    pushes = []
+    for i in range(3, 13):  # ten members we never heard of ping us at once
+        out = core.receive(Ping(1, 0, "n1", ()), f"n{i}", addr_of(f"n{i}"), 0.01)
+        pushes += [e for e in out if isinstance(e, Send) and isinstance(e.msg, PushPull)]
+    assert len(pushes) == 1
+    interval = config.lan().membership.probe_interval_s
+    out = core.receive(Ping(1, 0, "n1", ()), "n20", addr_of("n20"), 0.01 + interval)
+    assert [e for e in out if isinstance(e, Send) and isinstance(e.msg, PushPull)]
+
+
+def test_a_late_tick_voids_the_probe_and_raises_local_health() -> None:
+    mesh = joined(4)
+    core = mesh.cores["n1"]
+    mesh.drop = lambda src, dst, msg: True  # nothing arrives: every probe would fail
+    while core._probe is None:
+        mesh.advance(core.next_deadline())
+    late = core.next_deadline() + 2.0  # our loop ran 2 s late
+    mesh.now = late
+    mesh.run("n1", core.tick(late))
+    assert core.stalls == 1
+    assert core.health >= 1
+    assert all(m.state is A for m in core.members())  # no accusation from the stall
