@@ -46,6 +46,7 @@ from meshd.core.membership import (
 )
 from meshd.core.membership.messages import Message, PushPull
 from meshd.core.membership.state import Identity
+from meshd.errors import MeshdError
 from meshd.identity import pki
 from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
@@ -72,6 +73,9 @@ class Mesh:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._certs_task: asyncio.Task[Any] | None = None
         self._certs_at = -1e9
+        # Where to ask first for every member's certificate: the seeds we join through
+        # (the seed in a join token enrolled us, and knows whom else it enrolled).
+        self._cert_sources: list[Addr] = []
         self.gate = Gate(ctx, self._spawn)
         self.mux = self.gate.mux
         self.peer_client = PeerClient(ctx)
@@ -159,6 +163,7 @@ class Mesh:
         discovery; the last step of a node's start."""
         assert self.membership is not None and self.dht is not None
         cfg, ident, advertise = self.ctx.cfg, self.ctx.ident, self.address
+        self._cert_sources = list(seeds[:3])
         if seeds:
             self._apply(self.membership.join(seeds, self.mono()))
             self._rearm()
@@ -355,12 +360,22 @@ class Mesh:
         self._certs_task = self._spawn(self._learn_certs(node_id, addr))
 
     async def _learn_certs(self, node_id: str, addr: Addr) -> None:
-        body = await self.peer_client.get(addr, CERTS_PATH)
-        if body is not None:
-            new = self.gate.learn_bundle(body)
-            logger.debug("learnt certificates from a member peer=%s:%s new=%d", *addr, new)
-        if not self.gate.knows(node_id):
-            self.gate.fetch_cert_soon(addr)
+        # A seed first (once each): on a fresh chassis only the seed that enrolled
+        # everyone knows everyone; then the member that was news to us.
+        sources = [*self._cert_sources, addr] if self._cert_sources else [addr]
+        self._cert_sources = []
+        for source in sources:
+            body = await self.peer_client.get(source, CERTS_PATH)
+            if body is not None:
+                try:
+                    new = self.gate.learn_bundle(body)
+                except MeshdError as exc:  # the store can't write: learnt again later
+                    logger.warning("can't record members' certificates: %s", exc)
+                    return
+                logger.debug("learnt certificates peer=%s:%s new=%d", *source, new)
+            if self.gate.knows(node_id):
+                return
+        self.gate.fetch_cert_soon(addr)
 
     def _persist_change(self, ch: MemberChanged) -> None:
         m = ch.member
