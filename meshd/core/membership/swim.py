@@ -197,6 +197,7 @@ class Membership:
         self._told: dict[str, float] = {}
         self._seeds: tuple[Address, ...] = ()
         self._seed_next = 0
+        self._settled = False  # the exchange soon after joining is done (_retry_join)
         self._join_retry_at = math.inf
         self._next_stranger_pp = now
         # When the shell should tick us next, as of our last run: how late a tick comes
@@ -952,10 +953,15 @@ class Membership:
             self._join_retry_at = math.inf
         elif len(self._sets[ALIVE]) + len(self._sets[SUSPECT]) == 0:
             self._push_seeds(out)
+            self._settled = False
             self._join_retry_at = now + self._join_backoff
             self._join_backoff = min(self._join_backoff * 2, self._cfg.push_pull_interval_s)
         else:
             # Not alone now; look again later (a partition may leave us alone again).
+            if not self._settled:  # just joined: one more full-state exchange soon
+                self._settled = True
+                settle = now + timings.settle_push_pull_s(self._cfg)
+                self._next_push_pull = min(self._next_push_pull, settle)
             self._join_backoff = self._cfg.probe_interval_s
             self._join_retry_at = now + self._cfg.push_pull_interval_s
 

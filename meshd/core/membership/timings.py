@@ -22,6 +22,13 @@ def push_pull_interval(cfg: MembershipConfig, live: int) -> float:
     return base * (math.ceil(math.log2(live) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1)
 
 
+def settle_push_pull_s(cfg: MembershipConfig) -> float:
+    """How soon after joining a node exchanges full state once more (meshd's own rule):
+    members that joined at about the same time as us spent their Alive's gossip before
+    we could hear it, and the periodic push-pull may be a whole interval away."""
+    return 4 * cfg.probe_interval_s
+
+
 def gossip_dead_s(cfg: MembershipConfig) -> float:
     """How long the newly dead still get gossip (memberlist's GossipToTheDeadTime, which
     equals its push-pull interval on a LAN): a live one learns of its death and refutes."""
