@@ -30,8 +30,8 @@ incarnation ``i``:
 
 *Local health* (Lifeguard §4.1, :mod:`.awareness`) stretches our probe timeout and
 interval when we miss nacks, fail probes, have to refute, or find that our own timers
-ring late (our loop stalled: then the probe in flight is void and due suspicions wait
-for what queued up behind the stall).
+ring late (our loop stalled: then the probe in flight is void and the stall does not
+count against the members we suspect).
 
 *Dissemination* (SWIM §4.4, :mod:`.broadcasts`). Updates are piggybacked on every ping,
 ack, nack and ping-req, and every ``gossip_interval`` (only when something is queued)
@@ -197,7 +197,8 @@ class Membership:
         self._told: dict[str, float] = {}
         self._seeds: tuple[Address, ...] = ()
         self._seed_next = 0
-        self._settled = False  # the exchange soon after joining is done (_retry_join)
+        self._settled = False  # the exchange soon after joining is scheduled (_retry_join)
+        self._settle_at = math.inf  # ...and due then (apart from the periodic push-pull)
         self._join_retry_at = math.inf
         self._next_stranger_pp = now
         # When the shell should tick us next, as of our last run: how late a tick comes
@@ -297,6 +298,10 @@ class Membership:
         if now >= self._next_push_pull and not self._left:
             self._next_push_pull = now + timings.push_pull_interval(self._cfg, self.live_count())
             self._push_pull(out)
+        if now >= self._settle_at:
+            self._settle_at = math.inf
+            if not self._left:
+                self._push_pull(out)
         if now >= self._join_retry_at and not self._left:
             self._retry_join(now, out)
         self._housekeeping(now)
@@ -361,7 +366,7 @@ class Membership:
         if self._relay_heap:
             d = min(d, self._relay_heap[0][0])
         if not self._left:
-            d = min(d, self._join_retry_at)
+            d = min(d, self._join_retry_at, self._settle_at)
         return d
 
     def broadcast(
@@ -895,9 +900,10 @@ class Membership:
     ) -> None:
         """A suspicion few others confirmed runs out: ping the suspect once more (the
         ping carries the suspicion) and wait a probe timeout. Its ack speaks for its own
-        incarnation, so a member that refuted while the refutation's gossip missed us
-        (the epidemic's tail: ~1 in 10,000 under 10 % loss) is alive again here instead
-        of dead. A member many confirmed dead gets no extra wait."""
+        incarnation, so a member that refuted while every copy of the refutation's
+        gossip missed us (the epidemic's tail, which the simulator hit under freezes and
+        10 % loss) is alive again here instead of dead. A member many confirmed dead
+        gets no extra wait."""
         sus.last_call = True
         sus.hold_until(now + self._awareness.scale(self._cfg.probe_timeout_s))
         self._push_suspicion(m.name, sus)
@@ -960,8 +966,7 @@ class Membership:
             # Not alone now; look again later (a partition may leave us alone again).
             if not self._settled:  # just joined: one more full-state exchange soon
                 self._settled = True
-                settle = now + timings.settle_push_pull_s(self._cfg)
-                self._next_push_pull = min(self._next_push_pull, settle)
+                self._settle_at = now + timings.settle_push_pull_s(self._cfg)
             self._join_backoff = self._cfg.probe_interval_s
             self._join_retry_at = now + self._cfg.push_pull_interval_s
 
