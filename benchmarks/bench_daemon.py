@@ -78,11 +78,26 @@ def timed_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def wait_ready(data_dir: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``GET /v1/health`` on the node's socket until it answers 200."""
+    sock = data_dir / "meshd.sock"
+    client = DaemonClient(sock, timeout=2.0)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"meshd run exited {proc.returncode}; see {data_dir}/meshd.log")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"meshd run not ready in {READY_TIMEOUT_S}s; see {data_dir}")
+        if sock.exists():
+            with contextlib.suppress(DaemonError, ApiError):
+                client.request("GET", "/v1/health")
+                return
+        time.sleep(0.002)
+
+
 @contextlib.contextmanager
 def daemon(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
     """Run ``meshd run``; yield the process and its spawn-to-ready time in ms."""
-    sock = data_dir / "meshd.sock"
-    client = DaemonClient(sock, timeout=2.0)
     with (data_dir / "meshd.log").open("ab") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -92,17 +107,7 @@ def daemon(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
             stderr=log,
         )
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"meshd run exited {proc.returncode}; see {log.name}")
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"meshd run not ready in {READY_TIMEOUT_S}s; see {log.name}")
-                if sock.exists():
-                    with contextlib.suppress(DaemonError, ApiError):
-                        client.request("GET", "/v1/health")
-                        break
-                time.sleep(0.002)
+            wait_ready(data_dir, proc)
             ready_ms = (time.perf_counter() - start) * 1000.0
             yield proc, ready_ms
         finally:

@@ -48,11 +48,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from meshd.cli.client import DaemonClient
-from meshd.errors import ApiError, DaemonError
+from bench_daemon import wait_ready  # benchmarks/ is on sys.path when run as a script
 
 MESHD = (sys.executable, "-m", "meshd")
-READY_TIMEOUT_S = 30.0
 HEAVY = ("aiohttp", "cryptography", "meshd.shell", "kademlia", "zeroconf", "qemu", "apsw")
 
 # The RSS breakdown's steps: (label, modules imported at that step).
@@ -186,23 +184,6 @@ def smaps_by_kind(pid: int, top: int = 12) -> list[tuple[str, float]]:
             sums[name] = sums.get(name, 0) + int(line.split()[1])
     ranked = sorted(sums.items(), key=lambda kv: -kv[1])[:top]
     return [(k, round(v / 1024.0, 2)) for k, v in ranked]
-
-
-def wait_ready(data_dir: Path, proc: subprocess.Popen[bytes]) -> None:
-    """Poll ``GET /v1/health`` on the socket until it answers 200."""
-    sock = data_dir / "meshd.sock"
-    client = DaemonClient(sock, timeout=2.0)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"meshd run exited {proc.returncode}; see {data_dir}/meshd.log")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"meshd run not ready in {READY_TIMEOUT_S}s; see {data_dir}")
-        if sock.exists():
-            with contextlib.suppress(DaemonError, ApiError):
-                client.request("GET", "/v1/health")
-                return
-        time.sleep(0.002)
 
 
 @contextlib.contextmanager

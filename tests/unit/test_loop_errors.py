@@ -25,6 +25,18 @@ CLOSED = RuntimeError(
 )
 
 
+def reported(context: dict[str, object], caplog: pytest.LogCaptureFixture) -> list[int]:
+    """The levels of what the daemon's handler logs for the loop's report ``context``."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop_errors.install(loop)
+        with caplog.at_level(logging.DEBUG):
+            loop.call_exception_handler(context)
+    finally:
+        loop.close()
+    return [r.levelno for r in caplog.records]
+
+
 @pytest.mark.parametrize(
     "context",
     [
@@ -37,14 +49,7 @@ CLOSED = RuntimeError(
 def test_a_peer_going_away_is_a_debug_line(
     context: dict[str, object], caplog: pytest.LogCaptureFixture
 ) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        loop_errors.install(loop)
-        with caplog.at_level(logging.DEBUG):
-            loop.call_exception_handler(context)
-    finally:
-        loop.close()
-    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert reported(context, caplog) == [logging.DEBUG]
     assert "ended mid-way" in caplog.records[0].getMessage()
 
 
@@ -59,11 +64,4 @@ def test_a_peer_going_away_is_a_debug_line(
 def test_anything_else_still_reaches_the_default_handler(
     context: dict[str, object], caplog: pytest.LogCaptureFixture
 ) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        loop_errors.install(loop)
-        with caplog.at_level(logging.DEBUG):
-            loop.call_exception_handler(context)
-    finally:
-        loop.close()
-    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert reported(context, caplog) == [logging.ERROR]

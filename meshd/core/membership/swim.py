@@ -345,10 +345,9 @@ class Membership:
             self._probe = None
             self._next_probe = min(self._next_probe, now)
         grace = self._cfg.probe_interval_s
-        paused = [n for n, sus in self._suspicions.items() if sus.pause(late, now, grace)]
-        if paused:
-            for name in paused:
-                self._push_suspicion(name, self._suspicions[name])
+        for name, sus in self._suspicions.items():
+            if sus.pause(late, now, grace):
+                self._push_suspicion(name, sus)
         relays = self._relay_heap
         while relays and relays[0][0] <= now:
             self._relays.pop(heapq.heappop(relays)[1], None)
