@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +156,14 @@ def run_point(
                 return out
             wait_for("running", lambda: running(view(d, name) or {}), SETTLE_TIMEOUT_S)
             wid = str((view(d, name) or {})["workload"])
+            if driver == "process" and act == "stop":
+                # STUBBORN ignores SIGTERM only once its interpreter is up: a stop sent
+                # sooner ends it with SIGTERM and never reaches the SIGKILL points.
+                wait_for(
+                    "the workload to ignore SIGTERM",
+                    lambda: any(_ignores_sigterm(p) for p in copies(driver, d.data_dir, wid)),
+                    SETTLE_TIMEOUT_S,
+                )
             if act == "stop":
                 with contextlib.suppress(Exception):
                     d.api("POST", f"/v1/workloads/{wid}/stop?timeout=1")
@@ -211,6 +220,18 @@ def run_point(
         if d.running:
             d.stop()
         kill_copies(driver, d.data_dir)
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (its SigIgn mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(
+        (line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), "0"
+    )
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
 
 
 def _wait(check: Callable[[], bool], timeout: float = SETTLE_TIMEOUT_S) -> bool:
