@@ -58,3 +58,6 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     echo "$want" >"$stamp"
 fi
+# Bytecode, as an installed package has it: an editable install leaves none, and where
+# PYTHONDONTWRITEBYTECODE is set every daemon would compile every module at each start.
+.venv/bin/python -m compileall -q meshd >/dev/null

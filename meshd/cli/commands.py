@@ -350,6 +350,10 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvloop
 
+    from meshd.adapters import http_stack
+
+    http_stack.load()  # before anything imports aiohttp
+
     from meshd import logs
     from meshd.identity import files
     from meshd.shell import node
