@@ -68,8 +68,13 @@ def sushy_python() -> Path:
                 ["python3", "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120
             )
         subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-            + [f"sushy-tools=={VERSION}"],
+            [
+                str(VENV / "bin" / "pip"),
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                f"sushy-tools=={VERSION}",
+            ],
             check=True,
             capture_output=True,
             timeout=600,
@@ -121,9 +126,7 @@ def make_ca(name: str = "meshd test BMC CA") -> TestCa:
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return TestCa(cert.public_bytes(serialization.Encoding.PEM), key, cert)
@@ -178,7 +181,7 @@ class Emulator:
     dir: Path
     systems: dict[str, str]  # name -> initial power state
     user: str = "admin"
-    password: str = "s3cret-BMC-pw-7d1f"  # noqa: S105 - a test's password, grepped for
+    password: str = "s3cret-BMC-pw-7d1f"
     delay_s: int | None = 0
     tls: bool = True
     port: int = 0
@@ -294,10 +297,8 @@ class Emulator:
         """GET a resource with urllib (an independent client), as the test's user."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
         token = b64encode(f"{self.user}:{self.password}".encode()).decode()
-        req = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Basic {token}"}
-        )
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:  # noqa: S310
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return json.loads(resp.read())
 
     def power(self, name: str) -> str:
