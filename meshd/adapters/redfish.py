@@ -41,7 +41,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -55,6 +55,9 @@ from meshd.core.bmc import (
     only_system,
 )
 from meshd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshd.shell.ports import BmcPort
 
 logger = logging.getLogger(__name__)
 
@@ -532,3 +535,9 @@ def _refusal(call: _Call, method: str, path: str, answer: _Answer) -> str:
             "one with `meshd bmc set --system ID`, or leave --system out if it has only one"
         )
     return f"the BMC at {ep.base_url} answered HTTP {answer.status} to {method} {path}{said}"
+
+
+if TYPE_CHECKING:
+
+    def _is_a_bmc_port(client: RedfishClient) -> BmcPort:
+        return client  # mypy --strict checks the client against the port here
