@@ -301,6 +301,19 @@ class Emulator:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return json.loads(resp.read())
 
+    def reset(self, name: str, reset_type: str) -> None:
+        """POST a ResetType to a system with urllib (sets the scene, outside our client)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
+        token = b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req = urllib.request.Request(
+            f"{self.url}/redfish/v1/Systems/{system_uuid(name)}/Actions/ComputerSystem.Reset",
+            data=json.dumps({"ResetType": reset_type}).encode(),
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=10):
+            pass
+
     def power(self, name: str) -> str:
         state: str = self.get(f"/redfish/v1/Systems/{system_uuid(name)}")["PowerState"]
         return state
