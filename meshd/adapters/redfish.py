@@ -62,8 +62,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ROOT_PATH = "/redfish/v1/"
-# Less than this left before the deadline: a request could not usefully finish.
-_MIN_REQUEST_S = 0.01
 # Statuses that mean "no session login here": fall back to Basic.
 _NO_SESSIONS = frozenset({404, 405, 501})
 
@@ -273,7 +271,7 @@ class RedfishClient:
             else:
                 last, misses = state, 0
             wait = self.cfg.poll_interval_s
-            if call.deadline - self.clock() < wait + _MIN_REQUEST_S:
+            if call.deadline - self.clock() < wait:
                 raise _Failed(
                     f"ForceOff was sent, but the BMC still reports PowerState "
                     f"{last or 'unknown'} for {path} at the deadline; the node may still "
@@ -306,11 +304,11 @@ class RedfishClient:
         for n in range(tries):
             if n:
                 backoff = self.cfg.retry_backoff_s * 2 ** (n - 1)
-                if call.deadline - self.clock() < backoff + _MIN_REQUEST_S:
+                if call.deadline - self.clock() < backoff:
                     break
                 await asyncio.sleep(backoff)
             left = call.deadline - self.clock()
-            if left < _MIN_REQUEST_S:
+            if left <= 0:
                 call.attempts.append(Attempt(method, path, None, "deadline reached", 0.0))
                 break
             answer, transient = await self._once(call, method, path, body, auth, left)

@@ -29,7 +29,6 @@ from meshd.config.sections import BmcConfig
 from meshd.core.bmc import Attempt, BmcEndpoint, FenceOutcome, PowerReading
 
 Mode = Literal["ok", "timeout", "refuse", "wrong-state", "unreachable"]
-MIN_REQUEST_S = 0.01  # as in the real client
 
 
 @dataclass
@@ -110,7 +109,7 @@ class FakeBmc:
                 if state == "Off":
                     return outcome(True, False, None)
                 last = state or last
-                if deadline - self.now() < self.cfg.poll_interval_s + MIN_REQUEST_S:
+                if deadline - self.now() < self.cfg.poll_interval_s:
                     raise _Stop(
                         f"ForceOff was sent, but the BMC still reports PowerState {last} "
                         "at the deadline; the node may still be running"
@@ -153,11 +152,11 @@ class FakeBmc:
         for n in range(1 + self.cfg.retries):
             if n:
                 backoff = self.cfg.retry_backoff_s * 2 ** (n - 1)
-                if deadline - self.now() < backoff + MIN_REQUEST_S:
+                if deadline - self.now() < backoff:
                     break
                 await asyncio.sleep(backoff)
             left = deadline - self.now()
-            if left < MIN_REQUEST_S:
+            if left <= 0:
                 attempts.append(Attempt(method, path, None, "deadline reached", 0.0))
                 break
             timeout = min(self.cfg.request_timeout_s, left)
