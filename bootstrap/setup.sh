@@ -26,6 +26,8 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v genisoimage >/dev/null 2>&1 || need_apt+=(genisoimage)
     command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
     command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
+    # fence_redfish: the independent Redfish client the BMC tests and benchmark compare with
+    command -v fence_redfish >/dev/null 2>&1 || need_apt+=(fence-agents)
 fi
 
 if ((${#need_apt[@]})); then
