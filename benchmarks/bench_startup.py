@@ -48,7 +48,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_daemon import compile_bytecode, wait_ready  # benchmarks/ is on sys.path when run as a script
+from bench_daemon import (  # benchmarks/ is on sys.path when run as a script
+    compile_bytecode,
+    wait_ready,
+)
 
 MESHD = (sys.executable, "-m", "meshd")
 HEAVY = ("aiohttp", "cryptography", "meshd.shell", "kademlia", "zeroconf", "qemu", "apsw")
