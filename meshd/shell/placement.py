@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -111,7 +112,8 @@ class PlacementShell:
         )
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
-        self._queued: list[tuple[Workload, asyncio.Future[str]]] = []  # not started yet
+        # Not started yet: (workload, supersede a placed one, its auction id when started)
+        self._queued: list[tuple[Workload, bool, asyncio.Future[str]]] = []
         self._start_due = False
         self._telemetry: Telemetry | None = None
         self._draining = NOTHING  # released, not yet destroyed (the runner says)
@@ -173,7 +175,7 @@ class PlacementShell:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(PlacementError("meshd is stopping; the auction was abandoned"))
-        for _, ready in self._queued:
+        for _, _, ready in self._queued:
             if not ready.done():
                 ready.set_exception(PlacementError("meshd is stopping; the auction never started"))
         self._queued.clear()
@@ -305,7 +307,7 @@ class PlacementShell:
             "bids": self._bids(placement.round),
         }
 
-    async def _start(self, workload: Workload) -> str:
+    async def _start(self, workload: Workload, *, supersede: bool = False) -> str:
         """Start an auction for ``workload``; its id once started.
 
         While auctions of ours are in flight, new ones wait ``auction.batch_linger_s``
@@ -314,7 +316,7 @@ class PlacementShell:
         """
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = loop.create_future()
-        self._queued.append((workload, ready))
+        self._queued.append((workload, supersede, ready))
         if not self._start_due:
             self._start_due = True
             busy = any(not f.done() for f in self._waiting.values())
@@ -327,7 +329,7 @@ class PlacementShell:
         queued, self._queued = self._queued, []
         why = self._refusing()
         if why is not None:  # the store failed while these waited for the linger
-            for _, ready in queued:
+            for _, _, ready in queued:
                 if not ready.done():
                     ready.set_exception(StoreError(why))
             return
@@ -335,9 +337,11 @@ class PlacementShell:
         now = self.ctx.clock()
         effects: list[Effect] = []
         batch = candidates.Batch()  # one first-round sample: shared datagrams
-        for workload, ready in queued:
+        for workload, supersede, ready in queued:
             try:
-                aid, started = self.core.submit(workload, members, now, batch=batch)
+                aid, started = self.core.submit(
+                    workload, members, now, supersede=supersede, batch=batch
+                )
             except Exception as exc:  # a bug in one must not strand the others
                 logger.exception("starting an auction failed workload=%s", workload.id)
                 if not ready.done():
@@ -394,6 +398,35 @@ class PlacementShell:
     def owner_of(self, wid: str) -> str | None:
         p = self.core.placements().get(wid)
         return None if p is None or p.removed else p.owner
+
+    async def replace_from(self, node: str, why: str) -> list[str]:
+        """Auction again every workload the view places on ``node``, which is off (its
+        BMC verified it, or the operator confirmed it): the same ids and specs, at the
+        next generation, on the live members (``node`` is not among them). A workload
+        whose restart policy is ``none`` stays where it was, recorded as lost. Returns
+        the ids put up for auction; nobody waits for them (``meshd workloads`` shows
+        where they went, the event log why they moved)."""
+        moved: list[str] = []
+        placed = sorted(self.core.placements().values(), key=lambda p: p.workload_id)
+        for p in placed:
+            if p.owner != node or p.removed:
+                continue
+            data = {"from": node, "generation": p.generation, "why": why}
+            if p.workload.spec.restart == "none":
+                self.ctx.store.append_event(self.ctx.clock(), "workload.lost", p.workload_id, data)
+                continue
+            self.ctx.store.append_event(self.ctx.clock(), "workload.replacing", p.workload_id, data)
+            aid = await self._start(p.workload, supersede=True)
+            fut = self._waiting.get(aid)
+            if fut is not None:  # nobody waits: forget it once decided
+                fut.add_done_callback(functools.partial(self._forget_waiting, aid))
+            moved.append(p.workload_id)
+        if moved:
+            logger.info("re-placing workloads from=%s count=%d why=%s", node, len(moved), why)
+        return moved
+
+    def _forget_waiting(self, aid: str, _: object) -> None:
+        self._waiting.pop(aid, None)
 
     def remove(self, wid: str) -> dict[str, Any]:
         """``meshd workload rm``: tombstone it mesh-wide; its owner stops and destroys it."""

@@ -579,6 +579,21 @@ class ShellSim:
         self.crash(name)
         self.start(name)
 
+    def power_off(self, name: str) -> None:
+        """The blade's BMC cut its power: meshd and every workload on it are gone."""
+        self.crash(name)
+        self._cmd(f"power off {name}")
+        self.nodes[name].host.workloads.clear()
+
+    def replace_from(self, on: str, node: str) -> None:
+        """``on``'s placement re-places what ``node`` ran (once ``node`` is fenced)."""
+        shell = self.nodes[on].placement
+        proc = self.nodes[on].proc
+        if shell is None or proc is None:
+            return
+        self._cmd(f"replace on {on} from {node}")
+        proc.spawn(shell.replace_from(node, "fenced"))
+
     def arm_step(self, name: str, k: int, mode: str) -> None:
         """Crash ``name`` right after the ``k``-th message it handles from now on."""
         self._cmd(f"arm {name} crash {mode} message {k}")

@@ -260,3 +260,38 @@ def test_a_removed_workload_keeps_its_capacity_counted_until_it_is_destroyed() -
         assert sim.final_problems() == []
     finally:
         sim.close()
+
+
+def _placed(sim: ShellSim, on: str, name: str) -> tuple[str, str, int]:
+    (p,) = [p for p in sim.placement(on).core.placements().values() if p.name == name]
+    return p.workload_id, p.owner, p.generation
+
+
+def test_a_powered_off_nodes_workloads_run_again_on_survivors_at_the_next_generation() -> None:
+    """After fencing, one survivor re-places the dead node's workloads: the same ids and
+    specs at the next generation; one with ``restart = none`` stays, recorded lost."""
+    sim = _three(seed_or(3))
+    try:
+        sim.at(0.5, sim.submit, "n1", _request("web", nodes=frozenset({"n2", "n3"})))
+        keep = _request("batch", nodes=frozenset({"n2"}))
+        sim.at(0.6, sim.submit, "n1", SubmitRequest(**{**_fields(keep), "restart": "none"}))
+        sim.run_until(3.0)
+        wid, owner, gen = _placed(sim, "n1", "web")
+        sim.at(3.1, sim.power_off, owner)
+        sim.at(3.5, sim.replace_from, "n1", owner)
+        sim.run_until(8.0)
+        survivor = ({"n2", "n3"} - {owner}).pop()
+        for name in sim.live():
+            assert _placed(sim, name, "web") == (wid, survivor, gen + 1), sim.describe()
+        assert sim.runner(survivor).state_of(wid, gen + 1)[0] == "running", sim.describe()
+        if owner == "n2":  # batch ran there too; restart = none: not moved
+            assert _placed(sim, "n1", "batch")[1:] == ("n2", 1)
+        sim.at(8.0, sim.start, owner)  # powered back on: a fresh start, its copies gone
+        sim.run_until(12.0)
+        assert sim.final_problems() == []
+    finally:
+        sim.close()
+
+
+def _fields(r: SubmitRequest) -> dict[str, object]:
+    return {f: getattr(r, f) for f in r.__struct_fields__}
