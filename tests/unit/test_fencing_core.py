@@ -401,6 +401,24 @@ def test_a_fenced_node_that_comes_back_rejoins_as_a_fresh_member() -> None:
     assert f.member("n9", "dead", 6, 40.0) == [CheckReach("n9", 6)]  # a new epoch
 
 
+def test_an_outcome_for_an_older_epoch_leaves_the_current_episode_alone() -> None:
+    """Found by the simulator (seed 2539): a late FenceFailed for epoch 4 turned the
+    open epoch-5 episode into fence-failed, and a confirm then sent a Fenced for epoch
+    5 carrying epoch-4 votes."""
+    f = node("n3", 4)
+    f.member("n9", "dead", 5, 0.0)
+    f.reach("n9", 5, False, 0.0)
+    good = [signed(v, FenceVote("n9", 4, 0, "n1", 0.0)) for v in ("n1", "n2", "n3")]
+    blobs = tuple(s.blob for s in good)
+    out = f.receive(FenceFailed("n9", 4, 0, "n1", blobs, "refused"), "n1", 1.0, tuple(good))
+    assert of(out, Alarm) == [Alarm("n9", 4, "refused")]
+    assert f.state("n9") == "dead"
+    with pytest.raises(FencingError):
+        f.confirm("n9", 2.0)
+    assert of(f.receive(Fenced("n9", 4, 0, "n1", blobs, "off"), "n1", 3.0, tuple(good)), Replace)
+    assert f.state("n9") == "dead" and f.status()[0]["epoch"] == 5
+
+
 # -- codec ----------------------------------------------------------------------------------
 
 MESSAGES = [

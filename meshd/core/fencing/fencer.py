@@ -664,12 +664,10 @@ class Fencer:
             return []
         self._done[key] = "fenced"
         self._ballots.pop(key, None)
-        ep = self._eps.get(msg.target)
-        if ep is None or ep.epoch <= msg.epoch:
-            ep = _Episode(msg.target, msg.epoch, "fenced")
-            self._eps[msg.target] = ep
-        ep.state, ep.voters, ep.votes, ep.detail = "fenced", voters, msg.votes, msg.evidence
-        ep.final_round, ep.final_coordinator = msg.round, msg.coordinator
+        ep = self._episode_for(msg.target, msg.epoch, "fenced")
+        if ep is not None:
+            ep.state, ep.voters, ep.votes, ep.detail = "fenced", voters, msg.votes, msg.evidence
+            ep.final_round, ep.final_coordinator = msg.round, msg.coordinator
         self.log.warning("fenced target=%s epoch=%s: %s", msg.target, msg.epoch, msg.evidence)
         return [Replace(msg.target, msg.epoch)]
 
@@ -677,14 +675,23 @@ class Fencer:
         key = (msg.target, msg.epoch)
         self._done[key] = "failed"
         self._ballots.pop(key, None)
-        ep = self._eps.get(msg.target)
-        if ep is None or ep.epoch < msg.epoch:
-            ep = _Episode(msg.target, msg.epoch, "fence-failed")
-            self._eps[msg.target] = ep
-        ep.state, ep.voters, ep.votes, ep.detail = "fence-failed", voters, msg.votes, msg.reason
-        ep.final_round, ep.final_coordinator = msg.round, msg.coordinator
+        ep = self._episode_for(msg.target, msg.epoch, "fence-failed")
+        if ep is not None:
+            ep.state, ep.voters, ep.votes, ep.detail = "fence-failed", voters, msg.votes, msg.reason
+            ep.final_round, ep.final_coordinator = msg.round, msg.coordinator
         self.log.error("fence failed target=%s epoch=%s: %s", msg.target, msg.epoch, msg.reason)
         return [Alarm(msg.target, msg.epoch, msg.reason)]
+
+    def _episode_for(self, target: str, epoch: int, state: str) -> _Episode | None:
+        """The episode an outcome for ``epoch`` belongs to (opened if we had none); None
+        when we already watch a later epoch, which an old outcome must not touch."""
+        ep = self._eps.get(target)
+        if ep is not None and ep.epoch > epoch:
+            return None
+        if ep is None or ep.epoch < epoch:
+            ep = _Episode(target, epoch, state)
+            self._eps[target] = ep
+        return ep
 
     def _end(self, ep: _Episode, now: float, why: str) -> list[Effect]:
         """The episode is over without a fence of ours (refuted, left, superseded)."""
