@@ -227,7 +227,7 @@ def random_run(seed: int, duration: float = 40.0) -> FencingSim:
                 a, b = rng.sample(sim.names, 2)
                 start = t + rng.uniform(0, 10)
                 sim.at(start, sim.net.cut, a, b, True)
-                sim.at(start + rng.uniform(0.2, 5), sim.net.heal)
+                sim.at(start + rng.uniform(0.2, 5), sim.net.uncut, a, b, True)
 
     def on_power_off(x: str, w: Window) -> None:
         if rng.random() < 0.3:  # the coordinator dies mid-fence, and maybe comes back

@@ -173,7 +173,9 @@ class Fencer:
         return self._members.get(name, ("unknown", 0))[0]
 
     def status(self) -> list[dict[str, object]]:
-        """One entry per node with an episode, sorted by name (``meshd fence status``)."""
+        """One entry per node with an episode, sorted by name (``meshd fence status``):
+        its state, epoch, the ballot's round and coordinator, the voters counted (and how
+        many are needed), this node's power-off attempts, its own reach check, evidence."""
         out: list[dict[str, object]] = []
         for name in sorted(self._eps):
             ep = self._eps[name]
@@ -190,7 +192,9 @@ class Fencer:
                     "needed": majority(len(self._roster)),
                     "attempts": self._attempts.get(name, 0),
                     "reachable": ep.reachable,
-                    "detail": ep.detail,
+                    # A fenced node's evidence (verified Off, or an operator's confirm),
+                    # or why a fence failed.
+                    "evidence": ep.detail,
                 }
             )
         return out
