@@ -36,7 +36,12 @@ Invariants, checked on every event that could break them (:attr:`FencingSim.prob
   ground truth: the votes that left the voters), so a minority never powers off;
 * every ``Fenced`` sent carries a majority of valid votes for its ballot and follows
   a verified Off or an operator's confirm of that ballot;
-* no node emits ``Replace`` twice for one (target, epoch).
+* no node emits ``Replace`` twice for one (target, epoch), nor before a verified Off or
+  a confirm of that (target, epoch) exists.
+
+``forget_grants`` models a shell that sends votes without writing them down: voters
+that restart then grant a second ballot inside a lease, and the overlap check fires
+(a test shows it), which is why every grant is a ``Persist`` first.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from meshd.core.fencing import (
     FenceFailed,
     Fencer,
     FenceVote,
+    Granted,
     Persist,
     PowerOff,
     Replace,
@@ -160,6 +166,7 @@ class FencingSim:
         self.false_fences: list[str] = []
         self.power_offs = 0
         self.on_power_off: list[Callable[[str, Window], None]] = []
+        self.forget_grants = False  # True: a shell that never writes its grants down
         self.log = logging.getLogger("meshd.sim.fencing")
         for x in self.names:
             self._boot(x)
@@ -281,6 +288,8 @@ class FencingSim:
         nd = self.nodes[x]
         for e in effects:  # every Persist of the step first, in one transaction
             if isinstance(e, Persist):
+                if self.forget_grants and isinstance(e.record, Granted):
+                    continue  # a broken shell, to show the promise matters
                 nd.records.append(codec.dump_record(e.record))
         for e in effects:
             if isinstance(e, Send):
@@ -297,6 +306,10 @@ class FencingSim:
             elif isinstance(e, PowerOff):
                 self._power_off(x, e)
             elif isinstance(e, Replace):
+                if not any(b[:2] == (e.target, e.epoch) for b in (*self.offs, *self.confirmed)):
+                    self.problems.append(
+                        f"{x} re-placed {e.target}/{e.epoch} with no verified Off or confirm"
+                    )
                 key = (x, e.target, e.epoch)
                 self.replaced[key] = self.replaced.get(key, 0) + 1
                 if self.replaced[key] > 1:

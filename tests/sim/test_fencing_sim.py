@@ -171,6 +171,34 @@ def test_the_overlap_check_catches_a_coordinator_that_outlives_its_lease(
     assert any("overlap" in p for p in sim.problems)
 
 
+def _voters_restart_after_the_decision(sim: FencingSim) -> None:
+    """As above, and every voter of the first ballot restarts right after it voted."""
+
+    def restart_voters(x: str, w: Window) -> None:
+        if len(sim.windows) == 1:
+            for v in sorted(sim.grants[(w.target, w.epoch, w.round, x)] - {x}):
+                sim.events.after(0.02, sim.crash, v)
+                sim.events.after(0.1, sim.restart, v)
+
+    sim.on_power_off.append(restart_voters)
+    _slow_cut_coordinator(sim)
+
+
+def test_restarted_voters_keep_their_grants_so_windows_never_overlap() -> None:
+    sim = FencingSim(10, 5, CFG)
+    _voters_restart_after_the_decision(sim)
+    assert not sim.problems, _report(sim)
+    assert len(sim.windows) >= 2
+
+
+def test_voters_that_forget_their_grants_let_two_coordinators_overlap() -> None:
+    """Persist-before-send is load-bearing: without the grant records, it breaks."""
+    sim = FencingSim(10, 5, CFG)
+    sim.forget_grants = True
+    _voters_restart_after_the_decision(sim)
+    assert any("overlap" in p for p in sim.problems)
+
+
 def test_a_fenced_node_powered_back_on_rejoins_and_is_not_fenced_twice() -> None:
     sim = FencingSim(9, 3, CFG)
     sim.at(1.0, sim.crash, "n02")

@@ -186,6 +186,29 @@ def test_the_next_coordinator_takes_over_only_after_silence() -> None:
     assert f.status()[0]["coordinator"] == "n2"
 
 
+def test_a_release_from_the_rounds_coordinator_hands_over_at_the_next_tick() -> None:
+    f = node("n2")
+    dead_and_unreachable(f)
+    f.receive(FenceRequest("n9", 4, 0, 0.1), "n1", 0.1)
+    f.receive(Release("n9", 4, 0), "n1", 0.2)
+    assert Persist(BallotStarted("n9", 4, 1)) in f.tick(0.2)
+
+
+def test_a_failed_fence_can_still_be_confirmed_after_a_restart() -> None:
+    f = node("n1")
+    dead_and_unreachable(f)
+    vote("n1", f, 0.0)
+    records: list[Record] = [e.record for e in vote("n2", f, 0.0) if isinstance(e, Persist)]
+    out = f.power_result("n9", 4, 0, "failed", 0.5, "refused")
+    records += [e.record for e in out if isinstance(e, Persist)]
+    again = Fencer(CFG, "n1")
+    assert again.restore(records, 1.0) == []  # the decision has its outcome: nothing open
+    again.set_roster(roster(2) | {"n9"}, 1.0)
+    assert again.member("n9", "dead", 4, 1.0) == []  # the episode is known and final
+    assert again.state("n9") == "fence-failed"
+    assert of(again.confirm("n9", 2.0), Replace) == [Replace("n9", 4)]
+
+
 def test_a_later_round_makes_a_coordinator_stand_down() -> None:
     f = node("n1")
     dead_and_unreachable(f)
