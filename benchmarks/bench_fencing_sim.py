@@ -10,6 +10,9 @@ preset's ``[fencing]`` timings and a BMC that powers off at once (0 s delay):
 - ``dead_to_fenced_all_p50_s`` / ``_p99_s``: until every live node holds it fenced (and
   re-places its workloads);
 - ``cut_to_off_p50_s``: from the crash itself, which adds the oracle's 2.5 s;
+- ``fencing_sim_coordinator_crash``: at 5 nodes, the coordinator dies 0.1 s into a
+  1 s power-off; its successor must wait out the lease of the grants it holds (the
+  price of never overlapping), so dead → Off is about ``lease_s``;
 - ``false_fences`` (must be 0): over ``--long`` simulated seconds at 16 nodes with 10 %
   datagram loss and flapping links (a random link cut for 0.5-5 s every 2 s on
   average, both ways), how many power-offs hit a node that a majority could reach.
@@ -86,6 +89,45 @@ def latency(n: int, seeds: int) -> dict[str, Any]:
     }
 
 
+def takeover(n: int, seeds: int) -> dict[str, Any]:
+    """The coordinator dies right after it decided (its BMC request dies with it): time
+    from "dead" to a verified Off by its successor, once its grants' leases ran out."""
+    cfg = config.lan().fencing
+    to_off, missing = [], 0
+    for seed in range(seeds):
+        rng = random.Random(f"bench/takeover/{seed}")
+        sim = FencingSim(seed, n, cfg, LinkModel())
+        victim = rng.choice(sim.names)
+        for x in sim.names:
+            sim.bmc[x].delay = 1.0  # long enough for the coordinator to die mid-request
+
+        def kill(x: str, w: Any, sim: FencingSim = sim) -> None:
+            if len(sim.windows) == 1:
+                sim.events.after(0.1, sim.crash, x)
+
+        sim.on_power_off.append(kill)
+        sim.at(5.0, sim.crash, victim)
+        sim.run_until(5.0 + cfg.lease_s * 3)
+        if sim.problems:
+            raise SystemExit(f"invariant broken: {sim.describe()}: {sim.problems[:3]}")
+        keys = [k for k in sim.off_at if k[0] == victim]
+        if not keys:
+            missing += 1
+            continue
+        to_off.append(sim.off_at[keys[0]] - sim.dead_at[keys[0]])
+    return {
+        "bench": "fencing_sim_coordinator_crash",
+        "nodes": n,
+        "seeds": seeds,
+        "preset": "lan",
+        "lease_s": cfg.lease_s,
+        "bmc_delay_s": 1.0,
+        "dead_to_off_p50_s": round(statistics.median(to_off), 3),
+        "dead_to_off_max_s": round(max(to_off), 3),
+        "not_fenced": missing,
+    }
+
+
 def false_fences(n: int, seconds: float, loss: float, seed: int = 1) -> dict[str, Any]:
     cfg = config.lan().fencing
     sim = FencingSim(seed, n, cfg, LinkModel(loss=loss))
@@ -126,6 +168,10 @@ def main() -> None:
         line = latency(n, args.seeds)
         line["wall_s"] = round(time.perf_counter() - t0, 2)
         print(json.dumps(line), flush=True)
+    t0 = time.perf_counter()
+    line = takeover(5, max(1, args.seeds // 4))
+    line["wall_s"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(line), flush=True)
     t0 = time.perf_counter()
     line = false_fences(16, args.long, args.loss)
     line["wall_s"] = round(time.perf_counter() - t0, 2)
