@@ -78,6 +78,19 @@ def timed_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def compile_bytecode() -> int:
+    """Write meshd's bytecode, as an installed package has it, and say how many modules.
+
+    A daemon started where ``PYTHONDONTWRITEBYTECODE`` is set (as on CI machines and in
+    this sandbox) and no ``.pyc`` exists compiles every module from source at each
+    start (~100 ms of CPU here), which a ``pip install`` never leaves it to do.
+    ``bootstrap/setup.sh`` compiles them too; this makes a benchmark independent of it.
+    """
+    package = Path(__file__).resolve().parent.parent / "meshd"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+    return sum(1 for _ in package.rglob("*.py"))
+
+
 def wait_ready(data_dir: Path, proc: subprocess.Popen[bytes]) -> None:
     """Poll ``GET /v1/health`` on the node's socket until it answers 200."""
     sock = data_dir / "meshd.sock"

@@ -460,6 +460,8 @@ def main() -> None:
     impls = args.impl.split(",")
     if "serf" in impls:
         ensure_serf()
+    if "meshd" in impls:  # as installed: no daemon compiles meshd's sources at its start
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "meshd")], check=True)
     with tempfile.TemporaryDirectory(prefix="bench-serf-") as tmp:
         for n in [int(x) for x in args.nodes.split(",")]:
             base = Path(tmp) / f"meshd-{n}"

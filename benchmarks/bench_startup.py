@@ -48,7 +48,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_daemon import wait_ready  # benchmarks/ is on sys.path when run as a script
+from bench_daemon import (  # benchmarks/ is on sys.path when run as a script
+    compile_bytecode,
+    wait_ready,
+)
 
 MESHD = (sys.executable, "-m", "meshd")
 HEAVY = ("aiohttp", "cryptography", "meshd.shell", "kademlia", "zeroconf", "qemu", "apsw")
@@ -320,6 +323,7 @@ def main() -> None:
     parser.add_argument("--together", type=int, default=4, help="daemons started at once")
     args = parser.parse_args()
 
+    emit({"figure": "bytecode", "modules_compiled": compile_bytecode()})
     measure("python_pass", [sys.executable, "-c", "pass"], args.runs)
     measure("meshd --version", [*MESHD, "--version"], args.runs)
     measure("meshd --help", [*MESHD, "--help"], args.runs)

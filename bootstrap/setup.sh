@@ -26,6 +26,8 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v genisoimage >/dev/null 2>&1 || need_apt+=(genisoimage)
     command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
     command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
+    # fence_redfish: the independent Redfish client the BMC tests and benchmark compare with
+    command -v fence_redfish >/dev/null 2>&1 || need_apt+=(fence-agents)
 fi
 
 if ((${#need_apt[@]})); then
@@ -58,3 +60,6 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     echo "$want" >"$stamp"
 fi
+# Bytecode, as an installed package has it: an editable install leaves none, and where
+# PYTHONDONTWRITEBYTECODE is set every daemon would compile every module at each start.
+.venv/bin/python -m compileall -q meshd >/dev/null

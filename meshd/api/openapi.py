@@ -557,6 +557,56 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _ok("node, node_id, ack", json_obj), **_ERRORS},
                 }
             },
+            "/v1/bmc": {
+                "get": {
+                    "summary": "This node's Redfish BMC, without its password "
+                    "(local operator or admin)",
+                    "responses": {
+                        "200": _ok("configured, url, user, system, ca_file, insecure", json_obj),
+                        **_ERRORS,
+                    },
+                },
+                "post": {
+                    "summary": "Set this node's Redfish BMC, stored 0600 before the answer "
+                    "(local operator or admin); https unless insecure; the password is never "
+                    "answered back",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["url", "user", "password"],
+                                    "properties": {
+                                        "url": {"type": "string"},
+                                        "user": {"type": "string"},
+                                        "password": {"type": "string", "writeOnly": True},
+                                        "system": {"type": ["string", "null"]},
+                                        "ca_file": {"type": ["string", "null"]},
+                                        "insecure": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _ok("configured, url, user, system, ca_file, insecure", json_obj),
+                        **_ERRORS,
+                    },
+                },
+            },
+            "/v1/bmc/check": {
+                "post": {
+                    "summary": "Reach this node's BMC and read its power state "
+                    "(local operator or admin)",
+                    "responses": {
+                        "200": _ok(
+                            "url, system, power_state, reachable, elapsed_ms, error, attempts",
+                            json_obj,
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
         },
         "components": {
             # The workload model's schemas come from the model itself (meshd.core.spec).

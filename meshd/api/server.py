@@ -34,12 +34,14 @@ import aiohttp
 from aiohttp import web
 
 from meshd.adapters import tls
+from meshd.adapters.redfish import RedfishClient
 from meshd.adapters.store import roster, services
 from meshd.adapters.store.db import Store
 from meshd.api.openapi import document
 from meshd.api.refusals import Refusals
 from meshd.config import Config
 from meshd.core import spec
+from meshd.core.bmc import BmcEndpoint
 from meshd.errors import (
     BadRequest,
     ConfigError,
@@ -49,6 +51,7 @@ from meshd.errors import (
     NotFoundError,
 )
 from meshd.identity import authority, enrolment, pki
+from meshd.identity import bmc as bmc_files
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
@@ -113,7 +116,16 @@ NODE_ROUTES = frozenset(
 )
 # Handing out the CA key: the local operator or an admin certificate, never a node
 # (any member could otherwise ask a holder to promote it).
-OPERATOR_ROUTES = frozenset({("POST", "/v1/ca/promote"), ("POST", "/v1/ca/reload")})
+# The BMC's routes too: its login powers this node off.
+OPERATOR_ROUTES = frozenset(
+    {
+        ("POST", "/v1/ca/promote"),
+        ("POST", "/v1/ca/reload"),
+        ("GET", "/v1/bmc"),
+        ("POST", "/v1/bmc"),
+        ("POST", "/v1/bmc/check"),
+    }
+)
 # What a member's `node` certificate may not do on another node: a node's certificate
 # is for the mesh's own traffic (mesh routes, reads, workload calls relayed to their
 # owner), not for an operator's acts, so a compromised member can't remove nodes, mint
@@ -201,6 +213,9 @@ class Api:
         app.router.add_post("/v1/ca/promote", self.ca_promote)
         app.router.add_post("/v1/ca/reload", self.ca_reload)
         app.router.add_post(ca_custody.PROMOTE_PATH, self.mesh_ca)
+        app.router.add_get("/v1/bmc", self.bmc_show)
+        app.router.add_post("/v1/bmc", self.bmc_set)
+        app.router.add_post("/v1/bmc/check", self.bmc_check)
         return app
 
     # -- middlewares -----------------------------------------------------------------
@@ -651,6 +666,41 @@ class Api:
             self.node.cfg.data_dir, self.node.ident, self.node.clock()
         )
         return web.json_response({"ca_holder": self.node.ident.is_ca_holder})
+
+    # -- this node's BMC (meshd bmc set / check); the password never leaves the store --
+
+    async def bmc_show(self, request: web.Request) -> web.Response:
+        endpoint = bmc_files.load(self.node.cfg.data_dir)
+        if endpoint is None:
+            return web.json_response({"configured": False})
+        return web.json_response({"configured": True, **endpoint.public()})
+
+    async def bmc_set(self, request: web.Request) -> web.Response:
+        endpoint = BmcEndpoint.from_json(await _json_body(request))
+        stored = await asyncio.to_thread(bmc_files.save, self.node.cfg.data_dir, endpoint)
+        public = stored.public()
+        self.node.store.append_event(self.node.clock(), "bmc.set", self.node.ident.name, public)
+        logger.info("bmc set url=%s system=%s", public["url"], public["system"])
+        return web.json_response({"configured": True, **public})
+
+    async def bmc_check(self, request: web.Request) -> web.Response:
+        endpoint = bmc_files.load(self.node.cfg.data_dir)
+        if endpoint is None:
+            raise NotFoundError(
+                "no BMC is set for this node; run `meshd bmc set --url URL --user USER "
+                "--password-file FILE`"
+            )
+        cfg = self.node.cfg
+        # Within the API's own bound on a request, so the caller gets the answer.
+        budget = min(cfg.bmc.deadline_s, max(cfg.api.request_timeout_s - 1.0, 1.0))
+        client = RedfishClient(cfg.bmc)
+        reading = await client.power_state(endpoint, client.clock() + budget)
+        doc = {"url": endpoint.base_url, **reading.as_json()}
+        summary = {k: doc[k] for k in ("url", "system", "power_state", "reachable", "error")}
+        self.node.store.append_event(
+            self.node.clock(), "bmc.checked", self.node.ident.name, summary
+        )
+        return web.json_response(doc)
 
 
 def _peer_cert(request: web.Request) -> bytes:

@@ -198,6 +198,65 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bmc: set, check ------------------------------------------------------------------
+
+
+def _password_file(name: str) -> str:
+    """The BMC password from ``name``: private to its owner, not empty, one line."""
+    path = Path(name)
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"--password-file {name} is readable by group or others "
+                f"(mode {mode & 0o777:o}); run `chmod 600 {name}`"
+            )
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"can't read --password-file {name}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"--password-file {name} is not UTF-8 text") from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigError(f"--password-file {name} is empty")
+    if "\n" in password:
+        raise ConfigError(f"--password-file {name} must hold the password on one line")
+    return password
+
+
+def cmd_bmc_set(args: argparse.Namespace) -> int:
+    body = {
+        "url": args.url,
+        "user": args.user,
+        "password": _password_file(args.password_file),
+        "system": args.system,
+        # The daemon reads and copies the CA file: give it a path from anywhere.
+        "ca_file": str(Path(args.ca_file).absolute()) if args.ca_file else None,
+        "insecure": bool(args.insecure),
+    }
+    doc = client(args).request("POST", "/v1/bmc", body)
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(
+            f"this node's BMC is {doc['url']} (user {doc['user']}, "
+            f"system {doc['system'] or 'the only one'}); run `meshd bmc check` to reach it"
+        )
+    return 0
+
+
+def cmd_bmc_check(args: argparse.Namespace) -> int:
+    doc = client(args).request("POST", "/v1/bmc/check")
+    if args.json:
+        output.emit_json(doc)
+    else:
+        keys = ("url", "system", "power_state", "reachable", "elapsed_ms")
+        output.emit_fields({k: doc.get(k) for k in keys})
+        if doc.get("error"):
+            output.emit_error(str(doc["error"]))
+    return 1 if doc.get("error") else 0
+
+
 # -- ca: promote, backup, restore -----------------------------------------------------
 
 
@@ -349,6 +408,10 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import uvloop
+
+    from meshd.adapters import http_stack
+
+    http_stack.load()  # before anything imports aiohttp
 
     from meshd import logs
     from meshd.identity import files

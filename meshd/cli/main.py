@@ -145,6 +145,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=commands.cmd_ca_restore)
 
+    p = sub.add_parser("bmc", help="this node's Redfish BMC, which fences it when it dies")
+    bsub = p.add_subparsers(dest="bmc_command", metavar="ACTION", required=True)
+    b = bsub.add_parser(
+        "set",
+        help="set this node's Redfish BMC (shared with the mesh, never printed back)",
+        description="Store this node's BMC in DATA_DIR/identity/bmc.json (0600) through the "
+        "running daemon (local operator or admin). The URL must be https unless --insecure "
+        "is given; --insecure also accepts a certificate nobody vouches for. The password "
+        "file must not be readable by group or others (chmod 600); one trailing newline is "
+        "dropped. Nothing is contacted: run `meshd bmc check` next.",
+    )
+    _common(b, json_flag=True)
+    b.add_argument("--url", required=True, metavar="URL", help="https://HOST[:PORT] of the BMC")
+    b.add_argument("--user", required=True, metavar="U", help="the BMC user")
+    b.add_argument(
+        "--password-file", required=True, metavar="F", help="file holding the BMC password (0600)"
+    )
+    b.add_argument(
+        "--system",
+        metavar="SYSTEM",
+        help="the system's Id or its URI path /redfish/v1/Systems/<Id> (default: the only one)",
+    )
+    trust = b.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--ca-file", metavar="F", help="PEM CA that signed the BMC's certificate (copied in)"
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept http and an unverified certificate (said explicitly, never a fallback)",
+    )
+    b.set_defaults(func=commands.cmd_bmc_set)
+    b = bsub.add_parser(
+        "check",
+        help="reach this node's BMC and report its power state",
+        description="The daemon logs in to its BMC and reads the system's PowerState; exits "
+        "1 when it can't.",
+    )
+    _common(b, json_flag=True)
+    b.set_defaults(func=commands.cmd_bmc_check)
+
     p = sub.add_parser("node", help="the mesh's roster")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("remove", help="revoke a node; it is refused everywhere (CA holders)")

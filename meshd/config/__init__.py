@@ -5,10 +5,10 @@ Shape
 :class:`Config` is frozen and holds the node-level fields (preset, data_dir, listen,
 advertise, seeds, mdns, witness, labels, declared capacity, logging) and one frozen section
 per area: ``security``, ``api``, ``store``, ``membership``, ``dht``, ``auction``,
-``fencing`` and ``drivers`` (itself holding ``process``, ``qemu`` and ``firecracker``).
-Each core gets its own section (the membership core ``cfg.membership``, the auction core
-``cfg.auction``, the DHT ``cfg.dht``), so what a core may depend on is visible in its
-signature. Field names inside a section carry no prefix: ``cfg.auction.window_s``.
+``fencing``, ``drivers`` (itself holding ``process``, ``qemu`` and ``firecracker``) and
+``bmc``. Each core gets its own section (the membership core ``cfg.membership``, the
+auction core ``cfg.auction``, the DHT ``cfg.dht``), so what a core may depend on is
+visible in its signature. Field names inside a section carry no prefix: ``cfg.auction.window_s``.
 Units are in the names (``_s`` seconds, ``_bytes`` and the capacity sizes in bytes,
 ``_days`` days).
 
@@ -40,9 +40,10 @@ Presets (like memberlist's ``DefaultLANConfig``/``DefaultLocalConfig``)
   local value: loopback bandwidth is free and restarted daemons converge sooner).
   The API's per-address connection budget is its total: every daemon calls from
   127.0.0.1. The event log keeps 10,000 events for a day: many daemons share one disk, and
-  demos read the recent past. Failure-detection timers (probe interval and timeout,
-  suspicion) stay as on the LAN: with many daemons on a few cores, scheduling delay
-  is the slow path, and shortening them would buy false suspicions.
+  demos read the recent past. A BMC's power state is polled every 100 ms instead of
+  500 (the Redfish emulator runs on the same machine). Failure-detection timers
+  (probe interval and timeout, suspicion) stay as on the LAN: with many daemons on a
+  few cores, scheduling delay is the slow path, and shortening them would buy false suspicions.
 * ``sim`` — the deterministic simulator: listen on port 0 (no socket is opened),
   no shutdown grace, ``auction.host_telemetry`` off (there is no host; scenarios
   declare capacities). Every protocol timer is the ``lan`` value on purpose: the
@@ -72,6 +73,7 @@ from meshd.config.sections import (
     PRESETS,
     ApiConfig,
     AuctionConfig,
+    BmcConfig,
     DhtConfig,
     DriversConfig,
     FencingConfig,
@@ -100,6 +102,7 @@ __all__ = [
     "SECTIONS",
     "ApiConfig",
     "AuctionConfig",
+    "BmcConfig",
     "Config",
     "DhtConfig",
     "DriversConfig",
@@ -164,6 +167,7 @@ class Config(_Section):
     auction: AuctionConfig = field(default_factory=AuctionConfig)
     fencing: FencingConfig = field(default_factory=FencingConfig)
     drivers: DriversConfig = field(default_factory=DriversConfig)
+    bmc: BmcConfig = field(default_factory=BmcConfig)
 
     def override(self, values: Mapping[str, Any]) -> Config:
         """A copy with ``{"auction.window_s": "300ms", "listen": ...}`` applied.
@@ -225,6 +229,7 @@ class Config(_Section):
         may_be_zero = {
             "api.shutdown_grace_s",
             "auction.batch_linger_s",
+            "bmc.retries",
             "drivers.qemu.destroy_grace_s",
             "drivers.firecracker.destroy_timeout_s",
         }
@@ -303,6 +308,8 @@ def _check_relations(cfg: Config) -> None:
         raise ConfigError("api.max_connections_per_peer can't exceed api.max_connections")
     if api.max_small_body_bytes > api.max_body_bytes:
         raise ConfigError("api.max_small_body_bytes can't exceed api.max_body_bytes")
+    if cfg.bmc.request_timeout_s > cfg.bmc.deadline_s:
+        raise ConfigError("bmc.request_timeout_s can't exceed bmc.deadline_s")
     if cfg.store.probe_max_s < cfg.store.probe_s:
         raise ConfigError("store.probe_max_s can't be below store.probe_s")
     fc = cfg.drivers.firecracker
@@ -341,6 +348,8 @@ def local() -> Config:
         auction=base.auction.replace(host_telemetry=False),
         # Busy shared cores: a starved daemon answers a check late; take over later.
         fencing=base.fencing.replace(check_s=1.0, takeover_s=3.0, resend_s=0.2),
+        # The emulator runs on the same machine: a read costs milliseconds.
+        bmc=base.bmc.replace(poll_interval_s=0.1),
     )
 
 

@@ -369,3 +369,22 @@ class DriversConfig(_Section):
     process: ProcessDriverConfig = field(default_factory=ProcessDriverConfig)
     qemu: QemuDriverConfig = field(default_factory=QemuDriverConfig)
     firecracker: FirecrackerDriverConfig = field(default_factory=FirecrackerDriverConfig)
+
+
+@dataclass(frozen=True)
+class BmcConfig(_Section):
+    """meshd.adapters.redfish: every timing bounds a wait on a BMC (iLO, sushy-tools)."""
+
+    # One HTTP request to the BMC; clipped to what is left of the deadline. iLO 5 answers
+    # in tens to hundreds of milliseconds; a TLS handshake to a busy one can take seconds.
+    request_timeout_s: float = 5.0
+    # Extra tries of one request after a timeout, a refused connection or a 5xx (a 4xx
+    # is an answer and is not retried); each waits retry_backoff_s x 2^n first.
+    retries: int = 2
+    retry_backoff_s: float = 0.25
+    # Between PowerState reads after a ForceOff: iLO takes a second or more to report
+    # Off, the sushy-tools fake driver 1-11 s.
+    poll_interval_s: float = 0.5
+    # Whole budget of one fence (login, read, ForceOff, polling until Off) and of one
+    # `meshd bmc check`. No request starts that could end after it.
+    deadline_s: float = 30.0

@@ -87,6 +87,10 @@ class Gate:
         """``body`` as a compact-signed message of ``kind`` from this node."""
         return self.signer.sign(kind, body, self.ctx.clock(), compact=True)
 
+    def sign_full(self, kind: str, body: bytes) -> bytes:
+        """``body`` signed in the full form: it carries our certificate."""
+        return self.signer.sign(kind, body, self.ctx.clock())
+
     def knows(self, node_id: str) -> bool:
         return self.verifier.knows(node_id)
 

@@ -44,7 +44,7 @@ from meshd.core.membership import (
     Send,
     codec,
 )
-from meshd.core.membership.messages import Message, PushPull
+from meshd.core.membership.messages import Ack, Gossip, Message, Nack, PushPull
 from meshd.core.membership.state import Identity
 from meshd.errors import MeshdError
 from meshd.identity import pki
@@ -52,6 +52,7 @@ from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
 from meshd.shell.context import NodeContext
 from meshd.shell.gate import CERTS_PATH, Gate
+from meshd.shell.introductions import Introductions
 from meshd.shell.key_sync import KeySync, fetch_from
 from meshd.shell.peer_client import PeerClient
 from meshd.shell.revocation_sync import REVOCATION_KIND, RevocationSync
@@ -76,6 +77,7 @@ class Mesh:
         # Where to ask first for every member's certificate: the seeds we join through
         # (the seed in a join token enrolled us, and knows whom else it enrolled).
         self._cert_sources: list[Addr] = []
+        self._introductions = Introductions()
         self.gate = Gate(ctx, self._spawn)
         self.mux = self.gate.mux
         self.peer_client = PeerClient(ctx)
@@ -317,6 +319,8 @@ class Mesh:
     def _deliver(self, msg: Message, sender: str, addr: Addr) -> None:
         if self.membership is None:
             return
+        if isinstance(msg, Ack | Nack):  # it verified a datagram of ours: it knows us
+            self._introductions.verified_by(addr)
         self._apply(self.membership.receive(msg, sender, addr, self.mono()))
         self._rearm()
 
@@ -362,9 +366,9 @@ class Mesh:
     async def _learn_certs(self, node_id: str, addr: Addr) -> None:
         # A seed first (once each): on a fresh chassis only the seed that enrolled
         # everyone knows everyone; then the member that was news to us.
-        sources = [*self._cert_sources, addr] if self._cert_sources else [addr]
-        self._cert_sources = []
-        for source in sources:
+        # A seed stays first until it has answered: a seed busy with a whole chassis
+        # joining at once may time out, and the others may know nobody yet.
+        for source in [*self._cert_sources, addr]:
             body = await self.peer_client.get(source, CERTS_PATH)
             if body is not None:
                 try:
@@ -373,6 +377,8 @@ class Mesh:
                     logger.warning("can't record members' certificates: %s", exc)
                     return
                 logger.debug("learnt certificates peer=%s:%s new=%d", *source, new)
+                if source in self._cert_sources:
+                    self._cert_sources = []
             if self.gate.knows(node_id):
                 return
         self.gate.fetch_cert_soon(addr)
@@ -400,7 +406,9 @@ class Mesh:
             *m.address,
             m.incarnation,
         )
-        if m.state.live and not self.gate.knows(m.node_id):
+        if not m.state.live:  # it may come back reinstalled: introduce us again
+            self._introductions.forget(m.address)
+        elif not self.gate.knows(m.node_id):
             # Learn its certificate now, not when its first compact message is dropped
             # (a lost first bid would stall an auction until its deadline).
             self._learn_certs_soon(m.node_id, m.address)
@@ -418,7 +426,14 @@ class Mesh:
         if e.reliable:
             self._spawn(self._post(e.addr, body))
             return
+        self._introduce(e.addr)
         self.mux.send(Channel.MEMBERSHIP, self.gate.sign(SWIM_KIND, body), e.addr)
+
+    def _introduce(self, addr: Addr) -> None:
+        """Our certificate ahead of a compact datagram (see :mod:`.introductions`)."""
+        if self.membership is not None and self._introductions.due(addr, self.mono()):
+            hello = codec.encode(Gossip(self.membership.incarnation, ()))
+            self.mux.send(Channel.MEMBERSHIP, self.gate.sign_full(SWIM_KIND, hello), addr)
 
     async def _post(self, addr: Addr, body: bytes) -> None:
         await self.post(addr, "/v1/mesh/message", body)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol, TypeVar
 
 from meshd.adapters.transport import Channel
+from meshd.core.bmc import BmcEndpoint, FenceOutcome, PowerReading
 from meshd.metrics import Counter
 
 T = TypeVar("T")
@@ -101,3 +102,22 @@ class MeshPort(Protocol):
     async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]: ...
 
     async def remove_service(self, name: str) -> None: ...
+
+
+class BmcPort(Protocol):
+    """What the fencing shell needs of a node's BMC: in the daemon
+    :class:`meshd.adapters.redfish.RedfishClient`, in the simulator ``tests/sim/bmc.py``.
+
+    ``deadline`` is absolute, on the clock the implementation was given (the monotonic
+    clock in the daemon, the virtual loop's in the simulator): no request starts that
+    could end after it. Neither call raises: a BMC that can't be reached, refuses or
+    never reports Off is a value with ``error`` set.
+    """
+
+    async def power_state(self, endpoint: BmcEndpoint, deadline: float) -> PowerReading:
+        """The system's PowerState, read once."""
+        ...
+
+    async def force_off(self, endpoint: BmcEndpoint, deadline: float) -> FenceOutcome:
+        """Power the system off and verify Off; an Off system is left alone (no POST)."""
+        ...

@@ -79,6 +79,7 @@ def heavy_in(modules: set[str], heavy: tuple[str, ...] = HEAVY) -> list[str]:
         ["workloads"],
         ["workload", "show", "w1"],
         ["resolve", "@web@alpha@lab.example"],
+        ["bmc", "check", "--json"],
     ],
     ids=" ".join,
 )
@@ -90,6 +91,17 @@ def test_a_light_command_loads_nothing_heavy(tmp_path: Path, args: list[str]) ->
     assert code in (0, 1)
     # Printing help or the version needs no HTTP client either.
     assert heavy_in(modules, HEAVY if talks else (*HEAVY, "http")) == []
+
+
+def test_bmc_set_reads_its_password_file_and_loads_nothing_heavy(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    args = ["bmc", "set", "--url", "https://bmc.lab", "--user", "u", "--password-file"]
+    code, modules = loaded(tmp_path, *args, str(secret), "--data-dir", str(tmp_path / "n"))
+    assert code == 1  # no daemon there
+    assert "http.client" in modules  # it got as far as calling the daemon
+    assert heavy_in(modules) == []
 
 
 def test_the_probe_sees_what_a_command_imports_lazily(tmp_path: Path) -> None:

@@ -486,3 +486,25 @@ def test_a_late_tick_voids_the_probe_and_raises_local_health() -> None:
     assert core.stalls == 1
     assert core.health >= 1
     assert all(m.state is A for m in core.members())  # no accusation from the stall
+
+
+def test_members_that_met_without_their_seed_keep_asking_it_and_no_island_stays() -> None:
+    # A chassis starting at once: the seed n1 is too busy to answer n3 and n4, which
+    # meet each other without it, while n2 gets through. Once the seed answers again,
+    # the two groups must become one (before, n3 stopped asking n1 as soon as it knew
+    # anybody: {n1, n2} and {n3, n4} never heard of each other).
+    mesh = Mesh(4)
+    seed = addr_of("n1")
+    busy = True
+    mesh.drop = lambda src, dst, msg: busy and "n1" in (src, dst) and "n2" not in (src, dst)
+    mesh.run("n2", mesh.cores["n2"].join([seed], mesh.now))
+    mesh.run("n3", mesh.cores["n3"].join([seed], mesh.now))
+    mesh.run("n4", mesh.cores["n4"].join([seed, addr_of("n3")], mesh.now))
+    mesh.advance(5.0)
+    assert mesh.state("n3", "n4") is A and mesh.state("n1", "n2") is A
+    assert mesh.state("n3", "n1") is None and mesh.state("n1", "n3") is None
+    busy = False
+    mesh.advance(5.0 + 2 * mesh.cfg.membership.push_pull_interval_s)
+    for a in mesh.cores:
+        for b in mesh.cores:
+            assert a == b or mesh.state(a, b) is A, (a, b, mesh.state(a, b))

@@ -43,8 +43,10 @@ queue, deduplicated by ``(origin, id)``.
 *Anti-entropy* (memberlist push-pull). Every ``push_pull_interval`` (scaled up beyond
 32 members as memberlist does) exchange full state with one random alive member over
 the reliable channel, and — like Serf's reconnect — with one random dead one, so
-partitions heal once the network does. ``join`` is a push-pull with each seed; while
-we know nobody alive we retry the seeds with backoff.
+partitions heal once the network does. ``join`` is a push-pull with the seeds, retried
+with backoff until one of them answers (not merely until we know somebody: members
+that met one another without a seed would stay an island), and again whenever no seed
+is among the members we hold alive.
 
 Where meshd departs from memberlist and the papers
 --------------------------------------------------
@@ -197,6 +199,7 @@ class Membership:
         self._told: dict[str, float] = {}
         self._seeds: tuple[Address, ...] = ()
         self._seed_next = 0
+        self._seed_answered = False  # a seed replied to our push-pull (_retry_join)
         self._settled = False  # the exchange soon after joining is scheduled (_retry_join)
         self._settle_at = math.inf  # ...and due then (apart from the periodic push-pull)
         self._join_retry_at = math.inf
@@ -239,9 +242,10 @@ class Membership:
         return len(self._queue)
 
     def join(self, seeds: Iterable[Address], now: float) -> list[Effect]:
-        """Push-pull with every seed address; retried while we know nobody alive."""
+        """Push-pull with the seeds; retried until a seed answers (see _retry_join)."""
         self._seeds = tuple((str(h), int(p)) for h, p in seeds if (h, p) != self._me.address)
         self._seed_next = 0
+        self._seed_answered = False
         self._join_backoff = self._cfg.probe_interval_s
         self._join_retry_at = now + self._join_backoff
         out: list[Effect] = []
@@ -498,6 +502,8 @@ class Membership:
             if r.name == sender and r.state is ALIVE:
                 reply_to = r.addr
             self._merge(r, sender, now, out)
+        if msg.reply and reply_to in self._seeds:
+            self._seed_answered = True
         if not msg.reply and not self._left:
             out.append(Send(reply_to, PushPull(self._records(), reply=True), reliable=True))
 
@@ -956,18 +962,38 @@ class Membership:
     def _retry_join(self, now: float, out: list[Effect]) -> None:
         if not self._seeds:
             self._join_retry_at = math.inf
-        elif len(self._sets[ALIVE]) + len(self._sets[SUSPECT]) == 0:
+            return
+        alone = len(self._sets[ALIVE]) + len(self._sets[SUSPECT]) == 0
+        if alone or not self._seed_answered:
+            # Alone; or we met members, but no seed has answered us yet: a seed busy
+            # with a whole chassis starting at once may have dropped our exchange, and
+            # members that met one another without it form an island nobody else hears
+            # of (seen: the seed and one node, apart from 62 others, for good).
             self._push_seeds(out)
-            self._settled = False
+            if alone:
+                self._settled = False
             self._join_retry_at = now + self._join_backoff
             self._join_backoff = min(self._join_backoff * 2, self._cfg.push_pull_interval_s)
+            if alone:
+                return
         else:
-            # Not alone now; look again later (a partition may leave us alone again).
-            if not self._settled:  # just joined: one more full-state exchange soon
-                self._settled = True
-                self._settle_at = now + timings.settle_push_pull_s(self._cfg)
+            # Joined; look again later (a partition may leave us alone again).
             self._join_backoff = self._cfg.probe_interval_s
             self._join_retry_at = now + self._cfg.push_pull_interval_s
+            if not self._seed_alive():  # like Serf's reconnect, with our seeds
+                self._push_seeds(out)
+        if not self._settled:  # just joined: one more full-state exchange soon
+            self._settled = True
+            self._settle_at = now + timings.settle_push_pull_s(self._cfg)
+
+    def _seed_alive(self) -> bool:
+        """Whether any seed is the address of a member we hold alive or suspect."""
+        seeds = set(self._seeds)
+        return any(
+            self._members[n].address in seeds
+            for group in (self._sets[ALIVE], self._sets[SUSPECT])
+            for n in group.items
+        )
 
     def _housekeeping(self, now: float) -> None:
         """Forget what has aged out. Coarse: runs on whatever tick comes next."""
