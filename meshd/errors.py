@@ -186,3 +186,10 @@ class RecordError(DhtError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class FencingError(MeshdError):
+    """A fencing request was refused: ``meshd fence confirm`` for a node whose fence
+    did not reach quorum and fail, or for a node that is not being fenced."""
+
+    http_status = 409

@@ -5,10 +5,10 @@ Shape
 :class:`Config` is frozen and holds the node-level fields (preset, data_dir, listen,
 advertise, seeds, mdns, witness, labels, declared capacity, logging) and one frozen section
 per area: ``security``, ``api``, ``store``, ``membership``, ``dht``, ``auction``,
-``drivers`` (itself holding ``process``, ``qemu`` and ``firecracker``) and ``bmc``. Each core gets
-its own section (the membership core ``cfg.membership``, the auction core
-``cfg.auction``, the DHT ``cfg.dht``), so what a core may depend on is visible in its
-signature. Field names inside a section carry no prefix: ``cfg.auction.window_s``.
+``fencing``, ``drivers`` (itself holding ``process``, ``qemu`` and ``firecracker``) and
+``bmc``. Each core gets its own section (the membership core ``cfg.membership``, the
+auction core ``cfg.auction``, the DHT ``cfg.dht``), so what a core may depend on is
+visible in its signature. Field names inside a section carry no prefix: ``cfg.auction.window_s``.
 Units are in the names (``_s`` seconds, ``_bytes`` and the capacity sizes in bytes,
 ``_days`` days).
 
@@ -76,6 +76,7 @@ from meshd.config.sections import (
     BmcConfig,
     DhtConfig,
     DriversConfig,
+    FencingConfig,
     FirecrackerDriverConfig,
     MembershipConfig,
     ProcessDriverConfig,
@@ -105,6 +106,7 @@ __all__ = [
     "Config",
     "DhtConfig",
     "DriversConfig",
+    "FencingConfig",
     "FirecrackerDriverConfig",
     "MembershipConfig",
     "ProcessDriverConfig",
@@ -163,6 +165,7 @@ class Config(_Section):
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
     auction: AuctionConfig = field(default_factory=AuctionConfig)
+    fencing: FencingConfig = field(default_factory=FencingConfig)
     drivers: DriversConfig = field(default_factory=DriversConfig)
     bmc: BmcConfig = field(default_factory=BmcConfig)
 
@@ -287,6 +290,19 @@ def _check_relations(cfg: Config) -> None:
             "auction.confirm_timeout_s must exceed auction.award_timeout_s "
             "(a live originator withdraws a late award before the winner confirms it)"
         )
+    fe = cfg.fencing
+    if not fe.drift < 0.1:
+        raise ConfigError("fencing.drift must be below 0.1 (a clock 10 % off is broken)")
+    if fe.resend_s >= fe.takeover_s:
+        raise ConfigError(
+            "fencing.resend_s must be shorter than fencing.takeover_s "
+            "(a live coordinator speaks before it is taken over)"
+        )
+    if fe.lease_s * (1 - fe.drift) / (1 + fe.drift) <= 2 * fe.check_s:
+        raise ConfigError(
+            "fencing.lease_s must exceed twice fencing.check_s (with drift): a power-off "
+            "needs time inside the lease"
+        )
     api = cfg.api
     if api.max_connections_per_peer > api.max_connections:
         raise ConfigError("api.max_connections_per_peer can't exceed api.max_connections")
@@ -330,6 +346,8 @@ def local() -> Config:
         membership=base.membership.replace(push_pull_interval_s=15.0),
         dht=base.dht.replace(bootstrap_max_s=2.0),
         auction=base.auction.replace(host_telemetry=False),
+        # Busy shared cores: a starved daemon answers a check late; take over later.
+        fencing=base.fencing.replace(check_s=1.0, takeover_s=3.0, resend_s=0.2),
         # The emulator runs on the same machine: a read costs milliseconds.
         bmc=base.bmc.replace(poll_interval_s=0.1),
     )

@@ -257,6 +257,32 @@ class AuctionConfig(_Section):
 
 
 @dataclass(frozen=True)
+class FencingConfig(_Section):
+    """meshd.core.fencing: powering a dead node off by quorum (DESIGN.md §7)."""
+
+    # How long this node's own direct check of a node membership holds dead may take
+    # before it counts as unreachable, and how often a node that found it reachable
+    # checks again. On the path from "dead" to "off", so short on a LAN.
+    check_s: float = 0.2
+    # How long a vote (a grant to one coordinator's ballot) binds its voter: no other
+    # ballot for that node and epoch is granted before it expires, on the voter's own
+    # clock. A coordinator's power-off must end within it (minus drift), so it bounds
+    # the Redfish client's total deadline; it also delays a takeover after a
+    # coordinator dies mid-fence.
+    lease_s: float = 20.0
+    # Silence (no request or progress from the round's coordinator) after which the
+    # next member in the rotation takes over as coordinator.
+    takeover_s: float = 1.0
+    # How often a coordinator repeats its request to the voters (lost datagrams), and
+    # half as often while it powers off, says it is still at it.
+    resend_s: float = 0.05
+    # Bound on how much any two nodes' clocks may differ in rate (0.01: 1 %). The
+    # coordinator's power-off deadline is shortened by it so no lease it relies on
+    # can have expired on its voter's clock (see meshd/core/fencing/fencer.py).
+    drift: float = 0.01
+
+
+@dataclass(frozen=True)
 class ProcessDriverConfig(_Section):
     """meshd.adapters.drivers.process: workloads as host processes."""
 

@@ -68,6 +68,12 @@ class Network:
         if both:
             self._cut.add((dst, src))
 
+    def uncut(self, src: str, dst: str, both: bool = False) -> None:
+        """Undo :meth:`cut` of one link (other cuts and partitions stay)."""
+        self._cut.discard((src, dst))
+        if both:
+            self._cut.discard((dst, src))
+
     def heal(self) -> None:
         """Remove every partition and cut (link models stay)."""
         self._group = {}

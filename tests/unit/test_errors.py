@@ -60,6 +60,7 @@ STATUS = {
     errors.NamingError: 400,
     errors.DiscoveryError: 400,
     errors.PlacementError: 409,
+    errors.FencingError: 409,
     errors.DriverError: 400,
     errors.FirecrackerApiError: 400,
     errors.DhtError: 400,
