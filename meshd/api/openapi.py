@@ -626,7 +626,11 @@ def document() -> dict[str, Any]:
                             }
                         }
                     },
-                    "responses": {"200": _ok("node, state", json_obj), **_ERRORS},
+                    "responses": {
+                        "200": _ok("node, state", json_obj),
+                        "409": _ok("the node is not fence-failed: nothing to confirm", _ERROR),
+                        **_ERRORS,
+                    },
                 }
             },
             "/v1/mesh/fence": {
@@ -654,6 +658,7 @@ def document() -> dict[str, Any]:
                             "url, system, power_state, reachable, elapsed_ms, error, attempts",
                             json_obj,
                         ),
+                        "404": _ok("no BMC is set for this node", _ERROR),
                         **_ERRORS,
                     },
                 }

@@ -46,6 +46,14 @@ class DrainingChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ViewSynced:
+    """This node's placement view matched a member's (or it is the mesh's only voter):
+    what the view says this node runs, it may create now."""
+
+    peer: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class MemberStateChanged:
     """Membership's view of another member changed (``alive|suspect|dead|left``)."""
 

@@ -193,7 +193,9 @@ def start_shells(
     logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
     placement = PlacementShell(ctx, mesh, caps)
     placement.start()
-    runner.start(placement.core.ledger().allocations, placement.allocations_complete)
+    runner.start(
+        placement.core.ledger().allocations, placement.allocations_complete, placement.synced
+    )
     return placement, runner
 
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshd.adapters import telemetry
-from meshd.adapters.store import auction_records
+from meshd.adapters.store import auction_records, roster
 from meshd.adapters.transport import Channel
 from meshd.core import spec
 from meshd.core.auction import candidates, codec, fields
@@ -77,7 +77,7 @@ from meshd.errors import (
     StoreError,
 )
 from meshd.shell.alarm import Alarm
-from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.journal import AuctionJournal
 from meshd.shell.outbox import Outbox
@@ -119,6 +119,12 @@ class PlacementShell:
         self._draining = NOTHING  # released, not yet destroyed (the runner says)
         ctx.bus.subscribe(DrainingChanged, self._on_draining)
         self._broken: str | None = None  # the store can't even be read: refuse everything
+        # Alone in the roster: nobody else could have placed what we run elsewhere.
+        try:
+            others = [m for m in roster.members(ctx.store) if m.name != ctx.ident.name]
+            self._synced = not any(m.role == "node" for m in others)
+        except MeshdError:  # unreadable: wait to hear from a member, to be safe
+            self._synced = False
         self._alarm = Alarm("auction", self._tick, self._deadline, ctx.clock, 1.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = ctx.metrics
@@ -517,6 +523,18 @@ class PlacementShell:
                 except StoreError:
                     self.dropped.inc(len(msgs), reason="store")
         self._alarm.rearm()
+        self._check_synced()
+
+    @property
+    def synced(self) -> bool:
+        """Whether this node may trust its view of what it runs (see ``ViewSynced``)."""
+        return self._synced
+
+    def _check_synced(self) -> None:
+        if not self._synced and self.core.synced_with is not None:
+            self._synced = True
+            logger.info("placement view matches member=%s", self.core.synced_with)
+            self.ctx.bus.publish(ViewSynced(self.core.synced_with))
 
     def _step(self, msgs: list[AuctionMsg], sender: str) -> None:
         effects: list[Effect] = []

@@ -39,7 +39,7 @@ from meshd.core import workload_states
 from meshd.core.auction.model import NOTHING, Allocation, Resources, Workload
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError, StoreError
-from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
 from meshd.shell.ports import MeshPort
 
@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 # (root, on_change, the drivers' config) -> every driver by name
 DriverFactory = Callable[[Path, OnChange, DriversConfig], dict[str, Driver]]
 STATE_BROADCAST = "workload.state"
+WAITING_FOR_VIEW = (
+    "not created yet: waiting for this node's view to match a member's, in case the "
+    "mesh moved it while this node was off"
+)
 ANNOUNCE_PER_INTERVAL = 32  # owned states re-announced per auction.sync_interval_s
 # A destroy that failed (a process outlived SIGKILL) is retried, backing off to this.
 REMOVE_RETRY_FIRST_S = 1.0
@@ -74,8 +78,13 @@ class WorkloadRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Released here, not yet destroyed: their resources stay counted meanwhile.
         self._draining: dict[str, Resources] = {}
+        # Allocations to create once the view has matched a member's (see _recover).
+        self._cold: list[Allocation] = []
+        self._synced = True
 
-    def start(self, allocations: Mapping[str, Allocation], complete: bool = True) -> None:
+    def start(
+        self, allocations: Mapping[str, Allocation], complete: bool = True, synced: bool = True
+    ) -> None:
         """Reattach or start every confirmed allocation, then follow the placement's events.
 
         With ``complete`` (every stored allocation was read back), a workload a driver
@@ -85,6 +94,8 @@ class WorkloadRunner:
         self.mesh.on_broadcast(STATE_BROADCAST, self._on_gossip)
         self.ctx.bus.subscribe(WorkloadAssigned, self._on_assigned)
         self.ctx.bus.subscribe(WorkloadReleased, self._on_released)
+        self.ctx.bus.subscribe(ViewSynced, self._on_synced)
+        self._synced = synced
         for alloc in allocations.values():
             if alloc.confirmed:
                 self._allocs[alloc.workload.id] = alloc
@@ -120,6 +131,14 @@ class WorkloadRunner:
     def _on_assigned(self, event: WorkloadAssigned) -> None:
         self._allocs[event.allocation.workload.id] = event.allocation
         self._spawn(self._run(event.allocation))
+
+    def _on_synced(self, event: ViewSynced) -> None:
+        self._synced = True
+        cold, self._cold = self._cold, []
+        for alloc in cold:
+            held = self._allocs.get(alloc.workload.id)
+            if held is not None and held.generation == alloc.generation:
+                self._spawn(self._run(alloc))  # still ours: nobody ran it meanwhile
 
     def _on_released(self, event: WorkloadReleased) -> None:
         alloc = self._allocs.pop(event.workload_id, None)
@@ -169,7 +188,15 @@ class WorkloadRunner:
             self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))
             return
         if w.id not in await driver.list():
-            await self._run(alloc)  # accepted but never created (meshd stopped first)
+            # Accepted but never created (meshd stopped first), or gone with the power
+            # (this blade was fenced, or lost power). Create it only once the view has
+            # matched a member's: if the mesh ran it elsewhere meanwhile, the newer
+            # generation releases it here first, and nothing runs twice.
+            if not self._synced:
+                self._cold.append(alloc)
+                self._set(w.id, alloc.generation, WorkloadState.PENDING, WAITING_FOR_VIEW)
+                return
+            await self._run(alloc)
             return
         async with self._lock(w.id):
             try:

@@ -89,27 +89,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from meshd import config
 from meshd.adapters.drivers.base import Driver, OnChange, WorkloadState
 from meshd.adapters.drivers.fake import FakeDriver, FakeHost
-from meshd.adapters.store import auction_records
+from meshd.adapters.store import auction_records, roster
 from meshd.adapters.store.db import Store
 from meshd.adapters.transport import Channel
 from meshd.config import Config, DriversConfig
 from meshd.core.auction.model import InvariantBreach
+from meshd.core.bmc import BmcEndpoint, FenceOutcome, PowerReading
 from meshd.core.membership import codec as membership_codec
 from meshd.core.membership.messages import UserMsg
 from meshd.core.spec import SubmitRequest
 from meshd.errors import EnvelopeError, MeshdError, NotFoundError, StoreError
+from meshd.identity import bmc as bmc_files
 from meshd.identity import pki
 from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Counter, Registry
-from meshd.shell.bus import Bus, WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import Bus, MemberStateChanged, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
-from meshd.shell.node import start_shells
+from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
+from meshd.shell.node import start_fencing, start_shells
 from meshd.shell.placement import PlacementShell
 from meshd.shell.ports import BroadcastHandler
 from meshd.shell.workloads import WorkloadRunner
 from tests.faults import store as store_faults
 from tests.sim.auction import ledger_problems, mesh_problems
+from tests.sim.bmc import FakeBmc, FakeSystem
 from tests.sim.harness import ENV_SEED
 from tests.sim.loop import Process, VirtualLoop
 from tests.sim.loop import current as loop_process
@@ -251,6 +255,15 @@ class FakeMesh:
     def sign(self, kind: str, body: bytes) -> bytes:
         return kind.encode() + b"\n" + body  # the kind travels; authenticity by construction
 
+    def sign_record(self, kind: str, body: bytes) -> bytes:
+        return b"\n".join((b"REC", kind.encode(), self.me.encode(), body))
+
+    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        parts = signed.split(b"\n", 3)
+        if len(parts) != 4 or parts[0] != b"REC" or parts[1] != kind.encode():
+            return None
+        return parts[3], parts[2].decode()
+
     def send_datagram(self, channel: Channel, name: str, signed: bytes) -> None:
         if self.proc.alive:  # killed mid-step: the rest of the step sends nothing
             self.sim.send(self.me, name, Datagram(channel, signed), reliable=False)
@@ -300,6 +313,34 @@ class FakeMesh:
             raise NotFoundError(f"this node publishes no service named {name!r}")
 
 
+# -- BMCs -----------------------------------------------------------------------------------
+
+
+def _bmc_endpoint(name: str) -> BmcEndpoint:
+    return BmcEndpoint(f"https://bmc-{name}.sim", "admin", "pw", name)
+
+
+def _roster_member(name: str) -> roster.Member:
+    return roster.Member(name, f"id-{name}", "", "node", None, EPOCH, None)
+
+
+class BladeBmc:
+    """The fake BMC as a fencing shell sees it; a verified Off takes the blade down."""
+
+    def __init__(self, sim: ShellSim) -> None:
+        self.sim = sim
+
+    async def power_state(self, endpoint: BmcEndpoint, deadline: float) -> PowerReading:
+        return await self.sim.bmc.power_state(endpoint, deadline)
+
+    async def force_off(self, endpoint: BmcEndpoint, deadline: float) -> FenceOutcome:
+        out = await self.sim.bmc.force_off(endpoint, deadline)
+        if out.verified_off:
+            name = str(endpoint.system)
+            self.sim.loop.call_soon(self.sim.blade_off, name, context=self.sim._net_ctx)
+        return out
+
+
 # -- nodes -------------------------------------------------------------------------------
 
 
@@ -316,6 +357,8 @@ class ShellNode:
     mesh: FakeMesh | None = None
     placement: PlacementShell | None = None
     runner: WorkloadRunner | None = None
+    fencing: FencingShell | None = None
+    bus: Bus | None = None
     dead: list[Process] = field(default_factory=list)  # killed processes (their tasks)
 
     @property
@@ -349,6 +392,7 @@ class ShellSim:
         root: Path | None = None,
         membership: str = "oracle",
         store_faults: bool = False,
+        fencing: bool = False,
     ) -> None:
         if membership not in ("oracle", "lagged"):
             raise ValueError(f"membership is oracle or lagged, not {membership!r}")
@@ -386,6 +430,29 @@ class ShellSim:
         self.views: dict[str, set[str]] = {}
         self._view_change: dict[tuple[str, str], tuple[int, bool]] = {}  # pending
         self._view_serial = 0
+        # Fencing (lagged membership only): every blade has a BMC on the fake; a
+        # verified Off takes the blade down. Incarnations: bumped when a member comes
+        # back (a reboot, or a heal that SWIM would answer with a refutation).
+        self.fencing = fencing
+        if fencing and not self.lagged:
+            raise ValueError("fencing needs the lagged membership (somebody must die)")
+        self.bmc = FakeBmc(cfg=self.cfg.bmc)
+        self.systems: dict[str, FakeSystem] = {}
+        self.incarnation: dict[str, int] = dict.fromkeys(self.nodes, 0)
+        self.seen_inc: dict[tuple[str, str], int] = {}
+        self.host_gen: dict[tuple[str, str], int] = {}  # (node, workload) -> generation
+        self.power_offs: list[tuple[float, str]] = []
+        self.removed: set[str] = set()  # workload ids an operator removed
+        if fencing:
+            brng = random.Random(f"{seed}/bmc")
+            for name, node in self.nodes.items():
+                endpoint = _bmc_endpoint(name)
+                bmc_files.save(self.root / name, endpoint)
+                with Store.open(node.cfg.store_path) as store, store.transaction():
+                    for y in self.nodes:  # everyone was enrolled: the roster is whole
+                        roster.upsert(store, _roster_member(y))
+                delay = brng.choice([0.0, 0.0, 0.5, 2.0])
+                self.systems[name] = self.bmc.add(endpoint, FakeSystem(off_delay_s=delay))
 
     # -- inspection -------------------------------------------------------------------
 
@@ -458,6 +525,27 @@ class ShellSim:
             view.add(member)
         else:
             view.discard(member)
+        self._tell(observer, member, pending[1])
+
+    def _tell(self, observer: str, member: str, alive: bool) -> None:
+        """Membership's event on ``observer``'s bus: ``member`` alive or dead (fencing)."""
+        node = self.nodes[observer]
+        bus, proc = node.bus, node.proc
+        if not self.fencing or bus is None or proc is None:
+            return
+        key = (observer, member)
+        if alive:
+            prev = self.seen_inc.get(key)
+            inc = self.incarnation[member]
+            if prev is not None and inc <= prev:
+                inc = self.incarnation[member] = prev + 1  # a refutation after a heal
+            self.seen_inc[key] = inc
+            before = None if prev is None else "dead"
+            proc.run(bus.publish, MemberStateChanged(member, "alive", inc, before))
+        else:
+            inc = self.seen_inc.get(key, self.incarnation[member])
+            self.seen_inc[key] = inc
+            proc.run(bus.publish, MemberStateChanged(member, "dead", inc, "alive"))
 
     def placement(self, name: str) -> PlacementShell:
         shell = self.nodes[name].placement
@@ -532,6 +620,7 @@ class ShellSim:
             return random.Random(f"{self.seed}/{name}/{boot}/{next(counter)}")
 
         bus = Bus()  # the simulator listens first: a triggered crash beats the runner
+        node.bus = bus
         bus.subscribe(WorkloadAssigned, functools.partial(self._on_assigned, name))
         bus.subscribe(WorkloadReleased, functools.partial(self._on_event, name))
         ctx = NodeContext(
@@ -551,12 +640,30 @@ class ShellSim:
         def drivers(root: Path, on_change: OnChange, _: DriversConfig) -> dict[str, Driver]:
             return {"fake": FakeDriver(root, on_change, host=host)}
 
+        if self.fencing:
+            if node.boot > 1:
+                self.incarnation[name] += 1  # it refutes whatever was said of it
+            sys_ = self.systems[name]
+            if sys_.power == "Off":  # its blade powered on to start it (a ForceOff
+                sys_.power = "On"  # still pending takes it down all the same)
         if self.lagged:  # a joining node learns the members at once (push-pull)
             self.views[name] = {y for y in self.nodes if y != name and self._reachable(name, y)}
             for y in self.nodes:
                 self._view_change.pop((name, y), None)
             self._follow_truth()
         node.placement, node.runner = proc.run(start_shells, ctx, node.mesh, drivers)
+        if self.fencing:
+            node.fencing = proc.run(
+                start_fencing,
+                ctx,
+                node.mesh,
+                node.placement,
+                BladeBmc(self),
+                self.loop.time,
+                self.clock,
+            )
+            for y in sorted(self.views[name]):
+                self._tell(name, y, True)
 
     def crash(self, name: str) -> None:
         """``SIGKILL``: nothing of this meshd runs again; its disk and host stay."""
@@ -573,6 +680,7 @@ class ShellSim:
         assert node.store is not None
         node.store.close()
         node.proc = node.store = node.mesh = node.placement = node.runner = None
+        node.fencing = node.bus = None
         self._follow_truth()
 
     def restart(self, name: str) -> None:
@@ -711,6 +819,7 @@ class ShellSim:
         if node.proc is None or node.placement is None:
             return
         self._cmd(f"remove {name} {wid}")
+        self.removed.add(wid)
         try:
             node.proc.run(node.placement.remove, wid)
         except NotFoundError:
@@ -766,9 +875,14 @@ class ShellSim:
                 if handler is not None:
                     handler(packet.payload, src)
             elif isinstance(packet, Post):
-                if packet.path != AUCTION_PATH:
+                if packet.path == FENCE_PATH and node.fencing is not None:
+                    node.fencing.receive_reliable(packet.body, FAKE_CERT + src.encode())
+                elif packet.path == BMC_PATH and node.fencing is not None:
+                    node.fencing.endpoints.receive(packet.body, src)
+                elif packet.path != AUCTION_PATH:
                     raise AssertionError(f"a post to {packet.path}, which the sim does not route")
-                node.placement.receive_reliable(packet.body, FAKE_CERT + src.encode())
+                else:
+                    node.placement.receive_reliable(packet.body, FAKE_CERT + src.encode())
             else:
                 gossip = node.mesh.gossip.get(packet.kind)
                 if gossip is not None:
@@ -780,6 +894,7 @@ class ShellSim:
 
     def _on_assigned(self, name: str, event: WorkloadAssigned) -> None:
         a = event.allocation
+        self.host_gen[(name, a.workload.id)] = a.generation
         self.started[a.workload.id] = max(self.started.get(a.workload.id, 0), a.generation)
         self._owner(a.workload.id, a.generation, name, name)
         self._on_event(name, event)
@@ -793,6 +908,42 @@ class ShellSim:
             self.violations.append(
                 f"t={self.now:.3f} {seen_by}: {wid} gen {gen} owned by {prev} and {owner}"
             )
+
+    def check_hosts(self) -> None:
+        """Across generations, a workload never runs on two blades at once: the next
+        generation starts only once the blade of the last is off (fenced) or stopped
+        it. (Two owners of one generation across a partition, and a removed workload
+        submitted again across one, are the auction's own cases, resolved in the view,
+        and not counted here.)"""
+        running: dict[str, list[tuple[int, str]]] = {}
+        if not self.fencing:
+            return
+        for name, node in self.nodes.items():
+            for wid, fw in node.host.workloads.items():
+                if fw.state is WorkloadState.RUNNING and wid not in self.removed:
+                    gen = self.host_gen.get((name, wid), 0)
+                    running.setdefault(wid, []).append((gen, name))
+        for wid, where in running.items():
+            if len({g for g, _ in where}) > 1:
+                problem = f"{wid} runs at once on " + ", ".join(f"{n} (gen {g})" for g, n in where)
+                if not self.violations or self.violations[-1].split(" ", 1)[1] != problem:
+                    self.violations.append(f"t={self.now:.3f} {problem}")
+
+    def power_loss(self, name: str) -> None:
+        """The blade loses power: meshd and its workloads are gone, its BMC says Off."""
+        self._cmd(f"power loss {name}")
+        self.systems[name].power = "Off"
+        self.blade_off(name)
+
+    def blade_off(self, name: str) -> None:
+        """Its BMC turned it off: meshd and every workload on it are gone."""
+        if self.systems[name].power != "Off":
+            return  # powered on again meanwhile (started by the schedule)
+        self.power_offs.append((self.now, name))
+        if self.nodes[name].up:
+            self.crash(name)
+        self._cmd(f"blade {name} off")
+        self.nodes[name].host.workloads.clear()
 
     def check(self, node: ShellNode) -> None:
         """The step invariants of one running node (after each message it handled)."""
@@ -810,6 +961,7 @@ class ShellSim:
         for node in self.nodes.values():
             if node.up:
                 self.check(node)
+        self.check_hosts()
         self.loop.call_later(CHECK_EVERY, self._check_all, context=self._net_ctx)
 
     def flush(self) -> None:

@@ -508,3 +508,20 @@ def test_members_that_met_without_their_seed_keep_asking_it_and_no_island_stays(
     for a in mesh.cores:
         for b in mesh.cores:
             assert a == b or mesh.state(a, b) is A, (a, b, mesh.state(a, b))
+
+
+def test_a_restarted_member_at_a_new_address_is_held_there_whichever_word_comes_first() -> None:
+    # n2 restarts on another port. Its first datagram (an introduction, a ping) says
+    # incarnation 1 before its Alive does: n1 held incarnation 1 at the old address,
+    # ignored the Alive at the same incarnation, and sent n2's work to a closed port.
+    mesh = joined(3)
+    core = mesh.cores["n1"]
+    moved = ("10.0.0.2", 7999)
+    now = mesh.now + 0.1
+    out = core.receive(Gossip(1, ()), "n2", moved, now)
+    assert not any(isinstance(e, Send) and isinstance(e.msg, Gossip) for e in out)  # no rumour
+    m = core.member("n2")
+    assert m is not None and m.state is A and m.incarnation == 1
+    core.receive(Gossip(0, (Alive("n2", "id-n2", moved, 1),)), "n3", addr_of("n3"), now + 0.1)
+    m = core.member("n2")
+    assert m is not None and m.address == moved and m.incarnation == 1

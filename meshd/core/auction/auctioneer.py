@@ -167,6 +167,9 @@ class Auctioneer:
         self._book = Bidder(cfg, name, capacity, log, witness, capabilities)
         self._view: dict[str, Placement] = {}
         self._digest = ViewDigest()
+        # The first member whose Digest matched our view (None: none yet): a node that
+        # was fenced, or lost power, knows from then on which of its workloads moved.
+        self.synced_with: str | None = None
         self._auctions: dict[str, Auction] = {}
         self._by_round: dict[str, Auction] = {}
         self._records: dict[str, RoundRecord] = {}
@@ -295,6 +298,8 @@ class Auctioneer:
         elif isinstance(m, Digest):
             count = len(m.sums)
             differing = self._digest.differing(m.sums) if count in COUNTS else frozenset()
+            if count in COUNTS and not differing:
+                self.synced_with = sender  # its view and ours hold the same placements
             if differing and not m.reply:  # answer at the sender's bucket count
                 self._send_sized(sender, Digest(self._digest.sums(count), True), out)
             if differing:

@@ -200,6 +200,9 @@ class Membership:
         self._seeds: tuple[Address, ...] = ()
         self._seed_next = 0
         self._seed_answered = False  # a seed replied to our push-pull (_retry_join)
+        # Members we hold at an incarnation only their datagrams told (_heard): their
+        # address comes with their own Alive at that incarnation.
+        self._addr_pending: set[str] = set()
         self._settled = False  # the exchange soon after joining is scheduled (_retry_join)
         self._settle_at = math.inf  # ...and due then (apart from the periodic push-pull)
         self._join_retry_at = math.inf
@@ -555,7 +558,12 @@ class Membership:
         if not _ok_int(inc):
             return
         if inc > m.incarnation:
-            self._on_alive(Alive(sender, m.node_id, m.address, inc), now, out)
+            # It speaks at a newer incarnation, so it is alive; but a restart may have
+            # moved it to another address, which only its own Alive says. So take the
+            # incarnation, gossip nothing, and take the address from its Alive when it
+            # comes at this incarnation (else we would hold, and spread, the old one).
+            self._set(sender, ALIVE, inc, now, out)
+            self._addr_pending.add(sender)
         elif (inc < m.incarnation or m.state is not ALIVE) and self._may_tell(sender, now):
             claim = self._claim(m)
             if claim is not None:
@@ -603,12 +611,19 @@ class Membership:
             self._set(a.name, ALIVE, a.inc, now, out, a.node_id, a.addr)
             self._enqueue(a)
             return
+        if a.inc == m.incarnation and a.name in self._addr_pending and a.node_id == m.node_id:
+            self._addr_pending.discard(a.name)  # its own word on where it is now
+            if a.addr != m.address:
+                self._set(a.name, m.state, a.inc, now, out, a.node_id, a.addr)
+                self._enqueue(a)
+            return
         if a.inc <= m.incarnation:
             return
         if a.node_id != m.node_id:
             # Names are bound to one key forever: this is a stale or misconfigured peer.
             self._log.debug("drop reason=node-id-mismatch name=%s", a.name)
             return
+        self._addr_pending.discard(a.name)
         self._set(a.name, ALIVE, a.inc, now, out, a.node_id, a.addr)
         self._enqueue(a)
 
@@ -1003,6 +1018,7 @@ class Membership:
             m = self._members.get(name)
             if m is not None and not m.state.live and m.since == since and name != self._name:
                 del self._members[name]
+                self._addr_pending.discard(name)
                 self._sets[m.state].discard(name)
                 self._gossip_dead.discard(name)
                 self._told.pop(name, None)
