@@ -280,6 +280,13 @@ class FencingConfig(_Section):
     # coordinator's power-off deadline is shortened by it so no lease it relies on
     # can have expired on its voter's clock (see meshd/core/fencing/fencer.py).
     drift: float = 0.01
+    # Self-fence: a node cut off from a quorum of the roster for longer than
+    # self_fence_after_s stops its own workloads (and starts them again once it is
+    # back with a quorum and they are still its own). Off by default: with a working
+    # BMC the majority powers the node off instead. Turn it on where a blade's BMC may
+    # be unreachable and an operator may confirm it off by hand (meshd fence confirm).
+    self_fence: bool = False
+    self_fence_after_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,16 @@ class DrainingChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class QuorumChanged:
+    """Self-fence (``fencing.self_fence``): this node was cut off from a quorum of the
+    roster for too long (``cut_off``: stop every workload here), or is back with one
+    (start again what it stopped, if still its own)."""
+
+    cut_off: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ViewSynced:
     """This node's placement view matched a member's (or it is the mesh's only voter):
     what the view says this node runs, it may create now."""

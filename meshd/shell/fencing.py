@@ -69,7 +69,7 @@ from meshd.core.fencing import (
 )
 from meshd.errors import EnvelopeError, MeshdError, StoreError
 from meshd.shell.alarm import Alarm as Timer
-from meshd.shell.bus import MemberStateChanged
+from meshd.shell.bus import MemberStateChanged, QuorumChanged
 from meshd.shell.context import NodeContext
 from meshd.shell.ports import BmcPort, MeshPort
 
@@ -144,6 +144,8 @@ class FencingShell:
             if st["state"] == "fenced":
                 self._fenced[str(st["node"])] = int(str(st["epoch"]))
         self._spawn(self._check_replaced_periodically())
+        if self.ctx.cfg.fencing.self_fence:
+            self._spawn(self._watch_quorum())
 
     def stop(self) -> None:
         self._stopped = True
@@ -397,6 +399,36 @@ class FencingShell:
                     e.target, e.epoch, e.round, outcome, self.clock(), reason
                 )
             )
+
+    # -- self-fence ----------------------------------------------------------------------
+
+    async def _watch_quorum(self) -> None:
+        """Stop our workloads once cut off from a quorum for ``self_fence_after_s``."""
+        after = self.ctx.cfg.fencing.self_fence_after_s
+        cut_since: float | None = None
+        fenced = False
+        while not self._stopped:
+            await asyncio.sleep(min(1.0, after / 4))
+            voters = self._voters()
+            live = len(voters & set(self.mesh.live_names()))
+            if live >= len(voters) // 2 + 1:
+                cut_since = None
+                if fenced:
+                    fenced = False
+                    logger.warning("back with a quorum (%d of %d): resuming", live, len(voters))
+                    self.ctx.bus.publish(QuorumChanged(False, "back with a quorum"))
+                continue
+            now = self.clock()
+            cut_since = now if cut_since is None else cut_since
+            if not fenced and now - cut_since >= after:
+                fenced = True
+                why = (
+                    f"cut off from a quorum for {now - cut_since:.0f} s "
+                    f"({live} of {len(voters)} voters reachable)"
+                )
+                logger.error("self-fence: %s; stopping this node's workloads", why)
+                self.ctx.store.append_event(self.ctx.clock(), "fence.self", self.name, {"why": why})
+                self.ctx.bus.publish(QuorumChanged(True, why))
 
     # -- re-placement ---------------------------------------------------------------------
 

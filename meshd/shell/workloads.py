@@ -39,7 +39,13 @@ from meshd.core import workload_states
 from meshd.core.auction.model import NOTHING, Allocation, Resources, Workload
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError, StoreError
-from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import (
+    DrainingChanged,
+    QuorumChanged,
+    ViewSynced,
+    WorkloadAssigned,
+    WorkloadReleased,
+)
 from meshd.shell.context import NodeContext
 from meshd.shell.ports import MeshPort
 
@@ -81,6 +87,7 @@ class WorkloadRunner:
         # Allocations to create once the view has matched a member's (see _recover).
         self._cold: list[Allocation] = []
         self._synced = True
+        self._self_fenced: dict[str, int] = {}  # workload -> generation it stopped
 
     def start(
         self, allocations: Mapping[str, Allocation], complete: bool = True, synced: bool = True
@@ -95,6 +102,7 @@ class WorkloadRunner:
         self.ctx.bus.subscribe(WorkloadAssigned, self._on_assigned)
         self.ctx.bus.subscribe(WorkloadReleased, self._on_released)
         self.ctx.bus.subscribe(ViewSynced, self._on_synced)
+        self.ctx.bus.subscribe(QuorumChanged, self._on_quorum)
         self._synced = synced
         for alloc in allocations.values():
             if alloc.confirmed:
@@ -139,6 +147,36 @@ class WorkloadRunner:
             held = self._allocs.get(alloc.workload.id)
             if held is not None and held.generation == alloc.generation:
                 self._spawn(self._run(alloc))  # still ours: nobody ran it meanwhile
+
+    def _on_quorum(self, event: QuorumChanged) -> None:
+        if event.cut_off:
+            for wid, alloc in sorted(self._allocs.items()):
+                if wid not in self._self_fenced:
+                    self._self_fenced[wid] = alloc.generation
+                    self._spawn(self._self_fence(wid, alloc, event.reason))
+            return
+        stopped, self._self_fenced = self._self_fenced, {}
+        for wid, generation in sorted(stopped.items()):
+            held = self._allocs.get(wid)
+            if held is not None and held.generation == generation:
+                self._spawn(self._resume(wid))
+
+    async def _self_fence(self, wid: str, alloc: Allocation, reason: str) -> None:
+        try:
+            driver = driver_for(self.drivers, alloc.workload.driver)
+            timeout_s = self.ctx.cfg.drivers.stop_timeout_max_s
+            await self._stop_locked(wid, driver, timeout_s, alloc.generation)
+        except DriverError as exc:
+            logger.error("self-fence could not stop workload id=%s: %s", wid, exc)
+            return
+        self._set(wid, alloc.generation, WorkloadState.STOPPED, f"self-fenced: {reason}")
+        self.ctx.store.append_event(self.ctx.clock(), "workload.self-fenced", wid, {"why": reason})
+
+    async def _resume(self, wid: str) -> None:
+        try:
+            await self.start_workload(wid)
+        except MeshdError as exc:
+            logger.error("starting workload id=%s after self-fence failed: %s", wid, exc)
 
     def _on_released(self, event: WorkloadReleased) -> None:
         alloc = self._allocs.pop(event.workload_id, None)

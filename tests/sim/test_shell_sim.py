@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from meshd import config
+from meshd.adapters.drivers.base import WorkloadState
 from meshd.core.auction.model import NOTHING, GiB, Resources
 from meshd.core.spec import Service, SubmitRequest
 from meshd.shell.bus import DrainingChanged, WorkloadAssigned, WorkloadReleased
@@ -324,3 +325,44 @@ def test_a_powered_off_nodes_workloads_run_again_on_survivors_at_the_next_genera
 
 def _fields(r: SubmitRequest) -> dict[str, object]:
     return {f: getattr(r, f) for f in r.__struct_fields__}
+
+
+def test_a_blade_cut_off_from_a_quorum_stops_its_workloads_and_resumes_them() -> None:
+    """Self-fence (``fencing.self_fence``): its BMC unreachable, the majority can't power
+    it off; the blade itself stops what it runs once cut off for self_fence_after_s, and
+    starts it again when it is back with a quorum and the workload is still its own."""
+    cfg = config.sim().override(
+        {
+            "auction.sync_interval_s": 1.0,
+            "fencing.self_fence": True,
+            "fencing.self_fence_after_s": 3,
+        }
+    )
+    sim = ShellSim(
+        seed_or(5),
+        {f"n{i}": (4.0, 8 * GiB, 100 * GiB) for i in (1, 2, 3)},
+        cfg,
+        membership="lagged",
+        fencing=True,
+    )
+    try:
+        for name in sim.nodes:
+            sim.at(0.0, sim.start, name)
+        sim.at(0.5, sim.submit, "n1", _request("web", nodes=frozenset({"n3"})))
+        sim.systems["n3"].mode = "unreachable"
+        sim.at(3.0, sim.partition, ["n1", "n2"], ["n3"])
+        sim.run_until(3.0)
+        (wid,) = list(sim.nodes["n3"].host.workloads)
+        running = WorkloadState.RUNNING
+        assert sim.nodes["n3"].host.workloads[wid].state is running, sim.describe()
+        sim.run_until(5.0)  # cut off, not yet for 3 s: it runs on
+        assert sim.nodes["n3"].host.workloads[wid].state is running, sim.describe()
+        sim.run_until(12.0)  # views lost (1-4 s), then 3 s: stopped
+        assert sim.nodes["n3"].host.workloads[wid].state is not running, sim.describe()
+        assert sim.power_offs == []  # its BMC never answered: nobody powered it off
+        sim.at(12.0, sim.heal)
+        sim.run_until(20.0)
+        assert sim.nodes["n3"].host.workloads[wid].state is running, sim.describe()
+        assert sim.final_problems() == []
+    finally:
+        sim.close()
