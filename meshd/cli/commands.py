@@ -442,6 +442,12 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import gc
+
+    # No cyclic collection while ~200,000 long-lived objects are being built: the
+    # collections would find nothing to free (~25 ms of CPU a start). The node enables
+    # it again once ready, after freezing what start-up made (meshd.shell.node.serve).
+    gc.disable()
     import uvloop
 
     from meshd.adapters import http_stack

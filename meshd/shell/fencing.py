@@ -120,7 +120,7 @@ class FencingShell:
         self.clock = clock
         self.name = ctx.ident.name
         self.core = Fencer(ctx.cfg.fencing, self.name, logging.getLogger("meshd.core.fencing"))
-        self._timer = Timer("fencing", self._tick, self.core.next_deadline, clock, 1.0)
+        self._timer = Timer("fencing", self._tick, self.core.next_deadline, clock, 30.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probes: dict[bytes, asyncio.Future[None]] = {}
         self._fenced: dict[str, int] = {}  # target -> epoch: re-place its workloads

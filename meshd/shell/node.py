@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import ipaddress
 import logging
 import os
@@ -415,6 +416,11 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
+        # What start-up built lives as long as the daemon: out of the collector's way
+        # for good (gen-2 collections then walk only what is made from now on), and
+        # the collector back on (``meshd run`` turned it off while importing).
+        gc.freeze()
+        gc.enable()
         try:
             await self._stopping.wait()
         finally:
