@@ -20,6 +20,8 @@ def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
 _ERRORS = {
     "400": _ok("bad request", _ERROR),
     "401": _ok("no client certificate (TCP only)", _ERROR),
@@ -64,6 +66,7 @@ _SCHEMAS: dict[str, Any] = {
             "preset": {"type": "string"},
             "role": {"type": "string"},
             "witness": {"type": "boolean"},
+            "draining": {"type": "boolean"},
             "ca_holder": {"type": "boolean"},
             "ca_fingerprint": {"type": "string"},
             "capacity": {"$ref": "#/components/schemas/Resources"},
@@ -95,6 +98,7 @@ _SCHEMAS: dict[str, Any] = {
             "state": {"enum": ["alive", "suspect", "dead", "fenced", "left"]},
             "incarnation": {"type": "integer"},
             "node_id": {"type": "string"},
+            "draining": {"type": "boolean"},
         },
     },
     "Instance": {
@@ -213,6 +217,26 @@ def document() -> dict[str, Any]:
                         {"name": "reason", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {"200": _ok("revoked", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/nodes/{name}/drain": {
+                "post": {
+                    "summary": "Drain a member for maintenance: it bids on nothing and its "
+                    "workloads are auctioned elsewhere (local operator or admin)",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
+                },
+                "get": {
+                    "summary": "Whether a member is drained, and what is still placed on it",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
+                },
+            },
+            "/v1/nodes/{name}/undrain": {
+                "post": {
+                    "summary": "Let a drained member bid again (local operator or admin)",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
                 }
             },
             "/v1/tokens": {
@@ -486,6 +510,13 @@ def document() -> dict[str, Any]:
             "/v1/mesh/auction": {
                 "post": {
                     "summary": "Mesh-internal: an auction message sent reliably (nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
+            },
+            "/v1/mesh/drains": {
+                "post": {
+                    "summary": "Mesh-internal: signed drain records, push-pull (nodes only)",
                     "requestBody": {"content": {"application/octet-stream": {}}},
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }

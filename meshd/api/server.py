@@ -56,6 +56,7 @@ from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
 from meshd.shell import ca_custody
+from meshd.shell.drains import DRAINS_PATH
 from meshd.shell.gate import CERTS_PATH
 from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
@@ -97,6 +98,7 @@ LARGE_BODY_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", DRAINS_PATH),
     }
 )
 TENANT_ROUTES = frozenset(
@@ -108,6 +110,7 @@ NODE_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", DRAINS_PATH),
         ("POST", KEYS_PATH),
         ("GET", KEYS_PATH),
         ("GET", CERTS_PATH),
@@ -133,6 +136,8 @@ OPERATOR_ROUTES = frozenset(
 NOT_FOR_NODES = frozenset(
     {
         ("DELETE", "/v1/roster/{name}"),
+        ("POST", "/v1/nodes/{name}/drain"),
+        ("POST", "/v1/nodes/{name}/undrain"),
         ("POST", "/v1/tokens"),
         ("POST", "/v1/services"),
         ("DELETE", "/v1/services/{name}"),
@@ -199,6 +204,10 @@ class Api:
         app.router.add_get(KEYS_PATH, self.mesh_keys_fetch)
         app.router.add_get(CERTS_PATH, self.mesh_certs_fetch)
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
+        app.router.add_post(DRAINS_PATH, self.mesh_drains)
+        app.router.add_post("/v1/nodes/{name}/drain", self.node_drain)
+        app.router.add_post("/v1/nodes/{name}/undrain", self.node_undrain)
+        app.router.add_get("/v1/nodes/{name}/drain", self.node_drain_state)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
         app.router.add_get("/v1/workloads/{id}", self.workload_show)
@@ -416,7 +425,11 @@ class Api:
         return self.node.mesh
 
     async def peers(self, request: web.Request) -> web.Response:
-        return web.json_response(self._mesh().peers())
+        rows = self._mesh().peers()
+        drained = self.node.placement.drains.drained() if self.node.placement else frozenset()
+        for row in rows:
+            row["draining"] = row["name"] in drained
+        return web.json_response(rows)
 
     async def services_list(self, request: web.Request) -> web.Response:
         return web.json_response(services.all_services(self.node.store))
@@ -485,6 +498,29 @@ class Api:
         body = await request.read()
         self._placement().receive_reliable(body, _peer_cert(request))
         return web.Response(status=204)
+
+    async def mesh_drains(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._placement().drains.receive_bundle(body, request["peer"].name)
+        return web.Response(status=204)
+
+    def _member(self, request: web.Request) -> str:
+        name = request.match_info["name"]
+        member = roster.get(self.node.store, name)
+        if member is None or member.removed_at is not None:
+            raise NotFoundError(
+                f"no member named {name!r} in this mesh's roster; `meshd node ls` lists them"
+            )
+        return name
+
+    async def node_drain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._placement().drain(self._member(request), True))
+
+    async def node_undrain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._placement().drain(self._member(request), False))
+
+    async def node_drain_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self._placement().drain_state(self._member(request)))
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
         submission = spec.parse_submission(await request.read())

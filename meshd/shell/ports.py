@@ -97,6 +97,18 @@ class MeshPort(Protocol):
 
     def broadcast(self, kind: str, payload: bytes, key: str | None = None) -> None: ...
 
+    # -- signed records: relayed by anyone, authenticated by their author ----------------
+
+    def sign_record(self, kind: str, body: bytes) -> bytes:
+        """``body`` signed by this node as a record of ``kind``, to be stored and relayed
+        (by gossip, anti-entropy) long after it was made."""
+        ...
+
+    def open_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        """A record's (body, author) if its signature verifies against a member's
+        certificate and its kind is ``kind``; None (and a log line) otherwise."""
+        ...
+
     # -- names ----------------------------------------------------------------------------
 
     async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]: ...

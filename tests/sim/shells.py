@@ -104,6 +104,7 @@ from meshd.identity.revocation import RevocationList
 from meshd.metrics import Counter, Registry
 from meshd.shell.bus import Bus, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
+from meshd.shell.drains import DRAINS_PATH
 from meshd.shell.node import start_shells
 from meshd.shell.placement import PlacementShell
 from meshd.shell.ports import BroadcastHandler
@@ -290,6 +291,17 @@ class FakeMesh:
             return
         for peer in self.live_peers():
             self.sim.send(self.me, peer, Gossip(kind, payload, self.me), reliable=False)
+
+    def sign_record(self, kind: str, body: bytes) -> bytes:
+        # Authenticity by construction, as for datagrams; the author travels with it.
+        return kind.encode() + b"\n" + self.me.encode() + b"\n" + body
+
+    def open_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        head, _, rest = signed.partition(b"\n")
+        author, _, body = rest.partition(b"\n")
+        if head != kind.encode() or not author:
+            return None
+        return body, author.decode()
 
     async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
         self.services[name] = (port, proto)
@@ -594,6 +606,22 @@ class ShellSim:
         self._cmd(f"replace on {on} from {node}")
         proc.spawn(shell.replace_from(node, "fenced"))
 
+    def drain(self, on: str, node: str, draining: bool = True) -> None:
+        """``meshd node drain|undrain node``, accepted by ``on`` (nothing if it is down)."""
+        shell = self.nodes[on].placement
+        proc = self.nodes[on].proc
+        if shell is None or proc is None:
+            return
+        self._cmd(f"{'drain' if draining else 'undrain'} {node} on {on}")
+
+        async def run() -> None:
+            try:
+                await shell.drain(node, draining)
+            except MeshdError as exc:  # a full disk: the operator is told, nothing announced
+                self._cmd(f"drain {node} on {on} failed: {exc}")
+
+        proc.spawn(run())
+
     def arm_step(self, name: str, k: int, mode: str) -> None:
         """Crash ``name`` right after the ``k``-th message it handles from now on."""
         self._cmd(f"arm {name} crash {mode} message {k}")
@@ -766,6 +794,9 @@ class ShellSim:
                 if handler is not None:
                     handler(packet.payload, src)
             elif isinstance(packet, Post):
+                if packet.path == DRAINS_PATH:
+                    node.placement.drains.receive_bundle(packet.body, src)
+                    return
                 if packet.path != AUCTION_PATH:
                     raise AssertionError(f"a post to {packet.path}, which the sim does not route")
                 node.placement.receive_reliable(packet.body, FAKE_CERT + src.encode())

@@ -38,6 +38,7 @@ TABLES = {
     "services",
     "events",
     "write_probe",  # migration 4: the health probe's one row
+    "drains",  # migration 6: maintenance drains (meshd.core.drain)
 }
 
 

@@ -230,12 +230,25 @@ CREATE TABLE write_probe (
 ) STRICT;
 """
 
+# Maintenance drains (meshd.core.drain): the newest signed record per member, as
+# accepted from the operator or a peer; every node keeps every member's.
+_DRAINS = """
+CREATE TABLE drains (
+    node     TEXT PRIMARY KEY,
+    draining INTEGER NOT NULL,
+    version  INTEGER NOT NULL,
+    by       TEXT NOT NULL,
+    signed   BLOB NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
     Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
     Migration(4, "write probe", _WRITE_PROBE),
     Migration(5, "mesh keys", _MESH_KEYS),
+    Migration(6, "drains", _DRAINS),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
