@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "meshd.toml"
+DRAIN_RETRY_S = 15.0  # `node drain`: re-place what is left after this long without progress
 
 
 def data_dir(args: argparse.Namespace) -> Path:
@@ -371,13 +372,20 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
             f"moving {len(doc['moving'])} workload(s) away"
         )
     deadline = time.monotonic() + timeout
-    last = -1
+    last, moved_at = -1, time.monotonic()
     while doc["placed"] and time.monotonic() < deadline:
         time.sleep(0.5)
         doc.update(c.request("GET", f"{path}/drain"))
-        if not args.json and len(doc["placed"]) != last:
-            last = len(doc["placed"])
-            output.emit_text(f"  {last} workload(s) still placed on {doc['node']}")
+        if len(doc["placed"]) != last:
+            last, moved_at = len(doc["placed"]), time.monotonic()
+            if not args.json:
+                output.emit_text(f"  {last} workload(s) still placed on {doc['node']}")
+        elif time.monotonic() - moved_at > DRAIN_RETRY_S:
+            # Stalled: an auction found no live candidate (a partition), or a placement
+            # landed there before its originator heard of the drain. Draining again
+            # re-places what is left; auctions still in flight are not doubled.
+            moved_at = time.monotonic()
+            doc.update(c.request("POST", f"{path}/drain"))
     done = not doc["placed"]
     doc["done"] = done
     if args.json:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from meshd.adapters.drivers.procfs import find_by_env
 from meshd.errors import ApiError
 
 try:
@@ -31,6 +32,12 @@ def _spec(i: int) -> dict[str, Any]:
 
 def _draining(d: Daemon) -> set[str]:
     return {p["name"] for p in d.api("GET", "/v1/peers") if p["draining"]}
+
+
+def _processes(d: Daemon) -> int:
+    """Live processes that ``d``'s process driver started (its root, in their env)."""
+    root = str(d.data_dir)
+    return len([p for p, v in find_by_env("MESHD_ROOT", root) if v.startswith(root)])
 
 
 def _rows(d: Daemon) -> dict[str, dict[str, Any]]:
@@ -90,6 +97,8 @@ def test_drain_moves_process_workloads_away_and_undrain_restores_bidding(
     except AssertionError:
         raise AssertionError(str([(_rows(d), d.log_tail(40)) for d in nodes])) from None
     wait_for("beta to have destroyed its copies", lambda: beta.status()["allocated"]["cpus"] == 0)
+    wait_for("beta's processes to be gone", lambda: _processes(beta) == 0)
+    assert _processes(alpha) + _processes(gamma) == N
     peers = json.loads(alpha.cli("peers", "--json", check=True).stdout)
     assert {p["name"]: p["draining"] for p in peers} == {
         "alpha": False,
