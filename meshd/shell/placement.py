@@ -110,6 +110,9 @@ class PlacementShell:
         # Maintenance drains (``meshd node drain``): drained members get no offer from
         # this node, and this node bids nothing while it is drained itself.
         self.drains = Drains(ctx, mesh, self._drain_changed)
+        # (workload, generation) this node, having accepted a drain, put up for auction
+        # again: each at most once, so what can't move (pinned there) is not retried.
+        self._drained_moves: set[tuple[str, int]] = set()
         self.core.set_maintenance(self._maintenance())
         self.health = StoreHealth(ctx.store, cfg.store, ctx.clock, ctx.metrics)
         self.health.subscribe(self._store_changed)
@@ -181,6 +184,7 @@ class PlacementShell:
         self._spawn(self._anti_entropy())
         self._spawn(self._prune_rounds())
         self.drains.start()
+        self._spawn(self._follow_drains())
 
     def stop(self) -> None:
         self._alarm.stop()
@@ -420,7 +424,9 @@ class PlacementShell:
         p = self.core.placements().get(wid)
         return None if p is None or p.removed else p.owner
 
-    async def replace_from(self, node: str, why: str, *, planned: bool = False) -> list[str]:
+    async def replace_from(
+        self, node: str, why: str, *, planned: bool = False, only: set[str] | None = None
+    ) -> list[str]:
         """Auction again every workload the view places on ``node``, which is off (its
         BMC verified it, or the operator confirmed it): the same ids and specs, at the
         next generation, on the live members (``node`` is not among them). A workload
@@ -430,9 +436,12 @@ class PlacementShell:
 
         ``planned`` (a maintenance drain: ``node`` is up and drained, so no originator
         offers it anything): every workload moves, ``restart = none`` included, since
-        that policy is about a node that died, not one the operator is servicing."""
+        that policy is about a node that died, not one the operator is servicing.
+        ``only``: just these workload ids."""
         moved: list[str] = []
         for p in self.placed_on(node):
+            if only is not None and p.workload_id not in only:
+                continue
             data = {"from": node, "generation": p.generation, "why": why}
             if p.workload.spec.restart == "none" and not planned:
                 self.ctx.store.append_event(self.ctx.clock(), "workload.lost", p.workload_id, data)
@@ -447,6 +456,32 @@ class PlacementShell:
             logger.info("re-placing workloads from=%s count=%d why=%s", node, len(moved), why)
         return moved
 
+    async def _follow_drains(self) -> None:
+        """Move what lands on a node this node drained after the drain: a placement
+        decided while the drain was still spreading (its originator, or the winner,
+        had not heard of it yet). Each generation is moved once."""
+        while True:
+            await asyncio.sleep(self.ctx.cfg.auction.sync_interval_s)
+            me = self.ctx.ident.name
+            for record in self.drains.table.records():
+                if not record.draining or record.by != me:
+                    continue
+                try:
+                    await self._move_off(record.node, "drained")
+                except MeshdError as exc:  # a full disk: the next pass tries again
+                    logger.warning("moving workloads off drained %s failed: %s", record.node, exc)
+
+    async def _move_off(self, node: str, why: str) -> list[str]:
+        fresh = [
+            p
+            for p in self.placed_on(node)
+            if (p.workload_id, p.generation) not in self._drained_moves
+        ]
+        if not fresh:
+            return []
+        self._drained_moves.update((p.workload_id, p.generation) for p in fresh)
+        return await self.replace_from(node, why, planned=True, only={p.workload_id for p in fresh})
+
     def placed_on(self, node: str) -> list[Placement]:
         """The workloads the view places on ``node``, by id."""
         placed = sorted(self.core.placements().values(), key=lambda p: p.workload_id)
@@ -456,7 +491,11 @@ class PlacementShell:
         """``meshd node drain|undrain NODE`` accepted here: the record (durable, then
         gossiped), and for a drain the node's workloads auctioned away from here."""
         record = self.drains.set(node, draining)
-        moving = await self.replace_from(node, "drained", planned=True) if draining else []
+        if draining:  # a repeated drain moves again what is still there
+            self._drained_moves.difference_update(
+                (p.workload_id, p.generation) for p in self.placed_on(node)
+            )
+        moving = await self._move_off(node, "drained") if draining else []
         return {
             "node": node,
             "draining": record.draining,

@@ -161,6 +161,26 @@ def test_a_node_that_was_down_learns_the_drain_and_the_later_undrain_wins() -> N
         sim.close()
 
 
+def test_a_placement_made_before_the_drain_spread_is_moved_off_by_the_drainer() -> None:
+    """n1 drains n2 while cut off; n3, not knowing, places a workload on n2. Once the
+    partition heals, n1 (which accepted the drain) moves it off, at the next generation."""
+    sim = _sim(seed_or(8))
+    try:
+        sim.at(0.5, sim.partition, ["n1"], ["n2", "n3"])
+        sim.at(1.0, sim.drain, "n1", "n2")
+        sim.at(3.0, sim.submit, "n3", _request("late", frozenset({"n1", "n2"})))
+        sim.run_until(5.0)
+        assert _owner_gen(sim, "n3", "late") == ("n2", 1), sim.describe()
+        assert not sim.placement("n3").drains.draining("n2")
+        sim.at(5.0, sim.heal)
+        sim.run_until(20.0)
+        for name in sim.live():
+            assert _owner_gen(sim, name, "late") == ("n1", 2), (name, sim.describe())
+        assert sim.final_problems() == []
+    finally:
+        sim.close()
+
+
 def random_drain(seed: int) -> tuple[ShellSim, list[str]]:
     rng = random.Random(seed)
     n = rng.randint(3, 5)
