@@ -22,6 +22,7 @@ def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
+_NO_MEMBER = {"404": _ok("no such member in the roster", _ERROR)}
 _ERRORS = {
     "400": _ok("bad request", _ERROR),
     "401": _ok("no client certificate (TCP only)", _ERROR),
@@ -224,19 +225,19 @@ def document() -> dict[str, Any]:
                     "summary": "Drain a member for maintenance: it bids on nothing and its "
                     "workloads are auctioned elsewhere (local operator or admin)",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
                 },
                 "get": {
                     "summary": "Whether a member is drained, and what is still placed on it",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
                 },
             },
             "/v1/nodes/{name}/undrain": {
                 "post": {
                     "summary": "Let a drained member bid again (local operator or admin)",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("drain", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
                 }
             },
             "/v1/tokens": {
