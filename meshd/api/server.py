@@ -505,9 +505,15 @@ class Api:
         return web.Response(status=204)
 
     def _member(self, request: web.Request) -> str:
+        """A current member's name: in this node's roster, or a member its membership
+        knows (the roster of a node that did not enrol it may lag), never removed."""
         name = request.match_info["name"]
         member = roster.get(self.node.store, name)
-        if member is None or member.removed_at is not None:
+        revoked = self.node.revocations.is_revoked
+        known = member is not None or any(
+            p["name"] == name and not revoked("", p["node_id"]) for p in self._mesh().peers()
+        )
+        if not known or (member is not None and member.removed_at is not None):
             raise NotFoundError(
                 f"no member named {name!r} in this mesh's roster; `meshd node ls` lists them"
             )
