@@ -470,6 +470,8 @@ class PlacementShell:
                     await self._move_off(record.node, "drained")
                 except MeshdError as exc:  # a full disk: the next pass tries again
                     logger.warning("moving workloads off drained %s failed: %s", record.node, exc)
+                except Exception:  # a bug must not end the loop for good
+                    logger.exception("moving workloads off drained %s failed", record.node)
 
     async def _move_off(self, node: str, why: str) -> list[str]:
         fresh = [
