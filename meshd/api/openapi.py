@@ -20,6 +20,9 @@ def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_NO_MEMBER = {"404": _ok("no such member in the roster", _ERROR)}
 _ERRORS = {
     "400": _ok("bad request", _ERROR),
     "401": _ok("no client certificate (TCP only)", _ERROR),
@@ -64,6 +67,7 @@ _SCHEMAS: dict[str, Any] = {
             "preset": {"type": "string"},
             "role": {"type": "string"},
             "witness": {"type": "boolean"},
+            "draining": {"type": "boolean"},
             "ca_holder": {"type": "boolean"},
             "ca_fingerprint": {"type": "string"},
             "capacity": {"$ref": "#/components/schemas/Resources"},
@@ -97,6 +101,7 @@ _SCHEMAS: dict[str, Any] = {
             },
             "incarnation": {"type": "integer"},
             "node_id": {"type": "string"},
+            "draining": {"type": "boolean"},
         },
     },
     "Instance": {
@@ -215,6 +220,26 @@ def document() -> dict[str, Any]:
                         {"name": "reason", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {"200": _ok("revoked", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/nodes/{name}/drain": {
+                "post": {
+                    "summary": "Drain a member for maintenance: it bids on nothing and its "
+                    "workloads are auctioned elsewhere (local operator or admin)",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
+                },
+                "get": {
+                    "summary": "Whether a member is drained, and what is still placed on it",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
+                },
+            },
+            "/v1/nodes/{name}/undrain": {
+                "post": {
+                    "summary": "Let a drained member bid again (local operator or admin)",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("drain", json_obj), **_NO_MEMBER, **_ERRORS},
                 }
             },
             "/v1/tokens": {
@@ -488,6 +513,13 @@ def document() -> dict[str, Any]:
             "/v1/mesh/auction": {
                 "post": {
                     "summary": "Mesh-internal: an auction message sent reliably (nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
+            },
+            "/v1/mesh/drains": {
+                "post": {
+                    "summary": "Mesh-internal: signed drain records, push-pull (nodes only)",
                     "requestBody": {"content": {"application/octet-stream": {}}},
                     "responses": {"204": {"description": "accepted"}, **_ERRORS},
                 }

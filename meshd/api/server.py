@@ -56,6 +56,7 @@ from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
 from meshd.shell import ca_custody
+from meshd.shell.drains import DRAINS_PATH
 from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
 from meshd.shell.gate import CERTS_PATH
 from meshd.shell.key_sync import KEYS_PATH
@@ -99,6 +100,7 @@ LARGE_BODY_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", DRAINS_PATH),
     }
 )
 TENANT_ROUTES = frozenset(
@@ -110,6 +112,7 @@ NODE_ROUTES = frozenset(
         ("POST", "/v1/mesh/message"),
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
+        ("POST", DRAINS_PATH),
         ("POST", KEYS_PATH),
         ("GET", KEYS_PATH),
         ("GET", CERTS_PATH),
@@ -139,6 +142,8 @@ OPERATOR_ROUTES = frozenset(
 NOT_FOR_NODES = frozenset(
     {
         ("DELETE", "/v1/roster/{name}"),
+        ("POST", "/v1/nodes/{name}/drain"),
+        ("POST", "/v1/nodes/{name}/undrain"),
         ("POST", "/v1/tokens"),
         ("POST", "/v1/services"),
         ("DELETE", "/v1/services/{name}"),
@@ -205,6 +210,10 @@ class Api:
         app.router.add_get(KEYS_PATH, self.mesh_keys_fetch)
         app.router.add_get(CERTS_PATH, self.mesh_certs_fetch)
         app.router.add_post("/v1/mesh/auction", self.mesh_auction)
+        app.router.add_post(DRAINS_PATH, self.mesh_drains)
+        app.router.add_post("/v1/nodes/{name}/drain", self.node_drain)
+        app.router.add_post("/v1/nodes/{name}/undrain", self.node_undrain)
+        app.router.add_get("/v1/nodes/{name}/drain", self.node_drain_state)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
         app.router.add_get("/v1/workloads/{id}", self.workload_show)
@@ -431,6 +440,9 @@ class Api:
         if fencing is not None:  # dead -> fencing -> fenced | fence-failed
             for row in rows:
                 row["state"] = fencing.state(row["name"]) or row["state"]
+        drained = self.node.placement.drains.drained() if self.node.placement else frozenset()
+        for row in rows:
+            row["draining"] = row["name"] in drained
         return web.json_response(rows)
 
     async def services_list(self, request: web.Request) -> web.Response:
@@ -500,6 +512,35 @@ class Api:
         body = await request.read()
         self._placement().receive_reliable(body, _peer_cert(request))
         return web.Response(status=204)
+
+    async def mesh_drains(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._placement().drains.receive_bundle(body, request["peer"].name)
+        return web.Response(status=204)
+
+    def _member(self, request: web.Request) -> str:
+        """A current member's name: in this node's roster, or a member its membership
+        knows (the roster of a node that did not enrol it may lag), never removed."""
+        name = request.match_info["name"]
+        member = roster.get(self.node.store, name)
+        revoked = self.node.revocations.is_revoked
+        known = member is not None or any(
+            p["name"] == name and not revoked("", p["node_id"]) for p in self._mesh().peers()
+        )
+        if not known or (member is not None and member.removed_at is not None):
+            raise NotFoundError(
+                f"no member named {name!r} in this mesh's roster; `meshd node ls` lists them"
+            )
+        return name
+
+    async def node_drain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._placement().drain(self._member(request), True))
+
+    async def node_undrain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._placement().drain(self._member(request), False))
+
+    async def node_drain_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self._placement().drain_state(self._member(request)))
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
         submission = spec.parse_submission(await request.read())

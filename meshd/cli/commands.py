@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "meshd.toml"
+DRAIN_RETRY_S = 15.0  # `node drain`: re-place what is left after this long without progress
 
 
 def data_dir(args: argparse.Namespace) -> Path:
@@ -393,6 +394,57 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_drain(args: argparse.Namespace) -> int:
+    timeout = parse_duration(args.timeout, "--timeout")
+    if timeout < 0:
+        raise ConfigError("--timeout must not be negative, e.g. 5m")
+    c = client(args)
+    path = f"/v1/nodes/{quote(args.name, safe='')}"
+    doc = c.request("POST", f"{path}/drain")
+    if not args.json:
+        output.emit_text(
+            f"{doc['node']} drained: it bids on nothing; "
+            f"moving {len(doc['moving'])} workload(s) away"
+        )
+    deadline = time.monotonic() + timeout
+    last, moved_at = -1, time.monotonic()
+    while doc["placed"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        doc.update(c.request("GET", f"{path}/drain"))
+        if len(doc["placed"]) != last:
+            last, moved_at = len(doc["placed"]), time.monotonic()
+            if not args.json:
+                output.emit_text(f"  {last} workload(s) still placed on {doc['node']}")
+        elif time.monotonic() - moved_at > DRAIN_RETRY_S:
+            # Stalled: an auction found no live candidate (a partition), or a placement
+            # landed there before its originator heard of the drain. Draining again
+            # re-places what is left; auctions still in flight are not doubled.
+            moved_at = time.monotonic()
+            doc.update(c.request("POST", f"{path}/drain"))
+    done = not doc["placed"]
+    doc["done"] = done
+    if args.json:
+        output.emit_json(doc)
+    elif done:
+        output.emit_text(f"{doc['node']} runs no workloads; `meshd node undrain` lets it bid again")
+    else:
+        output.emit_error(
+            f"{len(doc['placed'])} workload(s) are still placed on {doc['node']} after "
+            f"{args.timeout}: {', '.join(doc['placed'])}; `meshd auctions` says why "
+            "(no other node may have room); the node stays drained"
+        )
+    return 0 if done or timeout == 0 else 1
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> int:
+    doc = client(args).request("POST", f"/v1/nodes/{quote(args.name, safe='')}/undrain")
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"{doc['node']} undrained: it bids for workloads again")
+    return 0
+
+
 def cmd_node_ls(args: argparse.Namespace) -> int:
     from meshd.adapters.store import roster
     from meshd.adapters.store.db import Store
@@ -479,7 +531,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "node id": doc["node_id"],
             "address": doc["address"],
             "uptime": f"{doc['uptime_s']:.0f}s",
-            "role": doc["role"] + (" (witness)" if doc["witness"] else ""),
+            "role": doc["role"]
+            + (" (witness)" if doc["witness"] else "")
+            + (" (draining)" if doc.get("draining") else ""),
             "ca holder": "yes" if doc["ca_holder"] else "no",
             "capacity": f"{cap['cpus']:g} cpus, {format_size(cap['memory'])} memory, "
             f"{format_size(cap['disk'])} disk" + (" (declared)" if cap["declared"] else ""),
@@ -504,7 +558,10 @@ def _store_line(store: Any) -> str:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/peers")
-    _listing(args, rows, ["name", "address", "state", "incarnation"])
+    if not args.json:
+        for row in rows:
+            row["draining"] = "draining" if row.get("draining") else ""
+    _listing(args, rows, ["name", "address", "state", "incarnation", "draining"])
     return 0
 
 

@@ -218,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("name")
     n.add_argument("--reason", default="removed by operator", help="recorded with the revocation")
     n.set_defaults(func=commands.cmd_node_remove)
+    n = nsub.add_parser(
+        "drain",
+        help="move a node's workloads away by auction and stop it bidding (maintenance)",
+        description="Drain NAME mesh-wide: it bids on nothing, no node offers it anything, "
+        "and its workloads are auctioned to other nodes (same ids and specs, next "
+        "generation). Waits until nothing is placed on NAME, printing progress.",
+    )
+    _common(n, json_flag=True)
+    n.add_argument("name")
+    n.add_argument(
+        "--timeout", default="5m", help="give up waiting after this long (default 5m; 0: no wait)"
+    )
+    n.set_defaults(func=commands.cmd_node_drain)
+    n = nsub.add_parser("undrain", help="let a drained node bid for workloads again")
+    _common(n, json_flag=True)
+    n.add_argument("name")
+    n.set_defaults(func=commands.cmd_node_undrain)
     n = nsub.add_parser("ls", help="list enrolled nodes, removed ones included")
     _common(n, json_flag=True)
     n.set_defaults(func=commands.cmd_node_ls)

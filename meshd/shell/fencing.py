@@ -242,7 +242,7 @@ class FencingShell:
         self._step(lambda: self.core.receive(msg, author, self.clock(), votes))
 
     def _verified(self, blob: bytes) -> tuple[bytes, str]:
-        opened = self.mesh.verify_record(VOTE_KIND, blob)
+        opened = self.mesh.open_record(VOTE_KIND, blob)
         if opened is None:
             raise EnvelopeError("a vote's signature does not verify")
         return opened
@@ -292,7 +292,7 @@ class FencingShell:
         for e in effects:
             if isinstance(e, Send):
                 if isinstance(e.msg, FenceVote):
-                    blob = self.mesh.sign_record(VOTE_KIND, codec.encode(e.msg))
+                    blob = self.mesh.sign_record(VOTE_KIND, codec.encode(e.msg), portable=True)
                     if e.to == self.name:
                         loop_back.append((e.msg, SignedVote(self.name, e.msg, blob)))
                     else:

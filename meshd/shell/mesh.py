@@ -46,7 +46,7 @@ from meshd.core.membership import (
 )
 from meshd.core.membership.messages import Ack, Gossip, Message, Nack, PushPull
 from meshd.core.membership.state import Identity
-from meshd.errors import MeshdError
+from meshd.errors import EnvelopeError, MeshdError
 from meshd.identity import pki
 from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
@@ -261,13 +261,22 @@ class Mesh:
     def sign(self, kind: str, body: bytes) -> bytes:
         return self.gate.sign(kind, body)
 
-    def sign_record(self, kind: str, body: bytes) -> bytes:
-        return self.gate.sign_full(kind, body)
-
-    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
-        return self.gate.verify_record(kind, signed)
-
     # -- the rest of the mesh port of the other shells (meshd.shell.ports.MeshPort) ----
+
+    def sign_record(self, kind: str, body: bytes, portable: bool = False) -> bytes:
+        return self.gate.sign_full(kind, body) if portable else self.gate.sign(kind, body)
+
+    def open_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        # Records are relayed long after they were made: no freshness or replay check
+        # (fresh=False); they carry their own versions (meshd.core.drain).
+        try:
+            opened = self.gate.verifier.verify(signed, self.ctx.clock(), fresh=False)
+            if opened.kind != kind:
+                raise EnvelopeError(f"unexpected record kind {opened.kind!r}")
+        except EnvelopeError as exc:  # UnknownAuthorError too: anti-entropy brings it again
+            logger.debug("dropped a signed %s record: %s", kind, exc)
+            return None
+        return opened.body, opened.author
 
     def on_datagram(
         self,

@@ -461,6 +461,10 @@ class Node:
             "preset": self.cfg.preset,
             "role": self.ident.info.role,
             "witness": self.cfg.witness,
+            # Drained for maintenance (`meshd node drain`): bids on nothing.
+            "draining": (
+                self.placement.drains.draining(self.ident.name) if self.placement else False
+            ),
             "ca_holder": self.ident.is_ca_holder,
             "ca_fingerprint": self.ident.ca_fingerprint,
             "capacity": cap.as_json(),

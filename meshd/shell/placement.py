@@ -67,6 +67,7 @@ from meshd.core.auction.model import (
     Telemetry,
     Workload,
 )
+from meshd.core.drain import DrainRecord
 from meshd.core.spec import SubmitRequest
 from meshd.errors import (
     BadRequest,
@@ -79,6 +80,7 @@ from meshd.errors import (
 from meshd.shell.alarm import Alarm
 from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
+from meshd.shell.drains import Drains
 from meshd.shell.journal import AuctionJournal
 from meshd.shell.outbox import Outbox
 from meshd.shell.ports import MeshPort
@@ -105,6 +107,13 @@ class PlacementShell:
         # absence mean "released" (the runner reaps what no allocation names).
         self.allocations_complete = durable.unreadable == 0
         self.core = self._restore(durable)
+        # Maintenance drains (``meshd node drain``): drained members get no offer from
+        # this node, and this node bids nothing while it is drained itself.
+        self.drains = Drains(ctx, mesh, self._drain_changed)
+        # (workload, generation) this node, having accepted a drain, put up for auction
+        # again: each at most once, so what can't move (pinned there) is not retried.
+        self._drained_moves: set[tuple[str, int]] = set()
+        self.core.set_maintenance(self._maintenance())
         self.health = StoreHealth(ctx.store, cfg.store, ctx.clock, ctx.metrics)
         self.health.subscribe(self._store_changed)
         self.journal = AuctionJournal(
@@ -138,6 +147,18 @@ class PlacementShell:
             "meshd_auction_rounds_pruned_total", "Old round records deleted from the store"
         )
 
+    def _maintenance(self) -> str | None:
+        if not self.drains.draining(self.ctx.ident.name):
+            return None
+        return (
+            "draining: the operator drained this node for maintenance; "
+            f"`meshd node undrain {self.ctx.ident.name}` lets it bid again"
+        )
+
+    def _drain_changed(self, record: DrainRecord) -> None:
+        if record.node == self.ctx.ident.name:
+            self.core.set_maintenance(self._maintenance())
+
     def _on_draining(self, event: DrainingChanged) -> None:
         self._draining = event.resources
         self.core.set_draining(event.resources)
@@ -168,9 +189,12 @@ class PlacementShell:
             self._spawn(self._sample_telemetry())
         self._spawn(self._anti_entropy())
         self._spawn(self._prune_rounds())
+        self.drains.start()
+        self._spawn(self._follow_drains())
 
     def stop(self) -> None:
         self._alarm.stop()
+        self.drains.stop()
         self.health.stop()
         try:
             self.journal.flush(self.ctx.clock())
@@ -339,7 +363,8 @@ class PlacementShell:
                 if not ready.done():
                     ready.set_exception(StoreError(why))
             return
-        members = sorted(self.mesh.live_names())
+        drained = self.drains.drained()  # offered nothing, in any round of these auctions
+        members = sorted(n for n in self.mesh.live_names() if n not in drained)
         now = self.ctx.clock()
         effects: list[Effect] = []
         batch = candidates.Batch()  # one first-round sample: shared datagrams
@@ -405,20 +430,26 @@ class PlacementShell:
         p = self.core.placements().get(wid)
         return None if p is None or p.removed else p.owner
 
-    async def replace_from(self, node: str, why: str) -> list[str]:
+    async def replace_from(
+        self, node: str, why: str, *, planned: bool = False, only: set[str] | None = None
+    ) -> list[str]:
         """Auction again every workload the view places on ``node``, which is off (its
         BMC verified it, or the operator confirmed it): the same ids and specs, at the
         next generation, on the live members (``node`` is not among them). A workload
         whose restart policy is ``none`` stays where it was, recorded as lost. Returns
         the ids put up for auction; nobody waits for them (``meshd workloads`` shows
-        where they went, the event log why they moved)."""
+        where they went, the event log why they moved).
+
+        ``planned`` (a maintenance drain: ``node`` is up and drained, so no originator
+        offers it anything): every workload moves, ``restart = none`` included, since
+        that policy is about a node that died, not one the operator is servicing.
+        ``only``: just these workload ids."""
         moved: list[str] = []
-        placed = sorted(self.core.placements().values(), key=lambda p: p.workload_id)
-        for p in placed:
-            if p.owner != node or p.removed:
+        for p in self.placed_on(node):
+            if only is not None and p.workload_id not in only:
                 continue
             data = {"from": node, "generation": p.generation, "why": why}
-            if p.workload.spec.restart == "none":
+            if p.workload.spec.restart == "none" and not planned:
                 self.ctx.store.append_event(self.ctx.clock(), "workload.lost", p.workload_id, data)
                 continue
             self.ctx.store.append_event(self.ctx.clock(), "workload.replacing", p.workload_id, data)
@@ -431,8 +462,74 @@ class PlacementShell:
             logger.info("re-placing workloads from=%s count=%d why=%s", node, len(moved), why)
         return moved
 
-    def _forget_waiting(self, aid: str, _: object) -> None:
+    async def _follow_drains(self) -> None:
+        """Move what lands on a node this node drained after the drain: a placement
+        decided while the drain was still spreading (its originator, or the winner,
+        had not heard of it yet). Each generation is moved once."""
+        while True:
+            await asyncio.sleep(self.ctx.cfg.auction.sync_interval_s)
+            me = self.ctx.ident.name
+            for record in self.drains.table.records():
+                if not record.draining or record.by != me:
+                    continue
+                try:
+                    await self._move_off(record.node, "drained")
+                except MeshdError as exc:  # a full disk: the next pass tries again
+                    logger.warning("moving workloads off drained %s failed: %s", record.node, exc)
+                except Exception:  # a bug must not end the loop for good
+                    logger.exception("moving workloads off drained %s failed", record.node)
+
+    async def _move_off(self, node: str, why: str) -> list[str]:
+        fresh = [
+            p
+            for p in self.placed_on(node)
+            if (p.workload_id, p.generation) not in self._drained_moves
+        ]
+        if not fresh:
+            return []
+        self._drained_moves.update((p.workload_id, p.generation) for p in fresh)
+        return await self.replace_from(node, why, planned=True, only={p.workload_id for p in fresh})
+
+    def placed_on(self, node: str) -> list[Placement]:
+        """The workloads the view places on ``node``, by id."""
+        placed = sorted(self.core.placements().values(), key=lambda p: p.workload_id)
+        return [p for p in placed if p.owner == node and not p.removed]
+
+    async def drain(self, node: str, draining: bool) -> dict[str, Any]:
+        """``meshd node drain|undrain NODE`` accepted here: the record (durable, then
+        gossiped), and for a drain the node's workloads auctioned away from here."""
+        record = self.drains.set(node, draining)
+        if draining:  # a repeated drain moves again what is still there
+            self._drained_moves.difference_update(
+                (p.workload_id, p.generation) for p in self.placed_on(node)
+            )
+        moving = await self._move_off(node, "drained") if draining else []
+        return {
+            "node": node,
+            "draining": record.draining,
+            "version": record.version,
+            "by": record.by,
+            "moving": moving,
+            "placed": [p.workload_id for p in self.placed_on(node)],
+        }
+
+    def drain_state(self, node: str) -> dict[str, Any]:
+        """Whether ``node`` is drained, and what the view still places on it."""
+        record = self.drains.table.get(node)
+        return {
+            "node": node,
+            "draining": record is not None and record.draining,
+            "version": None if record is None else record.version,
+            "by": None if record is None else record.by,
+            "placed": [p.workload_id for p in self.placed_on(node)],
+        }
+
+    def _forget_waiting(self, aid: str, fut: asyncio.Future[Placement]) -> None:
         self._waiting.pop(aid, None)
+        # Nobody awaits it: a failed re-placement (no other node may run it) is said
+        # here, or asyncio would complain that the exception was never retrieved.
+        if not fut.cancelled() and fut.exception() is not None:
+            logger.warning("re-placing a workload failed auction=%s: %s", aid, fut.exception())
 
     def remove(self, wid: str) -> dict[str, Any]:
         """``meshd workload rm``: tombstone it mesh-wide; its owner stops and destroys it."""
@@ -626,6 +723,7 @@ class PlacementShell:
         if self._telemetry is not None:
             core.set_telemetry(self._telemetry)
         core.set_draining(self._draining)
+        core.set_maintenance(self._maintenance())
         self.core = core
         # What a restored core owes at once (its abandoned rounds, expired holds) is what
         # any later restore derives again from the store: it may wait for the disk.

@@ -74,16 +74,6 @@ class MeshPort(Protocol):
         """Send a signed message to member ``name`` (nothing if its address is unknown)."""
         ...
 
-    def sign_record(self, kind: str, body: bytes) -> bytes:
-        """``body`` as a signed record of ``kind`` that carries its author's certificate:
-        any member can check it later, whoever relays it (a fencing vote)."""
-        ...
-
-    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
-        """A signed record's body and author if its signature and certificate verify
-        and its kind is ``kind``; None otherwise (logged)."""
-        ...
-
     # -- the reliable channel (mTLS in the daemon) ---------------------------------------
 
     async def post_to(self, name: str, path: str, body: bytes) -> None:
@@ -106,6 +96,20 @@ class MeshPort(Protocol):
     def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None: ...
 
     def broadcast(self, kind: str, payload: bytes, key: str | None = None) -> None: ...
+
+    # -- signed records: relayed by anyone, authenticated by their author ----------------
+
+    def sign_record(self, kind: str, body: bytes, portable: bool = False) -> bytes:
+        """``body`` signed by this node as a record of ``kind``, to be stored and relayed
+        (by gossip, anti-entropy) long after it was made. ``portable``: in the full form,
+        carrying this node's certificate, so any member can check it even before it
+        learnt ours (a fencing vote, forwarded in the coordinator's ``Fenced``)."""
+        ...
+
+    def open_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        """A record's (body, author) if its signature verifies against a member's
+        certificate and its kind is ``kind``; None (and a log line) otherwise."""
+        ...
 
     # -- names ----------------------------------------------------------------------------
 

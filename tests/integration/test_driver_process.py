@@ -496,3 +496,28 @@ def test_parse_stat_with_a_hostile_comm() -> None:
     rest = " ".join(["S", "1", "4242", "4242"] + ["0"] * 15 + ["98765"] + ["0"] * 30)
     st = parse_stat(f"4242 (a) b) (c ) {rest}\n")
     assert (st.pid, st.state, st.session, st.starttime) == (4242, "S", 4242, 98765)
+
+
+async def test_two_meshd_on_one_host_each_kill_only_their_own_copy(tmp_path: Path) -> None:
+    """A workload moved between two meshd on one host (a drain, a re-placement, the
+    ``local`` preset) runs under the same id in both roots: destroying the old copy
+    must not kill the new one (the marker scan once matched every root's)."""
+    roots = [tmp_path / "a" / "workloads", tmp_path / "b" / "workloads"]
+    a, b = (ProcessDriver(r, lambda wid, st: None) for r in roots)
+    try:
+        for d in (a, b):
+            await d.create("w1", spec("w1", "sleep 60"))
+        old = await a.start("w1")
+        new = await b.start("w1")
+        assert old.pid is not None and new.pid is not None
+        await a.stop("w1", 5.0)
+        await a.destroy("w1")
+        st = read_stat(new.pid)
+        assert st is not None and (await b.status("w1")).state is WorkloadState.RUNNING
+        await b.start("w1")  # its own start's stray scan spares it too
+        assert (await b.status("w1")).pid == new.pid
+    finally:
+        for d in (a, b):
+            d.detach()
+        for r in roots:
+            kill_recorded(r)

@@ -106,6 +106,7 @@ from meshd.identity.revocation import RevocationList
 from meshd.metrics import Counter, Registry
 from meshd.shell.bus import Bus, MemberStateChanged, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
+from meshd.shell.drains import DRAINS_PATH
 from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
 from meshd.shell.node import start_fencing, start_shells
 from meshd.shell.placement import PlacementShell
@@ -255,15 +256,6 @@ class FakeMesh:
     def sign(self, kind: str, body: bytes) -> bytes:
         return kind.encode() + b"\n" + body  # the kind travels; authenticity by construction
 
-    def sign_record(self, kind: str, body: bytes) -> bytes:
-        return b"\n".join((b"REC", kind.encode(), self.me.encode(), body))
-
-    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
-        parts = signed.split(b"\n", 3)
-        if len(parts) != 4 or parts[0] != b"REC" or parts[1] != kind.encode():
-            return None
-        return parts[3], parts[2].decode()
-
     def send_datagram(self, channel: Channel, name: str, signed: bytes) -> None:
         if self.proc.alive:  # killed mid-step: the rest of the step sends nothing
             self.sim.send(self.me, name, Datagram(channel, signed), reliable=False)
@@ -303,6 +295,17 @@ class FakeMesh:
             return
         for peer in self.live_peers():
             self.sim.send(self.me, peer, Gossip(kind, payload, self.me), reliable=False)
+
+    def sign_record(self, kind: str, body: bytes, portable: bool = False) -> bytes:
+        # Authenticity by construction, as for datagrams; the author travels with it.
+        return kind.encode() + b"\n" + self.me.encode() + b"\n" + body
+
+    def open_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        head, _, rest = signed.partition(b"\n")
+        author, _, body = rest.partition(b"\n")
+        if head != kind.encode() or not author:
+            return None
+        return body, author.decode()
 
     async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
         self.services[name] = (port, proto)
@@ -702,6 +705,22 @@ class ShellSim:
         self._cmd(f"replace on {on} from {node}")
         proc.spawn(shell.replace_from(node, "fenced"))
 
+    def drain(self, on: str, node: str, draining: bool = True) -> None:
+        """``meshd node drain|undrain node``, accepted by ``on`` (nothing if it is down)."""
+        shell = self.nodes[on].placement
+        proc = self.nodes[on].proc
+        if shell is None or proc is None:
+            return
+        self._cmd(f"{'drain' if draining else 'undrain'} {node} on {on}")
+
+        async def run() -> None:
+            try:
+                await shell.drain(node, draining)
+            except MeshdError as exc:  # a full disk: the operator is told, nothing announced
+                self._cmd(f"drain {node} on {on} failed: {exc}")
+
+        proc.spawn(run())
+
     def arm_step(self, name: str, k: int, mode: str) -> None:
         """Crash ``name`` right after the ``k``-th message it handles from now on."""
         self._cmd(f"arm {name} crash {mode} message {k}")
@@ -875,7 +894,9 @@ class ShellSim:
                 if handler is not None:
                     handler(packet.payload, src)
             elif isinstance(packet, Post):
-                if packet.path == FENCE_PATH and node.fencing is not None:
+                if packet.path == DRAINS_PATH:
+                    node.placement.drains.receive_bundle(packet.body, src)
+                elif packet.path == FENCE_PATH and node.fencing is not None:
                     node.fencing.receive_reliable(packet.body, FAKE_CERT + src.encode())
                 elif packet.path == BMC_PATH and node.fencing is not None:
                     node.fencing.endpoints.receive(packet.body, src)

@@ -77,6 +77,7 @@ from typing import Any
 from meshd.adapters.drivers.base import Driver, OnChange, Status, WorkloadState
 from meshd.adapters.drivers.procfs import (
     boot_id,
+    environ_value,
     find_by_env,
     is_alive,
     read_stat,
@@ -96,6 +97,7 @@ _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Its processes and their children carry it, so a scan of /proc finds every one of
 # them, recorded or not (a meshd killed between the fork and writing the pid down).
 MARKER = "MESHD_RUN"
+ROOT_MARKER = "MESHD_ROOT"  # the driver root that started the process (see marked())
 TRASH = ".trash-"  # a destroyed workload's directory, renamed before it is removed
 
 _FP = "driver.process."
@@ -151,16 +153,26 @@ def purge_trash(root: Path) -> None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def marked(wid: str) -> list[tuple[int, str]]:
-    """(pid, run) of every live process started for workload ``wid``, by any meshd."""
+def marked(wid: str, root: Path) -> list[tuple[int, str]]:
+    """(pid, run) of every live process started for workload ``wid`` by a meshd whose
+    driver root is ``root`` (or by one that did not say: before ``MESHD_ROOT``).
+
+    Several meshd on one host (the ``local`` preset, tests) may each run a generation
+    of one workload id when it moves between them: a node must not kill the copy its
+    successor on the same host runs."""
     prefix = wid + ":"
-    return [(st.pid, value[len(prefix) :]) for st, value in find_by_env(MARKER, prefix)]
+    return [
+        (st.pid, value[len(prefix) :])
+        for st, value in find_by_env(MARKER, prefix)
+        if environ_value(st.pid, ROOT_MARKER) in (None, str(root))
+    ]
 
 
-def kill_marked(wid: str, keep_run: str | None = None) -> list[int]:
-    """SIGKILL every process of ``wid`` except those of run ``keep_run``; their pids."""
+def kill_marked(wid: str, root: Path, keep_run: str | None = None) -> list[int]:
+    """SIGKILL every process of ``wid`` (under ``root``) except those of run
+    ``keep_run``; their pids."""
     killed = []
-    for pid, run in marked(wid):
+    for pid, run in marked(wid, root):
         if keep_run is not None and run == keep_run:
             continue
         logger.warning("killing an untracked process of a workload id=%s pid=%s", wid, pid)
@@ -399,11 +411,11 @@ class ProcessDriver(Driver):
         if not _may_have_forked(_load(self.dir_of(wid) / "process.json")):
             return  # no fork since the directory was made: nothing of it can run
         # A scan of every process's environment (~2 ms with 150 processes): off the loop.
-        killed = await asyncio.to_thread(kill_marked, wid, keep_run)
+        killed = await asyncio.to_thread(kill_marked, wid, self.root, keep_run)
         deadline = time.monotonic() + self.kill_wait_s
         while killed and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-            left = {pid for pid, _ in marked(wid)}
+            left = {pid for pid, _ in marked(wid, self.root)}
             killed = [pid for pid in killed if pid in left]
         if killed:
             raise DriverError(
@@ -422,7 +434,7 @@ class ProcessDriver(Driver):
         run = rec.get("run")
         leaders = []
         if rec.get("boot_id") == self.boot_id:
-            for pid, r in marked(wid):
+            for pid, r in marked(wid, self.root):
                 st = read_stat(pid)
                 if r == run and st is not None and st.session == pid:
                     leaders.append(st)
@@ -478,6 +490,7 @@ class ProcessDriver(Driver):
         env = {"PATH": os.environ.get("PATH") or _FALLBACK_PATH, "HOME": str(d), "LANG": "C.UTF-8"}
         run = secrets.token_hex(8)
         env |= {"MESHD_WORKLOAD_ID": wid, "MESHD_WORKLOAD_NAME": spec.name, **spec.env}
+        env[ROOT_MARKER] = str(self.root)
         env[MARKER] = f"{wid}:{run}"
         argv = shlex.split(spec.command or "")
         # The intent goes to disk before the fork: a meshd that dies after it finds the

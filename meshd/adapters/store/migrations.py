@@ -241,6 +241,18 @@ CREATE TABLE fence_log (
 ) STRICT;
 """
 
+# Maintenance drains (meshd.core.drain): the newest signed record per member, as
+# accepted from the operator or a peer; every node keeps every member's.
+_DRAINS = """
+CREATE TABLE drains (
+    node     TEXT PRIMARY KEY,
+    draining INTEGER NOT NULL,
+    version  INTEGER NOT NULL,
+    by       TEXT NOT NULL,
+    signed   BLOB NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
@@ -248,6 +260,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "write probe", _WRITE_PROBE),
     Migration(5, "mesh keys", _MESH_KEYS),
     Migration(6, "fence log", _FENCE_LOG),
+    Migration(7, "drains", _DRAINS),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

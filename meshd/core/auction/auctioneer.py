@@ -238,6 +238,14 @@ class Auctioneer:
         """
         self._book.unwritable = None if reason is None else clip(reason)
 
+    def set_maintenance(self, reason: str | None) -> None:
+        """Why the operator drained this node (None: it may bid again).
+
+        Meanwhile the node bids on nothing and refuses every award, saying why; what it
+        already holds stays until a newer generation is placed elsewhere.
+        """
+        self._book.maintenance = None if reason is None else clip(reason)
+
     @property
     def unwritable(self) -> str | None:
         return self._book.unwritable

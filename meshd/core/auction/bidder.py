@@ -19,6 +19,8 @@ strict:
   refuses every award: it could persist neither the hold nor the allocation. A
   repeated award of an allocation it committed before is still accepted: that one is
   on disk.
+* A node the operator drained (``maintenance``, from the shell: ``meshd node drain``)
+  bids nothing and refuses every award, like a witness, until it is undrained.
 * A released allocation's resources stay counted (``draining``, from the shell) until
   the runner has destroyed its workload: nothing is offered again before it is gone.
 * A repeated award is answered again without a second commit; an award for a
@@ -131,6 +133,9 @@ class Bidder:
         # Why this node's store can't write (None: it can). Then it bids nothing and
         # accepts no award: it could not persist the hold or the allocation first.
         self.unwritable: str | None = None
+        # Why the operator drained this node (None: not drained). Then it bids nothing
+        # and accepts no award (``meshd node drain``; meshd.core.drain).
+        self.maintenance: str | None = None
         self._oc = scoring.Overcommit.from_config(cfg)
         self.limit = scoring.limit(capacity, self._oc)
         self.telemetry: Telemetry | None = None
@@ -256,6 +261,8 @@ class Bidder:
         unmet = self._unmet(req.requirements)
         if self.witness:
             v = scoring.Verdict(scoring.NO_BID, "witness runs no workloads", 0)
+        elif self.maintenance is not None:
+            v = scoring.Verdict(scoring.NO_BID, self.maintenance, 0)
         elif self.unwritable is not None:
             v = scoring.Verdict(scoring.NO_BID, self.unwritable, 0)
         elif wid in self.allocs:
@@ -303,6 +310,7 @@ class Bidder:
         if placed is not None and placed.generation >= gen:
             return f"generation {placed.generation} is already placed on {placed.owner}"
         why: str | None = "witness runs no workloads" if self.witness else self.unwritable
+        why = why or self.maintenance
         if why is None:  # an award carries the whole spec: judge it, not the request
             why = self._unmet(Requirements.of(w.spec))
         if why is None:
