@@ -19,7 +19,10 @@ common case, 2 of 3) and times the cut until the emulator reports that node Off:
 
 * ``cut_to_off_s`` per setting (``shipped``: Debian's corosync.conf with no token set;
   ``token_<N>ms``: ``token: N`` in totem, as an operator tunes it): min / median / max
-  over ``--runs`` runs, with corosync's effective token and consensus (ms);
+  over ``--runs`` runs, with corosync's effective token and consensus (ms), and where
+  the time goes from the DC's own logs: ``membership_s`` (corosync forms the new
+  membership) and ``fence_requested_s`` (pacemaker-controld asks for the fence), the
+  rest being the fencer and ``fence_redfish``;
 * ``minority_reaches_bmc`` with ``no-quorum-policy=stop`` and ``=ignore``: one node cut
   off from its peers while it still reaches every BMC, once a non-DC node and once the
   DC (with ``ignore`` both sides fence and the first Off wins; the side that keeps its
@@ -286,7 +289,7 @@ def cut_to_off(
         )
         watch.arm(nodes)
         hosts[victim_i].link(False)
-        cut = time.monotonic()
+        cut, wall_cut = time.monotonic(), time.time()
         end = cut + FENCE_TIMEOUT_S
         while (off := watch.off(victim.name)) is None and time.monotonic() < end:
             time.sleep(0.01)
@@ -299,7 +302,32 @@ def cut_to_off(
             "consensus_ms": consensus,
             "others_off": others_off,
             "fenced": fence_log(nodes),
+            # Where the time goes, from the DC's own logs (ms timestamps, this clock):
+            "membership_s": since(
+                wall_cut, dc, "var-log-corosync/corosync.log", "A new membership"
+            ),
+            "fence_requested_s": since(
+                wall_cut, dc, "var-log-pacemaker/pacemaker.log", "Requesting fencing"
+            ),
         }
+
+
+LOG_STAMP = re.compile(r"^(\w{3} \d{2} \d{2}:\d{2}:\d{2}\.\d{3})")
+
+
+def since(wall_cut: float, node: Node, log: str, words: str) -> float | None:
+    """Seconds from the cut to the first line of ``log`` saying ``words`` after it."""
+    year = time.localtime(wall_cut).tm_year
+    with contextlib.suppress(OSError):
+        for line in (node.dir / log).read_text(errors="replace").splitlines():
+            stamp = LOG_STAMP.match(line)
+            if stamp is None or words not in line:
+                continue
+            at = time.mktime(time.strptime(f"{year} {stamp.group(1)[:-4]}", "%Y %b %d %H:%M:%S"))
+            at += int(stamp.group(1)[-3:]) / 1000
+            if at >= wall_cut:
+                return round(at - wall_cut, 3)
+    return None
 
 
 def minority(
@@ -405,6 +433,7 @@ def main() -> int:
                 for token_ms in settings:
                     name = "shipped" if token_ms is None else f"token_{token_ms}ms"
                     times: list[float] = []
+                    phases: dict[str, list[float]] = {"membership_s": [], "fence_requested_s": []}
                     failed = 0
                     effective: dict[str, Any] = {}
                     for run in range(1, args.runs + 1):
@@ -420,11 +449,19 @@ def main() -> int:
                             failed += 1
                         else:
                             times.append(got["seconds"])
+                        for key, values in phases.items():
+                            if got[key] is not None:
+                                values.append(got[key])
                     emit(
                         "cut_to_off_s",
                         setting=name,
                         **effective,
                         **summary(times),
+                        **{
+                            f"median_{k}": round(statistics.median(v), 3)
+                            for k, v in phases.items()
+                            if v
+                        },
                         failed=failed,
                         delay_s=0,
                     )
