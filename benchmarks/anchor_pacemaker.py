@@ -128,8 +128,11 @@ class PowerWatch:
 
     def _reads_off(self, name: str) -> bool:
         for _ in range(50):  # 0 s delay: Off on the next read; allow a slow machine
-            if self.emu.power(name) == "Off":
-                return True
+            # A read that fails is retried: the run reports no Off rather than the
+            # watcher dying (urllib's errors are OSErrors).
+            with contextlib.suppress(OSError):
+                if self.emu.power(name) == "Off":
+                    return True
             time.sleep(0.02)
         return False
 
