@@ -14,11 +14,14 @@ node and reports it Off, that node's namespaces are killed (every process of it,
 namespace's init), as a blade losing power would.
 
 Each run boots a fresh cluster with the setting's corosync.conf, configures stonith once
-all 3 nodes are online, then sets one node's cluster veth down (a non-DC node: the
-common case, 2 of 3) and times the cut until the emulator reports that node Off:
+all 3 nodes are online (``stonith-action=off``: the shipped ``reboot`` would power the
+node on again; meshd powers off; every other option shipped), then sets one node's
+cluster veth down (a non-DC node: the common case, 2 of 3) and times the cut until the
+emulator reports that node Off:
 
 * ``cut_to_off_s`` per setting (``shipped``: Debian's corosync.conf with no token set;
-  ``token_<N>ms``: ``token: N`` in totem, as an operator tunes it): min / median / max
+  ``token_<N>ms``: ``token: N`` and ``token_coefficient: 0`` in totem, so the token is
+  N as LAB-NOTES' tuned figures have it): min / median / max
   over ``--runs`` runs, with corosync's effective token and consensus (ms), and where
   the time goes from the DC's own logs: ``membership_s`` (corosync forms the new
   membership) and ``fence_requested_s`` (pacemaker-controld asks for the fence), the
