@@ -290,6 +290,40 @@ def peer_states(d: Daemon) -> dict[str, str]:
         return {}
 
 
+def workloads(d: Daemon) -> dict[str, dict[str, Any]]:
+    return {w["workload"]: w for w in d.api("GET", "/v1/workloads")}
+
+
+def submit_sleepers(d: Daemon, n: int) -> dict[str, str]:
+    """``n`` process workloads (`sleep 9000<k>`: the argument tells them apart in
+    /proc); returns workload id -> the sleep argument."""
+    marks = {}
+    for k in range(n):
+        arg = f"9000{k}"
+        body = {
+            "name": f"sleeper{k}",
+            "driver": "process",
+            "command": f"sleep {arg}",
+            "cpus": 1,
+            "memory": 32 * 1024 * 1024,
+        }
+        marks[d.api("POST", "/v1/workloads", body)["workload"]] = arg
+    return marks
+
+
+def running_in(blade: Blade, arg: str) -> int:
+    """How many `sleep ARG` processes run in ``blade``'s namespace."""
+    count = 0
+    for pid in ns_pids(blade.ns):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", arg.encode()] or argv[-2:-1] == [arg.encode()]:
+            count += 1
+    return count
+
+
 class PowerWatch:
     """Power the blades' namespaces from the emulator's power state; see the module doc."""
 

@@ -30,7 +30,15 @@ from typing import Any
 import pytest
 
 from tests.e2e import netns
-from tests.e2e.blades import Blade, Chassis, chassis, ns_pids, peer_states
+from tests.e2e.blades import (
+    Blade,
+    Chassis,
+    chassis,
+    peer_states,
+    running_in,
+    submit_sleepers,
+    workloads,
+)
 
 try:
     from tests.integration.daemon import MESHD, Daemon, wait_for
@@ -84,40 +92,6 @@ def events(d: Daemon, prefix: str) -> list[dict[str, Any]]:
     except Exception:
         return []
     return [e for e in rows if str(e["kind"]).startswith(prefix)]
-
-
-def workloads(d: Daemon) -> dict[str, dict[str, Any]]:
-    return {w["workload"]: w for w in d.api("GET", "/v1/workloads")}
-
-
-def submit_sleepers(d: Daemon, n: int) -> dict[str, str]:
-    """``n`` process workloads (`sleep 9000<k>`: the argument tells them apart in
-    /proc); returns workload id -> the sleep argument."""
-    marks = {}
-    for k in range(n):
-        arg = f"9000{k}"
-        body = {
-            "name": f"sleeper{k}",
-            "driver": "process",
-            "command": f"sleep {arg}",
-            "cpus": 1,
-            "memory": 32 * 1024 * 1024,
-        }
-        marks[d.api("POST", "/v1/workloads", body)["workload"]] = arg
-    return marks
-
-
-def running_in(blade: Blade, arg: str) -> int:
-    """How many `sleep ARG` processes run in ``blade``'s namespace."""
-    count = 0
-    for pid in ns_pids(blade.ns):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[:2] == [b"sleep", arg.encode()] or argv[-2:-1] == [arg.encode()]:
-            count += 1
-    return count
 
 
 def fenced_by_majority(lab: Chassis, victim: Blade, survivors: list[Blade]) -> None:
