@@ -63,6 +63,7 @@ class Channel(IntEnum):
     DHT = 1
     MEMBERSHIP = 2
     AUCTION = 3
+    FENCING = 4
 
 
 class DatagramMux(asyncio.DatagramProtocol):

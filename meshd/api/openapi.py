@@ -92,7 +92,9 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "address": {"type": "string"},
-            "state": {"enum": ["alive", "suspect", "dead", "fenced", "left"]},
+            "state": {
+                "enum": ["alive", "suspect", "dead", "fencing", "fenced", "fence-failed", "left"]
+            },
             "incarnation": {"type": "integer"},
             "node_id": {"type": "string"},
         },
@@ -593,6 +595,55 @@ def document() -> dict[str, Any]:
                         **_ERRORS,
                     },
                 },
+            },
+            "/v1/fence": {
+                "get": {
+                    "summary": "Fence votes, decisions and their evidence, per node with a "
+                    "fence episode (meshd fence status)",
+                    "responses": {
+                        "200": _ok(
+                            "node, voters, needed, nodes: [{node, state, epoch, round, "
+                            "coordinator, votes, needed, attempts, reachable, evidence}]",
+                            json_obj,
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/fence/confirm": {
+                "post": {
+                    "summary": "The operator's word that a node is off when its BMC can't "
+                    "say (local operator or admin); only after a fence reached quorum and "
+                    "failed; its workloads then run elsewhere",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["node"],
+                                    "properties": {"node": {"type": "string"}},
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": _ok("node, state", json_obj), **_ERRORS},
+                }
+            },
+            "/v1/mesh/fence": {
+                "post": {
+                    "summary": "Mesh-internal: a fencing outcome with its signed votes "
+                    "(nodes only)",
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
+            },
+            "/v1/mesh/bmc": {
+                "post": {
+                    "summary": "Mesh-internal: a member shares its own BMC endpoint with "
+                    "this node (nodes only; kept 0600; never answered back)",
+                    "requestBody": {"content": {"application/json": {}}},
+                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
+                }
             },
             "/v1/bmc/check": {
                 "post": {

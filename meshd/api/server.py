@@ -56,6 +56,7 @@ from meshd.identity.files import NodeIdentity
 from meshd.identity.revocation import RevocationList
 from meshd.metrics import Registry
 from meshd.shell import ca_custody
+from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
 from meshd.shell.gate import CERTS_PATH
 from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
@@ -81,6 +82,7 @@ class NodeView(Protocol):
     mesh: Mesh | None
     placement: PlacementShell | None
     runner: WorkloadRunner | None
+    fencing: FencingShell | None
 
     def status(self) -> dict[str, Any]: ...
 
@@ -112,6 +114,8 @@ NODE_ROUTES = frozenset(
         ("GET", KEYS_PATH),
         ("GET", CERTS_PATH),
         ("POST", ca_custody.PROMOTE_PATH),
+        ("POST", FENCE_PATH),
+        ("POST", BMC_PATH),
     }
 )
 # Handing out the CA key: the local operator or an admin certificate, never a node
@@ -124,6 +128,8 @@ OPERATOR_ROUTES = frozenset(
         ("GET", "/v1/bmc"),
         ("POST", "/v1/bmc"),
         ("POST", "/v1/bmc/check"),
+        # The operator's word that a node is off: the mesh then runs its VMs elsewhere.
+        ("POST", "/v1/fence/confirm"),
     }
 )
 # What a member's `node` certificate may not do on another node: a node's certificate
@@ -216,6 +222,10 @@ class Api:
         app.router.add_get("/v1/bmc", self.bmc_show)
         app.router.add_post("/v1/bmc", self.bmc_set)
         app.router.add_post("/v1/bmc/check", self.bmc_check)
+        app.router.add_get("/v1/fence", self.fence_status)
+        app.router.add_post("/v1/fence/confirm", self.fence_confirm)
+        app.router.add_post(FENCE_PATH, self.mesh_fence)
+        app.router.add_post(BMC_PATH, self.mesh_bmc)
         return app
 
     # -- middlewares -----------------------------------------------------------------
@@ -416,7 +426,12 @@ class Api:
         return self.node.mesh
 
     async def peers(self, request: web.Request) -> web.Response:
-        return web.json_response(self._mesh().peers())
+        rows = self._mesh().peers()
+        fencing = self.node.fencing
+        if fencing is not None:  # dead -> fencing -> fenced | fence-failed
+            for row in rows:
+                row["state"] = fencing.state(row["name"]) or row["state"]
+        return web.json_response(rows)
 
     async def services_list(self, request: web.Request) -> web.Response:
         return web.json_response(services.all_services(self.node.store))
@@ -679,6 +694,13 @@ class Api:
         endpoint = BmcEndpoint.from_json(await _json_body(request))
         stored = await asyncio.to_thread(bmc_files.save, self.node.cfg.data_dir, endpoint)
         public = stored.public()
+        if self.node.fencing is not None and self.node.mesh is not None:
+            # The node that fences this one needs it, once this one is dead.
+            asyncio.get_running_loop().create_task(
+                self.node.fencing.endpoints.share_with(
+                    self.node.mesh, sorted(self.node.mesh.live_peers())
+                )
+            )
         self.node.store.append_event(self.node.clock(), "bmc.set", self.node.ident.name, public)
         logger.info("bmc set url=%s system=%s", public["url"], public["system"])
         return web.json_response({"configured": True, **public})
@@ -701,6 +723,36 @@ class Api:
             self.node.clock(), "bmc.checked", self.node.ident.name, summary
         )
         return web.json_response(doc)
+
+    # -- fencing (meshd fence status / confirm; the mesh's own fencing traffic) ------------
+
+    def _fencing(self) -> FencingShell:
+        if self.node.fencing is None:
+            raise DaemonError("fencing is not running yet; retry in a moment")
+        return self.node.fencing
+
+    async def fence_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._fencing().status())
+
+    async def fence_confirm(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        name = body.get("node")
+        if not isinstance(name, str) or not name:
+            raise BadRequest('say which node is off: {"node": NAME}')
+        return web.json_response(self._fencing().confirm(name))
+
+    async def mesh_fence(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._fencing().receive_reliable(body, _peer_cert(request))
+        return web.Response(status=204)
+
+    async def mesh_bmc(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            self._fencing().endpoints.receive(body, request["peer"].name)
+        except MeshdError as exc:
+            raise BadRequest(f"malformed BMC endpoint: {exc}") from exc
+        return web.Response(status=204)
 
 
 def _peer_cert(request: web.Request) -> bytes:

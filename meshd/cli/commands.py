@@ -257,6 +257,41 @@ def cmd_bmc_check(args: argparse.Namespace) -> int:
     return 1 if doc.get("error") else 0
 
 
+# -- fence: status, confirm ------------------------------------------------------------
+
+
+def cmd_fence_status(args: argparse.Namespace) -> int:
+    doc = client(args).request("GET", "/v1/fence")
+    if args.json:
+        output.emit_json(doc)
+        return 0
+    output.emit_text(
+        f"voters {len(doc['voters'])} ({', '.join(doc['voters'])}); a fence needs {doc['needed']}"
+    )
+    rows = [
+        {
+            **row,
+            "votes": f"{len(row['votes'])}/{row['needed']}",
+            "evidence": row.get("evidence") or "",
+        }
+        for row in doc["nodes"]
+    ]
+    if rows:
+        _listing(args, rows, ["node", "state", "epoch", "coordinator", "votes", "evidence"])
+    else:
+        output.emit_text("no node is being fenced or was fenced")
+    return 0
+
+
+def cmd_fence_confirm(args: argparse.Namespace) -> int:
+    doc = client(args).request("POST", "/v1/fence/confirm", {"node": args.node})
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"{doc['node']} is {doc['state']}: its workloads are placed again")
+    return 0
+
+
 # -- ca: promote, backup, restore -----------------------------------------------------
 
 

@@ -186,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b, json_flag=True)
     b.set_defaults(func=commands.cmd_bmc_check)
 
+    p = sub.add_parser("fence", help="fencing: dead nodes powered off by quorum")
+    fsub = p.add_subparsers(dest="fence_command", metavar="ACTION", required=True)
+    f = fsub.add_parser(
+        "status",
+        help="fence votes, decisions and their evidence",
+        description="Every node with a fence episode as this node knows it: its state "
+        "(dead, fencing, fenced, fence-failed), the epoch, the ballot's coordinator, the "
+        "votes counted and how many a majority of the roster needs, this node's "
+        "power-off attempts, and the evidence (a verified Off, an operator's confirm) or "
+        "why it failed.",
+    )
+    _common(f, json_flag=True)
+    f.set_defaults(func=commands.cmd_fence_status)
+    f = fsub.add_parser(
+        "confirm",
+        help="the operator's word that NODE is off when its BMC can't be reached",
+        description="Accepted only after a fence of NODE reached a quorum and failed "
+        "(`meshd fence status` says fence-failed): it replaces the BMC's verification, "
+        "never the quorum. Make sure NODE is off first (pull its power): its workloads "
+        "are then started elsewhere.",
+    )
+    _common(f, json_flag=True)
+    f.add_argument("node", metavar="NODE")
+    f.set_defaults(func=commands.cmd_fence_confirm)
+
     p = sub.add_parser("node", help="the mesh's roster")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("remove", help="revoke a node; it is refused everywhere (CA holders)")

@@ -4,6 +4,9 @@ Layout::
 
     identity/bmc.json     the endpoint, password included        (0600)
     identity/bmc-ca.pem   a copy of the CA the operator named      (0644)
+    identity/bmc-peers/NAME.json, NAME-ca.pem
+                          every member's endpoint, as that member shared it over mTLS
+                          (the node that fences NAME needs it once NAME is dead)
 
 Written like the node's keys (:func:`meshd.identity.files.write_private`: a temporary
 file with its final mode, fsync, rename) and then the directory is fsynced, so a
@@ -78,6 +81,60 @@ def save(data_dir: Path, endpoint: BmcEndpoint) -> BmcEndpoint:
     finally:
         os.close(fd)
     return endpoint
+
+
+def _peers_dir(data_dir: Path) -> Path:
+    return identity_dir(data_dir) / "bmc-peers"
+
+
+def save_peer(data_dir: Path, name: str, endpoint: BmcEndpoint, ca_pem: bytes | None) -> None:
+    """Keep member ``name``'s endpoint (0600), with its CA certificate if it has one."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"bad member name for a BMC endpoint: {name[:40]!r}")
+    d = _peers_dir(data_dir)
+    ensure_private_dir(d)
+    ca_file = None
+    if ca_pem is not None:
+        if len(ca_pem) > MAX_CA_BYTES:
+            raise ConfigError(f"the BMC CA of {name} is larger than {MAX_CA_BYTES} bytes")
+        try:
+            x509.load_pem_x509_certificates(ca_pem)
+        except ValueError:
+            raise ConfigError(f"the BMC CA of {name} holds no PEM certificate") from None
+        ca_path = d / f"{name}-ca.pem"
+        write_private(ca_path, ca_pem, 0o644)
+        ca_file = str(ca_path)
+    kept = BmcEndpoint(
+        endpoint.url,
+        endpoint.user,
+        endpoint.password,
+        endpoint.system,
+        ca_file,
+        endpoint.insecure,
+    ).validate()
+    write_private(d / f"{name}.json", json.dumps(kept.to_json(), sort_keys=True).encode())
+
+
+def load_peer(data_dir: Path, name: str) -> BmcEndpoint | None:
+    """Member ``name``'s endpoint as it shared it; None when it never did."""
+    p = _peers_dir(data_dir) / f"{name}.json"
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"can't read {p}: {exc.strerror}") from exc
+    try:
+        return BmcEndpoint.from_json(json.loads(raw))
+    except ValueError:
+        raise ConfigError(f"{p} is not valid JSON") from None
+
+
+def own_ca(endpoint: BmcEndpoint) -> bytes | None:
+    """The CA certificate this node's endpoint names (the stored copy), if any."""
+    if endpoint.ca_file is None:
+        return None
+    return Path(endpoint.ca_file).read_bytes()
 
 
 def read_ca(src: Path) -> bytes:

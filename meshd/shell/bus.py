@@ -45,6 +45,16 @@ class DrainingChanged:
     resources: Resources
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStateChanged:
+    """Membership's view of another member changed (``alive|suspect|dead|left``)."""
+
+    name: str
+    state: str
+    incarnation: int
+    previous: str | None
+
+
 class Bus:
     def __init__(self) -> None:
         self._handlers: dict[type, list[Callable[[Any], None]]] = defaultdict(list)

@@ -91,6 +91,19 @@ class Gate:
         """``body`` signed in the full form: it carries our certificate."""
         return self.signer.sign(kind, body, self.ctx.clock())
 
+    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        """A signed record's (body, author), checked against the CA and the revocations
+        but not for freshness (records are relayed and kept); None if it fails."""
+        try:
+            msg = self.verifier.verify(signed, self.ctx.clock(), fresh=False)
+        except EnvelopeError as exc:
+            logger.debug("a signed %s record does not verify: %s", kind, exc)
+            return None
+        if msg.kind != kind:
+            logger.debug("a signed record of kind %s where %s was expected", msg.kind, kind)
+            return None
+        return msg.body, msg.author
+
     def knows(self, node_id: str) -> bool:
         return self.verifier.knows(node_id)
 

@@ -50,6 +50,7 @@ from meshd.errors import MeshdError
 from meshd.identity import pki
 from meshd.metrics import Counter
 from meshd.shell.alarm import Alarm
+from meshd.shell.bus import MemberStateChanged
 from meshd.shell.context import NodeContext
 from meshd.shell.gate import CERTS_PATH, Gate
 from meshd.shell.introductions import Introductions
@@ -260,6 +261,12 @@ class Mesh:
     def sign(self, kind: str, body: bytes) -> bytes:
         return self.gate.sign(kind, body)
 
+    def sign_record(self, kind: str, body: bytes) -> bytes:
+        return self.gate.sign_full(kind, body)
+
+    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        return self.gate.verify_record(kind, signed)
+
     # -- the rest of the mesh port of the other shells (meshd.shell.ports.MeshPort) ----
 
     def on_datagram(
@@ -405,6 +412,14 @@ class Mesh:
             m.name,
             *m.address,
             m.incarnation,
+        )
+        self.ctx.bus.publish(
+            MemberStateChanged(
+                m.name,
+                str(m.state),
+                m.incarnation,
+                None if ch.previous is None else str(ch.previous),
+            )
         )
         if not m.state.live:  # it may come back reinstalled: introduce us again
             self._introductions.forget(m.address)

@@ -33,6 +33,7 @@ from aiohttp import web
 from meshd import __version__
 from meshd.adapters import telemetry, tls
 from meshd.adapters.drivers.registry import make_drivers
+from meshd.adapters.redfish import RedfishClient
 from meshd.adapters.store import probe, roster
 from meshd.adapters.store.db import Store
 from meshd.api.listener import Budget, Listener
@@ -41,14 +42,16 @@ from meshd.api.server import Api
 from meshd.config import Config
 from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
+from meshd.identity import bmc as bmc_files
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
 from meshd.shell import loop_errors
 from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
+from meshd.shell.fencing import EndpointBook, FencingShell, boot_clock
 from meshd.shell.mesh import Mesh
 from meshd.shell.placement import PlacementShell
-from meshd.shell.ports import MeshPort
+from meshd.shell.ports import BmcPort, MeshPort
 from meshd.shell.workloads import DriverFactory, WorkloadRunner
 from meshd.units import format_hostport, parse_hostport
 
@@ -194,6 +197,34 @@ def start_shells(
     return placement, runner
 
 
+def start_fencing(
+    ctx: NodeContext,
+    mesh: MeshPort,
+    placement: PlacementShell,
+    bmc: BmcPort,
+    bmc_clock: Callable[[], float],
+    clock: Callable[[], float] = boot_clock,
+) -> FencingShell:
+    """Build and start the fencing shell (daemon and simulator alike): votes on ``mesh``,
+    power-offs through ``bmc``, re-placement through ``placement``."""
+    data_dir = ctx.cfg.data_dir
+    book = EndpointBook(
+        lambda: bmc_files.load(data_dir),
+        bmc_files.own_ca,
+        lambda name: bmc_files.load_peer(data_dir, name),
+        lambda name, endpoint, ca: bmc_files.save_peer(data_dir, name, endpoint, ca),
+        ctx.ident.name,
+    )
+
+    def owned_by(node: str) -> list[str]:
+        placed = placement.core.placements().values()
+        return [p.workload_id for p in placed if p.owner == node and not p.removed]
+
+    fencing = FencingShell(ctx, mesh, bmc, bmc_clock, placement.replace_from, owned_by, book, clock)
+    fencing.start()
+    return fencing
+
+
 class Node:
     def __init__(
         self,
@@ -221,6 +252,7 @@ class Node:
         self.mesh: Mesh | None = None
         self.placement: PlacementShell | None = None
         self.runner: WorkloadRunner | None = None
+        self.fencing: FencingShell | None = None
         # False until start-up has finished: /v1/health answers 503 "starting" till then.
         self.ready = False
         self._socket_path = cfg.socket_path
@@ -293,6 +325,8 @@ class Node:
         seeds = await _resolve_seeds(candidates, self.address)
         await self.mesh.start(parse_hostport(self.address, "address"))
         self.placement, self.runner = start_shells(self.ctx, self.mesh)
+        redfish = RedfishClient(self.cfg.bmc)
+        self.fencing = start_fencing(self.ctx, self.mesh, self.placement, redfish, redfish.clock)
         self.mesh.join(seeds)  # last: once others hear of us, we are all there
         self.store.set_meta("address", self.address)
         self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
@@ -346,6 +380,8 @@ class Node:
         self.ready = False
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.fencing is not None:
+            self.fencing.stop()
         if self.runner is not None:
             await self.runner.stop()  # workloads keep running: they outlive the daemon
         if self.placement is not None:

@@ -74,6 +74,16 @@ class MeshPort(Protocol):
         """Send a signed message to member ``name`` (nothing if its address is unknown)."""
         ...
 
+    def sign_record(self, kind: str, body: bytes) -> bytes:
+        """``body`` as a signed record of ``kind`` that carries its author's certificate:
+        any member can check it later, whoever relays it (a fencing vote)."""
+        ...
+
+    def verify_record(self, kind: str, signed: bytes) -> tuple[bytes, str] | None:
+        """A signed record's body and author if its signature and certificate verify
+        and its kind is ``kind``; None otherwise (logged)."""
+        ...
+
     # -- the reliable channel (mTLS in the daemon) ---------------------------------------
 
     async def post_to(self, name: str, path: str, body: bytes) -> None:

@@ -38,6 +38,7 @@ TABLES = {
     "services",
     "events",
     "write_probe",  # migration 4: the health probe's one row
+    "fence_log",  # migration 6: the fencing core's records
 }
 
 

@@ -230,12 +230,24 @@ CREATE TABLE write_probe (
 ) STRICT;
 """
 
+# The fencing core's promises and decisions (meshd.core.fencing.records), in the order
+# they were made: grants, ballots, decisions, outcomes; folded at start-up. (The initial
+# schema's fence_records table, made before the core existed, stays unused.)
+_FENCE_LOG = """
+CREATE TABLE fence_log (
+    id   INTEGER PRIMARY KEY,
+    at   REAL NOT NULL,
+    body BLOB NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
     Migration(3, "auction records by age", _AUCTION_RECORDS_BY_AGE),
     Migration(4, "write probe", _WRITE_PROBE),
     Migration(5, "mesh keys", _MESH_KEYS),
+    Migration(6, "fence log", _FENCE_LOG),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
