@@ -205,7 +205,7 @@ def bench_starvation(args: argparse.Namespace) -> None:
             end = time.monotonic() + args.starve_minutes * 60
             while time.monotonic() < end:
                 blade = rng.choice(lab.blades)
-                pid = blade.daemon.pid
+                pid = blade.daemon.main_pid()
                 os.kill(pid, signal.SIGSTOP)
                 try:
                     time.sleep(args.stop_s)

@@ -32,6 +32,7 @@ import pickle
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,7 @@ except ImportError:  # pragma: no cover - tests/integration on sys.path instead
     from daemon import Daemon, Mesh  # type: ignore[no-redef]
     from sushy import Emulator, system_uuid  # type: ignore[no-redef]
 
+INIT = Path(__file__).with_name("blade_init.py")
 PORT = 7946
 BMC_HOST = 254  # the emulator's address on the BMC network: <bmc subnet>.254
 CAPACITY = ("--cpus", "4", "--memory", "4GiB", "--disk", "20GiB")
@@ -77,6 +79,29 @@ def ns_pids(ns: str) -> list[int]:
 
 
 @dataclass
+class BladeDaemon(Daemon):
+    """A blade's daemon: ``meshd run`` as pid 1 of a PID namespace of its own
+    (blade_init.py), so blades see only their own processes, as separate machines do.
+    CLI commands run in the blade's network namespace only."""
+
+    def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
+        cli_prefix = self.prefix
+        self.prefix = (*cli_prefix, sys.executable, str(INIT))
+        try:
+            return super().spawn(*extra)
+        finally:
+            self.prefix = cli_prefix
+
+    def main_pid(self) -> int:
+        """The ``meshd run`` process itself (blade_init's child), for SIGSTOP."""
+        task = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        children = task.read_text().split()
+        if not children:
+            raise AssertionError(f"{self.name}: blade_init {self.pid} has no child")
+        return int(children[0])
+
+
+@dataclass
 class Blade:
     name: str
     ns: str
@@ -84,7 +109,7 @@ class Blade:
     bmc_addr: str
     switch_ns: str
     veth: str  # this blade's mesh port, on the mesh switch
-    daemon: Daemon
+    daemon: BladeDaemon
     run_args: tuple[str, ...] = ()
 
     @property
@@ -168,8 +193,8 @@ class Chassis:
             _ip("addr", "add", f"{bmc_addr}/24", "dev", "eth1", ns=ns)
             _ip("link", "set", "eth0", "up", ns=ns)
             _ip("link", "set", "eth1", "up", ns=ns)
-            daemon = self.mesh.daemon(name, preset="lan")
-            daemon.prefix = ("ip", "netns", "exec", ns)
+            daemon = BladeDaemon(name, self.base / name, "lan", prefix=("ip", "netns", "exec", ns))
+            self.mesh.daemons.append(daemon)
             self.blades.append(Blade(name, ns, mesh_addr, bmc_addr, self.switch, f"m{i}", daemon))
 
     def start_emulator(self, systems: Sequence[str], delay_s: int | None) -> Emulator:

@@ -130,6 +130,10 @@ def test_blades_reach_their_bmcs_and_a_cut_isolates_one(base: Path) -> None:
             assert lab.fence_redfish(b.name, "status") == (0, "Status: ON\n")
 
         b1, b2, b3 = lab.blades
+        assert lab.watch is not None
+        # A cut: b3 and its peers lose each other, and b3 still reaches its BMC. (With
+        # fencing, the majority may power b3 off meanwhile: keep it running to look.)
+        lab.watch.unwired.add("b3")
         b3.cut()
         wait_for(
             "b1 and b2 to stop seeing b3 alive, and b3 them",
@@ -141,22 +145,18 @@ def test_blades_reach_their_bmcs_and_a_cut_isolates_one(base: Path) -> None:
             15,
         )
         assert peer_states(b1.daemon).get("b2") == "alive"
-        # Cut from its peers, b3 still reaches its BMC.
         out = b3.daemon.cli("bmc", "check", "--json")
-        assert out.returncode == 0 and json.loads(out.stdout)["power_state"] == "On"
-        b3.heal()
-        lab.wait_alive(["b1", "b2", "b3"], 30)
+        assert json.loads(out.stdout)["reachable"] is True, out
 
-        # The power switch: an Off from an outside client ends everything on the blade.
+        # The power switch: Off (from an outside client, if the mesh has not already
+        # fenced b3) ends everything on the blade.
+        lab.watch.unwired.discard("b3")
         assert b3.daemon.running and b3.pids()
         code, out = lab.fence_redfish("b3", "off")
         assert code == 0, out
         wait_for("b3's namespace to be empty", lambda: not b3.pids(), 10)
         assert not b3.daemon.running
-        code, out = lab.fence_redfish("b3", "on")
-        assert code == 0, out
-        b3.boot()
-        wait_for("b3 alive again", lambda: peer_states(b1.daemon).get("b3") == "alive", 30)
+        assert b1.daemon.running and b2.daemon.running
 
 
 # -- fencing --------------------------------------------------------------------------------
@@ -226,7 +226,8 @@ def test_a_cut_blade_is_fenced_once_its_workloads_move_and_it_rejoins_clean(
         time.sleep(2.0)  # a stale copy would have been started by now
         for wid, arg in marks.items():
             assert running_in(victim, arg) == 0, f"stale copy of {wid} runs on {victim.name}"
-            assert sum(running_in(b, arg) for b in lab.blades) == 1, wid
+            views = {b.name: workloads(b.daemon).get(wid) for b in lab.blades}
+            assert sum(running_in(b, arg) for b in lab.blades) == 1, (wid, views)
         view = workloads(victim.daemon)
         assert all(view[wid]["state"] == "running" for wid in marks), view
         assert lab.resets(victim.name) == 2  # the ForceOff, and our own power-on
