@@ -20,7 +20,8 @@ Figures (one JSON line each):
 * ``starvation_false_fences``: ``--starve-nodes`` daemons for ``--starve-minutes``,
   one at a time stopped with SIGSTOP for ``--stop-s`` (a long GC pause, a starved
   CPU), then SIGCONT and ``--gap-s`` of rest; counts Reset POSTs the emulator served
-  and ``fence.*`` events on every node. Goal: 0 fences.
+  and ``fence.*`` events on every node (goal: 0), and, to show how close it came, the
+  alive->suspect and ->dead transitions the daemons logged.
 
 Usage: .venv/bin/python benchmarks/bench_fencing.py [--runs 5] [--blades 3]
        [--starve-minutes 10] [--starve-nodes 16] [--skip-cut] [--skip-starve]
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -56,6 +58,8 @@ from tests.e2e.blades import (  # noqa: E402
 )
 
 POLL_S = 0.05
+SUSPECT = re.compile(r"msg=member name=\S+ state=alive->suspect")
+DEAD = re.compile(r"msg=member name=\S+ state=\w+->dead")
 RUN_TIMEOUT_S = 60.0
 
 
@@ -223,6 +227,11 @@ def bench_starvation(args: argparse.Namespace) -> None:
                 ]
             resets = sum(lab.resets(b.name) for b in lab.blades)
             alive = sum(b.daemon.running for b in lab.blades)
+            # How close it came: membership transitions the daemons logged.
+            lab.teardown()  # daemons stopped: their logs are complete
+            logs = "".join(b.daemon.log_path.read_text(errors="replace") for b in lab.blades)
+            suspected = len(SUSPECT.findall(logs))
+            declared_dead = len(DEAD.findall(logs))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     emit(
@@ -234,6 +243,8 @@ def bench_starvation(args: argparse.Namespace) -> None:
         gap_s=args.gap_s,
         resets=resets,
         fence_events=len(fences),
+        suspect_transitions=suspected,
+        dead_transitions=declared_dead,
         fence_event_sample=fences[:10],
         daemons_running_at_end=alive,
         goal="0",

@@ -356,6 +356,9 @@ class PowerWatch:
         self.db = emulator.dir / "state" / "fakedriver.sqlite"
         self.blades = blades  # name -> namespace
         self.off_at: dict[str, float] = {}  # name -> wall time it was first seen Off
+        # name -> apply_time of the last pending power change seen (the fake driver's
+        # delay: the system changes at that wall time, not when it was asked).
+        self.applies_at: dict[str, float] = {}
         # Blades whose power switch is not wired (a test keeps one running while Off).
         self.unwired: set[str] = set()
         self.killed: dict[str, int] = {}
@@ -380,6 +383,8 @@ class PowerWatch:
             system: dict[str, Any] = pickle.loads(blob)
             state = system["power_state"]
             pending = system.get("pending_power")
+            if pending:
+                self.applies_at[system["name"]] = float(pending["apply_time"])
             if pending and now >= pending["apply_time"] and "Restart" not in pending["power_state"]:
                 state = pending["power_state"]
             out[system["name"]] = state
