@@ -132,13 +132,13 @@ def make_ca(name: str = "meshd test BMC CA") -> TestCa:
     return TestCa(cert.public_bytes(serialization.Encoding.PEM), key, cert)
 
 
-def server_cert(ca: TestCa) -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) for 127.0.0.1 and localhost, signed by ``ca``."""
+def server_cert(ca: TestCa, address: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for ``address`` and localhost, signed by ``ca``."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -146,7 +146,7 @@ def server_cert(ca: TestCa) -> tuple[bytes, bytes]:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")]
             ),
             critical=False,
         )
@@ -187,11 +187,15 @@ class Emulator:
     port: int = 0
     pid: int = 0
     ca: TestCa | None = None
+    # Where it listens, and a wrapper for its command (``ip netns exec NS``): the e2e
+    # blades reach it on a BMC network namespace (tests/e2e/blades.py).
+    listen_ip: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.listen_ip}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -219,7 +223,7 @@ class Emulator:
         ).stdout.decode()
         htpasswd.write_text(f"{self.user}:{hashed.strip()}\n")
         config: dict[str, Any] = {
-            "SUSHY_EMULATOR_LISTEN_IP": "127.0.0.1",
+            "SUSHY_EMULATOR_LISTEN_IP": self.listen_ip,
             "SUSHY_EMULATOR_LISTEN_PORT": 0,
             "SUSHY_EMULATOR_FAKE_DRIVER": True,
             "SUSHY_EMULATOR_STATE_DIR": str(state),
@@ -231,7 +235,7 @@ class Emulator:
         }
         if self.tls:
             self.ca = make_ca()
-            cert, key = server_cert(self.ca)
+            cert, key = server_cert(self.ca, self.listen_ip)
             self.ca_file.write_bytes(self.ca.cert_pem)
             (self.dir / "bmc.pem").write_bytes(cert)
             (self.dir / "bmc.key").write_bytes(key)
@@ -245,7 +249,7 @@ class Emulator:
             env["MESHD_SUSHY_DELAY_S"] = str(self.delay_s)
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                [str(python), str(MAIN), "--fake", "--config", str(conf)],
+                [*self.prefix, str(python), str(MAIN), "--fake", "--config", str(conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -258,7 +262,7 @@ class Emulator:
 
     def _wait_port(self) -> None:
         end = time.monotonic() + START_TIMEOUT_S
-        pattern = re.compile(r"Running on https?://127\.0\.0\.1:(\d+)")
+        pattern = re.compile(rf"Running on https?://{re.escape(self.listen_ip)}:(\d+)")
         while time.monotonic() < end:
             found = pattern.search(self.log_path.read_text(errors="replace"))
             if found:
