@@ -6,15 +6,8 @@ cd "$(dirname "$0")/.."
 bash bootstrap/setup.sh --test
 export PATH="$PWD/.venv/bin:$PATH"
 
-# The Redfish emulator the BMC tests run (tests/integration/sushy.py), in its own
-# virtualenv: its Flask stack must not meet meshd's dependencies. Built once.
-sushy=.cache/sushy-venv
-if [[ ! -f $sushy/.sushy-tools-2.2.0 ]]; then
-    echo "== sushy-tools 2.2.0 in $sushy"
-    python3 -m venv "$sushy"
-    "$sushy/bin/pip" install -q --disable-pip-version-check 'sushy-tools==2.2.0'
-    echo 2.2.0 >"$sushy/.sushy-tools-2.2.0"
-fi
+# The Redfish emulator the BMC and fencing tests run, in its own virtualenv (built once).
+bash bootstrap/sushy-venv.sh
 
 echo "== ruff check"
 ruff check meshd tests benchmarks
