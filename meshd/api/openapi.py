@@ -23,6 +23,17 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _NO_MEMBER = {"404": _ok("no such member in the roster", _ERROR)}
+
+
+def _mesh_post(summary: str, media: str = "application/octet-stream") -> dict[str, Any]:
+    """A mesh-internal route a member posts to (nodes only): 204 once accepted."""
+    return {
+        "summary": summary,
+        "requestBody": {"content": {media: {}}},
+        "responses": {"204": {"description": "accepted"}, **_ERRORS},
+    }
+
+
 _ERRORS = {
     "400": _ok("bad request", _ERROR),
     "401": _ok("no client certificate (TCP only)", _ERROR),
@@ -353,19 +364,12 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/mesh/message": {
-                "post": {
-                    "summary": "Mesh-internal: a membership message sent reliably (nodes only)",
-                    "requestBody": {"content": {"application/octet-stream": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                "post": _mesh_post("Mesh-internal: a membership message sent reliably (nodes only)")
             },
             "/v1/mesh/revocations": {
-                "post": {
-                    "summary": "Mesh-internal: CA-signed removals, pushed for anti-entropy "
-                    "(nodes only)",
-                    "requestBody": {"content": {"application/octet-stream": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                "post": _mesh_post(
+                    "Mesh-internal: CA-signed removals, pushed for anti-entropy (nodes only)"
+                )
             },
             "/v1/mesh/certs": {
                 "get": {
@@ -511,18 +515,10 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/mesh/auction": {
-                "post": {
-                    "summary": "Mesh-internal: an auction message sent reliably (nodes only)",
-                    "requestBody": {"content": {"application/octet-stream": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                "post": _mesh_post("Mesh-internal: an auction message sent reliably (nodes only)")
             },
             "/v1/mesh/drains": {
-                "post": {
-                    "summary": "Mesh-internal: signed drain records, push-pull (nodes only)",
-                    "requestBody": {"content": {"application/octet-stream": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                "post": _mesh_post("Mesh-internal: signed drain records, push-pull (nodes only)")
             },
             "/v1/enrol/ca": {
                 "get": {
@@ -666,20 +662,16 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/mesh/fence": {
-                "post": {
-                    "summary": "Mesh-internal: a fencing outcome with its signed votes "
-                    "(nodes only)",
-                    "requestBody": {"content": {"application/octet-stream": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                "post": _mesh_post(
+                    "Mesh-internal: a fencing outcome with its signed votes (nodes only)"
+                )
             },
             "/v1/mesh/bmc": {
-                "post": {
-                    "summary": "Mesh-internal: a member shares its own BMC endpoint with "
+                "post": _mesh_post(
+                    "Mesh-internal: a member shares its own BMC endpoint with "
                     "this node (nodes only; kept 0600; never answered back)",
-                    "requestBody": {"content": {"application/json": {}}},
-                    "responses": {"204": {"description": "accepted"}, **_ERRORS},
-                }
+                    "application/json",
+                )
             },
             "/v1/bmc/check": {
                 "post": {
