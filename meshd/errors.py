@@ -193,3 +193,15 @@ class FencingError(MeshdError):
     did not reach quorum and fail, or for a node that is not being fenced."""
 
     http_status = 409
+
+
+class NetworkError(MeshdError):
+    """A network definition is invalid (a bad subnet, gateway, VLAN, bridge or DNS)."""
+
+    http_status = 400
+
+
+class NetworkConflictError(NetworkError):
+    """A network clashes with one already defined (its name, or an overlapping subnet)."""
+
+    http_status = 409

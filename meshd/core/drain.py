@@ -32,12 +32,12 @@ from typing import Any
 
 import orjson
 
+from meshd.core import bundle
 from meshd.errors import EnvelopeError
 
 DRAIN_KIND = "drain"  # the signed record's kind
 MAX_NAME = 255  # bytes of a node name
 MAX_VERSION = 2**63 - 1
-MAX_RECORDS = 4096  # records in one anti-entropy bundle: more than any roster
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,26 +85,11 @@ def decode(body: bytes) -> DrainRecord:
 
 
 def encode_bundle(blobs: list[bytes]) -> bytes:
-    """Signed records as one anti-entropy body: a JSON list of latin-1 strings would
-    double their size, so each is length-prefixed instead."""
-    return b"".join(len(b).to_bytes(4, "big") + b for b in blobs[:MAX_RECORDS])
+    return bundle.encode_bundle(blobs)
 
 
 def decode_bundle(body: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(body):
-        if len(out) >= MAX_RECORDS:
-            raise EnvelopeError(f"a drain bundle holds at most {MAX_RECORDS} records")
-        if pos + 4 > len(body):
-            raise EnvelopeError("a drain bundle ends inside a length")
-        size = int.from_bytes(body[pos : pos + 4], "big")
-        pos += 4
-        if size == 0 or pos + size > len(body):
-            raise EnvelopeError("a drain bundle's record overruns it")
-        out.append(body[pos : pos + size])
-        pos += size
-    return out
+    return bundle.decode_bundle(body, "drain")
 
 
 class DrainTable:
