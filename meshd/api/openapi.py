@@ -520,6 +520,50 @@ def document() -> dict[str, Any]:
             "/v1/mesh/drains": {
                 "post": _mesh_post("Mesh-internal: signed drain records, push-pull (nodes only)")
             },
+            "/v1/mesh/networks": {
+                "post": _mesh_post("Mesh-internal: signed network records, push-pull (nodes only)")
+            },
+            "/v1/networks": {
+                "post": {
+                    "summary": "Define a mesh-wide network (local operator or admin); 409 if "
+                    "its name is taken or its subnet overlaps a live network",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name", "subnet"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "subnet": {"type": "string"},
+                                        "gateway": {"type": "string"},
+                                        "bridge": {"type": "string"},
+                                        "vlan": {"type": "integer"},
+                                        "dns": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"201": _ok("network", json_obj), **_ERRORS},
+                },
+                "get": {
+                    "summary": "The mesh's live networks",
+                    "responses": {"200": _ok("networks", json_obj), **_ERRORS},
+                },
+            },
+            "/v1/networks/{name}": {
+                "get": {
+                    "summary": "One network",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("network", json_obj), **_ERRORS},
+                },
+                "delete": {
+                    "summary": "Remove a network (local operator or admin)",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {"200": _ok("removed", json_obj), **_ERRORS},
+                },
+            },
             "/v1/enrol/ca": {
                 "get": {
                     "summary": "The mesh CA certificate (joiners check it by fingerprint)",

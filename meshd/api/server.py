@@ -40,6 +40,7 @@ from meshd.adapters.store.db import Store
 from meshd.api.openapi import document
 from meshd.api.refusals import Refusals
 from meshd.config import Config
+from meshd.core import network as network_core
 from meshd.core import spec
 from meshd.core.bmc import BmcEndpoint
 from meshd.errors import (
@@ -61,6 +62,7 @@ from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
 from meshd.shell.gate import CERTS_PATH
 from meshd.shell.key_sync import KEYS_PATH
 from meshd.shell.mesh import Mesh
+from meshd.shell.networks import NETWORKS_PATH
 from meshd.shell.placement import PlacementShell
 from meshd.shell.revocation_sync import REVOCATION_KIND, REVOCATIONS_PATH
 from meshd.shell.workloads import WorkloadRunner
@@ -101,6 +103,7 @@ LARGE_BODY_ROUTES = frozenset(
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
         ("POST", DRAINS_PATH),
+        ("POST", NETWORKS_PATH),
     }
 )
 TENANT_ROUTES = frozenset(
@@ -113,6 +116,7 @@ NODE_ROUTES = frozenset(
         ("POST", "/v1/mesh/auction"),
         ("POST", REVOCATIONS_PATH),
         ("POST", DRAINS_PATH),
+        ("POST", NETWORKS_PATH),
         ("POST", KEYS_PATH),
         ("GET", KEYS_PATH),
         ("GET", CERTS_PATH),
@@ -144,6 +148,8 @@ NOT_FOR_NODES = frozenset(
         ("DELETE", "/v1/roster/{name}"),
         ("POST", "/v1/nodes/{name}/drain"),
         ("POST", "/v1/nodes/{name}/undrain"),
+        ("POST", "/v1/networks"),
+        ("DELETE", "/v1/networks/{name}"),
         ("POST", "/v1/tokens"),
         ("POST", "/v1/services"),
         ("DELETE", "/v1/services/{name}"),
@@ -214,6 +220,11 @@ class Api:
         app.router.add_post("/v1/nodes/{name}/drain", self.node_drain)
         app.router.add_post("/v1/nodes/{name}/undrain", self.node_undrain)
         app.router.add_get("/v1/nodes/{name}/drain", self.node_drain_state)
+        app.router.add_post(NETWORKS_PATH, self.mesh_networks)
+        app.router.add_post("/v1/networks", self.networks_create)
+        app.router.add_get("/v1/networks", self.networks_list)
+        app.router.add_get("/v1/networks/{name}", self.networks_show)
+        app.router.add_delete("/v1/networks/{name}", self.networks_remove)
         app.router.add_post("/v1/workloads", self.workloads_submit)
         app.router.add_get("/v1/workloads", self.workloads_list)
         app.router.add_get("/v1/workloads/{id}", self.workload_show)
@@ -541,6 +552,44 @@ class Api:
 
     async def node_drain_state(self, request: web.Request) -> web.Response:
         return web.json_response(self._placement().drain_state(self._member(request)))
+
+    async def mesh_networks(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._placement().networks.receive_bundle(body, request["peer"].name)
+        return web.Response(status=204)
+
+    async def networks_create(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        unknown = set(body) - {"name", "subnet", "gateway", "bridge", "vlan", "dns"}
+        if unknown:
+            raise BadRequest(f"unknown network fields: {', '.join(sorted(unknown))}")
+        name, subnet = body.get("name"), body.get("subnet")
+        if not isinstance(name, str) or not isinstance(subnet, str):
+            raise BadRequest("a network needs a name and a subnet, both text")
+        dns = body.get("dns", [])
+        if not isinstance(dns, list) or not all(isinstance(d, str) for d in dns):
+            raise BadRequest("dns must be a list of IP addresses as text")
+        created = self._placement().networks.create(
+            network_core.check_name(name),
+            subnet,
+            gateway=body.get("gateway"),
+            bridge=body.get("bridge"),
+            vlan=body.get("vlan"),
+            dns=dns,
+        )
+        return web.json_response(created.to_json(), status=201)
+
+    async def networks_list(self, request: web.Request) -> web.Response:
+        nets = self._placement().networks.networks()
+        return web.json_response({"networks": [n.to_json() for n in nets]})
+
+    async def networks_show(self, request: web.Request) -> web.Response:
+        held = self._placement().networks.get(request.match_info["name"])
+        return web.json_response(held.to_json())
+
+    async def networks_remove(self, request: web.Request) -> web.Response:
+        tomb = self._placement().networks.remove(request.match_info["name"])
+        return web.json_response({"name": tomb.name, "removed": True, "version": tomb.version})
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
         submission = spec.parse_submission(await request.read())

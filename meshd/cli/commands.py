@@ -445,6 +445,53 @@ def cmd_node_undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_path(name: str = "") -> str:
+    return "/v1/networks" + (f"/{quote(name, safe='')}" if name else "")
+
+
+def _network_text(doc: dict[str, Any]) -> None:
+    output.emit_fields({k: ", ".join(v) if k == "dns" else v for k, v in doc.items()})
+
+
+def cmd_network_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "subnet": args.subnet, "dns": args.dns}
+    for key in ("gateway", "bridge", "vlan"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    doc = client(args).request("POST", _network_path(), body)
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"network {doc['name']} created: {doc['subnet']} on {doc['bridge']}")
+    return 0
+
+
+def cmd_network_ls(args: argparse.Namespace) -> int:
+    rows = client(args).request("GET", _network_path())["networks"]
+    if not args.json:
+        rows = [{**r, "dns": ",".join(r["dns"]), "vlan": r["vlan"] or ""} for r in rows]
+    _listing(args, rows, ["name", "subnet", "gateway", "bridge", "vlan", "dns"])
+    return 0
+
+
+def cmd_network_show(args: argparse.Namespace) -> int:
+    doc = client(args).request("GET", _network_path(args.name))
+    if args.json:
+        output.emit_json(doc)
+    else:
+        _network_text(doc)
+    return 0
+
+
+def cmd_network_rm(args: argparse.Namespace) -> int:
+    doc = client(args).request("DELETE", _network_path(args.name))
+    if args.json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(f"network {doc['name']} removed mesh-wide")
+    return 0
+
+
 def cmd_node_ls(args: argparse.Namespace) -> int:
     from meshd.adapters.store import roster
     from meshd.adapters.store.db import Store

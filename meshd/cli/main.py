@@ -211,6 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("node", metavar="NODE")
     f.set_defaults(func=commands.cmd_fence_confirm)
 
+    p = sub.add_parser("network", help="mesh-wide networks for workloads' NICs (admin)")
+    wsub = p.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+    w = wsub.add_parser(
+        "create",
+        help="define a mesh-wide network",
+        description="Define NAME on every node: signed by this node, stored, then spread. "
+        "Refused with a sentence if the subnet overlaps a network this node knows.",
+    )
+    _common(w, json_flag=True)
+    w.add_argument("name", metavar="NAME")
+    w.add_argument("--subnet", required=True, metavar="CIDR", help="e.g. 10.40.0.0/24")
+    w.add_argument("--gateway", metavar="IP", help="the guests' default route, in the subnet")
+    w.add_argument("--bridge", metavar="BR", help="the bridge nodes attach it to (br-NAME)")
+    w.add_argument("--vlan", type=int, metavar="ID", help="VLAN id, 1-4094")
+    w.add_argument(
+        "--dns", action="append", default=[], metavar="IP", help="a DNS server (repeatable)"
+    )
+    w.set_defaults(func=commands.cmd_network_create)
+    w = wsub.add_parser("ls", help="list the mesh's networks")
+    _common(w, json_flag=True)
+    w.set_defaults(func=commands.cmd_network_ls)
+    w = wsub.add_parser("show", help="one network")
+    _common(w, json_flag=True)
+    w.add_argument("name", metavar="NAME")
+    w.set_defaults(func=commands.cmd_network_show)
+    w = wsub.add_parser("rm", help="remove an unused network mesh-wide")
+    _common(w, json_flag=True)
+    w.add_argument("name", metavar="NAME")
+    w.set_defaults(func=commands.cmd_network_rm)
+
     p = sub.add_parser("node", help="the mesh's roster")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("remove", help="revoke a node; it is refused everywhere (CA holders)")

@@ -82,6 +82,7 @@ from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, Workl
 from meshd.shell.context import NodeContext
 from meshd.shell.drains import Drains
 from meshd.shell.journal import AuctionJournal
+from meshd.shell.networks import Networks
 from meshd.shell.outbox import Outbox
 from meshd.shell.ports import MeshPort
 from meshd.shell.store_health import StoreHealth
@@ -110,6 +111,8 @@ class PlacementShell:
         # Maintenance drains (``meshd node drain``): drained members get no offer from
         # this node, and this node bids nothing while it is drained itself.
         self.drains = Drains(ctx, mesh, self._drain_changed)
+        # The mesh's networks (``meshd network create``): NICs will draw addresses here.
+        self.networks = Networks(ctx, mesh)
         # (workload, generation) this node, having accepted a drain, put up for auction
         # again: each at most once, so what can't move (pinned there) is not retried.
         self._drained_moves: set[tuple[str, int]] = set()
@@ -190,11 +193,13 @@ class PlacementShell:
         self._spawn(self._anti_entropy())
         self._spawn(self._prune_rounds())
         self.drains.start()
+        self.networks.start()
         self._spawn(self._follow_drains())
 
     def stop(self) -> None:
         self._alarm.stop()
         self.drains.stop()
+        self.networks.stop()
         self.health.stop()
         try:
             self.journal.flush(self.ctx.clock())

@@ -93,6 +93,7 @@ from meshd.adapters.store import auction_records, roster
 from meshd.adapters.store.db import Store
 from meshd.adapters.transport import Channel
 from meshd.config import Config, DriversConfig
+from meshd.core import network as network_core
 from meshd.core.auction.model import InvariantBreach
 from meshd.core.bmc import BmcEndpoint, FenceOutcome, PowerReading
 from meshd.core.membership import codec as membership_codec
@@ -108,6 +109,7 @@ from meshd.shell.bus import Bus, MemberStateChanged, WorkloadAssigned, WorkloadR
 from meshd.shell.context import NodeContext
 from meshd.shell.drains import DRAINS_PATH
 from meshd.shell.fencing import BMC_PATH, FENCE_PATH, FencingShell
+from meshd.shell.networks import NETWORKS_PATH
 from meshd.shell.node import start_fencing, start_shells
 from meshd.shell.placement import PlacementShell
 from meshd.shell.ports import BroadcastHandler
@@ -419,6 +421,7 @@ class ShellSim:
         self.started: dict[str, int] = {}  # workload -> highest generation assigned
         self.submissions: list[Submission] = []
         self.trace: list[str] = []  # commands, for a failure report
+        self.network_records: list[network_core.Network] = []  # what `network` commands made
         self.delivered = 0
         # Crash triggers: after the k-th message a node handles ("mid": before the
         # step's messages leave; "after": once they left), or right after it is told
@@ -721,6 +724,25 @@ class ShellSim:
 
         proc.spawn(run())
 
+    def network(self, on: str, name: str, subnet: str | None) -> None:
+        """``meshd network create name --subnet subnet`` (``rm name`` if ``subnet`` is
+        None), accepted by ``on`` (nothing if it is down); what it made is kept in
+        ``network_records``, what it refused in the trace."""
+        shell = self.nodes[on].placement
+        proc = self.nodes[on].proc
+        if shell is None or proc is None:
+            return
+        self._cmd(f"network {'create' if subnet else 'rm'} {name} {subnet or ''} on {on}")
+        try:
+            if subnet is None:
+                made = proc.run(shell.networks.remove, name)
+            else:
+                made = proc.run(shell.networks.create, name, subnet)
+        except MeshdError as exc:
+            self._cmd(f"network {name} on {on} refused: {exc}")
+            return
+        self.network_records.append(made)
+
     def arm_step(self, name: str, k: int, mode: str) -> None:
         """Crash ``name`` right after the ``k``-th message it handles from now on."""
         self._cmd(f"arm {name} crash {mode} message {k}")
@@ -896,6 +918,8 @@ class ShellSim:
             elif isinstance(packet, Post):
                 if packet.path == DRAINS_PATH:
                     node.placement.drains.receive_bundle(packet.body, src)
+                elif packet.path == NETWORKS_PATH:
+                    node.placement.networks.receive_bundle(packet.body, src)
                 elif packet.path == FENCE_PATH and node.fencing is not None:
                     node.fencing.receive_reliable(packet.body, FAKE_CERT + src.encode())
                 elif packet.path == BMC_PATH and node.fencing is not None:

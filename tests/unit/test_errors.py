@@ -65,6 +65,8 @@ STATUS = {
     errors.FirecrackerApiError: 400,
     errors.DhtError: 400,
     errors.RecordError: 400,
+    errors.NetworkError: 400,
+    errors.NetworkConflictError: 409,
 }
 
 

@@ -39,6 +39,7 @@ TABLES = {
     "events",
     "write_probe",  # migration 4: the health probe's one row
     "fence_log",  # migration 6: the fencing core's records
+    "networks",  # migration 8: signed network records
     "drains",  # migration 7: maintenance drains (meshd.core.drain)
 }
 

@@ -253,6 +253,19 @@ CREATE TABLE drains (
 ) STRICT;
 """
 
+# Networks (meshd.core.network): the newest signed record per network name, tombstones
+# (removed = 1) included, so a removal is not undone by an old definition arriving late.
+_NETWORKS = """
+CREATE TABLE networks (
+    name     TEXT PRIMARY KEY,
+    removed  INTEGER NOT NULL,
+    version  INTEGER NOT NULL,
+    by       TEXT NOT NULL,
+    body     BLOB NOT NULL,
+    signed   BLOB NOT NULL
+) STRICT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
@@ -261,6 +274,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "mesh keys", _MESH_KEYS),
     Migration(6, "fence log", _FENCE_LOG),
     Migration(7, "drains", _DRAINS),
+    Migration(8, "networks", _NETWORKS),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
