@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from meshd.errors import ApiError
+
 try:
     from tests.integration.daemon import Daemon, Mesh, wait_for
 except ImportError:  # pragma: no cover
@@ -61,6 +65,19 @@ def test_networks_are_created_refused_and_removed_mesh_wide(mesh_factory: Mesh) 
     assert bad.returncode != 0 and "too small" in bad.stderr, bad.stderr
     bad = beta.cli("network", "create", "gw", "--subnet", "10.50.0.0/24", "--gateway", "10.51.0.1")
     assert bad.returncode != 0 and "outside subnet 10.50.0.0/24" in bad.stderr, bad.stderr
+    # Malformed bodies are answered with a sentence, never a crash.
+    for body, says in [
+        ({"name": 5, "subnet": "10.70.0.0/24"}, "a name and a subnet"),
+        ({"name": "x"}, "a name and a subnet"),
+        ({"name": "x", "subnet": "10.70.0.0/24", "vlan": "7"}, "from 1 to 4094"),
+        ({"name": "x", "subnet": "10.70.0.0/24", "dns": "1.1.1.1"}, "dns must be a list"),
+        ({"name": "x", "subnet": "10.70.0.0/24", "gateway": 3}, "must be an IP address"),
+        ({"name": "x", "subnet": "10.70.0.0/24", "colour": "red"}, "unknown network fields"),
+        ({"name": "Bad", "subnet": "10.70.0.0/24"}, "invalid network name"),
+    ]:
+        with pytest.raises(ApiError) as info:
+            beta.api("POST", "/v1/networks", body)
+        assert info.value.status == 400 and says in str(info.value), (body, info.value)
     beta.cli("network", "create", "v6", "--subnet", "fd00:40::/64", check=True)
     wait_for("every node to know v6", lambda: all(_names(d) == {"lan", "v6"} for d in nodes), 20)
 
