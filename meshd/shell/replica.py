@@ -156,7 +156,8 @@ class Replica(Generic[R]):
             self.kind.save(self.ctx.store, record, signed)
             self.ctx.store.append_event(now, event, subject, data)
         if self.table.merge(record, signed):
-            logger.info("%s %s by=%s %s", event, subject, record.by, data)
+            fields = " ".join(f"{k}={v}" for k, v in data.items())
+            logger.info("%s name=%s %s", event, subject, fields)
             self._on_change(record)
 
     # -- anti-entropy ---------------------------------------------------------------
