@@ -23,6 +23,7 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _NO_MEMBER = {"404": _ok("no such member in the roster", _ERROR)}
+_NO_NETWORK = {"404": _ok("no such network", _ERROR)}
 
 
 def _mesh_post(summary: str, media: str = "application/octet-stream") -> dict[str, Any]:
@@ -545,7 +546,11 @@ def document() -> dict[str, Any]:
                             }
                         }
                     },
-                    "responses": {"201": _ok("network", json_obj), **_ERRORS},
+                    "responses": {
+                        "201": _ok("network", json_obj),
+                        "409": _ok("the name is taken or the subnet overlaps", _ERROR),
+                        **_ERRORS,
+                    },
                 },
                 "get": {
                     "summary": "The mesh's live networks",
@@ -556,12 +561,12 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "One network",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("network", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("network", json_obj), **_NO_NETWORK, **_ERRORS},
                 },
                 "delete": {
                     "summary": "Remove a network (local operator or admin)",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("removed", json_obj), **_ERRORS},
+                    "responses": {"200": _ok("removed", json_obj), **_NO_NETWORK, **_ERRORS},
                 },
             },
             "/v1/enrol/ca": {
