@@ -450,7 +450,7 @@ def _network_path(name: str = "") -> str:
 
 
 def _network_text(doc: dict[str, Any]) -> None:
-    output.emit_fields({k: ", ".join(v) if k == "dns" else v for k, v in doc.items()})
+    output.emit_fields({k: (", ".join(v) or None) if k == "dns" else v for k, v in doc.items()})
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:
@@ -469,7 +469,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
 def cmd_network_ls(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", _network_path())["networks"]
     if not args.json:
-        rows = [{**r, "dns": ",".join(r["dns"]), "vlan": r["vlan"] or ""} for r in rows]
+        rows = [{**r, "dns": ",".join(r["dns"]) or None} for r in rows]
     _listing(args, rows, ["name", "subnet", "gateway", "bridge", "vlan", "dns"])
     return 0
 

@@ -81,6 +81,20 @@ def test_networks_are_created_refused_and_removed_mesh_wide(mesh_factory: Mesh) 
     beta.cli("network", "create", "v6", "--subnet", "fd00:40::/64", check=True)
     wait_for("every node to know v6", lambda: all(_names(d) == {"lan", "v6"} for d in nodes), 20)
 
+    table = alpha.cli("network", "ls", check=True).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "VLAN", "DNS"]
+    assert table[1].split() == [
+        "lan",
+        "10.40.0.0/24",
+        "10.40.0.1",
+        "br-lan",
+        "40",
+        "10.40.0.2,fd00::53",
+    ]
+    assert table[2].split() == ["v6", "fd00:40::/64", "-", "br-v6", "-", "-"]
+    shown_text = alpha.cli("network", "show", "v6", check=True).stdout
+    assert "created_by  beta" in shown_text and "dns         -" in shown_text, shown_text
+
     # A node certificate reads but may not define or remove (admin role).
     refused = beta.https(
         "POST",
