@@ -33,7 +33,7 @@ from meshd.adapters.transport import Addr, DatagramMux
 from meshd.core.envelope import Signer, Verifier
 from meshd.core.keyring import KeyRing
 from meshd.core.replay import ReplayGuard
-from meshd.errors import EnvelopeError, IdentityError, UnknownAuthorError
+from meshd.errors import EnvelopeError, IdentityError, MeshdError, UnknownAuthorError
 from meshd.identity import pki
 from meshd.identity.directory import Directory
 from meshd.identity.enrolment import member_of
@@ -102,6 +102,11 @@ class Gate:
             signed = self.verifier.verify(payload, self.ctx.clock())
             if signed.kind != kind:
                 raise EnvelopeError(f"unexpected message kind {signed.kind!r}")
+            if signed.cert_der and signed.cert_der not in self._member_certs:
+                # A full-form datagram (a member introducing itself) carries its
+                # certificate: record the member as any other way of learning it does
+                # (the roster, the DHT's directory), not only the verifier's cache.
+                self._learn_from_datagram(signed.cert_der)
             return decode(signed.body), signed.author
         except UnknownAuthorError:
             dropped.inc(reason="unknown_author")
@@ -129,6 +134,12 @@ class Gate:
             dropped.inc(reason="invalid")
             logger.debug("dropped reliable %s message from=%s error=%s", kind, info.name, exc)
             return None
+
+    def _learn_from_datagram(self, cert_der: bytes) -> None:
+        try:
+            self.learn_member(cert_der)
+        except MeshdError as exc:  # the store can't write: the roster misses it for now
+            logger.warning("can't record a member's certificate: %s", exc)
 
     def fetch_cert_soon(self, addr: Addr) -> None:
         """Learn an unknown sender's certificate from a TLS handshake (at most 1/s/addr)."""

@@ -9,6 +9,7 @@ through the mesh (each node shared its own); the password shows in no log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,38 +79,45 @@ def test_the_majority_fences_a_dead_blade_once_and_runs_its_workload_elsewhere(
     wid, owner, gen = decision["workload"], decision["owner"], decision["generation"]
     victim = next(d for d in nodes if d.name == owner)
     survivors = [d for d in nodes if d is not victim]
-    wait_for("running", lambda: placement(victim, wid).get("state") == "running")
-    pid = int(str(placement(victim, wid)["detail"]).rsplit(" ", 1)[1])
+    try:
+        wait_for("running", lambda: placement(victim, wid).get("state") == "running")
+        pid = int(str(placement(victim, wid)["detail"]).rsplit(" ", 1)[1])
 
-    # The blade loses power: its daemon and its workload are gone at once.
-    victim.kill()
-    os.kill(pid, signal.SIGKILL)
+        # The blade loses power: its daemon and its workload are gone at once.
+        victim.kill()
+        os.kill(pid, signal.SIGKILL)
 
-    wait_for(
-        "the victim fenced on every survivor",
-        lambda: all(peers(d).get(victim.name) == "fenced" for d in survivors),
-        30,
-    )
-    assert emu.power(f"blade-{victim.name}") == "Off"
-    assert len(force_offs(emu)) == 1, force_offs(emu)
-    for d in survivors:
-        assert emu.power(f"blade-{d.name}") == "On"
-    status = survivors[0].api("GET", "/v1/fence")
-    (row,) = [r for r in status["nodes"] if r["node"] == victim.name]
-    assert row["state"] == "fenced" and len(row["votes"]) >= 2
-    assert "verified" in row["evidence"]
-
-    def moved() -> bool:
-        rows = [placement(d, wid) for d in survivors]
-        return all(
-            r.get("generation") == gen + 1
-            and r.get("owner") != victim.name
-            and r.get("state") == "running"
-            for r in rows
+        wait_for(
+            "the victim fenced on every survivor",
+            lambda: all(peers(d).get(victim.name) == "fenced" for d in survivors),
+            30,
         )
+        assert emu.power(f"blade-{victim.name}") == "Off"
+        assert len(force_offs(emu)) == 1, force_offs(emu)
+        for d in survivors:
+            assert emu.power(f"blade-{d.name}") == "On"
+        status = survivors[0].api("GET", "/v1/fence")
+        (row,) = [r for r in status["nodes"] if r["node"] == victim.name]
+        assert row["state"] == "fenced" and len(row["votes"]) >= 2
+        assert "verified" in row["evidence"]
 
-    wait_for("the workload running on a survivor at the next generation", moved, 30)
-    for d in survivors:
-        assert emu.password not in d.log_path.read_text(errors="replace")
-    text = meshd("fence", "status", data_dir=survivors[0].data_dir, check=True).stdout
-    assert victim.name in text and "fenced" in text
+        def moved() -> bool:
+            rows = [placement(d, wid) for d in survivors]
+            return all(
+                r.get("generation") == gen + 1
+                and r.get("owner") != victim.name
+                and r.get("state") == "running"
+                for r in rows
+            )
+
+        wait_for("the workload running on a survivor at the next generation", moved, 30)
+        for d in survivors:
+            assert emu.password not in d.log_path.read_text(errors="replace")
+        text = meshd("fence", "status", data_dir=survivors[0].data_dir, check=True).stdout
+        assert victim.name in text and "fenced" in text
+    finally:  # workloads outlive their daemons: remove the moved copy by its own pid
+        for row in (placement(d, wid) for d in survivors):
+            detail = str(row.get("detail", ""))
+            if row.get("state") == "running" and detail.rsplit(" ", 1)[-1].isdigit():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(detail.rsplit(" ", 1)[1]), signal.SIGKILL)
