@@ -59,6 +59,8 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_daemon import compile_bytecode  # noqa: E402 - benchmarks/ is on sys.path
+
 from tests.integration.daemon import MESHD, Daemon, Mesh  # noqa: E402
 
 SERF_TIMINGS = (
@@ -461,7 +463,7 @@ def main() -> None:
     if "serf" in impls:
         ensure_serf()
     if "meshd" in impls:  # as installed: no daemon compiles meshd's sources at its start
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "meshd")], check=True)
+        compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="bench-serf-") as tmp:
         for n in [int(x) for x in args.nodes.split(",")]:
             base = Path(tmp) / f"meshd-{n}"

@@ -29,10 +29,6 @@ def _event(r: DrainRecord) -> tuple[str, str, dict[str, Any]]:
     )
 
 
-def _newer(r: DrainRecord, other: DrainRecord | None) -> bool:
-    return r.newer_than(other)
-
-
 def _key(r: DrainRecord) -> str:
     return r.node
 
@@ -43,7 +39,7 @@ KIND: Kind[DrainRecord] = Kind(
     encode=drain.encode,
     decode=drain.decode,
     key=_key,
-    newer=_newer,
+    newer=DrainRecord.newer_than,
     save=drain_records.save,
     event=_event,
 )

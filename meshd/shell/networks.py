@@ -32,10 +32,6 @@ def _event(r: Network) -> tuple[str, str, dict[str, Any]]:
     return ("network.removed" if r.removed else "network.created", r.name, data)
 
 
-def _newer(r: Network, other: Network | None) -> bool:
-    return r.newer_than(other)
-
-
 def _key(r: Network) -> str:
     return r.name
 
@@ -46,7 +42,7 @@ KIND: Kind[Network] = Kind(
     encode=network.encode,
     decode=network.decode,
     key=_key,
-    newer=_newer,
+    newer=Network.newer_than,
     save=network_records.save,
     event=_event,
 )
