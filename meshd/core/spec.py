@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from meshd.core.nic import MAX_NICS
 from meshd.errors import BadRequest
 
 MAX_NAME = 255  # bytes of a name, tenant, label, capability or network
@@ -109,7 +110,7 @@ class WorkloadSpec(
     # (``[drivers.qemu] boot_timeout_s`` or ``[drivers.firecracker]``, 60 s).
     boot_timeout_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
     services: tuple[Service, ...] = ()
-    nics: tuple[Nic, ...] = ()
+    nics: Annotated[tuple[Nic, ...], Meta(max_length=MAX_NICS)] = ()
     # Where it may run. ``nodes``: only these; ``avoid``: never these; ``labels``: only
     # on nodes whose operator set these labels; ``requires``: capabilities a node must
     # have (``kvm``, ``arch:x86_64``; the driver and each NIC's network are required
