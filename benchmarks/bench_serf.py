@@ -71,8 +71,8 @@ SERF_TIMINGS = (
     "membership.suspicion_max_mult=24",
     "membership.push_pull_interval_s=30s",
 )
-MESHD_EVENT = re.compile(r"msg=member (alive|suspect|dead|left) name=(\S+)")
-MESHD_READY = re.compile(r"msg=meshd ready name=(\S+)")
+MESHD_EVENT = re.compile(r'msg="member (alive|suspect|dead|left)" name=(\S+)')
+MESHD_READY = re.compile(r'msg="meshd ready" name=(\S+)')
 SERF_READY = re.compile(r"Serf agent running!")
 SERF_EVENT = re.compile(r"serf: EventMember(Join|Failed|Leave|Reap): (\S+)")
 SERF_SUSPECT = re.compile(r"memberlist: Suspect (\S+) has failed")
