@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +77,33 @@ def capabilities(cfg: Config, driver_offers: Iterable[frozenset[str]]) -> Capabi
     for offer in driver_offers:
         offers |= offer
     return Capabilities(frozenset(offers), cfg.label_map())
+
+
+def node_addresses(listen: str | None) -> list[str]:
+    """The IP addresses a node's certificate names: the listen address when it is a
+    specific IP, else (a wildcard, a name, or none) every address of this host's
+    interfaces except loopback and link-local ones, at most ``MAX_SAN_ADDRESSES``."""
+    from meshd.identity.pki import MAX_SAN_ADDRESSES  # noqa: PLC0415 - only init needs it
+    from meshd.units import parse_hostport  # noqa: PLC0415
+
+    if listen:
+        host, _ = parse_hostport(listen, "listen")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and not ip.is_unspecified:
+            return [str(ip)]
+    found: list[str] = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(a.address.split("%", 1)[0])
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or str(ip) in found:
+                continue
+            found.append(str(ip))
+    return found[:MAX_SAN_ADDRESSES]

@@ -701,15 +701,18 @@ class Api:
     async def enrol(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         tok, csr, address = body.get("token"), body.get("csr"), body.get("address")
+        addresses = body.get("addresses", [])
         if (
             not isinstance(tok, str)
             or not isinstance(csr, str)
             or not (address is None or isinstance(address, str))
+            or not isinstance(addresses, list)
+            or not all(isinstance(a, str) for a in addresses)
         ):
             self.enrolments.inc(result="malformed")
             raise BadRequest(
-                "an enrolment request needs token and csr (PEM) strings, and address "
-                "must be a HOST:PORT string when given"
+                "an enrolment request needs token and csr (PEM) strings; address must be "
+                "a HOST:PORT string and addresses a list of IP strings when given"
             )
         try:
             answer = enrolment.serve(
@@ -720,6 +723,7 @@ class Api:
                 csr,
                 address,
                 self.node.clock(),
+                addresses,
             )
         except MeshdError as exc:
             self.enrolments.inc(result="refused")

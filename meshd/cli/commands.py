@@ -100,6 +100,7 @@ def _write_node_config(ddir: Path, values: dict[str, Any]) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     import asyncio
 
+    from meshd.adapters import telemetry
     from meshd.adapters.store import roster
     from meshd.adapters.store.db import Store
     from meshd.identity import enrolment, files, pki
@@ -127,6 +128,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 now,
                 key,
                 on_refused=lambda: files.discard_join_key(ddir),
+                addresses=telemetry.node_addresses(args.listen),
             )
         )
         ident, members, seeds = joined.identity, joined.members, joined.seeds
@@ -134,7 +136,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         if not args.domain:
             raise ConfigError("founding a mesh needs --domain (or pass --join TOKEN to join one)")
         pki.check_domain(args.domain)
-        ident = enrolment.found(args.name, args.domain, cfg.security, now)
+        ident = enrolment.found(
+            args.name, args.domain, cfg.security, now, telemetry.node_addresses(args.listen)
+        )
         members, seeds = [enrolment.member_of(ident.cert, None, now)], ()
     files.save(ddir, ident)
     with Store.open(cfg.store_path) as store:

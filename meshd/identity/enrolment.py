@@ -29,7 +29,7 @@ import base64
 import binascii
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,17 @@ from meshd.units import parse_hostport
 logger = logging.getLogger(__name__)
 
 
-def found(name: str, domain: str, cfg: SecurityConfig, now: float) -> NodeIdentity:
-    """A new mesh: CA, this node's key and certificate, and a random mesh secret."""
+def found(
+    name: str, domain: str, cfg: SecurityConfig, now: float, addresses: Sequence[str] = ()
+) -> NodeIdentity:
+    """A new mesh: CA, this node's key and certificate (naming ``addresses`` too), and a
+    random mesh secret."""
     pki.check_name(name)
     ca_key, ca_cert = pki.create_ca(domain, now, cfg.ca_validity_days)
     key = pki.new_key()
-    cert = pki.issue(ca_key, ca_cert, key.public_key(), name, "node", now, cfg.cert_validity_days)
+    cert = pki.issue(
+        ca_key, ca_cert, key.public_key(), name, "node", now, cfg.cert_validity_days, addresses
+    )
     info = pki.verify(cert, ca_cert, now)
     return NodeIdentity(key, cert, ca_cert, os.urandom(SECRET_BYTES), ca_key, info)
 
@@ -85,8 +90,11 @@ def serve(
     csr_pem: str,
     address: str | None,
     now: float,
+    addresses: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Check a join request and, if it is good, sign the joiner in. Raises on refusal.
+
+    ``addresses`` are the joiner's IP addresses, named in its certificate.
 
     Three cases beyond a plain first join:
 
@@ -126,7 +134,14 @@ def serve(
                     "the replacement must make a new key (a fresh data directory)"
                 )
             cert = pki.issue(
-                ident.ca_key, ident.ca_cert, public_key, name, "node", now, cfg.cert_validity_days
+                ident.ca_key,
+                ident.ca_cert,
+                public_key,
+                name,
+                "node",
+                now,
+                cfg.cert_validity_days,
+                addresses,
             )
             _claim(store, tok, now, name, retry=False)
             # Under a removed name, the new key takes the row (see roster.upsert).
@@ -266,6 +281,7 @@ async def join(
     now: float,
     key: Ed25519PrivateKey | None = None,
     on_refused: Callable[[], None] | None = None,
+    addresses: Sequence[str] = (),
 ) -> Joined:
     """Enrol through the token's seeds, trying each in turn; nothing is written to disk.
 
@@ -285,6 +301,7 @@ async def join(
         "token": token_text,
         "csr": csr.public_bytes(Encoding.PEM).decode(),
         "address": address,
+        "addresses": list(addresses),
     }
     timeout = aiohttp.ClientTimeout(total=cfg.enrol_timeout_s)
     errors = []
@@ -301,13 +318,27 @@ async def join(
                 ident, members = _accept(answer, key, name, ca, now)
                 return Joined(ident, members, tok.seeds)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                errors.append(f"{seed}: {exc or type(exc).__name__}")
-                logger.warning("seed unreachable seed=%s error=%s", seed, exc)
+                why = _unreachable(exc, cfg.enrol_timeout_s)
+                errors.append(f"{seed}: {why}")
+                # The final sentence names every seed and why; this is for --log-level debug.
+                logger.debug("seed unreachable seed=%s error=%s", seed, why)
     raise EnrolmentError(
         "could not reach any seed in the token (" + "; ".join(errors) + "); "
         "check that the seed's meshd is running and reachable, then run the same command "
         "again (it reuses this joiner's key, so a join the seed already accepted completes)"
     )
+
+
+def _unreachable(exc: BaseException, timeout_s: float) -> str:
+    """Why a seed could not be reached, in words (aiohttp's own text names the SSL
+    context object: "ssl:<ssl.SSLContext object at 0x...>")."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()  # "connection refused", "no route to host"
+    return str(exc) or type(exc).__name__
 
 
 def check_join(token_text: str, name: str, domain: str | None, now: float) -> token.JoinToken:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -209,6 +211,34 @@ def csr_name(csr: x509.CertificateSigningRequest) -> tuple[str, Ed25519PublicKey
     return check_name(_attr(subject, NameOID.COMMON_NAME)), key
 
 
+MAX_SAN_ADDRESSES = 16
+
+
+def ip_sans(addresses: Iterable[str]) -> list[x509.IPAddress]:
+    """The node's IP addresses as subject alternative names, so ``curl https://IP:PORT``
+    verifies against the mesh CA; a wildcard or duplicate is left out."""
+    out: list[x509.IPAddress] = []
+    seen: set[str] = set()
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise IdentityError(
+                f"{text!r} is not an IP address: a certificate names its node's addresses "
+                "as IP literals"
+            ) from None
+        if ip.is_unspecified or str(ip) in seen:
+            continue
+        seen.add(str(ip))
+        out.append(x509.IPAddress(ip))
+    if len(out) > MAX_SAN_ADDRESSES:
+        raise IdentityError(
+            f"a certificate names at most {MAX_SAN_ADDRESSES} addresses, not {len(out)}: "
+            "listen on a specific address (--listen IP:PORT)"
+        )
+    return out
+
+
 def issue(
     ca_key: Ed25519PrivateKey,
     ca_cert: x509.Certificate,
@@ -217,10 +247,13 @@ def issue(
     role: str,
     now: float,
     days: int,
+    addresses: Iterable[str] = (),
 ) -> x509.Certificate:
-    """Sign a certificate for ``name`` with ``role`` in the CA's mesh."""
+    """Sign a certificate for ``name`` with ``role`` in the CA's mesh; ``addresses`` (IP
+    literals) join ``name.domain`` among its subject alternative names."""
     check_name(name)
     check_role(role)
+    ips = ip_sans(addresses)
     domain = _attr(ca_cert.subject, NameOID.ORGANIZATION_NAME)
     subject = x509.Name(
         [
@@ -261,7 +294,7 @@ def issue(
             critical=False,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(f"{name}.{domain}")]), critical=False
+            x509.SubjectAlternativeName([x509.DNSName(f"{name}.{domain}"), *ips]), critical=False
         )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False

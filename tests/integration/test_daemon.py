@@ -428,3 +428,11 @@ def test_members_hand_out_every_certificate_to_nodes_only(
     assert names == ["alpha", "beta", "gamma"]
     admin = issue_client_cert(alpha, tmp_path / "certs", "ops", "admin")
     assert_json_error(alpha.https("GET", "/v1/mesh/certs", cert=admin), 403)
+
+
+def test_an_unreachable_seed_is_named_in_a_sentence(seed: Seed) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    token = seed.alpha.cli("token", "create", "--seed", "127.0.0.1:9", check=True).stdout.strip()
+    joiner = seed.mesh.daemon("nowhere")
+    err = assert_refused(joiner.init(join=token, check=False), "127.0.0.1:9", "connection refused")
+    assert "SSLContext" not in err and "object at 0x" not in err, err

@@ -472,3 +472,37 @@ def test_load_key_pem_refuses_garbage_and_other_key_types() -> None:
     )
     with pytest.raises(IdentityError, match="not an Ed25519 key"):
         pki.load_key_pem(ec_pem, "node.key")
+
+
+def test_a_certificate_names_its_ip_addresses_once_and_never_a_wildcard() -> None:
+    ca_key, ca_cert = pki.create_ca("lab.test", NOW, 10)
+    key = pki.new_key()
+    cert = pki.issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        "alpha",
+        "node",
+        NOW,
+        1,
+        ["10.0.0.5", "fd00::5", "10.0.0.5", "0.0.0.0"],
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["alpha.lab.test"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "fd00::5"]
+    pki.verify(cert, ca_cert, NOW)
+
+
+@pytest.mark.parametrize(
+    ("addresses", "sentence"),
+    [
+        (["blade01.lab"], "'blade01.lab' is not an IP address"),
+        ([f"10.0.0.{i}" for i in range(1, 18)], "at most 16 addresses, not 17"),
+    ],
+)
+def test_addresses_a_certificate_cant_name_are_refused_with_a_sentence(
+    addresses: list[str], sentence: str
+) -> None:
+    ca_key, ca_cert = pki.create_ca("lab.test", NOW, 10)
+    with pytest.raises(IdentityError, match=re.escape(sentence)):
+        pki.issue(ca_key, ca_cert, pki.new_key().public_key(), "a", "node", NOW, 1, addresses)
