@@ -182,6 +182,16 @@ def _ident(cfg: Config) -> files.NodeIdentity:
     return files.load(cfg.data_dir, time.time())
 
 
+def _require_identity(cfg: Config) -> None:
+    from meshd.identity import files
+
+    if not files.exists(cfg.data_dir):
+        raise ConfigError(
+            f"{cfg.data_dir} holds no node identity: check --data-dir (or $MESHD_DATA_DIR), "
+            "or create one with `meshd init`"
+        )
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from meshd.adapters.store.db import Store
     from meshd.identity import authority
@@ -501,6 +511,7 @@ def cmd_node_ls(args: argparse.Namespace) -> int:
     from meshd.adapters.store.db import Store
 
     cfg = load_config(args)
+    _require_identity(cfg)  # never create a data dir and an empty store by a typo
     with Store.open(cfg.store_path) as store:
         rows = [m.as_json() for m in roster.members(store, include_removed=True)]
     _listing(args, rows, ["name", "role", "address", "node_id", "removed_at"])

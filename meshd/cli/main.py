@@ -6,14 +6,25 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from meshd import __version__
 from meshd.cli import commands, output
 from meshd.errors import MeshdError
 
 EPILOG = "Every command takes --data-dir (default /var/lib/meshd or $MESHD_DATA_DIR)."
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one sentence naming the help to read, not a
+    usage block (subcommands' parsers are made of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"meshd: {message}; see `{self.prog} --help`\n")
+        sys.exit(2)
 
 
 def finite(text: str) -> float:
@@ -27,16 +38,38 @@ def finite(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+# A value that starts with '-' and a digit is a value (``--memory -1GiB`` then gets the
+# size's own sentence), not an unknown option leaving the flag "expected one argument".
+_NEGATIVE = re.compile(r"^-\d")
+# The options every command takes; also accepted before the command (`meshd --data-dir D
+# peers`), where they land under these names and are moved onto the command's own.
+_GLOBAL = ("data_dir", "config", "preset")
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = False, *, dest: str = "") -> None:
+    p._negative_number_matcher = _NEGATIVE
     p.add_argument(
-        "--data-dir", metavar="DIR", help="node data directory (identity, store, socket)"
+        "--data-dir",
+        metavar="DIR",
+        dest=f"{dest}data_dir",
+        help="node data directory (identity, store, socket)",
     )
     p.add_argument(
-        "--config", metavar="FILE", help="TOML config file (default DATA_DIR/meshd.toml)"
+        "--config",
+        metavar="FILE",
+        dest=f"{dest}config",
+        help="TOML config file (default DATA_DIR/meshd.toml)",
     )
-    p.add_argument("--preset", choices=["lan", "local", "sim"], help="base preset (default lan)")
+    p.add_argument(
+        "--preset",
+        choices=["lan", "local", "sim"],
+        dest=f"{dest}preset",
+        help="base preset (default lan)",
+    )
     if json_flag:
-        p.add_argument("--json", action="store_true", help="print one JSON document")
+        p.add_argument(
+            "--json", action="store_true", dest=f"{dest}json", help="print one JSON document"
+        )
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -69,12 +102,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="meshd",
         description="Decentralized private-cloud node daemon.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
+    _common(parser, json_flag=True, dest="global_")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("init", help="found a new mesh, or join one with a token")
@@ -416,9 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hoist(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options given before the command apply to it, as if given after it."""
+    for name in _GLOBAL:
+        value = getattr(args, f"global_{name}", None)
+        if value is not None and getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if getattr(args, "global_json", False):
+        if not hasattr(args, "json"):
+            parser.error(f"meshd {args.command} has no --json output")
+        args.json = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            _match_negative(action)
     args = parser.parse_args(argv)
+    _hoist(parser, args)
     if args.command != "run":
         logging.basicConfig(level=logging.WARNING, format="meshd: %(message)s")
     try:
@@ -433,6 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return code
+
+
+def _match_negative(action: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for p in action.choices.values():
+        p._negative_number_matcher = _NEGATIVE
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                _match_negative(a)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshd.identity import pki
 
 try:
-    from tests.integration.daemon import DOMAIN, CertPair, Daemon, HttpResponse, Mesh, meshd
+    from tests.integration.daemon import (
+        DOMAIN,
+        MESHD,
+        CertPair,
+        Daemon,
+        HttpResponse,
+        Mesh,
+        meshd,
+    )
 except ImportError:  # tests/integration is not a package, so pytest put it on sys.path
     from daemon import (  # type: ignore[no-redef,import-not-found]
         DOMAIN,
+        MESHD,
         CertPair,
         Daemon,
         HttpResponse,
@@ -305,6 +314,48 @@ def test_status_without_a_daemon(seed: Seed, tmp_path: Path) -> None:
     assert_refused(meshd("status", "--json", data_dir=tmp_path / "nothing"), "not running")
 
 
+def test_options_before_the_command_apply_to_it(seed: Seed) -> None:
+    ddir = str(seed.alpha.data_dir)
+    proc = subprocess.run(
+        [*MESHD, "--data-dir", ddir, "--json", "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["name"] == "alpha"
+    listed = subprocess.run(
+        [*MESHD, "--json", "node", "ls", "--data-dir", ddir],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0 and {"alpha", "beta"} <= {
+        r["name"] for r in json.loads(listed.stdout)
+    }
+
+
+def test_a_mistyped_data_dir_is_refused_and_not_created(tmp_path: Path) -> None:
+    typo = tmp_path / "var-lib-mehsd"
+    assert_refused(meshd("node", "ls", data_dir=typo), "holds no node identity", "--data-dir")
+    assert not typo.exists()
+
+
+def test_a_usage_error_is_one_sentence_naming_the_help(seed: Seed) -> None:
+    proc = subprocess.run(
+        [*MESHD, "peers", "--bogus", "--data-dir", str(seed.alpha.data_dir)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "usage:" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("meshd: unrecognized arguments: --bogus; see `meshd")
+
+
 def test_run_without_an_identity(tmp_path: Path) -> None:
     proc = meshd("run", "--preset", "local", data_dir=tmp_path / "empty", timeout=30)
     assert_refused(proc, "no node identity", "meshd init")
@@ -313,7 +364,12 @@ def test_run_without_an_identity(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "needle"),
-    [("lots", "memory must be a size"), ("12XB", "memory must be a size"), ("0", "memory")],
+    [
+        ("lots", "memory must be a size"),
+        ("12XB", "memory must be a size"),
+        ("0", "memory"),
+        ("-1GiB", "memory must be a size"),  # was argparse's "expected one argument"
+    ],
 )
 def test_run_with_a_bad_memory_flag(seed: Seed, value: str, needle: str) -> None:
     proc = seed.other.cli("run", "--preset", "local", "--memory", value, timeout=30)
