@@ -331,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(c)
     c.set_defaults(func=commands.cmd_config_show)
 
+    p = sub.add_parser(
+        "completion",
+        help="print a bash or zsh completion script",
+        description="Print a completion script generated from this CLI. bash: "
+        "`meshd completion bash > /etc/bash_completion.d/meshd`; zsh: "
+        "`source <(meshd completion zsh)` in ~/.zshrc.",
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(func=_cmd_completion)
+
     p = sub.add_parser("peers", help="the membership view: every member and its state")
     _common(p, json_flag=True)
     p.set_defaults(func=commands.cmd_peers)
@@ -448,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, json_flag=True)
     p.set_defaults(func=commands.cmd_status)
     return parser
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from meshd.cli import completion  # noqa: PLC0415 - only this command needs it
+
+    script = completion.bash if args.shell == "bash" else completion.zsh
+    sys.stdout.write(script(build_parser()))
+    return 0
 
 
 def _hoist(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
