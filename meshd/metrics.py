@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 Labels = tuple[tuple[str, str], ...]
@@ -68,14 +68,26 @@ class Counter(_Metric):
             yield f"{self.name}{_fmt_labels(labels)} {_fmt_value(v)}"
 
 
+# A labelled gauge's callback: one (labels, value) pair per series, read at scrape time.
+Collect = Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+
+
 class Gauge(_Metric):
-    """A gauge read from a callback at scrape time, or set explicitly."""
+    """A gauge read from a callback at scrape time (one value, or labelled series from
+    ``collect``), or set explicitly."""
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, fn: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        fn: Callable[[], float] | None = None,
+        collect: Collect | None = None,
+    ) -> None:
         super().__init__(name, help_text)
         self._fn = fn
+        self._collect = collect
         self._values: dict[Labels, float] = {}
 
     def set(self, value: float, **labels: str) -> None:
@@ -84,7 +96,11 @@ class Gauge(_Metric):
     def samples(self) -> Iterable[str]:
         if self._fn is not None:
             yield f"{self.name} {_fmt_value(self._fn())}"
-        for labels, v in sorted(self._values.items()):
+        values = dict(self._values)
+        if self._collect is not None:
+            for named, v in self._collect():
+                values[tuple(sorted(named.items()))] = v
+        for labels, v in sorted(values.items()):
             yield f"{self.name}{_fmt_labels(labels)} {_fmt_value(v)}"
 
 
@@ -131,8 +147,14 @@ class Registry:
     def counter(self, name: str, help_text: str) -> Counter:
         return self._add(Counter(name, help_text))
 
-    def gauge(self, name: str, help_text: str, fn: Callable[[], float] | None = None) -> Gauge:
-        return self._add(Gauge(name, help_text, fn))
+    def gauge(
+        self,
+        name: str,
+        help_text: str,
+        fn: Callable[[], float] | None = None,
+        collect: Collect | None = None,
+    ) -> Gauge:
+        return self._add(Gauge(name, help_text, fn, collect))
 
     def histogram(self, name: str, help_text: str) -> Histogram:
         return self._add(Histogram(name, help_text))

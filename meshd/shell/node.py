@@ -46,7 +46,7 @@ from meshd.identity import authority
 from meshd.identity import bmc as bmc_files
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
-from meshd.shell import loop_errors
+from meshd.shell import gauges, loop_errors
 from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
 from meshd.shell.fencing import EndpointBook, FencingShell, boot_clock
@@ -330,6 +330,7 @@ class Node:
         self.placement, self.runner = start_shells(self.ctx, self.mesh)
         redfish = RedfishClient(self.cfg.bmc)
         self.fencing = start_fencing(self.ctx, self.mesh, self.placement, redfish, redfish.clock)
+        gauges.register(self.metrics, self.placement, self.runner, self.fencing)
         self.mesh.join(seeds)  # last: once others hear of us, we are all there
         self.store.set_meta("address", self.address)
         self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
