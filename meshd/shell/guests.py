@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
 from meshd.adapters import host_net
 from meshd.adapters.dnsmasq import Dnsmasq
 from meshd.adapters.metadata_http import MetadataServer
@@ -106,21 +108,21 @@ class GuestNetworks:
         self.lookup, self.names = lookup, every
 
     async def start(self) -> None:
-        """The metadata server (if configured) and the capability follower."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.metadata:
-            server = MetadataServer(self.identify, self.sign, self.cfg.metadata_port)
-            try:
-                await server.start()
-                self.metadata = server
-            except OSError as exc:
-                logger.error(
-                    "metadata server not started: %s (it needs root, or set "
-                    "[guests] metadata = false)",
-                    exc,
-                )
+        """Follow which networks this node can attach (the rest starts with the first
+        network set up here: a node without guests' NICs binds nothing)."""
         self.refresh_offers()
         self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _start_metadata(self) -> None:
+        server = MetadataServer(self.identify, self.sign, self.cfg.metadata_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise DriverError(
+                f"cannot serve metadata on 169.254.169.254:{self.cfg.metadata_port} ({exc}): "
+                "meshd needs root for guests' NICs, or set [guests] metadata = false"
+            ) from exc
+        self.metadata = server
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -209,6 +211,22 @@ class GuestNetworks:
         async with self._lock:
             await self._segment(network)
 
+    def with_network_config(self, wid: str, spec: WorkloadSpec) -> WorkloadSpec:
+        """``spec`` with a NoCloud network-config for its NICs (QEMU guests with NICs
+        whose spec gives none; cloud-init then applies the same static addresses DHCP
+        would hand out). Unchanged if a network is unknown here: attach says why."""
+        if spec.driver != "qemu" or not spec.nics or spec.network_config is not None:
+            return spec
+        try:
+            nics = guest_net.nics_of(wid, spec)
+        except ValueError:
+            return spec
+        networks = {n.network: self.lookup(n.network) for n in nics}
+        known = {k: v for k, v in networks.items() if v is not None}
+        if len(known) != len(networks):
+            return spec
+        return msgspec.structs.replace(spec, network_config=guest_net.network_config(nics, known))
+
     def guest_address(self, wid: str) -> Address | None:
         """The address of ``wid``'s first NIC, if it has one here (services publish it)."""
         guest = self._guests.get(wid)
@@ -222,6 +240,7 @@ class GuestNetworks:
         if seg is not None and seg.net == net and host_net.bridge_exists(net.bridge):
             return seg
         t = self.cfg.tool_timeout_s
+        self.dir.mkdir(parents=True, exist_ok=True)
         host_net.bridge_nf_off()
         note = await host_net.ensure_bridge(
             net.bridge,
@@ -239,6 +258,8 @@ class GuestNetworks:
             )
         node_ip = await self.addresses.node_address(net.name)
         await host_net.ensure_address(net.bridge, node_ip, net.subnet.prefixlen, t)
+        if self.cfg.metadata and self.metadata is None:
+            await self._start_metadata()
         bridges = sorted({s.net.bridge for s in self._segments.values()} | {net.bridge})
         await host_net.apply_guard(host_net.uplinks_of(bridges), t, self.dir)
         if seg is not None and seg.dnsmasq is not None:

@@ -201,6 +201,27 @@ def test_vm_config_is_a_valid_full_vm_configuration(
             assert swagger.request_errors("PUT", f"/network-interfaces/{n['iface_id']}", n) == []
 
 
+def test_mesh_nics_make_valid_network_interfaces(swagger: Swagger, tmp_path: Path) -> None:
+    import msgspec
+
+    from meshd.adapters.drivers.firecracker_api import check_spec, mesh_nics
+    from meshd.core import nic
+    from meshd.core.spec import Nic
+
+    g = fake.guest(tmp_path)
+    spec = msgspec.structs.replace(
+        fake.spec_for(g), nics=(Nic("lan", "10.0.0.5"), Nic("san", "10.1.0.5"))
+    )
+    check_spec("vm-1", spec)  # NICs on mesh networks are accepted
+    config = vm_config(spec, rootfs=None, log_path=None, nics=mesh_nics("vm-1", spec))
+    assert swagger.errors(FULL, config) == []
+    assert config["network-interfaces"] == [
+        {"iface_id": f"eth{i}", "host_dev_name": nic.tap_name("vm-1", i),
+         "guest_mac": nic.mac_for("vm-1", i)}
+        for i in range(2)
+    ]  # fmt: skip
+
+
 def test_a_jailed_config_is_valid_too(swagger: Swagger, tmp_path: Path) -> None:
     g = fake.guest(tmp_path / "g")
     log = tmp_path / "fc.log"

@@ -163,7 +163,6 @@ REFUSALS = {
     "cloud-init": ({"user_data": "#cloud-config\n"}, "no cloud-init seed"),
     "other driver": ({"driver": "qemu"}, "for the qemu driver"),
     "bad id": ({"wid": "../etc"}, "can't name a firecracker VM"),
-    "mesh NICs": ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported"),
 }
 
 
