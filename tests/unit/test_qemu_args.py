@@ -27,6 +27,7 @@ from meshd.adapters.drivers.qemu_args import (
     validate,
 )
 from meshd.adapters.drivers.specfile import read_spec
+from meshd.core import nic
 from meshd.core.spec import Nic, WorkloadSpec, dumps
 from meshd.errors import DriverError
 
@@ -276,8 +277,6 @@ def test_argv_tap(tmp_path: Path) -> None:
 
 
 def test_argv_mesh_nics(tmp_path: Path) -> None:
-    from meshd.core import nic
-
     s = spec(nics=(Nic("lan", "10.0.0.5"), Nic("san", "10.1.0.5")))
     validate(WID, s)  # NICs on mesh networks are accepted
     plan = _plan(tmp_path, s, bridge="br0")

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from meshd.core import nic
+from meshd.core.nic import mac_for, tap_name
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError, FirecrackerApiError
 
@@ -57,7 +57,7 @@ def mesh_nics(wid: str, spec: WorkloadSpec) -> list[NetworkInterface]:
     """The spec's NICs on mesh networks: ``ethN`` on the tap the runner made, with the
     stable MAC (so DHCP and the metadata server know the guest)."""
     return [
-        NetworkInterface(f"eth{i}", nic.tap_name(wid, i), nic.mac_for(wid, i))
+        NetworkInterface(f"eth{i}", tap_name(wid, i), mac_for(wid, i))
         for i in range(len(spec.nics))
     ]
 
