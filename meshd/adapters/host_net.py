@@ -178,13 +178,22 @@ async def apply_guard(uplinks: list[str], timeout_s: float, scratch: Path) -> No
     await run_tool(["nft", "-f", str(script)], "cannot load the nftables guard", timeout_s)
 
 
-async def neighbours(bridge: str, timeout_s: float) -> str:
-    return await run_tool(
-        ["ip", "-j", "neigh", "show", "dev", bridge], "cannot read neighbours", timeout_s
-    )
+def arp_table(proc: Path = Path("/proc/net/arp")) -> str:
+    """This namespace's IPv4 neighbours (a read, no subprocess: the metadata server
+    looks here on every request)."""
+    try:
+        return proc.read_text()
+    except OSError:
+        return ""
 
 
-async def fdb(bridge: str, timeout_s: float) -> str:
-    return await run_tool(
-        ["bridge", "-j", "fdb", "show", "br", bridge], "cannot read the fdb", timeout_s
-    )
+def forwarding_table(bridge: str) -> tuple[bytes, dict[int, str]]:
+    """The bridge's learnt MACs (sysfs ``brforward``) and its ports by number."""
+    names: dict[int, str] = {}
+    for port in ports_of(bridge):
+        with contextlib.suppress(OSError, ValueError):
+            names[int(_read(SYS_NET / bridge / "brif" / port / "port_no"), 16)] = port
+    try:
+        return (SYS_NET / bridge / "brforward").read_bytes(), names
+    except OSError:
+        return b"", names

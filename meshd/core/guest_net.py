@@ -19,7 +19,7 @@ and DNS servers. This module turns those into the texts the host tools take:
 * the **NoCloud network-config** (version 2) matching each NIC by MAC.
 * the **metadata** answers (EC2 and OpenStack paths) for one identified guest.
 
-It also reads what ``ip -j neigh`` and ``bridge -j fdb`` print. Pure: no IO, no clock.
+It also reads the kernel's ARP table and a bridge's forwarding table. Pure: no IO, no clock.
 """
 
 from __future__ import annotations
@@ -215,43 +215,43 @@ def guard_ruleset(uplinks: Iterable[str], table: str = GUARD_TABLE) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- what ip and bridge print --------------------------------------------------------------
+# -- what the kernel says about a bridge ------------------------------------------------
 
 
-def macs_of_ip(neigh_json: str, ip: Address, bridge: str) -> set[str]:
-    """The MACs ``ip -j neigh show dev BRIDGE`` lists for ``ip`` (usually one; two mean
-    someone claims another's address, and the caller refuses)."""
+def macs_of_ip(proc_net_arp: str, ip: Address, bridge: str) -> set[str]:
+    """The MACs ``/proc/net/arp`` has for ``ip`` on ``bridge``, complete entries only
+    (usually one; two would mean someone claims another's address: refused)."""
     out = set()
-    for e in _json_list(neigh_json):
-        if e.get("dst") != str(ip) or e.get("dev", bridge) != bridge:
+    for line in proc_net_arp.splitlines()[1:]:
+        f = line.split()
+        # IP address, HW type, Flags, HW address, Mask, Device
+        if len(f) < 6 or f[0] != str(ip) or f[5] != bridge:
             continue
-        mac = str(e.get("lladdr", "")).lower()
-        state = e.get("state") or []
-        if _MAC.match(mac) and "FAILED" not in state and "INCOMPLETE" not in state:
+        try:
+            complete = int(f[2], 16) & 0x2
+        except ValueError:
+            continue
+        mac = f[3].lower()
+        if complete and _MAC.match(mac) and mac != "00:00:00:00:00:00":
             out.add(mac)
     return out
 
 
-def ports_of_mac(fdb_json: str, mac: str, bridge: str) -> set[str]:
-    """The bridge ports ``bridge -j fdb show br BRIDGE`` has learnt ``mac`` on (entries
-    the bridge itself holds, ``"master": BRIDGE``, not the ports' own lists)."""
+FDB_ENTRY = 16  # struct __fdb_entry (linux/if_bridge.h), what sysfs brforward holds
+
+
+def ports_of_mac(brforward: bytes, mac: str, port_names: Mapping[int, str]) -> set[str]:
+    """The ports a bridge learnt ``mac`` on, from its sysfs ``brforward`` table (entries
+    of 16 bytes: MAC, port number low byte, is-local, ageing timer, port high byte) and
+    ``port_names`` (port number -> interface). The bridge's own addresses are skipped."""
     out = set()
-    for e in _json_list(fdb_json):
-        if str(e.get("mac", "")).lower() != mac or e.get("master") != bridge:
+    for off in range(0, len(brforward) - FDB_ENTRY + 1, FDB_ENTRY):
+        e = brforward[off : off + FDB_ENTRY]
+        if ":".join(f"{b:02x}" for b in e[:6]) != mac or e[7]:
             continue
-        if "permanent" in (e.get("state") or "") or e.get("vlan") not in (None, 0, 1):
-            continue
-        if isinstance(e.get("ifname"), str):
-            out.add(e["ifname"])
+        port = e[6] | (e[12] << 8)
+        out.add(port_names.get(port, f"port{port}"))
     return out
-
-
-def _json_list(text: str) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(text or "[]")
-    except ValueError:
-        return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
 # -- cloud-init ---------------------------------------------------------------------------

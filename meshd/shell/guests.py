@@ -308,18 +308,14 @@ class GuestNetworks:
                 seg = self._segments.get(nic.network)
                 if seg is None:
                     return None
-                t = self.cfg.tool_timeout_s
-                macs = guest_net.macs_of_ip(
-                    await host_net.neighbours(seg.net.bridge, t), nic.ip, seg.net.bridge
-                )
+                macs = guest_net.macs_of_ip(host_net.arp_table(), nic.ip, seg.net.bridge)
                 if macs != {nic.mac}:
                     logger.warning(
                         "metadata: %s answers as %s, not %s", source, sorted(macs), nic.mac
                     )
                     return None
-                ports = guest_net.ports_of_mac(
-                    await host_net.fdb(seg.net.bridge, t), nic.mac, seg.net.bridge
-                )
+                fdb, port_names = host_net.forwarding_table(seg.net.bridge)
+                ports = guest_net.ports_of_mac(fdb, nic.mac, port_names)
                 if ports != {nic.tap}:
                     logger.warning(
                         "metadata: %s (%s) is on ports %s, not %s",

@@ -107,29 +107,38 @@ def test_the_guard_drops_dhcp_and_metadata_between_guests_and_uplinks() -> None:
     assert "jump from_uplink" not in alone and "jump cross" in alone
 
 
-NEIGH = json.dumps([
-    {"dst": "10.0.0.5", "dev": "br0", "lladdr": "0E:AA:00:00:00:01", "state": ["REACHABLE"]},
-    {"dst": "10.0.0.6", "dev": "br0", "lladdr": "0e:aa:00:00:00:02", "state": ["FAILED"]},
-    {"dst": "10.0.0.7", "dev": "br0", "state": ["INCOMPLETE"]},
-    {"dst": "10.0.0.5", "dev": "br9", "lladdr": "0e:aa:00:00:00:09", "state": ["STALE"]},
-])  # fmt: skip
-FDB = json.dumps([
-    {"mac": "0e:aa:00:00:00:01", "ifname": "mt1", "master": "br0", "state": ""},
-    {"mac": "0e:aa:00:00:00:01", "ifname": "mt1", "vlan": 1, "master": "br0", "state": "permanent"},
-    {"mac": "0e:aa:00:00:00:01", "ifname": "mt1", "state": "self"},
-    {"mac": "0e:aa:00:00:00:02", "ifname": "up0", "master": "br0"},
-])  # fmt: skip
+ARP = """IP address       HW type     Flags       HW address            Mask     Device
+10.0.0.5         0x1         0x2         0E:AA:00:00:00:01     *        br0
+10.0.0.6         0x1         0x0         00:00:00:00:00:00     *        br0
+10.0.0.7         0x1         0x2         0e:aa:00:00:00:07     *        br0
+10.0.0.7         0x1         0x2         0e:aa:00:00:00:08     *        br0
+10.0.0.5         0x1         0x2         0e:aa:00:00:00:09     *        br9
+bad line
+"""
 
 
-def test_neighbour_and_fdb_readings() -> None:
-    assert macs_of_ip(NEIGH, IP("10.0.0.5"), "br0") == {"0e:aa:00:00:00:01"}
-    assert macs_of_ip(NEIGH, IP("10.0.0.6"), "br0") == set()  # FAILED is no answer
-    assert macs_of_ip(NEIGH, IP("10.0.0.7"), "br0") == set()
-    assert macs_of_ip("not json", IP("10.0.0.5"), "br0") == set()
-    assert ports_of_mac(FDB, "0e:aa:00:00:00:01", "br0") == {"mt1"}
-    assert ports_of_mac(FDB, "0e:aa:00:00:00:02", "br0") == {"up0"}
-    assert ports_of_mac(FDB, "0e:aa:00:00:00:01", "br9") == set()
-    assert ports_of_mac('{"a": 1}', "0e:aa:00:00:00:01", "br0") == set()
+def fdb_entry(mac: str, port: int, local: bool = False) -> bytes:
+    raw = bytes(int(x, 16) for x in mac.split(":"))
+    return raw + bytes([port & 0xFF, int(local)]) + b"\0\0\0\0" + bytes([port >> 8]) + b"\0\0\0"
+
+
+def test_arp_and_forwarding_table_readings() -> None:
+    assert macs_of_ip(ARP, IP("10.0.0.5"), "br0") == {"0e:aa:00:00:00:01"}
+    assert macs_of_ip(ARP, IP("10.0.0.6"), "br0") == set()  # incomplete: no answer yet
+    assert macs_of_ip(ARP, IP("10.0.0.7"), "br0") == {"0e:aa:00:00:00:07", "0e:aa:00:00:00:08"}
+    assert macs_of_ip(ARP, IP("10.0.0.5"), "br1") == set()
+    assert macs_of_ip("", IP("10.0.0.5"), "br0") == set()
+    table = b"".join([
+        fdb_entry("0e:aa:00:00:00:01", 1),
+        fdb_entry("0e:aa:00:00:00:01", 2, local=True),  # the bridge's own: skipped
+        fdb_entry("0e:aa:00:00:00:02", 0x103),  # a port number above 255
+        b"\1\2\3",  # a torn tail
+    ])  # fmt: skip
+    names = {1: "mt1", 2: "up0", 0x103: "mt9"}
+    assert ports_of_mac(table, "0e:aa:00:00:00:01", names) == {"mt1"}
+    assert ports_of_mac(table, "0e:aa:00:00:00:02", names) == {"mt9"}
+    assert ports_of_mac(table, "0e:aa:00:00:00:02", {}) == {"port259"}
+    assert ports_of_mac(table, "0e:aa:00:00:00:03", names) == set()
 
 
 def test_network_config_v2_matches_each_nic_by_mac() -> None:
