@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 from meshd.adapters.drivers.qemu_host import run_tool
@@ -90,7 +89,7 @@ class Dnsmasq:
             os.kill(pid, signal.SIGHUP)  # the hosts file may have changed meanwhile
         else:
             if pid is not None and _cmdline(pid)[:1] and Path(_cmdline(pid)[0]).name == "dnsmasq":
-                self._kill(pid)  # an older dnsmasq of ours with other flags
+                await self._kill(pid)  # an older dnsmasq of ours with other flags
             await self._spawn()
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -189,7 +188,7 @@ class Dnsmasq:
                 await self._task
             self._task = None
         if self.pid is not None and self.running():
-            self._kill(self.pid)
+            await self._kill(self.pid)
             if self._proc is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._proc.wait(), self.timeout_s)
@@ -203,9 +202,13 @@ class Dnsmasq:
         else:
             path.write_text(f"{pid}\n")
 
-    def _kill(self, pid: int) -> None:
+    async def _kill(self, pid: int) -> None:
+        """SIGTERM; for one we did not start (adopted), wait until it is gone."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.timeout_s
-        while self._proc is None and _cmdline(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if self._proc is not None:
+            return
+        for _ in range(max(1, int(self.timeout_s / 0.02))):
+            if not _cmdline(pid):
+                return
+            await asyncio.sleep(0.02)

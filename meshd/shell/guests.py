@@ -51,6 +51,9 @@ from meshd.errors import DriverError, MeshdError
 
 logger = logging.getLogger(__name__)
 NetworkLookup = Callable[[str], Network | None]
+# Drivers whose guests sit behind taps; for the others (process, fake) a NIC is only
+# its address: nothing to set up on the host.
+TAP_DRIVERS = frozenset({"qemu", "firecracker"})
 
 
 class NodeAddresses(Protocol):
@@ -114,14 +117,20 @@ class GuestNetworks:
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def _start_metadata(self) -> None:
+        """Serve metadata; if the port is taken, say so and go on (the guests still get
+        their addresses; the next network set up here tries again)."""
         server = MetadataServer(self.identify, self.sign, self.cfg.metadata_port)
         try:
             await server.start()
         except OSError as exc:
-            raise DriverError(
-                f"cannot serve metadata on 169.254.169.254:{self.cfg.metadata_port} ({exc}): "
-                "meshd needs root for guests' NICs, or set [guests] metadata = false"
-            ) from exc
+            await server.stop()
+            logger.error(
+                "cannot serve metadata on 169.254.169.254:%s (%s): free the port, or set "
+                "[guests] metadata = false",
+                self.cfg.metadata_port,
+                exc,
+            )
+            return
         self.metadata = server
 
     async def stop(self) -> None:
@@ -165,7 +174,7 @@ class GuestNetworks:
     async def attach(self, wid: str, spec: WorkloadSpec) -> list[GuestNic]:
         """Set up every NIC of ``wid`` here before its driver starts it (DriverError:
         the sentence saying what is missing; what this call made is undone)."""
-        if not spec.nics:
+        if not spec.nics or spec.driver not in TAP_DRIVERS:
             return []
         try:
             nics = guest_net.nics_of(wid, spec)

@@ -157,22 +157,38 @@ class Lab:
         }
         path = self.tmp / f"{name}.json"
         path.write_text(json.dumps(conf))
+        b = Blade(name, ns, node_ip)
+        self.blades[name] = b
+        self._launch(b)
+        return b
+
+    def _launch(self, b: Blade) -> None:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent.parent))
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "guest_blade.py"), str(path)],
+        path = self.tmp / f"{b.name}.json"
+        b.proc = subprocess.Popen(
+            ["ip", "netns", "exec", b.ns, sys.executable, str(HERE / "guest_blade.py"), str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=open(self.tmp / f"{name}.err", "w"),  # noqa: SIM115 - lives with the lab
+            stderr=open(self.tmp / f"{b.name}.err", "a"),  # noqa: SIM115 - lives with the lab
             text=True,
             env=env,
         )
-        b = Blade(name, ns, node_ip, proc)
-        self.blades[name] = b
-        line = proc.stdout.readline() if proc.stdout else ""
+        line = b.proc.stdout.readline() if b.proc.stdout else ""
         if not line.startswith("READY"):
-            raise RuntimeError(f"blade {name} did not start: {self.errors(name)}")
+            raise RuntimeError(f"blade {b.name} did not start: {self.errors(b.name)}")
         b.offers = json.loads(line.split(" ", 1)[1])
-        return b
+
+    def crash_and_restart(self, b: Blade, attach: list[str]) -> None:
+        """SIGKILL the blade's meshd (its dnsmasq, in its own session, lives on), then
+        start it again on the same directory, attaching ``attach`` as a restarted node
+        reattaches its running workloads."""
+        assert b.proc is not None
+        b.proc.kill()
+        b.proc.wait()
+        path = self.tmp / f"{b.name}.json"
+        conf = json.loads(path.read_text())
+        path.write_text(json.dumps(conf | {"attach": attach}))
+        self._launch(b)
 
     def errors(self, blade: str) -> str:
         try:

@@ -153,6 +153,23 @@ def test_a_spoofed_source_gets_nothing(world: World) -> None:
         lab._in(g1.ns, "ip", "addr", "del", "10.77.0.99/24", "dev", "eth0")
 
 
+def test_a_restarted_blade_reattaches_without_touching_its_guests(world: World) -> None:
+    lab, a = world.lab, world.a
+    pid = int(a.send("pid"))
+
+    def ifindex(tap: str) -> int:
+        return int(json.loads(lab._in(a.ns, "ip", "-j", "link", "show", tap).stdout)[0]["ifindex"])
+
+    before = [ifindex(g.tap) for g in (world.g1, world.g2)]
+    lab.crash_and_restart(a, ["w-one", "w-two"])
+    assert int(a.send("pid")) == pid  # the running dnsmasq was adopted
+    assert [ifindex(g.tap) for g in (world.g1, world.g2)] == before  # the same taps
+    ((status, body, _),) = lab.fetch(world.g1, "/latest/meta-data/instance-id")
+    assert (status, body) == (200, "w-one")
+    lease = lab.dhcp(world.g2)
+    assert lease is not None and lease["serverid"] == a.node_ip
+
+
 def test_dnsmasq_is_restarted_and_a_departed_guest_loses_its_lease(world: World) -> None:
     lab, a = world.lab, world.a
     pid = int(a.send("pid"))
