@@ -102,6 +102,7 @@ class GuestNetworks:
         self._segments: dict[str, _Segment] = {}  # network name -> what is set up here
         self._lock = asyncio.Lock()
         self._offers: frozenset[str] = frozenset()
+        self._uplinks: list[str] | None = None  # as the loaded guard lists them
         self.metadata: MetadataServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -149,6 +150,23 @@ class GuestNetworks:
         while True:
             await asyncio.sleep(self.cfg.check_interval_s)
             self.refresh_offers()
+            if self._segments:
+                async with self._lock:
+                    await self._guard()
+
+    async def _guard(self) -> None:
+        """(Re)load the nftables guard if the uplinks of meshd's bridges changed (an
+        operator may add one at any time); a failure is logged and tried again."""
+        bridges = sorted({s.net.bridge for s in self._segments.values()})
+        uplinks = host_net.uplinks_of(bridges)
+        if uplinks == self._uplinks:
+            return
+        try:
+            await host_net.apply_guard(uplinks, self.cfg.tool_timeout_s, self.dir)
+        except (DriverError, OSError) as exc:
+            logger.error("the guests' nftables guard is not loaded: %s", exc)
+            return
+        self._uplinks = uplinks
 
     def offers(self) -> frozenset[str]:
         """``network:NAME`` for each live network this node can attach."""
@@ -270,7 +288,9 @@ class GuestNetworks:
         if self.cfg.metadata and self.metadata is None:
             await self._start_metadata()
         bridges = sorted({s.net.bridge for s in self._segments.values()} | {net.bridge})
-        await host_net.apply_guard(host_net.uplinks_of(bridges), t, self.dir)
+        uplinks = host_net.uplinks_of(bridges)
+        await host_net.apply_guard(uplinks, t, self.dir)
+        self._uplinks = uplinks
         if seg is not None and seg.dnsmasq is not None:
             await seg.dnsmasq.stop()
         dns = None

@@ -153,6 +153,24 @@ def test_a_spoofed_source_gets_nothing(world: World) -> None:
         lab._in(g1.ns, "ip", "addr", "del", "10.77.0.99/24", "dev", "eth0")
 
 
+def test_the_guard_follows_an_uplink_the_operator_adds(world: World) -> None:
+    lab, b = world.lab, world.b
+
+    def guarded() -> str:
+        return lab._in(b.ns, "nft", "list", "chain", "bridge", "meshd_guard", "input").stdout
+
+    assert '"up0"' in guarded() and "h13hup1" not in guarded()
+    lab._in(b.ns, "ip", "link", "add", "h13hup1", "type", "veth", "peer", "name", "h13hup1p")
+    try:
+        lab._in(b.ns, "ip", "link", "set", "h13hup1", "master", "h13hbr0", "up")
+        deadline = time.monotonic() + 5
+        while "h13hup1" not in guarded() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert '"h13hup1"' in guarded()
+    finally:
+        lab._in(b.ns, "ip", "link", "del", "h13hup1")
+
+
 def test_a_restarted_blade_reattaches_without_touching_its_guests(world: World) -> None:
     lab, a = world.lab, world.a
     pid = int(a.send("pid"))
