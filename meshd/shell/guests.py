@@ -81,6 +81,17 @@ def _no_networks(_: str) -> Network | None:
     return None
 
 
+def _same(a: Network, b: Network) -> bool:
+    """The same segment setup (a record re-signed with the same fields changes nothing)."""
+    return (a.subnet, a.gateway, a.bridge, a.vlan, a.dns) == (
+        b.subnet,
+        b.gateway,
+        b.bridge,
+        b.vlan,
+        b.dns,
+    )
+
+
 class GuestNetworks:
     def __init__(
         self,
@@ -264,7 +275,7 @@ class GuestNetworks:
         net = self.lookup(network)
         if net is None:
             raise DriverError(f"no network named {network} here: `meshd network ls` lists them")
-        if seg is not None and seg.net == net and host_net.bridge_exists(net.bridge):
+        if seg is not None and _same(seg.net, net) and host_net.bridge_exists(net.bridge):
             return seg
         t = self.cfg.tool_timeout_s
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from meshd.adapters.drivers.firecracker_host import (
     prepare_jail,
 )
 from meshd.adapters.drivers.procfs import is_alive, read_stat
-from meshd.core.spec import Nic, WorkloadSpec
+from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
 
 try:
