@@ -73,7 +73,9 @@ def main() -> None:
         lease = lab.dhcp(g)
         if lease is None or lease["ip"] != g.ip:
             raise SystemExit(f"no lease: {lease} {lab.errors('a')}")
-        stranger = lab.guest(blade, "w-none", "10.77.0.99", port="h13hbx0")
+        # On a tap-named port (any other port is an uplink to the guard, which drops
+        # its metadata traffic before the server sees it).
+        stranger = lab.guest(blade, "w-none", "10.77.0.99")
         lab._in(stranger.ns, "ip", "addr", "add", "10.77.0.99/24", "dev", "eth0")
         lab._in(stranger.ns, "ip", "route", "add", "169.254.169.254/32", "via", "10.77.0.2")
         for run in range(args.runs):

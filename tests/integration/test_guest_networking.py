@@ -169,10 +169,14 @@ def test_only_the_own_blade_answers_arp_for_the_metadata_address(world: World) -
 
 def test_a_spoofed_source_gets_nothing(world: World) -> None:
     lab = world.lab
-    # Another port on blade a's bridge claims w-two's address: with its own MAC, then
-    # with w-two's MAC as well.
-    for mac in ("02:00:00:00:00:99", mac_for("w-two", 0)):
-        spoof = lab.guest(world.a, "w-two", "10.77.0.12", port=f"h13hsp{mac[-1]}", mac=mac)
+    # Another guest's tap on blade a's bridge claims w-two's address: with its own MAC,
+    # then with w-two's MAC as well; then a port that is no tap (the guard's business).
+    for port, mac in (
+        (tap_name("w-spoof", 0), "02:00:00:00:00:99"),
+        (tap_name("w-spoof", 1), mac_for("w-two", 0)),
+        ("h13hsp0", "02:00:00:00:00:98"),
+    ):
+        spoof = lab.guest(world.a, "w-two", "10.77.0.12", port=port, mac=mac)
         lab._in(spoof.ns, "ip", "addr", "add", "10.77.0.12/24", "dev", "eth0")
         lab._in(spoof.ns, "ip", "route", "add", "169.254.169.254/32", "via", "10.77.0.2")
         lab._in(world.a.ns, "ip", "neigh", "flush", "dev", "h13hbr0")
