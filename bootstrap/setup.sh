@@ -15,6 +15,12 @@ python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [[ $(id -u) -eq 0 ]]; then
+    # Guests' networking (meshd.shell.guests): DHCP, lease release, the bridge guard
+    command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
+    command -v dhcp_release >/dev/null 2>&1 || need_apt+=(dnsmasq-utils)
+    command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+fi
 if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v avahi-browse >/dev/null 2>&1 || need_apt+=(avahi-utils)
     command -v avahi-daemon >/dev/null 2>&1 || need_apt+=(avahi-daemon)

@@ -78,6 +78,7 @@ from meshd.config.sections import (
     DriversConfig,
     FencingConfig,
     FirecrackerDriverConfig,
+    GuestsConfig,
     MembershipConfig,
     ProcessDriverConfig,
     QemuDriverConfig,
@@ -108,6 +109,7 @@ __all__ = [
     "DriversConfig",
     "FencingConfig",
     "FirecrackerDriverConfig",
+    "GuestsConfig",
     "MembershipConfig",
     "ProcessDriverConfig",
     "QemuDriverConfig",
@@ -168,6 +170,7 @@ class Config(_Section):
     fencing: FencingConfig = field(default_factory=FencingConfig)
     drivers: DriversConfig = field(default_factory=DriversConfig)
     bmc: BmcConfig = field(default_factory=BmcConfig)
+    guests: GuestsConfig = field(default_factory=GuestsConfig)
 
     def override(self, values: Mapping[str, Any]) -> Config:
         """A copy with ``{"auction.window_s": "300ms", "listen": ...}`` applied.

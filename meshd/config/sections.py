@@ -395,3 +395,30 @@ class BmcConfig(_Section):
     # Whole budget of one fence (login, read, ForceOff, polling until Off) and of one
     # `meshd bmc check`. No request starts that could end after it.
     deadline_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GuestsConfig(_Section):
+    """Guests' networking on this node (meshd.shell.guests): bridges, DHCP, metadata."""
+
+    # Create a network's bridge when it does not exist here (stp off, forward delay 0,
+    # a fixed MAC); off: only networks whose bridge the operator made are offered
+    # (capability network:NAME), and a NIC on another is refused.
+    create_bridges: bool = False
+    # The interface a created bridge is linked to (the guests' segment); with a network's
+    # VLAN, its 802.1Q sub-interface (where the kernel allows). Empty: none.
+    uplink: str = ""
+    # Serve DHCP to this node's guests (one dnsmasq per bridge, DHCP only).
+    dhcp: bool = True
+    # Serve metadata (EC2 and OpenStack paths) on 169.254.169.254.
+    metadata: bool = True
+    # The metadata server's port (80 for guests; tests may move it).
+    metadata_port: int = 80
+    # DHCP lease time offered to guests; they renew at half of it.
+    lease_s: int = 3600
+    # Bound on each ip/bridge/nft/dhcp_release call.
+    tool_timeout_s: float = 10.0
+    # How often dnsmasq is checked (and restarted if it died).
+    check_interval_s: float = 1.0
+    # The dnsmasq binary (Debian: dnsmasq-base).
+    dnsmasq: str = "dnsmasq"

@@ -569,8 +569,10 @@ class Mesh:
             self._republish_at = at
             self._rearm()
 
-    async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
-        return await self.names.add(name, port, proto)
+    async def add_service(
+        self, name: str, port: int, proto: str, host: str | None = None
+    ) -> dict[str, Any]:
+        return await self.names.add(name, port, proto, host)
 
     async def remove_service(self, name: str) -> None:
         await self.names.remove(name)

@@ -41,6 +41,7 @@ from meshd.api.listener import Budget, Listener
 from meshd.api.refusals import ServerLog
 from meshd.api.server import Api
 from meshd.config import Config
+from meshd.core.auction.capabilities import Capabilities
 from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
 from meshd.identity import bmc as bmc_files
@@ -194,6 +195,16 @@ def start_shells(
     logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
     placement = PlacementShell(ctx, mesh, caps)
     placement.start()
+    networks = placement.networks
+
+    def offers_changed(attachable: frozenset[str]) -> None:
+        # Drivers and labels as measured at start-up, networks as they are now.
+        new = Capabilities(caps.offers | attachable, caps.labels)
+        logger.info("capabilities offers=%s", ",".join(sorted(new.offers)))
+        placement.set_capabilities(new)
+
+    runner.guests.use_networks(networks.table.live, networks.networks)
+    runner.guests.on_offers = offers_changed
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced
     )

@@ -180,6 +180,12 @@ class PlacementShell:
             capabilities=self.capabilities,
         )
 
+    def set_capabilities(self, capabilities: Capabilities) -> None:
+        """What this node offers in bids from now on (``network:NAME`` follows the
+        networks it can attach)."""
+        self.capabilities = capabilities
+        self.core.set_capabilities(capabilities)
+
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:

@@ -113,7 +113,11 @@ class MeshPort(Protocol):
 
     # -- names ----------------------------------------------------------------------------
 
-    async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]: ...
+    async def add_service(
+        self, name: str, port: int, proto: str, host: str | None = None
+    ) -> dict[str, Any]:
+        """Publish ``name``; at ``host`` (a guest's address) instead of this node's."""
+        ...
 
     async def remove_service(self, name: str) -> None: ...
 

@@ -32,9 +32,13 @@ class ServiceNames:
     ) -> None:
         self.ctx = ctx
         self._dht, self._address, self._live_names = dht, address, live_names
+        # Services a guest serves, at the guest's address: kept in memory only, as the
+        # runner publishes them again whenever it finds the workload running.
+        self._hosts: dict[str, str] = {}
 
     def _instance(self, name: str, port: int, proto: str) -> names.Instance:
-        return names.Instance(name, self.ctx.ident.name, self._address()[0], port, proto)
+        host = self._hosts.get(name) or self._address()[0]
+        return names.Instance(name, self.ctx.ident.name, host, port, proto)
 
     async def republish(self) -> None:
         for svc in services.all_services(self.ctx.store):
@@ -47,15 +51,23 @@ class ServiceNames:
         key = names.record_key(self.ctx.ident.domain, inst.service)
         await dht.put(key, inst.encode())
 
-    async def add(self, name: str, port: int, proto: str) -> dict[str, Any]:
+    async def add(
+        self, name: str, port: int, proto: str, host: str | None = None
+    ) -> dict[str, Any]:
+        """Publish ``name`` at this node's address, or at ``host`` (a guest's)."""
         names.check_service(name)
         if not 1 <= port <= 65535 or proto not in names.PROTOS:
             raise NamingError("a service needs a port 1-65535 and proto tcp or udp")
+        if host is None:
+            self._hosts.pop(name, None)
+        else:
+            self._hosts[name] = host
         services.upsert(self.ctx.store, name, port, proto, self.ctx.clock())
         await self._publish(self._instance(name, port, proto))
         return {"name": name, "port": port, "proto": proto}
 
     async def remove(self, name: str) -> None:
+        self._hosts.pop(name, None)
         if not services.remove(self.ctx.store, name):
             raise NotFoundError(f"this node publishes no service named {name!r}")
         dht = self._dht()

@@ -9,7 +9,11 @@ through the workload's driver, and tells the mesh how it went:
   ``meshd workloads`` shows them; the owner re-announces its states periodically, so
   a node that restarted or missed one catches up;
 * a workload's services (``--service NAME:PORT``) are published under this node's
-  name while it runs and withdrawn when it stops;
+  name while it runs and withdrawn when it stops; at its first NIC's address when it
+  has NICs on mesh networks;
+* a workload's NICs (taps on their networks' bridges, DHCP, metadata:
+  :mod:`meshd.shell.guests`) are set up before its driver creates or starts it and torn
+  down when it stops or is destroyed;
 * on start-up every confirmed allocation is **reattached** (the driver finds the
   process or VM again by pid and start time) or, if it was never created, started;
   one that died while meshd was away is reported, not silently restarted. What a
@@ -37,6 +41,7 @@ from meshd.adapters.drivers.specfile import read_spec
 from meshd.config import DriversConfig
 from meshd.core import workload_states
 from meshd.core.auction.model import NOTHING, Allocation, Resources, Workload
+from meshd.core.spec import WorkloadSpec
 from meshd.core.workload_states import StateBook, StateEntry
 from meshd.errors import DriverError, MeshdError, StoreError
 from meshd.shell.bus import (
@@ -47,6 +52,7 @@ from meshd.shell.bus import (
     WorkloadReleased,
 )
 from meshd.shell.context import NodeContext
+from meshd.shell.guests import GuestNetworks
 from meshd.shell.ports import MeshPort
 
 logger = logging.getLogger(__name__)
@@ -88,6 +94,15 @@ class WorkloadRunner:
         self._cold: list[Allocation] = []
         self._synced = True
         self._self_fenced: dict[str, int] = {}  # workload -> generation it stopped
+        # NICs on mesh networks; the node gives it the networks and its own addresses.
+        self.guests = GuestNetworks(
+            ctx.cfg.guests,
+            ctx.cfg.data_dir / "guests",
+            ctx.ident.name,
+            ctx.ident.domain,
+            ctx.ident.key.sign,
+            None,
+        )
 
     def start(
         self, allocations: Mapping[str, Allocation], complete: bool = True, synced: bool = True
@@ -116,10 +131,15 @@ class WorkloadRunner:
                 "are left running (see the errors above; `meshd workload rm` removes one)"
             )
         self._spawn(self._announce_periodically())
+        self._spawn(self.guests.start())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        try:
+            await self.guests.stop()  # dnsmasq and metadata stop; taps stay with guests
+        except Exception:  # shutting down: say it, go on
+            logger.exception("stopping the guests' networking failed")
         for driver in self.drivers.values():
             try:
                 await driver.close()  # let go; the workloads outlive the daemon
@@ -208,7 +228,8 @@ class WorkloadRunner:
             self._set(w.id, alloc.generation, WorkloadState.STARTING, f"{w.driver} driver")
             try:
                 driver = driver_for(self.drivers, w.driver)
-                await driver.create(w.id, w.spec)
+                await self.guests.attach(w.id, w.spec)
+                await driver.create(w.id, self.guests.with_network_config(w.id, w.spec))
                 status = await driver.start(w.id)
             except DriverError as exc:
                 self._set(w.id, alloc.generation, WorkloadState.FAILED, str(exc))
@@ -238,6 +259,8 @@ class WorkloadRunner:
             return
         async with self._lock(w.id):
             try:
+                # Existing taps are left as they are: the running guest holds them.
+                await self.guests.attach(w.id, w.spec)
                 status = await driver.reattach(w.id)
             except DriverError as exc:  # an unreadable spec.json, a vanished directory
                 status = Status(WorkloadState.FAILED, detail=f"can't reattach: {exc}")
@@ -297,7 +320,10 @@ class WorkloadRunner:
     async def _cleanup(self, driver_name: str, wid: str) -> str | None:
         """Destroy ``wid``; None once it is gone, else the sentence saying why not."""
         try:
-            await driver_for(self.drivers, driver_name).destroy(wid)
+            driver = driver_for(self.drivers, driver_name)
+            spec = _spec_of(driver, wid)
+            await driver.destroy(wid)
+            await self.guests.detach(wid, spec)
         except DriverError as exc:
             logger.error("cleaning up a workload failed id=%s error=%s", wid, exc)
             return str(exc)
@@ -336,6 +362,8 @@ class WorkloadRunner:
     ) -> dict[str, Any]:
         async with self._lock(wid):
             status = await driver.stop(wid, timeout_s)
+            if status.state is not WorkloadState.RUNNING:
+                await self.guests.detach(wid)
         self._withdraw_services(wid)
         self._apply_status(wid, status, generation=generation)
         return self._state_json(wid)
@@ -345,6 +373,7 @@ class WorkloadRunner:
         async with self._lock(wid):
             self._set(wid, alloc.generation, WorkloadState.STARTING, "restarting")
             try:
+                await self.guests.attach(wid, alloc.workload.spec)
                 status = await driver.start(wid)
             except DriverError as exc:
                 status = Status(WorkloadState.FAILED, detail=str(exc))
@@ -427,9 +456,11 @@ class WorkloadRunner:
 
     async def _publish_services(self, alloc: Allocation) -> None:
         published = []
+        guest = self.guests.guest_address(alloc.workload.id)
+        host = None if guest is None else str(guest)
         for svc in alloc.workload.spec.services:
             try:
-                await self.mesh.add_service(svc.name, svc.port, svc.proto)
+                await self.mesh.add_service(svc.name, svc.port, svc.proto, host)
                 published.append(svc.name)
             except MeshdError as exc:
                 logger.warning("can't publish a service of %s: %s", alloc.workload.name, exc)
@@ -445,6 +476,16 @@ class WorkloadRunner:
             await self.mesh.remove_service(name)
         except MeshdError as exc:
             logger.debug("withdrawing service %s: %s", name, exc)
+
+
+def _spec_of(driver: Driver, wid: str) -> WorkloadSpec | None:
+    """The spec a driver keeps for ``wid`` (its NICs are torn down with it); None if
+    unreadable (its taps, if any, are named from the id and found anyway by the shell
+    that attached them)."""
+    try:
+        return read_spec(driver.dir_of(wid))
+    except (DriverError, OSError, ValueError):
+        return None
 
 
 def _resources_of(driver: Driver, wid: str) -> Resources:

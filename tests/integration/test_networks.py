@@ -126,3 +126,27 @@ def test_networks_are_created_refused_and_removed_mesh_wide(mesh_factory: Mesh) 
         ("lan", "10.40.0.128/25"),
         ("v6", "fd00:40::/64"),
     }
+
+
+def test_a_node_offers_the_networks_it_can_attach_as_they_come_and_go(
+    mesh_factory: Mesh,
+) -> None:
+    # alpha may create bridges: it offers every network; beta has no bridge "br-wan"
+    # and may not create one: it offers none. Nothing touches the host: no workload
+    # attaches a NIC here.
+    alpha = mesh_factory.daemon("alpha")
+    alpha.init()
+    alpha.start("--set", "guests.create_bridges=true", "--set", "guests.check_interval_s=0.2")
+    (beta,) = mesh_factory.join_many(["beta"], via=alpha, start=False)
+    beta.start("--set", "guests.check_interval_s=0.2")
+
+    def offers(d: Daemon) -> set[str]:
+        return {c for c in d.status()["capabilities"] if c.startswith("network:")}
+
+    assert offers(alpha) == offers(beta) == set()
+    alpha.cli("network", "create", "wan", "--subnet", "10.60.0.0/24", check=True)
+    wait_for("alpha to offer network:wan", lambda: offers(alpha) == {"network:wan"}, 20)
+    wait_for("beta to know wan", lambda: _names(beta) == {"wan"}, 20)
+    assert offers(beta) == set()  # no br-wan there, and it may not create it
+    alpha.cli("network", "rm", "wan", check=True)
+    wait_for("alpha to stop offering network:wan", lambda: offers(alpha) == set(), 20)

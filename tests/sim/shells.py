@@ -309,7 +309,9 @@ class FakeMesh:
             return None
         return body, author.decode()
 
-    async def add_service(self, name: str, port: int, proto: str) -> dict[str, Any]:
+    async def add_service(
+        self, name: str, port: int, proto: str, host: str | None = None
+    ) -> dict[str, Any]:
         self.services[name] = (port, proto)
         return {"name": name, "port": port, "proto": proto}
 

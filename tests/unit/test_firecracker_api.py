@@ -23,12 +23,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from meshd.adapters.drivers.base import WorkloadState
 from meshd.adapters.drivers.firecracker import FirecrackerDriver
-from meshd.adapters.drivers.firecracker_api import MIB, FirecrackerApi, NetworkInterface, vm_config
+from meshd.adapters.drivers.firecracker_api import (
+    MIB,
+    FirecrackerApi,
+    NetworkInterface,
+    check_spec,
+    mesh_nics,
+    vm_config,
+)
 from meshd.adapters.drivers.firecracker_host import JailerOptions, prepare_jail
+from meshd.core.nic import mac_for as nic_mac
+from meshd.core.nic import tap_name as nic_tap
+from meshd.core.spec import Nic
 from meshd.errors import FirecrackerApiError
 
 try:
@@ -199,6 +210,21 @@ def test_vm_config_is_a_valid_full_vm_configuration(
             assert swagger.request_errors("PUT", f"/drives/{d['drive_id']}", d) == []
         for n in config.get("network-interfaces", []):
             assert swagger.request_errors("PUT", f"/network-interfaces/{n['iface_id']}", n) == []
+
+
+def test_mesh_nics_make_valid_network_interfaces(swagger: Swagger, tmp_path: Path) -> None:
+    g = fake.guest(tmp_path)
+    spec = msgspec.structs.replace(
+        fake.spec_for(g), nics=(Nic("lan", "10.0.0.5"), Nic("san", "10.1.0.5"))
+    )
+    check_spec("vm-1", spec)  # NICs on mesh networks are accepted
+    config = vm_config(spec, rootfs=None, log_path=None, nics=mesh_nics("vm-1", spec))
+    assert swagger.errors(FULL, config) == []
+    assert config["network-interfaces"] == [
+        {"iface_id": f"eth{i}", "host_dev_name": nic_tap("vm-1", i),
+         "guest_mac": nic_mac("vm-1", i)}
+        for i in range(2)
+    ]  # fmt: skip
 
 
 def test_a_jailed_config_is_valid_too(swagger: Swagger, tmp_path: Path) -> None:

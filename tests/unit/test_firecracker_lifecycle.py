@@ -35,7 +35,7 @@ from meshd.adapters.drivers.firecracker_host import (
     prepare_jail,
 )
 from meshd.adapters.drivers.procfs import is_alive, read_stat
-from meshd.core.spec import Nic, WorkloadSpec
+from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
 
 try:
@@ -163,7 +163,6 @@ REFUSALS = {
     "cloud-init": ({"user_data": "#cloud-config\n"}, "no cloud-init seed"),
     "other driver": ({"driver": "qemu"}, "for the qemu driver"),
     "bad id": ({"wid": "../etc"}, "can't name a firecracker VM"),
-    "mesh NICs": ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported"),
 }
 
 

@@ -27,6 +27,7 @@ from meshd.adapters.drivers.qemu_args import (
     validate,
 )
 from meshd.adapters.drivers.specfile import read_spec
+from meshd.core import nic
 from meshd.core.spec import Nic, WorkloadSpec, dumps
 from meshd.errors import DriverError
 
@@ -120,7 +121,6 @@ def test_kernel_kind(head: bytes, kind: str | None) -> None:
         ({"env": {"FOO": "1"}}, "does not use env FOO"),
         # The bridge is the node's: a workload's env no longer smuggles one in.
         ({"env": {"QEMU_BRIDGE": "br0"}}, "the node's bridge (MESHD_QEMU_BRIDGE)"),
-        ({"nics": (Nic("lan"),)}, "NICs on mesh networks are not supported by this node yet"),
         ({"kernel": None}, "needs a kernel or a disk image"),
         ({"kernel": None, "image": "/i.qcow2", "initrd": "/i"}, "needs a kernel"),
         ({"kernel": None, "image": "/i.qcow2", "cmdline": "x"}, "needs a kernel"),
@@ -274,6 +274,24 @@ def test_argv_tap(tmp_path: Path) -> None:
     no_bridge = _plan(tmp_path, spec())
     assert (no_bridge.bridge, no_bridge.tap, no_bridge.mac) == (None, None, None)
     assert "-netdev" not in argv(no_bridge)
+
+
+def test_argv_mesh_nics(tmp_path: Path) -> None:
+    s = spec(nics=(Nic("lan", "10.0.0.5"), Nic("san", "10.1.0.5")))
+    validate(WID, s)  # NICs on mesh networks are accepted
+    plan = _plan(tmp_path, s, bridge="br0")
+    pairs = _pairs(argv(plan))
+    for i in range(2):
+        netdev = f"tap,id=nic{i},ifname={nic.tap_name(WID, i)},script=no,downscript=no"
+        assert ("-netdev", netdev) in pairs
+        dev = f"virtio-net-device,netdev=nic{i},mac={nic.mac_for(WID, i)}"
+        assert ("-device", dev) in pairs
+    # The node's bridge is not added beside them (the old single-tap path).
+    assert (plan.tap, plan.bridge) == (None, None)
+    assert "tap,id=net0" not in " ".join(argv(plan))
+    q35 = argv(_plan(tmp_path, spec(image="/b", nics=(Nic("lan", "10.0.0.5"),)), has_disk=True))
+    mac = nic.mac_for(WID, 0)
+    assert ("-device", f"virtio-net-pci,netdev=nic0,mac={mac},romfile=") in _pairs(q35)
 
 
 def test_the_bridge_is_the_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

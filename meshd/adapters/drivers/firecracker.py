@@ -49,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from meshd.adapters.drivers.firecracker_api import (
     FirecrackerApi,
     NetworkInterface,
     check_spec,
+    mesh_nics,
     vm_config,
 )
 from meshd.adapters.drivers.firecracker_host import (
@@ -345,7 +347,9 @@ class FirecrackerDriver(Driver):
                     os.close(fd)
                 rootfs = f.rootfs
                 failpoint(FP + "create.after_rootfs")
-            nics = self.options.nics(wid, spec) if self.options.nics else ()
+            nics: Sequence[NetworkInterface] = mesh_nics(wid, spec)
+            if not nics and self.options.nics:
+                nics = self.options.nics(wid, spec)
             write_json(f.config, vm_config(spec, rootfs=rootfs, log_path=f.fclog, nics=nics))
             failpoint(FP + "create.after_config")
             # spec.json last: its presence says the directory is complete (list() and

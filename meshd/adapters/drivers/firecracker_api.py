@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from meshd.core.nic import mac_for, tap_name
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError, FirecrackerApiError
 
@@ -52,6 +53,15 @@ class NetworkInterface:
     guest_mac: str | None = None
 
 
+def mesh_nics(wid: str, spec: WorkloadSpec) -> list[NetworkInterface]:
+    """The spec's NICs on mesh networks: ``ethN`` on the tap the runner made, with the
+    stable MAC (so DHCP and the metadata server know the guest)."""
+    return [
+        NetworkInterface(f"eth{i}", tap_name(wid, i), mac_for(wid, i))
+        for i in range(len(spec.nics))
+    ]
+
+
 def boot_args(cmdline: str | None) -> str:
     """The spec's kernel arguments after our defaults, unless it sets the same keys."""
     user = (cmdline or "").split()
@@ -68,11 +78,6 @@ def check_spec(wid: str, spec: WorkloadSpec) -> None:
     """Raise a DriverError with one sentence if Firecracker could not run ``spec``."""
     if spec.driver != "firecracker":
         raise DriverError(f"workload {wid} is for the {spec.driver} driver, not firecracker")
-    if spec.nics:
-        raise DriverError(
-            f"workload {wid}: NICs on mesh networks are not supported by this node yet; "
-            "submit it without nics"
-        )
     if not spec.kernel:
         raise DriverError(
             "a firecracker workload needs a kernel (an uncompressed vmlinux on x86_64)"

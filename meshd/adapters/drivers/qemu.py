@@ -27,10 +27,11 @@ even after a daemon restart. ``reattach`` reconnects QMP (~1 ms) to a QEMU still
 running, resumes waiting for the marker of one that was still booting, and reports one
 that died while meshd was away. ``close`` hangs up QMP and leaves the VMs running.
 
-Networking: a tap on the driver's bridge when it has one (``bridge=`` or
-``$MESHD_QEMU_BRIDGE``); root only, the bridge must exist. A workload does not choose
-it. NICs on mesh networks (``spec.nics``) are refused at ``create`` until the node can
-attach them, rather than ignored.
+Networking: a workload with NICs on mesh networks (``spec.nics``) gets one tap netdev
+and virtio-net device per NIC, with its stable MAC; the taps are made (and removed) by
+the runner (:mod:`meshd.shell.guests`), and a start whose tap is missing is refused. A
+workload without NICs gets a tap on the driver's bridge when it has one (``bridge=`` or
+``$MESHD_QEMU_BRIDGE``); root only, the bridge must exist. A workload does not choose it.
 """
 
 from __future__ import annotations

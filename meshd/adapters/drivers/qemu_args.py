@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.core import nic
 from meshd.core.spec import WorkloadSpec
 from meshd.errors import DriverError
 
@@ -86,6 +87,8 @@ class LaunchPlan:
     tap: str | None = None
     bridge: str | None = None
     mac: str | None = None
+    # NICs on mesh networks: (tap, MAC) each, taps made by the runner before start.
+    nics: tuple[tuple[str, str], ...] = ()
 
 
 def choose_accel(sys_root: Path = Path("/sys"), dev_kvm: Path = Path("/dev/kvm")) -> Accel:
@@ -153,11 +156,6 @@ def validate(wid: str, spec: WorkloadSpec) -> None:
         raise DriverError(
             f"{w}: qemu does not use env {', '.join(sorted(spec.env))}; a guest's settings "
             "go in user_data, and its tap goes on the node's bridge (MESHD_QEMU_BRIDGE)"
-        )
-    if spec.nics:
-        raise DriverError(
-            f"{w}: NICs on mesh networks are not supported by this node yet; "
-            "submit it without nics (a tap on the node's bridge, if it has one)"
         )
     if not spec.kernel and not spec.image:
         raise DriverError(f"{w}: qemu needs a kernel or a disk image")
@@ -261,6 +259,10 @@ def argv(plan: LaunchPlan) -> list[str]:
         cmd += ["-netdev", f"tap,id=net0,ifname={plan.tap},script=no,downscript=no"]
         nic = f"virtio-net-{bus},netdev=net0,mac={plan.mac or '52:54:00:00:00:01'}"
         cmd += ["-device", nic if microvm else nic + ",romfile="]
+    for i, (tap, mac) in enumerate(plan.nics):
+        cmd += ["-netdev", f"tap,id=nic{i},ifname={tap},script=no,downscript=no"]
+        nic = f"virtio-net-{bus},netdev=nic{i},mac={mac}"
+        cmd += ["-device", nic if microvm else nic + ",romfile="]
     if not microvm:
         cmd += ["-device", "pvpanic"]  # GUEST_PANICKED for guests that load the driver
     cmd += [
@@ -304,7 +306,9 @@ def plan_for(
         append=kernel_args(machine, khz, spec.cmdline) if spec.kernel else None,
         disk=wdir / "overlay.qcow2" if has_disk else None,
         seed=wdir / "seed.img" if has_seed else None,
-        tap=tap_name(wid) if bridge else None,
-        bridge=bridge,
-        mac=mac_for(wid) if bridge else None,
+        # A workload with NICs on mesh networks gets those, not the node's bridge.
+        tap=tap_name(wid) if bridge and not spec.nics else None,
+        bridge=bridge if not spec.nics else None,
+        mac=mac_for(wid) if bridge and not spec.nics else None,
+        nics=tuple((nic.tap_name(wid, i), nic.mac_for(wid, i)) for i in range(len(spec.nics))),
     )

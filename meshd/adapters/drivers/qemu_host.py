@@ -470,6 +470,12 @@ async def launch(
     try:
         if plan.tap and plan.bridge:
             await tap_up(plan.tap, plan.bridge, tool_timeout_s)
+        for tap, _ in plan.nics:
+            if not has_netdev(tap):  # else QEMU would make one on no bridge
+                raise DriverError(
+                    f"tap {tap} of workload {wdir.name} does not exist: a NIC's tap is "
+                    "made by meshd (the runner) before the driver starts the guest"
+                )
         err = wdir / LAUNCH_ERR_NAME
         intent = {"at": time.time(), "accel": plan.accel, "machine": plan.machine}
         write_json(wdir / INTENT_NAME, intent | {"tap": plan.tap})

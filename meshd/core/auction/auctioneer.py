@@ -238,6 +238,10 @@ class Auctioneer:
         """
         self._book.unwritable = None if reason is None else clip(reason)
 
+    def set_capabilities(self, capabilities: Capabilities) -> None:
+        """What this node offers from now on (networks come and go); later bids use it."""
+        self._book.capabilities = capabilities
+
     def set_maintenance(self, reason: str | None) -> None:
         """Why the operator drained this node (None: it may bid again).
 

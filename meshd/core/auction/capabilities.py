@@ -13,9 +13,9 @@ A node's capabilities are strings, measured by the shell at start-up (see
 ``meshd.capability_probe``): ``driver:NAME`` for each driver that really works here,
 ``kvm`` (a usable /dev/kvm) or ``tcg``, ``arch:MACHINE``, ``bridge:NAME`` when the
 QEMU driver's bridge exists here, ``network:NAME`` for each mesh network it can attach
-(mesh networks are a later step: until then no node offers one, so a workload with
-NICs is refused with "lacks network:NAME"); plus the labels its operator set
-(``rack=a``). A
+(its bridge exists or it may create it: ``meshd.shell.guests``, followed at runtime, so a
+workload with NICs on another is refused with "lacks network:NAME"); plus the labels
+its operator set (``rack=a``). A
 workload's requirements are its ``requires`` set, ``driver:<its driver>``, and
 ``network:<net>`` per NIC (:meth:`meshd.core.spec.WorkloadSpec.requirements`), the labels
 it asks for, and its anti-affinity: the names of workloads it must not share a node
