@@ -34,10 +34,11 @@
 #                          (`timeout 3 wget`: busybox 1.35's `wget -T` segfaults), prints
 #                          MESHD-META instance-id=ID and MESHD-USERDATA TEXT (its lines
 #                          joined by spaces), or MESHD-META fail / MESHD-USERDATA fail
-#   meshd.spoof=IP         then adds IP as a second address and asks for instance-id from
-#                          it (another guest's address): MESHD-SPOOF instance-id=WHAT-CAME
-#                          (empty when the metadata service answered nothing)
-#   meshd.ping=IP          pings IP (1 s apart, for up to 60 s): MESHD-PING IP ok|fail
+#   meshd.ping=IP          then pings IP (1 s apart, up to 60 s): MESHD-PING IP ok|fail
+#   meshd.spoof=IP         last, adds IP (another guest's address) as a second address,
+#                          asks for instance-id from it and prints MESHD-SPOOF
+#                          instance-id=WHAT-CAME (empty when the metadata service answered
+#                          nothing), then deletes that address again
 #   meshd.http=PORT        busybox httpd on PORT answering `MESHD-HTTP <hostname> <ip>`
 # The virtio modules cost ~0.25 s under TCG: with meshd.ip they load before the ready
 # marker (the NIC is up when the guest says ready), else right after it.
@@ -205,7 +206,9 @@ chmod +x "$root/usr/share/udhcpc/default.script"
 
 cat >"$root/bin/meshd-after-net" <<'EOF'
 #!/bin/sh
-# Runs once eth0 has an address (/run/ip): metadata, spoof, ping (see guest-image.sh).
+# Runs once eth0 has an address (/run/ip): metadata, ping, then spoof (see
+# guest-image.sh): while it holds another guest's address, a ping to it would answer
+# itself.
 arg() { for w in $(cat /proc/cmdline); do case $w in "$1="*) echo "${w#*=}";; esac; done; }
 while [ ! -s /run/ip ]; do sleep 0.1; done
 ip=$(cat /run/ip)
@@ -230,8 +233,18 @@ if [ -n "$(arg meshd.meta)" ]; then
         echo "MESHD-USERDATA fail" >/dev/console
     fi
 fi
+peer=$(arg meshd.ping)
+if [ -n "$peer" ]; then
+    n=0; res=fail
+    while [ $n -lt 60 ]; do
+        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then res=ok; break; fi
+        n=$((n + 1))
+    done
+    echo "MESHD-PING $peer $res" >/dev/console
+fi
 spoof=$(arg meshd.spoof)
 if [ -n "$spoof" ]; then
+    orig=$(ip route show 169.254.169.254/32)
     ip addr add "$spoof/32" dev eth0
     via=$(ip route get 169.254.169.254 | sed -n 's/.* via \([0-9.]*\).*/\1/p')
     if [ -n "$via" ]; then
@@ -241,15 +254,10 @@ if [ -n "$spoof" ]; then
     fi
     got=$(timeout 3 wget -q -O - "$md/meta-data/instance-id" 2>/dev/null)
     echo "MESHD-SPOOF instance-id=$got" >/dev/console
-fi
-peer=$(arg meshd.ping)
-if [ -n "$peer" ]; then
-    n=0; res=fail
-    while [ $n -lt 60 ]; do
-        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then res=ok; break; fi
-        n=$((n + 1))
-    done
-    echo "MESHD-PING $peer $res" >/dev/console
+    # Give the address back at once: its owner must keep answering for it.
+    ip addr del "$spoof/32" dev eth0
+    ip route del 169.254.169.254/32 2>/dev/null
+    [ -n "$orig" ] && ip route replace $orig
 fi
 EOF
 chmod +x "$root/bin/meshd-after-net"

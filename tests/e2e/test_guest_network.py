@@ -13,8 +13,9 @@ Parts that need no meshd, and run now:
   a cut blade's guest is unreachable until the blade is healed;
 * the guest's DHCP side against a hand-run dnsmasq and a tiny metadata server in one
   blade: the lease (address, MAC, the classless static route to 169.254.169.254), its
-  own instance-id and user-data fetched and printed; a request from another guest's
-  address (``meshd.spoof``) really leaves from that address.
+  own instance-id and user-data fetched and printed, a ping to its blade; a request
+  from another guest's address (``meshd.spoof``) really leaves from that address, and
+  the guest gives that address back.
 
 Through meshd (skipped, with the reason, until the address allocator h13-addr and the
 host side h13-host are merged): two guests submitted with ``nics`` get distinct DHCP
@@ -203,7 +204,8 @@ def test_the_guest_applies_its_lease_and_reads_its_metadata(
             ]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
             g = hand_guest(
                 b1.ns, GUEST_BRIDGE, base / "g", wid,
-                f"meshd.ip=dhcp meshd.meta=1 meshd.spoof={other_ip}", guest,
+                f"meshd.ip=dhcp meshd.meta=1 meshd.ping={node_ip} meshd.spoof={other_ip}",
+                guest,
             )  # fmt: skip
             lease = fields(g.wait_line("MESHD-LEASE", 60)[0])
             assert lease["ip"] == guest_ip and lease["mac"] == mac_for(wid, 0)
@@ -212,11 +214,13 @@ def test_the_guest_applies_its_lease_and_reads_its_metadata(
             assert f"{META_IP}/32,{node_ip};" in lease["routes"]
             assert g.wait_line("MESHD-META", 60)[0] == f"MESHD-META instance-id=i-{wid}"
             assert g.wait_line("MESHD-USERDATA", 30)[0] == "MESHD-USERDATA hello guest"
+            assert g.wait_line("MESHD-PING", 60)[0] == f"MESHD-PING {node_ip} ok"
             assert g.wait_line("MESHD-SPOOF", 30)[0] == "MESHD-SPOOF instance-id="
             seen = log.read_text().splitlines()
             assert f"{guest_ip} /latest/meta-data/instance-id" in seen
             assert f"{other_ip} /latest/meta-data/instance-id" in seen  # it did ask as the other
             assert first_reply(lab.probe_ns, guest_ip, 10) is not None
+            assert first_reply(lab.probe_ns, other_ip, 1) is None  # it gave the address back
         finally:
             if g is not None:
                 g.close()
@@ -236,15 +240,10 @@ def show(lab: Chassis, node: str, wid: str) -> dict[str, Any]:
     return doc
 
 
-def console(lab: Chassis, wid: str) -> Path:
-    """The console file of ``wid`` on the blade that owns it now."""
-    for b in lab.blades:
-        with contextlib.suppress(Exception):
-            row = workloads(b.daemon).get(wid)
-            if row and row.get("owner"):
-                owner = lab.blade(row["owner"])
-                return owner.daemon.data_dir / "workloads" / wid / "console.log"
-    raise AssertionError(f"no blade knows who owns {wid}")
+def console(lab: Chassis, via: str, wid: str) -> Path:
+    """The console file of ``wid`` on the blade that owns it in ``via``'s view."""
+    owner = workloads(lab.blade(via).daemon)[wid]["owner"]
+    return Path(lab.blade(owner).daemon.data_dir / "workloads" / wid / "console.log")
 
 
 def submit(lab: Chassis, via: str, body: dict[str, Any], timeout: float = 30) -> str:
@@ -311,15 +310,15 @@ def test_guests_get_addresses_metadata_and_names_through_meshd(
 
         # DHCP from meshd: each guest's lease is its assigned address and MAC.
         for wid, ip in ((wa, ip_a), (wb, ip_b)):
-            lease = fields(wait_console(console(lab, wid), "MESHD-LEASE", 60)[0])
+            lease = fields(wait_console(console(lab, "b1", wid), "MESHD-LEASE", 60)[0])
             assert (lease["ip"], lease["mac"], lease["src"]) == (ip, mac_for(wid, 0), "dhcp")
-            meta = wait_console(console(lab, wid), "MESHD-META", 60)[0]
+            meta = wait_console(console(lab, "b1", wid), "MESHD-META", 60)[0]
             assert meta == f"MESHD-META instance-id={wid}"
-            ud = wait_console(console(lab, wid), "MESHD-USERDATA", 30)[0]
+            ud = wait_console(console(lab, "b1", wid), "MESHD-USERDATA", 30)[0]
             assert ud == f"MESHD-USERDATA ud-of-{'ga' if wid == wa else 'gb'}"
-        assert wait_console(console(lab, wb), "MESHD-PING", 90)[0] == f"MESHD-PING {ip_a} ok"
+        assert wait_console(console(lab, "b1", wb), "MESHD-PING", 90)[0] == f"MESHD-PING {ip_a} ok"
         # gb asking from ga's address: nothing of ga's.
-        spoof = wait_console(console(lab, wb), "MESHD-SPOOF", 30)[0]
+        spoof = wait_console(console(lab, "b1", wb), "MESHD-SPOOF", 30)[0]
         assert wa not in spoof and "ud-of-ga" not in spoof
 
         # Names reach the guest.
@@ -333,7 +332,7 @@ def test_guests_get_addresses_metadata_and_names_through_meshd(
         new_owner = wait_running(lab, survivor, wa, not_on=owner_a)
         again = show(lab, survivor, wa)["addresses"]
         assert again == addr_a
-        lease = fields(wait_console(console(lab, wa), "MESHD-LEASE", 60)[0])
+        lease = fields(wait_console(console(lab, survivor, wa), "MESHD-LEASE", 60)[0])
         assert (lease["ip"], lease["mac"]) == (ip_a, mac_for(wa, 0))
         assert new_owner != owner_a
         assert first_reply(lab.probe_ns, ip_a, 30) is not None
