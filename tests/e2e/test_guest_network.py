@@ -270,6 +270,52 @@ def wait_running(lab: Chassis, node: str, wid: str, not_on: str | None = None) -
     raise AssertionError(f"{wid} is not running (not on {not_on}) in {node}'s view: {row}")
 
 
+# -- meshd's QEMU driver in the lab, before issue 13: one bridge, static addresses ------
+
+BRIDGE_TOML = f'\n[drivers.qemu]\nbridge = "{GUEST_BRIDGE}"\n'
+
+
+def test_meshd_runs_guests_on_the_blades_segment_and_replaces_a_cut_ones(
+    base: Path, guest: dict[str, str]
+) -> None:
+    """Today's path (``[drivers.qemu] bridge``: every guest's tap on br0, its address on
+    its kernel command line): two guests placed on two blades ping each other across the
+    switch; the probe reaches one over TCP; its blade cut, it is fenced and runs again on
+    a survivor, at the same address, reachable again."""
+    with chassis(
+        base, ["b1", "b2", "b3"], guests=True, prefix="h13l", tag="q", toml=BRIDGE_TOML
+    ) as lab:
+        net = lab.guest_subnet
+        ip_a, ip_b = f"{net}.31", f"{net}.32"
+        common = {
+            "cpus": 1, "memory": 128 * 1024 * 1024, "driver": "qemu",
+            "kernel": guest["MESHD_GUEST_VMLINUX"], "initrd": guest["MESHD_GUEST_INITRD"],
+            "ready_marker": guest["MESHD_GUEST_MARKER"], "boot_timeout_s": 90,
+        }  # fmt: skip
+        wa = submit(lab, "b1", common | {
+            "name": "ga", "cmdline": f"meshd.ip={ip_a}/24 meshd.ping={ip_b} meshd.http={HTTP_PORT}",
+        })  # fmt: skip
+        owner_a = wait_running(lab, "b1", wa)
+        wb = submit(lab, "b1", common | {
+            "name": "gb", "anti_affinity": ["ga"],
+            "cmdline": f"meshd.ip={ip_b}/24 meshd.ping={ip_a}",
+        })  # fmt: skip
+        owner_b = wait_running(lab, "b1", wb)
+        assert owner_a != owner_b
+        for wid, peer in ((wa, ip_b), (wb, ip_a)):
+            ping = wait_console(console(lab, "b1", wid), "MESHD-PING", 90)[0]
+            assert ping == f"MESHD-PING {peer} ok"
+        assert f"MESHD-HTTP meshd-guest {ip_a}" in http_get(lab, ip_a, HTTP_PORT)
+
+        lab.blade(owner_a).cut()
+        survivor = next(b.name for b in lab.blades if b.name != owner_a)
+        new_owner = wait_running(lab, survivor, wa, not_on=owner_a)
+        assert new_owner != owner_a
+        lease = fields(wait_console(console(lab, survivor, wa), "MESHD-LEASE", 60)[0])
+        assert lease["ip"] == ip_a
+        assert first_reply(lab.probe_ns, ip_a, 30) is not None
+
+
 def test_guests_get_addresses_metadata_and_names_through_meshd(
     base: Path, guest: dict[str, str]
 ) -> None:
