@@ -124,13 +124,6 @@ class HandGuest:
     def console(self) -> Path:
         return self.dir / "console.log"
 
-    def lines(self) -> list[str]:
-        try:
-            text = self.console.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [ln.strip() for ln in text.splitlines()]
-
     def wait_line(self, prefix: str, timeout_s: float = 60.0) -> tuple[str, float]:
         """The first console line starting with ``prefix`` and when it was first seen
         (polled every 20 ms); fails with the console's tail after ``timeout_s``."""
@@ -158,7 +151,8 @@ def wait_console(console: Path, prefix: str, timeout_s: float) -> tuple[str, flo
             text = console.read_text(errors="replace")
         except FileNotFoundError:
             text = ""
-        for ln in text.splitlines():
+        # Whole lines only: the guest may be half-way through writing the last one.
+        for ln in text.split("\n")[:-1]:
             if ln.strip().startswith(prefix):
                 return ln.strip(), now
         if now > deadline:
