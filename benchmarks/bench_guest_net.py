@@ -7,7 +7,9 @@ The guest is bootstrap/guest-image.sh's busybox. The moment a guest "answers pin
 the first echo reply the probe gets (raw ICMP every 20 ms, neighbour retries every
 50 ms: tests/e2e/guests.py); "holds its address" is the ``MESHD-LEASE`` line on its
 console (polled every 20 ms). A sample is the later of the two, from its start. The
-probe's neighbour table is flushed before each sample.
+probe's neighbour table is flushed before each sample. Each sample also gives the
+guest's own uptime at that line (``guest_up_s``: kernel boot included) and, with DHCP,
+the time from udhcpc's start to the lease inside the guest (``guest_dhcp_s``).
 
 In the same lab, one sample of each per run, interleaved (blades rotate):
 
@@ -83,11 +85,15 @@ def ready_after(console: Path, ip: str, t0: float, pinger: subprocess.Popen[str]
     got = fields(line)
     if got.get("ip") != ip:
         raise AssertionError(f"the guest's lease is {got.get('ip')}, not {ip}")
-    return {
+    sample = {
         "lease_s": round(t_lease - t0, 3),
         "ping_s": round(t_ping - t0, 3),
         "ready_s": round(max(t_lease, t_ping) - t0, 3),
+        "guest_up_s": float(got["up"]),  # the guest's uptime at its MESHD-LEASE line
     }
+    if "asked" in got:  # DHCP: from udhcpc's start to the lease, inside the guest
+        sample["guest_dhcp_s"] = round(float(got["up"]) - float(got["asked"]), 3)
+    return sample
 
 
 def hand_sample(lab: Chassis, k: int, guest: dict[str, str], dhcp: bool) -> dict[str, Any]:
@@ -174,7 +180,12 @@ def figure(name: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
         "max_s": round(max(ready), 3),
         "lease_median_s": round(statistics.median(s["lease_s"] for s in samples), 3),
         "ping_median_s": round(statistics.median(s["ping_s"] for s in samples), 3),
-    }
+        "guest_up_median_s": round(statistics.median(s["guest_up_s"] for s in samples), 3),
+    } | (
+        {"guest_dhcp_median_s": round(statistics.median(s["guest_dhcp_s"] for s in samples), 3)}
+        if all("guest_dhcp_s" in s for s in samples)
+        else {}
+    )
 
 
 def main() -> int:

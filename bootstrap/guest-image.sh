@@ -22,13 +22,15 @@
 #
 # Guest kernel command line (read by /init):
 #   meshd.ip=ADDR/PREFIX   static address on eth0 (meshd.gw=ADDR adds a default route);
-#                          prints MESHD-LEASE ip=ADDR mac=MAC src=static
+#                          prints MESHD-LEASE ip=ADDR mac=MAC src=static up=UPTIME
 #   meshd.ip=dhcp          busybox udhcpc on eth0 (in the background, retries every 1 s)
 #                          applies the address, the router, DNS and the classless static
 #                          routes (option 121; when present the router option is ignored,
 #                          as RFC 3442 says and cloud-init's networkd does), and prints
 #                          MESHD-LEASE ip=ADDR mac=MAC src=dhcp prefix=N router=R dns=D
-#                          routes=DEST/N,GW;... on every bound/renew
+#                          routes=DEST/N,GW;... asked=UPTIME up=UPTIME on every
+#                          bound/renew (asked: when udhcpc started; up: now; the guest's
+#                          /proc/uptime, for telling boot from the DHCP exchange)
 # Once eth0 has its address (lease or static), in the background:
 #   meshd.meta=1           fetches instance-id and user-data from 169.254.169.254
 #                          (`timeout 3 wget`: busybox 1.35's `wget -T` segfaults), prints
@@ -198,7 +200,7 @@ bound|renew)
     for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
     dnsl=$(echo $dns | tr ' ' ',')
     mac=$(cat "/sys/class/net/$interface/address")
-    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--}" >/dev/console
+    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$(cat /run/dhcp-asked) up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
     echo "$ip" >/run/ip ;;
 esac
 EOF
@@ -283,11 +285,12 @@ if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
     gw=$(arg meshd.gw)
     if [ "$addr" = dhcp ]; then
+        cut -d' ' -f1 /proc/uptime >/run/dhcp-asked
         udhcpc -i eth0 -b -t 20 -T 1 -O staticroutes -s /usr/share/udhcpc/default.script >/dev/null 2>&1
     elif [ -n "$addr" ]; then
         ip addr add "$addr" dev eth0
         [ -n "$gw" ] && ip route add default via "$gw"
-        echo "MESHD-LEASE ip=${addr%/*} mac=$(cat /sys/class/net/eth0/address) src=static" >/dev/console
+        echo "MESHD-LEASE ip=${addr%/*} mac=$(cat /sys/class/net/eth0/address) src=static up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
         echo "${addr%/*}" >/run/ip
     fi
     port=$(arg meshd.http)

@@ -126,7 +126,9 @@ def test_hand_made_taps_carry_guests_of_two_blades_across_the_switch(
         try:
             for g, ip in ((g1, ip1), (g2, ip2)):
                 line, _ = g.wait_line("MESHD-LEASE", 60)
-                assert fields(line) == {"ip": ip, "mac": mac_for(g.wid, 0), "src": "static"}
+                got = fields(line)
+                assert float(got.pop("up")) > 0
+                assert got == {"ip": ip, "mac": mac_for(g.wid, 0), "src": "static"}
             assert g1.wait_line("MESHD-PING", 90)[0] == f"MESHD-PING {ip2} ok"
             assert g2.wait_line("MESHD-PING", 90)[0] == f"MESHD-PING {ip1} ok"
             assert first_reply(lab.probe_ns, ip1, 10) is not None
@@ -211,6 +213,7 @@ def test_the_guest_applies_its_lease_and_reads_its_metadata(
             assert lease["ip"] == guest_ip and lease["mac"] == mac_for(wid, 0)
             assert lease["src"] == "dhcp" and lease["prefix"] == "24"
             assert lease["dns"] == "192.0.2.53"
+            assert 0 < float(lease["asked"]) <= float(lease["up"])
             assert f"{META_IP}/32,{node_ip};" in lease["routes"]
             assert g.wait_line("MESHD-META", 60)[0] == f"MESHD-META instance-id=i-{wid}"
             assert g.wait_line("MESHD-USERDATA", 30)[0] == "MESHD-USERDATA hello guest"
