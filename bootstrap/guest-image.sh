@@ -21,8 +21,27 @@
 # LZ4 magic, decompress from there).
 #
 # Guest kernel command line (read by /init):
-#   meshd.ip=ADDR/PREFIX   static address on eth0 (meshd.gw=ADDR adds a default route)
-#   meshd.ip=dhcp          udhcpc on eth0, in the background
+#   meshd.ip=ADDR/PREFIX   static address on eth0 (meshd.gw=ADDR adds a default route);
+#                          prints MESHD-LEASE ip=ADDR mac=MAC src=static up=UPTIME
+#   meshd.ip=dhcp          busybox udhcpc on eth0 (in the background, retries every 1 s)
+#                          applies the address, the router, DNS and the classless static
+#                          routes (option 121; when present the router option is ignored,
+#                          as RFC 3442 says and cloud-init's networkd does), and prints
+#                          MESHD-LEASE ip=ADDR mac=MAC src=dhcp prefix=N router=R dns=D
+#                          routes=DEST/N,GW;... asked=UPTIME up=UPTIME on every
+#                          bound/renew (asked: when udhcpc started; up: now; the guest's
+#                          /proc/uptime, for telling boot from the DHCP exchange)
+# Once eth0 has its address (lease or static), in the background:
+#   meshd.meta=1           fetches instance-id and user-data from 169.254.169.254
+#                          (`timeout 3 wget`: busybox 1.35's `wget -T` segfaults), prints
+#                          MESHD-META instance-id=ID and MESHD-USERDATA TEXT (its lines
+#                          joined by spaces), or MESHD-META fail / MESHD-USERDATA fail
+#   meshd.ping=IP          then pings IP (1 s apart, up to 60 s): MESHD-PING IP ok|fail
+#   meshd.spoof=IP         last, adds IP (another guest's address) as a second address,
+#                          asks for instance-id from it and prints MESHD-SPOOF
+#                          instance-id=WHAT-CAME (empty when the metadata service answered
+#                          nothing), then deletes that address again
+#   meshd.http=PORT        busybox httpd on PORT answering `MESHD-HTTP <hostname> <ip>`
 # The virtio modules cost ~0.25 s under TCG: with meshd.ip they load before the ready
 # marker (the NIC is up when the guest says ready), else right after it.
 #
@@ -33,7 +52,7 @@
 # button, on microvm (ACPI on, GED) and on q35. Without acpid the button does nothing.
 set -euo pipefail
 
-GUEST_VERSION=5 # bump when the initramfs recipe changes
+GUEST_VERSION=6 # bump when the initramfs recipe changes
 cache=${1:-${MESHD_CACHE:-$HOME/.cache/meshd}/guest}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
@@ -153,15 +172,97 @@ chmod +x "$root/etc/acpi/PWRF/00000080"
 
 cat >"$root/usr/share/udhcpc/default.script" <<'EOF'
 #!/bin/sh
+# busybox udhcpc's script: $1 is the event; the lease is in the environment.
 case $1 in
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up ;;
 bound|renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-    echo "MESHD-GUEST-DHCP $ip" >/dev/console ;;
+    routes=
+    if [ -n "$staticroutes" ]; then
+        # "DEST/N GW DEST/N GW ...": RFC 3442 says ignore the router option then.
+        set -- $staticroutes
+        while [ $# -ge 2 ]; do
+            if [ "$2" = 0.0.0.0 ]; then
+                ip route replace "$1" dev "$interface"
+            else
+                ip route replace "$1" via "$2" dev "$interface"
+            fi
+            routes="$routes$1,$2;"
+            shift 2
+        done
+    elif [ -n "$router" ]; then
+        ip route replace default via "${router%% *}" dev "$interface"
+    fi
+    : >/etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+    dnsl=$(echo $dns | tr ' ' ',')
+    mac=$(cat "/sys/class/net/$interface/address")
+    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$(cat /run/dhcp-asked) up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
+    echo "$ip" >/run/ip ;;
 esac
 EOF
 chmod +x "$root/usr/share/udhcpc/default.script"
+
+cat >"$root/bin/meshd-after-net" <<'EOF'
+#!/bin/sh
+# Runs once eth0 has an address (/run/ip): metadata, ping, then spoof (see
+# guest-image.sh): while it holds another guest's address, a ping to it would answer
+# itself.
+arg() { for w in $(cat /proc/cmdline); do case $w in "$1="*) echo "${w#*=}";; esac; done; }
+while [ ! -s /run/ip ]; do sleep 0.1; done
+ip=$(cat /run/ip)
+md=http://169.254.169.254/latest
+fetch() { # URL: up to 5 tries (the service may come up after the guest)
+    n=0
+    while [ $n -lt 5 ]; do
+        if timeout 3 wget -q -O /tmp/fetch "$1" 2>/dev/null; then return 0; fi
+        n=$((n + 1)); sleep 1
+    done
+    return 1
+}
+if [ -n "$(arg meshd.meta)" ]; then
+    if fetch "$md/meta-data/instance-id"; then
+        echo "MESHD-META instance-id=$(cat /tmp/fetch)" >/dev/console
+    else
+        echo "MESHD-META fail" >/dev/console
+    fi
+    if fetch "$md/user-data"; then
+        echo "MESHD-USERDATA $(tr '\n' ' ' </tmp/fetch)" >/dev/console
+    else
+        echo "MESHD-USERDATA fail" >/dev/console
+    fi
+fi
+peer=$(arg meshd.ping)
+if [ -n "$peer" ]; then
+    n=0; res=fail
+    while [ $n -lt 60 ]; do
+        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then res=ok; break; fi
+        n=$((n + 1))
+    done
+    echo "MESHD-PING $peer $res" >/dev/console
+fi
+spoof=$(arg meshd.spoof)
+if [ -n "$spoof" ]; then
+    orig=$(ip route show 169.254.169.254/32)
+    ip addr add "$spoof/32" dev eth0
+    via=$(ip route get 169.254.169.254 | sed -n 's/.* via \([0-9.]*\).*/\1/p')
+    if [ -n "$via" ]; then
+        ip route replace 169.254.169.254/32 via "$via" dev eth0 src "$spoof"
+    else
+        ip route replace 169.254.169.254/32 dev eth0 src "$spoof"
+    fi
+    got=$(timeout 3 wget -q -O - "$md/meta-data/instance-id" 2>/dev/null)
+    echo "MESHD-SPOOF instance-id=$got" >/dev/console
+    # Give the address back at once: its owner must keep answering for it.
+    ip addr del "$spoof/32" dev eth0
+    ip route del 169.254.169.254/32 2>/dev/null
+    [ -n "$orig" ] && ip route replace $orig
+fi
+EOF
+chmod +x "$root/bin/meshd-after-net"
 
 cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
@@ -184,11 +285,22 @@ if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
     gw=$(arg meshd.gw)
     if [ "$addr" = dhcp ]; then
-        udhcpc -i eth0 -b -q -s /usr/share/udhcpc/default.script >/dev/null 2>&1
+        cut -d' ' -f1 /proc/uptime >/run/dhcp-asked
+        udhcpc -i eth0 -b -t 20 -T 1 -O staticroutes -s /usr/share/udhcpc/default.script >/dev/null 2>&1
     elif [ -n "$addr" ]; then
         ip addr add "$addr" dev eth0
         [ -n "$gw" ] && ip route add default via "$gw"
+        echo "MESHD-LEASE ip=${addr%/*} mac=$(cat /sys/class/net/eth0/address) src=static up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
+        echo "${addr%/*}" >/run/ip
     fi
+    port=$(arg meshd.http)
+    if [ -n "$port" ]; then
+        mkdir -p /www
+        (while [ ! -s /run/ip ]; do sleep 0.1; done
+         echo "MESHD-HTTP $(hostname) $(cat /run/ip)" >/www/index.html) &
+        httpd -p "$port" -h /www
+    fi
+    [ -n "$addr" ] && meshd-after-net &
 fi
 echo "MESHD-GUEST-READY" >/dev/console
 [ -z "$addr" ] && virtio

@@ -16,6 +16,16 @@ process's pid and removed by those names in :meth:`Chassis.teardown`:
 So a blade's mesh link can be cut (:meth:`Blade.cut`: its veth on the mesh switch
 set down; ``tc netem`` is not available here) while it still reaches its BMC.
 
+With ``guests=True`` (the guest-networking lab of LAB-NOTES "VM networking across
+blades") the switch namespace also holds ``brg``, the guests' L2 segment: every blade
+gets its own guest bridge ``br0`` (STP off, forward delay 0, multicast snooping off, a
+fixed MAC) linked to ``brg`` by a veth (``up0`` in the blade, ``g<i>`` on ``brg``), and
+a probe namespace ``<p>probe`` sits on ``brg`` too, at ``<guest subnet>.250``: an
+observer on the guests' segment (pings, TCP connections) that is no blade. br_netfilter
+is off in every lab namespace (``bridge-nf-call-*`` = 0; new namespaces start at 1).
+:meth:`Blade.cut` then cuts the guest uplink too. The bridge is the operator's: meshd
+is given it (a network created with ``--bridge br0``), it does not create it.
+
 The emulator's fake driver only flips a flag. :class:`PowerWatch` makes it a power
 switch: it reads the emulator's state (its sqlite file, the way the fake driver
 applies a pending change: at ``apply_time``) every 50 ms and, while a blade's system is
@@ -53,6 +63,9 @@ BMC_HOST = 254  # the emulator's address on the BMC network: <bmc subnet>.254
 CAPACITY = ("--cpus", "4", "--memory", "4GiB", "--disk", "20GiB")
 TELEMETRY_OFF = "\n[auction]\nhost_telemetry = false\n"
 WATCH_S = 0.05
+GUEST_BRIDGE = "br0"  # each blade's guest bridge
+GUEST_UPLINK = "up0"  # its veth to the guests' segment (``brg`` in the switch namespace)
+PROBE_HOST = 250  # the probe's address on the guests' segment: <guest subnet>.250
 
 
 def _run(argv: Sequence[str], check: bool = True, timeout: float = 30) -> str:
@@ -66,10 +79,22 @@ def _ip(*args: str, ns: str) -> None:
     _run(["ip", "-n", ns, *args])
 
 
-def _bridge(ns: str, name: str) -> None:
+def _bridge(ns: str, name: str, mac: str | None = None) -> None:
     _ip("link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", ns=ns)
     _ip("link", "set", name, "type", "bridge", "mcast_snooping", "0", ns=ns)
+    if mac is not None:  # else it follows its ports' MACs as they come and go
+        _ip("link", "set", name, "address", mac, ns=ns)
     _ip("link", "set", name, "up", ns=ns)
+
+
+def _no_bridge_nf(ns: str) -> None:
+    """Bridged frames skip iptables/arptables in ``ns`` (br_netfilter is built in here
+    and a new namespace starts with these at 1); absent without br_netfilter: fine."""
+    for fam in ("iptables", "arptables", "ip6tables"):
+        _run(
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{fam}=0"],
+            check=False,
+        )
 
 
 def ns_pids(ns: str) -> list[int]:
@@ -111,6 +136,7 @@ class Blade:
     veth: str  # this blade's mesh port, on the mesh switch
     daemon: BladeDaemon
     run_args: tuple[str, ...] = ()
+    guest_veth: str | None = None  # its port on the guests' segment (guests=True)
 
     @property
     def listen(self) -> str:
@@ -120,11 +146,15 @@ class Blade:
         return ["ip", "netns", "exec", self.ns, *argv]
 
     def cut(self) -> None:
-        """Cut this blade's mesh link; its BMC link stays up."""
-        _ip("link", "set", self.veth, "down", ns=self.switch_ns)
+        """Cut this blade's mesh link (and its guest uplink); its BMC link stays up."""
+        for port in (self.veth, self.guest_veth):
+            if port is not None:
+                _ip("link", "set", port, "down", ns=self.switch_ns)
 
     def heal(self) -> None:
-        _ip("link", "set", self.veth, "up", ns=self.switch_ns)
+        for port in (self.veth, self.guest_veth):
+            if port is not None:
+                _ip("link", "set", port, "up", ns=self.switch_ns)
 
     def boot(self) -> None:
         """Start this blade's daemon again (after a power-on), and wait until it answers."""
@@ -142,6 +172,7 @@ class Chassis:
     prefix: str
     mesh_subnet: str
     bmc_subnet: str
+    guest_subnet: str | None = None  # "a.b.c": the guests' segment /24 (guests=True)
     blades: list[Blade] = field(default_factory=list)
     emulator: Emulator | None = None
     mesh: Mesh | None = None
@@ -160,6 +191,19 @@ class Chassis:
     def bmc_ip(self) -> str:
         return f"{self.bmc_subnet}.{BMC_HOST}"
 
+    @property
+    def probe_ns(self) -> str:
+        return f"{self.prefix}probe"
+
+    @property
+    def probe_ip(self) -> str:
+        assert self.guest_subnet is not None, "a lab without guests=True has no probe"
+        return f"{self.guest_subnet}.{PROBE_HOST}"
+
+    def probe(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run in the probe namespace, on the guests' segment."""
+        return ["ip", "netns", "exec", self.probe_ns, *argv]
+
     def blade(self, name: str) -> Blade:
         return next(b for b in self.blades if b.name == name)
 
@@ -169,10 +213,37 @@ class Chassis:
         _run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         _ip("link", "set", "lo", "up", ns=name)
+        if self.guest_subnet is not None:
+            _no_bridge_nf(name)
+
+    def _guest_segment(self) -> None:
+        """``brg`` on the switch, and the probe on it (see the module doc)."""
+        assert self.guest_subnet is not None
+        _bridge(self.switch, "brg")
+        self._netns(self.probe_ns)
+        _ip("link", "add", "eth0", "type", "veth", "peer", "name", "gp", ns=self.probe_ns)
+        _ip("link", "set", "gp", "netns", self.switch, ns=self.probe_ns)
+        _ip("link", "set", "gp", "master", "brg", "up", ns=self.switch)
+        _ip("addr", "add", f"{self.probe_ip}/24", "dev", "eth0", ns=self.probe_ns)
+        _ip("link", "set", "eth0", "up", ns=self.probe_ns)
+        # Resolve a guest's MAC within 50 ms of it coming up, not the default 1 s.
+        _run(self.probe(["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=50"]))
+
+    def _guest_bridge(self, ns: str, i: int) -> str:
+        """Blade ``i``'s guest bridge and its uplink; returns the uplink's switch port."""
+        _bridge(ns, GUEST_BRIDGE, mac=f"0a:00:00:00:{i // 256:02x}:{i % 256:02x}")
+        port = f"g{i}"
+        _ip("link", "add", GUEST_UPLINK, "type", "veth", "peer", "name", port, ns=ns)
+        _ip("link", "set", port, "netns", self.switch, ns=ns)
+        _ip("link", "set", port, "master", "brg", "up", ns=self.switch)
+        _ip("link", "set", GUEST_UPLINK, "master", GUEST_BRIDGE, "up", ns=ns)
+        return port
 
     def build_network(self, names: Sequence[str]) -> None:
         self._netns(self.switch)
         _bridge(self.switch, "br0")
+        if self.guest_subnet is not None:
+            self._guest_segment()
         self._netns(self.bmc_ns)
         _bridge(self.bmc_ns, "brb")
         _ip("addr", "add", f"{self.bmc_ip}/24", "dev", "brb", ns=self.bmc_ns)
@@ -193,9 +264,12 @@ class Chassis:
             _ip("addr", "add", f"{bmc_addr}/24", "dev", "eth1", ns=ns)
             _ip("link", "set", "eth0", "up", ns=ns)
             _ip("link", "set", "eth1", "up", ns=ns)
+            guest_veth = self._guest_bridge(ns, i) if self.guest_subnet is not None else None
             daemon = BladeDaemon(name, self.base / name, "lan", prefix=("ip", "netns", "exec", ns))
             self.mesh.daemons.append(daemon)
-            self.blades.append(Blade(name, ns, mesh_addr, bmc_addr, self.switch, f"m{i}", daemon))
+            blade = Blade(name, ns, mesh_addr, bmc_addr, self.switch, f"m{i}", daemon)
+            blade.guest_veth = guest_veth
+            self.blades.append(blade)
 
     def start_emulator(self, systems: Sequence[str], delay_s: int | None) -> Emulator:
         self.emulator = Emulator(
@@ -207,17 +281,18 @@ class Chassis:
         ).start()
         return self.emulator
 
-    def start_mesh(self, witness: str | None = None, timeout: float = 30.0) -> None:
-        """Found the mesh on the first blade, enrol the others, run all, wait all alive."""
+    def start_mesh(self, witness: str | None = None, timeout: float = 30.0, toml: str = "") -> None:
+        """Found the mesh on the first blade, enrol the others, run all, wait all alive;
+        ``toml`` is appended to every blade's meshd.toml."""
         first, *rest = self.blades
         for b in self.blades:
             b.run_args = ("--witness",) if b.name == witness else CAPACITY
         first.daemon.init(listen=first.listen)
-        _telemetry_off(first.daemon)
+        _telemetry_off(first.daemon, toml)
         first.boot()
         for b in rest:
             b.daemon.init(join=first.daemon.create_token(), listen=b.listen)
-            _telemetry_off(b.daemon)
+            _telemetry_off(b.daemon, toml)
         for b in rest:
             b.daemon.spawn(*b.run_args)
         for b in rest:
@@ -292,8 +367,12 @@ class Chassis:
         if self.emulator is not None:
             self.emulator.close()
         # Workloads the daemons started live in the blades' namespaces: end them by pid.
-        for b in self.blades:
-            for pid in b.pids():
+        # Hand-made guests and probes live in the blades' and the probe's namespaces too.
+        spaces = [b.ns for b in self.blades]
+        if self.probe_ns in self.namespaces:
+            spaces.append(self.probe_ns)
+        for ns in spaces:
+            for pid in ns_pids(ns):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for name in reversed(self.namespaces):
@@ -303,9 +382,9 @@ class Chassis:
             raise AssertionError("teardown: " + "; ".join(errors))
 
 
-def _telemetry_off(d: Daemon) -> None:
+def _telemetry_off(d: Daemon, extra: str = "") -> None:
     toml = d.data_dir / "meshd.toml"
-    toml.write_text(toml.read_text() + TELEMETRY_OFF)
+    toml.write_text(toml.read_text() + TELEMETRY_OFF + extra)
 
 
 def peer_states(d: Daemon) -> dict[str, str]:
@@ -415,23 +494,32 @@ def chassis(
     delay_s: int | None = 0,
     witness: str | None = None,
     tag: str = "",
+    guests: bool = False,
+    daemons: bool = True,
+    prefix: str = "mf",
+    toml: str = "",
 ) -> Iterator[Chassis]:
     """Blades ``names`` (one of them maybe a witness, without a BMC) in namespaces, with
-    the emulator and a running mesh; everything ended in ``finally``."""
+    the emulator and a running mesh; everything ended in ``finally``. ``guests``: with
+    the guests' segment (module doc); ``daemons=False``: the network alone (no
+    emulator, no mesh). Namespaces are named ``<prefix><pid><tag>...``; ``toml`` is
+    appended to every blade's meshd.toml."""
     pid = os.getpid()
     lab = Chassis(
         base=base,
-        prefix=f"mf{pid}{tag}",
+        prefix=f"{prefix}{pid}{tag}",
         mesh_subnet=f"10.215.{pid % 250 + 1}",
         bmc_subnet=f"10.216.{pid % 250 + 1}",
+        guest_subnet=f"10.217.{pid % 250 + 1}" if guests else None,
     )
     blades = [n for n in names if n != witness]
     try:
         lab.build_network(names)
-        lab.start_emulator(blades, delay_s)
-        lab.start_mesh(witness=witness)
-        lab.set_bmcs(blades)
-        lab.start_watch()
+        if daemons:
+            lab.start_emulator(blades, delay_s)
+            lab.start_mesh(witness=witness, toml=toml)
+            lab.set_bmcs(blades)
+            lab.start_watch()
         yield lab
     finally:
         lab.teardown()
