@@ -47,6 +47,7 @@ from meshd.identity import bmc as bmc_files
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
 from meshd.shell import loop_errors
+from meshd.shell.addresses import AddressShell
 from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
 from meshd.shell.fencing import EndpointBook, FencingShell, boot_clock
@@ -194,6 +195,11 @@ def start_shells(
     logger.info("capabilities offers=%s", ",".join(sorted(caps.offers)))
     placement = PlacementShell(ctx, mesh, caps)
     placement.start()
+    addresses = AddressShell(
+        ctx, mesh, placement.networks, placement.core_placements, lambda: placement.synced
+    )
+    placement.addresses = addresses
+    addresses.start()
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced
     )
