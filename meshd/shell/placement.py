@@ -98,6 +98,8 @@ class Assigner(Protocol):
 
     def release(self, workload_id: str, spec: WorkloadSpec) -> None: ...
 
+    def in_use(self, network: str) -> list[dict[str, Any]]: ...
+
     def stop(self) -> None: ...
 
 
@@ -371,6 +373,7 @@ class PlacementShell:
             "round": placement.round,
             "generation": placement.generation,
             "decided_ms": round(decided_ms, 3),
+            "addresses": nics_json(placement.workload_id, placement.spec),
             "bids": self._bids(placement.round),
         }
 

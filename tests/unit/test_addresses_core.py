@@ -69,9 +69,7 @@ def test_a_free_address_is_granted_to_the_first_holder_only() -> None:
     assert first == Entry("10.40.0.2", "lan", "w1", 5.0)
     assert isinstance(first, Entry)
     t.put(first)
-    assert t.decide(Claim("c2", "10.40.0.2", "lan", "w2"), 6.0, {}) == Deny(
-        "c2", "10.40.0.2", "w1"
-    )
+    assert t.decide(Claim("c2", "10.40.0.2", "lan", "w2"), 6.0, {}) == Deny("c2", "10.40.0.2", "w1")
     # The same holder again (a lost answer, a retry): granted again.
     assert isinstance(t.decide(Claim("c3", "10.40.0.2", "lan", "w1"), 7.0, {}), Entry)
 
@@ -174,9 +172,7 @@ def test_check_fixed_accepts_a_host_address() -> None:
 
 
 def claimer(pool: list[str], *, fixed: bool = False, attempts: int = 4) -> Claimer:
-    return Claimer(
-        "k", net(), "w1", VOTERS, [ip(a) for a in pool], fixed, attempts, 1.0
-    )
+    return Claimer("k", net(), "w1", VOTERS, [ip(a) for a in pool], fixed, attempts, 1.0)
 
 
 def test_a_majority_of_grants_fixes_the_address() -> None:
