@@ -77,12 +77,16 @@ class AddressShell:
         networks: Networks,
         view: View,
         synced: Callable[[], bool],
+        nudge: Callable[[str], None],
     ) -> None:
         self.ctx = ctx
         self.mesh = mesh
         self.networks = networks
         self._view = view
         self._synced = synced
+        # Offer a member this node's view digest out of turn: a voter that has not yet
+        # compared views with anyone (a fresh start) does not vote until it has.
+        self._nudge = nudge
         self.name = ctx.ident.name
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
@@ -137,7 +141,7 @@ class AddressShell:
     def in_use(self, network: str) -> list[dict[str, Any]]:
         """What holds an address on ``network``: live placements, then nodes."""
         rows: list[dict[str, Any]] = []
-        for p in sorted(self._view().values(), key=lambda p: p.workload_id):
+        for p in sorted(self._view().values(), key=lambda p: (p.name, p.workload_id)):
             if p.removed:
                 continue
             for i, nic in enumerate(p.spec.nics):
@@ -182,11 +186,6 @@ class AddressShell:
         if len(set(asked)) != len(asked):
             raise AddressError("two NICs ask for the same address: give each its own")
         self._check_macs(workload_id, len(spec.nics))
-        if not self._synced():
-            raise AddressConflictError(
-                "this node has not caught up with the mesh's placements yet, so it can't "
-                "tell which addresses are free: retry in a moment"
-            )
         won: list[Address] = []
         try:
             for net, ip in zip(nets, fixed, strict=True):
@@ -260,6 +259,7 @@ class AddressShell:
             self._describe,
         )
         event = asyncio.Event()
+        nudged: set[str] = set()
         self._claims[claimer.claim_prefix] = (claimer, event)
         try:
             self._broadcast(claimer, claimer.begin(loop.time()))
@@ -272,6 +272,9 @@ class AddressShell:
                     self._broadcast(claimer, moved)
                 elif claimer.current is not None:
                     for name in claimer.silent():
+                        if name not in nudged and name != self.name:
+                            nudged.add(name)  # it may be silent because it never synced
+                            self._nudge(name)
                         self._send(name, claimer.current)
         finally:
             self._claims.pop(claimer.claim_prefix, None)

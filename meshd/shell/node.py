@@ -196,7 +196,12 @@ def start_shells(
     placement = PlacementShell(ctx, mesh, caps)
     placement.start()
     addresses = AddressShell(
-        ctx, mesh, placement.networks, placement.core_placements, lambda: placement.synced
+        ctx,
+        mesh,
+        placement.networks,
+        placement.core_placements,
+        lambda: placement.synced,
+        placement.offer_digest,
     )
     placement.addresses = addresses
     addresses.start()

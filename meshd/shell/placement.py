@@ -478,6 +478,13 @@ class PlacementShell:
             "addresses": nics_json(p.workload_id, p.spec),
         }
 
+    def offer_digest(self, peer: str) -> None:
+        """Send ``peer`` this node's view digest now, out of turn: a member whose view
+        matches learns it is synced (``ViewSynced``) without waiting for its turn."""
+        if self._broken is None:
+            with contextlib.suppress(StoreError):  # discarded; the store said why
+                self._apply(self.core.anti_entropy(peer))
+
     def core_placements(self) -> Mapping[str, Placement]:
         """The view of the core of the moment (a failed write rebuilds the core)."""
         return self.core.placements()
