@@ -302,7 +302,7 @@ class AddressesConfig(_Section):
     attempts: int = 8
     # Free addresses a claimer picks its candidates from (the first ones of the pool, in
     # random order), so concurrent originators rarely draw the same one.
-    window: int = 16
+    window: int = 64
     # A grant no placement in the voter's view backs is freed after this long: longer
     # than a submission can take (its auction included), so a grant is never freed
     # while the placement that will carry it is still on its way.

@@ -152,6 +152,7 @@ class VoterTable:
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
         self._by_address: dict[str, Entry] = {e.address: e for e in entries}
+        self._ints = {int(ipaddress.ip_address(a)) for a in self._by_address}
 
     def get(self, address: str) -> Entry | None:
         return self._by_address.get(address)
@@ -159,8 +160,9 @@ class VoterTable:
     def entries(self) -> list[Entry]:
         return sorted(self._by_address.values(), key=lambda e: e.address)
 
-    def held_by(self, holder: str) -> list[Entry]:
-        return [e for e in self.entries() if e.holder == holder]
+    def address_ints(self) -> set[int]:
+        """The granted addresses as integers (what :func:`candidates` skips)."""
+        return self._ints
 
     def decide(self, claim: Claim, now: float, in_view: Mapping[str, str]) -> Reply | Entry:
         """The answer to ``claim``: a :class:`Deny`, or the entry to write *before*
@@ -177,9 +179,11 @@ class VoterTable:
 
     def put(self, entry: Entry) -> None:
         self._by_address[entry.address] = entry
+        self._ints.add(int(ipaddress.ip_address(entry.address)))
 
     def drop(self, address: str) -> None:
-        self._by_address.pop(address, None)
+        if self._by_address.pop(address, None) is not None:
+            self._ints.discard(int(ipaddress.ip_address(address)))
 
     def releasable(self, release: Release, in_view: Mapping[str, str]) -> bool:
         """Whether a claimer's ``release`` frees its grant here (nothing in view backs it)."""
@@ -226,17 +230,22 @@ def reserved(net: Network) -> set[Address]:
 
 
 def candidates(
-    net: Network, taken: Container[str], rng: random.Random, window: int
+    net: Network, taken: Container[int], rng: random.Random, window: int
 ) -> list[Address]:
-    """Up to ``window`` free addresses of ``net`` (the first ones), in random order."""
-    skip = reserved(net)
+    """Up to ``window`` free addresses of ``net`` (the first ones), in random order.
+
+    ``taken`` holds addresses as integers: the pool is walked as integers, since an
+    address object per host costs a microsecond and a busy pool has thousands taken."""
+    skip = {int(a) for a in reserved(net)}
+    make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
+    first = int(net.subnet.network_address) + 1
+    last = int(net.subnet.broadcast_address) - (1 if net.subnet.version == 4 else 0)
     free: list[Address] = []
-    for host in net.subnet.hosts():
-        if host in skip or str(host) in taken:
-            continue
-        free.append(host)
-        if len(free) >= window:
-            break
+    i = first
+    while i <= last and len(free) < window:
+        if i not in skip and i not in taken:
+            free.append(make(i))
+        i += 1
     rng.shuffle(free)
     return free
 

@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 import msgspec
@@ -69,6 +69,16 @@ def nics_json(workload_id: str, spec: WorkloadSpec) -> list[dict[str, Any]]:
     ]
 
 
+class _AnyOf:
+    """Membership in any of several containers, without copying them."""
+
+    def __init__(self, *parts: Container[int]) -> None:
+        self._parts = parts
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in part for part in self._parts)
+
+
 class AddressShell:
     def __init__(
         self,
@@ -91,6 +101,15 @@ class AddressShell:
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
         self._claims: dict[str, tuple[Claimer, asyncio.Event]] = {}
+        # Grants decided this loop turn, not yet on disk: (entry, what it replaced,
+        # the answer to send once written).
+        self._unwritten: list[tuple[Entry, Entry | None, tuple[str, Grant]]] = []
+        # The view's NICs, indexed (kept by view_changed; None: rebuild on next use).
+        self._holders: dict[str, str] | None = None  # address -> workload
+        self._ints: dict[int, str] = {}  # the same addresses as integers
+        self._macs: dict[str, str] = {}  # MAC -> workload
+        self._by_wid: dict[str, tuple[tuple[str, int, str], ...]] = {}
+        self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
         m = ctx.metrics
@@ -122,21 +141,59 @@ class AddressShell:
         task.add_done_callback(self._tasks.discard)
 
     def _voters(self) -> frozenset[str]:
-        names = {m.name for m in roster.members(self.ctx.store) if m.role == "node"}
-        return frozenset({*names, self.name})
+        """The roster's nodes (read from the store at most once a second)."""
+        now = asyncio.get_running_loop().time()
+        if self._voter_cache is None or now - self._voter_cache[0] > 1.0:
+            names = {m.name for m in roster.members(self.ctx.store) if m.role == "node"}
+            self._voter_cache = (now, frozenset({*names, self.name}))
+        return self._voter_cache[1]
 
     # -- what the view holds -----------------------------------------------------------
 
     def in_view(self) -> dict[str, str]:
         """address -> holder of every live placement's NICs in this node's view."""
-        out: dict[str, str] = {}
+        if self._holders is None:
+            self._rebuild()
+        assert self._holders is not None
+        return self._holders
+
+    def view_changed(self, placement: Placement | None) -> None:
+        """The placement shell's word that the view took ``placement`` in (None: the
+        core was rebuilt): the indexes follow it without scanning the view."""
+        if placement is None or self._holders is None:
+            self._holders = None
+            return
+        wid = placement.workload_id
+        for text, number, mac in self._by_wid.pop(wid, ()):
+            if self._holders.get(text) == wid:
+                del self._holders[text]
+                self._ints.pop(number, None)
+            if self._macs.get(mac) == wid:
+                del self._macs[mac]
+        self._add(placement)
+
+    def _rebuild(self) -> None:
+        self._holders, self._ints, self._macs, self._by_wid = {}, {}, {}, {}
         for p in self._view().values():
-            if p.removed or not p.spec.nics:
+            self._add(p)
+
+    def _add(self, p: Placement) -> None:
+        if p.removed or not p.workload.spec.nics:
+            return
+        assert self._holders is not None
+        wid = p.workload_id
+        held = []
+        for i, nic in enumerate(p.workload.spec.nics):
+            mac = mac_for(wid, i)
+            self._macs[mac] = wid
+            if nic.ip is None:
                 continue
-            for nic in p.spec.nics:
-                if nic.ip is not None:
-                    out[core.canonical(nic.ip)] = p.workload_id
-        return out
+            text = core.canonical(nic.ip)
+            number = int(ipaddress.ip_address(text))
+            self._holders[text] = wid
+            self._ints[number] = wid
+            held.append((text, number, mac))
+        self._by_wid[wid] = tuple(held)
 
     def in_use(self, network: str) -> list[dict[str, Any]]:
         """What holds an address on ``network``: live placements, then nodes."""
@@ -189,7 +246,7 @@ class AddressShell:
         won: list[Address] = []
         try:
             for net, ip in zip(nets, fixed, strict=True):
-                won.append(await self._claim(workload_id, net, ip, {str(a) for a in won}))
+                won.append(await self._claim(workload_id, net, ip, {int(a) for a in won}))
         except MeshdError:
             self._release(workload_id, [str(a) for a in won])
             raise
@@ -224,27 +281,36 @@ class AddressShell:
             ) from None
 
     def _check_macs(self, workload_id: str, count: int) -> None:
-        ours = {mac_for(workload_id, i) for i in range(count)}
-        for p in self._view().values():
-            if p.removed or p.workload_id == workload_id:
-                continue
-            for i in range(len(p.spec.nics)):
-                if mac_for(p.workload_id, i) in ours:
-                    raise AddressConflictError(
-                        f"the MAC address derived for this workload collides with workload "
-                        f"{p.name} ({p.workload_id}): submit it again (it gets a new id)"
-                    )
+        self.in_view()
+        for i in range(count):
+            other = self._macs.get(mac_for(workload_id, i))
+            if other is not None and other != workload_id:
+                p = self._view().get(other)
+                name = p.name if p is not None else other
+                raise AddressConflictError(
+                    f"the MAC address derived for this workload collides with workload "
+                    f"{name} ({other}): submit it again (it gets a new id)"
+                )
 
-    def _taken(self) -> set[str]:
-        return {e.address for e in self.table.entries()} | set(self.in_view())
+    def _taken(self) -> _AnyOf:
+        self.in_view()
+        return _AnyOf(self.table.address_ints(), self._ints)
 
     async def _claim(
-        self, holder: str, net: Network, fixed: Address | None, also_taken: set[str]
+        self, holder: str, net: Network, fixed: Address | None, also_taken: set[int]
     ) -> Address:
         cfg = self.ctx.cfg.addresses
         loop = asyncio.get_running_loop()
         if fixed is None:
-            pool = core.candidates(net, self._taken() | also_taken, self._rng, cfg.window)
+            # Not what this node's other claims are trying right now either: concurrent
+            # submissions through one node would otherwise draw the same candidates.
+            trying = {
+                int(ipaddress.ip_address(c.current.address))
+                for c, _ in self._claims.values()
+                if c.current
+            }
+            taken = _AnyOf(self._taken(), also_taken, trying)
+            pool = core.candidates(net, taken, self._rng, cfg.window)
         else:
             pool = [fixed]
         claimer = Claimer(
@@ -332,22 +398,44 @@ class AddressShell:
             self.dropped.inc(reason="not-synced")
             return
         decision = self.table.decide(claim, self.ctx.clock(), self.in_view())
-        if isinstance(decision, Entry):
-            held = self.table.get(decision.address)
-            if held is None or held.holder != decision.holder:
-                try:
-                    with self.ctx.store.transaction():
-                        address_grants.save(self.ctx.store, decision)
-                except StoreError as exc:
-                    # An unrecorded grant is no grant: say nothing, the claimer moves on.
-                    logger.error("address grant not given, it could not be written: %s", exc)
-                    return
-                self.table.put(decision)
-                self.granted.inc()
-            reply: Msg = Grant(claim.claim, decision.address)
-        else:
-            reply = decision
-        self._send(author, reply)
+        if not isinstance(decision, Entry):
+            self._send(author, decision)
+            return
+        grant = Grant(claim.claim, decision.address)
+        held = self.table.get(decision.address)
+        if held is not None and held.holder == decision.holder:
+            if any(e.address == decision.address for e, _, _ in self._unwritten):
+                self._unwritten.append((decision, held, (author, grant)))  # after the write
+            else:
+                self._send(author, grant)  # on disk already: a repeated claim
+            return
+        # Held in memory at once, so the next claim this turn sees it; written with the
+        # turn's other grants in one durable transaction, and only then answered.
+        self.table.put(decision)
+        self._unwritten.append((decision, held, (author, grant)))
+        if len(self._unwritten) == 1:
+            asyncio.get_running_loop().call_soon(self._write_grants)
+
+    def _write_grants(self) -> None:
+        batch, self._unwritten = self._unwritten, []
+        if not batch or self._stopped:
+            return
+        try:
+            with self.ctx.store.transaction():
+                for entry, _, _ in batch:
+                    address_grants.save(self.ctx.store, entry)
+        except StoreError as exc:
+            # An unrecorded grant is no grant: say nothing, the claimers move on.
+            logger.error("address grants not given, they could not be written: %s", exc)
+            for entry, before, _ in reversed(batch):
+                if before is None:
+                    self.table.drop(entry.address)
+                else:
+                    self.table.put(before)
+            return
+        self.granted.inc(len(batch))
+        for _, _, (author, grant) in batch:
+            self._send(author, grant)
 
     def _on_release(self, release: Release) -> None:
         if self.table.releasable(release, self.in_view()):

@@ -204,6 +204,7 @@ def start_shells(
         placement.offer_digest,
     )
     placement.addresses = addresses
+    placement.view_listeners.append(addresses.view_changed)
     addresses.start()
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced

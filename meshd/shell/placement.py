@@ -46,7 +46,7 @@ from meshd.core import spec
 from meshd.core.auction import candidates, codec, fields
 from meshd.core.auction.auctioneer import Auctioneer
 from meshd.core.auction.capabilities import Capabilities
-from meshd.core.auction.durable import DurableState
+from meshd.core.auction.durable import DurableState, PlacementRecorded
 from meshd.core.auction.effects import (
     Broadcast,
     Decided,
@@ -131,6 +131,9 @@ class PlacementShell:
         # NIC addresses (meshd.shell.addresses), set by the node once built: a spec with
         # NICs gets its addresses from it before its auction starts.
         self.addresses: Assigner | None = None
+        # Told of each placement the view takes in, and (None) when the core is rebuilt
+        # from the store: indexes of the view kept up to date without scanning it.
+        self.view_listeners: list[Callable[[Placement | None], None]] = []
         # (workload, generation) this node, having accepted a drain, put up for auction
         # again: each at most once, so what can't move (pinned there) is not retried.
         self._drained_moves: set[tuple[str, int]] = set()
@@ -478,6 +481,13 @@ class PlacementShell:
             "addresses": nics_json(p.workload_id, p.spec),
         }
 
+    def _view_changed(self, placement: Placement | None) -> None:
+        for listener in self.view_listeners:
+            try:
+                listener(placement)
+            except Exception:  # one listener's bug must not cost the step
+                logger.exception("a view listener failed")
+
     def offer_digest(self, peer: str) -> None:
         """Send ``peer`` this node's view digest now, out of turn: a member whose view
         matches learns it is synced (``ViewSynced``) without waiting for its turn."""
@@ -724,6 +734,9 @@ class PlacementShell:
             except StoreError as exc:
                 self._discard_step(exc)
                 raise
+            for r in records:
+                if isinstance(r, PlacementRecorded):
+                    self._view_changed(r.placement)
         encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
         for e in effects:
             if isinstance(e, Send):
@@ -788,6 +801,7 @@ class PlacementShell:
         core.set_draining(self._draining)
         core.set_maintenance(self._maintenance())
         self.core = core
+        self._view_changed(None)
         # What a restored core owes at once (its abandoned rounds, expired holds) is what
         # any later restore derives again from the store: it may wait for the disk.
         owed = core.tick(self.ctx.clock())

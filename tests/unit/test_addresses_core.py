@@ -137,7 +137,7 @@ def test_release_frees_only_an_unbacked_grant_of_that_holder() -> None:
 
 def test_candidates_skip_reserved_and_taken() -> None:
     n = net("10.40.0.0/29", gateway="10.40.0.1", dns=["10.40.0.2"])
-    got = core.candidates(n, {"10.40.0.4"}, random.Random(1), 16)
+    got = core.candidates(n, {int(ip("10.40.0.4"))}, random.Random(1), 16)
     assert sorted(got) == [ip("10.40.0.3"), ip("10.40.0.5"), ip("10.40.0.6")]
 
 
