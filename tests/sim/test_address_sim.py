@@ -193,7 +193,7 @@ def _seeds(chunk: int) -> list[int]:
 
 
 def _run(seed: int, placed: list[int]) -> Iterator[str]:
-    sim, watch, problems = random_run(seed)
+    sim, _, problems = random_run(seed)
     placed.append(sum(1 for s in sim.submissions if s.result and s.result["addresses"]))
     try:
         if problems:
