@@ -86,7 +86,15 @@ class Release:
     holder: str
 
 
-Msg = Claim | Grant | Deny | Release
+@dataclass(frozen=True, slots=True)
+class Abstain:
+    """A voter whose view has not yet matched a member's does not vote: it says so, and
+    the claimer offers it its view digest (it counts neither way)."""
+
+    claim: str
+
+
+Msg = Claim | Grant | Deny | Release | Abstain
 Reply = Grant | Deny
 
 
@@ -97,13 +105,16 @@ def encode(msg: Msg) -> bytes:
         doc = {"t": "g", "i": msg.claim, "a": msg.address}
     elif isinstance(msg, Deny):
         doc = {"t": "d", "i": msg.claim, "a": msg.address, "h": msg.holder}
-    else:
+    elif isinstance(msg, Release):
         doc = {"t": "r", "a": msg.address, "h": msg.holder}
+    else:
+        doc = {"t": "u", "i": msg.claim}
     return orjson.dumps(doc)
 
 
 _KEYS = {"c": {"t", "i", "a", "n", "h"}, "g": {"t", "i", "a"}, "d": {"t", "i", "a", "h"}}
 _KEYS["r"] = {"t", "a", "h"}
+_KEYS["u"] = {"t", "i"}
 
 
 def decode(body: bytes) -> Msg:
@@ -117,11 +128,13 @@ def decode(body: bytes) -> Msg:
     for key, value in doc.items():
         if not isinstance(value, str) or not value or len(value.encode()) > MAX_FIELD:
             raise EnvelopeError(f"an address message's {key!r} must be 1..{MAX_FIELD} bytes")
+    tag = doc["t"]
+    if tag == "u":
+        return Abstain(doc["i"])
     try:
         ipaddress.ip_address(doc["a"])
     except ValueError as exc:
         raise EnvelopeError(f"{doc['a']!r:.60} is not an IP address") from exc
-    tag = doc["t"]
     if tag == "c":
         return Claim(doc["i"], doc["a"], doc["n"], doc["h"])
     if tag == "g":
@@ -230,15 +243,16 @@ def reserved(net: Network) -> set[Address]:
 
 
 def candidates(
-    net: Network, taken: Container[int], rng: random.Random, window: int
+    net: Network, taken: Container[int], rng: random.Random, window: int, start: int = 0
 ) -> list[Address]:
     """Up to ``window`` free addresses of ``net`` (the first ones), in random order.
 
     ``taken`` holds addresses as integers: the pool is walked as integers, since an
-    address object per host costs a microsecond and a busy pool has thousands taken."""
+    address object per host costs a microsecond and a busy pool has thousands taken.
+    ``start``: no free address lies below it (the caller's hint), so begin there."""
     skip = {int(a) for a in reserved(net)}
     make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
-    first = int(net.subnet.network_address) + 1
+    first = max(int(net.subnet.network_address) + 1, start)
     last = int(net.subnet.broadcast_address) - (1 if net.subnet.version == 4 else 0)
     free: list[Address] = []
     i = first
@@ -435,6 +449,7 @@ def nic_addresses(holder: str, nics: Collection[tuple[str, str | None]]) -> list
 
 
 __all__ = [
+    "Abstain",
     "Claim",
     "Claimer",
     "Deny",

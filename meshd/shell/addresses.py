@@ -36,7 +36,17 @@ import msgspec
 from meshd.adapters.store import address_grants, roster
 from meshd.adapters.transport import Channel
 from meshd.core import addresses as core
-from meshd.core.addresses import Claim, Claimer, Deny, Entry, Grant, Msg, Release, VoterTable
+from meshd.core.addresses import (
+    Abstain,
+    Claim,
+    Claimer,
+    Deny,
+    Entry,
+    Grant,
+    Msg,
+    Release,
+    VoterTable,
+)
 from meshd.core.auction.model import Placement
 from meshd.core.network import Address, Network
 from meshd.core.nic import mac_for
@@ -97,6 +107,7 @@ class AddressShell:
         # Offer a member this node's view digest out of turn: a voter that has not yet
         # compared views with anyone (a fresh start) does not vote until it has.
         self._nudge = nudge
+        self._nudged: dict[str, float] = {}  # voter -> when it was last offered a digest
         self.name = ctx.ident.name
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
@@ -109,6 +120,9 @@ class AddressShell:
         self._ints: dict[int, str] = {}  # the same addresses as integers
         self._macs: dict[str, str] = {}  # MAC -> workload
         self._by_wid: dict[str, tuple[tuple[str, int, str], ...]] = {}
+        # Per network, an address no free one lies below (from this node's view): the
+        # candidate walk starts there. Lowered whenever an address may have come free.
+        self._low: dict[str, int] = {}
         self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -168,11 +182,13 @@ class AddressShell:
             if self._holders.get(text) == wid:
                 del self._holders[text]
                 self._ints.pop(number, None)
+                self._low.clear()  # rare (a removal, a move): start from the bottom again
             if self._macs.get(mac) == wid:
                 del self._macs[mac]
         self._add(placement)
 
     def _rebuild(self) -> None:
+        self._low.clear()
         self._holders, self._ints, self._macs, self._by_wid = {}, {}, {}, {}
         for p in self._view().values():
             self._add(p)
@@ -310,7 +326,10 @@ class AddressShell:
                 if c.current
             }
             taken = _AnyOf(self._taken(), also_taken, trying)
-            pool = core.candidates(net, taken, self._rng, cfg.window)
+            start = self._low.get(net.name, 0)
+            pool = core.candidates(net, taken, self._rng, cfg.window, start)
+            if pool:  # everything below the lowest free one was taken (or tried)
+                self._low[net.name] = min(int(a) for a in pool)
         else:
             pool = [fixed]
         claimer = Claimer(
@@ -325,7 +344,6 @@ class AddressShell:
             self._describe,
         )
         event = asyncio.Event()
-        nudged: set[str] = set()
         self._claims[claimer.claim_prefix] = (claimer, event)
         try:
             self._broadcast(claimer, claimer.begin(loop.time()))
@@ -338,13 +356,12 @@ class AddressShell:
                     self._broadcast(claimer, moved)
                 elif claimer.current is not None:
                     for name in claimer.silent():
-                        if name not in nudged and name != self.name:
-                            nudged.add(name)  # it may be silent because it never synced
-                            self._nudge(name)
                         self._send(name, claimer.current)
         finally:
             self._claims.pop(claimer.claim_prefix, None)
         self._release(holder, claimer.lost)
+        if claimer.won is None or claimer.lost or claimer.tried > 1:
+            self._low.pop(net.name, None)  # what it tried and gave up may be free
         if claimer.won is None:
             raise AddressConflictError(claimer.refusal or "the address claim failed")
         logger.debug("address fixed holder=%s network=%s ip=%s", holder, net.name, claimer.won)
@@ -385,6 +402,8 @@ class AddressShell:
                     moved = claimer.receive(author, msg, asyncio.get_running_loop().time())
                     self._broadcast(claimer, moved)
                     event.set()
+            elif isinstance(msg, Abstain):
+                self._on_abstain(author)
             else:
                 self._on_release(msg)
         except (EnvelopeError, ValueError) as exc:
@@ -396,6 +415,7 @@ class AddressShell:
             raise EnvelopeError("a node claims an address only for itself")
         if not self._synced():
             self.dropped.inc(reason="not-synced")
+            self._send(author, Abstain(claim.claim))
             return
         decision = self.table.decide(claim, self.ctx.clock(), self.in_view())
         if not isinstance(decision, Entry):
@@ -437,6 +457,14 @@ class AddressShell:
         for _, _, (author, grant) in batch:
             self._send(author, grant)
 
+    def _on_abstain(self, voter: str) -> None:
+        """``voter`` has not compared views with anyone yet: offer it ours (at most once
+        a second per voter), so it can vote on the claim's next resend."""
+        now = asyncio.get_running_loop().time()
+        if voter != self.name and now - self._nudged.get(voter, -1e9) >= 1.0:
+            self._nudged[voter] = now
+            self._nudge(voter)
+
     def _on_release(self, release: Release) -> None:
         if self.table.releasable(release, self.in_view()):
             self._free([core.canonical(release.address)], "released")
@@ -450,6 +478,7 @@ class AddressShell:
             return
         for a in addresses:
             self.table.drop(a)
+        self._low.clear()
         self.freed.inc(len(addresses), reason=reason)
         logger.debug("addresses freed reason=%s count=%d", reason, len(addresses))
 

@@ -34,6 +34,7 @@ MSGS = st.one_of(
     st.builds(Grant, _text, _addr),
     st.builds(Deny, _text, _addr, _text),
     st.builds(Release, _addr, _text),
+    st.builds(core.Abstain, _text),
 )
 
 
