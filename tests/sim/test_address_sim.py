@@ -286,3 +286,37 @@ def test_a_minority_can_not_allocate() -> None:
         assert err is not None and "no majority answered the address claim" in err, err
     finally:
         sim.close()
+
+
+def test_a_node_address_is_claimed_once_kept_across_a_restart_and_listed() -> None:
+    sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
+    got: list[str] = []
+
+    def ask(name: str) -> None:
+        node = sim.nodes[name]
+        assert node.proc is not None and node.placement is not None
+        shell = node.placement.addresses
+        assert shell is not None
+
+        async def run() -> None:
+            got.append(str(await shell.node_address("lan")))  # type: ignore[attr-defined]
+
+        node.proc.spawn(run())
+
+    try:
+        sim.at(8.1, ask, "n1")
+        sim.run_until(10.0)
+        sim.at(10.1, sim.crash, "n1")
+        sim.at(10.5, sim.start, "n1")
+        sim.at(12.0, ask, "n1")
+        sim.at(12.0, ask, "n2")
+        sim.at(12.1, sim.submit, "n3", request(1))
+        sim.run_until(16.0)
+        assert len(got) == 3 and got[0] == got[1] != got[2], got
+        placed = sim.submissions[0].result
+        assert placed is not None and placed["addresses"][0]["ip"] not in got
+        shell = sim.placement("n3").addresses
+        listed = {(u["holder"], u["ip"]) for u in shell.in_use("lan")}  # type: ignore[union-attr]
+        assert ("node:n1", got[0]) in listed and ("node:n2", got[2]) in listed, listed
+    finally:
+        sim.close()
