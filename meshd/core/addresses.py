@@ -98,18 +98,41 @@ Msg = Claim | Grant | Deny | Release | Abstain
 Reply = Grant | Deny
 
 
-def encode(msg: Msg) -> bytes:
+MAX_BUNDLE_BYTES = 1100  # a bundle's body: with the envelope, inside a 1200-byte datagram
+
+
+def _doc(msg: Msg) -> dict[str, str]:
     if isinstance(msg, Claim):
-        doc = {"t": "c", "i": msg.claim, "a": msg.address, "n": msg.network, "h": msg.holder}
-    elif isinstance(msg, Grant):
-        doc = {"t": "g", "i": msg.claim, "a": msg.address}
-    elif isinstance(msg, Deny):
-        doc = {"t": "d", "i": msg.claim, "a": msg.address, "h": msg.holder}
-    elif isinstance(msg, Release):
-        doc = {"t": "r", "a": msg.address, "h": msg.holder}
-    else:
-        doc = {"t": "u", "i": msg.claim}
-    return orjson.dumps(doc)
+        return {"t": "c", "i": msg.claim, "a": msg.address, "n": msg.network, "h": msg.holder}
+    if isinstance(msg, Grant):
+        return {"t": "g", "i": msg.claim, "a": msg.address}
+    if isinstance(msg, Deny):
+        return {"t": "d", "i": msg.claim, "a": msg.address, "h": msg.holder}
+    if isinstance(msg, Release):
+        return {"t": "r", "a": msg.address, "h": msg.holder}
+    return {"t": "u", "i": msg.claim}
+
+
+def encode(msg: Msg) -> bytes:
+    return orjson.dumps(_doc(msg))
+
+
+def encode_all(msgs: Iterable[Msg]) -> list[bytes]:
+    """``msgs`` as bundles (JSON arrays) of at most :data:`MAX_BUNDLE_BYTES` each: one
+    signature and one datagram for what one loop turn sends one member."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = 2
+    for msg in msgs:
+        part = encode(msg)
+        if parts and size + len(part) + 1 > MAX_BUNDLE_BYTES:
+            out.append(b"[" + b",".join(parts) + b"]")
+            parts, size = [], 2
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        out.append(b"[" + b",".join(parts) + b"]")
+    return out
 
 
 _KEYS = {"c": {"t", "i", "a", "n", "h"}, "g": {"t", "i", "a"}, "d": {"t", "i", "a", "h"}}
@@ -119,10 +142,25 @@ _KEYS["u"] = {"t", "i"}
 
 def decode(body: bytes) -> Msg:
     """A message from its body; :class:`EnvelopeError` saying why it is not one."""
+    return _msg(_loads(body))
+
+
+def decode_all(body: bytes) -> list[Msg]:
+    """A bundle's messages (:func:`encode_all`); :class:`EnvelopeError` if any is bad."""
+    docs = _loads(body)
+    if not isinstance(docs, list) or not docs or len(docs) > MAX_BUNDLE_BYTES // 16:
+        raise EnvelopeError("an address bundle is a non-empty JSON array")
+    return [_msg(d) for d in docs]
+
+
+def _loads(body: bytes) -> object:
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"an address message must be JSON: {exc}") from exc
+
+
+def _msg(doc: object) -> Msg:
     if not isinstance(doc, dict) or doc.get("t") not in _KEYS or set(doc) != _KEYS[doc["t"]]:
         raise EnvelopeError("not an address message (unknown tag or keys)")
     for key, value in doc.items():

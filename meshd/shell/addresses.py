@@ -108,6 +108,7 @@ class AddressShell:
         # compared views with anyone (a fresh start) does not vote until it has.
         self._nudge = nudge
         self._nudged: dict[str, float] = {}  # voter -> when it was last offered a digest
+        self._outbox: dict[str, list[Msg]] = {}  # this loop turn's messages, by member
         self.name = ctx.ident.name
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
@@ -136,7 +137,9 @@ class AddressShell:
     # -- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self.mesh.on_datagram(Channel.ADDRESSES, KIND, core.decode, self._on_msg, self.dropped)
+        self.mesh.on_datagram(
+            Channel.ADDRESSES, KIND, core.decode_all, self._on_bundle, self.dropped
+        )
         self._spawn(self._sweep_periodically())
 
     def stop(self) -> None:
@@ -382,9 +385,23 @@ class AddressShell:
     def _send(self, to: str, msg: Msg) -> None:
         if to == self.name:
             asyncio.get_running_loop().call_soon(self._on_msg, msg, self.name)
-        else:
-            body = core.encode(msg)
-            self.mesh.send_datagram(Channel.ADDRESSES, to, self.mesh.sign(KIND, body))
+            return
+        # What one loop turn sends a member leaves as one signed bundle (as the auction's
+        # outbox does): claims and answers come in bursts under load.
+        queued = self._outbox.setdefault(to, [])
+        queued.append(msg)
+        if len(self._outbox) == 1 and len(queued) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for to, msgs in outbox.items():
+            for body in core.encode_all(msgs):
+                self.mesh.send_datagram(Channel.ADDRESSES, to, self.mesh.sign(KIND, body))
+
+    def _on_bundle(self, msgs: list[Msg], author: str) -> None:
+        for msg in msgs:
+            self._on_msg(msg, author)
 
     # -- the voter's side -----------------------------------------------------------------
 

@@ -43,6 +43,21 @@ def test_codec_round_trips(msg: core.Msg) -> None:
     assert core.decode(core.encode(msg)) == msg
 
 
+@given(st.lists(MSGS, max_size=60))
+def test_bundles_round_trip_and_fit_a_datagram(msgs: list[core.Msg]) -> None:
+    bundles = core.encode_all(msgs)
+    assert all(len(b) <= core.MAX_BUNDLE_BYTES for b in bundles)
+    assert [m for b in bundles for m in core.decode_all(b)] == msgs
+
+
+@pytest.mark.parametrize(
+    "body", [b"[]", b"{}", b'[{"t":"u"}]', b"[" + b",".join([b'{"t":"u","i":"x"}'] * 100) + b"]"]
+)
+def test_decode_all_refuses(body: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        core.decode_all(body)
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
