@@ -37,7 +37,7 @@ from tests.sim.network import LinkModel
 from tests.sim.shells import ShellSim
 
 ENV_COUNT = "MESHD_SIM_ADDRESS_SEEDS"
-SCHEDULES = 100  # seeds in CI: about 45 s on 2 shared cores
+SCHEDULES = 150  # seeds in CI: about 45 s on 2 shared cores
 CHUNK = 10
 CHECK_S = 0.1
 OFFERS = frozenset({"network:lan"})
