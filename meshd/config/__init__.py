@@ -309,6 +309,8 @@ def _check_relations(cfg: Config) -> None:
     ad = cfg.addresses
     if ad.attempts < 1 or ad.window < 1:
         raise ConfigError("addresses.attempts and addresses.window must be at least 1")
+    if not ad.claim_timeout_s > 0 or not ad.sweep_s > 0:
+        raise ConfigError("addresses.claim_timeout_s and addresses.sweep_s must be positive")
     submission_s = a.max_rounds * (a.window_s + 3 * a.award_timeout_s) + 5.0
     if ad.grant_ttl_s <= submission_s + ad.attempts * ad.claim_timeout_s:
         raise ConfigError(
