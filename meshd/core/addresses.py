@@ -14,7 +14,8 @@ Chubby or a Paxos phase-1 promise would, reduced to one round:
   names it for somebody else; it writes the grant *before* it answers ``Grant``
   (:meth:`VoterTable.decide` decides, the shell persists, then :meth:`VoterTable.put`).
   Otherwise it answers ``Deny(holder)``. A grant to the same holder is repeated (a
-  lost answer, a retried submission).
+  lost answer, a retried submission). A voter whose view has not yet matched a
+  member's answers ``Abstain`` (counted neither way).
 * **A claimer** (:class:`Claimer`, one per NIC) tries candidates picked from its own
   view (:func:`candidates`: not the network or broadcast address, not the gateway or a
   DNS server, not taken; randomised among the first free ones so that concurrent
@@ -29,6 +30,9 @@ Chubby or a Paxos phase-1 promise would, reduced to one round:
 * **Release** (:meth:`VoterTable.sweep`): the holder's tombstone in the view frees its
   addresses; a grant no live placement backs is freed after ``grant_ttl_s`` (longer
   than any submission takes); ``node:NAME`` is freed once NAME leaves the roster.
+
+Messages travel as bundles (:func:`encode_all`): what one loop turn sends one member,
+in one signed datagram of at most 1200 bytes.
 
 Departure from a lease protocol: grants never expire while a placement backs them, and
 the view (replicated by the auction's confirmations and anti-entropy) is the source of

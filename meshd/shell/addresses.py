@@ -5,13 +5,16 @@ shell carries it out:
 
 * **Messages** are signed datagrams of kind ``address`` on :attr:`Channel.ADDRESSES`,
   sent and received through the mesh port as the fencing shell sends its votes
-  (``MeshPort.sign`` / ``send_datagram`` / ``on_datagram``). A node's own vote skips
-  the network but not the loop.
+  (``MeshPort.sign`` / ``send_datagram`` / ``on_datagram``); what one loop turn sends
+  a member leaves as one bundle. A node's own vote skips the network but not the loop.
 * **A grant is on disk before it is sent** (``address_grants``, migration 9); if the
-  write fails, no answer leaves. A voter whose placement view has not yet matched a
-  member's (``PlacementShell.synced``) does not vote: it might not know a placement
-  that holds the address.
-* **The view** is the placement shell's replicated one: every live placement's NICs
+  write fails, no answer leaves; a loop turn's grants share one transaction. A voter
+  whose placement view has not yet matched a member's (``PlacementShell.synced``) does
+  not vote (it might not know a placement that holds the address): it answers
+  ``Abstain``, and the claimer offers it its view digest out of turn.
+* **The view** is indexed as the placement shell records placements
+  (``PlacementShell.view_listeners``), so a claim never scans it.
+* **Release**: in the placement shell's replicated view, every live placement's NICs
   back their addresses, a tombstone frees them. The sweep (every
   ``addresses.sweep_s``) frees what tombstones, the roster and ``grant_ttl_s`` say
   (:meth:`VoterTable.sweep`); while this node sees no majority of the roster live it
