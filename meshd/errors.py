@@ -205,3 +205,15 @@ class NetworkConflictError(NetworkError):
     """A network clashes with one already defined (its name, or an overlapping subnet)."""
 
     http_status = 409
+
+
+class AddressError(MeshdError):
+    """A NIC's address can't be given as asked (a fixed address outside its subnet)."""
+
+    http_status = 400
+
+
+class AddressConflictError(AddressError):
+    """No address could be fixed: taken by another holder, a full pool, no majority."""
+
+    http_status = 409

@@ -76,7 +76,11 @@ def capabilities(cfg: Config, driver_offers: Iterable[frozenset[str]]) -> Capabi
     offers = {f"arch:{platform.machine()}"}
     for offer in driver_offers:
         offers |= offer
-    return Capabilities(frozenset(offers), cfg.label_map())
+    labels = cfg.label_map()
+    # The operator's word that this node attaches a mesh network (its bridge is wired
+    # by hand): a label ``network:NAME=...`` offers ``network:NAME`` like a probe would.
+    offers |= {key for key in labels if key.startswith("network:") and len(key) > 8}
+    return Capabilities(frozenset(offers), labels)
 
 
 def node_addresses(listen: str | None) -> list[str]:

@@ -64,6 +64,7 @@ class Channel(IntEnum):
     MEMBERSHIP = 2
     AUCTION = 3
     FENCING = 4
+    ADDRESSES = 5
 
 
 class DatagramMux(asyncio.DatagramProtocol):

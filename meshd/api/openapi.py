@@ -140,7 +140,18 @@ _SCHEMAS: dict[str, Any] = {
             "local": {"type": "boolean"},
             "originator": {"type": "string"},
             "decided_at": {"type": "number"},
+            "addresses": {"type": "array", "items": {"$ref": "#/components/schemas/NicAddress"}},
             "spec": {"$ref": "#/components/schemas/WorkloadSpec"},
+        },
+    },
+    # A NIC's address, fixed before the auction by a majority of the roster (issue 13).
+    "NicAddress": {
+        "type": "object",
+        "required": ["network", "ip", "mac"],
+        "properties": {
+            "network": {"type": "string"},
+            "ip": {"type": "string"},
+            "mac": {"type": "string"},
         },
     },
     "Decision": {
@@ -153,6 +164,7 @@ _SCHEMAS: dict[str, Any] = {
             "generation": {"type": "integer"},
             "decided_ms": {"type": "number"},
             "bids": {"type": "array"},
+            "addresses": {"type": "array", "items": {"$ref": "#/components/schemas/NicAddress"}},
         },
     },
     "Member": {
@@ -416,8 +428,14 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _ok("placed", {"$ref": "#/components/schemas/Decision"}),
-                        "409": _ok("not placed: the sentence says why", _ERROR),
                         **_ERRORS,
+                        "404": _ok("a NIC names no known network", _ERROR),
+                        "409": _ok(
+                            "not placed (no node could take it; a NIC's fixed address is "
+                            "taken, its pool is full, or no majority granted an address): "
+                            "the sentence says why",
+                            _ERROR,
+                        ),
                     },
                 },
                 "get": {
@@ -559,14 +577,20 @@ def document() -> dict[str, Any]:
             },
             "/v1/networks/{name}": {
                 "get": {
-                    "summary": "One network",
+                    "summary": "One network, with the addresses in use on it (holder, ip, mac)",
                     "parameters": [_NAME_PARAM],
                     "responses": {"200": _ok("network", json_obj), **_NO_NETWORK, **_ERRORS},
                 },
                 "delete": {
-                    "summary": "Remove a network (local operator or admin)",
+                    "summary": "Remove a network (local operator or admin); 409 while live "
+                    "workloads or nodes hold addresses on it",
                     "parameters": [_NAME_PARAM],
-                    "responses": {"200": _ok("removed", json_obj), **_NO_NETWORK, **_ERRORS},
+                    "responses": {
+                        "200": _ok("removed", json_obj),
+                        "409": _ok("still in use: the sentence names the users", _ERROR),
+                        **_NO_NETWORK,
+                        **_ERRORS,
+                    },
                 },
             },
             "/v1/enrol/ca": {

@@ -49,6 +49,7 @@ from meshd.errors import (
     DaemonError,
     IdentityError,
     MeshdError,
+    NetworkConflictError,
     NotFoundError,
 )
 from meshd.identity import authority, enrolment, pki
@@ -584,11 +585,23 @@ class Api:
         return web.json_response({"networks": [n.to_json() for n in nets]})
 
     async def networks_show(self, request: web.Request) -> web.Response:
-        held = self._placement().networks.get(request.match_info["name"])
-        return web.json_response(held.to_json())
+        placement = self._placement()
+        held = placement.networks.get(request.match_info["name"])
+        users = placement.addresses.in_use(held.name) if placement.addresses else []
+        return web.json_response({**held.to_json(), "addresses": users})
 
     async def networks_remove(self, request: web.Request) -> web.Response:
-        tomb = self._placement().networks.remove(request.match_info["name"])
+        placement = self._placement()
+        name = placement.networks.get(request.match_info["name"]).name
+        users = placement.addresses.in_use(name) if placement.addresses else []
+        if users:
+            some = ", ".join(str(u["name"] or u["holder"]) for u in users[:3])
+            more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+            raise NetworkConflictError(
+                f"network {name} is still in use by {some}{more}: remove those workloads "
+                f"first (`meshd network show {name}` lists what holds an address on it)"
+            )
+        tomb = placement.networks.remove(name)
         return web.json_response({"name": tomb.name, "removed": True, "version": tomb.version})
 
     async def workloads_submit(self, request: web.Request) -> web.Response:

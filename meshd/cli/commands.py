@@ -464,7 +464,13 @@ def _network_path(name: str = "") -> str:
 
 
 def _network_text(doc: dict[str, Any]) -> None:
-    output.emit_fields({k: (", ".join(v) or None) if k == "dns" else v for k, v in doc.items()})
+    users = doc.get("addresses") or []
+    skip = ("addresses",)
+    fields = {k: (", ".join(v) or None) if k == "dns" else v for k, v in doc.items()}
+    output.emit_fields({k: v for k, v in fields.items() if k not in skip})
+    if users:
+        output.emit_text("addresses in use:")
+        output.emit_table(users, ["holder", "name", "ip", "mac"])
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:
@@ -668,6 +674,17 @@ def _services(specs: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _nics(items: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for item in items:
+        # The network name has no ':', an IPv6 address has several: split at the first.
+        net, sep, ip = item.partition(":")
+        if not net or (sep and not ip):
+            raise ConfigError(f"--net must be NET or NET:IP, got {item!r}")
+        out.append({"network": net, "ip": ip} if sep else {"network": net})
+    return out
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -686,6 +703,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "disk": parse_size(args.disk, "--disk"),
         "driver": args.driver,
         "services": _services(args.service),
+        "nics": _nics(args.net),
         "nodes": args.node,
         "avoid": args.avoid,
         "labels": _labels(args.label),
@@ -761,7 +779,11 @@ def cmd_workload_show(args: argparse.Namespace) -> int:
     if args.json:
         output.emit_json(doc)
     else:
-        output.emit_fields({k: v for k, v in doc.items() if k not in ("spec", "resources")})
+        skip = ("spec", "resources", "addresses")
+        output.emit_fields({k: v for k, v in doc.items() if k not in skip})
+        if doc.get("addresses"):
+            output.emit_text("addresses:")
+            output.emit_table(doc["addresses"], ["network", "ip", "mac"])
         output.emit_text("spec:")
         output.emit_fields(doc["spec"])
     return 0

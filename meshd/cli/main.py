@@ -380,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--service", action="append", default=[], metavar="NAME:PORT", help="publish a service"
     )
+    p.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="NET[:IP]",
+        help="a NIC on mesh network NET, with a fixed address IP or one from its pool (repeatable)",
+    )
     p.add_argument("--user-data", metavar="FILE", help="cloud-init user-data (qemu)")
     p.add_argument("--tenant", help="tenant owning the workload")
     p.add_argument("--node", action="append", default=[], help="only these nodes (repeatable)")

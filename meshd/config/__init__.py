@@ -71,6 +71,7 @@ from meshd.config.sections import (
     LOG_FORMATS,
     LOG_LEVELS,
     PRESETS,
+    AddressesConfig,
     ApiConfig,
     AuctionConfig,
     BmcConfig,
@@ -101,6 +102,7 @@ __all__ = [
     "LOG_LEVELS",
     "PRESETS",
     "SECTIONS",
+    "AddressesConfig",
     "ApiConfig",
     "AuctionConfig",
     "BmcConfig",
@@ -168,6 +170,7 @@ class Config(_Section):
     dht: DhtConfig = field(default_factory=DhtConfig)
     auction: AuctionConfig = field(default_factory=AuctionConfig)
     fencing: FencingConfig = field(default_factory=FencingConfig)
+    addresses: AddressesConfig = field(default_factory=AddressesConfig)
     drivers: DriversConfig = field(default_factory=DriversConfig)
     bmc: BmcConfig = field(default_factory=BmcConfig)
     guests: GuestsConfig = field(default_factory=GuestsConfig)
@@ -306,6 +309,18 @@ def _check_relations(cfg: Config) -> None:
             "fencing.lease_s must exceed twice fencing.check_s (with drift): a power-off "
             "needs time inside the lease"
         )
+    ad = cfg.addresses
+    if ad.attempts < 1 or ad.window < 1:
+        raise ConfigError("addresses.attempts and addresses.window must be at least 1")
+    if not ad.claim_timeout_s > 0 or not ad.sweep_s > 0:
+        raise ConfigError("addresses.claim_timeout_s and addresses.sweep_s must be positive")
+    submission_s = a.max_rounds * (a.window_s + 3 * a.award_timeout_s) + 5.0
+    if ad.grant_ttl_s <= submission_s + ad.attempts * ad.claim_timeout_s:
+        raise ConfigError(
+            "addresses.grant_ttl_s must exceed the longest a submission can take "
+            f"({submission_s + ad.attempts * ad.claim_timeout_s:.0f} s with these settings): "
+            "a grant must outlive the submission whose placement will back it"
+        )
     api = cfg.api
     if api.max_connections_per_peer > api.max_connections:
         raise ConfigError("api.max_connections_per_peer can't exceed api.max_connections")
@@ -351,6 +366,8 @@ def local() -> Config:
         auction=base.auction.replace(host_telemetry=False),
         # Busy shared cores: a starved daemon answers a check late; take over later.
         fencing=base.fencing.replace(check_s=1.0, takeover_s=3.0, resend_s=0.2),
+        # Busy shared cores answer late: wait longer before moving to another address.
+        addresses=base.addresses.replace(claim_timeout_s=2.0),
         # The emulator runs on the same machine: a read costs milliseconds.
         bmc=base.bmc.replace(poll_interval_s=0.1),
     )

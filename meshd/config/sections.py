@@ -290,6 +290,28 @@ class FencingConfig(_Section):
 
 
 @dataclass(frozen=True)
+class AddressesConfig(_Section):
+    """meshd.core.addresses: NIC addresses by majority grants (issue 13, item 2)."""
+
+    # How long a claim of one address waits for a majority of the roster to answer
+    # before the claimer tries the next candidate (lost datagrams are resent to the
+    # silent voters four times within it). On the submit path, so short on a LAN.
+    claim_timeout_s: float = 0.5
+    # Candidates one NIC tries before the submission is refused: concurrent originators
+    # that drew the same address, or a pool nearly full.
+    attempts: int = 8
+    # Free addresses a claimer picks its candidates from (the first ones of the pool, in
+    # random order), so concurrent originators rarely draw the same one.
+    window: int = 64
+    # A grant no placement in the voter's view backs is freed after this long: longer
+    # than a submission can take (its auction included), so a grant is never freed
+    # while the placement that will carry it is still on its way.
+    grant_ttl_s: float = 120.0
+    # How often each node sweeps its grants (tombstoned holders, expired grants).
+    sweep_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class ProcessDriverConfig(_Section):
     """meshd.adapters.drivers.process: workloads as host processes."""
 

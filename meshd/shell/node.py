@@ -48,6 +48,7 @@ from meshd.identity import bmc as bmc_files
 from meshd.identity.files import NodeIdentity
 from meshd.metrics import Registry
 from meshd.shell import gauges, loop_errors
+from meshd.shell.addresses import AddressShell
 from meshd.shell.bus import Bus
 from meshd.shell.context import NodeContext
 from meshd.shell.fencing import EndpointBook, FencingShell, boot_clock
@@ -205,6 +206,18 @@ def start_shells(
 
     runner.guests.use_networks(networks.table.live, networks.networks)
     runner.guests.on_offers = offers_changed
+    addresses = AddressShell(
+        ctx,
+        mesh,
+        placement.networks,
+        placement.core_placements,
+        lambda: placement.synced,
+        placement.offer_digest,
+    )
+    placement.addresses = addresses
+    placement.view_listeners.append(addresses.view_changed)
+    addresses.start()
+    runner.guests.addresses = addresses
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced
     )

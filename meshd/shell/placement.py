@@ -37,7 +37,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from meshd.adapters import telemetry
 from meshd.adapters.store import auction_records, roster
@@ -46,7 +46,7 @@ from meshd.core import spec
 from meshd.core.auction import candidates, codec, fields
 from meshd.core.auction.auctioneer import Auctioneer
 from meshd.core.auction.capabilities import Capabilities
-from meshd.core.auction.durable import DurableState
+from meshd.core.auction.durable import DurableState, PlacementRecorded
 from meshd.core.auction.effects import (
     Broadcast,
     Decided,
@@ -68,7 +68,7 @@ from meshd.core.auction.model import (
     Workload,
 )
 from meshd.core.drain import DrainRecord
-from meshd.core.spec import SubmitRequest
+from meshd.core.spec import SubmitRequest, WorkloadSpec
 from meshd.errors import (
     BadRequest,
     EnvelopeError,
@@ -77,6 +77,7 @@ from meshd.errors import (
     PlacementError,
     StoreError,
 )
+from meshd.shell.addresses import nics_json
 from meshd.shell.alarm import Alarm
 from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
 from meshd.shell.context import NodeContext
@@ -88,6 +89,20 @@ from meshd.shell.ports import MeshPort
 from meshd.shell.store_health import StoreHealth
 
 logger = logging.getLogger(__name__)
+
+
+class Assigner(Protocol):
+    """What ``submit`` needs of the address shell (:mod:`meshd.shell.addresses`)."""
+
+    async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec: ...
+
+    def release(self, workload_id: str, spec: WorkloadSpec) -> None: ...
+
+    def in_use(self, network: str) -> list[dict[str, Any]]: ...
+
+    def stop(self) -> None: ...
+
+
 StateOf = Callable[[str, int], tuple[str, str]]  # (workload id, generation) -> state, detail
 AUCTION_KIND = "auction"
 PLACEMENT_BROADCAST = "placement"
@@ -113,6 +128,12 @@ class PlacementShell:
         self.drains = Drains(ctx, mesh, self._drain_changed)
         # The mesh's networks (``meshd network create``): NICs will draw addresses here.
         self.networks = Networks(ctx, mesh)
+        # NIC addresses (meshd.shell.addresses), set by the node once built: a spec with
+        # NICs gets its addresses from it before its auction starts.
+        self.addresses: Assigner | None = None
+        # Told of each placement the view takes in, and (None) when the core is rebuilt
+        # from the store: indexes of the view kept up to date without scanning it.
+        self.view_listeners: list[Callable[[Placement | None], None]] = []
         # (workload, generation) this node, having accepted a drain, put up for auction
         # again: each at most once, so what can't move (pinned there) is not retried.
         self._drained_moves: set[tuple[str, int]] = set()
@@ -203,6 +224,8 @@ class PlacementShell:
         self._spawn(self._follow_drains())
 
     def stop(self) -> None:
+        if self.addresses is not None:
+            self.addresses.stop()
         self._alarm.stop()
         self.drains.stop()
         self.networks.stop()
@@ -324,8 +347,16 @@ class PlacementShell:
         if why is not None:
             raise StoreError(why)
         started = time.perf_counter()
-        aid = await self._start(workload)
-        fut = self._waiting[aid]
+        assigned = False
+        if workload.spec.nics:
+            workload, assigned = await self._with_addresses(workload)
+        try:
+            aid = await self._start(workload)
+            fut = self._waiting[aid]
+        except MeshdError:
+            if assigned and self.addresses is not None:
+                self.addresses.release(workload.id, workload.spec)
+            raise
         cfg = self.ctx.cfg
         limit = cfg.auction.max_rounds * (cfg.auction.window_s + 3 * cfg.auction.award_timeout_s)
         try:
@@ -334,6 +365,12 @@ class PlacementShell:
             raise PlacementError(
                 "the auction did not finish in time; check `meshd auctions`"
             ) from exc
+        except MeshdError:
+            # Placed nowhere: its addresses go back to the pool now (a grant the view
+            # backs, had another round placed it after all, is kept by every voter).
+            if assigned and self.addresses is not None:
+                self.addresses.release(workload.id, workload.spec)
+            raise
         finally:
             if fut.done():
                 self._waiting.pop(aid, None)
@@ -345,8 +382,20 @@ class PlacementShell:
             "round": placement.round,
             "generation": placement.generation,
             "decided_ms": round(decided_ms, 3),
+            "addresses": nics_json(placement.workload_id, placement.spec),
             "bids": self._bids(placement.round),
         }
+
+    async def _with_addresses(self, workload: Workload) -> tuple[Workload, bool]:
+        """The workload with its NICs' addresses fixed, before its auction (net-design:
+        the award and the view then carry them). A retried submission of a workload
+        already placed keeps the spec it was placed with."""
+        held = self.core.placements().get(workload.id)
+        if held is not None and not held.removed:
+            return held.workload, False
+        if self.addresses is None:
+            raise PlacementError("this node gives no NIC addresses yet: retry in a moment")
+        return Workload(workload.id, await self.addresses.assign(workload.id, workload.spec)), True
 
     async def _start(self, workload: Workload, *, supersede: bool = False) -> str:
         """Start an auction for ``workload``; its id once started.
@@ -435,7 +484,26 @@ class PlacementShell:
                 "disk": p.resources.disk,
             },
             "local": p.workload_id in mine,
+            "addresses": nics_json(p.workload_id, p.spec),
         }
+
+    def _view_changed(self, placement: Placement | None) -> None:
+        for listener in self.view_listeners:
+            try:
+                listener(placement)
+            except Exception:  # one listener's bug must not cost the step
+                logger.exception("a view listener failed")
+
+    def offer_digest(self, peer: str) -> None:
+        """Send ``peer`` this node's view digest now, out of turn: a member whose view
+        matches learns it is synced (``ViewSynced``) without waiting for its turn."""
+        if self._broken is None:
+            with contextlib.suppress(StoreError):  # discarded; the store said why
+                self._apply(self.core.anti_entropy(peer))
+
+    def core_placements(self) -> Mapping[str, Placement]:
+        """The view of the core of the moment (a failed write rebuilds the core)."""
+        return self.core.placements()
 
     def owner_of(self, wid: str) -> str | None:
         p = self.core.placements().get(wid)
@@ -672,6 +740,9 @@ class PlacementShell:
             except StoreError as exc:
                 self._discard_step(exc)
                 raise
+            for r in records:
+                if isinstance(r, PlacementRecorded):
+                    self._view_changed(r.placement)
         encoded: dict[int, bytes] = {}  # one encoding per message, however many get it
         for e in effects:
             if isinstance(e, Send):
@@ -736,6 +807,7 @@ class PlacementShell:
         core.set_draining(self._draining)
         core.set_maintenance(self._maintenance())
         self.core = core
+        self._view_changed(None)
         # What a restored core owes at once (its abandoned rounds, expired holds) is what
         # any later restore derives again from the store: it may wait for the disk.
         owed = core.tick(self.ctx.clock())

@@ -55,6 +55,7 @@ def test_networks_are_created_refused_and_removed_mesh_wide(mesh_factory: Mesh) 
         "dns": ["10.40.0.2", "fd00::53"],
         "created_by": "alpha",
         "version": shown["version"],
+        "addresses": [],  # nothing holds an address on it
     }
 
     # Overlapping, on another node: refused with a sentence, nothing created anywhere.

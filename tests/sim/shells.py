@@ -384,6 +384,18 @@ class Submission:
     error: str | None = None
 
 
+class AttachingDriver(FakeDriver):
+    """The fake driver on a blade whose host can attach some mesh networks: it offers
+    ``network:NAME`` as the host helper (branch h13-host) makes a real node offer it."""
+
+    def __init__(self, *args: Any, offers: frozenset[str] = frozenset(), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._offers = offers
+
+    def capabilities(self) -> frozenset[str]:
+        return super().capabilities() | self._offers
+
+
 # -- the simulation ----------------------------------------------------------------------
 
 
@@ -400,6 +412,7 @@ class ShellSim:
         membership: str = "oracle",
         store_faults: bool = False,
         fencing: bool = False,
+        offers: frozenset[str] = frozenset(),
     ) -> None:
         if membership not in ("oracle", "lagged"):
             raise ValueError(f"membership is oracle or lagged, not {membership!r}")
@@ -442,6 +455,9 @@ class ShellSim:
         # verified Off takes the blade down. Incarnations: bumped when a member comes
         # back (a reboot, or a heal that SWIM would answer with a refutation).
         self.fencing = fencing
+        # What every node offers besides driver:fake: ``network:NAME`` stands for the
+        # host helper's capability to attach NAME (its bridge exists on the blade).
+        self.offers = offers
         if fencing and not self.lagged:
             raise ValueError("fencing needs the lagged membership (somebody must die)")
         self.bmc = FakeBmc(cfg=self.cfg.bmc)
@@ -646,7 +662,7 @@ class ShellSim:
         host = node.host
 
         def drivers(root: Path, on_change: OnChange, _: DriversConfig) -> dict[str, Driver]:
-            return {"fake": FakeDriver(root, on_change, host=host)}
+            return {"fake": AttachingDriver(root, on_change, host=host, offers=self.offers)}
 
         if self.fencing:
             if node.boot > 1:

@@ -14,6 +14,7 @@ from meshd.adapters.drivers import qemu_host
 from meshd.adapters.drivers.process import ProcessDriver
 from meshd.adapters.drivers.qemu import QemuDriver
 from meshd.core.auction.capabilities import Capabilities, Requirements
+from meshd.core.spec import Nic
 from tests.factories import spec
 
 
@@ -59,6 +60,15 @@ def test_a_node_offers_its_drivers_arch_and_labels(tmp_path: Path) -> None:
     caps = telemetry.capabilities(cfg, [process.capabilities()])
     assert caps.offers == frozenset({"driver:process", f"arch:{platform.machine()}"})
     assert dict(caps.labels) == {"rack": "a", "ssd": "yes"}
+
+
+def test_a_network_label_declares_an_attachable_network(tmp_path: Path) -> None:
+    cfg = config.local().replace(labels=("network:lan=attached", "network:=x", "rack=a"))
+    caps = telemetry.capabilities(cfg, [ProcessDriver(tmp_path, _nothing).capabilities()])
+    assert "network:lan" in caps.offers
+    assert not {"network:", "rack", "rack=a"} & caps.offers
+    assert "network:lan" in Requirements.of(spec("w", nics=(Nic("lan"),))).needs
+    assert caps.unmet(Requirements.of(spec("w", driver="process", nics=(Nic("lan"),)))) is None
 
 
 def test_qemu_offers_nothing_without_its_binary(tmp_path: Path) -> None:

@@ -127,6 +127,7 @@ def test_preset_flag_wins_over_file_preset(tmp_path: Path) -> None:
         ('[drivers.firecracker]\nboot = "pxe"\n', r"drivers\.firecracker\.boot must be one of"),
         ("[drivers.qemu]\nkill_timeout_s = 0\n", r"drivers\.qemu\.kill_timeout_s must be positive"),
         ("[dht]\nmax_value_bytes = '8KiB'\n", r"dht\.max_value_bytes can be at most"),
+        ("[addresses]\ngrant_ttl_s = 10\n", r"addresses\.grant_ttl_s must exceed the longest"),
         ("this is not toml", "not valid TOML"),
     ],
 )

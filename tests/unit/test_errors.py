@@ -67,6 +67,8 @@ STATUS = {
     errors.RecordError: 400,
     errors.NetworkError: 400,
     errors.NetworkConflictError: 409,
+    errors.AddressError: 400,
+    errors.AddressConflictError: 409,
 }
 
 

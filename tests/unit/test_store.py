@@ -41,6 +41,7 @@ TABLES = {
     "fence_log",  # migration 6: the fencing core's records
     "networks",  # migration 8: signed network records
     "drains",  # migration 7: maintenance drains (meshd.core.drain)
+    "address_grants",  # migration 9: the address voter's grants (meshd.core.addresses)
 }
 
 

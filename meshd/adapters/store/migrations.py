@@ -266,6 +266,16 @@ CREATE TABLE networks (
 ) STRICT;
 """
 
+_ADDRESSES = """
+CREATE TABLE address_grants (
+    address    TEXT PRIMARY KEY,
+    network    TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    granted_at REAL NOT NULL
+) STRICT;
+CREATE INDEX address_grants_by_holder ON address_grants (holder);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "auction records", _AUCTION_RECORDS),
@@ -275,6 +285,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "fence log", _FENCE_LOG),
     Migration(7, "drains", _DRAINS),
     Migration(8, "networks", _NETWORKS),
+    Migration(9, "address grants", _ADDRESSES),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

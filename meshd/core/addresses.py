@@ -1,0 +1,507 @@
+"""Addresses without a central server: majority grants (issue 13 item 2, net-design.md).
+
+Theory of operation
+-------------------
+An address is fixed in a workload's spec *before* its auction starts, so every node
+learns it with the placement, and a re-placement (same spec) keeps it. Uniqueness comes
+from a majority vote over the durable roster (:mod:`meshd.core.quorum`), as a lease in
+Chubby or a Paxos phase-1 promise would, reduced to one round:
+
+* **The key is the address itself**, across every network: two overlapping networks
+  accepted by two sides of a partition can never hand one address out twice.
+* **A voter** (:class:`VoterTable`) grants ``Claim(address, network, holder)`` if its
+  durable table holds the address for nobody else and no live placement in its view
+  names it for somebody else; it writes the grant *before* it answers ``Grant``
+  (:meth:`VoterTable.decide` decides, the shell persists, then :meth:`VoterTable.put`).
+  Otherwise it answers ``Deny(holder)``. A grant to the same holder is repeated (a
+  lost answer, a retried submission). A voter whose view has not yet matched a
+  member's answers ``Abstain`` (counted neither way).
+* **A claimer** (:class:`Claimer`, one per NIC) tries candidates picked from its own
+  view (:func:`candidates`: not the network or broadcast address, not the gateway or a
+  DNS server, not taken; randomised among the first free ones so that concurrent
+  originators rarely collide). A majority of grants fixes the address; a majority of
+  denials, or no majority within ``claim_timeout_s``, moves to the next candidate, up
+  to ``attempts``. A fixed address has one candidate: a denial is refused with a
+  sentence naming its holder.
+* Two majorities of one roster share a voter, and that voter granted at most one
+  holder: two holders can't both win one address. A claimer that lost keeps a few
+  grants (minority) on the voters; it asks them to ``Release``, and the sweep frees
+  what no placement backs after ``grant_ttl_s`` anyway.
+* **Release** (:meth:`VoterTable.sweep`): the holder's tombstone in the view frees its
+  addresses; a grant no live placement backs is freed after ``grant_ttl_s`` (longer
+  than any submission takes); ``node:NAME`` is freed once NAME leaves the roster.
+
+Messages travel as bundles (:func:`encode_all`): what one loop turn sends one member,
+in one signed datagram of at most 1200 bytes.
+
+Departure from a lease protocol: grants never expire while a placement backs them, and
+the view (replicated by the auction's confirmations and anti-entropy) is the source of
+truth for what is live. Pure: no IO, no clock, no global random.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from meshd.core.network import Address, Network
+from meshd.core.quorum import VoteResult, majority, vote_result
+from meshd.errors import AddressError, EnvelopeError
+
+NODE_PREFIX = "node:"  # holder of a node's own address on a network's bridge
+MAX_FIELD = 300  # bytes of a holder, network or claim id on the wire
+
+# -- messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Ask a voter to hold ``address`` (on ``network``) for ``holder``."""
+
+    claim: str  # the claimer's id for this attempt: replies name it
+    address: str
+    network: str
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    claim: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    claim: str
+    address: str
+    holder: str  # who holds it, in the voter's table or view
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The claimer lost or gave up: free ``address`` if ``holder`` holds it and no
+    placement backs it."""
+
+    address: str
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abstain:
+    """A voter whose view has not yet matched a member's does not vote: it says so, and
+    the claimer offers it its view digest (it counts neither way)."""
+
+    claim: str
+
+
+Msg = Claim | Grant | Deny | Release | Abstain
+Reply = Grant | Deny
+
+
+MAX_BUNDLE_BYTES = 1100  # a bundle's body: with the envelope, inside a 1200-byte datagram
+
+
+def _doc(msg: Msg) -> dict[str, str]:
+    if isinstance(msg, Claim):
+        return {"t": "c", "i": msg.claim, "a": msg.address, "n": msg.network, "h": msg.holder}
+    if isinstance(msg, Grant):
+        return {"t": "g", "i": msg.claim, "a": msg.address}
+    if isinstance(msg, Deny):
+        return {"t": "d", "i": msg.claim, "a": msg.address, "h": msg.holder}
+    if isinstance(msg, Release):
+        return {"t": "r", "a": msg.address, "h": msg.holder}
+    return {"t": "u", "i": msg.claim}
+
+
+def encode(msg: Msg) -> bytes:
+    return orjson.dumps(_doc(msg))
+
+
+def encode_all(msgs: Iterable[Msg]) -> list[bytes]:
+    """``msgs`` as bundles (JSON arrays) of at most :data:`MAX_BUNDLE_BYTES` each: one
+    signature and one datagram for what one loop turn sends one member."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = 2
+    for msg in msgs:
+        part = encode(msg)
+        if parts and size + len(part) + 1 > MAX_BUNDLE_BYTES:
+            out.append(b"[" + b",".join(parts) + b"]")
+            parts, size = [], 2
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        out.append(b"[" + b",".join(parts) + b"]")
+    return out
+
+
+_KEYS = {"c": {"t", "i", "a", "n", "h"}, "g": {"t", "i", "a"}, "d": {"t", "i", "a", "h"}}
+_KEYS["r"] = {"t", "a", "h"}
+_KEYS["u"] = {"t", "i"}
+
+
+def decode(body: bytes) -> Msg:
+    """A message from its body; :class:`EnvelopeError` saying why it is not one."""
+    return _msg(_loads(body))
+
+
+def decode_all(body: bytes) -> list[Msg]:
+    """A bundle's messages (:func:`encode_all`); :class:`EnvelopeError` if any is bad."""
+    docs = _loads(body)
+    if not isinstance(docs, list) or not docs or len(docs) > MAX_BUNDLE_BYTES // 16:
+        raise EnvelopeError("an address bundle is a non-empty JSON array")
+    return [_msg(d) for d in docs]
+
+
+def _loads(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"an address message must be JSON: {exc}") from exc
+
+
+def _msg(doc: object) -> Msg:
+    if not isinstance(doc, dict) or doc.get("t") not in _KEYS or set(doc) != _KEYS[doc["t"]]:
+        raise EnvelopeError("not an address message (unknown tag or keys)")
+    for key, value in doc.items():
+        if not isinstance(value, str) or not value or len(value.encode()) > MAX_FIELD:
+            raise EnvelopeError(f"an address message's {key!r} must be 1..{MAX_FIELD} bytes")
+    tag = doc["t"]
+    if tag == "u":
+        return Abstain(doc["i"])
+    try:
+        ipaddress.ip_address(doc["a"])
+    except ValueError as exc:
+        raise EnvelopeError(f"{doc['a']!r:.60} is not an IP address") from exc
+    if tag == "c":
+        return Claim(doc["i"], doc["a"], doc["n"], doc["h"])
+    if tag == "g":
+        return Grant(doc["i"], doc["a"])
+    if tag == "d":
+        return Deny(doc["i"], doc["a"], doc["h"])
+    return Release(doc["a"], doc["h"])
+
+
+def canonical(address: str) -> str:
+    """One spelling per address (``fd00::0001`` and ``fd00::1`` are one key)."""
+    return str(ipaddress.ip_address(address))
+
+
+# -- the voter's table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    address: str  # canonical text
+    network: str
+    holder: str
+    granted_at: float  # the voter's wall clock when it (last) granted
+
+
+class VoterTable:
+    """The addresses this node granted, by address (what the store's table holds)."""
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self._by_address: dict[str, Entry] = {e.address: e for e in entries}
+        self._ints = {int(ipaddress.ip_address(a)) for a in self._by_address}
+
+    def get(self, address: str) -> Entry | None:
+        return self._by_address.get(address)
+
+    def entries(self) -> list[Entry]:
+        return sorted(self._by_address.values(), key=lambda e: e.address)
+
+    def address_ints(self) -> set[int]:
+        """The granted addresses as integers (what :func:`candidates` skips)."""
+        return self._ints
+
+    def decide(self, claim: Claim, now: float, in_view: Mapping[str, str]) -> Reply | Entry:
+        """The answer to ``claim``: a :class:`Deny`, or the entry to write *before*
+        answering ``Grant`` (then :meth:`put` it). ``in_view``: address -> holder of
+        every live placement's NICs in this voter's view."""
+        address = canonical(claim.address)
+        other = in_view.get(address)
+        if other is not None and other != claim.holder:
+            return Deny(claim.claim, address, other)
+        held = self._by_address.get(address)
+        if held is not None and held.holder != claim.holder:
+            return Deny(claim.claim, address, held.holder)
+        return Entry(address, claim.network, claim.holder, now)
+
+    def put(self, entry: Entry) -> None:
+        self._by_address[entry.address] = entry
+        self._ints.add(int(ipaddress.ip_address(entry.address)))
+
+    def drop(self, address: str) -> None:
+        if self._by_address.pop(address, None) is not None:
+            self._ints.discard(int(ipaddress.ip_address(address)))
+
+    def releasable(self, release: Release, in_view: Mapping[str, str]) -> bool:
+        """Whether a claimer's ``release`` frees its grant here (nothing in view backs it)."""
+        address = canonical(release.address)
+        held = self._by_address.get(address)
+        return held is not None and held.holder == release.holder and in_view.get(address) is None
+
+    def sweep(
+        self,
+        now: float,
+        ttl_s: float,
+        backed: Mapping[str, str],
+        removed: Container[str],
+        roster: Container[str],
+    ) -> list[Entry]:
+        """The grants to free now.
+
+        ``backed``: address -> holder of every live placement's NICs in the view;
+        ``removed``: holders whose placement is a tombstone in the view; ``roster``:
+        the enrolled node names (``node:NAME`` is freed once NAME left it)."""
+        free = []
+        for e in self.entries():
+            if e.holder.startswith(NODE_PREFIX):
+                gone = e.holder[len(NODE_PREFIX) :] not in roster
+            else:
+                unbacked = backed.get(e.address) != e.holder
+                gone = e.holder in removed or (unbacked and now - e.granted_at > ttl_s)
+            if gone:
+                free.append(e)
+        return free
+
+
+# -- picking candidates ---------------------------------------------------------------
+
+
+def reserved(net: Network) -> set[Address]:
+    """Addresses of ``net`` no NIC gets: network, broadcast, gateway, DNS servers."""
+    out: set[Address] = {net.subnet.network_address, *net.dns}
+    if net.subnet.version == 4:
+        out.add(net.subnet.broadcast_address)
+    if net.gateway is not None:
+        out.add(net.gateway)
+    return out
+
+
+def candidates(
+    net: Network, taken: Container[int], rng: random.Random, window: int, start: int = 0
+) -> list[Address]:
+    """Up to ``window`` free addresses of ``net`` (the first ones), in random order.
+
+    ``taken`` holds addresses as integers: the pool is walked as integers, since an
+    address object per host costs a microsecond and a busy pool has thousands taken.
+    ``start``: no free address lies below it (the caller's hint), so begin there."""
+    skip = {int(a) for a in reserved(net)}
+    make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
+    first = max(int(net.subnet.network_address) + 1, start)
+    last = int(net.subnet.broadcast_address) - (1 if net.subnet.version == 4 else 0)
+    free: list[Address] = []
+    i = first
+    while i <= last and len(free) < window:
+        if i not in skip and i not in taken:
+            free.append(make(i))
+        i += 1
+    rng.shuffle(free)
+    return free
+
+
+def check_fixed(net: Network, text: str) -> Address:
+    """A requested fixed address on ``net``; :class:`AddressError` says what to fix."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise AddressError(
+            f"{text!r:.80} is not an IP address: write --net {net.name}:ADDRESS with an "
+            f"address in {net.subnet}"
+        ) from None
+    if ip.version != net.subnet.version or ip not in net.subnet:
+        raise AddressError(
+            f"address {ip} is outside network {net.name}'s subnet {net.subnet}: pick an "
+            "address inside it, or leave it out to get one from the pool"
+        )
+    if ip in reserved(net):
+        what = "gateway or DNS server" if ip in {net.gateway, *net.dns} else "network address"
+        if net.subnet.version == 4 and ip == net.subnet.broadcast_address:
+            what = "broadcast address"
+        raise AddressError(
+            f"address {ip} is network {net.name}'s {what}: pick a host address, or leave it "
+            "out to get one from the pool"
+        )
+    return ip
+
+
+def holder_text(holder: str) -> str:
+    if holder.startswith(NODE_PREFIX):
+        return f"node {holder[len(NODE_PREFIX) :]}"
+    return f"workload {holder}"
+
+
+# -- the claimer ----------------------------------------------------------------------
+
+
+@dataclass
+class Claimer:
+    """One NIC's address: candidates in turn until a majority of ``voters`` grants one.
+
+    Drive it with :meth:`begin`, :meth:`receive` (a voter's reply) and :meth:`tick`
+    (time passed). Each returns the :class:`Claim` to send to every voter when the
+    claimer moved to a new candidate (None otherwise). When :attr:`done`, either
+    :attr:`won` holds the address or :attr:`refusal` a sentence; :attr:`lost` lists
+    addresses some voters granted that the claimer did not keep (release them).
+    """
+
+    claim_prefix: str
+    net: Network
+    holder: str
+    voters: frozenset[str]
+    pool: list[Address]
+    fixed: bool
+    attempts: int
+    timeout_s: float
+    describe: Callable[[str], str] = holder_text
+    won: Address | None = None
+    refusal: str | None = None
+    lost: list[str] = field(default_factory=list)
+    current: Claim | None = None
+    grants: set[str] = field(default_factory=set)
+    denies: dict[str, str] = field(default_factory=dict)  # voter -> holder
+    deadline: float = 0.0
+    tried: int = 0
+    timeouts: int = 0
+    answered_most: int = 0  # the most voters that answered any one attempt
+
+    @property
+    def done(self) -> bool:
+        return self.won is not None or self.refusal is not None
+
+    def silent(self) -> list[str]:
+        """Voters that have not answered the current claim (resend to them)."""
+        answered = self.grants | set(self.denies)
+        return sorted(self.voters - answered)
+
+    def begin(self, now: float) -> Claim | None:
+        return self._next(now)
+
+    def receive(self, voter: str, reply: Reply, now: float) -> Claim | None:
+        cur = self.current
+        if self.done or cur is None or reply.claim != cur.claim or voter not in self.voters:
+            return None
+        if isinstance(reply, Grant):
+            self.grants.add(voter)
+            self.denies.pop(voter, None)  # a grant, once given, is a promise
+        elif voter not in self.grants:
+            self.denies[voter] = reply.holder
+        result = vote_result(self.voters, self.grants, self.denies)
+        if result is VoteResult.WON:
+            self.won = ipaddress.ip_address(cur.address)
+            self.current = None
+            return None
+        if result is VoteResult.LOST:
+            self._give_up_current()
+            if self.fixed:
+                holder = _most_named(self.denies.values())
+                self.refusal = (
+                    f"address {cur.address} on network {self.net.name} is held by "
+                    f"{self.describe(holder)}: pick another address, or leave it out to "
+                    "get one from the pool"
+                )
+                return None
+            return self._next(now)
+        return None
+
+    def tick(self, now: float) -> Claim | None:
+        if self.done or self.current is None or now < self.deadline:
+            return None
+        self.timeouts += 1
+        self._give_up_current()
+        if self.fixed:
+            self.refusal = self._no_majority()
+            return None
+        return self._next(now)
+
+    def _give_up_current(self) -> None:
+        cur = self.current
+        self.answered_most = max(self.answered_most, len(self.grants) + len(self.denies))
+        if cur is not None and self.grants:
+            self.lost.append(cur.address)
+        self.current = None
+
+    def _next(self, now: float) -> Claim | None:
+        if self.tried >= self.attempts or not self.pool:
+            if not self.pool and self.tried == 0:
+                self.refusal = self._full()
+            elif self.timeouts and self.answered_most < majority(len(self.voters)):
+                self.refusal = self._no_majority()
+            elif not self.pool:
+                self.refusal = self._full()
+            else:
+                self.refusal = (
+                    f"no address on network {self.net.name} was granted after {self.tried} "
+                    "attempts (other submissions claimed the same ones): retry"
+                )
+            return None
+        address = self.pool.pop(0)
+        self.tried += 1
+        self.grants, self.denies = set(), {}
+        self.deadline = now + self.timeout_s
+        self.current = Claim(
+            f"{self.claim_prefix}.{self.tried}", str(address), self.net.name, self.holder
+        )
+        return self.current
+
+    def _full(self) -> str:
+        return (
+            f"network {self.net.name} ({self.net.subnet}) has no free address left: remove a "
+            "workload that uses it, or create a larger network"
+        )
+
+    def _no_majority(self) -> str:
+        need = majority(len(self.voters))
+        return (
+            f"no majority answered the address claim on network {self.net.name} "
+            f"({self.answered_most} of {len(self.voters)} voters, {need} needed): this node "
+            "may be cut off from the mesh; retry once it is whole, or submit through a "
+            "node that sees a majority"
+        )
+
+
+def _most_named(holders: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for h in holders:
+        counts[h] = counts.get(h, 0) + 1
+    return max(sorted(counts), key=lambda h: counts[h]) if counts else "another holder"
+
+
+# -- what a view holds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nic:
+    """One NIC of a placement, as the address rules see it."""
+
+    holder: str
+    network: str
+    address: str
+
+
+def nic_addresses(holder: str, nics: Collection[tuple[str, str | None]]) -> list[Nic]:
+    """``(network, ip)`` pairs of a spec's NICs as :class:`Nic`, unaddressed ones left out."""
+    return [Nic(holder, n, canonical(ip)) for n, ip in nics if ip is not None]
+
+
+__all__ = [
+    "Abstain",
+    "Claim",
+    "Claimer",
+    "Deny",
+    "Entry",
+    "Grant",
+    "Msg",
+    "Release",
+    "VoterTable",
+    "candidates",
+    "check_fixed",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,528 @@
+"""NIC addresses on a real node: the voter's durable table and the claimer, on the mesh.
+
+What a grant is and when a claim wins is the pure :mod:`meshd.core.addresses`; this
+shell carries it out:
+
+* **Messages** are signed datagrams of kind ``address`` on :attr:`Channel.ADDRESSES`,
+  sent and received through the mesh port as the fencing shell sends its votes
+  (``MeshPort.sign`` / ``send_datagram`` / ``on_datagram``); what one loop turn sends
+  a member leaves as one bundle. A node's own vote skips the network but not the loop.
+* **A grant is on disk before it is sent** (``address_grants``, migration 9); if the
+  write fails, no answer leaves; a loop turn's grants share one transaction. A voter
+  whose placement view has not yet matched a member's (``PlacementShell.synced``) does
+  not vote (it might not know a placement that holds the address): it answers
+  ``Abstain``, and the claimer offers it its view digest out of turn.
+* **The view** is indexed as the placement shell records placements
+  (``PlacementShell.view_listeners``), so a claim never scans it.
+* **Release**: in the placement shell's replicated view, every live placement's NICs
+  back their addresses, a tombstone frees them. The sweep (every
+  ``addresses.sweep_s``) frees what tombstones, the roster and ``grant_ttl_s`` say
+  (:meth:`VoterTable.sweep`); while this node sees no majority of the roster live it
+  frees nothing by age (its view may be stale).
+* :meth:`AddressShell.assign` (called by ``PlacementShell.submit`` before the auction)
+  returns the spec with every NIC's ``ip`` set, or raises a 4xx error with one
+  sentence; a NIC that fails releases the ones already won, so nothing is half-made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable, Container, Mapping
+from typing import Any
+
+import msgspec
+
+from meshd.adapters.store import address_grants, roster
+from meshd.adapters.transport import Channel
+from meshd.core import addresses as core
+from meshd.core.addresses import (
+    Abstain,
+    Claim,
+    Claimer,
+    Deny,
+    Entry,
+    Grant,
+    Msg,
+    Release,
+    VoterTable,
+)
+from meshd.core.auction.model import Placement
+from meshd.core.network import Address, Network
+from meshd.core.nic import mac_for
+from meshd.core.quorum import majority
+from meshd.core.spec import Nic, WorkloadSpec
+from meshd.errors import (
+    AddressConflictError,
+    AddressError,
+    EnvelopeError,
+    MeshdError,
+    NotFoundError,
+    StoreError,
+)
+from meshd.shell.context import NodeContext
+from meshd.shell.networks import Networks
+from meshd.shell.ports import MeshPort
+
+logger = logging.getLogger(__name__)
+
+KIND = "address"
+RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
+View = Callable[[], Mapping[str, Placement]]
+
+
+def nics_json(workload_id: str, spec: WorkloadSpec) -> list[dict[str, Any]]:
+    """A workload's addresses as the API shows them (``addresses`` in its JSON)."""
+    return [
+        {"network": nic.network, "ip": nic.ip, "mac": mac_for(workload_id, i)}
+        for i, nic in enumerate(spec.nics)
+    ]
+
+
+class _AnyOf:
+    """Membership in any of several containers, without copying them."""
+
+    def __init__(self, *parts: Container[int]) -> None:
+        self._parts = parts
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in part for part in self._parts)
+
+
+class AddressShell:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        mesh: MeshPort,
+        networks: Networks,
+        view: View,
+        synced: Callable[[], bool],
+        nudge: Callable[[str], None],
+    ) -> None:
+        self.ctx = ctx
+        self.mesh = mesh
+        self.networks = networks
+        self._view = view
+        self._synced = synced
+        # Offer a member this node's view digest out of turn: a voter that has not yet
+        # compared views with anyone (a fresh start) does not vote until it has.
+        self._nudge = nudge
+        self._nudged: dict[str, float] = {}  # voter -> when it was last offered a digest
+        self._outbox: dict[str, list[Msg]] = {}  # this loop turn's messages, by member
+        self.name = ctx.ident.name
+        self.table = VoterTable(address_grants.load(ctx.store))
+        self._rng = ctx.new_random()  # candidate order, not secrets
+        self._claims: dict[str, tuple[Claimer, asyncio.Event]] = {}
+        # Grants decided this loop turn, not yet on disk: (entry, what it replaced,
+        # the answer to send once written).
+        self._unwritten: list[tuple[Entry, Entry | None, tuple[str, Grant]]] = []
+        # The view's NICs, indexed (kept by view_changed; None: rebuild on next use).
+        self._holders: dict[str, str] | None = None  # address -> workload
+        self._ints: dict[int, str] = {}  # the same addresses as integers
+        self._macs: dict[str, str] = {}  # MAC -> workload
+        self._by_wid: dict[str, tuple[tuple[str, int, str], ...]] = {}
+        # Per network, an address no free one lies below (from this node's view): the
+        # candidate walk starts there. Lowered whenever an address may have come free.
+        self._low: dict[str, int] = {}
+        self._voter_cache: tuple[float, frozenset[str]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False
+        m = ctx.metrics
+        self.dropped = m.counter("meshd_addresses_dropped_total", "Address messages dropped")
+        self.granted = m.counter(
+            "meshd_addresses_granted_total", "Address claims this node granted"
+        )
+        self.freed = m.counter("meshd_addresses_freed_total", "Grants this node freed, by reason")
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.mesh.on_datagram(
+            Channel.ADDRESSES, KIND, core.decode_all, self._on_bundle, self.dropped
+        )
+        self._spawn(self._sweep_periodically())
+
+    def stop(self) -> None:
+        self._stopped = True
+        for task in list(self._tasks):
+            task.cancel()
+        for claimer, event in self._claims.values():
+            claimer.refusal = (
+                claimer.refusal or "meshd is stopping; the address claim was abandoned"
+            )
+            event.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _voters(self) -> frozenset[str]:
+        """The roster's nodes (read from the store at most once a second)."""
+        now = asyncio.get_running_loop().time()
+        if self._voter_cache is None or now - self._voter_cache[0] > 1.0:
+            names = {m.name for m in roster.members(self.ctx.store) if m.role == "node"}
+            self._voter_cache = (now, frozenset({*names, self.name}))
+        return self._voter_cache[1]
+
+    # -- what the view holds -----------------------------------------------------------
+
+    def in_view(self) -> dict[str, str]:
+        """address -> holder of every live placement's NICs in this node's view."""
+        if self._holders is None:
+            self._rebuild()
+        assert self._holders is not None
+        return self._holders
+
+    def view_changed(self, placement: Placement | None) -> None:
+        """The placement shell's word that the view took ``placement`` in (None: the
+        core was rebuilt): the indexes follow it without scanning the view."""
+        if placement is None or self._holders is None:
+            self._holders = None
+            return
+        wid = placement.workload_id
+        for text, number, mac in self._by_wid.pop(wid, ()):
+            if self._holders.get(text) == wid:
+                del self._holders[text]
+                self._ints.pop(number, None)
+                self._low.clear()  # rare (a removal, a move): start from the bottom again
+            if self._macs.get(mac) == wid:
+                del self._macs[mac]
+        self._add(placement)
+
+    def _rebuild(self) -> None:
+        self._low.clear()
+        self._holders, self._ints, self._macs, self._by_wid = {}, {}, {}, {}
+        for p in self._view().values():
+            self._add(p)
+
+    def _add(self, p: Placement) -> None:
+        if p.removed or not p.workload.spec.nics:
+            return
+        assert self._holders is not None
+        wid = p.workload_id
+        held = []
+        for i, nic in enumerate(p.workload.spec.nics):
+            mac = mac_for(wid, i)
+            self._macs[mac] = wid
+            if nic.ip is None:
+                continue
+            text = core.canonical(nic.ip)
+            number = int(ipaddress.ip_address(text))
+            self._holders[text] = wid
+            self._ints[number] = wid
+            held.append((text, number, mac))
+        self._by_wid[wid] = tuple(held)
+
+    def in_use(self, network: str) -> list[dict[str, Any]]:
+        """What holds an address on ``network``: live placements, then nodes."""
+        rows: list[dict[str, Any]] = []
+        for p in sorted(self._view().values(), key=lambda p: (p.name, p.workload_id)):
+            if p.removed:
+                continue
+            for i, nic in enumerate(p.spec.nics):
+                if nic.network == network and nic.ip is not None:
+                    rows.append(
+                        {
+                            "holder": p.workload_id,
+                            "name": p.name,
+                            "ip": nic.ip,
+                            "mac": mac_for(p.workload_id, i),
+                        }
+                    )
+        nodes = {m.name for m in roster.members(self.ctx.store)}
+        for e in self.table.entries():
+            node = e.holder.removeprefix(core.NODE_PREFIX)
+            if e.network == network and node != e.holder and node in nodes:
+                rows.append({"holder": e.holder, "name": None, "ip": e.address, "mac": None})
+        return rows
+
+    def _describe(self, holder: str) -> str:
+        p = self._view().get(holder)
+        if p is not None and not p.removed:
+            return f"workload {p.name} ({holder})"
+        return core.holder_text(holder)
+
+    # -- the claimer's side --------------------------------------------------------------
+
+    async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec:
+        """``spec`` with every NIC's address fixed by a majority of the roster.
+
+        Raises (4xx, one sentence): an unknown network (404), a fixed address outside
+        its subnet or reserved (400), taken, a full pool, no majority (409). Addresses
+        won for earlier NICs are released when a later one fails."""
+        if not spec.nics:
+            return spec
+        nets = [self._network(nic.network) for nic in spec.nics]
+        fixed = [
+            None if nic.ip is None else core.check_fixed(net, nic.ip)
+            for nic, net in zip(spec.nics, nets, strict=True)
+        ]
+        asked = [str(a) for a in fixed if a is not None]
+        if len(set(asked)) != len(asked):
+            raise AddressError("two NICs ask for the same address: give each its own")
+        self._check_macs(workload_id, len(spec.nics))
+        won: list[Address] = []
+        try:
+            for net, ip in zip(nets, fixed, strict=True):
+                won.append(await self._claim(workload_id, net, ip, {int(a) for a in won}))
+        except MeshdError:
+            self._release(workload_id, [str(a) for a in won])
+            raise
+        nics = tuple(Nic(nic.network, str(a)) for nic, a in zip(spec.nics, won, strict=True))
+        return msgspec.structs.replace(spec, nics=nics)
+
+    def release(self, workload_id: str, spec: WorkloadSpec) -> None:
+        """The submission failed after ``assign``: free its grants (those no placement
+        backs) on every voter now, rather than after ``grant_ttl_s``."""
+        self._release(workload_id, [nic.ip for nic in spec.nics if nic.ip is not None])
+
+    async def node_address(self, network: str) -> Address:
+        """This node's own address on ``network`` (holder ``node:NAME``), claimed once
+        and kept across restarts."""
+        holder = core.NODE_PREFIX + self.name
+        key = f"node-address:{network}"
+        known = self.ctx.store.get_meta(key)
+        if known:
+            return ipaddress.ip_address(known)
+        net = self._network(network)
+        address = await self._claim(holder, net, None, set())
+        self.ctx.store.set_meta(key, str(address))
+        return address
+
+    def _network(self, name: str) -> Network:
+        try:
+            return self.networks.get(name)
+        except NotFoundError:
+            raise NotFoundError(
+                f"no network named {name}: `meshd network ls` lists them, "
+                f"`meshd network create {name} --subnet CIDR` defines it"
+            ) from None
+
+    def _check_macs(self, workload_id: str, count: int) -> None:
+        self.in_view()
+        for i in range(count):
+            other = self._macs.get(mac_for(workload_id, i))
+            if other is not None and other != workload_id:
+                p = self._view().get(other)
+                name = p.name if p is not None else other
+                raise AddressConflictError(
+                    f"the MAC address derived for this workload collides with workload "
+                    f"{name} ({other}): submit it again (it gets a new id)"
+                )
+
+    def _taken(self) -> _AnyOf:
+        self.in_view()
+        return _AnyOf(self.table.address_ints(), self._ints)
+
+    async def _claim(
+        self, holder: str, net: Network, fixed: Address | None, also_taken: set[int]
+    ) -> Address:
+        cfg = self.ctx.cfg.addresses
+        loop = asyncio.get_running_loop()
+        if fixed is None:
+            # Not what this node's other claims are trying right now either: concurrent
+            # submissions through one node would otherwise draw the same candidates.
+            trying = {
+                int(ipaddress.ip_address(c.current.address))
+                for c, _ in self._claims.values()
+                if c.current
+            }
+            taken = _AnyOf(self._taken(), also_taken, trying)
+            start = self._low.get(net.name, 0)
+            pool = core.candidates(net, taken, self._rng, cfg.window, start)
+            if pool:  # everything below the lowest free one was taken (or tried)
+                self._low[net.name] = min(int(a) for a in pool)
+        else:
+            pool = [fixed]
+        claimer = Claimer(
+            uuid.UUID(int=self._rng.getrandbits(128)).hex[:16],
+            net,
+            holder,
+            self._voters(),
+            pool,
+            fixed is not None,
+            1 if fixed is not None else cfg.attempts,
+            cfg.claim_timeout_s,
+            self._describe,
+        )
+        event = asyncio.Event()
+        self._claims[claimer.claim_prefix] = (claimer, event)
+        try:
+            self._broadcast(claimer, claimer.begin(loop.time()))
+            while not claimer.done:
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), cfg.claim_timeout_s / RESENDS)
+                moved = claimer.tick(loop.time())
+                if moved is not None:
+                    self._broadcast(claimer, moved)
+                elif claimer.current is not None:
+                    for name in claimer.silent():
+                        self._send(name, claimer.current)
+        finally:
+            self._claims.pop(claimer.claim_prefix, None)
+        self._release(holder, claimer.lost)
+        if claimer.won is None or claimer.lost or claimer.tried > 1:
+            self._low.pop(net.name, None)  # what it tried and gave up may be free
+        if claimer.won is None:
+            raise AddressConflictError(claimer.refusal or "the address claim failed")
+        logger.debug("address fixed holder=%s network=%s ip=%s", holder, net.name, claimer.won)
+        return claimer.won
+
+    def _broadcast(self, claimer: Claimer, claim: Claim | None) -> None:
+        if claim is not None:
+            for name in sorted(claimer.voters):
+                self._send(name, claim)
+
+    def _release(self, holder: str, addresses: list[str]) -> None:
+        if not addresses:
+            return
+        for name in sorted(self._voters()):
+            for address in addresses:
+                self._send(name, Release(address, holder))
+
+    def _send(self, to: str, msg: Msg) -> None:
+        if to == self.name:
+            asyncio.get_running_loop().call_soon(self._on_msg, msg, self.name)
+            return
+        # What one loop turn sends a member leaves as one signed bundle (as the auction's
+        # outbox does): claims and answers come in bursts under load.
+        queued = self._outbox.setdefault(to, [])
+        queued.append(msg)
+        if len(self._outbox) == 1 and len(queued) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for to, msgs in outbox.items():
+            for body in core.encode_all(msgs):
+                self.mesh.send_datagram(Channel.ADDRESSES, to, self.mesh.sign(KIND, body))
+
+    def _on_bundle(self, msgs: list[Msg], author: str) -> None:
+        for msg in msgs:
+            self._on_msg(msg, author)
+
+    # -- the voter's side -----------------------------------------------------------------
+
+    def _on_msg(self, msg: Msg, author: str) -> None:
+        if self._stopped:
+            return
+        try:
+            if isinstance(msg, Claim):
+                self._vote(msg, author)
+            elif isinstance(msg, Grant | Deny):
+                prefix = msg.claim.rpartition(".")[0]
+                held = self._claims.get(prefix)
+                if held is not None:
+                    claimer, event = held
+                    moved = claimer.receive(author, msg, asyncio.get_running_loop().time())
+                    self._broadcast(claimer, moved)
+                    event.set()
+            elif isinstance(msg, Abstain):
+                self._on_abstain(author)
+            else:
+                self._on_release(msg)
+        except (EnvelopeError, ValueError) as exc:
+            self.dropped.inc(reason="invalid")
+            logger.debug("dropped an address message from=%s error=%s", author, exc)
+
+    def _vote(self, claim: Claim, author: str) -> None:
+        if claim.holder.startswith(core.NODE_PREFIX) and claim.holder != core.NODE_PREFIX + author:
+            raise EnvelopeError("a node claims an address only for itself")
+        if not self._synced():
+            self.dropped.inc(reason="not-synced")
+            self._send(author, Abstain(claim.claim))
+            return
+        decision = self.table.decide(claim, self.ctx.clock(), self.in_view())
+        if not isinstance(decision, Entry):
+            self._send(author, decision)
+            return
+        grant = Grant(claim.claim, decision.address)
+        held = self.table.get(decision.address)
+        if held is not None and held.holder == decision.holder:
+            if any(e.address == decision.address for e, _, _ in self._unwritten):
+                self._unwritten.append((decision, held, (author, grant)))  # after the write
+            else:
+                self._send(author, grant)  # on disk already: a repeated claim
+            return
+        # Held in memory at once, so the next claim this turn sees it; written with the
+        # turn's other grants in one durable transaction, and only then answered.
+        self.table.put(decision)
+        self._unwritten.append((decision, held, (author, grant)))
+        if len(self._unwritten) == 1:
+            asyncio.get_running_loop().call_soon(self._write_grants)
+
+    def _write_grants(self) -> None:
+        batch, self._unwritten = self._unwritten, []
+        if not batch or self._stopped:
+            return
+        try:
+            with self.ctx.store.transaction():
+                for entry, _, _ in batch:
+                    address_grants.save(self.ctx.store, entry)
+        except StoreError as exc:
+            # An unrecorded grant is no grant: say nothing, the claimers move on.
+            logger.error("address grants not given, they could not be written: %s", exc)
+            for entry, before, _ in reversed(batch):
+                if before is None:
+                    self.table.drop(entry.address)
+                else:
+                    self.table.put(before)
+            return
+        self.granted.inc(len(batch))
+        for _, _, (author, grant) in batch:
+            self._send(author, grant)
+
+    def _on_abstain(self, voter: str) -> None:
+        """``voter`` has not compared views with anyone yet: offer it ours (at most once
+        a second per voter), so it can vote on the claim's next resend."""
+        now = asyncio.get_running_loop().time()
+        if voter != self.name and now - self._nudged.get(voter, -1e9) >= 1.0:
+            self._nudged[voter] = now
+            self._nudge(voter)
+
+    def _on_release(self, release: Release) -> None:
+        if self.table.releasable(release, self.in_view()):
+            self._free([core.canonical(release.address)], "released")
+
+    def _free(self, addresses: list[str], reason: str) -> None:
+        try:
+            with self.ctx.store.transaction():
+                address_grants.drop(self.ctx.store, addresses)
+        except StoreError as exc:
+            logger.warning("freeing addresses failed (kept for now): %s", exc)
+            return
+        for a in addresses:
+            self.table.drop(a)
+        self._low.clear()
+        self.freed.inc(len(addresses), reason=reason)
+        logger.debug("addresses freed reason=%s count=%d", reason, len(addresses))
+
+    def sweep(self) -> None:
+        """Free the grants tombstones, the roster and age say to free (see the core)."""
+        view = self._view()
+        removed = {wid for wid, p in view.items() if p.removed}
+        names = {m.name for m in roster.members(self.ctx.store)}
+        voters = self._voters()
+        live = voters & set(self.mesh.live_names())
+        ttl = self.ctx.cfg.addresses.grant_ttl_s
+        if len(live) < majority(len(voters)) or not self._synced():
+            ttl = float("inf")  # a stale view must not free what a placement may back
+        backed = self.in_view()
+        free = self.table.sweep(self.ctx.clock(), ttl, backed, removed, names)
+        if free:
+            self._free([e.address for e in free], "sweep")
+
+    async def _sweep_periodically(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(self.ctx.cfg.addresses.sweep_s)
+            try:
+                self.sweep()
+            except MeshdError as exc:
+                logger.warning("sweeping address grants failed: %s", exc)
+            except Exception:  # a bug must not end the sweep for good
+                logger.exception("sweeping address grants failed")

@@ -1,0 +1,316 @@
+"""The address core: codec, the voter's table, candidates, fixed addresses, the claimer."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshd.core import addresses as core
+from meshd.core.addresses import Claim, Claimer, Deny, Entry, Grant, Release, VoterTable
+from meshd.core.network import Network, define
+from meshd.errors import AddressError, EnvelopeError
+
+VOTERS = frozenset({"a", "b", "c"})
+
+
+def net(subnet: str = "10.40.0.0/29", **kw: object) -> Network:
+    return define("lan", subnet, version=1, by="a", **kw)  # type: ignore[arg-type]
+
+
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+# -- codec ------------------------------------------------------------------------------
+
+_text = st.text(min_size=1, max_size=40)
+_addr = st.ip_addresses().map(str)
+MSGS = st.one_of(
+    st.builds(Claim, _text, _addr, _text, _text),
+    st.builds(Grant, _text, _addr),
+    st.builds(Deny, _text, _addr, _text),
+    st.builds(Release, _addr, _text),
+    st.builds(core.Abstain, _text),
+)
+
+
+@given(MSGS)
+def test_codec_round_trips(msg: core.Msg) -> None:
+    assert core.decode(core.encode(msg)) == msg
+
+
+@given(st.lists(MSGS, max_size=60))
+def test_bundles_round_trip_and_fit_a_datagram(msgs: list[core.Msg]) -> None:
+    bundles = core.encode_all(msgs)
+    assert all(len(b) <= core.MAX_BUNDLE_BYTES for b in bundles)
+    assert [m for b in bundles for m in core.decode_all(b)] == msgs
+
+
+@pytest.mark.parametrize(
+    "body", [b"[]", b"{}", b'[{"t":"u"}]', b"[" + b",".join([b'{"t":"u","i":"x"}'] * 100) + b"]"]
+)
+def test_decode_all_refuses(body: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        core.decode_all(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"{", "must be JSON"),
+        (b"[]", "not an address message"),
+        (b'{"t":"x","a":"10.0.0.1"}', "not an address message"),
+        (b'{"t":"g","i":"c1","a":"10.0.0.1","z":1}', "not an address message"),
+        (b'{"t":"g","i":"","a":"10.0.0.1"}', "must be 1.."),
+        (b'{"t":"g","i":1,"a":"10.0.0.1"}', "must be 1.."),
+        (b'{"t":"g","i":"c1","a":"10.0.0.300"}', "not an IP address"),
+        (b'{"t":"r","a":"10.0.0.1","h":"' + b"x" * 301 + b'"}', "must be 1.."),
+    ],
+)
+def test_decode_refuses(body: bytes, why: str) -> None:
+    with pytest.raises(EnvelopeError, match=why):
+        core.decode(body)
+
+
+# -- the voter's table -------------------------------------------------------------------
+
+
+def test_a_free_address_is_granted_to_the_first_holder_only() -> None:
+    t = VoterTable()
+    first = t.decide(Claim("c1", "10.40.0.2", "lan", "w1"), 5.0, {})
+    assert first == Entry("10.40.0.2", "lan", "w1", 5.0)
+    assert isinstance(first, Entry)
+    t.put(first)
+    assert t.decide(Claim("c2", "10.40.0.2", "lan", "w2"), 6.0, {}) == Deny("c2", "10.40.0.2", "w1")
+    # The same holder again (a lost answer, a retry): granted again.
+    assert isinstance(t.decide(Claim("c3", "10.40.0.2", "lan", "w1"), 7.0, {}), Entry)
+
+
+def test_decide_writes_nothing_itself() -> None:
+    t = VoterTable()
+    t.decide(Claim("c1", "10.40.0.2", "lan", "w1"), 5.0, {})
+    assert t.entries() == []
+
+
+def test_an_address_a_live_placement_holds_is_denied_even_if_not_in_the_table() -> None:
+    t = VoterTable()
+    got = t.decide(Claim("c1", "10.40.0.2", "lan", "w2"), 5.0, {"10.40.0.2": "w1"})
+    assert got == Deny("c1", "10.40.0.2", "w1")
+
+
+def test_the_key_is_the_address_across_networks_and_spellings() -> None:
+    t = VoterTable()
+    e = t.decide(Claim("c1", "fd00::0001", "six", "w1"), 1.0, {})
+    assert isinstance(e, Entry)
+    t.put(e)
+    got = t.decide(Claim("c2", "fd00::1", "other", "w2"), 2.0, {})
+    assert got == Deny("c2", "fd00::1", "w1")
+
+
+@pytest.mark.parametrize(
+    ("entry", "backed", "removed", "roster", "now", "freed"),
+    [
+        # A live placement backs it: kept however old.
+        (Entry("10.0.0.2", "lan", "w1", 0.0), {"10.0.0.2": "w1"}, set(), set(), 1e9, False),
+        # The holder's tombstone: freed at once.
+        (Entry("10.0.0.2", "lan", "w1", 99.0), {}, {"w1"}, set(), 100.0, True),
+        # Nothing backs it yet, young: kept (its placement may be on its way).
+        (Entry("10.0.0.2", "lan", "w1", 50.0), {}, set(), set(), 100.0, False),
+        # Nothing backs it after the TTL: freed.
+        (Entry("10.0.0.2", "lan", "w1", 10.0), {}, set(), set(), 100.0, True),
+        # The placement names another address (the claim lost): freed after the TTL.
+        (Entry("10.0.0.2", "lan", "w1", 10.0), {"10.0.0.3": "w1"}, set(), set(), 100.0, True),
+        # A node's own address: kept while it is enrolled, however old.
+        (Entry("10.0.0.2", "lan", "node:b", 0.0), {}, set(), {"b"}, 1e9, False),
+        (Entry("10.0.0.2", "lan", "node:b", 99.0), {}, set(), {"a"}, 100.0, True),
+    ],
+)
+def test_sweep(
+    entry: Entry,
+    backed: dict[str, str],
+    removed: set[str],
+    roster: set[str],
+    now: float,
+    freed: bool,
+) -> None:
+    t = VoterTable([entry])
+    assert (t.sweep(now, 60.0, backed, removed, roster) == [entry]) is freed
+
+
+def test_release_frees_only_an_unbacked_grant_of_that_holder() -> None:
+    t = VoterTable([Entry("10.0.0.2", "lan", "w1", 0.0)])
+    assert not t.releasable(Release("10.0.0.2", "w2"), {})
+    assert not t.releasable(Release("10.0.0.2", "w1"), {"10.0.0.2": "w1"})
+    assert t.releasable(Release("10.0.0.2", "w1"), {})
+
+
+# -- candidates and fixed addresses ------------------------------------------------------
+
+
+def test_candidates_skip_reserved_and_taken() -> None:
+    n = net("10.40.0.0/29", gateway="10.40.0.1", dns=["10.40.0.2"])
+    got = core.candidates(n, {int(ip("10.40.0.4"))}, random.Random(1), 16)
+    assert sorted(got) == [ip("10.40.0.3"), ip("10.40.0.5"), ip("10.40.0.6")]
+
+
+def test_candidates_come_from_the_first_free_window_in_random_order() -> None:
+    n = net("10.40.0.0/16")
+    orders = {tuple(core.candidates(n, set(), random.Random(s), 4)) for s in range(20)}
+    assert all(sorted(o) == [ip(f"10.40.0.{i}") for i in (1, 2, 3, 4)] for o in orders)
+    assert len(orders) > 1
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("nope", "is not an IP address"),
+        ("10.41.0.3", "outside network lan's subnet 10.40.0.0/29"),
+        ("fd00::3", "outside network lan's subnet"),
+        ("10.40.0.0", "network address"),
+        ("10.40.0.7", "broadcast address"),
+        ("10.40.0.1", "gateway or DNS server"),
+    ],
+)
+def test_check_fixed_refuses_with_a_sentence(text: str, why: str) -> None:
+    with pytest.raises(AddressError, match=why):
+        core.check_fixed(net(gateway="10.40.0.1"), text)
+
+
+def test_check_fixed_accepts_a_host_address() -> None:
+    assert core.check_fixed(net(), "10.40.0.3") == ip("10.40.0.3")
+
+
+# -- the claimer -------------------------------------------------------------------------
+
+
+def claimer(pool: list[str], *, fixed: bool = False, attempts: int = 4) -> Claimer:
+    return Claimer("k", net(), "w1", VOTERS, [ip(a) for a in pool], fixed, attempts, 1.0)
+
+
+def test_a_majority_of_grants_fixes_the_address() -> None:
+    c = claimer(["10.40.0.3", "10.40.0.4"])
+    first = c.begin(0.0)
+    assert first == Claim("k.1", "10.40.0.3", "lan", "w1")
+    assert c.receive("a", Grant("k.1", "10.40.0.3"), 0.1) is None
+    assert not c.done
+    c.receive("b", Grant("k.1", "10.40.0.3"), 0.1)
+    assert c.won == ip("10.40.0.3") and c.done and c.lost == []
+
+
+def test_a_majority_of_denials_moves_to_the_next_candidate_and_releases_the_lost() -> None:
+    c = claimer(["10.40.0.3", "10.40.0.4"])
+    c.begin(0.0)
+    c.receive("a", Grant("k.1", "10.40.0.3"), 0.1)
+    c.receive("b", Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    nxt = c.receive("c", Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    assert nxt == Claim("k.2", "10.40.0.4", "lan", "w1")
+    assert c.lost == ["10.40.0.3"]
+    # A late answer to the old claim counts for nothing.
+    assert c.receive("a", Grant("k.1", "10.40.0.3"), 0.2) is None
+    c.receive("a", Grant("k.2", "10.40.0.4"), 0.2)
+    c.receive("c", Grant("k.2", "10.40.0.4"), 0.2)
+    assert c.won == ip("10.40.0.4")
+
+
+def test_a_fixed_address_taken_is_refused_naming_its_holder() -> None:
+    c = claimer(["10.40.0.3"], fixed=True, attempts=1)
+    c.begin(0.0)
+    c.receive("a", Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    c.receive("b", Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    assert c.won is None
+    assert c.refusal is not None
+    assert "10.40.0.3 on network lan is held by workload w9" in c.refusal
+
+
+def test_an_empty_pool_is_full() -> None:
+    c = claimer([])
+    assert c.begin(0.0) is None
+    assert c.refusal is not None and "has no free address left" in c.refusal
+
+
+def test_every_candidate_denied_is_full() -> None:
+    c = claimer(["10.40.0.3"])
+    c.begin(0.0)
+    for v in ("a", "b"):
+        c.receive(v, Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    assert c.refusal is not None and "has no free address left" in c.refusal
+
+
+def test_silence_moves_on_and_ends_with_no_majority() -> None:
+    c = claimer(["10.40.0.3", "10.40.0.4"], attempts=2)
+    c.begin(0.0)
+    c.receive("a", Grant("k.1", "10.40.0.3"), 0.1)  # only this node answers
+    assert c.tick(0.5) is None
+    assert c.silent() == ["b", "c"]
+    assert c.tick(1.0) == Claim("k.2", "10.40.0.4", "lan", "w1")
+    assert c.lost == ["10.40.0.3"]
+    c.receive("a", Grant("k.2", "10.40.0.4"), 1.1)
+    assert c.tick(2.0) is None
+    assert c.refusal is not None
+    assert "no majority answered the address claim on network lan (1 of 3 voters, 2 needed)" in (
+        c.refusal
+    )
+
+
+def test_a_voter_outside_the_roster_counts_for_nothing() -> None:
+    c = claimer(["10.40.0.3"])
+    c.begin(0.0)
+    c.receive("zz", Grant("k.1", "10.40.0.3"), 0.1)
+    c.receive("a", Grant("k.1", "10.40.0.3"), 0.1)
+    assert not c.done
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_two_claimers_never_both_win_one_address(data: st.DataObject) -> None:
+    """Voters with their own tables, two claimers racing for overlapping candidates,
+    replies delivered (or lost) in any order: no address is won by both."""
+    voters = sorted(data.draw(st.sets(st.sampled_from("abcde"), min_size=1)))
+    tables = {v: VoterTable() for v in voters}
+    pool = ["10.40.0.3", "10.40.0.4", "10.40.0.5"]
+    claimers = [
+        Claimer(
+            f"k{i}",
+            net(),
+            f"w{i}",
+            frozenset(voters),
+            [ip(a) for a in data.draw(st.permutations(pool))],
+            False,
+            3,
+            1.0,
+        )
+        for i in (1, 2)
+    ]
+    inflight: list[tuple[int, str, core.Msg]] = []  # (claimer index, voter, message)
+
+    def send(i: int, claim: Claim | None) -> None:
+        if claim is not None:
+            inflight.extend((i, v, claim) for v in voters)
+
+    for i, c in enumerate(claimers):
+        send(i, c.begin(0.0))
+    now = 0.0
+    while inflight or not all(c.done for c in claimers):
+        now += 0.1
+        if not inflight:
+            for i, c in enumerate(claimers):
+                send(i, c.tick(now + 10.0))
+            continue
+        i, v, msg = inflight.pop(data.draw(st.integers(0, len(inflight) - 1)))
+        if data.draw(st.booleans()) and data.draw(st.booleans()):
+            continue  # lost
+        if isinstance(msg, Claim):
+            d = tables[v].decide(msg, now, {})
+            if isinstance(d, Entry):
+                tables[v].put(d)
+                inflight.append((i, v, Grant(msg.claim, d.address)))
+            else:
+                inflight.append((i, v, d))
+        elif isinstance(msg, Grant | Deny):
+            send(i, claimers[i].receive(v, msg, now))
+    won = [c.won for c in claimers if c.won is not None]
+    assert len(won) == len(set(won))
