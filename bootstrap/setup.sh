@@ -34,6 +34,11 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
     # fence_redfish: the independent Redfish client the BMC tests and benchmark compare with
     command -v fence_redfish >/dev/null 2>&1 || need_apt+=(fence-agents)
+    # promtool checks /metrics; zsh runs the generated completion script
+    command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+    command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)
+    # systemd-analyze rates the unit's hardening (tests/integration/test_install.py)
+    command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 fi
 
 if ((${#need_apt[@]})); then
