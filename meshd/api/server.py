@@ -511,9 +511,27 @@ class Api:
         body = self._mesh().gate.certs_bundle()
         return web.Response(body=body, content_type="application/x-pem-file")
 
-    def _state_of(self, wid: str, generation: int) -> tuple[str, str]:
-        runner = self.node.runner
-        return ("pending", "") if runner is None else runner.state_of(wid, generation)
+    def _states(self) -> Callable[[str, int], tuple[str, str]]:
+        """Each workload's state for one answer: the owner's gossiped state, except that
+        a workload whose owner is not a live member is ``unknown`` (its last word may be
+        ``running``, but nobody can vouch for it) until it is fenced and moved."""
+        runner, mesh, fencing = self.node.runner, self.node.mesh, self.node.fencing
+        live = mesh.live_names() if mesh is not None else None
+        placement = self._placement()
+
+        def state_of(wid: str, generation: int) -> tuple[str, str]:
+            owner = placement.owner_of(wid)
+            if live is not None and owner is not None and owner not in live:
+                st = (fencing.state(owner) if fencing is not None else None) or "not alive"
+                if st == "fence-failed":
+                    return "unknown", (
+                        f"its owner {owner} is fence-failed: make sure {owner} is off, then "
+                        f"`meshd fence confirm {owner}` moves it"
+                    )
+                return "unknown", f"its owner {owner} is {st}; it moves once {owner} is fenced"
+            return ("pending", "") if runner is None else runner.state_of(wid, generation)
+
+        return state_of
 
     def _placement(self) -> PlacementShell:
         if self.node.placement is None:
@@ -609,7 +627,7 @@ class Api:
         return web.json_response(await self._placement().submit(submission))
 
     async def workloads_list(self, request: web.Request) -> web.Response:
-        return web.json_response(self._placement().workloads(self._state_of))
+        return web.json_response(self._placement().workloads(self._states()))
 
     # -- workload lifecycle: done by the owner, forwarded there from any node ------------
 
@@ -667,7 +685,7 @@ class Api:
     async def workload_show(self, request: web.Request) -> web.Response:
         # Any node answers from its own replicated view, owner alive or not.
         wid = request.match_info["id"]
-        return web.json_response(self._placement().workload(wid, self._state_of))
+        return web.json_response(self._placement().workload(wid, self._states()))
 
     async def workload_remove(self, request: web.Request) -> web.Response:
         # Any node may remove: the tombstone reaches the owner, which tears it down.

@@ -116,3 +116,21 @@ def test_a_command_that_cannot_run_fails_with_a_sentence(three: list[Daemon]) ->
     assert "nonexistent" in detail and "\n" not in detail
     owner = next(d for d in three if d.name == json.loads(out.stdout)["owner"])
     assert not (owner.data_dir / "workloads" / wid).exists()  # nothing left behind
+
+
+def test_a_dead_owners_workload_shows_unknown_not_running(three: list[Daemon]) -> None:
+    alpha, beta, _ = three
+    out = meshd(
+        "submit", "--name", "orphan", "--cpus", "1", "--memory", "64MiB", "--node", "beta",
+        "--command", "sleep 600", "--json", data_dir=alpha.data_dir, check=True,
+    )  # fmt: skip
+    wid = json.loads(out.stdout)["workload"]
+    wait_for("running on beta", lambda: view(alpha, wid).get("state") == "running")
+    pid = int(str(view(beta, wid)["detail"]).rsplit(" ", 1)[1])
+    try:
+        beta.kill()  # its daemon dies; the workload's last word stays "running"
+        wait_for("unknown on alpha", lambda: view(alpha, wid).get("state") == "unknown", 20)
+        assert "beta" in str(view(alpha, wid)["detail"])
+    finally:
+        if alive(pid):
+            os.killpg(pid, 9)
