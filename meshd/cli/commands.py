@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from meshd.cli import output
 from meshd.data_dir import DATA_DIR_ENV, default_data_dir
-from meshd.errors import ConfigError, IdentityError
+from meshd.errors import BadRequest, ConfigError, IdentityError, NotFoundError, PlacementError
 from meshd.units import format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -724,22 +724,97 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from meshd.core import spec
 
     request = spec.check(body)
+    wait_s = parse_duration(args.wait_timeout, "--wait-timeout") if args.wait else 0.0
+    if args.wait and wait_s <= 0:
+        raise ConfigError("--wait-timeout must be positive, e.g. 5m")
     doc = client(args).request("POST", "/v1/workloads", spec.submission_json(request))
-    if args.json:
-        output.emit_json(doc)
-    else:
+    if not args.json:
         bids = ", ".join(f"{b['node']}={b['score']}" for b in doc["bids"])
         output.emit_text(
             f"placed {doc['name']} ({doc['workload']}) on {doc['owner']} in "
             f"{doc['decided_ms']:.1f} ms, generation {doc['generation']}; bids: {bids}"
         )
+    if args.wait:
+        doc["state"], doc["detail"] = _wait_running(args, doc, wait_s)
+    if args.json:
+        output.emit_json(doc)
     return 0
+
+
+def _wait_running(
+    args: argparse.Namespace, placed: dict[str, Any], limit_s: float
+) -> tuple[str, str]:
+    """Poll the workload until it runs; a progress line on stderr as its state changes.
+    A failure, or no ``running`` within ``limit_s``, is one sentence and exit 1."""
+    wid, name = placed["workload"], placed["name"]
+    started = time.monotonic()
+    shown = ""
+    c = client(args)
+    while True:
+        row = c.request("GET", f"/v1/workloads/{quote(wid, safe='')}")
+        state, detail = str(row["state"]), str(row.get("detail") or "")
+        if state != shown:
+            took = time.monotonic() - started
+            output.emit_progress(f"{name} on {row['owner']}: {state} after {took:.1f} s")
+            shown = state
+        if state == "running":
+            return state, detail
+        if state == "failed":
+            raise PlacementError(f"{name} ({wid[:8]}) failed on {row['owner']}: {detail}")
+        if time.monotonic() - started > limit_s:
+            raise PlacementError(
+                f"{name} ({wid[:8]}) is still {state} after {limit_s:g} s"
+                f"{': ' + detail if detail else ''}; `meshd workload show {wid[:8]}` follows it"
+            )
+        time.sleep(0.1)
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/workloads")
-    _listing(args, rows, ["workload", "name", "owner", "generation", "state"])
+    if args.json:
+        output.emit_json(rows)
+        return 0
+    # Short ids (any unique prefix is accepted back), addresses and why, for people.
+    human = [
+        {
+            "id": r["workload"][:8],
+            "name": r["name"],
+            "owner": r["owner"],
+            "gen": r["generation"],
+            "state": r["state"],
+            "addresses": ",".join(a["ip"] for a in r.get("addresses", [])) or None,
+            "reason": r.get("detail") or None,
+        }
+        for r in rows
+    ]
+    output.emit_table(human, ["id", "name", "owner", "gen", "state", "addresses", "reason"])
     return 0
+
+
+UUID_LENGTH = 36
+
+
+def workload_id(args: argparse.Namespace) -> str:
+    """``args.id`` as a full workload id: itself, else the one workload whose id starts
+    with it or whose name it is (``meshd workload show web``, ``... show 3f2a``)."""
+    given: str = args.id
+    if len(given) == UUID_LENGTH:
+        return given
+    rows = client(args).request("GET", "/v1/workloads")
+    by_name = [r["workload"] for r in rows if r["name"] == given]
+    by_prefix = [r["workload"] for r in rows if r["workload"].startswith(given)] if given else []
+    found = sorted(set(by_name) | set(by_prefix))
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        raise NotFoundError(
+            f"no workload has the id, id prefix or name {given!r}; `meshd workloads` lists them"
+        )
+    some = ", ".join(f[:12] for f in found[:5])
+    raise BadRequest(
+        f"{given!r} matches {len(found)} workloads ({some}{', ...' if len(found) > 5 else ''}): "
+        "give more of the id"
+    )
 
 
 def cmd_auctions(args: argparse.Namespace) -> int:
@@ -757,6 +832,7 @@ def cmd_auctions(args: argparse.Namespace) -> int:
 
 
 def cmd_workload_action(args: argparse.Namespace) -> int:
+    args.id = workload_id(args)
     doc = client(args).request("POST", f"/v1/workloads/{quote(args.id, safe='')}/{args.action}")
     if args.json:
         output.emit_json(doc)
@@ -767,6 +843,7 @@ def cmd_workload_action(args: argparse.Namespace) -> int:
 
 
 def cmd_workload_logs(args: argparse.Namespace) -> int:
+    args.id = workload_id(args)
     path = f"/v1/workloads/{quote(args.id, safe='')}/logs" + ("?follow=1" if args.follow else "")
     for chunk in client(args).stream("GET", path):
         sys.stdout.buffer.write(chunk)
@@ -775,6 +852,7 @@ def cmd_workload_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_workload_show(args: argparse.Namespace) -> int:
+    args.id = workload_id(args)
     doc = client(args).request("GET", f"/v1/workloads/{quote(args.id, safe='')}")
     if args.json:
         output.emit_json(doc)
@@ -790,6 +868,7 @@ def cmd_workload_show(args: argparse.Namespace) -> int:
 
 
 def cmd_workload_rm(args: argparse.Namespace) -> int:
+    args.id = workload_id(args)
     doc = client(args).request("DELETE", f"/v1/workloads/{quote(args.id, safe='')}")
     if args.json:
         output.emit_json(doc)

@@ -423,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="same key through the same node, same workload: safe retries",
     )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="after placing it, wait until it runs (a progress line on stderr); exit 1 if it fails",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        default="5m",
+        metavar="DURATION",
+        help="how long --wait waits (default 5m)",
+    )
     p.set_defaults(func=commands.cmd_submit)
 
     p = sub.add_parser("workloads", help="the mesh-wide placement view as this node knows it")
@@ -437,19 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         w = wsub.add_parser(action, help=text)
         _common(w, json_flag=True)
-        w.add_argument("id", help="workload id")
+        w.add_argument("id", help="workload id, a unique prefix of one, or a unique name")
         w.set_defaults(func=commands.cmd_workload_action, action=action)
     w = wsub.add_parser("show", help="one workload: spec, owner, generation, state")
     _common(w, json_flag=True)
-    w.add_argument("id", help="workload id")
+    w.add_argument("id", help="workload id, a unique prefix of one, or a unique name")
     w.set_defaults(func=commands.cmd_workload_show)
     w = wsub.add_parser("rm", help="remove it: its owner stops it and deletes its files")
     _common(w, json_flag=True)
-    w.add_argument("id", help="workload id")
+    w.add_argument("id", help="workload id, a unique prefix of one, or a unique name")
     w.set_defaults(func=commands.cmd_workload_rm)
     w = wsub.add_parser("logs", help="its console (serial) or stdout/stderr, from its owner")
     _common(w)
-    w.add_argument("id", help="workload id")
+    w.add_argument("id", help="workload id, a unique prefix of one, or a unique name")
     w.add_argument("--follow", "-f", action="store_true", help="keep printing what it writes")
     w.set_defaults(func=commands.cmd_workload_logs)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,17 +40,23 @@ def emit_text(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def emit_progress(message: str) -> None:
+    """A progress line for people, on stderr (stdout stays for the answer)."""
+    sys.stderr.write(f"meshd: {clean(message, keep_lines=False)}\n")
+    sys.stderr.flush()
+
+
 def emit_error(message: str) -> None:
     sys.stderr.write(f"meshd: {clean(message, keep_lines=False)}\n")
 
 
 def emit_fields(fields: Mapping[str, Any]) -> None:
     width = max((len(k) for k in fields), default=0)
-    emit_text("\n".join(f"{clean(k, False):<{width}}  {_cell(v)}" for k, v in fields.items()))
+    emit_text("\n".join(f"{clean(k, False):<{width}}  {_cell(v, k)}" for k, v in fields.items()))
 
 
 def emit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c), c) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     emit_text(
         "\n".join(
@@ -59,11 +66,35 @@ def emit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Non
     )
 
 
-def _cell(value: Any) -> str:
+def when(ts: float, now: float | None = None) -> str:
+    """An epoch time for people: ``2026-12-07 06:52:01Z (3m ago)``."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+    ago = now - ts
+    if ago < 0:
+        rel = f"in {_span(-ago)}"
+    elif ago < 1:
+        rel = "just now"
+    else:
+        rel = f"{_span(ago)} ago"
+    return f"{stamp} ({rel})"
+
+
+def _span(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    # Times are epoch seconds in JSON; people read them as dates (a key "..._at", "at").
+    if (key == "at" or key.endswith("_at")) and isinstance(value, int | float) and value > 0:
+        return when(float(value))
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
     if isinstance(value, Mapping):
-        return " ".join(f"{clean(str(k), False)}={_cell(v)}" for k, v in value.items())
+        return " ".join(f"{clean(str(k), False)}={_cell(v, str(k))}" for k, v in value.items())
     return clean(str(value), keep_lines=False)

@@ -134,3 +134,49 @@ def test_a_dead_owners_workload_shows_unknown_not_running(three: list[Daemon]) -
     finally:
         if alive(pid):
             os.killpg(pid, 9)
+
+
+def test_submit_wait_ids_by_prefix_or_name_and_the_human_table(three: list[Daemon]) -> None:
+    alpha, _, gamma = three
+    out = meshd(
+        "submit", "--name", "waiter", "--cpus", "1", "--memory", "64MiB",
+        "--command", "sleep 600", "--wait", "--json", data_dir=alpha.data_dir, check=True,
+    )  # fmt: skip
+    doc = json.loads(out.stdout)
+    wid = doc["workload"]
+    pid = 0
+    try:
+        assert doc["state"] == "running"  # --wait returned only once it ran
+        assert "waiter on" in out.stderr and "running after" in out.stderr  # progress line
+        pid = int(str(doc["detail"]).rsplit(" ", 1)[1])
+        # The same workload by a unique id prefix and by its name, from another node.
+        for ref in (wid[:6], "waiter"):
+            shown = meshd("workload", "show", ref, "--json", data_dir=gamma.data_dir, check=True)
+            assert json.loads(shown.stdout)["workload"] == wid
+        table = meshd("workloads", data_dir=gamma.data_dir, check=True).stdout.splitlines()
+        assert table[0].split() == ["ID", "NAME", "OWNER", "GEN", "STATE", "ADDRESSES", "REASON"]
+        assert any(line.startswith(wid[:8]) and "running" in line for line in table[1:])
+        # A name two workloads share is refused with a sentence, not guessed.
+        twin = meshd(
+            "submit", "--name", "waiter", "--cpus", "1", "--memory", "64MiB",
+            "--command", "sleep 600", "--json", data_dir=alpha.data_dir, check=True,
+        )  # fmt: skip
+        twin_id = json.loads(twin.stdout)["workload"]
+        both = meshd("workload", "show", "waiter", data_dir=gamma.data_dir)
+        assert both.returncode == 1 and "matches 2 workloads" in both.stderr, both.stderr
+        meshd("workload", "rm", twin_id, data_dir=alpha.data_dir, check=True)
+        missing = meshd("workload", "show", "nosuch", data_dir=gamma.data_dir)
+        assert missing.returncode == 1 and "no workload has the id" in missing.stderr
+    finally:
+        meshd("workload", "rm", wid, data_dir=alpha.data_dir)
+        if pid and alive(pid):
+            os.killpg(pid, 9)
+
+
+def test_submit_wait_reports_a_failure_with_a_sentence(three: list[Daemon]) -> None:
+    out = meshd(
+        "submit", "--name", "doomed", "--cpus", "1", "--memory", "64MiB",
+        "--command", "/nonexistent/binary", "--wait", data_dir=three[0].data_dir,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "doomed" in out.stderr and "failed on" in out.stderr and "nonexistent" in out.stderr
