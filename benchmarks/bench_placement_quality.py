@@ -42,8 +42,13 @@ Two figures, one JSON line each (plus one line per mesh size for the second):
   ``auction.full_mesh_max`` members everyone is asked (O(N)); beyond, the auction part
   grows with log2 N: ``per_log2n`` stays flat.
 
+- ``load_limit`` (one line per ``--load-limits`` value): the same arrivals on blades
+  with a background load, placed with ``auction.max_load_per_core`` at each value
+  (Aether's 2.0, meshd's 4.0); see :func:`load_limits`.
+
 Usage: .venv/bin/python benchmarks/bench_placement_quality.py [--nodes 1000]
        [--seed 1] [--batch 1,8] [--sizes 16,64,256,1000] [--placements 40]
+       [--load-limits 2,4]
        [--set auction.KEY=VALUE ...]
 """
 
@@ -170,7 +175,12 @@ def centralized(
 
 
 def auction_quality(
-    caps: list[Capacity], seq: list[Resources], cfg: Config, seed: int, batch: int = 1
+    caps: list[Capacity],
+    seq: list[Resources],
+    cfg: Config,
+    seed: int,
+    batch: int = 1,
+    background: list[float] | None = None,
 ) -> dict[str, Any]:
     names = [f"n{i:04d}" for i in range(len(caps))]
     cores = {
@@ -182,11 +192,16 @@ def auction_quality(
     used_cpu = used_mem = 0.0
     requests = 0
 
+    bg = dict(zip(names, background or [0.0] * len(names), strict=True))
+
     def feed(n: str) -> None:  # the shell feeds psutil readings; here: what the ledger implies
         ledger = cores[n].ledger()
         cap = ledger.capacity
         free_mem, free_disk = cap.memory - ledger.committed.memory, cap.disk - ledger.committed.disk
-        cores[n].set_telemetry(Telemetry(0.0, free_mem, free_disk))
+        # Load per core: the host's own background, plus its guests keeping half their
+        # CPUs busy (a guest's vCPU thread is one runnable task while it works).
+        load = bg[n] + GUEST_BUSY * ledger.committed.cpus / cap.cpus
+        cores[n].set_telemetry(Telemetry(load, free_mem, free_disk))
 
     for n in names:
         feed(n)
@@ -240,6 +255,39 @@ def auction_quality(
                 "refused": failed[0].reason[:120] if failed else "no outcome",
             }
     return {"placed": len(seq), "packed": packed(caps, used_cpu, used_mem), "refused": None}
+
+
+GUEST_BUSY = 0.5  # the load model's share of a placed vCPU that is runnable
+
+
+def load_limits(n: int, seed: int, cfg: Config, limits: list[float]) -> list[dict[str, Any]]:
+    """What refusing bids past a load per core does to packing, on busy blades.
+
+    Each blade has a background load per core drawn from 0.2 to 2.5 (hosts doing other
+    work: backups, builds, a busy neighbour), and each placed vCPU adds half a runnable
+    task. The same arrivals are placed with ``auction.max_load_per_core`` at each limit
+    (Aether's 2.0; meshd's default 4.0); ``packed`` is the mesh's use at the first
+    refusal. A model, not a measurement of real hosts: it shows the shape of the cost.
+    """
+    rng = random.Random(seed)
+    caps = capacities(n, rng)
+    seq = arrivals(caps, rng)
+    background = [random.Random(f"{seed}/bg/{i}").uniform(0.2, 2.5) for i in range(n)]
+    out = []
+    for lim in limits:
+        c = cfg.override({"auction.max_load_per_core": lim})
+        auc = auction_quality(caps, seq, c, seed, 1, background)
+        out.append(
+            {
+                "figure": "load_limit",
+                "nodes": n,
+                "max_load_per_core": lim,
+                "placed": auc["placed"],
+                "packed": auc["packed"],
+                "refused": auc["refused"],
+            }
+        )
+    return out
 
 
 def quality(n: int, seed: int, cfg: Config, batch: int = 1) -> dict[str, Any]:
@@ -311,6 +359,11 @@ def main() -> None:
     ap.add_argument("--placements", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument(
+        "--load-limits",
+        default="2,4",
+        help="auction.max_load_per_core values to compare on busy blades (empty: skip)",
+    )
+    ap.add_argument(
         "--batch",
         default="1,8",
         help="auctions an originator starts together, sharing a sample (one figure each)",
@@ -319,9 +372,13 @@ def main() -> None:
     # Values as in meshd.toml: numbers and booleans typed (auction.sample_d=1.5).
     overrides = dict(config_files.parse_assignment(item) for item in args.set)
     cfg = config_files.load(None, "sim", overrides)
-    for batch in (int(x) for x in args.batch.split(",")):
+    for batch in (int(x) for x in args.batch.split(",") if x):
         print(json.dumps(quality(args.nodes, args.seed, cfg, batch)), flush=True)
-    for n in (int(x) for x in args.sizes.split(",")):
+    if args.load_limits:
+        limits = [float(x) for x in args.load_limits.split(",")]
+        for line in load_limits(args.nodes, args.seed, cfg, limits):
+            print(json.dumps(line), flush=True)
+    for n in (int(x) for x in args.sizes.split(",") if x):
         print(json.dumps(messages(n, args.placements, args.seed, cfg)), flush=True)
 
 

@@ -230,6 +230,10 @@ class AuctionConfig(_Section):
     cpu_overcommit: float = 1.0
     memory_overcommit: float = 1.0
     disk_overcommit: float = 1.0
+    # The host's 1-minute load per core past which a node refuses to bid (with host
+    # telemetry); below it load only lowers the score. A busy but healthy host sits at
+    # 1-3; Aether's 2.0 kept refusing those (benchmarks/bench_placement_quality.py).
+    max_load_per_core: float = 4.0
     # Rounds per auction: a round whose sample finds no fit is followed by a wider one
     # (doubled; the last asks every eligible member). Rounds that fail only because
     # concurrent rounds hold capacity are retried for up to hold_ttl_s on top.

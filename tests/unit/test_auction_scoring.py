@@ -34,9 +34,9 @@ def R(cpus: float, mem_gib: float, disk_gib: float = 0) -> Resources:
         (R(2, 4), R(6, 12), NONE, None, ONE, 900, ""),
         # Held counts like committed.
         (R(2, 4), R(2, 4), R(2, 4), None, ONE, 675, ""),
-        # Live load halves the score at most.
-        (R(2, 4), NONE, NONE, Telemetry(0.5, 16 * GiB, 100 * GiB), ONE, 169, ""),
-        (R(2, 4), NONE, NONE, Telemetry(1.0, 16 * GiB, 100 * GiB), ONE, 113, ""),
+        # Live load halves the score at most (at auction.max_load_per_core, 4).
+        (R(2, 4), NONE, NONE, Telemetry(2.0, 16 * GiB, 100 * GiB), ONE, 169, ""),
+        (R(2, 4), NONE, NONE, Telemetry(4.0, 16 * GiB, 100 * GiB), ONE, 113, ""),
         # Each dimension refuses with its sentence, cpu first.
         (R(10, 1), NONE, NONE, None, ONE, -1, "not enough cpu: 8 cpus free of 10 asked"),
         (R(1, 2), R(0, 14.5), NONE, None, ONE, -1,
@@ -48,14 +48,18 @@ def R(cpus: float, mem_gib: float, disk_gib: float = 0) -> Resources:
          "not enough memory: 1.5 GiB free of 2 GiB asked (the host reports 1.5 GiB available)"),
         (R(1, 1, 10), NONE, NONE, Telemetry(0.1, 16 * GiB, 3 * GiB), ONE, -1,
          "not enough disk: 3 GiB free of 10 GiB asked (the host reports 3 GiB free)"),
-        (R(1, 1), NONE, NONE, Telemetry(1.3, 16 * GiB, 100 * GiB), ONE, -1,
-         "overloaded: load 1.3 per core (limit 1)"),
+        (R(1, 1), NONE, NONE, Telemetry(4.3, 16 * GiB, 100 * GiB), ONE, -1,
+         "overloaded: load 4.3 per core (limit 4, auction.max_load_per_core)"),
+        # A busy but healthy host (load 3.4 per core, the issue's) still bids, lower.
+        (R(1, 1), NONE, NONE, Telemetry(3.4, 16 * GiB, 100 * GiB), ONE, 33, ""),
+        (R(1, 1), NONE, NONE, Telemetry(3.4, 16 * GiB, 100 * GiB), Overcommit(max_load=2.0),
+         -1, "overloaded: load 3.4 per core (limit 2, auction.max_load_per_core)"),
         # Only concurrent holds in the way: busy, retry later.
         (R(4, 1), R(2, 1), R(4, 1), None, ONE, -1,
          "not enough cpu: 2 cpus free of 4 asked (the rest is held by concurrent rounds)"),
-        # Overcommit raises the limit (and the load ceiling) per dimension.
+        # Overcommit raises the limit per dimension.
         (R(4, 1), R(8, 1), NONE, None, Overcommit(cpu=2.0), 113, ""),
-        (R(4, 1), R(8, 1), NONE, Telemetry(1.5, 16 * GiB, 100 * GiB), Overcommit(cpu=2.0), 71, ""),
+        (R(4, 1), R(8, 1), NONE, Telemetry(1.5, 16 * GiB, 100 * GiB), Overcommit(cpu=2.0), 92, ""),
         (R(1, 20), NONE, NONE, None, Overcommit(memory=1.5), 113, ""),
     ],
 )  # fmt: skip

@@ -13,8 +13,9 @@ truth (DESIGN.md §6, step 2):
   dimension. That is what keeps concurrent rounds from overcommitting it.
 * its **telemetry** (psutil, passed in by the shell): memory really available and
   disk really free may be lower than the ledger thinks (other processes, a guest
-  using its memory), and a host whose load per core already exceeds its CPU
-  overcommit is busier than its ledger says. Either refuses the bid.
+  using its memory), which refuses the bid; live load lowers the score, and refuses
+  only past ``auction.max_load_per_core`` (4 by default: far above a normally busy
+  host's 1-3, where Aether's 2.0 refused whole racks of busy but healthy blades).
 
 Refusals are checked in this order, first match wins: cpu, memory, disk (each
 against min(ledger headroom, telemetry) where telemetry applies), then load::
@@ -22,7 +23,7 @@ against min(ledger headroom, telemetry) where telemetry applies), then load::
     not enough cpu: 2.5 cpus free of 4 asked
     not enough memory: 1.5 GiB free of 2 GiB asked
     not enough disk: 3 GiB free of 10 GiB asked (the host reports 3 GiB free)
-    overloaded: load 1.3 per core (limit 1)
+    overloaded: load 4.3 per core (limit 4, auction.max_load_per_core)
 
 A refusal that only the holds of concurrent rounds cause (the request fits what is
 committed, not what is also held) is marked ``busy``: those holds resolve within an
@@ -33,7 +34,7 @@ workload leaves fullest, judged by its least-used dimension, damped by live load
 
     u_d   = (committed_d + held_d + asked_d) / limit_d     for d in cpu, mem, disk
     fit   = 0.9 * min(u_cpu, u_mem) + 0.1 * u_disk
-    busy  = min(1, load_per_core / cpu_overcommit)         (0 without telemetry)
+    busy  = min(1, load_per_core / max_load_per_core)      (0 without telemetry)
     score = 1 + floor(999 * fit * (1 - 0.5 * busy))        → 1..1000
 
 Best fit (rather than spreading) keeps whole blades free for large workloads. Taking
@@ -76,10 +77,15 @@ class Overcommit:
     cpu: float = 1.0
     memory: float = 1.0
     disk: float = 1.0
+    # The host load per core past which a node refuses to bid; below it load only
+    # lowers the score (``auction.max_load_per_core``).
+    max_load: float = 4.0
 
     @classmethod
     def from_config(cls, cfg: AuctionConfig) -> Overcommit:
-        return cls(cfg.cpu_overcommit, cfg.memory_overcommit, cfg.disk_overcommit)
+        return cls(
+            cfg.cpu_overcommit, cfg.memory_overcommit, cfg.disk_overcommit, cfg.max_load_per_core
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +149,11 @@ def evaluate(
         if busy:
             text += " (the rest is held by concurrent rounds)"
         return Verdict(NO_BID, text, mem_free, busy)
-    if telemetry is not None and telemetry.load_per_core > oc.cpu:
+    if telemetry is not None and telemetry.load_per_core > oc.max_load:
         return Verdict(
             NO_BID,
-            f"overloaded: load {telemetry.load_per_core:.2g} per core (limit {oc.cpu:g})",
+            f"overloaded: load {telemetry.load_per_core:.2g} per core "
+            f"(limit {oc.max_load:g}, auction.max_load_per_core)",
             mem_free,
         )
     used = committed + held + ask
@@ -154,7 +161,7 @@ def evaluate(
     u_mem = _ratio(used.memory, lim.memory)
     u_disk = _ratio(used.disk, lim.disk)
     fit = (1 - _DISK_WEIGHT) * min(u_cpu, u_mem) + _DISK_WEIGHT * u_disk
-    load = 0.0 if telemetry is None else min(1.0, max(0.0, telemetry.load_per_core / oc.cpu))
+    load = 0.0 if telemetry is None else min(1.0, max(0.0, telemetry.load_per_core / oc.max_load))
     s = fit * (1.0 - 0.5 * load)
     score = min(SCORE_MAX, max(SCORE_MIN, SCORE_MIN + math.floor((SCORE_MAX - 1) * s)))
     return Verdict(score, "", mem_free)
