@@ -292,10 +292,16 @@ def document() -> dict[str, Any]:
             },
             "/v1/events": {
                 "get": {
-                    "summary": "This node's event log, oldest first",
+                    "summary": "This node's event log, oldest first; with follow=1, a stream "
+                    "of JSON lines (application/x-ndjson) that goes on with each new event",
                     "parameters": [
                         {"name": "since", "in": "query", "schema": {"type": "integer"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "follow",
+                            "in": "query",
+                            "schema": {"type": "boolean"},
+                        },
                     ],
                     "responses": {"200": _ok("events", {"type": "array"}), **_ERRORS},
                 }

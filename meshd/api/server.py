@@ -21,6 +21,7 @@ never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from meshd.adapters import tls
@@ -256,7 +258,9 @@ class Api:
         start = time.perf_counter()
         status = 500
         # A followed log is a stream that lasts until the client hangs up: no deadline.
-        streaming = request.path.endswith("/logs") and _follows(request)
+        streaming = (request.path.endswith("/logs") or request.path == "/v1/events") and (
+            request.query.get("follow", "").lower() in _YES  # checked by the handler
+        )
         limit = None if streaming else self.node.cfg.api.request_timeout_s
         try:
             resp = await asyncio.wait_for(handler(request), limit)
@@ -419,10 +423,14 @@ class Api:
         body = await _json_body(request)
         ttl = body.get("ttl_s", self.node.cfg.security.token_ttl_s)
         seeds = body.get("seeds") or [self.node.address]
-        if not isinstance(ttl, int | float) or not isinstance(seeds, list):
+        if (
+            not isinstance(ttl, int | float)
+            or not isinstance(seeds, list)
+            or not all(isinstance(s, str) for s in seeds)
+        ):
             raise ConfigError("ttl_s must be a number of seconds and seeds a list of HOST:PORT")
         replace = body.get("replace")
-        if replace is not None and not isinstance(replace, str):
+        if "replace" in body and not isinstance(replace, str):
             raise BadRequest("replace must be the name of a removed node")
         tok, text = authority.issue_token(
             self.node.store,
@@ -436,10 +444,37 @@ class Api:
             {"token": text, "id": tok.id, "expires_at": tok.expires_at, "seeds": list(tok.seeds)}
         )
 
-    async def events(self, request: web.Request) -> web.Response:
+    async def events(self, request: web.Request) -> web.StreamResponse:
         since = _int_query(request, "since", 0, 0, 2**63 - 1)
         limit = _int_query(request, "limit", 100, 1, 1000)
-        return web.json_response(self.node.store.events(limit=limit, since_id=since))
+        if not _follows(request):
+            return web.json_response(self.node.store.events(limit=limit, since_id=since))
+        return await self._follow_events(request, since)
+
+    async def _follow_events(self, request: web.Request, since: int) -> web.StreamResponse:
+        """``?follow=1``: every event after ``since`` as JSON lines, then each new one as
+        it is written, until the client hangs up (a stream, not a poll)."""
+        store = self.node.store
+        news = asyncio.Event()
+        store.event_listeners.append(news.set)
+        out = web.StreamResponse()
+        out.content_type = "application/x-ndjson"
+        try:
+            await out.prepare(request)
+            cursor = since
+            while request.transport is not None and not request.transport.is_closing():
+                news.clear()
+                rows = store.events(limit=500, since_id=cursor)
+                for row in rows:
+                    await out.write(orjson.dumps(row) + b"\n")
+                    cursor = row["id"]
+                if len(rows) == 500:
+                    continue  # more are waiting
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), EVENTS_IDLE_CHECK_S)
+        finally:
+            store.event_listeners.remove(news.set)
+        return out
 
     def _mesh(self) -> Mesh:
         if self.node.mesh is None:
@@ -902,8 +937,19 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+# A followed event stream looks again this often even without news, to notice a client
+# that hung up (a closed socket is only seen when we look).
+EVENTS_IDLE_CHECK_S = 5.0
+
+
+_YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
 def _follows(request: web.Request) -> bool:
-    return request.query.get("follow", "") in ("1", "true", "yes")
+    value = request.query.get("follow", "").lower()
+    if value not in _YES + _NO:
+        raise BadRequest(f"follow must be true or false (1/0, yes/no), not {value[:20]!r}")
+    return value in _YES
 
 
 def _too_large(request: web.Request, limit: int) -> web.Response:

@@ -769,6 +769,41 @@ def _wait_running(
         time.sleep(0.1)
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise ConfigError("--limit must be from 1 to 1000")
+    query = f"/v1/events?since={max(0, args.since)}&limit={args.limit}"
+    if not args.follow:
+        rows = client(args).request("GET", query)
+        if args.json:
+            output.emit_json(rows)
+        else:
+            for row in rows:
+                output.emit_text(_event_line(row))
+        return 0
+    pending = b""
+    for chunk in client(args).stream("GET", query + "&follow=1"):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if not line:
+                continue
+            if args.json:  # JSON lines: one event per line, as the API streams them
+                sys.stdout.write(line.decode() + "\n")
+            else:
+                output.emit_text(_event_line(json.loads(line)))
+            sys.stdout.flush()
+    return 0
+
+
+def _event_line(row: dict[str, Any]) -> str:
+    data = row.get("data") or {}
+    fields = " ".join(
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in data.items()
+    )
+    return f"{row['id']:>6}  {output.when(row['ts'])}  {row['kind']:<22} {row['subject']}  {fields}"
+
+
 def cmd_workloads(args: argparse.Namespace) -> int:
     rows = client(args).request("GET", "/v1/workloads")
     if args.json:

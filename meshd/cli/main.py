@@ -341,6 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shell", choices=["bash", "zsh"])
     p.set_defaults(func=_cmd_completion)
 
+    p = sub.add_parser(
+        "events",
+        help="this node's event log; --follow streams new events as they happen",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("--since", type=int, default=0, metavar="ID", help="only events after ID")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events (a stream)"
+    )
+    p.set_defaults(func=commands.cmd_events)
+
     p = sub.add_parser("peers", help="the membership view: every member and its state")
     _common(p, json_flag=True)
     p.set_defaults(func=commands.cmd_peers)

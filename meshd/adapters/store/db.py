@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -67,6 +67,8 @@ class Store:
     """A migrated, WAL-mode SQLite store. Create with :meth:`Store.open`."""
 
     def __init__(self, conn: apsw.Connection, path: Path, busy_timeout_ms: int) -> None:
+        # Called (no arguments) after each event is appended: `meshd events --follow`.
+        self.event_listeners: list[Callable[[], None]] = []
         self._conn = conn
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -215,11 +217,17 @@ class Store:
         )
 
     def append_event(self, ts: float, kind: str, subject: str, data: dict[str, Any]) -> int:
-        """Append to the event log; returns the event's id (increasing, never reused)."""
+        """Append to the event log; returns the event's id (increasing, never reused).
+
+        Listeners (``on_event``) are told that there is news, not what: a follower reads
+        the rows after its cursor once the writer's transaction is over (the loop runs
+        one step at a time, so by then it committed or rolled back)."""
         self.execute(
             "INSERT INTO events (ts, kind, subject, data) VALUES (?, ?, ?, ?)",
             (ts, kind, subject, json.dumps(data, sort_keys=True, separators=(",", ":"))),
         )
+        for listener in self.event_listeners:
+            listener()
         return self._conn.last_insert_rowid()
 
     def prune_events(self, keep: int, before: float) -> int:
