@@ -551,6 +551,7 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
         advertise=args.advertise,
         seeds=args.seed or None,
         mdns=args.mdns,
+        dns_listen=args.dns,
         witness=args.witness or None,
         labels=args.label or None,
         cpus=args.cpus,

@@ -80,6 +80,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mdns", metavar="ADDR", help="announce and browse mDNS on the interface of ADDR"
     )
+    p.add_argument(
+        "--dns",
+        metavar="HOST:PORT",
+        help="serve DNS for the mesh's names on this UDP address (svc.node.domain, svc.domain)",
+    )
     p.add_argument("--witness", action="store_true", help="vote and seed only; never run workloads")
     p.add_argument(
         "--label",

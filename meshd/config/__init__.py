@@ -76,6 +76,7 @@ from meshd.config.sections import (
     AuctionConfig,
     BmcConfig,
     DhtConfig,
+    DnsConfig,
     DriversConfig,
     FencingConfig,
     FirecrackerDriverConfig,
@@ -108,6 +109,7 @@ __all__ = [
     "BmcConfig",
     "Config",
     "DhtConfig",
+    "DnsConfig",
     "DriversConfig",
     "FencingConfig",
     "FirecrackerDriverConfig",
@@ -147,6 +149,8 @@ class Config(_Section):
     seeds: tuple[str, ...] = ()
     # Announce and browse mDNS on the interface holding this address; None disables mDNS.
     mdns: str | None = None
+    # Serve DNS for the mesh's names on this UDP address (HOST:PORT); None: no DNS server.
+    dns_listen: str | None = None
     # A witness votes and serves as a seed but never bids or runs workloads.
     witness: bool = False
     # Labels the operator sets on this node ("rack=a", "ssd=yes"): a workload submitted
@@ -174,6 +178,7 @@ class Config(_Section):
     drivers: DriversConfig = field(default_factory=DriversConfig)
     bmc: BmcConfig = field(default_factory=BmcConfig)
     guests: GuestsConfig = field(default_factory=GuestsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     def override(self, values: Mapping[str, Any]) -> Config:
         """A copy with ``{"auction.window_s": "300ms", "listen": ...}`` applied.
@@ -236,6 +241,7 @@ class Config(_Section):
             "api.shutdown_grace_s",
             "auction.batch_linger_s",
             "bmc.retries",
+            "dns.cache_s",
             "drivers.qemu.destroy_grace_s",
             "drivers.firecracker.destroy_timeout_s",
         }

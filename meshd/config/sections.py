@@ -448,3 +448,16 @@ class GuestsConfig(_Section):
     check_interval_s: float = 1.0
     # The dnsmasq binary (Debian: dnsmasq-base).
     dnsmasq: str = "dnsmasq"
+
+
+@dataclass(frozen=True)
+class DnsConfig(_Section):
+    """meshd.shell.dns: the optional DNS server for mesh names (``meshd run --dns``)."""
+
+    # The TTL of every answer: short, because a dead node's names stop answering as soon
+    # as membership declares it dead and clients should ask again soon.
+    ttl_s: float = 5.0
+    # How long one DHT lookup answers repeated questions (0: ask the DHT every time).
+    cache_s: float = 2.0
+    # Lookups remembered at once; past it the cache starts over.
+    cache_entries: int = 4096

@@ -41,6 +41,7 @@ from meshd.api.listener import Budget, Listener
 from meshd.api.refusals import ServerLog
 from meshd.api.server import Api
 from meshd.config import Config
+from meshd.core import names
 from meshd.core.auction.capabilities import Capabilities
 from meshd.errors import DaemonError, MeshdError
 from meshd.identity import authority
@@ -280,6 +281,7 @@ class Node:
         self.placement: PlacementShell | None = None
         self.runner: WorkloadRunner | None = None
         self.fencing: FencingShell | None = None
+        self.dns: Any = None  # meshd.shell.dns.DnsServer with --dns (imported on demand)
         # False until start-up has finished: /v1/health answers 503 "starting" till then.
         self.ready = False
         self._socket_path = cfg.socket_path
@@ -355,6 +357,8 @@ class Node:
         redfish = RedfishClient(self.cfg.bmc)
         self.fencing = start_fencing(self.ctx, self.mesh, self.placement, redfish, redfish.clock)
         gauges.register(self.metrics, self.placement, self.runner, self.fencing)
+        if self.cfg.dns_listen:
+            await self._start_dns(self.cfg.dns_listen)
         self.mesh.join(seeds)  # last: once others hear of us, we are all there
         self.store.set_meta("address", self.address)
         self._housekeeping = asyncio.get_running_loop().create_task(self._prune_events())
@@ -403,9 +407,31 @@ class Node:
             return tcp
         raise DaemonError(f"found no port free for both TCP and UDP on {host}")
 
+    async def _start_dns(self, listen: str) -> None:
+        # dnspython is imported only by nodes that serve DNS (--dns).
+        from meshd.shell.dns import DnsServer  # noqa: PLC0415
+
+        mesh = self.mesh
+        assert mesh is not None
+
+        async def resolve(q: names.NameQuery) -> list[names.Instance]:
+            text = f"@{q.service}@{q.node}@{q.domain}" if q.node else f"@{q.service}@{q.domain}"
+            return await mesh.resolve(text)
+
+        self.dns = DnsServer(self.ident.domain, resolve, self.cfg.dns, self.metrics)
+        try:
+            await self.dns.start(listen)
+        except OSError as exc:
+            raise DaemonError(
+                f"can't serve DNS on {listen}: {exc.strerror or exc}; pick a free address "
+                "for --dns (port 53 needs root)"
+            ) from exc
+
     async def stop(self) -> None:
         logger.info("meshd stopping name=%s", self.ident.name)
         self.ready = False
+        if self.dns is not None:
+            self.dns.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self.fencing is not None:
@@ -499,6 +525,12 @@ class Node:
                 else {"cpus": 0.0, "memory": 0, "disk": 0}
             ),
             "capabilities": (sorted(self.placement.capabilities.offers) if self.placement else []),
+            # The DNS server's bound address (`meshd run --dns`), or None.
+            "dns": (
+                f"{self.dns.address[0]}:{self.dns.address[1]}"
+                if self.dns is not None and self.dns.address
+                else None
+            ),
             "labels": self.cfg.label_map(),
             "members_alive": len(self.mesh.live_names()) if self.mesh else 1,
             "roster_size": len(members),
