@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 import orjson
 from aiohttp import web
 
@@ -110,7 +111,20 @@ LARGE_BODY_ROUTES = frozenset(
     }
 )
 TENANT_ROUTES = frozenset(
-    {("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/resolve")}
+    {
+        ("GET", "/v1/health"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/resolve"),
+        # Its own workloads only: a submission is the tenant's, a listing shows only its
+        # workloads, and one of another tenant's ids is answered as unknown.
+        ("POST", "/v1/workloads"),
+        ("GET", "/v1/workloads"),
+        ("GET", "/v1/workloads/{id}"),
+        ("DELETE", "/v1/workloads/{id}"),
+        ("POST", "/v1/workloads/{id}/stop"),
+        ("POST", "/v1/workloads/{id}/start"),
+        ("GET", "/v1/workloads/{id}/logs"),
+    }
 )
 # Mesh-internal routes: only another node (role `node`) may call them.
 NODE_ROUTES = frozenset(
@@ -334,14 +348,18 @@ class Api:
         if self.node.revocations.is_revoked(info.serial, info.node_id):
             self.refused.inc(reason="revoked")
             return error(403, f"{info.name} was removed from this mesh")
-        if info.role.startswith("tenant:") and (request.method, request.path) not in TENANT_ROUTES:
-            self.refused.inc(reason="role")
-            return error(403, f"role {info.role} may not call {request.method} {request.path}")
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else request.path
+        if info.role.startswith("tenant:"):
+            if (request.method, template) not in TENANT_ROUTES:
+                self.refused.inc(reason="role")
+                return error(403, f"role {info.role} may not call {request.method} {request.path}")
+            wid = request.match_info.get("id")
+            if wid is not None and not self._tenant_owns(info.role, wid):
+                return error(404, f"no workload {wid} is known in this mesh")
         if (request.method, request.path) in NODE_ROUTES and info.role != "node":
             self.refused.inc(reason="role")
             return error(403, f"only mesh nodes may call {request.path}")
-        route = request.match_info.route.resource
-        template = route.canonical if route is not None else request.path
         if info.role == "node" and (request.method, template) in NOT_FOR_NODES:
             self.refused.inc(reason="role")
             return error(
@@ -659,10 +677,29 @@ class Api:
 
     async def workloads_submit(self, request: web.Request) -> web.Response:
         submission = spec.parse_submission(await request.read())
+        tenant = _tenant(request)
+        if tenant is not None:
+            if submission.tenant not in (None, tenant):
+                raise IdentityError(
+                    f"a tenant:{tenant} certificate submits for tenant {tenant} only, "
+                    f"not {submission.tenant}"
+                )
+            submission = msgspec.structs.replace(submission, tenant=tenant)
         return web.json_response(await self._placement().submit(submission))
 
     async def workloads_list(self, request: web.Request) -> web.Response:
-        return web.json_response(self._placement().workloads(self._states()))
+        rows = self._placement().workloads(self._states())
+        tenant = _tenant(request)
+        if tenant is not None:
+            rows = [r for r in rows if r["tenant"] == tenant]
+        return web.json_response(rows)
+
+    def _tenant_owns(self, role: str, wid: str) -> bool:
+        placement = self.node.placement
+        if placement is None:
+            return False
+        p = placement.core_placements().get(wid)
+        return p is not None and not p.removed and f"tenant:{p.tenant}" == role
 
     # -- workload lifecycle: done by the owner, forwarded there from any node ------------
 
@@ -943,6 +980,14 @@ EVENTS_IDLE_CHECK_S = 5.0
 
 
 _YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def _tenant(request: web.Request) -> str | None:
+    """The tenant a ``tenant:NAME`` certificate speaks for; None for everyone else."""
+    peer: Peer | None = request.get("peer")
+    if peer is None or not peer.role.startswith("tenant:"):
+        return None
+    return peer.role.removeprefix("tenant:")
 
 
 def _follows(request: web.Request) -> bool:

@@ -18,6 +18,7 @@ in temporary data directories, and proves what an operator relies on:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -461,6 +462,51 @@ def test_client_certificates_by_role(mesh_factory: Mesh, tmp_path: Path) -> None
 
     bad = alpha.cli("cert", "create", "--name", "x", "--role", "root", "--out", out)
     assert_refused(bad, "invalid role")
+
+
+def test_a_tenant_sees_and_manages_only_its_own_workloads(
+    mesh_factory: Mesh, tmp_path: Path
+) -> None:
+    alpha = mesh_factory.daemon("alpha")
+    alpha.init()
+    alpha.start("--cpus", "4", "--memory", "2GiB")
+    out = tmp_path / "certs"
+    ca = out / "ca.crt"
+    acme = issue_client_cert(alpha, out, "acme-bot", "tenant:acme")
+    umbrella = issue_client_cert(alpha, out, "umb-bot", "tenant:umbrella")
+
+    def submit(cert: CertPair, name: str, **extra: object) -> HttpResponse:
+        body = {"name": name, "cpus": 0.5, "memory": 1 << 20, "command": "sleep 600", **extra}
+        return alpha.https(
+            "POST", "/v1/workloads", cert=cert, ca_file=ca, body=json.dumps(body).encode(),
+            headers=JSON,
+        )  # fmt: skip
+
+    mine = submit(acme, "a1")
+    assert mine.status == 200, mine.body
+    wid = mine.json()["workload"]
+    theirs = submit(umbrella, "u1").json()["workload"]
+    try:
+        # A submission is its tenant's, whatever the body says; another tenant is refused.
+        assert alpha.api("GET", f"/v1/workloads/{wid}")["tenant"] == "acme"
+        assert "tenant acme only" in assert_json_error(submit(acme, "x", tenant="umbrella"), 403)
+        listed = alpha.https("GET", "/v1/workloads", cert=acme, ca_file=ca).json()
+        assert [r["workload"] for r in listed] == [wid]
+        assert alpha.https("GET", f"/v1/workloads/{wid}", cert=acme, ca_file=ca).status == 200
+        # Another tenant's workload does not exist for it: not shown, not stoppable.
+        assert_json_error(alpha.https("GET", f"/v1/workloads/{theirs}", cert=acme, ca_file=ca), 404)
+        assert_json_error(
+            alpha.https("POST", f"/v1/workloads/{theirs}/stop", cert=acme, ca_file=ca), 404
+        )
+        assert_json_error(
+            alpha.https("DELETE", f"/v1/workloads/{theirs}", cert=acme, ca_file=ca), 404
+        )
+        assert alpha.https("DELETE", f"/v1/workloads/{wid}", cert=acme, ca_file=ca).status == 200
+        assert_json_error(alpha.https("GET", "/v1/roster", cert=acme, ca_file=ca), 403)
+    finally:
+        for w in (wid, theirs):
+            with contextlib.suppress(Exception):
+                alpha.api("DELETE", f"/v1/workloads/{w}")
 
 
 def test_members_hand_out_every_certificate_to_nodes_only(
