@@ -38,6 +38,7 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
     command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)
     command -v dig >/dev/null 2>&1 || need_apt+=(dnsutils)  # asks meshd's DNS server
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # shows `meshd ui`
     # systemd-analyze rates the unit's hardening (tests/integration/test_install.py)
     command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 fi

@@ -770,6 +770,21 @@ def _wait_running(
         time.sleep(0.1)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshd.cli import ui
+
+    c = client(args)
+    if not c.is_running():
+        raise ConfigError(
+            f"meshd is not running for this data directory (no answer on {c.socket_path}); "
+            "start it with `meshd run`"
+        )
+    asyncio.run(ui.serve(c.socket_path, args.listen))
+    return 0
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise ConfigError("--limit must be from 1 to 1000")

@@ -347,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_completion)
 
     p = sub.add_parser(
+        "ui",
+        help="a live dashboard of this node's view in the browser (serves loopback)",
+        description="Serve a live dashboard of the local daemon's view: members, capacity "
+        "and allocation, placements, recent auctions with their bids, fence history, "
+        "networks and addresses, events. Read-only; it binds loopback unless --listen "
+        "says otherwise.",
+    )
+    _common(p)
+    p.add_argument(
+        "--listen", default="127.0.0.1:8420", metavar="HOST:PORT", help="default 127.0.0.1:8420"
+    )
+    p.set_defaults(func=commands.cmd_ui)
+
+    p = sub.add_parser(
         "events",
         help="this node's event log; --follow streams new events as they happen",
     )
