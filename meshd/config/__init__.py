@@ -238,6 +238,7 @@ class Config(_Section):
             "bmc.retries",
             "drivers.qemu.destroy_grace_s",
             "drivers.firecracker.destroy_timeout_s",
+            "guests.announce_count",  # 0: guests' addresses are not announced
         }
         for key, value in self.items():
             if key in _NODE_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
