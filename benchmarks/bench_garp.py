@@ -63,7 +63,8 @@ def build_guest() -> dict[str, str]:
 
 
 def submit(lab: Chassis, k: int, name: str, ip: str, guest: dict[str, str]) -> tuple[str, float]:
-    """Submit ``name`` at ``ip`` (retried while X is still held by the removed one)."""
+    """Submit ``name`` at ``ip``, retried while X is still held by the removed one (its
+    grant may last until ``[addresses] grant_ttl_s``, 120 s); the id and when it went in."""
     via = lab.blades[k % len(lab.blades)].daemon
     body = {
         "name": name, "cpus": 1, "memory": 128 * 1024 * 1024, "driver": "qemu",
@@ -71,7 +72,7 @@ def submit(lab: Chassis, k: int, name: str, ip: str, guest: dict[str, str]) -> t
         "ready_marker": guest["MESHD_GUEST_MARKER"], "boot_timeout_s": TIMEOUT_S,
         "cmdline": "meshd.ip=dhcp", "nics": [{"network": NETWORK, "ip": ip}],
     }  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 150
     while True:
         t0 = time.monotonic()
         try:
@@ -117,6 +118,7 @@ def sample(lab: Chassis, mode: str, k: int, guest: dict[str, str]) -> dict[str, 
     finally:
         remove(lab, a)
     held = neighbour(lab, ip)
+    t_free = time.monotonic()
     b, t0 = submit(lab, k + 1, f"garp-{mode}-b{k}", ip, guest)
     pinger = start_pinger(lab.probe_ns, ip, TIMEOUT_S)
     try:
@@ -128,6 +130,7 @@ def sample(lab: Chassis, mode: str, k: int, guest: dict[str, str]) -> dict[str, 
             "ping_s": None if t_ping is None else round(t_ping - t0, 3),
             "lease_s": round(t_lease - t0, 3),
             "probe_held": held,
+            "resubmit_wait_s": round(t0 - t_free, 3),  # X held after A's removal
         }
     finally:
         if pinger.poll() is None:

@@ -52,16 +52,17 @@ async def repeat(bridge: str, frame: bytes, count: int, interval_s: float) -> in
 
 
 class Announcer:
-    """The announcements in flight (each a task; :meth:`close` cancels those left)."""
+    """The announcements in flight, by workload: :meth:`forget` cancels a workload's
+    (its address is no longer ours once it is detached), :meth:`close` all of them."""
 
     def __init__(self, count: int, interval_s: float) -> None:
         self.count, self.interval_s = count, interval_s
-        self._tasks: set[asyncio.Task[int]] = set()
+        self._tasks: dict[str, set[asyncio.Task[int]]] = {}
 
-    def start(self, bridge: str, ip: Address, mac: str) -> bool:
+    def start(self, owner: str, bridge: str, ip: Address, mac: str) -> bool:
         """Send the first frame now (before the caller goes on to start the guest) and
-        the rest, ``interval_s`` apart, in the background (as ``arping -U -c COUNT``).
-        Whether the first went out."""
+        the rest, ``interval_s`` apart, in the background (as ``arping -U -c COUNT``),
+        on behalf of workload ``owner``. Whether the first went out."""
         if self.count <= 0:
             return False
         frame = frame_of(bridge, ip, mac)
@@ -73,14 +74,31 @@ class Announcer:
             task = asyncio.get_running_loop().create_task(
                 repeat(bridge, frame, self.count - 1, self.interval_s)
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            tasks = self._tasks.setdefault(owner, set())
+            tasks.add(task)
+            task.add_done_callback(lambda t: self._done(owner, t))
         return first
 
+    def _done(self, owner: str, task: asyncio.Task[int]) -> None:
+        tasks = self._tasks.get(owner)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._tasks[owner]
+
+    def pending(self, owner: str) -> int:
+        return len(self._tasks.get(owner, ()))
+
+    async def forget(self, owner: str) -> None:
+        await _cancel(list(self._tasks.get(owner, ())))
+
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel([t for tasks in self._tasks.values() for t in tasks])
+
+
+async def _cancel(tasks: list[asyncio.Task[int]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

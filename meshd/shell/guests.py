@@ -232,11 +232,13 @@ class GuestNetworks:
             self._guests[wid] = _Guest(wid, spec.name, spec, nics)
             self._update_hosts({n.network for n in nics})
             for nic in nics:  # only our own guests' addresses, on their own bridges
-                self.announcer.start(self._segments[nic.network].net.bridge, nic.ip, nic.mac)
+                bridge = self._segments[nic.network].net.bridge
+                self.announcer.start(wid, bridge, nic.ip, nic.mac)
         return nics
 
     async def detach(self, wid: str, spec: WorkloadSpec | None = None) -> None:
         """Remove ``wid``'s taps, DHCP lines and leases (idempotent)."""
+        await self.announcer.forget(wid)  # its addresses are no longer ours to announce
         async with self._lock:
             guest = self._guests.pop(wid, None)
             if guest is None and spec is not None and spec.nics:

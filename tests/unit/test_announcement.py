@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
 
+from meshd.adapters.announcer import Announcer
 from meshd.core.announcement import announcement, gratuitous_arp, mac_bytes, unsolicited_na
 
 MAC = "0e:01:02:03:04:05"
@@ -63,3 +65,28 @@ def test_announcement_picks_the_frame_by_family() -> None:
 def test_a_bad_mac_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         mac_bytes(bad)
+
+
+async def test_a_detached_workloads_announcements_stop_and_a_bad_bridge_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No socket reaches a device here: the bridge does not exist (or, unprivileged,
+    the raw socket is refused); either way the failure is a log line."""
+    announcer = Announcer(count=3, interval_s=60.0)
+    ip = ipaddress.ip_address("10.77.0.21")
+    assert announcer.start("w-one", "h13gnone", ip, MAC) is False
+    announcer.start("w-two", "h13gnone", ip, MAC)
+    assert "cannot announce on h13gnone" in caplog.text
+    assert (announcer.pending("w-one"), announcer.pending("w-two")) == (1, 1)
+    await announcer.forget("w-one")
+    await asyncio.sleep(0)
+    assert (announcer.pending("w-one"), announcer.pending("w-two")) == (0, 1)
+    await announcer.close()
+    await asyncio.sleep(0)
+    assert announcer.pending("w-two") == 0
+
+
+async def test_no_announcements_when_turned_off() -> None:
+    announcer = Announcer(count=0, interval_s=1.0)
+    assert announcer.start("w", "h13gnone", ipaddress.ip_address("10.0.0.1"), MAC) is False
+    assert announcer.pending("w") == 0
