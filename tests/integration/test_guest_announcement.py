@@ -143,3 +143,31 @@ def test_a_bridge_that_is_gone_is_logged_not_raised(lab: Lab) -> None:
     done = python_in(host, code)
     assert done.returncode == 0, done.stderr
     assert "cannot announce on h13gnone" in done.stderr
+
+
+def switch_port(lab: Lab, mac: str) -> set[str]:
+    fdb = json.loads(lab._in(lab.sw, "bridge", "-j", "fdb", "show", "br", "sw").stdout or "[]")
+    return {e["ifname"] for e in fdb if e.get("mac") == mac and "self" not in e.get("flags", [])}
+
+
+def test_a_moved_guest_is_found_behind_its_new_blade_at_attach(lab: Lab) -> None:
+    """Same MAC, another blade (a re-placement): the switch forwards to the new blade's
+    port from the attach on, not only once the guest itself sends something."""
+    ip = "10.77.0.31"
+    lab.workload("w-moved", "moved", ip)
+    a = lab.blade("a", "10.77.0.2", create=False, attach=[])
+    b = lab.blade("b", "10.77.0.3", create=False, attach=[])
+    guest = lab.guest(a, "w-moved", ip)  # it talks (IPv6 at link up): the switch learns it
+    assert a.send("attach w-moved") == "OK", lab.errors("a")
+    deadline = time.monotonic() + 5
+    while switch_port(lab, guest.mac) != {"to-a"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert switch_port(lab, guest.mac) == {"to-a"}
+    assert a.send("detach w-moved") == "OK"  # blade a is gone for it (its port removed)
+    # On b, meshd makes the tap itself; nobody reads it yet (QEMU not started): only
+    # the announcement can tell the switch where the guest now is.
+    assert b.send("attach w-moved") == "OK", lab.errors("b")
+    deadline = time.monotonic() + 0.5
+    while switch_port(lab, guest.mac) != {"to-b"} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert switch_port(lab, guest.mac) == {"to-b"}
