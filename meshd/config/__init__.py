@@ -244,6 +244,7 @@ class Config(_Section):
             "dns.cache_s",
             "drivers.qemu.destroy_grace_s",
             "drivers.firecracker.destroy_timeout_s",
+            "guests.announce_count",  # 0: guests' addresses are not announced
         }
         for key, value in self.items():
             if key in _NODE_KEYS or isinstance(value, bool) or not isinstance(value, int | float):

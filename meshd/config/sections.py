@@ -448,6 +448,13 @@ class GuestsConfig(_Section):
     check_interval_s: float = 1.0
     # The dnsmasq binary (Debian: dnsmasq-base).
     dnsmasq: str = "dnsmasq"
+    # Announcements of a guest's (IP, MAC) on its bridge when its NIC is attached
+    # (gratuitous ARP / unsolicited NA, as arping -U -c N): peers replace a neighbour
+    # entry still holding an old MAC (a reused address) and switches learn the port of
+    # a moved guest. 0: none.
+    announce_count: int = 3
+    # Seconds between those announcements (a booting guest is reachable only later).
+    announce_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

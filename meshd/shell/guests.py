@@ -11,7 +11,11 @@ network records (:mod:`meshd.core.guest_net`):
   ``[guests] create_bridges``; a fixed bridge MAC; this node's own address on the
   network, from the allocator, and 169.254.169.254/32 on the bridge; the nftables guard;
   ``bridge-nf-call-*`` off; one dnsmasq per bridge), then adds the NIC's tap to the
-  bridge and its ``MAC,IP,hostname`` to that dnsmasq's hosts file (SIGHUP).
+  bridge and its ``MAC,IP,hostname`` to that dnsmasq's hosts file (SIGHUP), and
+  announces the NIC's (IP, MAC) on the bridge (gratuitous ARP or unsolicited NA,
+  ``[guests] announce_count`` times): a peer still holding the address at an old MAC
+  (a reused address) replaces it at once, instead of after its entry ages out (~30 s),
+  and switches learn where a moved guest now is.
   A tap that already exists is left alone: a meshd that restarts reattaches without
   touching its running guests.
 * when the workload stops or is destroyed, :meth:`detach` removes its lines, frees
@@ -40,6 +44,7 @@ from typing import Protocol
 import msgspec
 
 from meshd.adapters import host_net
+from meshd.adapters.announcer import Announcer
 from meshd.adapters.dnsmasq import Dnsmasq
 from meshd.adapters.metadata_http import MetadataServer
 from meshd.config import GuestsConfig
@@ -116,6 +121,7 @@ class GuestNetworks:
         self._uplinks: list[str] | None = None  # as the loaded guard lists them
         self.metadata: MetadataServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self.announcer = Announcer(cfg.announce_count, cfg.announce_interval_s)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -149,6 +155,7 @@ class GuestNetworks:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        await self.announcer.close()
         if self.metadata is not None:
             await self.metadata.stop()
             self.metadata = None
@@ -224,10 +231,14 @@ class GuestNetworks:
                 raise DriverError(f"cannot attach workload {wid}'s NICs: {exc}") from exc
             self._guests[wid] = _Guest(wid, spec.name, spec, nics)
             self._update_hosts({n.network for n in nics})
+            for nic in nics:  # only our own guests' addresses, on their own bridges
+                bridge = self._segments[nic.network].net.bridge
+                self.announcer.start(wid, bridge, nic.ip, nic.mac)
         return nics
 
     async def detach(self, wid: str, spec: WorkloadSpec | None = None) -> None:
         """Remove ``wid``'s taps, DHCP lines and leases (idempotent)."""
+        await self.announcer.forget(wid)  # its addresses are no longer ours to announce
         async with self._lock:
             guest = self._guests.pop(wid, None)
             if guest is None and spec is not None and spec.nics:

@@ -330,3 +330,12 @@ def test_config_show_needs_no_daemon(
     assert main(["config", "show", *ddir]) == 1
     err = capsys.readouterr().err
     assert "auction_window_s moved to [auction] window_s" in err
+
+
+def test_guests_announcements_may_be_turned_off_but_not_below_zero() -> None:
+    cfg = config.lan()
+    cfg.replace(guests=cfg.guests.replace(announce_count=0)).validate()
+    with pytest.raises(ConfigError, match=r"guests\.announce_count must not be negative"):
+        cfg.replace(guests=cfg.guests.replace(announce_count=-1)).validate()
+    with pytest.raises(ConfigError, match=r"guests\.announce_interval_s must be positive"):
+        cfg.replace(guests=cfg.guests.replace(announce_interval_s=0.0)).validate()
