@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,6 +43,15 @@ class DrainingChanged:
     the placement shell keeps it counted, so it is not offered before it is free."""
 
     resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class IdleChanged:
+    """What allocations here don't use now, by workload id (the runner says): a stopped
+    workload's CPU and memory, a failed one's everything, lent to new bids until it runs
+    again."""
+
+    idle: Mapping[str, Resources]
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,7 @@ def start_shells(
     placement.view_listeners.append(addresses.view_changed)
     addresses.start()
     runner.guests.addresses = addresses
+    runner.resume_check = placement.resume_fits
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced
     )

@@ -64,6 +64,7 @@ from meshd.core.auction.model import (
     Capacity,
     InvariantBreach,
     Placement,
+    Resources,
     Telemetry,
     Workload,
 )
@@ -79,7 +80,13 @@ from meshd.errors import (
 )
 from meshd.shell.addresses import nics_json
 from meshd.shell.alarm import Alarm
-from meshd.shell.bus import DrainingChanged, ViewSynced, WorkloadAssigned, WorkloadReleased
+from meshd.shell.bus import (
+    DrainingChanged,
+    IdleChanged,
+    ViewSynced,
+    WorkloadAssigned,
+    WorkloadReleased,
+)
 from meshd.shell.context import NodeContext
 from meshd.shell.drains import Drains
 from meshd.shell.journal import AuctionJournal
@@ -150,7 +157,9 @@ class PlacementShell:
         self._start_due = False
         self._telemetry: Telemetry | None = None
         self._draining = NOTHING  # released, not yet destroyed (the runner says)
+        self._idle: dict[str, Resources] = {}  # stopped or failed here (the runner says)
         ctx.bus.subscribe(DrainingChanged, self._on_draining)
+        ctx.bus.subscribe(IdleChanged, self._on_idle)
         self._broken: str | None = None  # the store can't even be read: refuse everything
         # Alone in the roster: nobody else could have placed what we run elsewhere.
         try:
@@ -186,6 +195,14 @@ class PlacementShell:
     def _on_draining(self, event: DrainingChanged) -> None:
         self._draining = event.resources
         self.core.set_draining(event.resources)
+
+    def _on_idle(self, event: IdleChanged) -> None:
+        self._idle = dict(event.idle)
+        self.core.set_idle(self._idle)
+
+    def resume_fits(self, wid: str) -> str | None:
+        """None if the stopped (or failed) workload ``wid`` may run again here."""
+        return self.core.resume_fits(wid)
 
     def _restore(self, durable: DurableState) -> Auctioneer:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -805,6 +822,7 @@ class PlacementShell:
         if self._telemetry is not None:
             core.set_telemetry(self._telemetry)
         core.set_draining(self._draining)
+        core.set_idle(self._idle)
         core.set_maintenance(self._maintenance())
         self.core = core
         self._view_changed(None)

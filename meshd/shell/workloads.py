@@ -43,9 +43,10 @@ from meshd.core import workload_states
 from meshd.core.auction.model import NOTHING, Allocation, Resources, Workload
 from meshd.core.spec import WorkloadSpec
 from meshd.core.workload_states import StateBook, StateEntry
-from meshd.errors import DriverError, MeshdError, StoreError
+from meshd.errors import DriverError, MeshdError, PlacementError, StoreError
 from meshd.shell.bus import (
     DrainingChanged,
+    IdleChanged,
     QuorumChanged,
     ViewSynced,
     WorkloadAssigned,
@@ -80,6 +81,11 @@ class WorkloadRunner:
         )
         # What the placement shell assigned here and has not released (its events).
         self._allocs: dict[str, Allocation] = {}
+        # What each allocation here doesn't use now (stopped or failed), as last said.
+        self._idle: dict[str, Resources] = {}
+        # Whether a stopped workload may run again here (the placement shell answers:
+        # what it lent while stopped must still be free); None: always.
+        self.resume_check: Callable[[str], str | None] | None = None
         # Mesh-wide view of states (the pure core; this runner feeds it and gossips).
         self.states = StateBook(ctx.ident.name, ANNOUNCE_PER_INTERVAL)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -199,6 +205,8 @@ class WorkloadRunner:
             logger.error("starting workload id=%s after self-fence failed: %s", wid, exc)
 
     def _on_released(self, event: WorkloadReleased) -> None:
+        if self._idle.pop(event.workload_id, None) is not None:
+            self.ctx.bus.publish(IdleChanged(dict(self._idle)))
         alloc = self._allocs.pop(event.workload_id, None)
         if alloc is not None:
             self._driver_names.setdefault(event.workload_id, alloc.workload.driver)
@@ -371,6 +379,9 @@ class WorkloadRunner:
     async def start_workload(self, wid: str) -> dict[str, Any]:
         alloc, driver = self._owned(wid)
         async with self._lock(wid):
+            why = self.resume_check(wid) if self.resume_check is not None else None
+            if why is not None:
+                raise PlacementError(f"workload {wid} can't start on {self.ctx.ident.name}: {why}")
             self._set(wid, alloc.generation, WorkloadState.STARTING, "restarting")
             try:
                 await self.guests.attach(wid, alloc.workload.spec)
@@ -410,6 +421,7 @@ class WorkloadRunner:
         entry, changed = self.states.set(
             wid, generation, str(state), detail, self.ctx.clock(), extra
         )
+        self._lend(wid, state)
         if changed:
             logger.info("workload %s id=%s detail=%s", state, wid, detail)
             try:
@@ -423,6 +435,25 @@ class WorkloadRunner:
                 # reported, true whether or not the log has room, so it is still told.
                 logger.warning("recording a workload event failed id=%s: %s", wid, exc)
         self._announce(entry)
+
+    def _lend(self, wid: str, state: WorkloadState) -> None:
+        """Say what ``wid`` doesn't use in ``state``: a stopped workload keeps its disk
+        and lends its CPU and memory; a failed one lends everything."""
+        alloc = self._allocs.get(wid)
+        r = alloc.resources if alloc is not None else None
+        if r is not None and state is WorkloadState.STOPPED:
+            lent: Resources | None = Resources(r.cpus, r.memory, 0)
+        elif r is not None and state is WorkloadState.FAILED:
+            lent = r
+        else:
+            lent = None
+        if self._idle.get(wid) == lent:
+            return
+        if lent is None:
+            self._idle.pop(wid, None)
+        else:
+            self._idle[wid] = lent
+        self.ctx.bus.publish(IdleChanged(dict(self._idle)))
 
     def _state_json(self, wid: str) -> dict[str, Any]:
         entry = self.states.get(wid)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from typing import Any
 
 import pytest
 
@@ -180,3 +182,53 @@ def test_submit_wait_reports_a_failure_with_a_sentence(three: list[Daemon]) -> N
     )  # fmt: skip
     assert out.returncode == 1
     assert "doomed" in out.stderr and "failed on" in out.stderr and "nonexistent" in out.stderr
+
+
+def test_a_stopped_workload_lends_its_cpu_and_memory_and_failed_ones_everything(
+    mesh_factory: Mesh,
+) -> None:
+    d = mesh_factory.daemon("solo")
+    d.init()
+    d.start("--cpus", "2", "--memory", "1GiB", "--disk", "1GiB")
+
+    def submit(
+        name: str, command: str = "sleep 600", disk: str = "512MiB"
+    ) -> subprocess.CompletedProcess[str]:
+        return meshd(
+            "submit", "--name", name, "--cpus", "2", "--memory", "512MiB", "--disk", disk,
+            "--command", command, "--wait", "--json", data_dir=d.data_dir,
+        )  # fmt: skip
+
+    try:
+        _lend_and_take_back(d, submit)
+    finally:  # workloads outlive their daemon by design: remove them, not just it
+        for row in d.api("GET", "/v1/workloads"):
+            meshd("workload", "rm", row["workload"], data_dir=d.data_dir)
+        wait_for("nothing left", lambda: not (d.data_dir / "workloads").exists()
+                 or not any((d.data_dir / "workloads").iterdir()))  # fmt: skip
+
+
+def _lend_and_take_back(d: Daemon, submit: Any) -> None:
+    first = json.loads(submit("first").stdout)["workload"]
+    refused = submit("second")
+    assert refused.returncode == 1 and "not enough cpu" in refused.stderr
+    meshd("workload", "stop", first, data_dir=d.data_dir, check=True)
+    second = submit("second")  # the stopped one lends its 2 CPUs
+    assert second.returncode == 0, second.stderr
+    second_id = json.loads(second.stdout)["workload"]
+    again = meshd("workload", "start", first, data_dir=d.data_dir)
+    assert again.returncode == 1 and "start it again" in again.stderr, again.stderr
+    meshd("workload", "rm", second_id, data_dir=d.data_dir, check=True)
+    wait_for(
+        "first can start again",
+        lambda: meshd("workload", "start", first, data_dir=d.data_dir).returncode == 0,
+    )
+    # A failed workload lends everything, its disk included.
+    meshd("workload", "rm", first, data_dir=d.data_dir, check=True)
+    broken = submit("broken", "/nonexistent/binary")
+    assert broken.returncode == 1 and "failed on" in broken.stderr
+    # All of the disk and CPUs: fits only if the failed one holds nothing.
+    wait_for(
+        "a disk-hungry one placed beside the failed one",
+        lambda: submit("after", "sleep 600", "1GiB").returncode == 0,
+    )

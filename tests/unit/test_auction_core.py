@@ -795,3 +795,45 @@ def test_capacity_a_removal_frees_is_offered_only_once_its_workload_is_destroyed
     net.cores["n2"].set_draining(Resources(0.0, 0, 0))  # the runner saw it gone
     net.advance(2 * net.cfg.window_s)
     assert net.of("n1", Decided)[-1].placement.workload_id == "w2"
+
+
+def test_a_stopped_workload_lends_cpu_and_memory_and_takes_them_back_only_if_free() -> None:
+    net = Net(1)
+    net.submit("n1", W("big", cpus=6, mem=12 * GiB))
+    net.pump()
+    core = net.cores["n1"]
+    assert core.ledger().committed.cpus == 6.0
+    # Running: 4 more CPUs don't fit on 8.
+    net.submit("n1", W("more", cpus=4, mem=2 * GiB))
+    net.pump()
+    assert "more" not in core.placements()
+    assert core.resume_fits("big") is None  # not idle: nothing to take back
+    # Stopped: it lends its CPU and memory (not its disk); the same request is placed.
+    core.set_idle({"big": Resources(6.0, 12 * GiB, 0)})
+    net.submit("n1", W("more2", cpus=4, mem=2 * GiB))
+    net.pump()
+    assert core.placements()["more2"].owner == "n1"
+    # Starting it again would need what it lent, now promised to more2: refused.
+    why = core.resume_fits("big")
+    assert why is not None and "not enough cpu" in why and "start it again" in why
+    # Once more2 is gone, it fits again.
+    core.set_idle({"big": Resources(6.0, 12 * GiB, 0)})
+    _, effects = core.remove("more2", net.now)
+    net.apply("n1", effects)
+    net.pump()
+    assert core.resume_fits("big") is None
+
+
+def test_idle_shares_never_let_a_commit_exceed_the_limit() -> None:
+    net = Net(1)
+    net.submit("n1", W("a", cpus=8, mem=16 * GiB))
+    net.pump()
+    core = net.cores["n1"]
+    core.set_idle({"a": Resources(8.0, 16 * GiB, 0)})
+    net.submit("n1", W("b", cpus=8, mem=16 * GiB))
+    net.pump()
+    assert core.placements()["b"].owner == "n1"  # a's share is lent, the ledger's net fits
+    core.set_idle({})  # a running again would be over: the runner asks first (resume_fits)
+    net.submit("n1", W("c", cpus=1, mem=1 * GiB))
+    net.pump()
+    assert "c" not in core.placements()  # nothing is offered past the limit

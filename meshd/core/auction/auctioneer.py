@@ -230,6 +230,15 @@ class Auctioneer:
         """What released workloads still use here until they are destroyed."""
         self._book.draining = r
 
+    def set_idle(self, idle: Mapping[str, Resources]) -> None:
+        """What allocations here don't use now, by workload id (stopped: CPU and memory;
+        failed: all): lent to new bids until the workload runs again."""
+        self._book.idle = dict(idle)
+
+    def resume_fits(self, wid: str) -> str | None:
+        """None if the idle workload ``wid`` may run again here, else why not."""
+        return self._book.resume_fits(wid)
+
     def set_unwritable(self, reason: str | None) -> None:
         """Why this node's store can't write now (None: it can again).
 

@@ -23,6 +23,11 @@ strict:
   bids nothing and refuses every award, like a witness, until it is undrained.
 * A released allocation's resources stay counted (``draining``, from the shell) until
   the runner has destroyed its workload: nothing is offered again before it is gone.
+* An allocation whose workload does not run (``idle``, from the shell) lends what it
+  does not use: a stopped workload its CPU and memory (it keeps its disk), a failed
+  one everything. Bids and commits count committed minus idle; starting a stopped
+  workload again first takes its share back (:meth:`Bidder.resume_fits`), refused with a
+  sentence if the node has promised it to others meanwhile.
 * A repeated award is answered again without a second commit; an award for a
   generation at or below one already held or placed is refused; an award the
   originator already withdrew (a ``Revoke`` that overtook it) is refused.
@@ -143,6 +148,9 @@ class Bidder:
         # destroyed them (the shell passes it in): counted like holds, so capacity
         # freed by a removal or a move is offered again only once its process is gone.
         self.draining = NOTHING
+        # What allocations here don't use now (stopped: CPU and memory; failed: all),
+        # by workload id, from the shell; lent to new bids until the workload runs again.
+        self.idle: dict[str, Resources] = {}
         # Change these only through _put_hold/_drop_hold/_put_alloc/_drop_alloc (tallies).
         self.holds: dict[str, Hold] = {}  # round id -> hold
         self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
@@ -245,10 +253,42 @@ class Bidder:
         names = (a.workload.name for a in self.allocs.values()) if req.anti_affinity else ()
         return self.capabilities.unmet(req, names)
 
+    def _idle_total(self, skip: str | None = None) -> Resources:
+        total = NOTHING
+        for wid, r in self.idle.items():
+            if wid != skip and wid in self.allocs:
+                total = total + r
+        return total
+
     def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
         committed, held, _, _ = self._others(wid, None)
+        committed = _floor(committed - self._idle_total())
         held = held + self.draining
         return scoring.evaluate(ask, self._capacity, self._oc, committed, held, self.telemetry)
+
+    def resume_fits(self, wid: str) -> str | None:
+        """Whether the idle workload ``wid`` may run again here (None), or why not: what
+        it lent while idle must still be free (committed, holds and draining counted)."""
+        if wid not in self.idle or wid not in self.allocs:
+            return None
+        committed = _floor(self._committed.resources() - self._idle_total(skip=wid))
+        used = committed + self._held.resources() + self.draining
+        if used.within(self.limit):
+            return None
+        short = [
+            name
+            for name, u, lim in (
+                ("cpu", used.cpus, self.limit.cpus),
+                ("memory", used.memory, self.limit.memory),
+                ("disk", used.disk, self.limit.disk),
+            )
+            if u > lim + (1e-9 if name == "cpu" else 0)
+        ]
+        return (
+            f"not enough {', '.join(short)} free to start it again: while it was stopped "
+            "this node promised that capacity to other workloads; move it (remove and "
+            "submit it again) or free capacity here"
+        )
 
     def bid(self, req: BidRequest, originator: str, now: float, out: list[Effect]) -> Bid:
         """Answer a request: persist a hold for a positive score, record the bid."""
@@ -325,7 +365,7 @@ class Bidder:
         self.settled(w.id)  # an older generation's wait (and its asks) ends here
         self.confirm_at[w.id] = now + self._cfg.confirm_timeout_s
         out.append(Persist(AllocationCommitted(alloc)))
-        committed = self._committed.resources()
+        committed = _floor(self._committed.resources() - self._idle_total())
         if not committed.within(self.limit):
             raise InvariantBreach(f"{self._name} committed {committed} beyond {self.limit}")
         self._log.info("auction committed workload=%s generation=%d round=%s", w.id, gen, rid)
@@ -405,3 +445,8 @@ class Bidder:
                 self.settled(wid)
                 out.append(Persist(AllocationCommitted(done)))
                 out.append(Start(done))
+
+
+def _floor(r: Resources) -> Resources:
+    """``r`` with no dimension below zero (idle shares subtracted from a tally)."""
+    return Resources(max(0.0, r.cpus), max(0, r.memory), max(0, r.disk))
