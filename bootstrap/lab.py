@@ -266,9 +266,7 @@ def explore(lab: Chassis, base: Path) -> None:
     print(
         f"   ip netns exec {b.ns} {meshd} --data-dir {b.daemon.data_dir} fence status", flush=True
     )
-    print(
-        f"   ip netns exec {lab.probe_ns} dig @{b.mesh_addr} -p {DNS_PORT} web.{DOMAIN}", flush=True
-    )
+    print(f"   ip netns exec {b.ns} dig @{b.mesh_addr} -p {DNS_PORT} web.{DOMAIN}", flush=True)
     print(f"   guests' consoles: {base}/blade*/workloads/*/console.log", flush=True)
     print(f"   timings: {base}/timings.jsonl; logs: {base}/blade*/meshd.log", flush=True)
     print("Remove it all: bash bootstrap/demo.sh down", flush=True)
