@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job in one command. As root: installs what it needs (bootstrap/setup.sh
-# --test: QEMU, dnsmasq, nftables, dig; the sushy-tools emulator; the test guest), then
+# The main job in one command. As root: installs what it needs (bootstrap/setup.sh with
+# dnsmasq and nftables, QEMU, dig, the sushy-tools emulator, the test guest), then
 # runs bootstrap/lab.py: three blades as network namespaces on a shared L2 segment, the
 # sushy-tools emulator as their BMCs, a mesh founded and joined with tokens, a network,
 # two QEMU guests placed by auction (DHCP and metadata from meshd, their console lines
@@ -76,8 +76,18 @@ fi
 [[ -e $dir || -n $(lab_namespaces) ]] && down >/dev/null
 
 t0=$(date +%s.%N)
-echo "== installing what the lab needs (bootstrap/setup.sh --test, the BMC emulator, the guest)"
-bash bootstrap/setup.sh --test
+echo "== installing what the lab needs (bootstrap/setup.sh, QEMU, dig, the BMC emulator, the guest)"
+bash bootstrap/setup.sh # as root: also dnsmasq and nftables, for the guests' networks
+need_apt=() # what the lab needs beyond that (guest-image.sh installs its own tools)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+command -v dig >/dev/null 2>&1 || need_apt+=(dnsutils)
+command -v sysctl >/dev/null 2>&1 || need_apt+=(procps)
+if ((${#need_apt[@]})); then
+    echo "demo: installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
 bash bootstrap/sushy-venv.sh
 bash bootstrap/guest-image.sh >/dev/null
 install_s=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")

@@ -47,6 +47,7 @@ from meshd.core.nic import mac_for  # noqa: E402
 from tests.e2e.blades import (  # noqa: E402
     GUEST_BRIDGE,
     Chassis,
+    ns_pids,
     workloads,
 )
 from tests.e2e.guests import first_reply, wait_console  # noqa: E402
@@ -240,6 +241,14 @@ def run(lab: Chassis, clock: Clock, guest: dict[str, str]) -> None:
         power = lab.watch.power().get(owner_a)
         clock.say(f"   {survivor} holds {owner_a} fenced; its BMC says PowerState {power}")
         meshd_shown(lab, survivor, "fence", "status")
+        dead = lab.blade(owner_a)
+        for _ in range(100):  # the power switch ends its processes within 50 ms of Off
+            if not ns_pids(dead.ns):
+                break
+            time.sleep(0.05)
+        left = ns_pids(dead.ns)
+        clock.say(f"   {owner_a}'s namespace: " + (f"{len(left)} processes left" if left else
+                  "no process left (its daemon and guest died with its power)"))  # fmt: skip
     with clock.step("replace", "ga runs again on a survivor, same address and MAC"):
         new_owner = wait_running(lab, survivor, wa, not_on=owner_a)
         again = show(lab, survivor, wa)["addresses"]
