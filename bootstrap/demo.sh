@@ -101,6 +101,7 @@ touch "$dir/.meshd-lab"
 MESHD_LAB_T0=$t0 MESHD_LAB_INSTALL_S=$install_s \
     setsid .venv/bin/python bootstrap/lab.py "$dir" "$prefix" >"$dir/lab.out" 2>&1 </dev/null &
 lab_pid=$!
+trap 'echo; echo "demo: the lab goes on in the background; bash bootstrap/demo.sh down removes it"; kill "$tail_pid" 2>/dev/null; exit 130' INT
 tail -n +1 -f "$dir/lab.out" &
 tail_pid=$!
 while [[ ! -f $dir/ready && ! -f $dir/failed ]] && kill -0 "$lab_pid" 2>/dev/null; do

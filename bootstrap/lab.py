@@ -291,8 +291,15 @@ def main(argv: list[str]) -> int:
     if "MESHD_LAB_INSTALL_S" in os.environ:
         clock.record("install", float(os.environ["MESHD_LAB_INSTALL_S"]))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    up = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if not up.is_set():  # still coming up: stop the run where it is, then tear down
+            raise SystemExit(f"stopped by signal {signum} while coming up")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     lab = Chassis(
         base=base,
         prefix=prefix,
@@ -312,6 +319,7 @@ def main(argv: list[str]) -> int:
         for row in clock.steps:
             print(json.dumps(row), flush=True)
         explore(lab, base)
+        up.set()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure: say it, tear down
         print(f"lab: FAILED: {exc}", flush=True)
         code = 1
