@@ -281,12 +281,21 @@ class Chassis:
         ).start()
         return self.emulator
 
-    def start_mesh(self, witness: str | None = None, timeout: float = 30.0, toml: str = "") -> None:
+    def start_mesh(
+        self,
+        witness: str | None = None,
+        timeout: float = 30.0,
+        toml: str = "",
+        dns_port: int | None = None,
+    ) -> None:
         """Found the mesh on the first blade, enrol the others, run all, wait all alive;
-        ``toml`` is appended to every blade's meshd.toml."""
+        ``toml`` is appended to every blade's meshd.toml; ``dns_port``: each blade also
+        serves DNS for mesh names on its mesh address (``meshd run --dns``)."""
         first, *rest = self.blades
         for b in self.blades:
             b.run_args = ("--witness",) if b.name == witness else CAPACITY
+            if dns_port is not None:
+                b.run_args = (*b.run_args, "--dns", f"{b.mesh_addr}:{dns_port}")
         first.daemon.init(listen=first.listen)
         _telemetry_off(first.daemon, toml)
         first.boot()
