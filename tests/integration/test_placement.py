@@ -38,6 +38,9 @@ def _submit(d: Daemon, i: int) -> subprocess.CompletedProcess[str]:
         "1",
         "--memory",
         "256MiB",
+        # A workload that runs: one that failed would lend its share to later bids.
+        "--command",
+        "sleep 600",
         "--json",
         "--data-dir",
         str(d.data_dir),
@@ -53,6 +56,25 @@ def five(mesh_factory: Mesh) -> list[Daemon]:
 
 
 def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
+    try:
+        _forty_place_twenty(five)
+    finally:  # the sleeps outlive their daemons by design: remove them
+        for row in five[0].api("GET", "/v1/workloads"):
+            five[0].api("DELETE", f"/v1/workloads/{row['workload']}")
+        wait_for(
+            "every workload torn down",
+            lambda: (
+                not any(
+                    (d.data_dir / "workloads").exists()
+                    and any((d.data_dir / "workloads").iterdir())
+                    for d in five
+                )
+            ),
+            30,
+        )
+
+
+def _forty_place_twenty(five: list[Daemon]) -> None:
     with ThreadPoolExecutor(max_workers=40) as pool:
         results = list(pool.map(lambda i: _submit(five[i % 5], i), range(40)))
     placed = [json.loads(r.stdout) for r in results if r.returncode == 0]
@@ -138,6 +160,15 @@ def test_a_node_that_was_down_catches_up_on_placements_by_anti_entropy(
     placed meanwhile from the digest exchange a couple of seconds after it starts."""
     alpha, beta, gamma = mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
     gamma.stop()
+    try:
+        _catch_up(alpha, beta, gamma)
+    finally:
+        if not gamma.running:
+            gamma.start()
+        _remove_all([alpha, beta, gamma])
+
+
+def _catch_up(alpha: Daemon, beta: Daemon, gamma: Daemon) -> None:
     for i in range(6):
         r = _submit(alpha if i % 2 else beta, i)
         assert r.returncode == 0, r.stderr
@@ -157,3 +188,20 @@ def test_a_node_that_was_down_catches_up_on_placements_by_anti_entropy(
         if line.startswith("meshd_auction_sync_placements_total")
     )
     assert repaired >= 6  # what gamma missed came by anti-entropy
+
+
+def _remove_all(nodes: list[Daemon]) -> None:
+    """Remove every workload and wait until their processes are gone (they outlive a
+    daemon by design)."""
+    for row in nodes[0].api("GET", "/v1/workloads"):
+        nodes[0].api("DELETE", f"/v1/workloads/{row['workload']}")
+    wait_for(
+        "every workload torn down",
+        lambda: (
+            not any(
+                (d.data_dir / "workloads").exists() and any((d.data_dir / "workloads").iterdir())
+                for d in nodes
+            )
+        ),
+        30,
+    )
