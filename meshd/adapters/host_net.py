@@ -13,6 +13,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from meshd.adapters.drivers import qemu_host
 from meshd.adapters.drivers.qemu_host import has_netdev, run_tool
 from meshd.core.guest_net import METADATA_IP, guard_ruleset
 from meshd.core.network import Address
@@ -148,27 +149,11 @@ async def tap_up(tap: str, bridge: str, timeout_s: float) -> bool:
             timeout_s,
         )
         return False
-    if not bridge_exists(bridge):
-        raise DriverError(f"bridge {bridge} does not exist in this network namespace")
-    await run_tool(
-        ["ip", "tuntap", "add", "dev", tap, "mode", "tap"], f"cannot add tap {tap}", timeout_s
-    )
-    try:
-        await run_tool(
-            ["ip", "link", "set", tap, "master", bridge, "up"],
-            f"cannot attach {tap} to {bridge}",
-            timeout_s,
-        )
-    except DriverError:
-        await tap_down(tap, timeout_s)
-        raise
+    await qemu_host.tap_up(tap, bridge, timeout_s)  # made, attached, removed on failure
     return True
 
 
-async def tap_down(tap: str, timeout_s: float) -> None:
-    if has_netdev(tap):
-        with contextlib.suppress(DriverError):  # gone meanwhile
-            await run_tool(["ip", "link", "del", tap], f"cannot delete tap {tap}", timeout_s)
+tap_down = qemu_host.tap_down
 
 
 async def apply_guard(uplinks: list[str], timeout_s: float, scratch: Path) -> None:

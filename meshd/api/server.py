@@ -42,6 +42,7 @@ from meshd.adapters.store import roster, services
 from meshd.adapters.store.db import Store
 from meshd.api.openapi import document
 from meshd.api.refusals import Refusals
+from meshd.api.relay import stream_back
 from meshd.config import Config
 from meshd.core import network as network_core
 from meshd.core import spec
@@ -739,13 +740,7 @@ class Api:
             async with self._forward_session.request(
                 request.method, url, data=await request.read(), headers={FORWARDED_HEADER: "1"}
             ) as resp:
-                out = web.StreamResponse(status=resp.status)
-                out.content_type = resp.content_type
-                await out.prepare(request)
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
-                await out.write_eof()
-                return out
+                return await stream_back(request, resp)
         except (aiohttp.ClientError, OSError) as exc:
             raise DaemonError(f"the workload's owner at {addr[0]}:{addr[1]} failed: {exc}") from exc
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from meshd.api.relay import stream_back
 from meshd.errors import DaemonError
 from meshd.units import parse_hostport
 
@@ -62,13 +63,7 @@ def make_app(socket_path: Path) -> web.Application:
         url = f"http://meshd{request.rel_url}"
         try:
             async with session["s"].get(url) as resp:
-                out = web.StreamResponse(status=resp.status)
-                out.content_type = resp.content_type
-                await out.prepare(request)
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
-                await out.write_eof()
-                return out
+                return await stream_back(request, resp)
         except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError | FileNotFoundError):
                 return web.json_response(
