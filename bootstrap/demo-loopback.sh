@@ -130,7 +130,7 @@ echo "-- every node's view carries the spec; ${names[2]} shows it from its own c
 meshd workload show "$wid" --data-dir "$dir/${names[2]}" | sed -n '/^spec:/,$p'
 echo "-- a requirement no node meets is refused with a sentence naming it:"
 meshd submit --name needs-sparc --cpus 1 --memory 64MiB --requires arch:sparc64 \
-    --data-dir "$dir/${names[0]}" 2>&1 | cut -c1-160 || true
+    --command "sleep 60" --data-dir "$dir/${names[0]}" 2>&1 | cut -c1-160 || true
 
 echo
 echo "== meshd status on ${names[0]}"

@@ -725,6 +725,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from meshd.core import spec
 
     request = spec.check(body)
+    if request.driver == "process" and not request.command:
+        raise ConfigError(
+            "a process workload needs a command to run: add --command CMD "
+            "(or --driver qemu/firecracker with --kernel or --image for a VM)"
+        )
     wait_s = parse_duration(args.wait_timeout, "--wait-timeout") if args.wait else 0.0
     if args.wait and wait_s <= 0:
         raise ConfigError("--wait-timeout must be positive, e.g. 5m")

@@ -538,3 +538,12 @@ def test_an_unreachable_seed_is_named_in_a_sentence(seed: Seed) -> None:
     joiner = seed.mesh.daemon("nowhere")
     err = assert_refused(joiner.init(join=token, check=False), "127.0.0.1:9", "connection refused")
     assert "SSLContext" not in err and "object at 0x" not in err, err
+
+
+def test_a_process_workload_without_a_command_is_refused_before_anything_is_placed(
+    tmp_path: Path,
+) -> None:
+    # Checked by the CLI itself: no daemon is asked (issue 14: the README's own example
+    # placed a command-less workload that then sat failed).
+    proc = meshd("submit", "--name", "web", "--cpus", "2", "--memory", "1GiB", data_dir=tmp_path)
+    assert_refused(proc, "needs a command", "--command")
