@@ -14,8 +14,10 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -82,13 +84,18 @@ async def chromium(url: str) -> AsyncIterator[Browser]:
     """A headless Chromium showing ``url``."""
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed")
-    with tempfile.TemporaryDirectory(prefix="meshd-chromium-") as profile:
+    # Chromium's helpers may still write to the profile as it goes down: cleaning up is
+    # best effort, after the whole process group is gone.
+    with tempfile.TemporaryDirectory(
+        prefix="meshd-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
              "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own group: its helpers go down with it
         )  # fmt: skip
         try:
             assert proc.stderr is not None
@@ -113,5 +120,6 @@ async def chromium(url: str) -> AsyncIterator[Browser]:
                     await b.call("Page.navigate", url=url)
                     yield b
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -112,7 +112,7 @@ def test_bmc_set_and_check_without_ever_showing_the_password(
     seen.append(json.dumps(alpha.api("GET", "/v1/openapi.json")))
     alpha.stop()
     seen.append(alpha.log_path.read_text(errors="replace"))
-    assert "bmc set url=" in seen[-1]  # the log was written, and is grepped
+    assert 'msg="bmc set" url=' in seen[-1]  # the log was written, and is grepped
     for text in seen:
         assert emu.password not in text
         assert "not-the-password" not in text
