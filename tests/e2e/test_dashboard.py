@@ -78,8 +78,13 @@ def test_the_dashboard_shows_the_mesh_and_updates_live(mesh_factory: Mesh, tmp_p
                 )
                 assert "ticker" in rows and wid[:8] in rows
                 assert "1.5" in await b.evaluate("document.querySelector('#capacity').textContent")
-                auctions = await b.evaluate("document.querySelector('#auctions').textContent")
-                assert wid in auctions and "alpha" in auctions
+                auctions = await b.wait_for(
+                    "document.querySelector('#auctions tbody').textContent.includes('alpha=') &&"
+                    " document.querySelector('#auctions tbody').textContent"
+                )
+                assert wid in auctions  # the round, its winner, and every bid (node=score)
+                members = await b.evaluate("document.querySelector('#members tbody').textContent")
+                assert "1.5 cpus, 1 GiB" in members  # allocation per node, from the view
                 # A change after the page loaded arrives without a reload.
                 made = time.time()
                 d.cli("network", "create", "lan", "--subnet", "10.40.0.0/24", check=True)
