@@ -47,7 +47,17 @@ def _rows(d: Daemon) -> dict[str, dict[str, Any]]:
 def test_drain_moves_process_workloads_away_and_undrain_restores_bidding(
     mesh_factory: Mesh,
 ) -> None:
-    alpha, beta, gamma = nodes = mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
+    nodes = mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY)
+    try:
+        _drain_and_undrain(nodes)
+    finally:  # the sleeps outlive their daemons by design: remove them
+        for row in nodes[1].api("GET", "/v1/workloads"):
+            nodes[1].api("DELETE", f"/v1/workloads/{row['workload']}")
+        wait_for("every copy gone", lambda: sum(_processes(d) for d in nodes) == 0, 30)
+
+
+def _drain_and_undrain(nodes: list[Daemon]) -> None:
+    alpha, beta, gamma = nodes
     alpha.api("POST", "/v1/nodes/alpha/drain")
     alpha.api("POST", "/v1/nodes/gamma/drain")
     wait_for(
