@@ -96,6 +96,8 @@ async def chromium(url: str) -> AsyncIterator[Browser]:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # its own group: its helpers go down with it
+            # Its scratch files (org.chromium.Chromium.*) in the profile, not in /tmp.
+            env={**os.environ, "TMPDIR": profile},
         )  # fmt: skip
         try:
             assert proc.stderr is not None
