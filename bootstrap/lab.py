@@ -44,11 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from meshd.core.nic import mac_for  # noqa: E402
+from tests.e2e import blades  # noqa: E402
 from tests.e2e.blades import (  # noqa: E402
     GUEST_BRIDGE,
     Chassis,
+    console,
     ns_pids,
-    workloads,
+    show,
 )
 from tests.e2e.guests import first_reply, wait_console  # noqa: E402
 from tests.integration.daemon import DOMAIN  # noqa: E402
@@ -101,42 +103,22 @@ def guest_paths() -> dict[str, str]:
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
-def show(lab: Chassis, node: str, wid: str) -> dict[str, Any]:
-    out = lab.blade(node).daemon.cli("workload", "show", wid, "--json", check=True).stdout
-    doc: dict[str, Any] = json.loads(out)
-    return doc
-
-
-def console(lab: Chassis, via: str, wid: str) -> Path:
-    owner = workloads(lab.blade(via).daemon)[wid]["owner"]
-    return Path(lab.blade(owner).daemon.data_dir / "workloads" / wid / "console.log")
-
-
-def wait_running(lab: Chassis, node: str, wid: str, not_on: str | None = None) -> str:
-    deadline = time.monotonic() + 120
-    row: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            row = workloads(lab.blade(node).daemon).get(wid, {})
-            if row.get("state") == "running" and row.get("owner") not in (None, not_on):
-                return str(row["owner"])
-        time.sleep(0.2)
-    raise SystemExit(f"lab: {wid} is not running (not on {not_on}) in {node}'s view: {row}")
-
-
 def submit(lab: Chassis, via: str, body: dict[str, Any]) -> str:
     """POST /v1/workloads on ``via`` (what ``meshd submit`` sends; the CLI has no flag
     for a guest's kernel command line), retried while the blades learn the network."""
     shown = {k: v for k, v in body.items() if k not in ("kernel", "initrd")}
     print(f"   POST /v1/workloads {json.dumps(shown)}   (on {via})", flush=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return str(lab.blade(via).daemon.api("POST", "/v1/workloads", body)["workload"])
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"lab: submit {body['name']}: {exc}") from exc
-            time.sleep(0.5)
+    try:
+        return blades.submit(lab, via, body)
+    except AssertionError as exc:
+        raise SystemExit(f"lab: {exc}") from exc
+
+
+def wait_running(lab: Chassis, node: str, wid: str, not_on: str | None = None) -> str:
+    try:
+        return blades.wait_running(lab, node, wid, not_on)
+    except AssertionError as exc:
+        raise SystemExit(f"lab: {exc}") from exc
 
 
 def meshd_shown(lab: Chassis, node: str, *args: str) -> None:

@@ -37,6 +37,7 @@ it started), by pid. Powering a blade back on is ``fence_redfish --action on`` t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -405,6 +406,45 @@ def peer_states(d: Daemon) -> dict[str, str]:
 
 def workloads(d: Daemon) -> dict[str, dict[str, Any]]:
     return {w["workload"]: w for w in d.api("GET", "/v1/workloads")}
+
+
+def show(lab: Chassis, node: str, wid: str) -> dict[str, Any]:
+    """``meshd workload show WID --json`` on ``node``."""
+    out = lab.blade(node).daemon.cli("workload", "show", wid, "--json", check=True).stdout
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def console(lab: Chassis, via: str, wid: str) -> Path:
+    """The console file of ``wid`` on the blade that owns it in ``via``'s view."""
+    owner = workloads(lab.blade(via).daemon)[wid]["owner"]
+    return Path(lab.blade(owner).daemon.data_dir / "workloads" / wid / "console.log")
+
+
+def submit(lab: Chassis, via: str, body: dict[str, Any], timeout: float = 30) -> str:
+    """POST the workload on ``via``, retried while the blades are still learning the
+    network; AssertionError naming it after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(lab.blade(via).daemon.api("POST", "/v1/workloads", body)["workload"])
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"submit {body['name']}: {exc}") from exc
+            time.sleep(0.5)
+
+
+def wait_running(lab: Chassis, node: str, wid: str, not_on: str | None = None) -> str:
+    """The owner of ``wid`` once ``node`` sees it running (not on ``not_on``)."""
+    deadline = time.monotonic() + 120
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            row = workloads(lab.blade(node).daemon).get(wid, {})
+            if row.get("state") == "running" and row.get("owner") not in (None, not_on):
+                return str(row["owner"])
+        time.sleep(0.2)
+    raise AssertionError(f"{wid} is not running (not on {not_on}) in {node}'s view: {row}")
 
 
 def submit_sleepers(d: Daemon, n: int) -> dict[str, str]:

@@ -31,22 +31,27 @@ helper process killed by its pid.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from meshd.core.nic import mac_for
-from tests.e2e.blades import GUEST_BRIDGE, Chassis, chassis, workloads
+from tests.e2e.blades import (
+    GUEST_BRIDGE,
+    Chassis,
+    chassis,
+    console,
+    show,
+    submit,
+    wait_running,
+)
 from tests.e2e.guests import (
     fields,
     first_reply,
@@ -235,42 +240,6 @@ def test_the_guest_applies_its_lease_and_reads_its_metadata(
 # -- through meshd (issue 13) ------------------------------------------------------------
 
 GUESTS_TOML = "\n[guests]\ncreate_bridges = false\n"
-
-
-def show(lab: Chassis, node: str, wid: str) -> dict[str, Any]:
-    out = lab.blade(node).daemon.cli("workload", "show", wid, "--json", check=True).stdout
-    doc: dict[str, Any] = json.loads(out)
-    return doc
-
-
-def console(lab: Chassis, via: str, wid: str) -> Path:
-    """The console file of ``wid`` on the blade that owns it in ``via``'s view."""
-    owner = workloads(lab.blade(via).daemon)[wid]["owner"]
-    return Path(lab.blade(owner).daemon.data_dir / "workloads" / wid / "console.log")
-
-
-def submit(lab: Chassis, via: str, body: dict[str, Any], timeout: float = 30) -> str:
-    """POST the workload, retried while the blades are still learning the network."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return str(lab.blade(via).daemon.api("POST", "/v1/workloads", body)["workload"])
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"submit {body['name']}: {exc}") from exc
-            time.sleep(0.5)
-
-
-def wait_running(lab: Chassis, node: str, wid: str, not_on: str | None = None) -> str:
-    deadline = time.monotonic() + 120
-    row: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            row = workloads(lab.blade(node).daemon).get(wid, {})
-            if row.get("state") == "running" and row.get("owner") not in (None, not_on):
-                return str(row["owner"])
-        time.sleep(0.2)
-    raise AssertionError(f"{wid} is not running (not on {not_on}) in {node}'s view: {row}")
 
 
 # -- meshd's QEMU driver in the lab, before issue 13: one bridge, static addresses ------
