@@ -192,6 +192,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--guest-cache", help="MESHD_CACHE for bootstrap/guest-image.sh")
+    ap.add_argument(
+        "--settle", type=float, default=1.0, help="seconds of quiet before each sample"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_guest_net: needs root (namespaces, taps, QEMU)", file=sys.stderr)
@@ -217,7 +220,12 @@ def main() -> int:
                 )  # fmt: skip
             for k in range(args.runs):
                 kinds = ["static_tap", "dhcp_tap"] + (["meshd"] if missing is None else [])
+                # Each kind takes each place in the order in turn, after a quiet moment:
+                # the last sample's teardown (QEMU's exit, the daemons forgetting a
+                # workload) must not fall on one kind's boot more than another's.
+                kinds = kinds[k % len(kinds) :] + kinds[: k % len(kinds)]
                 for name in kinds:
+                    time.sleep(args.settle)
                     # The probe learns every guest's MAC afresh: a cached one for an address
                     # (a reused one, its guest now gone) costs ~30 s of stale neighbour.
                     subprocess.run(["ip", "-n", lab.probe_ns, "neigh", "flush", "all"], check=True)

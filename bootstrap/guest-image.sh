@@ -52,7 +52,7 @@
 # button, on microvm (ACPI on, GED) and on q35. Without acpid the button does nothing.
 set -euo pipefail
 
-GUEST_VERSION=6 # bump when the initramfs recipe changes
+GUEST_VERSION=7 # bump when the initramfs recipe changes
 cache=${1:-${MESHD_CACHE:-$HOME/.cache/meshd}/guest}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
@@ -172,14 +172,23 @@ chmod +x "$root/etc/acpi/PWRF/00000080"
 
 cat >"$root/usr/share/udhcpc/default.script" <<'EOF'
 #!/bin/sh
-# busybox udhcpc's script: $1 is the event; the lease is in the environment.
+# busybox udhcpc's script: $1 is the event; the lease is in the environment. Shell
+# builtins where a fork would do (each fork costs ~5 ms under TCG): the lease line is
+# printed the moment the address and its routes are in place, as /init's static path
+# does.
 case $1 in
 deconfig)
+    # udhcpc says deconfig before its first DISCOVER too, when /init has just brought
+    # eth0 up with no address: nothing to undo until a lease has been bound.
+    [ -e /run/ip ] || exit 0
     ip addr flush dev "$interface"
-    ip link set "$interface" up ;;
+    ip link set "$interface" up
+    rm -f /run/ip ;;
 bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
+    old=
+    [ -e /run/ip ] && read -r old </run/ip
+    [ -n "$old" ] && [ "$old" != "$ip" ] && ip addr flush dev "$interface"
+    ip addr replace "$ip/${mask:-24}" dev "$interface"
     routes=
     if [ -n "$staticroutes" ]; then
         # "DEST/N GW DEST/N GW ...": RFC 3442 says ignore the router option then.
@@ -196,11 +205,12 @@ bound|renew)
     elif [ -n "$router" ]; then
         ip route replace default via "${router%% *}" dev "$interface"
     fi
-    : >/etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
-    dnsl=$(echo $dns | tr ' ' ',')
-    mac=$(cat "/sys/class/net/$interface/address")
-    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$(cat /run/dhcp-asked) up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
+    dnsl=
+    for d in $dns; do echo "nameserver $d"; dnsl="${dnsl:+$dnsl,}$d"; done >/etc/resolv.conf
+    read -r up _ </proc/uptime
+    read -r mac <"/sys/class/net/$interface/address"
+    read -r asked </run/dhcp-asked
+    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$asked up=$up" >/dev/console
     echo "$ip" >/run/ip ;;
 esac
 EOF
@@ -285,12 +295,15 @@ if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
     gw=$(arg meshd.gw)
     if [ "$addr" = dhcp ]; then
-        cut -d' ' -f1 /proc/uptime >/run/dhcp-asked
+        read -r up _ </proc/uptime
+        echo "$up" >/run/dhcp-asked
         udhcpc -i eth0 -b -t 20 -T 1 -O staticroutes -s /usr/share/udhcpc/default.script >/dev/null 2>&1
     elif [ -n "$addr" ]; then
         ip addr add "$addr" dev eth0
         [ -n "$gw" ] && ip route add default via "$gw"
-        echo "MESHD-LEASE ip=${addr%/*} mac=$(cat /sys/class/net/eth0/address) src=static up=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
+        read -r up _ </proc/uptime
+        read -r mac </sys/class/net/eth0/address
+        echo "MESHD-LEASE ip=${addr%/*} mac=$mac src=static up=$up" >/dev/console
         echo "${addr%/*}" >/run/ip
     fi
     port=$(arg meshd.http)

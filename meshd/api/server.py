@@ -666,6 +666,9 @@ class Api:
         placement = self._placement()
         name = placement.networks.get(request.match_info["name"]).name
         users = placement.addresses.in_use(name) if placement.addresses else []
+        # Nodes' own addresses (DHCP and metadata on the bridge) are the network's
+        # plumbing, set up as soon as it is offered: only workloads keep it.
+        users = [u for u in users if u["name"] is not None]
         if users:
             some = ", ".join(str(u["name"] or u["holder"]) for u in users[:3])
             more = f" and {len(users) - 3} more" if len(users) > 3 else ""

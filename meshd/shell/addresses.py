@@ -286,9 +286,10 @@ class AddressShell:
         holder = core.NODE_PREFIX + self.name
         key = f"node-address:{network}"
         known = self.ctx.store.get_meta(key)
-        if known:
-            return ipaddress.ip_address(known)
         net = self._network(network)
+        if known and ipaddress.ip_address(known) in net.subnet:
+            return ipaddress.ip_address(known)
+        # None yet, or one from a removed network of this name with another subnet.
         address = await self._claim(holder, net, None, set())
         self.ctx.store.set_meta(key, str(address))
         return address
