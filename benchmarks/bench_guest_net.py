@@ -192,9 +192,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--guest-cache", help="MESHD_CACHE for bootstrap/guest-image.sh")
-    ap.add_argument(
-        "--settle", type=float, default=1.0, help="seconds of quiet before each sample"
-    )
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds of quiet before each sample")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_guest_net: needs root (namespaces, taps, QEMU)", file=sys.stderr)

@@ -306,8 +306,14 @@ class GuestNetworks:
     def with_network_config(self, wid: str, spec: WorkloadSpec) -> WorkloadSpec:
         """``spec`` with a NoCloud network-config for its NICs (QEMU guests with NICs
         whose spec gives none; cloud-init then applies the same static addresses DHCP
-        would hand out). Unchanged if a network is unknown here: attach says why."""
+        would hand out). Only for a guest cloud-init may run in: one that boots a disk
+        image or is given user-data or meta-data. A kernel and initrd alone get no seed
+        disk (building one costs a genisoimage run and the guest a disk to probe, for
+        nothing to read it) and take their address from DHCP. Unchanged if a network is
+        unknown here: attach says why."""
         if spec.driver != "qemu" or not spec.nics or spec.network_config is not None:
+            return spec
+        if spec.image is None and spec.user_data is None and spec.meta_data is None:
             return spec
         try:
             nics = guest_net.nics_of(wid, spec)

@@ -53,16 +53,21 @@ def test_a_network_is_offered_when_its_bridge_exists_or_may_be_created(tmp_path:
 
 def test_qemu_guests_with_nics_get_a_network_config(tmp_path: Path) -> None:
     g = shell(tmp_path, False, [LAN])
-    doc = json.loads(g.with_network_config("w1", spec("qemu")).network_config or "")
+    bare = spec("qemu")  # a kernel and initrd alone: no cloud-init to read a seed
+    assert g.with_network_config("w1", bare) is bare
+    for cloudy in (spec("qemu", user_data="#cloud-config\n"), spec("qemu", image="/d.qcow2")):
+        doc = json.loads(g.with_network_config("w1", cloudy).network_config or "")
+        assert doc["ethernets"]["eth0"]["addresses"] == ["10.0.0.5/24"]
+    doc = json.loads(g.with_network_config("w1", spec("qemu", meta_data="x")).network_config or "")
     eth0 = doc["ethernets"]["eth0"]
     assert eth0["match"] == {"macaddress": mac_for("w1", 0)}
     assert eth0["addresses"] == ["10.0.0.5/24"]
     own = spec("qemu", network_config="version: 2\n")
     assert g.with_network_config("w1", own) is own  # the workload's own wins
-    fc = spec("firecracker")
+    fc = spec("firecracker", user_data="#cloud-config\n")
     assert g.with_network_config("w1", fc) is fc  # no seed for Firecracker
     unknown = shell(tmp_path, False, [])
-    assert unknown.with_network_config("w1", spec("qemu")).network_config is None
+    assert unknown.with_network_config("w1", spec("qemu", meta_data="x")).network_config is None
 
 
 async def test_nics_of_process_workloads_are_addresses_only(tmp_path: Path) -> None:
