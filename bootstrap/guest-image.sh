@@ -24,13 +24,14 @@
 #   meshd.ip=ADDR/PREFIX   static address on eth0 (meshd.gw=ADDR adds a default route);
 #                          prints MESHD-LEASE ip=ADDR mac=MAC src=static up=UPTIME
 #   meshd.ip=dhcp          busybox udhcpc on eth0 (in the background, retries every 1 s)
-#                          applies the address, the router, DNS and the classless static
-#                          routes (option 121; when present the router option is ignored,
-#                          as RFC 3442 says and cloud-init's networkd does), and prints
-#                          MESHD-LEASE ip=ADDR mac=MAC src=dhcp prefix=N router=R dns=D
-#                          routes=DEST/N,GW;... asked=UPTIME up=UPTIME on every
-#                          bound/renew (asked: when udhcpc started; up: now; the guest's
-#                          /proc/uptime, for telling boot from the DHCP exchange)
+#                          applies the address and prints MESHD-LEASE ip=ADDR mac=MAC
+#                          src=dhcp prefix=N router=R dns=D routes=DEST/N,GW;...
+#                          asked=UPTIME up=UPTIME on every bound/renew (asked: when udhcpc
+#                          started; up: now; the guest's /proc/uptime, for telling boot
+#                          from the DHCP exchange), then applies the router, DNS and the
+#                          classless static routes (option 121; when present the router
+#                          option is ignored, as RFC 3442 says and cloud-init's networkd
+#                          does)
 # Once eth0 has its address (lease or static), in the background:
 #   meshd.meta=1           fetches instance-id and user-data from 169.254.169.254
 #                          (`timeout 3 wget`: busybox 1.35's `wget -T` segfaults), prints
@@ -52,7 +53,7 @@
 # button, on microvm (ACPI on, GED) and on q35. Without acpid the button does nothing.
 set -euo pipefail
 
-GUEST_VERSION=7 # bump when the initramfs recipe changes
+GUEST_VERSION=8 # bump when the initramfs recipe changes
 cache=${1:-${MESHD_CACHE:-$HOME/.cache/meshd}/guest}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
@@ -173,9 +174,7 @@ chmod +x "$root/etc/acpi/PWRF/00000080"
 cat >"$root/usr/share/udhcpc/default.script" <<'EOF'
 #!/bin/sh
 # busybox udhcpc's script: $1 is the event; the lease is in the environment. Shell
-# builtins where a fork would do (each fork costs ~5 ms under TCG): the lease line is
-# printed the moment the address and its routes are in place, as /init's static path
-# does.
+# builtins where a fork would do (each fork costs ~5 ms under TCG).
 case $1 in
 deconfig)
     # udhcpc says deconfig before its first DISCOVER too, when /init has just brought
@@ -189,7 +188,17 @@ bound|renew)
     [ -e /run/ip ] && read -r old </run/ip
     [ -n "$old" ] && [ "$old" != "$ip" ] && ip addr flush dev "$interface"
     ip addr replace "$ip/${mask:-24}" dev "$interface"
+    # The guest holds its lease and answers on it from here: say so at once (as the
+    # static path does after its `ip addr add`), then apply the routes it lists.
     routes=
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do routes="$routes$1,$2;"; shift 2; done
+    dnsl=
+    for d in $dns; do dnsl="${dnsl:+$dnsl,}$d"; done
+    read -r up _ </proc/uptime
+    read -r mac <"/sys/class/net/$interface/address"
+    read -r asked </run/dhcp-asked
+    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$asked up=$up" >/dev/console
     if [ -n "$staticroutes" ]; then
         # "DEST/N GW DEST/N GW ...": RFC 3442 says ignore the router option then.
         set -- $staticroutes
@@ -199,18 +208,12 @@ bound|renew)
             else
                 ip route replace "$1" via "$2" dev "$interface"
             fi
-            routes="$routes$1,$2;"
             shift 2
         done
     elif [ -n "$router" ]; then
         ip route replace default via "${router%% *}" dev "$interface"
     fi
-    dnsl=
-    for d in $dns; do echo "nameserver $d"; dnsl="${dnsl:+$dnsl,}$d"; done >/etc/resolv.conf
-    read -r up _ </proc/uptime
-    read -r mac <"/sys/class/net/$interface/address"
-    read -r asked </run/dhcp-asked
-    echo "MESHD-LEASE ip=$ip mac=$mac src=dhcp prefix=${mask:-24} router=${router:--} dns=${dnsl:--} routes=${routes:--} asked=$asked up=$up" >/dev/console
+    for d in $dns; do echo "nameserver $d"; done >/etc/resolv.conf
     echo "$ip" >/run/ip ;;
 esac
 EOF
