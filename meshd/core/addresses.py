@@ -25,8 +25,10 @@ Chubby or a Paxos phase-1 promise would, reduced to one round:
   sentence naming its holder.
 * Two majorities of one roster share a voter, and that voter granted at most one
   holder: two holders can't both win one address. A claimer that lost keeps a few
-  grants (minority) on the voters; it asks them to ``Release``, and the sweep frees
-  what no placement backs after ``grant_ttl_s`` anyway.
+  grants (minority) on the voters; it asks them to ``Release`` (every voter that
+  granted or had not answered yet when it gave up, and any voter whose grant arrives
+  after that: :meth:`Claimer.late`), and the sweep frees what no placement backs after
+  ``grant_ttl_s`` anyway.
 * **Release** (:meth:`VoterTable.sweep`): the holder's tombstone in the view frees its
   addresses; a grant no live placement backs is freed after ``grant_ttl_s`` (longer
   than any submission takes); ``node:NAME`` is freed once NAME leaves the roster.
@@ -410,6 +412,26 @@ class Claimer:
             return self._next(now)
         return None
 
+    def late(self, voter: str, reply: Reply) -> Release | None:
+        """The ``Release`` that gives back ``reply``'s grant if it came for an attempt
+        this claimer gave up (a majority denied, or time ran out, before that voter
+        answered; or the claim ended): such a grant would hold the address for nobody
+        until ``grant_ttl_s``. None for any other reply (a grant of the address won is
+        kept)."""
+        cur = self.current
+        if (
+            not isinstance(reply, Grant)
+            or voter not in self.voters
+            or not reply.claim.startswith(self.claim_prefix + ".")
+            or (cur is not None and reply.claim == cur.claim)
+        ):
+            return None
+        try:
+            address = ipaddress.ip_address(reply.address)
+        except ValueError:
+            return None
+        return None if address == self.won else Release(reply.address, self.holder)
+
     def tick(self, now: float) -> Claim | None:
         if self.done or self.current is None or now < self.deadline:
             return None
@@ -423,7 +445,11 @@ class Claimer:
     def _give_up_current(self) -> None:
         cur = self.current
         self.answered_most = max(self.answered_most, len(self.grants) + len(self.denies))
-        if cur is not None and self.grants:
+        # A voter that has not answered yet may grant after we gave up (a majority
+        # denied, or time ran out, first): its grant would hold the address for a
+        # holder that never uses it until ``grant_ttl_s``, and deny every other claim
+        # meanwhile. So a silent voter's possible grant is released as a granted one is.
+        if cur is not None and (self.grants or self.silent()):
             self.lost.append(cur.address)
         self.current = None
 

@@ -31,6 +31,7 @@ import contextlib
 import ipaddress
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from typing import Any
 
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "address"
 RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
+ENDED_KEEP = 256  # ended claims remembered, to give back a grant that comes late
 View = Callable[[], Mapping[str, Placement]]
 
 
@@ -116,6 +118,7 @@ class AddressShell:
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
         self._claims: dict[str, tuple[Claimer, asyncio.Event]] = {}
+        self._ended: OrderedDict[str, Claimer] = OrderedDict()  # claim prefix -> claimer
         # Grants decided this loop turn, not yet on disk: (entry, what it replaced,
         # the answer to send once written).
         self._unwritten: list[tuple[Entry, Entry | None, tuple[str, Grant]]] = []
@@ -366,6 +369,10 @@ class AddressShell:
                         self._send(name, claimer.current)
         finally:
             self._claims.pop(claimer.claim_prefix, None)
+            # Kept a while, so a grant that arrives after the claim ended is given back.
+            self._ended[claimer.claim_prefix] = claimer
+            while len(self._ended) > ENDED_KEEP:
+                self._ended.popitem(last=False)
         self._release(holder, claimer.lost)
         if claimer.won is None or claimer.lost or claimer.tried > 1:
             self._low.pop(net.name, None)  # what it tried and gave up may be free
@@ -418,7 +425,11 @@ class AddressShell:
             elif isinstance(msg, Grant | Deny):
                 prefix = msg.claim.rpartition(".")[0]
                 held = self._claims.get(prefix)
-                if held is not None:
+                of = held[0] if held is not None else self._ended.get(prefix)
+                back = None if of is None else of.late(author, msg)
+                if back is not None:  # a grant for an attempt given up: give it back
+                    self._send(author, back)
+                elif held is not None:
                     claimer, event = held
                     moved = claimer.receive(author, msg, asyncio.get_running_loop().time())
                     self._broadcast(claimer, moved)

@@ -34,7 +34,7 @@ from meshd.core.auction.model import GiB
 from meshd.core.spec import Nic, SubmitRequest
 from tests.sim.harness import ENV_SEED
 from tests.sim.network import LinkModel
-from tests.sim.shells import ShellSim
+from tests.sim.shells import ShellSim, Submission
 
 ENV_COUNT = "MESHD_SIM_ADDRESS_SEEDS"
 SCHEDULES = 150  # seeds in CI: about 45 s on 2 shared cores
@@ -320,3 +320,65 @@ def test_a_node_address_is_claimed_once_kept_across_a_restart_and_listed() -> No
         assert ("node:n1", got[0]) in listed and ("node:n2", got[2]) in listed, listed
     finally:
         sim.close()
+
+
+def reclaim_after_removal(
+    removed_at: float, *, slow: bool = True, tries: int = 8, every_s: float = 0.5, seed: int = 7
+) -> tuple[list[Submission], list[str]]:
+    """The integration scenario (tests/integration/test_addresses.py): a fixed address
+    held by w1, w1 removed, then the same address claimed again by new submissions (new
+    ids) from n1, ``tries`` of them ``every_s`` apart. The nodes start apart, so their
+    sweeps (which free a tombstoned holder's grants) run out of phase: a claim may meet
+    one voter that freed the address and two that did not yet. With ``slow``, n2 answers
+    slowly (a busy node): its grant arrives after the two denials that refused the claim.
+    (benchmarks/bench_address_reclaim.py measures it.)
+
+    Returns the later submissions, and each grant left (after the submissions settled)
+    to a holder no live placement is: a refused submission's."""
+    names = ["n1", "n2", "n3"]
+    cfg = config.sim().override({"addresses.sweep_s": 2.0, "auction.sync_interval_s": 1.0})
+    caps = {x: (8.0, 16 * GiB, 100 * GiB) for x in names}
+    sim = ShellSim(seed, caps, cfg, membership="lagged", fencing=True, offers=OFFERS)
+    try:
+        if slow:
+            sim.net.set_link("n1", "n2", LinkModel(delay=(0.05, 0.08)))
+        for i, x in enumerate(names):
+            sim.at(i * 0.7, sim.start, x)
+        sim.at(5.2, sim.network, "n1", "lan", "10.40.0.0/24")
+        sim.at(8.1, sim.submit, "n2", request(1, "10.40.0.9"))
+        sim.at(removed_at, sim.remove_named, "n1", "w1")
+        for k in range(tries):
+            again = request(2, "10.40.0.9", f"r{k}")
+            sim.at(removed_at + 0.05 + k * every_s, sim.submit, "n1", again)
+        sim.run_until(removed_at + 0.05 + tries * every_s + 2.0)
+        assert sim.submissions[0].result is not None, sim.submissions[0].error
+        left = []
+        for name in names:
+            node = sim.nodes[name]
+            assert node.placement is not None and node.placement.addresses is not None
+            view = node.placement.core.placements()
+            for e in node.placement.addresses.table.entries():  # type: ignore[attr-defined]
+                p = view.get(e.holder)
+                if p is None or p.removed:
+                    left.append(f"{name} grants {e.address} to {e.holder}")
+        return sim.submissions[1:], left
+    finally:
+        sim.close()
+
+
+@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.parametrize("offset", [k / 8 for k in range(16)])  # over one sweep period
+def test_a_refused_claim_leaves_no_grant_and_a_removed_address_comes_back(
+    offset: float, slow: bool
+) -> None:
+    """A claim refused while the voters' sweeps disagree must leave no grant behind: a
+    slow voter's grant to a refused submission used to hold the address until
+    ``grant_ttl_s`` (120 s) and deny the next claims, each of which could leave its own
+    on another voter, until every voter held it for a different refused submission."""
+    tries, left = reclaim_after_removal(12.0 + offset, slow=slow)
+    errors = [s.error for s in tries]
+    assert not left, (left, errors)
+    won = [i for i, s in enumerate(tries) if s.result is not None]
+    assert won and won[0] <= 5, errors  # within two sweeps and a claim
+    for error in errors[: won[0]]:
+        assert error is not None and "is held by" in error, error

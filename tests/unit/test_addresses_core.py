@@ -216,6 +216,83 @@ def test_a_majority_of_denials_moves_to_the_next_candidate_and_releases_the_lost
     assert c.won == ip("10.40.0.4")
 
 
+def _vote(tables: dict[str, VoterTable], claim: Claim) -> dict[str, core.Reply]:
+    """Each voter's answer to ``claim``, its grant (if any) held in its table."""
+    replies: dict[str, core.Reply] = {}
+    for voter, table in sorted(tables.items()):
+        decision = table.decide(claim, 1.0, {})
+        if isinstance(decision, Entry):
+            table.put(decision)
+            decision = Grant(claim.claim, decision.address)
+        replies[voter] = decision
+    return replies
+
+
+def _release(tables: dict[str, VoterTable], c: Claimer) -> None:
+    """What the shell does when a claim ends: ``Release`` of each lost address to all."""
+    for table in tables.values():
+        for address in c.lost:
+            if table.releasable(Release(address, c.holder), {}):
+                table.drop(address)
+
+
+def test_a_claim_refused_before_a_slow_voter_granted_gives_that_grant_back() -> None:
+    """A removed workload's fixed address, claimed again while only one voter has swept
+    the tombstone: the two others deny before that voter's grant arrives. The refused
+    claimer must still release it there, or the grant (to a holder that never runs)
+    denies every later claim of the address until ``grant_ttl_s``."""
+    address = "10.40.0.9"
+    tables = {v: VoterTable([Entry(address, "lan", "w0", 0.0)]) for v in sorted(VOTERS)}
+    tables["b"].drop(address)  # b swept w0's tombstone already; a and c not yet
+    c = claimer([address], fixed=True, attempts=1)
+    claim = c.begin(0.0)
+    assert claim is not None
+    replies = _vote(tables, claim)
+    assert replies["b"] == Grant(claim.claim, address)
+    c.receive("a", replies["a"], 0.1)
+    c.receive("c", replies["c"], 0.1)
+    assert c.refusal is not None and "held by workload w0" in c.refusal
+    c.receive("b", replies["b"], 0.2)  # too late: the claim is over
+    _release(tables, c)
+    assert tables["b"].get(address) is None
+    # Every voter has swept by now: a new claim of the address wins on all three.
+    for table in tables.values():
+        if (held := table.get(address)) is not None and held.holder == "w0":
+            table.drop(address)
+    again = Claimer("k2", net(), "w2", VOTERS, [ip(address)], True, 1, 1.0)
+    claim = again.begin(2.0)
+    assert claim is not None
+    for voter, reply in _vote(tables, claim).items():
+        again.receive(voter, reply, 2.1)
+    assert again.won == ip(address)
+
+
+def test_a_grant_for_an_attempt_given_up_is_given_back_one_for_the_address_won_kept() -> None:
+    c = claimer(["10.40.0.3", "10.40.0.4"])
+    c.begin(0.0)
+    assert c.late("a", Grant("k.1", "10.40.0.3")) is None  # the current attempt
+    c.receive("a", Deny("k.1", "10.40.0.3", "w9"), 0.1)
+    c.receive("b", Deny("k.1", "10.40.0.3", "w9"), 0.1)  # moved on to k.2
+    # c's grant of the first candidate comes late (the release at the claim's end may
+    # have reached c before its claim did): given back at once.
+    assert c.late("c", Grant("k.1", "10.40.0.3")) == Release("10.40.0.3", "w1")
+    c.receive("a", Grant("k.2", "10.40.0.4"), 0.2)
+    c.receive("b", Grant("k.2", "10.40.0.4"), 0.2)
+    assert c.won == ip("10.40.0.4")
+    assert c.late("c", Grant("k.2", "10.40.0.4")) is None  # the address won: kept
+    assert c.late("c", Deny("k.1", "10.40.0.3", "w9")) is None
+    assert c.late("zz", Grant("k.1", "10.40.0.3")) is None  # not a voter
+    assert c.late("c", Grant("other.1", "10.40.0.3")) is None  # not this claimer's
+
+
+def test_a_claim_timed_out_releases_on_the_voters_that_never_answered() -> None:
+    c = claimer(["10.40.0.3"], fixed=True, attempts=1)
+    c.begin(0.0)
+    c.receive("a", Deny("k.1", "10.40.0.3", "w9"), 0.1)  # b and c silent
+    assert c.tick(1.0) is None and c.refusal is not None
+    assert c.lost == ["10.40.0.3"]  # their grants, if any came late, are released
+
+
 def test_a_fixed_address_taken_is_refused_naming_its_holder() -> None:
     c = claimer(["10.40.0.3"], fixed=True, attempts=1)
     c.begin(0.0)
