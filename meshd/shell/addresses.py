@@ -130,6 +130,9 @@ class AddressShell:
         # Per network, an address no free one lies below (from this node's view): the
         # candidate walk starts there. Lowered whenever an address may have come free.
         self._low: dict[str, int] = {}
+        # Workloads whose tombstone just came, with their NICs' addresses: freed together
+        # at the end of the loop turn (view_changed may run inside the view's transaction).
+        self._tombstoned: dict[str, tuple[str, ...]] = {}
         self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -183,6 +186,8 @@ class AddressShell:
     def view_changed(self, placement: Placement | None) -> None:
         """The placement shell's word that the view took ``placement`` in (None: the
         core was rebuilt): the indexes follow it without scanning the view."""
+        if placement is not None and placement.removed and placement.spec.nics:
+            self._free_soon(placement)
         if placement is None or self._holders is None:
             self._holders = None
             return
@@ -513,6 +518,38 @@ class AddressShell:
         self._low.clear()
         self.freed.inc(len(addresses), reason=reason)
         logger.debug("addresses freed reason=%s count=%d", reason, len(addresses))
+
+    def _free_soon(self, tombstone: Placement) -> None:
+        """Free a removed workload's grants as its tombstone arrives, rather than at the
+        next sweep: a claim of one of its addresses made meanwhile would be denied here
+        (and a claimer that retries would find a sweep-time window of up to ``sweep_s``
+        in which voters disagree). The sweep stays the backstop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a core rebuild at start): the sweep frees them
+        try:
+            ips = tuple(core.canonical(n.ip) for n in tombstone.spec.nics if n.ip is not None)
+        except ValueError:
+            return  # not an address: nothing of it can be granted here
+        if not ips:
+            return
+        if not self._tombstoned:
+            loop.call_soon(self._free_tombstoned)
+        self._tombstoned[tombstone.workload_id] = ips
+
+    def _free_tombstoned(self) -> None:
+        pending, self._tombstoned = self._tombstoned, {}
+        if self._stopped:
+            return
+        free = []
+        for wid, ips in pending.items():
+            for ip in ips:
+                entry = self.table.get(ip)
+                if entry is not None and entry.holder == wid:
+                    free.append(ip)
+        if free:
+            self._free(free, "removed")
 
     def sweep(self) -> None:
         """Free the grants tombstones, the roster and age say to free (see the core)."""

@@ -382,3 +382,17 @@ def test_a_refused_claim_leaves_no_grant_and_a_removed_address_comes_back(
     assert won and won[0] <= 5, errors  # within two sweeps and a claim
     for error in errors[: won[0]]:
         assert error is not None and "is held by" in error, error
+
+
+@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.parametrize("offset", [k / 4 for k in range(8)])  # over one sweep period
+def test_a_removed_workloads_address_is_free_as_its_tombstone_arrives(
+    offset: float, slow: bool
+) -> None:
+    """Voters free a removed workload's grants when its tombstone reaches them, not at
+    their next sweep: the first claim of the address 50 ms after ``workload rm`` wins,
+    wherever in the sweep period the removal falls (with the sweep alone it waited for
+    every voter's sweep, up to ``sweep_s``)."""
+    tries, left = reclaim_after_removal(12.0 + offset, slow=slow, tries=3)
+    assert not left, left
+    assert tries[0].result is not None, [s.error for s in tries]
