@@ -837,3 +837,39 @@ def test_idle_shares_never_let_a_commit_exceed_the_limit() -> None:
     net.submit("n1", W("c", cpus=1, mem=1 * GiB))
     net.pump()
     assert "c" not in core.placements()  # nothing is offered past the limit
+
+
+def test_what_idle_workloads_lend_is_a_running_tally_equal_to_a_fresh_sum() -> None:
+    """A bid reads the idle share in O(1) (a tally kept as allocations and the idle map
+    change), not by summing every stopped workload: after each random step it must
+    equal the sum over idle workloads that hold an allocation here."""
+    rng = random.Random(5)
+    net = Net(1)
+    core = net.cores["n1"]
+    book = core._book
+    idle: dict[str, Resources] = {}
+    names: list[str] = []
+    for k in range(300):
+        live = [w for w, p in core.placements().items() if not p.removed]
+        step = rng.random()
+        if step < 0.3 or not names:
+            names.append(f"w{k}")
+            net.submit("n1", W(names[-1], cpus=0.25, mem=GiB // 4))
+            net.pump()
+        elif step < 0.45 and live:
+            net.apply("n1", core.remove(rng.choice(live), net.now)[1])
+            net.pump()
+        elif step < 0.8:
+            wid = rng.choice(names)
+            idle[wid] = Resources(rng.choice([0.25, 0.5]), GiB // 4, rng.choice([0, 1]))
+            core.set_idle(idle)
+        else:
+            idle.pop(rng.choice(names), None)
+            core.set_idle(idle)
+        fresh = sum((r for w, r in book.idle.items() if w in book.allocs), Resources(0.0, 0, 0))
+        got = book._idle_total()
+        assert (round(got.cpus, 6), got.memory, got.disk) == (
+            round(fresh.cpus, 6),
+            fresh.memory,
+            fresh.disk,
+        )

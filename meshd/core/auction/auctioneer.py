@@ -233,7 +233,7 @@ class Auctioneer:
     def set_idle(self, idle: Mapping[str, Resources]) -> None:
         """What allocations here don't use now, by workload id (stopped: CPU and memory;
         failed: all): lent to new bids until the workload runs again."""
-        self._book.idle = dict(idle)
+        self._book.set_idle(idle)
 
     def resume_fits(self, wid: str) -> str | None:
         """None if the idle workload ``wid`` may run again here, else why not."""

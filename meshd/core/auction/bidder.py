@@ -43,7 +43,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshd.config import AuctionConfig
@@ -150,7 +150,9 @@ class Bidder:
         self.draining = NOTHING
         # What allocations here don't use now (stopped: CPU and memory; failed: all),
         # by workload id, from the shell; lent to new bids until the workload runs again.
+        # Set through set_idle: _lent tallies the part of it that allocations back.
         self.idle: dict[str, Resources] = {}
+        self._lent = _Tally()
         # Change these only through _put_hold/_drop_hold/_put_alloc/_drop_alloc (tallies).
         self.holds: dict[str, Hold] = {}  # round id -> hold
         self.allocs: dict[str, Allocation] = {}  # workload id -> allocation
@@ -217,12 +219,30 @@ class Bidder:
         self._drop_alloc(a.workload.id)
         self.allocs[a.workload.id] = a
         self._committed.add(a.resources, a.tenant)
+        lent = self.idle.get(a.workload.id)
+        if lent is not None:
+            self._lent.add(lent, None)
 
     def _drop_alloc(self, wid: str) -> Allocation | None:
         a = self.allocs.pop(wid, None)
         if a is not None:
             self._committed.add(a.resources, a.tenant, -1)
+            lent = self.idle.get(wid)
+            if lent is not None:
+                self._lent.add(lent, None, -1)
         return a
+
+    def set_idle(self, idle: Mapping[str, Resources]) -> None:
+        """What allocations here don't use now, by workload id; only the entries that
+        changed touch the tally (the shell passes the whole map on every change)."""
+        old = self.idle
+        for wid, r in old.items():
+            if idle.get(wid) != r and wid in self.allocs:
+                self._lent.add(r, None, -1)
+        for wid, r in idle.items():
+            if old.get(wid) != r and wid in self.allocs:
+                self._lent.add(r, None)
+        self.idle = dict(idle)
 
     def _others(self, wid: str, tenant: str | None) -> tuple[Resources, Resources, int, int]:
         """Committed, held, count, and count of ``tenant``'s, of all but workload ``wid``."""
@@ -254,11 +274,10 @@ class Bidder:
         return self.capabilities.unmet(req, names)
 
     def _idle_total(self, skip: str | None = None) -> Resources:
-        total = NOTHING
-        for wid, r in self.idle.items():
-            if wid != skip and wid in self.allocs:
-                total = total + r
-        return total
+        """What idle allocations lend (O(1): a running tally), but ``skip``'s."""
+        total = self._lent.resources()
+        lent = self.idle.get(skip) if skip is not None and skip in self.allocs else None
+        return total if lent is None else total - lent
 
     def _evaluate(self, ask: Resources, wid: str) -> scoring.Verdict:
         committed, held, _, _ = self._others(wid, None)
