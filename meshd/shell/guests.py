@@ -175,12 +175,15 @@ class GuestNetworks:
         while True:
             await asyncio.sleep(self.cfg.check_interval_s)
             self.refresh_offers()
-            if self.cfg.prepare:
-                await self._prepare_offered()
-            if self._segments:
-                async with self._lock:
-                    await self._wind_down()
-                    await self._guard()
+            try:
+                if self.cfg.prepare:
+                    await self._prepare_offered()
+                if self._segments:
+                    async with self._lock:
+                        await self._wind_down()
+                        await self._guard()
+            except Exception:  # a bug here must not end the checks for good
+                logger.exception("setting up or winding down guests' networks failed")
 
     async def _prepare_offered(self) -> None:
         """Set up every offered network not set up yet (module doc)."""
