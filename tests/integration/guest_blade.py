@@ -4,15 +4,20 @@ Run as ``ip netns exec NS python guest_blade.py CONFIG.json``: sets up the netwo
 attaches the workloads the config names (the real shell, the real dnsmasq, nftables
 and metadata server; no QEMU: the test's guests are network namespaces whose veth
 peers are named like taps), prints ``READY`` and then obeys lines on stdin:
-``detach WID``, ``attach WID``, ``hosts`` (prints dnsmasq's hosts file), ``quit``.
+``detach WID``, ``attach WID``, ``hosts`` (prints dnsmasq's hosts file), ``pid`` (its
+dnsmasq's), ``remove`` (the network is removed: answers OK once the shell has wound it
+down), ``quit``. With ``"eager": true`` it does not set the network up itself: READY
+comes once the shell has, as it does with every network it offers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import sys
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -71,9 +76,14 @@ async def main(conf: dict[str, object]) -> None:
     )
     offered: list[frozenset[str]] = []
     guests.on_offers = offered.append
-    guests.use_networks(lambda n: net if n == net.name else None, lambda: [net])
+    nets = {net.name: net}
+    guests.use_networks(nets.get, lambda: list(nets.values()))
     await guests.start()
-    await guests.prepare(net.name)
+    if conf.get("eager"):
+        if not await until(lambda: net.name in guests._segments, 10.0):
+            raise SystemExit("the shell did not set the offered network up in 10 s")
+    else:
+        await guests.prepare(net.name)
     specs = {str(w["id"]): spec_of(w) for w in conf["workloads"]}  # type: ignore[attr-defined]
     for wid in conf.get("attach", ()):  # type: ignore[attr-defined]
         await guests.attach(wid, specs[wid])
@@ -87,9 +97,14 @@ async def main(conf: dict[str, object]) -> None:
             await guests.detach(line[1])
         elif line[0] == "attach":
             await guests.attach(line[1], specs[line[1]])
+        elif line[0] == "remove":
+            nets[net.name] = dataclasses.replace(net, removed=True, version=net.version + 1)
+            gone = await until(lambda: net.name not in guests._segments, 10.0)
+            print("OK" if gone else "STILL", flush=True)
+            continue
         elif line[0] == "pid":
-            seg = guests._segments[net.name]
-            print(seg.dnsmasq.pid if seg.dnsmasq else 0, flush=True)
+            seg = guests._segments.get(net.name)
+            print(seg.dnsmasq.pid if seg and seg.dnsmasq else 0, flush=True)
             continue
         elif line[0] == "hosts":
             print(
@@ -101,6 +116,15 @@ async def main(conf: dict[str, object]) -> None:
     for wid in list(specs):
         await guests.detach(wid)
     await guests.stop()
+
+
+async def until(ok: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not ok():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 if __name__ == "__main__":

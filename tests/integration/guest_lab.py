@@ -131,7 +131,9 @@ class Lab:
             {"id": wid, "name": name, "ip": ip, "network": NETWORK, "user_data": user_data}
         )
 
-    def blade(self, name: str, node_ip: str, *, create: bool, attach: list[str]) -> Blade:
+    def blade(
+        self, name: str, node_ip: str, *, create: bool, attach: list[str], eager: bool = False
+    ) -> Blade:
         ns = self._netns(name)
         # The blade's uplink: up0 here, its peer on the switch's bridge.
         peer = f"to-{name}"[:15]
@@ -154,6 +156,7 @@ class Lab:
             "workdir": str(self.tmp / name),
             "workloads": self.workloads,
             "attach": attach,
+            "eager": eager,
         }
         path = self.tmp / f"{name}.json"
         path.write_text(json.dumps(conf))

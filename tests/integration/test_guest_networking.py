@@ -250,3 +250,20 @@ def test_dnsmasq_is_restarted_and_a_departed_guest_loses_its_lease(world: World)
     shown = lab._in(a.ns, "ip", "link", "show", tap_name("w-two", 0), check=False)
     assert shown.returncode != 0  # the tap went with the workload
     assert lab.dhcp(world.g2) is None
+
+
+def test_an_offered_network_is_set_up_before_any_guest_and_wound_down_when_removed(
+    world: World,
+) -> None:
+    """``[guests] prepare``: a blade whose bridge exists sets the network up (its address,
+    dnsmasq) as soon as it offers it, so its first guest doesn't wait for dnsmasq; once
+    the network is removed and no guest of its is on it, its dnsmasq stops."""
+    c = world.lab.blade("c", "10.77.0.4", create=False, attach=[], eager=True)
+    pid = int(c.send("pid"))
+    assert pid > 0 and os.path.exists(f"/proc/{pid}")
+    assert c.send("remove") == "OK"
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert int(c.send("pid")) == 0
