@@ -434,8 +434,9 @@ class GuestsConfig(_Section):
     # The interface a created bridge is linked to (the guests' segment); with a network's
     # VLAN, its 802.1Q sub-interface (where the kernel allows). Empty: none.
     uplink: str = ""
-    # Set a network up here (this node's address on it, DHCP, metadata) as soon as it
-    # is offered, so the first guest starts as fast as the next; off: with its first NIC.
+    # Set a network whose bridge exists here up (this node's address on it, DHCP,
+    # metadata) as soon as it is offered, so the first guest starts as fast as the next;
+    # off, or a bridge meshd creates: with its first NIC.
     prepare: bool = True
     # Serve DHCP to this node's guests (one dnsmasq per bridge, DHCP only).
     dhcp: bool = True

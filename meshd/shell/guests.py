@@ -27,12 +27,15 @@ network records (:mod:`meshd.core.guest_net`):
 * ``network:NAME`` is offered in bids while this node can attach NAME (its bridge
   exists, or it may create it); checked every ``[guests] check_interval_s``, so the
   auctioneer's capabilities follow networks as they come and go.
-* with ``[guests] prepare`` (the default) a network is set up here as soon as it is
-  offered, so the first guest on it starts as fast as the next (setting up costs
-  ~0.3 s, most of it dnsmasq binding); a failure is logged once and tried again every
-  check. A network set up here and no longer offered (removed, or its bridge gone)
-  with no guest of ours on it is wound down: its dnsmasq stops (the bridge, the node's
-  address on it and the guard stay: an operator's bridge is the operator's).
+* with ``[guests] prepare`` (the default) a network whose bridge exists here is set up
+  as soon as it is offered, so the first guest on it starts as fast as the next
+  (setting up costs ~0.3 s, most of it dnsmasq binding); a failure is logged once and
+  tried again every check. A bridge meshd would create (``create_bridges``) is made with
+  the first guest that needs it: a blade allowed to create bridges offers every network,
+  and setting them all up would take an address from each pool for nothing. A
+  network set up here and no longer offered (removed, or its bridge gone) with no guest
+  of ours on it is wound down: its dnsmasq stops (the bridge, the node's address on it
+  and the guard stay: an operator's bridge is the operator's).
 
 The node's own address on a network comes from the address allocator (branch
 h13-addr) through :class:`NodeAddresses`; the tests give a fixed one.
@@ -189,7 +192,8 @@ class GuestNetworks:
         """Set up every offered network not set up yet (module doc)."""
         for offer in sorted(self._offers):
             name = offer.removeprefix("network:")
-            if name in self._segments:
+            net = self.lookup(name)
+            if name in self._segments or net is None or not host_net.bridge_exists(net.bridge):
                 continue
             try:
                 await self.prepare(name)
