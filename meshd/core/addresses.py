@@ -100,7 +100,23 @@ class Abstain:
     claim: str
 
 
-Msg = Claim | Grant | Deny | Release | Abstain
+@dataclass(frozen=True, slots=True)
+class TornDown:
+    """From a removed workload's last owner: ``holder`` runs nowhere here any more, so
+    its addresses may go to others (sent when its teardown ends, and to answer Ask)."""
+
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """To a removed workload's last owner: has ``holder`` been torn down? (A voter asks
+    each sweep while a TornDown it waits for has not come: one may have been lost.)"""
+
+    holder: str
+
+
+Msg = Claim | Grant | Deny | Release | Abstain | TornDown | Ask
 Reply = Grant | Deny
 
 
@@ -116,6 +132,10 @@ def _doc(msg: Msg) -> dict[str, str]:
         return {"t": "d", "i": msg.claim, "a": msg.address, "h": msg.holder}
     if isinstance(msg, Release):
         return {"t": "r", "a": msg.address, "h": msg.holder}
+    if isinstance(msg, TornDown):
+        return {"t": "x", "h": msg.holder}
+    if isinstance(msg, Ask):
+        return {"t": "q", "h": msg.holder}
     return {"t": "u", "i": msg.claim}
 
 
@@ -144,6 +164,7 @@ def encode_all(msgs: Iterable[Msg]) -> list[bytes]:
 _KEYS = {"c": {"t", "i", "a", "n", "h"}, "g": {"t", "i", "a"}, "d": {"t", "i", "a", "h"}}
 _KEYS["r"] = {"t", "a", "h"}
 _KEYS["u"] = {"t", "i"}
+_KEYS["x"] = _KEYS["q"] = {"t", "h"}
 
 
 def decode(body: bytes) -> Msg:
@@ -175,6 +196,10 @@ def _msg(doc: object) -> Msg:
     tag = doc["t"]
     if tag == "u":
         return Abstain(doc["i"])
+    if tag == "x":
+        return TornDown(doc["h"])
+    if tag == "q":
+        return Ask(doc["h"])
     try:
         ipaddress.ip_address(doc["a"])
     except ValueError as exc:
@@ -255,16 +280,21 @@ class VoterTable:
         backed: Mapping[str, str],
         removed: Container[str],
         roster: Container[str],
+        waiting: Container[str] = (),
     ) -> list[Entry]:
         """The grants to free now.
 
         ``backed``: address -> holder of every live placement's NICs in the view;
-        ``removed``: holders whose placement is a tombstone in the view; ``roster``:
-        the enrolled node names (``node:NAME`` is freed once NAME left it)."""
+        ``removed``: holders whose placement is a tombstone in the view and that nothing
+        can run any more (:func:`runs_nowhere`); ``waiting``: holders whose tombstone
+        waits for that (their owner may still run them): never freed by age;
+        ``roster``: the enrolled node names (``node:NAME`` is freed once NAME left it)."""
         free = []
         for e in self.entries():
             if e.holder.startswith(NODE_PREFIX):
                 gone = e.holder[len(NODE_PREFIX) :] not in roster
+            elif e.holder in waiting:
+                gone = False
             else:
                 unbacked = backed.get(e.address) != e.holder
                 gone = e.holder in removed or (unbacked and now - e.granted_at > ttl_s)
@@ -331,6 +361,17 @@ def check_fixed(net: Network, text: str) -> Address:
             "out to get one from the pool"
         )
     return ip
+
+
+def runs_nowhere(
+    owner: str | None, roster: Container[str], torn_down_by: str | None, fenced: bool
+) -> bool:
+    """Whether a removed workload whose last owner was ``owner`` can no longer run
+    anywhere, so its addresses may be granted again: it never had an owner, the owner
+    left the roster, said it tore it down (``torn_down_by`` is who said so: only the
+    owner's word counts), or was fenced (verified off). Otherwise a cut-off owner may
+    still run the guest, and its address handed out again would answer twice."""
+    return owner is None or owner not in roster or torn_down_by == owner or fenced
 
 
 def holder_text(holder: str) -> str:

@@ -42,6 +42,7 @@ from meshd.adapters.transport import Channel
 from meshd.core import addresses as core
 from meshd.core.addresses import (
     Abstain,
+    Ask,
     Claim,
     Claimer,
     Deny,
@@ -49,6 +50,7 @@ from meshd.core.addresses import (
     Grant,
     Msg,
     Release,
+    TornDown,
     VoterTable,
 )
 from meshd.core.auction.model import Placement
@@ -64,6 +66,7 @@ from meshd.errors import (
     NotFoundError,
     StoreError,
 )
+from meshd.shell.bus import WorkloadGone
 from meshd.shell.context import NodeContext
 from meshd.shell.networks import Networks
 from meshd.shell.ports import MeshPort
@@ -133,6 +136,12 @@ class AddressShell:
         # Workloads whose tombstone just came, with their NICs' addresses: freed together
         # at the end of the loop turn (view_changed may run inside the view's transaction).
         self._tombstoned: dict[str, tuple[str, ...]] = {}
+        # Removed workloads whose last owner said it tore them down: holder -> that owner.
+        self._torn: OrderedDict[str, str] = OrderedDict()
+        # Whether this node may still run a workload (the runner's word) and whether a
+        # member is fenced (the fencing shell's): wired by start_shells/start_fencing.
+        self.holds: Callable[[str], bool] = lambda _: False
+        self.fenced: Callable[[str], bool] = lambda _: False
         self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -150,6 +159,7 @@ class AddressShell:
             Channel.ADDRESSES, KIND, core.decode_all, self._on_bundle, self.dropped
         )
         self._spawn(self._sweep_periodically())
+        self.ctx.bus.subscribe(WorkloadGone, self._on_gone)
 
     def stop(self) -> None:
         self._stopped = True
@@ -441,6 +451,11 @@ class AddressShell:
                     event.set()
             elif isinstance(msg, Abstain):
                 self._on_abstain(author)
+            elif isinstance(msg, TornDown):
+                self._on_torn_down(msg.holder, author)
+            elif isinstance(msg, Ask):
+                if not self.holds(msg.holder):
+                    self._send(author, TornDown(msg.holder))
             else:
                 self._on_release(msg)
         except (EnvelopeError, ValueError) as exc:
@@ -519,11 +534,44 @@ class AddressShell:
         self.freed.inc(len(addresses), reason=reason)
         logger.debug("addresses freed reason=%s count=%d", reason, len(addresses))
 
+    # -- removed workloads: their addresses once nothing can run them -------------------
+
+    def _runs_nowhere(self, tombstone: Placement, roster_names: Container[str]) -> bool:
+        wid = tombstone.workload_id
+        owner = tombstone.owner or None
+        torn_by = self._torn.get(wid)
+        if owner == self.name and not self.holds(wid):
+            torn_by = owner  # our own runner's word (kept across a restart of ours)
+        return core.runs_nowhere(
+            owner,
+            roster_names,
+            torn_by,
+            owner is not None and owner != self.name and self.fenced(owner),
+        )
+
+    def _on_gone(self, event: WorkloadGone) -> None:
+        """The runner destroyed a workload here: if it was removed with addresses, tell
+        every voter (this one too) that nothing of it runs here any more."""
+        tomb = self._view().get(event.workload_id)
+        if tomb is None or not tomb.removed or tomb.owner != self.name or not tomb.spec.nics:
+            return
+        for name in sorted(self._voters()):
+            self._send(name, TornDown(event.workload_id))
+
+    def _on_torn_down(self, holder: str, author: str) -> None:
+        tomb = self._view().get(holder)
+        if tomb is None or not tomb.removed or tomb.owner != author:
+            return  # only the last owner of a removed workload has a say (or not yet seen)
+        self._torn[holder] = author
+        while len(self._torn) > ENDED_KEEP * 16:
+            self._torn.popitem(last=False)  # forgotten: the sweep asks again
+        self._free_soon(tomb)
+
     def _free_soon(self, tombstone: Placement) -> None:
-        """Free a removed workload's grants as its tombstone arrives, rather than at the
-        next sweep: a claim of one of its addresses made meanwhile would be denied here
-        (and a claimer that retries would find a sweep-time window of up to ``sweep_s``
-        in which voters disagree). The sweep stays the backstop."""
+        """Free a removed workload's grants as soon as nothing can run it (its tombstone
+        with its owner's word, or its owner fenced or gone from the roster), rather than
+        at the next sweep: a claim of one of its addresses made meanwhile would be denied
+        here. The sweep stays the backstop, and asks owners whose word is missing."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -543,7 +591,12 @@ class AddressShell:
         if self._stopped:
             return
         free = []
+        names = {m.name for m in roster.members(self.ctx.store)}
+        view = self._view()
         for wid, ips in pending.items():
+            tomb = view.get(wid)
+            if tomb is None or not tomb.removed or not self._runs_nowhere(tomb, names):
+                continue  # its owner may still run it: its TornDown (or the sweep) frees it
             for ip in ips:
                 entry = self.table.get(ip)
                 if entry is not None and entry.holder == wid:
@@ -554,15 +607,25 @@ class AddressShell:
     def sweep(self) -> None:
         """Free the grants tombstones, the roster and age say to free (see the core)."""
         view = self._view()
-        removed = {wid for wid, p in view.items() if p.removed}
         names = {m.name for m in roster.members(self.ctx.store)}
+        removed, waiting = set(), set()
+        holders = {e.holder for e in self.table.entries()}
+        for wid, p in view.items():
+            if not p.removed or wid not in holders:
+                continue
+            if self._runs_nowhere(p, names):
+                removed.add(wid)
+                continue
+            waiting.add(wid)
+            if p.owner != self.name:
+                self._send(p.owner, Ask(wid))  # its TornDown may have been lost
         voters = self._voters()
         live = voters & set(self.mesh.live_names())
         ttl = self.ctx.cfg.addresses.grant_ttl_s
         if len(live) < majority(len(voters)) or not self._synced():
             ttl = float("inf")  # a stale view must not free what a placement may back
         backed = self.in_view()
-        free = self.table.sweep(self.ctx.clock(), ttl, backed, removed, names)
+        free = self.table.sweep(self.ctx.clock(), ttl, backed, removed, names, waiting)
         if free:
             self._free([e.address for e in free], "sweep")
 

@@ -38,6 +38,13 @@ class WorkloadReleased:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkloadGone:
+    """The runner destroyed ``workload_id`` here: nothing of it runs on this node."""
+
+    workload_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DrainingChanged:
     """What workloads released here but not yet destroyed use, in all (the runner says):
     the placement shell keeps it counted, so it is not offered before it is free."""

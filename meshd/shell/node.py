@@ -219,6 +219,7 @@ def start_shells(
     placement.view_listeners.append(addresses.view_changed)
     addresses.start()
     runner.guests.addresses = addresses
+    addresses.holds = runner.holds
     runner.resume_check = placement.resume_fits
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced
@@ -251,6 +252,8 @@ def start_fencing(
 
     fencing = FencingShell(ctx, mesh, bmc, bmc_clock, placement.replace_from, owned_by, book, clock)
     fencing.start()
+    if placement.addresses is not None:  # a removed workload's owner, fenced: runs nothing
+        placement.addresses.fenced = lambda node: fencing.core.state(node) == "fenced"
     return fencing
 
 

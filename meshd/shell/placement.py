@@ -99,7 +99,10 @@ logger = logging.getLogger(__name__)
 
 
 class Assigner(Protocol):
-    """What ``submit`` needs of the address shell (:mod:`meshd.shell.addresses`)."""
+    """What ``submit`` needs of the address shell (:mod:`meshd.shell.addresses`), and
+    whether a member is fenced (set by the fencing shell's wiring)."""
+
+    fenced: Callable[[str], bool]
 
     async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec: ...
 

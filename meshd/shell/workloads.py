@@ -50,6 +50,7 @@ from meshd.shell.bus import (
     QuorumChanged,
     ViewSynced,
     WorkloadAssigned,
+    WorkloadGone,
     WorkloadReleased,
 )
 from meshd.shell.context import NodeContext
@@ -324,6 +325,12 @@ class WorkloadRunner:
         self._drain(wid, None)
         self._driver_names.pop(wid, None)
         self.states.forget(wid)
+        if wid not in self._allocs:  # not assigned here again meanwhile
+            self.ctx.bus.publish(WorkloadGone(wid))
+
+    def holds(self, wid: str) -> bool:
+        """Whether anything of ``wid`` may run here: assigned, or not yet destroyed."""
+        return wid in self._allocs or wid in self._driver_names
 
     async def _cleanup(self, driver_name: str, wid: str) -> str | None:
         """Destroy ``wid``; None once it is gone, else the sentence saying why not."""

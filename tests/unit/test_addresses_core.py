@@ -35,6 +35,8 @@ MSGS = st.one_of(
     st.builds(Deny, _text, _addr, _text),
     st.builds(Release, _addr, _text),
     st.builds(core.Abstain, _text),
+    st.builds(core.TornDown, _text),
+    st.builds(core.Ask, _text),
 )
 
 
@@ -391,3 +393,16 @@ def test_two_claimers_never_both_win_one_address(data: st.DataObject) -> None:
             send(i, claimers[i].receive(v, msg, now))
     won = [c.won for c in claimers if c.won is not None]
     assert len(won) == len(set(won))
+
+
+def test_a_removed_workloads_address_is_reusable_only_once_nothing_can_run_it() -> None:
+    roster = {"a", "b", "c"}
+    # Its owner may still run it (cut off, not fenced, silent): held.
+    assert not core.runs_nowhere("c", roster, None, fenced=False)
+    # Someone else's word does not count; the owner's does.
+    assert not core.runs_nowhere("c", roster, "b", fenced=False)
+    assert core.runs_nowhere("c", roster, "c", fenced=False)
+    # Fenced (verified off), gone from the roster, or never placed: nothing runs it.
+    assert core.runs_nowhere("c", roster, None, fenced=True)
+    assert core.runs_nowhere("c", {"a", "b"}, None, fenced=False)
+    assert core.runs_nowhere(None, roster, None, fenced=False)
