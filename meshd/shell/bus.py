@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,11 +54,12 @@ class DrainingChanged:
 
 @dataclass(frozen=True, slots=True)
 class IdleChanged:
-    """What allocations here don't use now, by workload id (the runner says): a stopped
-    workload's CPU and memory, a failed one's everything, lent to new bids until it runs
-    again."""
+    """What ``workload_id``'s allocation here doesn't use now (the runner says): a
+    stopped workload's CPU and memory, a failed one's everything, lent to new bids until
+    it runs again; None: it uses all of it again (running, or gone)."""
 
-    idle: Mapping[str, Resources]
+    workload_id: str
+    lent: Resources | None
 
 
 @dataclass(frozen=True, slots=True)

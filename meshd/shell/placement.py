@@ -200,8 +200,11 @@ class PlacementShell:
         self.core.set_draining(event.resources)
 
     def _on_idle(self, event: IdleChanged) -> None:
-        self._idle = dict(event.idle)
-        self.core.set_idle(self._idle)
+        if event.lent is None:
+            self._idle.pop(event.workload_id, None)
+        else:
+            self._idle[event.workload_id] = event.lent
+        self.core.lend(event.workload_id, event.lent)
 
     def resume_fits(self, wid: str) -> str | None:
         """None if the stopped (or failed) workload ``wid`` may run again here."""

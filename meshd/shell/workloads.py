@@ -207,7 +207,7 @@ class WorkloadRunner:
 
     def _on_released(self, event: WorkloadReleased) -> None:
         if self._idle.pop(event.workload_id, None) is not None:
-            self.ctx.bus.publish(IdleChanged(dict(self._idle)))
+            self.ctx.bus.publish(IdleChanged(event.workload_id, None))
         alloc = self._allocs.pop(event.workload_id, None)
         if alloc is not None:
             self._driver_names.setdefault(event.workload_id, alloc.workload.driver)
@@ -460,7 +460,7 @@ class WorkloadRunner:
             self._idle.pop(wid, None)
         else:
             self._idle[wid] = lent
-        self.ctx.bus.publish(IdleChanged(dict(self._idle)))
+        self.ctx.bus.publish(IdleChanged(wid, lent))
 
     def _state_json(self, wid: str) -> dict[str, Any]:
         entry = self.states.get(wid)

@@ -235,6 +235,10 @@ class Auctioneer:
         failed: all): lent to new bids until the workload runs again."""
         self._book.set_idle(idle)
 
+    def lend(self, wid: str, r: Resources | None) -> None:
+        """One workload's part of :meth:`set_idle` (None: it runs again, or is gone)."""
+        self._book.lend(wid, r)
+
     def resume_fits(self, wid: str) -> str | None:
         """None if the idle workload ``wid`` may run again here, else why not."""
         return self._book.resume_fits(wid)

@@ -232,17 +232,27 @@ class Bidder:
                 self._lent.add(lent, None, -1)
         return a
 
-    def set_idle(self, idle: Mapping[str, Resources]) -> None:
-        """What allocations here don't use now, by workload id; only the entries that
-        changed touch the tally (the shell passes the whole map on every change)."""
-        old = self.idle
-        for wid, r in old.items():
-            if idle.get(wid) != r and wid in self.allocs:
-                self._lent.add(r, None, -1)
-        for wid, r in idle.items():
-            if old.get(wid) != r and wid in self.allocs:
+    def lend(self, wid: str, r: Resources | None) -> None:
+        """What ``wid``'s allocation doesn't use now (None: it uses all of it again)."""
+        old = self.idle.get(wid)
+        if old == r:
+            return
+        if wid in self.allocs:
+            if old is not None:
+                self._lent.add(old, None, -1)
+            if r is not None:
                 self._lent.add(r, None)
-        self.idle = dict(idle)
+        if r is None:
+            del self.idle[wid]
+        else:
+            self.idle[wid] = r
+
+    def set_idle(self, idle: Mapping[str, Resources]) -> None:
+        """The whole idle map at once (a rebuilt core); only what changed is lent anew."""
+        for wid in [w for w in self.idle if w not in idle]:
+            self.lend(wid, None)
+        for wid, r in idle.items():
+            self.lend(wid, r)
 
     def _others(self, wid: str, tenant: str | None) -> tuple[Resources, Resources, int, int]:
         """Committed, held, count, and count of ``tenant``'s, of all but workload ``wid``."""
