@@ -29,9 +29,11 @@ Chubby or a Paxos phase-1 promise would, reduced to one round:
   granted or had not answered yet when it gave up, and any voter whose grant arrives
   after that: :meth:`Claimer.late`), and the sweep frees what no placement backs after
   ``grant_ttl_s`` anyway.
-* **Release** (:meth:`VoterTable.sweep`): the holder's tombstone in the view frees its
-  addresses; a grant no live placement backs is freed after ``grant_ttl_s`` (longer
-  than any submission takes); ``node:NAME`` is freed once NAME leaves the roster.
+* **Release** (:meth:`VoterTable.sweep`): a removed holder's addresses once nothing can
+  run it (its tombstone in the view and :func:`runs_nowhere`: its last owner's
+  ``TornDown``, or that owner fenced or gone from the roster), never by age before; a
+  grant no live placement backs is freed after ``grant_ttl_s`` (longer than any
+  submission takes); ``node:NAME`` is freed once NAME leaves the roster.
 
 Messages travel as bundles (:func:`encode_all`): what one loop turn sends one member,
 in one signed datagram of at most 1200 bytes.

@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 KIND = "address"
 RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
 ENDED_KEEP = 256  # ended claims remembered, to give back a grant that comes late
+TORN_KEEP = 4096  # owners' TornDown remembered until freed (one forgotten: asked again)
 View = Callable[[], Mapping[str, Placement]]
 
 
@@ -251,7 +252,7 @@ class AddressShell:
                             "mac": mac_for(p.workload_id, i),
                         }
                     )
-        nodes = {m.name for m in roster.members(self.ctx.store)}
+        nodes = self._roster_names()
         for e in self.table.entries():
             node = e.holder.removeprefix(core.NODE_PREFIX)
             if e.network == network and node != e.holder and node in nodes:
@@ -549,6 +550,10 @@ class AddressShell:
             owner is not None and owner != self.name and self.fenced(owner),
         )
 
+    def _roster_names(self) -> set[str]:
+        """Every enrolled member's name (witnesses too), read from the store."""
+        return {m.name for m in roster.members(self.ctx.store)}
+
     def _on_gone(self, event: WorkloadGone) -> None:
         """The runner destroyed a workload here: if it was removed with addresses, tell
         every voter (this one too) that nothing of it runs here any more."""
@@ -563,7 +568,7 @@ class AddressShell:
         if tomb is None or not tomb.removed or tomb.owner != author:
             return  # only the last owner of a removed workload has a say (or not yet seen)
         self._torn[holder] = author
-        while len(self._torn) > ENDED_KEEP * 16:
+        while len(self._torn) > TORN_KEEP:
             self._torn.popitem(last=False)  # forgotten: the sweep asks again
         self._free_soon(tomb)
 
@@ -591,7 +596,7 @@ class AddressShell:
         if self._stopped:
             return
         free = []
-        names = {m.name for m in roster.members(self.ctx.store)}
+        names = self._roster_names()
         view = self._view()
         for wid, ips in pending.items():
             tomb = view.get(wid)
@@ -607,7 +612,7 @@ class AddressShell:
     def sweep(self) -> None:
         """Free the grants tombstones, the roster and age say to free (see the core)."""
         view = self._view()
-        names = {m.name for m in roster.members(self.ctx.store)}
+        names = self._roster_names()
         removed, waiting = set(), set()
         holders = {e.holder for e in self.table.entries()}
         for wid, p in view.items():
