@@ -32,7 +32,6 @@ helper process killed by its pid.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -60,15 +59,13 @@ from tests.e2e.guests import (
     meshd_networking_missing,
     wait_console,
 )
+from tests.e2e.needs import QEMU, skip_reason
 
-if os.geteuid() != 0:
-    reason: str | None = "guest networking e2e needs root (namespaces, taps, QEMU)"
-elif not shutil.which("qemu-system-x86_64"):
-    reason = "qemu-system-x86_64 is not installed (bootstrap/setup.sh --test)"
-elif not shutil.which("ip"):
-    reason = "the `ip` tool (iproute2) is not installed"
-else:
-    reason = None
+reason = skip_reason(
+    "guest networking e2e needs root (namespaces, taps, QEMU)",
+    QEMU,
+    ("ip", "the `ip` tool (iproute2) is not installed"),
+)
 pytestmark = [
     pytest.mark.skipif(reason is not None, reason=reason or ""),
     pytest.mark.root,

@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.blades import ns_pids
+from tests.e2e.needs import QEMU, skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
 
-if os.geteuid() != 0:
-    reason: str | None = "the lab needs root (namespaces, bridges, QEMU)"
-elif not shutil.which("qemu-system-x86_64"):
-    reason = "qemu-system-x86_64 is not installed (bootstrap/setup.sh --test)"
-else:
-    reason = None
+reason = skip_reason("the lab needs root (namespaces, bridges, QEMU)", QEMU)
 pytestmark = [
     pytest.mark.skipif(reason is not None, reason=reason or ""),
     pytest.mark.root,

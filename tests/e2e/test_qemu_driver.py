@@ -43,18 +43,19 @@ from meshd.adapters.drivers.base import Status, WorkloadState
 from meshd.adapters.drivers.qemu import QemuDriver
 from meshd.core.spec import Nic, WorkloadSpec
 from meshd.errors import DriverError
+from tests.e2e.needs import skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "MESHD-GUEST-READY"
 MIB = 1024 * 1024
 BOOT_TIMEOUT_S = 40.0  # TCG boots in ~1.5 s alone; generous for a loaded 2-core CI box
 
-if os.geteuid() != 0:
-    reason: str | None = "QEMU e2e tests need root (they start VMs and read /proc)"
-elif not (shutil.which("qemu-system-x86_64") and shutil.which("qemu-img")):
-    reason = "qemu-system-x86_64/qemu-img are not installed (bootstrap/setup.sh --test)"
-else:
-    reason = None
+_NO_QEMU = "qemu-system-x86_64/qemu-img are not installed (bootstrap/setup.sh --test)"
+reason = skip_reason(
+    "QEMU e2e tests need root (they start VMs and read /proc)",
+    ("qemu-system-x86_64", _NO_QEMU),
+    ("qemu-img", _NO_QEMU),
+)
 pytestmark = [
     pytest.mark.skipif(reason is not None, reason=reason or ""),
     pytest.mark.root,

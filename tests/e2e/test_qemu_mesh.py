@@ -24,16 +24,12 @@ try:
 except ImportError:  # pragma: no cover
     from daemon import Daemon, Mesh, meshd, wait_for  # type: ignore[no-redef]
 
+from tests.e2e.needs import QEMU, skip_reason
 from tests.e2e.test_qemu_driver import _qemu_pids_under
 
 CAPACITY = ("--cpus", "4", "--memory", "2GiB", "--disk", "10GiB")
 
-if os.geteuid() != 0:
-    reason: str | None = "QEMU workloads need root"
-elif not shutil.which("qemu-system-x86_64"):
-    reason = "qemu-system-x86_64 is not installed (bootstrap/setup.sh --test)"
-else:
-    reason = None
+reason = skip_reason("QEMU workloads need root", QEMU)
 pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow]
 
 

@@ -59,19 +59,7 @@ def test_forty_submissions_place_exactly_twenty(five: list[Daemon]) -> None:
     try:
         _forty_place_twenty(five)
     finally:  # the sleeps outlive their daemons by design: remove them
-        for row in five[0].api("GET", "/v1/workloads"):
-            five[0].api("DELETE", f"/v1/workloads/{row['workload']}")
-        wait_for(
-            "every workload torn down",
-            lambda: (
-                not any(
-                    (d.data_dir / "workloads").exists()
-                    and any((d.data_dir / "workloads").iterdir())
-                    for d in five
-                )
-            ),
-            30,
-        )
+        _remove_all(five)
 
 
 def _forty_place_twenty(five: list[Daemon]) -> None:
