@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from tests.e2e.blades import GUEST_BRIDGE, Chassis, chassis, workloads  # noqa: E402
 from tests.e2e.guests import (  # noqa: E402
+    build_guest,
     fields,
     meshd_networking_missing,
     pinger_result,
@@ -52,14 +53,6 @@ NETWORK = "garp"
 
 def emit(doc: dict[str, Any]) -> None:
     print(json.dumps(doc), flush=True)
-
-
-def build_guest() -> dict[str, str]:
-    out = subprocess.run(
-        ["bash", str(REPO / "bootstrap/guest-image.sh")],
-        capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def submit(lab: Chassis, k: int, name: str, ip: str, guest: dict[str, str]) -> tuple[str, float]:

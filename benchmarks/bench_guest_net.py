@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from meshd.core.nic import mac_for  # noqa: E402
 from tests.e2e.blades import GUEST_BRIDGE, Chassis, chassis, workloads  # noqa: E402
 from tests.e2e.guests import (  # noqa: E402
+    build_guest,
     fields,
     hand_guest,
     in_ns,
@@ -66,15 +67,6 @@ GUESTS_TOML = "\n[guests]\ncreate_bridges = false\n"
 
 def emit(doc: dict[str, Any]) -> None:
     print(json.dumps(doc), flush=True)
-
-
-def build_guest(cache: str | None) -> dict[str, str]:
-    env = dict(os.environ) | ({"MESHD_CACHE": cache} if cache else {})
-    out = subprocess.run(
-        ["bash", str(REPO / "bootstrap/guest-image.sh")],
-        capture_output=True, text=True, check=True, env=env, timeout=600,
-    ).stdout  # fmt: skip
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def ready_after(console: Path, ip: str, t0: float, pinger: subprocess.Popen[str]) -> dict[str, Any]:

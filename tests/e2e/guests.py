@@ -110,6 +110,18 @@ def first_reply(ns: str, addr: str, timeout_s: float) -> float | None:
     return pinger_result(start_pinger(ns, addr, timeout_s), timeout_s)
 
 
+def build_guest(cache: str | None = None) -> dict[str, str]:
+    """The test guest's files (``MESHD_GUEST_*`` -> path) from bootstrap/guest-image.sh,
+    built and cached on first use (``cache``: its ``MESHD_CACHE``); raises
+    CalledProcessError if it can't be built."""
+    env = dict(os.environ) | ({"MESHD_CACHE": cache} if cache else {})
+    out = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parents[2] / "bootstrap/guest-image.sh")],
+        capture_output=True, text=True, check=True, env=env, timeout=600,
+    ).stdout  # fmt: skip
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 @dataclass
 class HandGuest:
     ns: str
