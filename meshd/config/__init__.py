@@ -238,6 +238,7 @@ class Config(_Section):
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         # Every count and timing must be positive, except those below that say otherwise.
         may_be_zero = {
+            "addresses.batch_linger_s",
             "api.shutdown_grace_s",
             "auction.batch_linger_s",
             "bmc.retries",
@@ -321,6 +322,11 @@ def _check_relations(cfg: Config) -> None:
         raise ConfigError("addresses.attempts and addresses.window must be at least 1")
     if not ad.claim_timeout_s > 0 or not ad.sweep_s > 0:
         raise ConfigError("addresses.claim_timeout_s and addresses.sweep_s must be positive")
+    if ad.batch_linger_s * 4 >= ad.claim_timeout_s:  # the first resend comes at a quarter
+        raise ConfigError(
+            "addresses.batch_linger_s must be under a quarter of addresses.claim_timeout_s: "
+            "a claim waits it before it leaves"
+        )
     submission_s = a.max_rounds * (a.window_s + 3 * a.award_timeout_s) + 5.0
     if ad.grant_ttl_s <= submission_s + ad.attempts * ad.claim_timeout_s:
         raise ConfigError(

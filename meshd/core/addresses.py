@@ -122,6 +122,10 @@ Msg = Claim | Grant | Deny | Release | Abstain | TornDown | Ask
 Reply = Grant | Deny
 
 
+# Candidates are drawn at random from a pool of at least SPREAD x window hosts, with at
+# most DRAWS x window draws (see :func:`candidates`).
+SPREAD = 8
+DRAWS = 3
 MAX_BUNDLE_BYTES = 1100  # a bundle's body: with the envelope, inside a 1200-byte datagram
 
 
@@ -320,24 +324,44 @@ def reserved(net: Network) -> set[Address]:
 
 def candidates(
     net: Network, taken: Container[int], rng: random.Random, window: int, start: int = 0
-) -> list[Address]:
-    """Up to ``window`` free addresses of ``net`` (the first ones), in random order.
+) -> tuple[list[Address], int]:
+    """Up to ``window`` free addresses of ``net``, in random order, and the caller's next
+    ``start`` hint.
+
+    In a pool with room to spare (at least ``SPREAD`` times ``window`` hosts) they are
+    drawn at random from the whole pool: concurrent originators, each knowing only the
+    claims it voted on, then almost never draw the same address (from the first free
+    ones, 16 claims in flight collide about a quarter of the time, and every collision
+    costs a round of claims). In a small pool, or one too full for random draws to find
+    ``window`` free addresses, they are the first free ones.
 
     ``taken`` holds addresses as integers: the pool is walked as integers, since an
     address object per host costs a microsecond and a busy pool has thousands taken.
-    ``start``: no free address lies below it (the caller's hint), so begin there."""
+    ``start``: no free address lies below it (the caller's hint), so a walk begins there;
+    the hint returned is the lowest free address a walk found (``start`` if none walked)."""
     skip = {int(a) for a in reserved(net)}
     make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
-    first = max(int(net.subnet.network_address) + 1, start)
+    lowest = int(net.subnet.network_address) + 1
     last = int(net.subnet.broadcast_address) - (1 if net.subnet.version == 4 else 0)
-    free: list[Address] = []
-    i = first
-    while i <= last and len(free) < window:
+    found: set[int] = set()
+    if last - lowest + 1 >= SPREAD * window:
+        for _ in range(DRAWS * window):
+            i = rng.randint(lowest, last)
+            if i not in skip and i not in taken:
+                found.add(i)
+                if len(found) == window:
+                    break
+    i = hint = max(lowest, start)
+    walked = False
+    while i <= last and len(found) < window:
         if i not in skip and i not in taken:
-            free.append(make(i))
+            if not walked:
+                hint, walked = i, True
+            found.add(i)
         i += 1
+    free = [make(i) for i in sorted(found)]
     rng.shuffle(free)
-    return free
+    return free, hint if walked else start
 
 
 def check_fixed(net: Network, text: str) -> Address:
@@ -445,15 +469,18 @@ class Claimer:
         if result is VoteResult.LOST:
             self._give_up_current()
             if self.fixed:
-                holder = _most_named(self.denies.values())
-                self.refusal = (
-                    f"address {cur.address} on network {self.net.name} is held by "
-                    f"{self.describe(holder)}: pick another address, or leave it out to "
-                    "get one from the pool"
-                )
+                self.refusal = self._held(cur)
                 return None
             return self._next(now)
         return None
+
+    def _held(self, cur: Claim) -> str:
+        holder = _most_named(self.denies.values())
+        return (
+            f"address {cur.address} on network {self.net.name} is held by "
+            f"{self.describe(holder)}: pick another address, or leave it out to get one "
+            "from the pool"
+        )
 
     def late(self, voter: str, reply: Reply) -> Release | None:
         """The ``Release`` that gives back ``reply``'s grant if it came for an attempt
@@ -479,9 +506,12 @@ class Claimer:
         if self.done or self.current is None or now < self.deadline:
             return None
         self.timeouts += 1
+        cur = self.current
         self._give_up_current()
         if self.fixed:
-            self.refusal = self._no_majority()
+            # A voter that denied named the holder: that is the reason to give, even if
+            # too few answered for a majority either way (some are cut off).
+            self.refusal = self._held(cur) if self.denies else self._no_majority()
             return None
         return self._next(now)
 

@@ -30,7 +30,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from typing import Any
@@ -75,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "address"
 RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
+TIME_EPS = 1e-6  # seconds: times this close are the same time
 ENDED_KEEP = 256  # ended claims remembered, to give back a grant that comes late
 TORN_KEEP = 4096  # owners' TornDown remembered until freed (one forgotten: asked again)
 View = Callable[[], Mapping[str, Placement]]
@@ -118,10 +121,15 @@ class AddressShell:
         self._nudge = nudge
         self._nudged: dict[str, float] = {}  # voter -> when it was last offered a digest
         self._outbox: dict[str, list[Msg]] = {}  # this loop turn's messages, by member
+        self._due: dict[str, float] = {}  # member -> when its queued messages leave
+        self._flush_at: asyncio.Handle | None = None  # the next time some are due
+        self._flush_due = 0.0
         self.name = ctx.ident.name
         self.table = VoterTable(address_grants.load(ctx.store))
         self._rng = ctx.new_random()  # candidate order, not secrets
         self._claims: dict[str, tuple[Claimer, asyncio.Event]] = {}
+        # claim prefix -> (its current attempt, the voters that attempt was sent to)
+        self._asked: dict[str, tuple[str, set[str]]] = {}
         self._ended: OrderedDict[str, Claimer] = OrderedDict()  # claim prefix -> claimer
         # Grants decided this loop turn, not yet on disk: (entry, what it replaced,
         # the answer to send once written).
@@ -143,6 +151,9 @@ class AddressShell:
         # member is fenced (the fencing shell's): wired by start_shells/start_fencing.
         self.holds: Callable[[str], bool] = lambda _: False
         self.fenced: Callable[[str], bool] = lambda _: False
+        # Whether this node has submissions in flight (the placement shell's word): a
+        # claim then lingers to share datagrams with the ones behind it.
+        self.busy: Callable[[], bool] = lambda: False
         self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -152,6 +163,11 @@ class AddressShell:
             "meshd_addresses_granted_total", "Address claims this node granted"
         )
         self.freed = m.counter("meshd_addresses_freed_total", "Grants this node freed, by reason")
+        self.claims = m.counter(
+            "meshd_address_claims_total",
+            "Address claims this node sent to its voters: a new candidate (attempt) or a "
+            "resend to voters that had not answered",
+        )
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -290,6 +306,7 @@ class AddressShell:
                 won.append(await self._claim(workload_id, net, ip, {int(a) for a in won}))
         except MeshdError:
             self._release(workload_id, [str(a) for a in won])
+            self._low.clear()  # those may be free again
             raise
         nics = tuple(Nic(nic.network, str(a)) for nic, a in zip(spec.nics, won, strict=True))
         return msgspec.structs.replace(spec, nics=nics)
@@ -298,6 +315,7 @@ class AddressShell:
         """The submission failed after ``assign``: free its grants (those no placement
         backs) on every voter now, rather than after ``grant_ttl_s``."""
         self._release(workload_id, [nic.ip for nic in spec.nics if nic.ip is not None])
+        self._low.clear()  # those may be free again
 
     async def node_address(self, network: str) -> Address:
         """This node's own address on ``network`` (holder ``node:NAME``), claimed once
@@ -352,12 +370,12 @@ class AddressShell:
                 if c.current
             }
             taken = _AnyOf(self._taken(), also_taken, trying)
-            start = self._low.get(net.name, 0)
-            pool = core.candidates(net, taken, self._rng, cfg.window, start)
-            if pool:  # everything below the lowest free one was taken (or tried)
-                self._low[net.name] = min(int(a) for a in pool)
+            pool, self._low[net.name] = core.candidates(
+                net, taken, self._rng, cfg.window, self._low.get(net.name, 0)
+            )
         else:
             pool = [fixed]
+        pool_low = min((int(a) for a in pool), default=0)  # the claimer pops what it tries
         claimer = Claimer(
             uuid.UUID(int=self._rng.getrandbits(128)).hex[:16],
             net,
@@ -372,35 +390,88 @@ class AddressShell:
         event = asyncio.Event()
         self._claims[claimer.claim_prefix] = (claimer, event)
         try:
-            self._broadcast(claimer, claimer.begin(loop.time()))
+            # While submissions of ours are in flight, a new claim waits a moment
+            # (addresses.batch_linger_s) to leave with those that come close behind it:
+            # one datagram each way and one grant transaction per voter for all of them.
+            linger = cfg.batch_linger_s if self.busy() or len(self._claims) > 1 else 0.0
+            self._broadcast(claimer, claimer.begin(loop.time()), linger)
+            # Voters silent a quarter of claim_timeout_s after an attempt (or its last
+            # resend) left get it again; a reply that does not end the attempt resends
+            # nothing.
+            step = cfg.claim_timeout_s / RESENDS
+            attempt, resend_at = "", 0.0
             while not claimer.done:
+                cur = claimer.current
+                if cur is not None and cur.claim != attempt:  # a new attempt left
+                    attempt = cur.claim
+                    resend_at = claimer.deadline - cfg.claim_timeout_s + step + linger
                 event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), cfg.claim_timeout_s / RESENDS)
-                moved = claimer.tick(loop.time())
+                wait = resend_at - loop.time()
+                if wait > TIME_EPS:  # (a float a hair short of resend_at: due now)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), wait)
+                now = loop.time()
+                moved = claimer.tick(now)
                 if moved is not None:
                     self._broadcast(claimer, moved)
-                elif claimer.current is not None:
+                elif claimer.current is not None and now >= resend_at - TIME_EPS:
+                    self.claims.inc(kind="resend")
+                    resend_at = now + step
+                    self._asked.pop(claimer.claim_prefix, None)  # every voter asked now
                     for name in claimer.silent():
                         self._send(name, claimer.current)
         finally:
             self._claims.pop(claimer.claim_prefix, None)
+            self._asked.pop(claimer.claim_prefix, None)
             # Kept a while, so a grant that arrives after the claim ended is given back.
             self._ended[claimer.claim_prefix] = claimer
             while len(self._ended) > ENDED_KEEP:
                 self._ended.popitem(last=False)
         self._release(holder, claimer.lost)
-        if claimer.won is None or claimer.lost or claimer.tried > 1:
-            self._low.pop(net.name, None)  # what it tried and gave up may be free
+        gave_up = claimer.won is None or claimer.lost or claimer.tried > 1
+        if gave_up and net.name in self._low:
+            # What it tried and gave up may be free: the walk starts at or below it. (Below
+            # the pool's lowest, every address was taken or tried when it was drawn.)
+            self._low[net.name] = min(self._low[net.name], pool_low)
         if claimer.won is None:
             raise AddressConflictError(claimer.refusal or "the address claim failed")
         logger.debug("address fixed holder=%s network=%s ip=%s", holder, net.name, claimer.won)
         return claimer.won
 
-    def _broadcast(self, claimer: Claimer, claim: Claim | None) -> None:
-        if claim is not None:
-            for name in sorted(claimer.voters):
-                self._send(name, claim)
+    def _broadcast(self, claimer: Claimer, claim: Claim | None, linger: float = 0.0) -> None:
+        """Send a new attempt to a bare majority of the voters: this node and the live
+        peers ranked first this second (so the claims that leave together go to the
+        same ones, in one datagram each). The others are asked if one of those denies
+        or abstains, or all at the first resend: a majority of grants is what wins,
+        whoever gives them. A node's own address is claimed from every voter."""
+        if claim is None:
+            return
+        self.claims.inc(kind="attempt")
+        live = self.mesh.live_names()
+        need = majority(len(claimer.voters))
+        slot = int(asyncio.get_running_loop().time())
+        ranked = sorted(
+            (v for v in claimer.voters if v in live),
+            key=lambda v: (v != self.name, zlib.crc32(f"{v}:{slot}".encode())),
+        )
+        # A node's own address goes to every voter: each lists it (`network show`).
+        bare = len(ranked) >= need and not claimer.holder.startswith(core.NODE_PREFIX)
+        asked = set(ranked[:need]) if bare else set(claimer.voters)
+        self._asked[claimer.claim_prefix] = (claim.claim, asked)
+        for name in sorted(asked):
+            self._send(name, claim, linger)
+
+    def _widen(self, claimer: Claimer) -> None:
+        """Ask the voters the current attempt has not asked yet (one of those asked
+        denied or abstained: a majority may need them)."""
+        cur = claimer.current
+        held = self._asked.get(claimer.claim_prefix)
+        if cur is None or held is None or held[0] != cur.claim:
+            return
+        rest = claimer.voters - held[1]
+        self._asked[claimer.claim_prefix] = (cur.claim, set(claimer.voters))
+        for name in sorted(rest):
+            self._send(name, cur)
 
     def _release(self, holder: str, addresses: list[str]) -> None:
         if not addresses:
@@ -409,22 +480,42 @@ class AddressShell:
             for address in addresses:
                 self._send(name, Release(address, holder))
 
-    def _send(self, to: str, msg: Msg) -> None:
-        if to == self.name:
-            asyncio.get_running_loop().call_soon(self._on_msg, msg, self.name)
+    def _send(self, to: str, msg: Msg, linger: float = 0.0) -> None:
+        """Queue ``msg`` for ``to``: what leaves together leaves as one signed bundle (as
+        the auction's outbox does), within ``linger`` seconds (0: at the end of this loop
+        turn); a member's messages leave when its earliest is due. This node's own
+        messages take the same road, so its votes on claims that leave together are
+        written in one transaction too."""
+        self._outbox.setdefault(to, []).append(msg)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + linger
+        if due < self._due.get(to, math.inf):
+            self._due[to] = due
+        if self._flush_at is not None and due >= self._flush_due:
             return
-        # What one loop turn sends a member leaves as one signed bundle (as the auction's
-        # outbox does): claims and answers come in bursts under load.
-        queued = self._outbox.setdefault(to, [])
-        queued.append(msg)
-        if len(self._outbox) == 1 and len(queued) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+        self._flush_due = due
+        self._flush_at = (
+            loop.call_later(linger, self._flush) if linger else loop.call_soon(self._flush)
+        )
 
     def _flush(self) -> None:
-        outbox, self._outbox = self._outbox, {}
-        for to, msgs in outbox.items():
+        self._flush_at = None
+        now = asyncio.get_running_loop().time()
+        ready = [to for to, due in self._due.items() if due <= now + TIME_EPS]
+        for to in ready:
+            del self._due[to]
+            msgs = self._outbox.pop(to)
+            if to == self.name:
+                for msg in msgs:
+                    self._on_msg(msg, self.name)
+                continue
             for body in core.encode_all(msgs):
                 self.mesh.send_datagram(Channel.ADDRESSES, to, self.mesh.sign(KIND, body))
+        if self._due and self._flush_at is None:
+            self._flush_due = min(self._due.values())
+            self._flush_at = asyncio.get_running_loop().call_at(self._flush_due, self._flush)
 
     def _on_bundle(self, msgs: list[Msg], author: str) -> None:
         for msg in msgs:
@@ -448,10 +539,16 @@ class AddressShell:
                 elif held is not None:
                     claimer, event = held
                     moved = claimer.receive(author, msg, asyncio.get_running_loop().time())
-                    self._broadcast(claimer, moved)
+                    if moved is not None:
+                        self._broadcast(claimer, moved)
+                    elif isinstance(msg, Deny):
+                        self._widen(claimer)
                     event.set()
             elif isinstance(msg, Abstain):
                 self._on_abstain(author)
+                held = self._claims.get(msg.claim.rpartition(".")[0])
+                if held is not None:
+                    self._widen(held[0])
             elif isinstance(msg, TornDown):
                 self._on_torn_down(msg.holder, author)
             elif isinstance(msg, Ask):

@@ -220,6 +220,7 @@ def start_shells(
     addresses.start()
     runner.guests.addresses = addresses
     addresses.holds = runner.holds
+    addresses.busy = placement.busy
     runner.resume_check = placement.resume_fits
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced

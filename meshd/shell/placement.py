@@ -432,10 +432,13 @@ class PlacementShell:
         self._queued.append((workload, supersede, ready))
         if not self._start_due:
             self._start_due = True
-            busy = any(not f.done() for f in self._waiting.values())
-            linger = self.ctx.cfg.auction.batch_linger_s if busy else 0.0
+            linger = self.ctx.cfg.auction.batch_linger_s if self.busy() else 0.0
             loop.call_later(linger, self._start_queued)
         return await ready
+
+    def busy(self) -> bool:
+        """Whether auctions this node started are in flight."""
+        return any(not f.done() for f in self._waiting.values())
 
     def _start_queued(self) -> None:
         self._start_due = False

@@ -276,6 +276,38 @@ def test_a_fixed_address_taken_is_refused_naming_its_holder() -> None:
         sim.close()
 
 
+def test_claims_go_to_a_bare_majority_once_and_a_denial_widens_them() -> None:
+    """On a whole mesh each NIC costs one claim, sent to a bare majority (this node and
+    two peers of five), and is never resent: a reply that does not end the attempt
+    resends nothing (it once resent to every silent voter on each reply). A fixed
+    address one of the asked voters denies is then asked of the rest, and refused
+    naming its holder."""
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    sim = _settled(names, "10.40.0.0/24")
+    try:
+        for j in range(12):
+            sim.at(8.1 + j * 0.05, sim.submit, names[j % 5], request(j))
+        sim.run_until(12.0)
+        assert all(s.result is not None for s in sim.submissions), [
+            s.error for s in sim.submissions
+        ]
+        shells = [sim.placement(x).addresses for x in names]
+        count = [s.claims for s in shells if s is not None]
+        granted = [s.granted for s in shells if s is not None]
+        assert sum(c.value(kind="attempt") for c in count) == 12
+        assert sum(c.value(kind="resend") for c in count) == 0
+        assert sum(g.value() for g in granted) == 12 * 3  # a bare majority of 5
+        # Only the voters asked hold the grant; a claim of that address by another node
+        # is denied by those it asks that hold it, then asked of the rest: refused.
+        taken = sim.submissions[0].result["addresses"][0]["ip"]  # type: ignore[index]
+        sim.at(12.1, sim.submit, "n4", request(99, taken))
+        sim.run_until(14.0)
+        err = sim.submissions[-1].error
+        assert err is not None and f"address {taken} on network lan is held by" in err, err
+    finally:
+        sim.close()
+
+
 def test_a_minority_can_not_allocate() -> None:
     sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
     try:

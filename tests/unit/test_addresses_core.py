@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from meshd.core import addresses as core
 from meshd.core.addresses import Claim, Claimer, Deny, Entry, Grant, Release, VoterTable
-from meshd.core.network import Network, define
+from meshd.core.network import Address, Network, define
 from meshd.errors import AddressError, EnvelopeError
 
 VOTERS = frozenset({"a", "b", "c"})
@@ -155,15 +155,47 @@ def test_release_frees_only_an_unbacked_grant_of_that_holder() -> None:
 
 def test_candidates_skip_reserved_and_taken() -> None:
     n = net("10.40.0.0/29", gateway="10.40.0.1", dns=["10.40.0.2"])
-    got = core.candidates(n, {int(ip("10.40.0.4"))}, random.Random(1), 16)
+    got, hint = core.candidates(n, {int(ip("10.40.0.4"))}, random.Random(1), 16)
     assert sorted(got) == [ip("10.40.0.3"), ip("10.40.0.5"), ip("10.40.0.6")]
+    assert hint == int(ip("10.40.0.3"))
 
 
-def test_candidates_come_from_the_first_free_window_in_random_order() -> None:
+def test_a_small_pool_gives_its_first_free_addresses_in_random_order() -> None:
+    n = net("10.40.0.0/26")  # 62 hosts: under SPREAD x window
+    got = [core.candidates(n, set(), random.Random(s), 16)[0] for s in range(20)]
+    assert all(sorted(o) == [ip(f"10.40.0.{i}") for i in range(1, 17)] for o in got)
+    assert len({tuple(o) for o in got}) > 1
+
+
+def test_a_roomy_pool_gives_addresses_drawn_from_all_of_it() -> None:
     n = net("10.40.0.0/16")
-    orders = {tuple(core.candidates(n, set(), random.Random(s), 4)) for s in range(20)}
-    assert all(sorted(o) == [ip(f"10.40.0.{i}") for i in (1, 2, 3, 4)] for o in orders)
-    assert len(orders) > 1
+    taken = {int(ip("10.40.0.0")) + i for i in range(1, 30000, 2)}  # every other one low
+    seen: set[Address] = set()
+    for s in range(20):
+        got, hint = core.candidates(n, taken, random.Random(s), 8, start=77)
+        assert len(got) == len(set(got)) == 8
+        assert not {int(a) for a in got} & taken and ip("10.40.255.255") not in got
+        assert hint == 77  # nothing walked: the caller's hint stands
+        seen |= set(got)
+    # Spread over the pool, so concurrent claimers rarely draw the same address.
+    assert len(seen) > 150 and max(seen) > ip("10.40.128.0") > min(seen)
+
+
+def test_a_pool_too_full_for_random_draws_is_walked() -> None:
+    n = net("10.40.0.0/16")
+    free = [ip("10.40.3.7"), ip("10.40.200.1"), ip("10.40.255.254")]
+    taken = _AllBut({int(a) for a in free})
+    got, hint = core.candidates(n, taken, random.Random(3), 8)
+    assert sorted(got) == free
+    assert hint == int(free[0])
+
+
+class _AllBut:
+    def __init__(self, free: set[int]) -> None:
+        self.free = free
+
+    def __contains__(self, item: object) -> bool:
+        return item not in self.free
 
 
 @pytest.mark.parametrize(
