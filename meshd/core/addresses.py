@@ -323,10 +323,16 @@ def reserved(net: Network) -> set[Address]:
 
 
 def candidates(
-    net: Network, taken: Container[int], rng: random.Random, window: int, start: int = 0
+    net: Network,
+    taken: Container[int],
+    rng: random.Random,
+    window: int,
+    start: int = 0,
+    need: int | None = None,
 ) -> tuple[list[Address], int]:
     """Up to ``window`` free addresses of ``net``, in random order, and the caller's next
-    ``start`` hint.
+    ``start`` hint. ``need``: how many random draws the caller can use (its attempts;
+    default ``window``).
 
     In a pool with room to spare (at least ``SPREAD`` times ``window`` hosts) they are
     drawn at random from the whole pool: concurrent originators, each knowing only the
@@ -343,21 +349,22 @@ def candidates(
     make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
     lowest = int(net.subnet.network_address) + 1
     last = int(net.subnet.broadcast_address) - (1 if net.subnet.version == 4 else 0)
-    found: set[int] = set()
+    found: dict[int, None] = {}  # in the order drawn
     if last - lowest + 1 >= SPREAD * window:
-        for _ in range(DRAWS * window):
+        want = min(window, need or window)
+        for _ in range(DRAWS * want):
             i = rng.randint(lowest, last)
             if i not in skip and i not in taken:
-                found.add(i)
-                if len(found) == window:
-                    break
+                found[i] = None
+                if len(found) == want:
+                    return [make(i) for i in found], start
     i = hint = max(lowest, start)
     walked = False
     while i <= last and len(found) < window:
         if i not in skip and i not in taken:
             if not walked:
                 hint, walked = i, True
-            found.add(i)
+            found[i] = None
         i += 1
     free = [make(i) for i in sorted(found)]
     rng.shuffle(free)

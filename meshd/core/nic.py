@@ -20,16 +20,18 @@ Pure: no IO.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 MAX_NICS = 8  # NICs per workload: a virtio-net device each; beyond this, submit refuses
 TAP_PREFIX = "mt"
 
 
+@functools.lru_cache(maxsize=8192)  # every node indexes every placement's NICs
 def mac_for(workload_id: str, index: int) -> str:
     """The stable, locally administered unicast MAC of NIC ``index`` of a workload."""
     h = hashlib.sha256(f"meshd-mac:{workload_id}:{index}".encode()).digest()
-    return "0e:" + ":".join(f"{b:02x}" for b in h[:5])
+    return "0e:" + h[:5].hex(":")
 
 
 def tap_name(workload_id: str, index: int) -> str:

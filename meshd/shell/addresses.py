@@ -371,7 +371,7 @@ class AddressShell:
             }
             taken = _AnyOf(self._taken(), also_taken, trying)
             pool, self._low[net.name] = core.candidates(
-                net, taken, self._rng, cfg.window, self._low.get(net.name, 0)
+                net, taken, self._rng, cfg.window, self._low.get(net.name, 0), cfg.attempts
             )
         else:
             pool = [fixed]

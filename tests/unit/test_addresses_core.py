@@ -179,6 +179,8 @@ def test_a_roomy_pool_gives_addresses_drawn_from_all_of_it() -> None:
         seen |= set(got)
     # Spread over the pool, so concurrent claimers rarely draw the same address.
     assert len(seen) > 150 and max(seen) > ip("10.40.128.0") > min(seen)
+    # No more than the claimer can try.
+    assert len(core.candidates(n, taken, random.Random(1), 64, need=3)[0]) == 3
 
 
 def test_a_pool_too_full_for_random_draws_is_walked() -> None:
