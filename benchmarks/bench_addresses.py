@@ -14,7 +14,7 @@ themselves"). Failed submissions are counted, never hidden. Each phase runs ``--
 times, interleaved, so a slow moment of the shared machine hits both.
 
 Run: .venv/bin/python benchmarks/bench_addresses.py [--nodes 4] [--seconds 8]
-     [--clients 4] [--rounds 2]
+     [--clients 4] [--rounds 2] [--set KEY=VALUE]...
 """
 
 from __future__ import annotations
@@ -92,12 +92,20 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--clients", type=int, default=4, help="threads per originator")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config value for every daemon (meshd run --set), e.g. addresses.batch_linger_s=0",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshd-bench-addr-") as tmp:
         mesh = Mesh(Path(tmp))
         try:
             names = [f"n{i}" for i in range(1, args.nodes + 1)]
-            nodes = mesh.start_cluster(names, *CAPACITY, *ATTACHES, timeout=60)
+            sets = [arg for kv in args.set for arg in ("--set", kv)]
+            nodes = mesh.start_cluster(names, *CAPACITY, *ATTACHES, *sets, timeout=60)
             nodes[0].api("POST", "/v1/networks", {"name": "lan", "subnet": "10.64.0.0/14"})
             wait_for(
                 "every node to know lan",
@@ -111,7 +119,12 @@ def main() -> None:
             for r in range(args.rounds):
                 plains.append(rate(nodes, args.seconds, args.clients, plain, f"p{r}-"))
                 addrs.append(rate(nodes, args.seconds, args.clients, with_nic, f"a{r}-"))
-            common = {"originators": ORIGINATORS, "clients": args.clients, "s": args.seconds}
+            common = {
+                "originators": ORIGINATORS,
+                "clients": args.clients,
+                "s": args.seconds,
+                "set": args.set,
+            }
             p_rate = statistics.mean(x["per_s"] for x in plains)
             a_rate = statistics.mean(x["per_s"] for x in addrs)
             emit(
