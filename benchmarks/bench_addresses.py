@@ -53,6 +53,7 @@ def rate(nodes: list[Daemon], seconds: float, clients: int, body: Body, tag: str
     done = [0] * (ORIGINATORS * clients)
     failed = [0] * (ORIGINATORS * clients)
     errors: list[str] = []
+    took: list[float] = []  # seconds per successful submission, as its client saw it
     stop = time.monotonic() + seconds
 
     def run(k: int) -> None:
@@ -60,7 +61,9 @@ def rate(nodes: list[Daemon], seconds: float, clients: int, body: Body, tag: str
         i = 0
         while time.monotonic() < stop:
             try:
+                t0 = time.monotonic()
                 origin.api("POST", "/v1/workloads", body(f"{tag}{k}-{i}"))
+                took.append(time.monotonic() - t0)
                 done[k] += 1
             except Exception as exc:  # a refusal or timeout counts against the rate
                 failed[k] += 1
@@ -76,6 +79,7 @@ def rate(nodes: list[Daemon], seconds: float, clients: int, body: Body, tag: str
         t.join()
     return {
         "per_s": sum(done) / (time.monotonic() - start),
+        "p50_ms": statistics.median(took) * 1000 if took else None,
         "failed": sum(failed),
         "errors": errors,
     }
@@ -132,6 +136,7 @@ def main() -> None:
                 args.nodes,
                 value=round(p_rate, 1),
                 rounds=[round(x["per_s"], 1) for x in plains],
+                latency_p50_ms=[round(x["p50_ms"] or 0, 1) for x in plains],
                 failed=sum(x["failed"] for x in plains),
                 errors=[e for x in plains for e in x["errors"]][:3],
                 means="submissions without NICs placed per second (the anchor)",
@@ -142,6 +147,7 @@ def main() -> None:
                 args.nodes,
                 value=round(a_rate, 1),
                 rounds=[round(x["per_s"], 1) for x in addrs],
+                latency_p50_ms=[round(x["p50_ms"] or 0, 1) for x in addrs],
                 failed=sum(x["failed"] for x in addrs),
                 errors=[e for x in addrs for e in x["errors"]][:3],
                 means="submissions with one NIC placed (one address each) per second",
