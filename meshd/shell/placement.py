@@ -139,7 +139,7 @@ class PlacementShell:
         # The mesh's networks (``meshd network create``): NICs will draw addresses here.
         self.networks = Networks(ctx, mesh)
         # NIC addresses (meshd.shell.addresses), set by the node once built: a spec with
-        # NICs gets its addresses from it before its auction starts.
+        # NICs gets its addresses from it while its auction collects bids.
         self.addresses: Assigner | None = None
         # Told of each placement the view takes in, and (None) when the core is rebuilt
         # from the store: indexes of the view kept up to date without scanning it.
@@ -155,8 +155,9 @@ class PlacementShell:
         )
         self.outbox = Outbox(self._sign, self._send_signed, mesh.live_peers)
         self._waiting: dict[str, asyncio.Future[Placement]] = {}
-        # Not started yet: (workload, supersede a placed one, its auction id when started)
-        self._queued: list[tuple[Workload, bool, asyncio.Future[str]]] = []
+        # Not started yet: (workload, supersede a placed one, its NIC addresses still to
+        # be fixed, its auction id when started)
+        self._queued: list[tuple[Workload, bool, bool, asyncio.Future[str]]] = []
         self._start_due = False
         self._telemetry: Telemetry | None = None
         self._draining = NOTHING  # released, not yet destroyed (the runner says)
@@ -262,7 +263,7 @@ class PlacementShell:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(PlacementError("meshd is stopping; the auction was abandoned"))
-        for _, _, ready in self._queued:
+        for *_, ready in self._queued:
             if not ready.done():
                 ready.set_exception(PlacementError("meshd is stopping; the auction never started"))
         self._queued.clear()
@@ -370,16 +371,41 @@ class PlacementShell:
         if why is not None:
             raise StoreError(why)
         started = time.perf_counter()
+        claim = bool(workload.spec.nics)
+        held = self.core.placements().get(workload.id) if claim else None
+        if held is not None and not held.removed:
+            # A retried submission of a placed workload: the spec it was placed with.
+            workload, claim = held.workload, False
+        # A spec with NICs to give addresses to: its auction starts at once and collects
+        # bids (they need no address) while a majority of the roster grants the
+        # addresses; it awards only with them (Auctioneer.fix), or fails with the claim's
+        # refusal (Auctioneer.abandon).
+        if claim and self.addresses is None:
+            raise PlacementError("this node gives no NIC addresses yet: retry in a moment")
+        aid = await self._start(workload, pending=claim)
+        fut = self._waiting[aid]
         assigned = False
-        if workload.spec.nics:
-            workload, assigned = await self._with_addresses(workload)
-        try:
-            aid = await self._start(workload)
-            fut = self._waiting[aid]
-        except MeshdError:
-            if assigned and self.addresses is not None:
+        if claim:
+            assert self.addresses is not None
+            why = "the submission was cancelled"
+            try:
+                fixed = await self.addresses.assign(workload.id, workload.spec)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, MeshdError):
+                    why = str(exc)
+                # (A failed write discards the core's step: the auction is gone with it.)
+                with contextlib.suppress(MeshdError):
+                    self._apply_now(lambda now: self.core.abandon(aid, why, now))
+                self._waiting.pop(aid, None)
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # the claim's refusal is the answer, not the auction's
+                raise
+            workload, assigned = Workload(workload.id, fixed), True
+            try:
+                self._apply_now(lambda now: self.core.fix(aid, workload, now))
+            except MeshdError:
                 self.addresses.release(workload.id, workload.spec)
-            raise
+                raise
         cfg = self.ctx.cfg
         limit = cfg.auction.max_rounds * (cfg.auction.window_s + 3 * cfg.auction.award_timeout_s)
         try:
@@ -409,18 +435,14 @@ class PlacementShell:
             "bids": self._bids(placement.round),
         }
 
-    async def _with_addresses(self, workload: Workload) -> tuple[Workload, bool]:
-        """The workload with its NICs' addresses fixed, before its auction (net-design:
-        the award and the view then carry them). A retried submission of a workload
-        already placed keeps the spec it was placed with."""
-        held = self.core.placements().get(workload.id)
-        if held is not None and not held.removed:
-            return held.workload, False
-        if self.addresses is None:
-            raise PlacementError("this node gives no NIC addresses yet: retry in a moment")
-        return Workload(workload.id, await self.addresses.assign(workload.id, workload.spec)), True
+    def _apply_now(self, step: Callable[[float], list[Effect]]) -> None:
+        """Run one core step at the current time and carry out its effects."""
+        self._apply(step(self.ctx.clock()))
+        self._alarm.rearm()
 
-    async def _start(self, workload: Workload, *, supersede: bool = False) -> str:
+    async def _start(
+        self, workload: Workload, *, supersede: bool = False, pending: bool = False
+    ) -> str:
         """Start an auction for ``workload``; its id once started.
 
         While auctions of ours are in flight, new ones wait ``auction.batch_linger_s``
@@ -429,7 +451,7 @@ class PlacementShell:
         """
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = loop.create_future()
-        self._queued.append((workload, supersede, ready))
+        self._queued.append((workload, supersede, pending, ready))
         if not self._start_due:
             self._start_due = True
             linger = self.ctx.cfg.auction.batch_linger_s if self.busy() else 0.0
@@ -445,7 +467,7 @@ class PlacementShell:
         queued, self._queued = self._queued, []
         why = self._refusing()
         if why is not None:  # the store failed while these waited for the linger
-            for _, _, ready in queued:
+            for *_, ready in queued:
                 if not ready.done():
                     ready.set_exception(StoreError(why))
             return
@@ -454,10 +476,10 @@ class PlacementShell:
         now = self.ctx.clock()
         effects: list[Effect] = []
         batch = candidates.Batch()  # one first-round sample: shared datagrams
-        for workload, supersede, ready in queued:
+        for workload, supersede, pending, ready in queued:
             try:
                 aid, started = self.core.submit(
-                    workload, members, now, supersede=supersede, batch=batch
+                    workload, members, now, supersede=supersede, batch=batch, pending=pending
                 )
             except Exception as exc:  # a bug in one must not strand the others
                 logger.exception("starting an auction failed workload=%s", workload.id)

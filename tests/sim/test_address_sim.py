@@ -243,6 +243,9 @@ def test_a_full_pool_is_refused_and_a_removed_workload_gives_its_address_back() 
         assert third.result is None
         assert third.error is not None
         assert "network lan (10.40.0.0/30) has no free address left" in third.error
+        # Its auction collected bids while the claim ran; refused, it left no hold.
+        for x in names:
+            assert not sim.placement(x).core.ledger().holds, x
         view = sim.placement("n1").core.placements()
         gone = placed[0].result
         assert gone is not None

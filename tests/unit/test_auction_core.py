@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import meshd.core.auction
@@ -179,6 +180,55 @@ def test_happy_path() -> None:
     [start] = net.of(p.owner, Start)
     assert start.allocation.confirmed and start.allocation.workload.tenant == "acme"
     assert net.durable[p.owner].allocations["w1"].confirmed
+
+
+def test_a_pending_auction_ranks_its_bids_and_awards_only_once_fixed() -> None:
+    """A spec whose NIC addresses are still being claimed: the round collects and ranks
+    bids (they need no address) but awards nothing until ``fix`` gives the workload
+    with them; the award, the placement and the round record carry the fixed one."""
+    net = Net(3)
+    w = W()
+    aid, effects = net.cores["n1"].submit(w, net.names, net.now, pending=True)
+    net.apply("n1", effects)
+    net.pump()
+    net.advance(1.0)  # well past the bid window
+    assert not net.of("n1", Decided)
+    assert not [m for _, _, m in net.sent if isinstance(m, Award)]
+    [rec] = net.cores["n1"].rounds()
+    assert rec.state == "closed" and len(rec.bids) == 3
+    fixed = Workload(w.id, msgspec.structs.replace(w.spec, env={"fixed": "yes"}))
+    net.apply("n1", net.cores["n1"].fix(aid, fixed, net.now))
+    net.pump()
+    [decided] = net.of("n1", Decided)
+    assert decided.placement.workload == fixed
+    assert net.views() == {(("w1", decided.placement.owner, 1),)}
+    [start] = net.of(decided.placement.owner, Start)
+    assert start.allocation.workload == fixed
+    assert net.cores["n1"].fix(aid, fixed, net.now) == []  # over: nothing more
+
+
+def test_a_pending_auction_fixed_before_its_round_closes_awards_at_the_close() -> None:
+    net = Net(3)
+    aid, effects = net.cores["n1"].submit(W(), net.names, net.now, pending=True)
+    net.apply("n1", effects)
+    net.apply("n1", net.cores["n1"].fix(aid, W(), net.now))  # before any bid came
+    net.pump()
+    assert len(net.of("n1", Decided)) == 1
+
+
+def test_an_abandoned_pending_auction_fails_with_the_reason_and_frees_every_hold() -> None:
+    net = Net(3)
+    aid, effects = net.cores["n1"].submit(W(), net.names, net.now, pending=True)
+    net.apply("n1", effects)
+    net.pump()
+    assert all(net.cores[x].ledger().holds for x in net.names)
+    net.apply("n1", net.cores["n1"].abandon(aid, "network lan is full", net.now))
+    net.pump()
+    [failed] = net.of("n1", Failed)
+    assert failed.round_id == aid and failed.reason == "network lan is full"
+    assert not any(net.cores[x].ledger().holds for x in net.names)
+    assert net.cores["n1"].rounds()[-1].state == "failed"
+    assert not net.of("n1", Decided) and net.views() == {()}
 
 
 def _bid(b: Any) -> Bid:

@@ -14,7 +14,10 @@ DESIGN.md §6, step by step, with the crash semantics the simulator checks:
 3. **Close.** When every candidate answered, or at ``auction.window_s``, the bids are
    ranked (:mod:`.ranking`). The losers' holds are released by the confirmation that
    every member receives anyway (no extra message); a round that places nothing sends
-   ``Release`` to its positive bidders.
+   ``Release`` to its positive bidders. A *pending* auction (``submit(pending=True)``:
+   the spec's NIC addresses are being claimed meanwhile) stops here, ``closed``, until
+   :meth:`Auctioneer.fix` gives it the workload with them; :meth:`Auctioneer.abandon`
+   fails it instead and releases its bidders' holds.
 4. **Award.** Each award gets a fresh **generation** (one above any this node ever
    awarded or saw placed for the workload), recorded durably *before* the ``Award``
    leaves, so a restarted originator never hands one generation to two nodes. The
@@ -111,6 +114,7 @@ from meshd.core.auction.messages import (
 from meshd.core.auction.model import (
     ABANDONED,
     AWARDING,
+    CLOSED,
     COLLECTING,
     DECIDED,
     FAILED,
@@ -275,12 +279,16 @@ class Auctioneer:
         *,
         supersede: bool = False,
         batch: candidates.Batch | None = None,
+        pending: bool = False,
     ) -> tuple[str, list[Effect]]:
         """Start an auction; returns its id (``Decided``/``Failed`` carry it) and effects.
 
         ``members`` are the alive members' names, this node included. ``supersede``
         re-places a placed workload at a higher generation (after fencing its owner).
         Auctions submitted with one ``batch`` ask the same first-round sample.
+        ``pending``: the workload's NIC addresses are being claimed meanwhile; its rounds
+        collect and rank bids (which need no address) but award nothing until
+        :meth:`fix` gives the workload with them, or :meth:`abandon` ends it.
         """
         placed = self._view.get(workload.id)
         if placed is not None and not placed.removed and not supersede:
@@ -290,6 +298,7 @@ class Auctioneer:
                 return a.id, []
         aid = f"{self._name}-{self._rng.getrandbits(48):012x}"
         a = Auction(aid, workload, tuple(members), now)
+        a.pending = pending
         self._auctions[aid] = a
         self._log.debug(
             "auction submit id=%s workload=%s resources=%r",
@@ -300,6 +309,39 @@ class Auctioneer:
         out: list[Effect] = []
         self._start_round(a, now, out, batch)
         return aid, out
+
+    def fix(self, aid: str, workload: Workload, now: float) -> list[Effect]:
+        """A pending auction's workload with its NIC addresses fixed: it may be awarded
+        now (at once if its round already closed). Nothing for an auction that ended."""
+        a = self._auctions.get(aid)
+        if a is None or not a.pending:
+            return []
+        if workload.id != a.workload.id:
+            raise ValueError(f"auction {aid} places {a.workload.id}, not {workload.id}")
+        a.workload, a.pending = workload, False
+        out: list[Effect] = []
+        if a.round is not None and a.round.state == CLOSED:
+            self._award_next(a, now, out)
+        return out
+
+    def abandon(self, aid: str, why: str, now: float) -> list[Effect]:
+        """End a pending auction whose addresses could not be had (``Failed`` with
+        ``why``), freeing the holds of its current round's positive bids."""
+        a = self._auctions.get(aid)
+        if a is None or not a.pending:
+            return []
+        out: list[Effect] = []
+        r = a.round
+        if r is not None and r.state in (COLLECTING, CLOSED):
+            for node, b in r.bids.items():
+                if b.score <= 0:
+                    continue
+                if node == self._name:
+                    self._book.release_hold(r.rid, "the submission was refused", out)
+                else:
+                    out.append(Send(node, Release(r.rid), False))
+        self._fail(a, why, now, out)
+        return out
 
     def receive(self, msg: AuctionMsg, sender: str, now: float) -> list[Effect]:
         """Handle one message the shell authenticated as coming from ``sender``."""
@@ -516,6 +558,9 @@ class Auctioneer:
         r = a.round
         assert r is not None
         r.ranked = ranking.rank(r.bids, r.rid)
+        if a.pending and r.ranked:
+            r.state = CLOSED  # fix() awards it once the addresses are fixed
+            return
         self._award_next(a, now, out)
 
     def _award_next(self, a: Auction, now: float, out: list[Effect]) -> None:

@@ -274,6 +274,8 @@ class AwardRecord:
 # RoundRecord.state values.
 COLLECTING = "collecting"
 AWARDING = "awarding"
+# Bids ranked; the award waits for the workload's NIC addresses (submit(pending=True)).
+CLOSED = "closed"
 WAITING = "waiting"  # closed without a winner; the auction continues with a new round
 DECIDED = "decided"
 FAILED = "failed"

@@ -82,6 +82,9 @@ class Auction:
         self.excluded: set[str] = set()  # said no, refused or fell silent on an award
         self.retry_at = math.inf
         self.reasons: list[str] = []
+        # The workload's NIC addresses are still being claimed: rounds run and rank their
+        # bids, but nothing is awarded until Auctioneer.fix gives the workload with them.
+        self.pending = False
 
 
 def snapshot(a: Auction, r: Round, originator: str) -> RoundRecord:
