@@ -304,8 +304,10 @@ class AddressesConfig(_Section):
     # Candidates one NIC tries before the submission is refused: concurrent originators
     # that drew the same address, or a pool nearly full.
     attempts: int = 8
-    # Free addresses a claimer picks its candidates from (the first ones of the pool, in
-    # random order), so concurrent originators rarely draw the same one.
+    # In a small or nearly full pool, the free addresses a claimer picks its candidates
+    # from (the first ones, in random order); a pool of at least 8x this many hosts has
+    # its candidates drawn at random from all of it. Either way concurrent originators
+    # rarely draw the same one.
     window: int = 64
     # A grant no placement in the voter's view backs is freed after this long: longer
     # than a submission can take (its auction included), so a grant is never freed

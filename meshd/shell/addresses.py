@@ -20,8 +20,9 @@ shell carries it out:
   (:meth:`VoterTable.sweep`); while this node sees no majority of the roster live it
   frees nothing by age (its view may be stale).
 * :meth:`AddressShell.assign` (called by ``PlacementShell.submit`` while the auction
-  collects bids; it awards only with the addresses) returns the spec with every NIC's ``ip`` set, or raises a 4xx error with one
-  sentence; a NIC that fails releases the ones already won, so nothing is half-made.
+  collects bids; it awards only with the addresses) returns the spec with every NIC's
+  ``ip`` set, or raises a 4xx error with one sentence; a NIC that fails releases the
+  ones already won, so nothing is half-made.
 """
 
 from __future__ import annotations
