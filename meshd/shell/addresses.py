@@ -78,7 +78,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "address"
 RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
-TIME_EPS = 1e-6  # seconds: times this close are the same time
+TIME_EPS = 1e-3  # seconds: times this close are the same time (uvloop keeps milliseconds)
 ENDED_KEEP = 256  # ended claims remembered, to give back a grant that comes late
 TORN_KEEP = 4096  # owners' TornDown remembered until freed (one forgotten: asked again)
 View = Callable[[], Mapping[str, Placement]]
@@ -152,8 +152,8 @@ class AddressShell:
         # member is fenced (the fencing shell's): wired by start_shells/start_fencing.
         self.holds: Callable[[str], bool] = lambda _: False
         self.fenced: Callable[[str], bool] = lambda _: False
-        # Whether this node has submissions in flight (the placement shell's word): a
-        # claim then lingers to share datagrams with the ones behind it.
+        # Whether this node has other submissions in flight (the placement shell's
+        # word): a claim then lingers to share datagrams with the ones behind it.
         self.busy: Callable[[], bool] = lambda: False
         self._voter_cache: tuple[float, frozenset[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -305,7 +305,7 @@ class AddressShell:
         try:
             for net, ip in zip(nets, fixed, strict=True):
                 won.append(await self._claim(workload_id, net, ip, {int(a) for a in won}))
-        except MeshdError:
+        except (MeshdError, asyncio.CancelledError):
             self._release(workload_id, [str(a) for a in won])
             self._low.clear()  # those may be free again
             raise
@@ -424,6 +424,10 @@ class AddressShell:
         finally:
             self._claims.pop(claimer.claim_prefix, None)
             self._asked.pop(claimer.claim_prefix, None)
+            if not claimer.done and claimer.current is not None:
+                # Cancelled (the client went away) or stopped mid-attempt: give back
+                # what the voters may have granted it, rather than after grant_ttl_s.
+                self._release(holder, [*claimer.lost, claimer.current.address])
             # Kept a while, so a grant that arrives after the claim ended is given back.
             self._ended[claimer.claim_prefix] = claimer
             while len(self._ended) > ENDED_KEEP:

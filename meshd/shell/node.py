@@ -220,7 +220,8 @@ def start_shells(
     addresses.start()
     runner.guests.addresses = addresses
     addresses.holds = runner.holds
-    addresses.busy = placement.busy
+    # Busy: auctions in flight besides the claiming submission's own.
+    addresses.busy = lambda: placement.in_flight() > 1
     runner.resume_check = placement.resume_fits
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced

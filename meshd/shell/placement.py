@@ -159,6 +159,8 @@ class PlacementShell:
         # be fixed, its auction id when started)
         self._queued: list[tuple[Workload, bool, bool, asyncio.Future[str]]] = []
         self._start_due = False
+        # Workloads whose submission is claiming their NICs' addresses right now.
+        self._claiming: set[str] = set()
         self._telemetry: Telemetry | None = None
         self._draining = NOTHING  # released, not yet destroyed (the runner says)
         self._idle: dict[str, Resources] = {}  # stopped or failed here (the runner says)
@@ -382,30 +384,62 @@ class PlacementShell:
         # refusal (Auctioneer.abandon).
         if claim and self.addresses is None:
             raise PlacementError("this node gives no NIC addresses yet: retry in a moment")
-        aid = await self._start(workload, pending=claim)
-        fut = self._waiting[aid]
-        assigned = False
-        if claim:
-            assert self.addresses is not None
-            why = "the submission was cancelled"
-            try:
-                fixed = await self.addresses.assign(workload.id, workload.spec)
-            except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, MeshdError):
-                    why = str(exc)
-                # (A failed write discards the core's step: the auction is gone with it.)
-                with contextlib.suppress(MeshdError):
-                    self._apply_now(lambda now: self.core.abandon(aid, why, now))
-                self._waiting.pop(aid, None)
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # the claim's refusal is the answer, not the auction's
-                raise
-            workload, assigned = Workload(workload.id, fixed), True
-            try:
-                self._apply_now(lambda now: self.core.fix(aid, workload, now))
-            except MeshdError:
-                self.addresses.release(workload.id, workload.spec)
-                raise
+        if claim and workload.id in self._claiming:
+            # The same submission again (its idempotency key) while the first one is
+            # still on its way: it joins that auction and its addresses, claiming none.
+            claim = False
+        if not claim:
+            return await self._decided(workload, await self._start(workload), started)
+        self._claiming.add(workload.id)
+        try:
+            aid = await self._start(workload, pending=True)
+            fixed = await self._claimed(aid, workload)
+            return await self._decided(fixed, aid, started, assigned=True)
+        finally:
+            self._claiming.discard(workload.id)
+
+    async def _claimed(self, aid: str, workload: Workload) -> Workload:
+        """``workload`` with its NICs' addresses, claimed while its pending auction
+        ``aid`` collects bids, and that auction let award it (``Auctioneer.fix``); a
+        refused claim ends the auction with the claim's sentence (``abandon``)."""
+        assert self.addresses is not None
+        why = "the submission was cancelled"
+        try:
+            fixed = await self.addresses.assign(workload.id, workload.spec)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, MeshdError):
+                why = str(exc)
+            # (A failed write discards the core's step: the auction is gone with it.)
+            with contextlib.suppress(MeshdError):
+                self._apply_now(lambda now: self.core.abandon(aid, why, now))
+            self._forget(aid)
+            raise
+        workload = Workload(workload.id, fixed)
+        try:
+            self._apply_now(lambda now: self.core.fix(aid, workload, now))
+        except MeshdError:
+            self.addresses.release(workload.id, workload.spec)
+            self._forget(aid)
+            raise
+        return workload
+
+    def _forget(self, aid: str) -> None:
+        """Stop waiting for auction ``aid``: the submission answers with another error."""
+        fut = self._waiting.pop(aid, None)
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()  # read: that error is not the answer
+
+    async def _decided(
+        self, workload: Workload, aid: str, started: float, assigned: bool = False
+    ) -> dict[str, Any]:
+        """Wait for auction ``aid`` to place ``workload``; the submission's answer."""
+        fut = self._waiting.get(aid)
+        if fut is None:  # a same-key submission already took its answer: read the view
+            p = self.core.placements().get(workload.id)
+            if p is None or p.removed:
+                raise PlacementError("the auction ended; check `meshd auctions`")
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(p)
         cfg = self.ctx.cfg
         limit = cfg.auction.max_rounds * (cfg.auction.window_s + 3 * cfg.auction.award_timeout_s)
         try:
@@ -460,7 +494,11 @@ class PlacementShell:
 
     def busy(self) -> bool:
         """Whether auctions this node started are in flight."""
-        return any(not f.done() for f in self._waiting.values())
+        return self.in_flight() > 0
+
+    def in_flight(self) -> int:
+        """Auctions this node started that have not ended."""
+        return sum(not f.done() for f in self._waiting.values())
 
     def _start_queued(self) -> None:
         self._start_due = False

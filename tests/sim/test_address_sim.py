@@ -311,6 +311,25 @@ def test_claims_go_to_a_bare_majority_once_and_a_denial_widens_them() -> None:
         sim.close()
 
 
+def test_the_same_submission_twice_while_it_claims_joins_the_first() -> None:
+    """A client's retry (the same idempotency key) while the first submission is still
+    claiming its address: it waits for that auction and gets the same placement and
+    address; one claim is made, not two."""
+    sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
+    try:
+        sim.at(8.1, sim.submit, "n2", request(1, key="same"))
+        sim.at(8.1005, sim.submit, "n2", request(1, key="same"))
+        sim.run_until(10.0)
+        first, again = sim.submissions
+        assert first.result is not None and again.result is not None, (first.error, again.error)
+        assert first.result["workload"] == again.result["workload"]
+        assert first.result["addresses"] == again.result["addresses"]
+        shells = [sim.placement(x).addresses for x in ("n1", "n2", "n3")]
+        assert sum(s.claims.value(kind="attempt") for s in shells if s is not None) == 1
+    finally:
+        sim.close()
+
+
 def test_a_minority_can_not_allocate() -> None:
     sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
     try:

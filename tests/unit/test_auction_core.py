@@ -216,6 +216,27 @@ def test_a_pending_auction_fixed_before_its_round_closes_awards_at_the_close() -
     assert len(net.of("n1", Decided)) == 1
 
 
+def test_a_pending_auction_fixed_too_late_for_its_holds_asks_for_fresh_bids() -> None:
+    """A claim that took so long that the bidders' holds would lapse before two awards
+    are answered: the old bids are released and a new round is asked, not awarded
+    (its awards would be refused for want of a hold)."""
+    net = Net(3)
+    aid, effects = net.cores["n1"].submit(W(), net.names, net.now, pending=True)
+    net.apply("n1", effects)
+    net.pump()
+    net.advance(net.cfg.hold_ttl_s - 2 * net.cfg.award_timeout_s + 0.1)
+    net.apply("n1", net.cores["n1"].fix(aid, W(), net.now))
+    net.pump()
+    net.advance(1.0)
+    [decided] = net.of("n1", Decided)
+    first, second = net.cores["n1"].rounds()[-2:]
+    assert first.state == "waiting" and not first.awards
+    assert second.state == "decided" and decided.placement.round == second.round_id
+    assert not any(r == "refused" for r in (a.outcome for a in second.awards))
+    for x in net.names:
+        assert not net.cores[x].ledger().holds, x
+
+
 def test_an_abandoned_pending_auction_fails_with_the_reason_and_frees_every_hold() -> None:
     net = Net(3)
     aid, effects = net.cores["n1"].submit(W(), net.names, net.now, pending=True)

@@ -320,8 +320,18 @@ class Auctioneer:
             raise ValueError(f"auction {aid} places {a.workload.id}, not {workload.id}")
         a.workload, a.pending = workload, False
         out: list[Effect] = []
-        if a.round is not None and a.round.state == CLOSED:
+        r, cfg = a.round, self._cfg
+        if r is None or r.state != CLOSED:
+            return out
+        if now - r.started <= cfg.hold_ttl_s - 2 * cfg.award_timeout_s:
             self._award_next(a, now, out)
+            return out
+        # The claim took so long that the bidders' holds may lapse before two awards
+        # are answered (their bids would be refused): ask for fresh bids instead.
+        self._release_bids(r, "its bids grew old while the addresses were claimed", out)
+        r.state, r.reason, r.closed_at = WAITING, "bids too old to award", now
+        self._persist_round(a, r, out)
+        self._start_round(a, now, out)
         return out
 
     def abandon(self, aid: str, why: str, now: float) -> list[Effect]:
@@ -333,15 +343,19 @@ class Auctioneer:
         out: list[Effect] = []
         r = a.round
         if r is not None and r.state in (COLLECTING, CLOSED):
-            for node, b in r.bids.items():
-                if b.score <= 0:
-                    continue
-                if node == self._name:
-                    self._book.release_hold(r.rid, "the submission was refused", out)
-                else:
-                    out.append(Send(node, Release(r.rid), False))
+            self._release_bids(r, "the submission was refused", out)
         self._fail(a, why, now, out)
         return out
+
+    def _release_bids(self, r: Round, why: str, out: list[Effect]) -> None:
+        """Free the holds of every positive bid of ``r`` (none of them was awarded)."""
+        for node, b in r.bids.items():
+            if b.score <= 0:
+                continue
+            if node == self._name:
+                self._book.release_hold(r.rid, why, out)
+            else:
+                out.append(Send(node, Release(r.rid), False))
 
     def receive(self, msg: AuctionMsg, sender: str, now: float) -> list[Effect]:
         """Handle one message the shell authenticated as coming from ``sender``."""
