@@ -421,13 +421,15 @@ class AddressShell:
                     self._asked.pop(claimer.claim_prefix, None)  # every voter asked now
                     for name in claimer.silent():
                         self._send(name, claimer.current)
+        except asyncio.CancelledError:
+            if not self._stopped and claimer.current is not None:
+                # The client went away mid-attempt: give back what the voters may have
+                # granted it now, rather than after grant_ttl_s.
+                self._release(holder, [*claimer.lost, claimer.current.address])
+            raise
         finally:
             self._claims.pop(claimer.claim_prefix, None)
             self._asked.pop(claimer.claim_prefix, None)
-            if not claimer.done and claimer.current is not None:
-                # Cancelled (the client went away) or stopped mid-attempt: give back
-                # what the voters may have granted it, rather than after grant_ttl_s.
-                self._release(holder, [*claimer.lost, claimer.current.address])
             # Kept a while, so a grant that arrives after the claim ended is given back.
             self._ended[claimer.claim_prefix] = claimer
             while len(self._ended) > ENDED_KEEP:
