@@ -315,7 +315,7 @@ class AddressesConfig(_Section):
     grant_ttl_s: float = 120.0
     # How often each node sweeps its grants (tombstoned holders, expired grants).
     sweep_s: float = 2.0
-    # While this node has submissions in flight, a new claim waits this long for the
+    # While this node has other submissions in flight, a claim waits this long for the
     # ones arriving behind it: they leave as one datagram per voter, and each voter
     # writes its grants for all of them in one transaction (one fsync) and answers in
     # one datagram. An idle node claims at once. 0: no batching.
