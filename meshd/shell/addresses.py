@@ -391,7 +391,7 @@ class AddressShell:
         event = asyncio.Event()
         self._claims[claimer.claim_prefix] = (claimer, event)
         try:
-            # While submissions of ours are in flight, a new claim waits a moment
+            # While other submissions or claims of ours are in flight, a new claim waits
             # (addresses.batch_linger_s) to leave with those that come close behind it:
             # one datagram each way and one grant transaction per voter for all of them.
             linger = cfg.batch_linger_s if self.busy() or len(self._claims) > 1 else 0.0
