@@ -423,9 +423,10 @@ class Claimer:
     Drive it with :meth:`begin`, :meth:`receive` (a voter's reply) and :meth:`tick`
     (time passed). Each returns the :class:`Claim` to send to the voters when the
     claimer moved to a new candidate (None otherwise); a majority of grants wins,
-    whichever voters give them (the shell asks a bare majority first). When :attr:`done`, either
-    :attr:`won` holds the address or :attr:`refusal` a sentence; :attr:`lost` lists
-    addresses some voters granted that the claimer did not keep (release them).
+    whichever voters give them (the shell asks a bare majority first). When
+    :attr:`done`, either :attr:`won` holds the address or :attr:`refusal` a sentence;
+    :attr:`lost` lists addresses some voters granted that the claimer did not keep
+    (release them).
     """
 
     claim_prefix: str

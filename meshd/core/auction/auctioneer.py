@@ -88,7 +88,7 @@ import dataclasses
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.config import AuctionConfig
@@ -135,6 +135,11 @@ from meshd.core.auction.rounds import Auction, Round, explain, snapshot, unsatis
 # A size, not a timing: awards per round (the winner, then the next-best).
 AWARDS_PER_ROUND = 2
 CONFIRM_ASKS = 2  # Accepts a winner re-sends before it confirms the placement itself
+
+
+def _positive(r: Round) -> list[str]:
+    """The bidders of ``r`` that bid (and so hold capacity for it)."""
+    return [node for node, b in r.bids.items() if b.score > 0]
 
 
 def _supersedes(p: Placement, cur: Placement) -> bool:
@@ -328,7 +333,9 @@ class Auctioneer:
             return out
         # The claim took so long that the bidders' holds may lapse before two awards
         # are answered (their bids would be refused): ask for fresh bids instead.
-        self._release_bids(r, "its bids grew old while the addresses were claimed", out)
+        self._release_holds(
+            r, _positive(r), "its bids grew old while the addresses were claimed", out
+        )
         r.state, r.reason, r.closed_at = WAITING, "bids too old to award", now
         self._persist_round(a, r, out)
         self._start_round(a, now, out)
@@ -343,15 +350,13 @@ class Auctioneer:
         out: list[Effect] = []
         r = a.round
         if r is not None and r.state in (COLLECTING, CLOSED):
-            self._release_bids(r, "the submission was refused", out)
+            self._release_holds(r, _positive(r), "the submission was refused", out)
         self._fail(a, why, now, out)
         return out
 
-    def _release_bids(self, r: Round, why: str, out: list[Effect]) -> None:
-        """Free the holds of every positive bid of ``r`` (none of them was awarded)."""
-        for node, b in r.bids.items():
-            if b.score <= 0:
-                continue
+    def _release_holds(self, r: Round, nodes: Iterable[str], why: str, out: list[Effect]) -> None:
+        """Free the holds ``nodes`` placed for their bids in ``r`` (none was awarded)."""
+        for node in nodes:
             if node == self._name:
                 self._book.release_hold(r.rid, why, out)
             else:
@@ -726,11 +731,8 @@ class Auctioneer:
         """No award of this round was accepted: widen, retry or fail."""
         r, cfg = a.round, self._cfg
         assert r is not None
-        for node in r.ranked[r.next_idx :]:  # positive bids never awarded: free their holds
-            if node == self._name:
-                self._book.release_hold(r.rid, "the round placed nothing", out)
-            else:
-                out.append(Send(node, Release(r.rid), False))
+        # Positive bids never awarded: free their holds.
+        self._release_holds(r, r.ranked[r.next_idx :], "the round placed nothing", out)
         busy = False
         for node, b in r.bids.items():
             if b.score <= 0:
