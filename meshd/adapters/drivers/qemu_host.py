@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from meshd.adapters import taps
 from meshd.adapters.drivers.base import WorkloadState
 from meshd.adapters.drivers.procfs import DEAD, boot_id, find_by_cmdline, read_stat, write_durably
 from meshd.adapters.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
@@ -314,18 +315,7 @@ async def tap_up(tap: str, bridge: str, timeout_s: float) -> None:
     if not has_netdev(bridge, "bridge"):
         raise DriverError(f"bridge {bridge} does not exist in this network namespace")
     await tap_down(tap, timeout_s)
-    await run_tool(
-        ["ip", "tuntap", "add", "dev", tap, "mode", "tap"], f"cannot add tap {tap}", timeout_s
-    )
-    try:
-        await run_tool(
-            ["ip", "link", "set", tap, "master", bridge, "up"],
-            f"cannot attach {tap} to {bridge}",
-            timeout_s,
-        )
-    except DriverError:
-        await tap_down(tap, timeout_s)
-        raise
+    taps.make(tap, bridge)  # ioctls: no process on the way to the guest's start
 
 
 async def tap_down(tap: str, timeout_s: float) -> None:
