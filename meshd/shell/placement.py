@@ -404,8 +404,9 @@ class PlacementShell:
         refused claim ends the auction with the claim's sentence (``abandon``)."""
         assert self.addresses is not None
         why = "the submission was cancelled"
+        claim = asyncio.ensure_future(self.addresses.assign(workload.id, workload.spec))
         try:
-            fixed = await self.addresses.assign(workload.id, workload.spec)
+            fixed = await self._unless_failed(aid, claim)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, MeshdError):
                 why = str(exc)
@@ -422,6 +423,28 @@ class PlacementShell:
             self._forget(aid)
             raise
         return workload
+
+    async def _unless_failed(self, aid: str, claim: asyncio.Future[WorkloadSpec]) -> WorkloadSpec:
+        """The claim's result; if pending auction ``aid`` fails first (no node can take
+        the workload), the claim is cancelled (giving back what it was granted) and the
+        auction's error raised: nobody waits for addresses nothing could use."""
+        fut = self._waiting.get(aid)
+        try:
+            if fut is not None and not claim.done():
+                await asyncio.wait((claim, fut), return_when=asyncio.FIRST_COMPLETED)
+            if not claim.done() and fut is not None and not fut.cancelled():
+                failed = fut.exception()
+                if failed is not None:
+                    claim.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await claim
+                    raise failed
+            return await claim
+        finally:
+            if not claim.done():  # this submission was cancelled
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
 
     def _forget(self, aid: str) -> None:
         """Stop waiting for auction ``aid``: the submission answers with another error."""

@@ -382,6 +382,7 @@ class Submission:
     at: float
     result: dict[str, Any] | None = None
     error: str | None = None
+    ended: float | None = None  # when it answered (virtual time)
 
 
 class AttachingDriver(FakeDriver):
@@ -862,6 +863,7 @@ class ShellSim:
             sub.result = await shell.submit(sub.request)
         except MeshdError as exc:
             sub.error = str(exc)
+        sub.ended = self.now
 
     def remove_named(self, name: str, workload: str) -> None:
         """``meshd workload rm`` of the workload called ``workload``, as ``name`` sees it."""

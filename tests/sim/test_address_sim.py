@@ -26,6 +26,7 @@ import os
 import random
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from meshd import config
@@ -340,6 +341,30 @@ def test_a_minority_can_not_allocate() -> None:
         sim.run_until(25.0)
         err = sim.submissions[0].error
         assert err is not None and "no majority answered the address claim" in err, err
+    finally:
+        sim.close()
+
+
+def test_a_claim_stops_when_its_auction_fails_first() -> None:
+    """The auction of a NIC submission no node can take fails after its bid window; a
+    claim that cannot end by then (its node is cut off from the majority) stops there
+    with the auction's sentence, instead of claiming on for addresses nothing could use
+    (before, it answered only when the claim gave up, with the claim's sentence)."""
+    sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
+    try:
+        sim.systems["n1"].mode = "refuse"  # its fence fails: n1 stays up, cut off
+        sim.at(8.1, sim.partition, ["n1"], ["n2", "n3"])
+        sim.run_until(13.0)
+        huge = msgspec.structs.replace(request(1), memory=1 << 50)
+        sim.at(13.1, sim.submit, "n1", huge)
+        sim.run_until(25.0)
+        sub = sim.submissions[0]
+        assert sub.error is not None and "majority" not in sub.error, sub.error
+        assert "no node" in sub.error, sub.error
+        cfg = sim.placement("n1").ctx.cfg
+        assert sub.ended is not None
+        assert sub.ended - sub.at < cfg.addresses.claim_timeout_s * cfg.addresses.attempts / 2
+        assert not sim.placement("n1").addresses.table.entries()  # its own grant given back
     finally:
         sim.close()
 
