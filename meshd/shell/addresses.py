@@ -247,7 +247,7 @@ class AddressShell:
             if nic.ip is None:
                 continue
             text = core.canonical(nic.ip)
-            number = int(ipaddress.ip_address(text))
+            number = core.number(text)
             self._holders[text] = wid
             self._ints[number] = wid
             held.append((text, number, mac))
@@ -365,11 +365,7 @@ class AddressShell:
         if fixed is None:
             # Not what this node's other claims are trying right now either: concurrent
             # submissions through one node would otherwise draw the same candidates.
-            trying = {
-                int(ipaddress.ip_address(c.current.address))
-                for c, _ in self._claims.values()
-                if c.current
-            }
+            trying = {core.number(c.current.address) for c, _ in self._claims.values() if c.current}
             taken = _AnyOf(self._taken(), also_taken, trying)
             pool, self._low[net.name] = core.candidates(
                 net, taken, self._rng, cfg.window, self._low.get(net.name, 0), cfg.attempts

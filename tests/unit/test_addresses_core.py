@@ -113,6 +113,38 @@ def test_the_key_is_the_address_across_networks_and_spellings() -> None:
     assert got == Deny("c2", "fd00::1", "w1")
 
 
+def _by_ipaddress(text: str) -> tuple[str, int] | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return str(ip), int(ip)
+
+
+def _fast(text: str) -> tuple[str, int] | None:
+    try:
+        return core.canonical(text), core.number(text)
+    except ValueError:
+        return None
+
+
+EDGES = [
+    "10.0.0.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3.04", "1.2.3",
+    "1.2.3.4.5", "1.2.3.4 ", " 1.2.3.4", "1.2.3.4\x00", "\uff11.2.3.4", "0x1.2.3.4", "", "::",
+    "fd00::0001", "::ffff:1.2.3.4", "FD00::A", "1.2.3.-1", "1..2.3",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_canonical_and_number_agree_with_ipaddress(text: str) -> None:
+    assert _fast(text) == _by_ipaddress(text)
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:afx ", max_size=20)))
+def test_canonical_and_number_agree_with_ipaddress_anywhere(text: str) -> None:
+    assert _fast(text) == _by_ipaddress(text)
+
+
 @pytest.mark.parametrize(
     ("entry", "backed", "removed", "roster", "now", "freed"),
     [
