@@ -70,6 +70,7 @@ run exactly; the seed is in every failure message (:meth:`ShellSim.describe`,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
@@ -383,6 +384,7 @@ class Submission:
     result: dict[str, Any] | None = None
     error: str | None = None
     ended: float | None = None  # when it answered (virtual time)
+    task: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
 
 
 class AttachingDriver(FakeDriver):
@@ -856,7 +858,7 @@ class ShellSim:
         self._cmd(f"submit {origin} {request.name} key={request.idempotency_key}")
         sub = Submission(origin, request, self.now)
         self.submissions.append(sub)
-        node.proc.spawn(self._submit(node.placement, sub))
+        sub.task = node.proc.spawn(self._submit(node.placement, sub))
 
     async def _submit(self, shell: PlacementShell, sub: Submission) -> None:
         try:

@@ -369,6 +369,38 @@ def test_a_claim_stops_when_its_auction_fails_first() -> None:
         sim.close()
 
 
+def test_a_submission_cancelled_while_it_claims_leaves_no_grant_and_no_hold() -> None:
+    """The client goes away (its request task is cancelled) while the claim waits on
+    slow voters: every grant of the claim is given back, those that arrive after the
+    cancellation too, and the auction it started is abandoned with its holds; the
+    address is then free for the next submission."""
+    names = ["n1", "n2", "n3"]
+    sim = _settled(names, "10.40.0.0/24")
+    try:
+        for peer in ("n2", "n3"):
+            sim.net.set_link("n1", peer, LinkModel(delay=(0.2, 0.25)))
+        sim.at(8.1, sim.submit, "n1", request(1, "10.40.0.9"))
+        sim.run_until(8.2)
+        first = sim.submissions[0]
+        assert first.task is not None and first.result is None and first.error is None
+        first.task.cancel()
+        sim.run_until(11.0)
+        assert first.task.cancelled()
+        wid = sim.placement("n1").core.placements()
+        assert not wid, wid
+        for x in names:
+            left = [
+                e for e in sim.placement(x).addresses.table.entries() if e.holder != "node:" + x
+            ]
+            assert not [e for e in left if not e.holder.startswith("node:")], (x, left)
+            assert not sim.placement(x).core.ledger().holds, x
+        sim.at(11.1, sim.submit, "n3", request(2, "10.40.0.9"))
+        sim.run_until(14.0)
+        assert sim.submissions[1].result is not None, sim.submissions[1].error
+    finally:
+        sim.close()
+
+
 def test_a_node_address_is_claimed_once_kept_across_a_restart_and_listed() -> None:
     sim = _settled(["n1", "n2", "n3"], "10.40.0.0/24")
     got: list[str] = []
