@@ -583,7 +583,7 @@ def document() -> dict[str, Any]:
             },
             "/v1/networks/{name}": {
                 "get": {
-                    "summary": "One network, with the addresses in use on it (holder, ip, mac)",
+                    "summary": "One network; what holds its addresses (holder, ip, mac, state)",
                     "parameters": [_NAME_PARAM],
                     "responses": {"200": _ok("network", json_obj), **_NO_NETWORK, **_ERRORS},
                 },

@@ -668,7 +668,7 @@ class Api:
         users = placement.addresses.in_use(name) if placement.addresses else []
         # Nodes' own addresses (DHCP and metadata on the bridge) are the network's
         # plumbing, set up as soon as it is offered: only workloads keep it.
-        users = [u for u in users if u["name"] is not None]
+        users = [u for u in users if u["state"] == "placed"]
         if users:
             some = ", ".join(str(u["name"] or u["holder"]) for u in users[:3])
             more = f" and {len(users) - 3} more" if len(users) > 3 else ""

@@ -470,7 +470,7 @@ def _network_text(doc: dict[str, Any]) -> None:
     output.emit_fields({k: v for k, v in fields.items() if k not in skip})
     if users:
         output.emit_text("addresses in use:")
-        output.emit_table(users, ["holder", "name", "ip", "mac"])
+        output.emit_table(users, ["holder", "name", "ip", "mac", "state"])
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:

@@ -84,6 +84,12 @@ TORN_KEEP = 4096  # owners' TornDown remembered until freed (one forgotten: aske
 View = Callable[[], Mapping[str, Placement]]
 
 
+def _row(holder: str, name: str | None, ip: str, index: int | None, state: str) -> dict[str, Any]:
+    """One row of :meth:`AddressShell.in_use` (``network show``'s ``addresses``)."""
+    mac = None if index is None else mac_for(holder, index)
+    return {"holder": holder, "name": name, "ip": ip, "mac": mac, "state": state}
+
+
 def nics_json(workload_id: str, spec: WorkloadSpec) -> list[dict[str, Any]]:
     """A workload's addresses as the API shows them (``addresses`` in its JSON)."""
     return [
@@ -254,27 +260,38 @@ class AddressShell:
         self._by_wid[wid] = tuple(held)
 
     def in_use(self, network: str) -> list[dict[str, Any]]:
-        """What holds an address on ``network``: live placements, then nodes."""
+        """What holds an address on ``network``, each row with its ``state``: live
+        placements (``placed``), nodes (``node``), then what this node's own votes
+        still hold for: a removed workload whose owner has not torn it down yet
+        (``removed``: an owner cut off from the mesh may still run it) or a holder its
+        view does not know (``claimed``: a submission under way, or one that failed
+        before its release reached this node; freed after ``grant_ttl_s``)."""
         rows: list[dict[str, Any]] = []
-        for p in sorted(self._view().values(), key=lambda p: (p.name, p.workload_id)):
+        view = self._view()
+        for p in sorted(view.values(), key=lambda p: (p.name, p.workload_id)):
             if p.removed:
                 continue
             for i, nic in enumerate(p.spec.nics):
                 if nic.network == network and nic.ip is not None:
-                    rows.append(
-                        {
-                            "holder": p.workload_id,
-                            "name": p.name,
-                            "ip": nic.ip,
-                            "mac": mac_for(p.workload_id, i),
-                        }
-                    )
+                    rows.append(_row(p.workload_id, p.name, nic.ip, i, "placed"))
         nodes = self._roster_names()
+        held: list[dict[str, Any]] = []
         for e in self.table.entries():
+            if e.network != network:
+                continue
             node = e.holder.removeprefix(core.NODE_PREFIX)
-            if e.network == network and node != e.holder and node in nodes:
-                rows.append({"holder": e.holder, "name": None, "ip": e.address, "mac": None})
-        return rows
+            if node != e.holder:
+                if node in nodes:
+                    rows.append(_row(e.holder, None, e.address, None, "node"))
+                continue
+            gone = view.get(e.holder)
+            if gone is None:
+                held.append(_row(e.holder, None, e.address, None, "claimed"))
+            elif gone.removed:
+                nics = gone.spec.nics
+                index = next((i for i, n in enumerate(nics) if n.ip == e.address), None)
+                held.append(_row(e.holder, gone.name, e.address, index, "removed"))
+        return rows + sorted(held, key=lambda r: (r["state"], r["ip"]))
 
     def _describe(self, holder: str) -> str:
         p = self._view().get(holder)

@@ -548,6 +548,16 @@ def test_a_removed_workload_on_a_cut_off_owner_keeps_its_address_until_torn_down
         for k, t in enumerate(before + after):
             sim.at(t, sim.submit, majority_side[k % 2], request(2, "10.40.0.9", f"r{k}"))
         sim.at(16.0, sim.heal)
+        sim.run_until(15.9)
+        # `network show` on the majority side lists the address as held for the removed
+        # workload (by what each node granted), not as placed and not as free.
+        rows = [
+            (u["ip"], u["name"], u["state"])
+            for x in majority_side
+            for u in sim.placement(x).addresses.in_use("lan")  # type: ignore[union-attr]
+            if u["ip"] == "10.40.0.9"
+        ]
+        assert rows and set(rows) == {("10.40.0.9", "w1", "removed")}, rows
         sim.run_until(22.0)
         assert sim.submissions[0].result is not None, sim.submissions[0].error
         tries = sim.submissions[1:]
