@@ -34,6 +34,9 @@ if ((for_tests)) && [[ $(id -u) -eq 0 ]]; then
     command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
     # fence_redfish: the independent Redfish client the BMC tests and benchmark compare with
     command -v fence_redfish >/dev/null 2>&1 || need_apt+=(fence-agents)
+    # cloud-init's own EC2 and OpenStack crawlers read meshd's metadata service (never run
+    # as a service here: policy-rc.d below, and no systemd boots this machine)
+    [[ -d /usr/lib/python3/dist-packages/cloudinit ]] || need_apt+=(cloud-init)
     # promtool checks /metrics; zsh runs the generated completion script
     command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
     command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)

@@ -149,6 +149,53 @@ def test_a_guest_reads_its_own_metadata(world: World) -> None:
     assert [(s, b) for s, b, _ in g3] == [(200, "w-three"), (200, "#!/bin/sh\necho three\n")]
 
 
+CLOUD_INIT = """
+import json
+from cloudinit.sources.DataSourceOpenStack import read_metadata_service
+from cloudinit.sources.helpers import ec2
+
+url = "http://169.254.169.254"
+out = {
+    "ec2": ec2.get_instance_metadata("latest", url, timeout=3, retries=1),
+    "ec2_user_data": ec2.get_instance_userdata("latest", url, timeout=3, retries=1),
+}
+osd = read_metadata_service(url, timeout=3, retries=1)
+out["openstack"] = osd["metadata"]
+out["openstack_user_data"] = osd["userdata"]
+print(json.dumps(out, default=bytes.decode))
+"""
+
+
+def test_cloud_init_reads_a_guest_s_own_metadata_through_its_ec2_and_openstack_crawlers(
+    world: World,
+) -> None:
+    """Debian's cloud-init (its EC2 and OpenStack datasources' own crawlers, as a guest's
+    cloud-init runs them) walks the metadata service from the guest's address and gets
+    that guest's instance id, address, keys and user-data."""
+    probe = world.lab._in(world.g1.ns, "/usr/bin/python3", "-c", "import cloudinit", check=False)
+    if probe.returncode != 0:
+        pytest.skip("needs Debian's cloud-init (bootstrap/setup.sh --test installs it as root)")
+    got = world.lab._in(world.g1.ns, "/usr/bin/python3", "-c", CLOUD_INIT, check=False)
+    assert got.returncode == 0, got.stderr[-2000:]
+    out = json.loads(got.stdout)
+    ec2 = out["ec2"]
+    assert ec2["instance-id"] == "w-one" and ec2["local-ipv4"] == "10.77.0.11", ec2
+    assert ec2["mac"] == world.g1.mac and ec2["hostname"] == "web-one", ec2
+    assert ec2["public-keys"] == {"key-0": [KEY]}, ec2
+    assert ec2["placement"] == {"availability-zone": "a"}, ec2
+    assert out["ec2_user_data"] == USER_DATA
+    osd = out["openstack"]
+    assert osd["uuid"] == "w-one" and osd["hostname"] == "web-one", osd
+    assert osd["public_keys"] == {"key-0": KEY}, osd
+    assert out["openstack_user_data"] == USER_DATA
+    # Another guest's crawler gets its own instance, never w-one's.
+    other = world.lab._in(world.g2.ns, "/usr/bin/python3", "-c", CLOUD_INIT, check=False)
+    assert other.returncode == 0, other.stderr[-2000:]
+    two = json.loads(other.stdout)
+    assert two["ec2"]["instance-id"] == "w-two" and "public-keys" not in two["ec2"]
+    assert two["ec2_user_data"] == "" and two["openstack"]["uuid"] == "w-two"
+
+
 def test_only_the_own_blade_answers_arp_for_the_metadata_address(world: World) -> None:
     lab, g1 = world.lab, world.g1
     lab._in(g1.ns, "ip", "route", "replace", "169.254.169.254/32", "dev", "eth0")
