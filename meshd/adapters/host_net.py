@@ -1,7 +1,8 @@
 """What meshd does to the host's network for its guests: bridges, addresses, taps, guard.
 
 Thin: each function runs iproute2 (``ip``, ``bridge``) or ``nft`` with a timeout
-through :func:`meshd.adapters.drivers.qemu_host.run_tool`, or reads sysfs/procfs; the
+through :func:`meshd.adapters.drivers.qemu_host.run_tool`, makes a tap with ioctls
+(:mod:`meshd.adapters.taps`), or reads sysfs/procfs; the
 texts and decisions come from :mod:`meshd.core.guest_net`. Failures are DriverErrors
 saying what to do (the runner marks the workload failed; nothing crashes the daemon).
 Root only, in the network namespace meshd runs in.
