@@ -183,8 +183,9 @@ def qemu_alive(marker: str) -> bool:
 
 
 def order(kinds: list[str], runs: int) -> list[str]:
-    """``runs`` samples of each kind, in an order where each kind follows each kind
-    (itself included) equally often: a de Bruijn cycle of pairs, repeated.
+    """At least ``runs`` samples of each kind (rounded up to whole cycles), in an order
+    where each kind follows each kind (itself included) equally often: a de Bruijn
+    cycle of pairs, repeated.
 
     What ran just before a sample matters here: on this machine a guest started after
     a meshd sample reached its lease line ~0.13 s sooner after QEMU's start than one
@@ -209,10 +210,8 @@ def order(kinds: list[str], runs: int) -> list[str]:
             db(t + 1, t)
 
     db(1, 1)
-    out: list[str] = []
-    while len(out) < runs * n:
-        out += [kinds[i] for i in cycle]
-    return out[: runs * n]
+    cycles = -(-runs // n)  # whole cycles: ``runs`` rounded up to a multiple of the kinds
+    return [kinds[i] for i in cycle] * cycles
 
 
 def figure(name: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -235,7 +234,7 @@ def figure(name: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--guest-cache", help="MESHD_CACHE for bootstrap/guest-image.sh")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds of quiet before each sample")
     args = ap.parse_args()

@@ -72,7 +72,7 @@ def make(tap: str, bridge: str) -> None:
             raise DriverError(f"cannot add tap {tap}: {why}") from exc
         try:
             _attach(tap, bridge)
-        except DriverError:
+        except BaseException:
             with contextlib.suppress(OSError):
                 _persist(fd, False)  # the tap goes with our descriptor
             raise
@@ -81,7 +81,11 @@ def make(tap: str, bridge: str) -> None:
 
 
 def _attach(tap: str, bridge: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise DriverError(f"cannot attach {tap} to {bridge}: {exc.strerror}") from exc
+    with s:
         try:
             index = socket.if_nametoindex(tap)
             fcntl.ioctl(s, SIOCBRADDIF, _ifreq(bridge, "i", index))

@@ -422,8 +422,11 @@ class AddressShell:
                 event.clear()
                 wait = resend_at - loop.time()
                 if wait > TIME_EPS:  # (a float a hair short of resend_at: due now)
+                    # (asyncio.timeout, not wait_for: wait_for on 3.11 drops a cancel
+                    # that comes as the event is set, and the claim runs on.)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(event.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await event.wait()
                 now = loop.time()
                 moved = claimer.tick(now)
                 if moved is not None:

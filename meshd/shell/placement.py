@@ -406,7 +406,7 @@ class PlacementShell:
         why = "the submission was cancelled"
         claim = asyncio.ensure_future(self.addresses.assign(workload.id, workload.spec))
         try:
-            fixed = await self._unless_failed(aid, claim)
+            fixed = await self._unless_failed(aid, workload.id, claim)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, MeshdError):
                 why = str(exc)
@@ -424,10 +424,12 @@ class PlacementShell:
             raise
         return workload
 
-    async def _unless_failed(self, aid: str, claim: asyncio.Future[WorkloadSpec]) -> WorkloadSpec:
+    async def _unless_failed(
+        self, aid: str, workload_id: str, claim: asyncio.Future[WorkloadSpec]
+    ) -> WorkloadSpec:
         """The claim's result; if pending auction ``aid`` fails first (no node can take
-        the workload), the claim is cancelled (giving back what it was granted) and the
-        auction's error raised: nobody waits for addresses nothing could use."""
+        the workload), the claim is stopped and the auction's error raised: nobody
+        waits for addresses nothing could use."""
         fut = self._waiting.get(aid)
         try:
             if fut is not None and not claim.done():
@@ -435,16 +437,29 @@ class PlacementShell:
             if not claim.done() and fut is not None and not fut.cancelled():
                 failed = fut.exception()
                 if failed is not None:
-                    claim.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await claim
+                    await self._stop_claim(workload_id, claim)
                     raise failed
             return await claim
         finally:
             if not claim.done():  # this submission was cancelled
-                claim.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await claim
+                await self._stop_claim(workload_id, claim)
+
+    async def _stop_claim(self, workload_id: str, claim: asyncio.Future[WorkloadSpec]) -> None:
+        """Cancel ``claim`` and wait for it: a cancelled claim gives back its grants; one
+        that won all the same (its last wait had ended in the same loop turn) has its
+        addresses released here. A cancellation of this task itself goes on."""
+        assert self.addresses is not None
+        claim.cancel()
+        try:
+            spec = await claim
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except MeshdError:
+            pass  # refused: nothing held
+        else:
+            self.addresses.release(workload_id, spec)
 
     def _forget(self, aid: str) -> None:
         """Stop waiting for auction ``aid``: the submission answers with another error."""
