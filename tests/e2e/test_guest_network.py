@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,6 +245,37 @@ GUESTS_TOML = "\n[guests]\ncreate_bridges = false\n"
 BRIDGE_TOML = f'\n[drivers.qemu]\nbridge = "{GUEST_BRIDGE}"\n'
 
 
+def qemu_running(marker: str) -> bool:
+    """A live QEMU's command line holds ``marker`` (a workload id)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"qemu-system" in (cmd := (proc / "cmdline").read_bytes()) and (
+                marker.encode() in cmd
+            ):
+                return (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except OSError:
+            continue
+    return False
+
+
+def qemu_zombies(lab: Chassis, blade: str) -> list[int]:
+    """Zombie QEMU processes whose parent is ``blade``'s meshd (host pids; a zombie has
+    left its namespaces, so only its parent tells whose it is)."""
+    parent = str(lab.blade(blade).daemon.main_pid())
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            head, _, rest = (proc / "stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        f = rest.split()
+        if "(qemu-system" in head and f[0] == "Z" and f[1] == parent:
+            out.append(int(proc.name))
+    return out
+
+
 def test_meshd_runs_guests_on_the_blades_segment_and_replaces_a_cut_ones(
     base: Path, guest: dict[str, str]
 ) -> None:
@@ -275,6 +307,8 @@ def test_meshd_runs_guests_on_the_blades_segment_and_replaces_a_cut_ones(
             ping = wait_console(console(lab, "b1", wid), "MESHD-PING", 90)[0]
             assert ping == f"MESHD-PING {peer} ok"
         assert f"MESHD-HTTP meshd-guest {ip_a}" in http_get(lab, ip_a, HTTP_PORT)
+        # meshd is pid 1 of each blade: it waits for the orphans QEMU's -daemonize leaves
+        assert not qemu_zombies(lab, owner_a) and not qemu_zombies(lab, owner_b)
 
         lab.blade(owner_a).cut()
         survivor = next(b.name for b in lab.blades if b.name != owner_a)
@@ -283,6 +317,12 @@ def test_meshd_runs_guests_on_the_blades_segment_and_replaces_a_cut_ones(
         lease = fields(wait_console(console(lab, survivor, wa), "MESHD-LEASE", 60)[0])
         assert lease["ip"] == ip_a
         assert first_reply(lab.probe_ns, ip_a, 30) is not None
+        # A removed guest's QEMU exits; meshd, pid 1 of its blade, waits for it too.
+        lab.blade(survivor).daemon.api("DELETE", f"/v1/workloads/{wb}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (qemu_running(wb) or qemu_zombies(lab, owner_b)):
+            time.sleep(0.2)
+        assert not qemu_running(wb) and not qemu_zombies(lab, owner_b)
 
 
 def test_guests_get_addresses_metadata_and_names_through_meshd(

@@ -413,6 +413,7 @@ class QemuDriver(Driver):
         if rec.tap:
             await host.tap_down(rec.tap, self.tuning.tool_timeout_s)
         logger.info("qemu ended wid=%s state=%s detail=%s", wid, state.value, detail)
+        await host.reap_exited(rec.pid)
 
     # -- QMP ----------------------------------------------------------------------
 

@@ -177,6 +177,52 @@ def kill(rec: RunRecord) -> None:
             os.kill(rec.pid, signal.SIGKILL)
 
 
+def reap_adopted() -> None:
+    """Wait for the middle process QEMU's ``-daemonize`` leaves, when this meshd is pid
+    1 of its PID namespace (in a container, or a blade of the e2e lab): the kernel
+    hands orphans to pid 1, and an init that never waits keeps them as zombies. Only
+    zombie session leaders named qemu-system-* are waited for (the middle process
+    called setsid); never the launcher, which asyncio started and reaps itself.
+    Elsewhere the host's init reaps them and this does nothing."""
+    if os.getpid() != 1:
+        return
+    with os.scandir("/proc") as entries:
+        pids = [int(e.name) for e in entries if e.name.isdigit()]
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        head, _, rest = text.rpartition(")")
+        f = rest.split()
+        if len(f) > 3 and f[0] == "Z" and f[1] == "1" and f[3] == str(pid) and "(qemu-" in head:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+async def reap_exited(pid: int, timeout_s: float = 5.0, poll_s: float = 0.05) -> None:
+    """Wait for an exited guest's QEMU when this meshd, as pid 1, adopted it (see
+    :func:`reap_adopted`). Its threads may outlive its main one for a moment, and a
+    process can only be reaped once they are all gone, so this polls. Not our child
+    (meshd is not pid 1, or it was reaped): returns at once."""
+    if os.getpid() != 1:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not _reaped(pid):
+        if loop.time() >= deadline:
+            return
+        await asyncio.sleep(poll_s)
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it has exited (never blocks); True once it is no child of ours."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
+
+
 async def wait_dead(rec: RunRecord, timeout_s: float, poll_s: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -471,6 +517,7 @@ async def launch(
         write_json(wdir / INTENT_NAME, intent | {"tap": plan.tap})
         failpoint(FP + "start.after_intent")
         await run_daemonizing(argv(plan), f"QEMU refused workload {wdir.name}", err, timeout_s)
+        reap_adopted()  # the middle process -daemonize left
         failpoint(FP + "start.after_launch")
         pid = int(plan.pidfile.read_text().strip())
     except (DriverError, OSError, ValueError) as exc:
