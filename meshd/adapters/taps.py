@@ -90,8 +90,8 @@ def _attach(tap: str, bridge: str) -> None:
             index = socket.if_nametoindex(tap)
             fcntl.ioctl(s, SIOCBRADDIF, _ifreq(bridge, "i", index))
         except OSError as exc:
-            gone = exc.errno in (errno.ENODEV, errno.EINVAL)
-            why = "no such bridge in this network namespace" if gone else exc.strerror
+            gone = exc.errno in (errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP)
+            why = f"{bridge} is not a bridge in this network namespace" if gone else exc.strerror
             raise DriverError(f"cannot attach {tap} to {bridge}: {why}") from exc
         try:
             got = fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(tap, "H", 0))

@@ -63,10 +63,12 @@ def test_a_tap_is_made_on_its_bridge_and_failures_leave_nothing(ns: str) -> None
     assert out["made"] == "ok"
     assert out["again"] == "cannot add tap tapm0: an interface of that name exists"
     assert out["no_bridge"] == (
-        "cannot attach tapm1 to nobr: no such bridge in this network namespace"
+        "cannot attach tapm1 to nobr: nobr is not a bridge in this network namespace"
     )
     assert "must be 1 to 15 bytes" in out["long"]
-    assert out["not_a_bridge"].startswith("cannot attach tapm2 to tapm0")
+    assert out["not_a_bridge"] == (
+        "cannot attach tapm2 to tapm0: tapm0 is not a bridge in this network namespace"
+    )
     details = subprocess.run(
         ["ip", "-n", ns, "-d", "-j", "link", "show"], capture_output=True, text=True, check=True
     )
