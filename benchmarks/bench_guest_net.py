@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+from meshd.adapters.drivers.procfs import find_by_cmdline  # noqa: E402
 from meshd.core.nic import mac_for  # noqa: E402
 from tests.e2e.blades import GUEST_BRIDGE, Chassis, chassis, workloads  # noqa: E402
 from tests.e2e.guests import (  # noqa: E402
@@ -168,18 +169,7 @@ def wait_gone(lab: Chassis, wid: str) -> None:
 def qemu_alive(marker: str) -> bool:
     """A QEMU whose command line holds ``marker`` is alive (zombies don't count): no
     sample starts while an earlier one's guest still shuts down."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        state = stat[stat.rindex(")") + 2 :].split(" ", 1)[0]
-        if b"qemu-system" in cmdline and marker.encode() in cmdline and state not in "ZX":
-            return True
-    return False
+    return any(st.comm.startswith("qemu-") for st in find_by_cmdline(marker))
 
 
 def order(kinds: list[str], runs: int) -> list[str]:

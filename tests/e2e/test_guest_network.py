@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.adapters.drivers.procfs import find_by_cmdline, processes
 from meshd.core.nic import mac_for
 from tests.e2e.blades import (
     GUEST_BRIDGE,
@@ -247,33 +248,18 @@ BRIDGE_TOML = f'\n[drivers.qemu]\nbridge = "{GUEST_BRIDGE}"\n'
 
 def qemu_running(marker: str) -> bool:
     """A live QEMU's command line holds ``marker`` (a workload id)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if b"qemu-system" in (cmd := (proc / "cmdline").read_bytes()) and (
-                marker.encode() in cmd
-            ):
-                return (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
-        except OSError:
-            continue
-    return False
+    return any(st.comm.startswith("qemu-") for st in find_by_cmdline(marker))
 
 
 def qemu_zombies(lab: Chassis, blade: str) -> list[int]:
     """Zombie QEMU processes whose parent is ``blade``'s meshd (host pids; a zombie has
     left its namespaces, so only its parent tells whose it is)."""
-    parent = str(lab.blade(blade).daemon.main_pid())
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            head, _, rest = (proc / "stat").read_text().rpartition(")")
-        except OSError:
-            continue
-        f = rest.split()
-        if "(qemu-system" in head and f[0] == "Z" and f[1] == parent:
-            out.append(int(proc.name))
-    return out
+    parent = lab.blade(blade).daemon.main_pid()
+    return [
+        st.pid
+        for st in processes()
+        if st.state == "Z" and st.ppid == parent and st.comm.startswith("qemu-")
+    ]
 
 
 def test_meshd_runs_guests_on_the_blades_segment_and_replaces_a_cut_ones(

@@ -23,13 +23,23 @@ class ProcStat:
     state: str
     session: int
     starttime: int  # clock ticks since boot (field 22)
+    ppid: int = 0
+    comm: str = ""  # the executable's name, at most 15 bytes
 
 
 def parse_stat(text: str) -> ProcStat:
     # comm (field 2) may hold spaces and parentheses: it ends at the last ')'.
     head, _, rest = text.rpartition(")")
+    pid, _, comm = head.partition("(")
     f = rest.split()
-    return ProcStat(int(head.split("(", 1)[0]), f[0], int(f[3]), int(f[19]))
+    return ProcStat(int(pid), f[0], int(f[3]), int(f[19]), int(f[1]), comm)
+
+
+def processes() -> list[ProcStat]:
+    """Every process here, zombies included (one read of /proc/<pid>/stat each)."""
+    with os.scandir("/proc") as entries:
+        pids = [int(e.name) for e in entries if e.name.isdigit()]
+    return [st for st in map(read_stat, pids) if st is not None]
 
 
 def read_stat(pid: int) -> ProcStat | None:

@@ -37,7 +37,14 @@ import msgspec
 
 from meshd.adapters import taps
 from meshd.adapters.drivers.base import WorkloadState
-from meshd.adapters.drivers.procfs import DEAD, boot_id, find_by_cmdline, read_stat, write_durably
+from meshd.adapters.drivers.procfs import (
+    DEAD,
+    boot_id,
+    find_by_cmdline,
+    processes,
+    read_stat,
+    write_durably,
+)
 from meshd.adapters.drivers.qemu_args import LaunchPlan, argv, kernel_kind, wants_seed
 from meshd.adapters.drivers.specfile import SPEC_NAME, spec_driver
 from meshd.core.spec import WorkloadSpec, dumps
@@ -186,18 +193,15 @@ def reap_adopted() -> None:
     Elsewhere the host's init reaps them and this does nothing."""
     if os.getpid() != 1:
         return
-    with os.scandir("/proc") as entries:
-        pids = [int(e.name) for e in entries if e.name.isdigit()]
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        head, _, rest = text.rpartition(")")
-        f = rest.split()
-        if len(f) > 3 and f[0] == "Z" and f[1] == "1" and f[3] == str(pid) and "(qemu-" in head:
+    for st in processes():
+        if (
+            st.state == "Z"
+            and st.ppid == 1
+            and st.session == st.pid
+            and st.comm.startswith("qemu-")
+        ):
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+                os.waitpid(st.pid, os.WNOHANG)
 
 
 async def reap_exited(pid: int, timeout_s: float = 5.0, poll_s: float = 0.05) -> None:
