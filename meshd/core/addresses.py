@@ -247,8 +247,16 @@ def canonical(address: str) -> str:
 
 def number(address: str) -> int:
     """``int(ipaddress.ip_address(address))``, a dotted quad without ``ipaddress``."""
+    return key(address)[1]
+
+
+def key(address: str) -> tuple[str, int]:
+    """``(canonical(address), number(address))`` from one parse."""
     n = _v4(address)
-    return int(ipaddress.ip_address(address)) if n is None else n
+    if n is not None:
+        return address, n
+    ip = ipaddress.ip_address(address)
+    return str(ip), int(ip)
 
 
 # -- the voter's table -----------------------------------------------------------------

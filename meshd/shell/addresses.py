@@ -252,8 +252,7 @@ class AddressShell:
             self._macs[mac] = wid
             if nic.ip is None:
                 continue
-            text = core.canonical(nic.ip)
-            number = core.number(text)
+            text, number = core.key(nic.ip)
             self._holders[text] = wid
             self._ints[number] = wid
             held.append((text, number, mac))

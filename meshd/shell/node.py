@@ -221,7 +221,7 @@ def start_shells(
     runner.guests.addresses = addresses
     addresses.holds = runner.holds
     # Busy: auctions in flight besides the claiming submission's own.
-    addresses.busy = lambda: placement.in_flight() > 1
+    addresses.busy = lambda: placement.busy(besides=1)
     runner.resume_check = placement.resume_fits
     runner.start(
         placement.core.ledger().allocations, placement.allocations_complete, placement.synced

@@ -530,13 +530,16 @@ class PlacementShell:
             loop.call_later(linger, self._start_queued)
         return await ready
 
-    def busy(self) -> bool:
-        """Whether auctions this node started are in flight."""
-        return self.in_flight() > 0
-
-    def in_flight(self) -> int:
-        """Auctions this node started that have not ended."""
-        return sum(not f.done() for f in self._waiting.values())
+    def busy(self, besides: int = 0) -> bool:
+        """Whether more than ``besides`` auctions this node started are in flight
+        (stops counting there: it is asked on every submission)."""
+        left = besides
+        for f in self._waiting.values():
+            if not f.done():
+                if left == 0:
+                    return True
+                left -= 1
+        return False
 
     def _start_queued(self) -> None:
         self._start_due = False
