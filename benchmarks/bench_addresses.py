@@ -11,7 +11,12 @@ socket API for ``--seconds``, in alternating phases of the same run:
 
 ``ratio`` is addresses_per_s / placements_per_s (goal: ≥ 1, "no slower than placements
 themselves"). Failed submissions are counted, never hidden. Each phase runs ``--rounds``
-times, interleaved, so a slow moment of the shared machine hits both.
+times, interleaved, so a slow moment of the shared machine hits both; the rounds
+alternate which phase goes first (plain then NIC, then NIC then plain; ``--rounds`` is
+rounded up to an even number), because every placement makes the next one a little
+dearer (each node's view, ledger and runner grow), so a phase that always ran second
+would always run on a fuller mesh. ``assigned`` says where the NIC phase's addresses
+came from (``meshd_addresses_assigned_total``: this node's pool, or a claim).
 
 Run: .venv/bin/python benchmarks/bench_addresses.py [--nodes 4] [--seconds 8]
      [--clients 4] [--rounds 2] [--set KEY=VALUE]...
@@ -85,6 +90,18 @@ def rate(nodes: list[Daemon], seconds: float, clients: int, body: Body, tag: str
     }
 
 
+def sum_assigned(nodes: list[Daemon]) -> dict[str, int]:
+    """``meshd_addresses_assigned_total`` by source, summed over the nodes (the warm-up
+    included)."""
+    out: dict[str, int] = {}
+    for d in nodes:
+        for line in str(d.api("GET", "/metrics")).splitlines():
+            if line.startswith("meshd_addresses_assigned_total{"):
+                source = line.split('source="', 1)[1].split('"', 1)[0]
+                out[source] = out.get(source, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
 def emit(figure: str, nodes: int, **fields: Any) -> None:
     doc = {"bench": "addresses", "figure": figure, "nodes": nodes, **fields}
     print(json.dumps(doc), flush=True)
@@ -120,9 +137,11 @@ def main() -> None:
             rate(nodes, 2.0, 1, plain, "wp")
             rate(nodes, 2.0, 1, with_nic, "wa")
             plains, addrs = [], []
-            for r in range(args.rounds):
-                plains.append(rate(nodes, args.seconds, args.clients, plain, f"p{r}-"))
-                addrs.append(rate(nodes, args.seconds, args.clients, with_nic, f"a{r}-"))
+            for r in range(args.rounds + args.rounds % 2):
+                phases = [(plains, plain, "p"), (addrs, with_nic, "a")]
+                for out, body, tag in phases if r % 2 == 0 else phases[::-1]:
+                    out.append(rate(nodes, args.seconds, args.clients, body, f"{tag}{r}-"))
+            assigned = sum_assigned(nodes)
             common = {
                 "originators": ORIGINATORS,
                 "clients": args.clients,
@@ -151,6 +170,7 @@ def main() -> None:
                 failed=sum(x["failed"] for x in addrs),
                 errors=[e for x in addrs for e in x["errors"]][:3],
                 means="submissions with one NIC placed (one address each) per second",
+                assigned=assigned,
                 **common,
             )
             emit(

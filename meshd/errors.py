@@ -217,3 +217,9 @@ class AddressConflictError(AddressError):
     """No address could be fixed: taken by another holder, a full pool, no majority."""
 
     http_status = 409
+
+
+class NetworkFullError(AddressConflictError):
+    """A network has no free address left (as this node sees it)."""
+
+    http_status = 409

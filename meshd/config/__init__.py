@@ -239,6 +239,7 @@ class Config(_Section):
         # Every count and timing must be positive, except those below that say otherwise.
         may_be_zero = {
             "addresses.batch_linger_s",
+            "addresses.pool",  # 0: no pools, every address claimed on the submit path
             "api.shutdown_grace_s",
             "auction.batch_linger_s",
             "bmc.retries",
@@ -320,6 +321,8 @@ def _check_relations(cfg: Config) -> None:
     ad = cfg.addresses
     if ad.attempts < 1 or ad.window < 1:
         raise ConfigError("addresses.attempts and addresses.window must be at least 1")
+    if ad.pool > 1024:
+        raise ConfigError(f"addresses.pool must be at most 1024, got {ad.pool}")
     if not ad.claim_timeout_s > 0 or not ad.sweep_s > 0:
         raise ConfigError("addresses.claim_timeout_s and addresses.sweep_s must be positive")
     if ad.batch_linger_s * 4 >= ad.claim_timeout_s:  # the first resend comes at a quarter

@@ -320,6 +320,12 @@ class AddressesConfig(_Section):
     # writes its grants for all of them in one transaction (one fsync) and answers in
     # one datagram. An idle node claims at once. 0: no batching.
     batch_linger_s: float = 0.015
+    # Addresses each node keeps per network it has been asked for, granted by a majority
+    # ahead of demand in blocks of 16 and handed out to its own submissions without a
+    # claim (topped up as half of them are gone; all nodes' pools together take at most
+    # an eighth of a network, so a small network keeps none). A fixed address is claimed
+    # as before. 0: every address is claimed on the submit path.
+    pool: int = 128
 
 
 @dataclass(frozen=True)

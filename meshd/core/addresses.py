@@ -33,7 +33,8 @@ Chubby or a Paxos phase-1 promise would, reduced to one round:
   run it (its tombstone in the view and :func:`runs_nowhere`: its last owner's
   ``TornDown``, or that owner fenced or gone from the roster), never by age before; a
   grant no live placement backs is freed after ``grant_ttl_s`` (longer than any
-  submission takes); ``node:NAME`` is freed once NAME leaves the roster.
+  submission takes); ``node:NAME`` and a node's pool (``pool:TAG:NAME``,
+  :mod:`meshd.core.address_pool`) are freed once NAME leaves the roster, never by age.
 
 Messages travel as bundles (:func:`encode_all`): what one loop turn sends one member,
 in one signed datagram of at most 1200 bytes.
@@ -57,6 +58,10 @@ from meshd.core.quorum import VoteResult, majority, vote_result
 from meshd.errors import AddressError, EnvelopeError
 
 NODE_PREFIX = "node:"  # holder of a node's own address on a network's bridge
+BLOCK_BITS = 4  # a pool is claimed in blocks of 2**BLOCK_BITS aligned addresses
+BLOCK_SIZE = 1 << BLOCK_BITS
+WALK_MAX_BLOCKS = 1 << 16  # blocks a full network's candidate walk may look at
+POOL_PREFIX = "pool:"  # holder of addresses a node lends itself (meshd.core.address_pool)
 MAX_FIELD = 300  # bytes of a holder, network or claim id on the wire
 
 # -- messages -------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def _msg(doc: object) -> Msg:
     try:
         canonical(doc["a"])
     except ValueError as exc:
-        raise EnvelopeError(f"{doc['a']!r:.60} is not an IP address") from exc
+        raise EnvelopeError(f"{doc['a']!r:.60} is not an IP address or block") from exc
     if tag == "c":
         return Claim(doc["i"], doc["a"], doc["n"], doc["h"])
     if tag == "g":
@@ -237,12 +242,55 @@ def _v4(text: str) -> int | None:
 
 
 def canonical(address: str) -> str:
-    """One spelling per address (``fd00::0001`` and ``fd00::1`` are one key); ValueError
-    if ``address`` is none. A dotted quad is checked without ``ipaddress``: each vote
-    parses one, and ``ipaddress`` took ~2 % of a voter's CPU doing it."""
+    """One spelling per address (``fd00::0001`` and ``fd00::1`` are one key), or per
+    block (:func:`block_of`); ValueError if ``address`` is neither. A dotted quad is
+    checked without ``ipaddress``: each vote parses one, and ``ipaddress`` took ~2 % of
+    a voter's CPU doing it."""
     if _v4(address) is not None:
         return address
+    if "/" in address:
+        return block_of(address).text
     return str(ipaddress.ip_address(address))
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """:data:`BLOCK_SIZE` aligned addresses, claimed as one (a node's pool)."""
+
+    text: str  # canonical CIDR
+    first: int
+    version: int
+
+    @property
+    def numbers(self) -> range:
+        return range(self.first, self.first + BLOCK_SIZE)
+
+    def address(self, n: int) -> str:
+        """The canonical text of address number ``n`` (of this block's family)."""
+        make = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
+        return str(make(n))
+
+
+def block_of(text: str) -> Block:
+    """The block ``text`` names (``10.64.0.16/28``: :data:`BLOCK_SIZE` addresses,
+    aligned); ValueError if it names none."""
+    net = ipaddress.ip_network(text, strict=True)
+    if net.num_addresses != BLOCK_SIZE:
+        raise ValueError(f"{text!r:.60} is not a block of {BLOCK_SIZE} addresses")
+    return Block(str(net), int(net.network_address), net.version)
+
+
+def block_text(first: Address) -> str:
+    """The block that starts at ``first``."""
+    return f"{first}/{first.max_prefixlen - BLOCK_BITS}"
+
+
+def claim_numbers(address: str) -> range:
+    """The address numbers a claim of ``address`` (one address, or a block) covers."""
+    if "/" in address:
+        return block_of(address).numbers
+    n = number(address)
+    return range(n, n + 1)
 
 
 def number(address: str) -> int:
@@ -274,8 +322,11 @@ class VoterTable:
     """The addresses this node granted, by address (what the store's table holds)."""
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
-        self._by_address: dict[str, Entry] = {e.address: e for e in entries}
-        self._ints = {number(a) for a in self._by_address}
+        self._by_address: dict[str, Entry] = {}
+        self._ints: set[int] = set()
+        self._blocks: dict[int, Entry] = {}  # a block's first number -> its grant
+        for e in entries:
+            self.put(e)
 
     def get(self, address: str) -> Entry | None:
         return self._by_address.get(address)
@@ -291,28 +342,65 @@ class VoterTable:
         """The answer to ``claim``: a :class:`Deny`, or the entry to write *before*
         answering ``Grant`` (then :meth:`put` it). ``in_view``: address -> holder of
         every live placement's NICs in this voter's view."""
-        address = canonical(claim.address)
+        if "/" in claim.address:
+            return self._decide_block(claim, block_of(claim.address), now, in_view)
+        address, n = key(claim.address)
         other = in_view.get(address)
         if other is not None and other != claim.holder:
             return Deny(claim.claim, address, other)
-        held = self._by_address.get(address)
+        held = self._by_address.get(address) or self._blocks.get(n & ~(BLOCK_SIZE - 1))
         if held is not None and held.holder != claim.holder:
             return Deny(claim.claim, address, held.holder)
         return Entry(address, claim.network, claim.holder, now)
 
+    def _decide_block(
+        self, claim: Claim, block: Block, now: float, in_view: Mapping[str, str]
+    ) -> Reply | Entry:
+        """A block is granted whole or not at all: none of its addresses may be held for
+        anybody else, here or in the view."""
+        held = self._blocks.get(block.first)
+        if held is not None and held.holder != claim.holder:
+            return Deny(claim.claim, block.text, held.holder)
+        if held is None:
+            for n in block.numbers:
+                text = block.address(n)
+                other = in_view.get(text)
+                if other is None and n in self._ints:
+                    single = self._by_address.get(text)
+                    other = single.holder if single is not None else None
+                if other is not None:
+                    return Deny(claim.claim, block.text, other)
+        return Entry(block.text, claim.network, claim.holder, now)
+
     def put(self, entry: Entry) -> None:
+        if "/" in entry.address:
+            block = block_of(entry.address)
+            self._blocks[block.first] = entry
+            self._ints.update(block.numbers)
+        else:
+            self._ints.add(number(entry.address))
         self._by_address[entry.address] = entry
-        self._ints.add(number(entry.address))
 
     def drop(self, address: str) -> None:
-        if self._by_address.pop(address, None) is not None:
+        if self._by_address.pop(address, None) is None:
+            return
+        if "/" in address:
+            block = block_of(address)
+            self._blocks.pop(block.first, None)
+            self._ints.difference_update(block.numbers)
+        else:
             self._ints.discard(number(address))
 
     def releasable(self, release: Release, in_view: Mapping[str, str]) -> bool:
         """Whether a claimer's ``release`` frees its grant here (nothing in view backs it)."""
         address = canonical(release.address)
         held = self._by_address.get(address)
-        return held is not None and held.holder == release.holder and in_view.get(address) is None
+        if held is None or held.holder != release.holder:
+            return False
+        if "/" in address:
+            block = block_of(address)
+            return not any(block.address(n) in in_view for n in block.numbers)
+        return in_view.get(address) is None
 
     def sweep(
         self,
@@ -329,11 +417,13 @@ class VoterTable:
         ``removed``: holders whose placement is a tombstone in the view and that nothing
         can run any more (:func:`runs_nowhere`); ``waiting``: holders whose tombstone
         waits for that (their owner may still run them): never freed by age;
-        ``roster``: the enrolled node names (``node:NAME`` is freed once NAME left it)."""
+        ``roster``: the enrolled node names (``node:NAME`` and ``pool:TAG:NAME`` are
+        freed once NAME left it, never by age)."""
         free = []
         for e in self.entries():
-            if e.holder.startswith(NODE_PREFIX):
-                gone = e.holder[len(NODE_PREFIX) :] not in roster
+            node = node_holder(e.holder)
+            if node is not None:
+                gone = node not in roster
             elif e.holder in waiting:
                 gone = False
             else:
@@ -406,6 +496,36 @@ def candidates(
     return free, hint if walked else start
 
 
+def block_candidates(
+    net: Network, taken: Container[int], rng: random.Random, need: int
+) -> list[Address]:
+    """Up to ``need`` blocks of ``net`` (their first addresses) with no address in
+    ``taken``, drawn at random (then walked, in a network too full for random draws)."""
+    first = -(-int(net.subnet.network_address) // BLOCK_SIZE)  # the first whole block
+    last = (int(net.subnet.broadcast_address) + 1) // BLOCK_SIZE - 1
+    if last < first:
+        return []
+    make = ipaddress.IPv4Address if net.subnet.version == 4 else ipaddress.IPv6Address
+
+    def free(b: int) -> bool:
+        return not any(n in taken for n in range(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE))
+
+    found: dict[int, None] = {}
+    for _ in range(DRAWS * need):
+        b = rng.randint(first, last)
+        if b not in found and free(b):
+            found[b] = None
+            if len(found) == need:
+                return [make(b * BLOCK_SIZE) for b in found]
+    if last - first < WALK_MAX_BLOCKS:  # (a huge IPv6 network is never walked)
+        for b in range(first, last + 1):
+            if len(found) == need:
+                break
+            if b not in found and free(b):
+                found[b] = None
+    return [make(b * BLOCK_SIZE) for b in found]
+
+
 def check_fixed(net: Network, text: str) -> Address:
     """A requested fixed address on ``net``; :class:`AddressError` says what to fix."""
     try:
@@ -442,9 +562,23 @@ def runs_nowhere(
     return owner is None or owner not in roster or torn_down_by == owner or fenced
 
 
+def node_holder(holder: str) -> str | None:
+    """The node a node's own holder (``node:NAME``, ``pool:TAG:NAME``) names; None for a
+    workload. A voter grants such a claim only to that node itself."""
+    if holder.startswith(NODE_PREFIX):
+        return holder[len(NODE_PREFIX) :]
+    if holder.startswith(POOL_PREFIX):
+        _, sep, node = holder[len(POOL_PREFIX) :].partition(":")
+        return node if sep and node else None
+    return None
+
+
 def holder_text(holder: str) -> str:
     if holder.startswith(NODE_PREFIX):
         return f"node {holder[len(NODE_PREFIX) :]}"
+    node = node_holder(holder)
+    if node is not None:
+        return f"node {node}'s pool (it hands those out to submissions through {node})"
     return f"workload {holder}"
 
 
@@ -483,6 +617,8 @@ class Claimer:
     tried: int = 0
     timeouts: int = 0
     answered_most: int = 0  # the most voters that answered any one attempt
+    full: bool = False  # refused because no candidate was left (the network is full)
+    block: bool = False  # each candidate is the first address of a block to claim whole
 
     @property
     def done(self) -> bool:
@@ -507,7 +643,7 @@ class Claimer:
             self.denies[voter] = reply.holder
         result = vote_result(self.voters, self.grants, self.denies)
         if result is VoteResult.WON:
-            self.won = ipaddress.ip_address(cur.address)
+            self.won = ipaddress.ip_address(cur.address.partition("/")[0])
             self.current = None
             return None
         if result is VoteResult.LOST:
@@ -541,7 +677,7 @@ class Claimer:
         ):
             return None
         try:
-            address = ipaddress.ip_address(reply.address)
+            address = ipaddress.ip_address(reply.address.partition("/")[0])
         except ValueError:
             return None
         return None if address == self.won else Release(reply.address, self.holder)
@@ -588,12 +724,12 @@ class Claimer:
         self.tried += 1
         self.grants, self.denies = set(), {}
         self.deadline = now + self.timeout_s
-        self.current = Claim(
-            f"{self.claim_prefix}.{self.tried}", str(address), self.net.name, self.holder
-        )
+        text = block_text(address) if self.block else str(address)
+        self.current = Claim(f"{self.claim_prefix}.{self.tried}", text, self.net.name, self.holder)
         return self.current
 
     def _full(self) -> str:
+        self.full = True
         return (
             f"network {self.net.name} ({self.net.subnet}) has no free address left: remove a "
             "workload that uses it, or create a larger network"

@@ -66,9 +66,11 @@ from meshd.errors import (
     AddressError,
     EnvelopeError,
     MeshdError,
+    NetworkFullError,
     NotFoundError,
     StoreError,
 )
+from meshd.shell.address_pool import Pools
 from meshd.shell.bus import WorkloadGone
 from meshd.shell.context import NodeContext
 from meshd.shell.networks import Networks
@@ -175,6 +177,8 @@ class AddressShell:
             "Address claims this node sent to its voters: a new candidate (attempt) or a "
             "resend to voters that had not answered",
         )
+        # This node's pools (addresses granted ahead of demand, lent without asking).
+        self.pools = Pools(ctx, self)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -184,9 +188,11 @@ class AddressShell:
         )
         self._spawn(self._sweep_periodically())
         self.ctx.bus.subscribe(WorkloadGone, self._on_gone)
+        self.pools.start()
 
     def stop(self) -> None:
         self._stopped = True
+        self.pools.stop()
         for task in list(self._tasks):
             task.cancel()
         for claimer, event in self._claims.values():
@@ -207,6 +213,37 @@ class AddressShell:
             names = {m.name for m in roster.members(self.ctx.store) if m.role == "node"}
             self._voter_cache = (now, frozenset({*names, self.name}))
         return self._voter_cache[1]
+
+    # -- what the pools use (meshd.shell.address_pool.Claims) ----------------------------
+
+    async def claim_block(self, holder: str, net: Network) -> str:
+        """Claim a whole free block of ``net`` for pool holder ``holder``; its text."""
+        return core.block_text(await self._claim(holder, net, None, set(), block=True))
+
+    def give_back(self, holder: str, addresses: list[str]) -> None:
+        self._release(holder, addresses)
+
+    def view_synced(self) -> bool:
+        return self._synced()
+
+    def voter_count(self) -> int:
+        return len(self._voters())
+
+    def own_grants(self) -> list[Entry]:
+        return self.table.entries()
+
+    def network(self, name: str) -> Network:
+        return self.networks.get(name)
+
+    def state_of(self, workload_id: str) -> str:
+        """``live``, ``removed`` (a tombstone nothing can run any more), ``running`` (a
+        tombstone its owner may still run) or ``unknown`` (not in this node's view)."""
+        p = self._view().get(workload_id)
+        if p is None:
+            return "unknown"
+        if not p.removed:
+            return "live"
+        return "removed" if self._runs_nowhere(p, self._roster_names()) else "running"
 
     # -- what the view holds -----------------------------------------------------------
 
@@ -278,6 +315,10 @@ class AddressShell:
         for e in self.table.entries():
             if e.network != network:
                 continue
+            if e.holder.startswith(core.POOL_PREFIX):
+                if core.node_holder(e.holder) in nodes:
+                    held.append(_row(e.holder, None, e.address, None, "pool"))
+                continue
             node = e.holder.removeprefix(core.NODE_PREFIX)
             if node != e.holder:
                 if node in nodes:
@@ -300,14 +341,25 @@ class AddressShell:
 
     # -- the claimer's side --------------------------------------------------------------
 
-    async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec:
-        """``spec`` with every NIC's address fixed by a majority of the roster.
-
-        Raises (4xx, one sentence): an unknown network (404), a fixed address outside
-        its subnet or reserved (400), taken, a full pool, no majority (409). Addresses
-        won for earlier NICs are released when a later one fails."""
+    def lend(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec | None:
+        """``spec`` with every NIC's address lent from this node's pools (no message, no
+        write: the auction's round record carries them), or None if the pools can't
+        serve every NIC (then :meth:`assign` claims them). Raises as :meth:`assign`
+        does for a request that is wrong whoever serves it."""
         if not spec.nics:
             return spec
+        self._checked(workload_id, spec)
+        return self.pools.lend(workload_id, spec)
+
+    def returned(self, workload_id: str, spec: WorkloadSpec) -> None:
+        """The auction of a spec :meth:`lend` gave could not start: its addresses go
+        straight back to the pool (nothing left this node with them)."""
+        self.pools.returned(workload_id, spec)
+
+    def _checked(
+        self, workload_id: str, spec: WorkloadSpec
+    ) -> list[tuple[Network, Address | None]]:
+        """Each NIC's network and fixed address, checked (4xx errors, one sentence)."""
         nets = [self._network(nic.network) for nic in spec.nics]
         fixed = [
             None if nic.ip is None else core.check_fixed(net, nic.ip)
@@ -317,21 +369,40 @@ class AddressShell:
         if len(set(asked)) != len(asked):
             raise AddressError("two NICs ask for the same address: give each its own")
         self._check_macs(workload_id, len(spec.nics))
+        return list(zip(nets, fixed, strict=True))
+
+    async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec:
+        """``spec`` with every NIC's address fixed by a majority of the roster.
+
+        Raises (4xx, one sentence): an unknown network (404), a fixed address outside
+        its subnet or reserved (400), taken, a full pool, no majority (409). Addresses
+        won for earlier NICs are released when a later one fails."""
+        if not spec.nics:
+            return spec
+        checked = self._checked(workload_id, spec)
+        nets = [net for net, _ in checked]
+        fixed = [ip for _, ip in checked]
         won: list[Address] = []
         try:
             for net, ip in zip(nets, fixed, strict=True):
                 won.append(await self._claim(workload_id, net, ip, {int(a) for a in won}))
-        except (MeshdError, asyncio.CancelledError):
+        except (MeshdError, asyncio.CancelledError) as exc:
             self._release(workload_id, [str(a) for a in won])
             self._low.clear()  # those may be free again
+            if isinstance(exc, NetworkFullError):
+                for net in nets:
+                    self.pools.give_back_free(net.name, "a claim found the network full")
             raise
+        self.pools.assigned.inc(len(won), source="claim")
         nics = tuple(Nic(nic.network, str(a)) for nic, a in zip(spec.nics, won, strict=True))
         return msgspec.structs.replace(spec, nics=nics)
 
     def release(self, workload_id: str, spec: WorkloadSpec) -> None:
-        """The submission failed after ``assign``: free its grants (those no placement
-        backs) on every voter now, rather than after ``grant_ttl_s``."""
-        self._release(workload_id, [nic.ip for nic in spec.nics if nic.ip is not None])
+        """The submission failed after ``assign`` or ``lend``: free its grants (those no
+        placement backs) on every voter now, rather than after ``grant_ttl_s``. Lent
+        addresses stay lent: the pool takes them back by its own rules."""
+        ips = [nic.ip for nic in spec.nics if nic.ip is not None]
+        self._release(workload_id, [ip for ip in ips if self.pools.holder_of(ip) is None])
         self._low.clear()  # those may be free again
 
     async def node_address(self, network: str) -> Address:
@@ -371,21 +442,35 @@ class AddressShell:
 
     def _taken(self) -> _AnyOf:
         self.in_view()
-        return _AnyOf(self.table.address_ints(), self._ints)
+        return _AnyOf(self.table.address_ints(), self._ints, self.pools.ints())
 
     async def _claim(
-        self, holder: str, net: Network, fixed: Address | None, also_taken: set[int]
+        self,
+        holder: str,
+        net: Network,
+        fixed: Address | None,
+        also_taken: set[int],
+        block: bool = False,
     ) -> Address:
+        """An address (``block``: the first address of a whole block) for ``holder``."""
         cfg = self.ctx.cfg.addresses
         loop = asyncio.get_running_loop()
         if fixed is None:
             # Not what this node's other claims are trying right now either: concurrent
             # submissions through one node would otherwise draw the same candidates.
-            trying = {core.number(c.current.address) for c, _ in self._claims.values() if c.current}
+            trying = {
+                n
+                for c, _ in self._claims.values()
+                if c.current
+                for n in core.claim_numbers(c.current.address)
+            }
             taken = _AnyOf(self._taken(), also_taken, trying)
-            pool, self._low[net.name] = core.candidates(
-                net, taken, self._rng, cfg.window, self._low.get(net.name, 0), cfg.attempts
-            )
+            if block:
+                pool = core.block_candidates(net, taken, self._rng, cfg.attempts)
+            else:
+                pool, self._low[net.name] = core.candidates(
+                    net, taken, self._rng, cfg.window, self._low.get(net.name, 0), cfg.attempts
+                )
         else:
             pool = [fixed]
         pool_low = min((int(a) for a in pool), default=0)  # the claimer pops what it tries
@@ -399,6 +484,7 @@ class AddressShell:
             1 if fixed is not None else cfg.attempts,
             cfg.claim_timeout_s,
             self._describe,
+            block=block,
         )
         event = asyncio.Event()
         self._claims[claimer.claim_prefix] = (claimer, event)
@@ -451,12 +537,13 @@ class AddressShell:
                 self._ended.popitem(last=False)
         self._release(holder, claimer.lost)
         gave_up = claimer.won is None or claimer.lost or claimer.tried > 1
-        if gave_up and net.name in self._low:
+        if gave_up and net.name in self._low and not block:
             # What it tried and gave up may be free: the walk starts at or below it. (Below
             # the pool's lowest, every address was taken or tried when it was drawn.)
             self._low[net.name] = min(self._low[net.name], pool_low)
         if claimer.won is None:
-            raise AddressConflictError(claimer.refusal or "the address claim failed")
+            refusal = claimer.refusal or "the address claim failed"
+            raise NetworkFullError(refusal) if claimer.full else AddressConflictError(refusal)
         logger.debug("address fixed holder=%s network=%s ip=%s", holder, net.name, claimer.won)
         return claimer.won
 
@@ -583,8 +670,12 @@ class AddressShell:
             logger.debug("dropped an address message from=%s error=%s", author, exc)
 
     def _vote(self, claim: Claim, author: str) -> None:
-        if claim.holder.startswith(core.NODE_PREFIX) and claim.holder != core.NODE_PREFIX + author:
+        node = core.node_holder(claim.holder)
+        mine = node == author if node is not None else not claim.holder.startswith(core.POOL_PREFIX)
+        if not mine:
             raise EnvelopeError("a node claims an address only for itself")
+        if ("/" in claim.address) != claim.holder.startswith(core.POOL_PREFIX):
+            raise EnvelopeError("a node's pool claims blocks of addresses, and only it does")
         if not self._synced():
             self.dropped.inc(reason="not-synced")
             self._send(author, Abstain(claim.claim))
@@ -752,6 +843,8 @@ class AddressShell:
         free = self.table.sweep(self.ctx.clock(), ttl, backed, removed, names, waiting)
         if free:
             self._free([e.address for e in free], "sweep")
+        # (ttl: lent addresses whose workload this view does not know wait for it.)
+        self.pools.settle(ttl)
 
     async def _sweep_periodically(self) -> None:
         while not self._stopped:

@@ -106,6 +106,10 @@ class Assigner(Protocol):
 
     async def assign(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec: ...
 
+    def lend(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec | None: ...
+
+    def returned(self, workload_id: str, spec: WorkloadSpec) -> None: ...
+
     def release(self, workload_id: str, spec: WorkloadSpec) -> None: ...
 
     def in_use(self, network: str) -> list[dict[str, Any]]: ...
@@ -390,8 +394,20 @@ class PlacementShell:
             claim = False
         if not claim:
             return await self._decided(workload, await self._start(workload), started)
+        assert self.addresses is not None
         self._claiming.add(workload.id)
         try:
+            # Addresses from this node's pools need no claim: the auction starts with
+            # them (its round record, fsynced before the award leaves, carries them).
+            lent = self.addresses.lend(workload.id, workload.spec)
+            if lent is not None:
+                fixed = Workload(workload.id, lent)
+                try:
+                    aid = await self._start(fixed)
+                except BaseException:
+                    self.addresses.returned(workload.id, lent)
+                    raise
+                return await self._decided(fixed, aid, started, assigned=True)
             aid = await self._start(workload, pending=True)
             fixed = await self._claimed(aid, workload)
             return await self._decided(fixed, aid, started, assigned=True)
@@ -627,6 +643,11 @@ class PlacementShell:
         if self._broken is None:
             with contextlib.suppress(StoreError):  # discarded; the store said why
                 self._apply(self.core.anti_entropy(peer))
+
+    def own_round_specs(self) -> list[tuple[str, WorkloadSpec]]:
+        """(workload id, spec) of every round this node originated that it keeps."""
+        me = self.ctx.ident.name
+        return [(r.workload.id, r.workload.spec) for r in self.core.rounds() if r.originator == me]
 
     def core_placements(self) -> Mapping[str, Placement]:
         """The view of the core of the moment (a failed write rebuilds the core)."""

@@ -15,6 +15,7 @@ of it then succeeds.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -23,9 +24,16 @@ import time
 from typing import Any
 
 try:
-    from tests.integration.daemon import MESHD, Daemon, Mesh, meshd, wait_for
+    from tests.integration.daemon import MESHD, Daemon, Mesh, meshd, wait_all_alive, wait_for
 except ImportError:  # pragma: no cover
-    from daemon import MESHD, Daemon, Mesh, meshd, wait_for  # type: ignore[no-redef]
+    from daemon import (  # type: ignore[no-redef]
+        MESHD,
+        Daemon,
+        Mesh,
+        meshd,
+        wait_all_alive,
+        wait_for,
+    )
 
 from meshd.core.nic import mac_for
 
@@ -156,3 +164,60 @@ def test_addresses_are_distinct_refused_with_sentences_and_freed(mesh_factory: M
 def test_meshd_submit_net_is_checked_before_sending() -> None:
     out = meshd("submit", "--name", "x", "--cpus", "1", "--memory", "1MiB", "--net", "lan:")
     assert out.returncode != 0 and "--net must be NET or NET:IP" in out.stderr
+
+
+def _assigned(d: Daemon) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in str(d.api("GET", "/metrics")).splitlines():
+        if line.startswith("meshd_addresses_assigned_total{"):
+            out[line.split('source="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_a_nodes_pool_lends_addresses_and_survives_a_restart(mesh_factory: Mesh) -> None:
+    """On a /20 each node keeps a pool (blocks granted ahead of demand): after the
+    first submission through alpha (claimed), the next ones are lent from alpha's pool
+    without a claim, distinct; the other nodes list alpha's blocks (state ``pool``);
+    a fixed address in alpha's pool asked through beta is refused naming it; and a
+    restarted alpha, reading its pool from its store and its lending from its round
+    records, hands none of the same addresses out again. (No command: the process
+    driver can't run these, and they need not run: the addresses are the placement's.)"""
+    alpha, beta, _ = nodes = mesh_factory.start_cluster(
+        ["alpha", "beta", "gamma"], *CAPACITY, *ATTACHES
+    )
+    alpha.cli("network", "create", "lan", "--subnet", "10.48.0.0/20", check=True)
+    wait_for(
+        "every node to know lan",
+        lambda: all(d.api("GET", "/v1/networks")["networks"] for d in nodes),
+        20,
+    )
+
+    def submit(d: Daemon, name: str, ip: str | None = None) -> str:
+        nic = {"network": "lan"} if ip is None else {"network": "lan", "ip": ip}
+        doc = d.api(
+            "POST", "/v1/workloads", {"name": name, "cpus": 0.01, "memory": 1 << 20, "nics": [nic]}
+        )
+        return str(doc["addresses"][0]["ip"])
+
+    ips = [submit(alpha, "p0")]
+    wait_for("alpha's pool", lambda: _assigned(alpha).get("claim", 0) == 1, 10)
+    time.sleep(0.5)  # the top-up claims its blocks in the background
+    ips += [submit(alpha, f"p{i}") for i in range(1, 8)]
+    assert len(set(ips)) == 8
+    assert _assigned(alpha).get("pool", 0) >= 6, _assigned(alpha)
+    net = json.loads(beta.cli("network", "show", "lan", "--json", check=True).stdout)
+    blocks = [a for a in net["addresses"] if a["state"] == "pool"]
+    assert blocks and all(a["holder"].endswith(":alpha") for a in blocks), net["addresses"]
+    # A free address of alpha's pool, asked for through beta: refused, naming the pool.
+    block = blocks[0]["ip"]
+    first = ipaddress.ip_network(block).network_address
+    free = next(str(first + k) for k in range(1, 16) if str(first + k) not in ips)
+    bad = beta.cli(*_submit("taken", f"lan:{free}"))
+    assert bad.returncode != 0 and "node alpha's pool" in bad.stderr, bad.stderr
+
+    alpha.stop()
+    alpha.start(*CAPACITY, *ATTACHES)
+    wait_all_alive(nodes, 30)
+    more = [submit(alpha, f"q{i}") for i in range(8)]
+    assert not set(more) & set(ips), (ips, more)
+    assert len(set(more)) == 8

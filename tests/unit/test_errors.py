@@ -69,6 +69,7 @@ STATUS = {
     errors.NetworkConflictError: 409,
     errors.AddressError: 400,
     errors.AddressConflictError: 409,
+    errors.NetworkFullError: 409,
 }
 
 

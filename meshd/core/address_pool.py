@@ -1,0 +1,221 @@
+"""A node's own pool: blocks of addresses a majority granted it ahead of demand (issue 13).
+
+Theory of operation
+-------------------
+A majority claim (:mod:`meshd.core.addresses`) costs a round of votes and a durable
+write on every voter that answers, on the submit path. So each node also holds, per
+network it has been asked for, a few **blocks** (:data:`BLOCK_SIZE` aligned addresses,
+claimed whole by one majority claim, :func:`meshd.core.addresses.block_of`) granted
+ahead of demand to holders of its own, ``pool:TAG:NODE`` (:func:`holder`; a tag per
+claim, so two claims of one node never win or give back one block between them). A
+voter grants a ``pool:…:NODE`` claim only to NODE itself, denies any other claim of an
+address inside a block it granted, and frees the block only when NODE gives it back or
+leaves the roster; never by age, and never because a placement stops backing it.
+
+Handing one out (:meth:`PoolBook.take`) asks nobody and writes nothing of its own: the
+address is in the workload's spec before its auction starts, and the auction's round
+record, which carries the spec, is fsynced before its award leaves this node. A crash
+before that write leaves no award anywhere, so nothing can hold the address; a crash
+after it leaves the record, and a restarted node counts every address its kept round
+records name as lent (:meth:`PoolBook.adopt`) until :meth:`PoolBook.settle` sees
+otherwise. An address stays lent while any of these holds:
+
+* a live placement in this node's view carries it (whatever generation or owner: a
+  re-placement after a fence keeps the spec);
+* its workload is a tombstone that may still run somewhere (its owner has not torn
+  it down, is not fenced and is still enrolled: the shell's ``runs_nowhere``);
+* its workload is not in the view at all and it was lent less than ``ttl_s`` ago (an
+  auction under way, or one that failed, whose placement could still show up late).
+
+Otherwise it goes back to this node's free pool, never to the network's: other nodes
+see it held (by the pool's grant) until this node gives it back.
+
+Pure: no IO, no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
+
+from meshd.core.addresses import BLOCK_SIZE, block_of, canonical, node_holder
+from meshd.core.addresses import POOL_PREFIX as PREFIX
+
+
+def holder(tag: str, node: str) -> str:
+    """The holder a pool claim of ``node`` asks for (``tag``: unique per claim)."""
+    return f"{PREFIX}{tag}:{node}"
+
+
+def node_of(holder_text: str) -> str | None:
+    """The node a ``pool:TAG:NODE`` holder belongs to; None for any other holder."""
+    return node_holder(holder_text) if holder_text.startswith(PREFIX) else None
+
+
+def target(configured: int, hosts: int, voters: int) -> int:
+    """How many blocks (:data:`BLOCK_SIZE` addresses each) a node keeps in its pool of a
+    network with ``hosts`` usable addresses: enough for ``configured`` addresses, and
+    all pools of ``voters`` nodes together at most an eighth of the network (a small
+    network keeps none: every address is claimed on demand)."""
+    return min(-(-configured // BLOCK_SIZE), hosts // (8 * max(1, voters) * BLOCK_SIZE))
+
+
+@dataclass(slots=True)
+class Lent:
+    workload: str
+    since: float  # when it was lent (or adopted at a restart)
+
+
+class PoolBook:
+    """This node's pools: the blocks a majority granted it, per network, and which of
+    their addresses are lent to workloads."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, tuple[str, str]] = {}  # pool holder -> (network, block)
+        self.lent: dict[str, Lent] = {}  # address -> to whom, since
+        self._where: dict[str, tuple[str, str]] = {}  # address -> (network, pool holder)
+        self._free: dict[str, dict[str, None]] = {}  # network -> its free addresses
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Mapping[str, str]]) -> PoolBook:
+        """The book as :meth:`to_doc` wrote it (nothing lent: see :meth:`adopt`)."""
+        book = cls()
+        for net, held in doc.items():
+            for text, pool_holder in held.items():
+                book.add(net, text, pool_holder)
+        return book
+
+    def to_doc(self) -> dict[str, dict[str, str]]:
+        """What the store keeps: network -> block -> holder (lending rides the auction's
+        records)."""
+        doc: dict[str, dict[str, str]] = {}
+        for pool_holder, (net, text) in sorted(self.blocks.items()):
+            doc.setdefault(net, {})[text] = pool_holder
+        return doc
+
+    def networks(self) -> list[str]:
+        return sorted({net for net, _ in self.blocks.values()})
+
+    def free(self, network: str) -> list[str]:
+        """The addresses of ``network``'s pool that are not lent."""
+        return list(self._free.get(network, ()))
+
+    def holder_of(self, address: str) -> str | None:
+        where = self._where.get(address)
+        return None if where is None else where[1]
+
+    def holders(self) -> set[str]:
+        return set(self.blocks)
+
+    def ints(self) -> set[int]:
+        """Every pool address as an integer (what this node's claims skip)."""
+        return {n for _, text in self.blocks.values() for n in block_of(text).numbers}
+
+    def add(self, network: str, text: str, pool_holder: str) -> None:
+        """Keep block ``text``, granted to ``pool_holder``."""
+        block = block_of(text)
+        self.blocks[pool_holder] = (network, block.text)
+        free = self._free.setdefault(network, {})
+        for n in block.numbers:
+            a = block.address(n)
+            self._where[a] = (network, pool_holder)
+            if a not in self.lent:
+                free[a] = None
+
+    def drop_free_blocks(self, network: str) -> list[tuple[str, str]]:
+        """Remove ``network``'s blocks none of whose addresses is lent; (block, holder)
+        of each, to give back."""
+        out = []
+        free = self._free.get(network, {})
+        for pool_holder, (net, text) in sorted(self.blocks.items()):
+            if net != network:
+                continue
+            block = block_of(text)
+            addresses = [block.address(n) for n in block.numbers]
+            if any(a in self.lent for a in addresses):
+                continue
+            for a in addresses:
+                free.pop(a, None)
+                del self._where[a]
+            del self.blocks[pool_holder]
+            out.append((text, pool_holder))
+        if not free:
+            self._free.pop(network, None)
+        return out
+
+    def take(
+        self,
+        network: str,
+        workload: str,
+        now: float,
+        busy: Container[str],
+        skip: Container[str] = (),
+    ) -> str | None:
+        """Lend a free address of ``network``'s pool to ``workload``: not one ``busy``
+        holds (the view's live NICs), nor one in ``skip`` (the network's gateway, say);
+        None if there is none."""
+        for a in self._free.get(network, ()):
+            if a not in busy and a not in skip:
+                self._lend(a, workload, now)
+                return a
+        return None
+
+    def take_fixed(self, network: str, address: str, workload: str, now: float) -> bool:
+        """Lend a requested address if it is free in this node's own pool."""
+        a = canonical(address)
+        if a in self._free.get(network, ()):
+            self._lend(a, workload, now)
+            return True
+        return False
+
+    def _lend(self, address: str, workload: str, now: float) -> None:
+        self.lent[address] = Lent(workload, now)
+        where = self._where.get(address)
+        if where is not None:
+            self._free.get(where[0], {}).pop(address, None)
+
+    def _back(self, address: str) -> None:
+        del self.lent[address]
+        where = self._where.get(address)
+        if where is not None:
+            self._free.setdefault(where[0], {})[address] = None
+
+    def give_back(self, workload: str, addresses: Iterable[str]) -> None:
+        """Undo :meth:`take` for a workload whose auction never started."""
+        for a in addresses:
+            lent = self.lent.get(a)
+            if lent is not None and lent.workload == workload:
+                self._back(a)
+
+    def adopt(self, lent: Mapping[str, str], now: float) -> None:
+        """At a start: addresses of the pool that kept round records name (address ->
+        workload) count as lent, from ``now``."""
+        for a, wid in lent.items():
+            if a in self._where and a not in self.lent:
+                self._lend(a, wid, now)
+
+    def settle(
+        self,
+        now: float,
+        ttl_s: float,
+        live: Mapping[str, str],
+        state: Callable[[str], str],
+    ) -> list[str]:
+        """Return lent addresses that nothing can hold any more to the free pool (see
+        the module's rules); the addresses returned. ``live``: address -> workload of
+        every live placement's NICs in the view; ``state(workload)``: ``"live"``,
+        ``"removed"`` (a tombstone nothing can run any more), ``"running"`` (a
+        tombstone its owner may still run) or ``"unknown"`` (not in the view)."""
+        back = []
+        for a, lent in list(self.lent.items()):
+            if a in live:
+                continue
+            s = state(lent.workload)
+            if s == "running" or (s == "unknown" and now - lent.since < ttl_s):
+                continue
+            back.append(a)
+            self._back(a)
+        for free in self._free.values():  # a live placement the book did not know of
+            for a in [a for a in free if a in live]:
+                self._lend(a, live[a], now)
+        return back

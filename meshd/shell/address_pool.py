@@ -1,0 +1,289 @@
+"""This node's address pools on a real node: filled by majority claims, lent locally.
+
+What a pool is and when a lent address comes back is the pure
+:mod:`meshd.core.address_pool`; this shell carries it out for :class:`AddressShell
+<meshd.shell.addresses.AddressShell>` (reached through the :class:`Claims` port):
+
+* **Filling.** Once a network is asked for, its pool is topped up to its target
+  (``[addresses] pool``, bounded by the network's size) whenever it falls to half of
+  it: that many majority claims side by side (their datagrams and each voter's grant
+  writes shared), each for its own holder ``pool:TAG:NODE``. What they win is written
+  to the store (meta ``address-pool``, one fsynced transaction) before any of it is
+  lent; if that write fails, the grants are given back.
+* **Lending** (:meth:`Pools.lend`) is synchronous: no message, no write (the
+  auction's round record carries the address; the core says why that is enough). A
+  node lends only while its view has matched a member's (a fresh start might not know
+  a placement holding one of its addresses).
+* **Settling** (each sweep): lent addresses come back by the core's rules; at the first
+  settle after a start, the addresses this node's kept round records name are adopted
+  as lent. Grants of this node's pool holders that the book does not know (a crash
+  between winning and writing them down) are given back, as are the free addresses of
+  a network that is gone or changed its subnet.
+* **Giving back.** When a claim of this node finds a network full, its free pool on
+  that network is given back at once, so the pools never make a network look full
+  to this node's own submissions for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import msgspec
+import orjson
+
+from meshd.core import address_pool as core
+from meshd.core.address_pool import PoolBook
+from meshd.core.addresses import BLOCK_SIZE, Entry, canonical, reserved
+from meshd.core.network import Network
+from meshd.core.spec import Nic, WorkloadSpec
+from meshd.errors import MeshdError, NotFoundError, StoreError
+from meshd.shell.context import NodeContext
+
+logger = logging.getLogger(__name__)
+
+META_KEY = "address-pool"
+# Kept round records' NICs: (workload id, spec) of each round this node originated.
+Rounds = Callable[[], Iterable[tuple[str, WorkloadSpec]]]
+
+
+class Claims(Protocol):
+    """What the pools need of the address shell."""
+
+    name: str
+
+    async def claim_block(self, holder: str, net: Network) -> str: ...
+
+    def give_back(self, holder: str, addresses: list[str]) -> None: ...
+
+    def in_view(self) -> dict[str, str]: ...
+
+    def view_synced(self) -> bool: ...
+
+    def voter_count(self) -> int: ...
+
+    def own_grants(self) -> list[Entry]: ...
+
+    def state_of(self, workload_id: str) -> str: ...
+
+    def network(self, name: str) -> Network: ...
+
+
+class Pools:
+    def __init__(self, ctx: NodeContext, claims: Claims) -> None:
+        self.ctx = ctx
+        self.claims = claims
+        raw = ctx.store.get_meta(META_KEY)
+        try:
+            doc = orjson.loads(raw) if raw else {}
+            self.book = PoolBook.from_doc(doc if isinstance(doc, dict) else {})
+        except (orjson.JSONDecodeError, ValueError, AttributeError) as exc:
+            # Not ours to guess at: start empty; the grants come back by orphan check.
+            logger.error("address pool record unreadable, starting with none: %s", exc)
+            self.book = PoolBook()
+        self.rounds: Rounds = lambda: ()
+        self._adopted = False
+        self._filling: set[str] = set()
+        self._shapes: dict[Network, tuple[frozenset[str], int]] = {}
+        self._ints: set[int] = self.book.ints()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        m = ctx.metrics
+        self.assigned = m.counter(
+            "meshd_addresses_assigned_total",
+            "NIC addresses this node fixed for its submissions, by where they came from",
+        )
+
+    def start(self) -> None:
+        """Count what kept round records and the view hold as lent (see the core)."""
+        self._adopt()
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def ints(self) -> set[int]:
+        """Every pool address of this node, as integers (its claims skip them)."""
+        return self._ints
+
+    def holder_of(self, address: str) -> str | None:
+        return self.book.holder_of(address)
+
+    # -- lending ------------------------------------------------------------------------
+
+    def lend(self, workload_id: str, spec: WorkloadSpec) -> WorkloadSpec | None:
+        """``spec`` with every NIC's address lent from this node's pools, or None (the
+        caller claims instead) if some NIC can't be served from them; a fixed address is
+        served only if it is free in this node's own pool. Starts a top-up as needed."""
+        if not self.claims.view_synced():
+            return None
+        self._adopt()
+        now = self.ctx.clock()
+        live = self.claims.in_view()
+        taken: list[str] = []
+        for nic in spec.nics:
+            got: str | None
+            if nic.ip is None:
+                skip = self._reserved(nic.network)
+                got = self.book.take(nic.network, workload_id, now, live, skip)
+            elif self.book.take_fixed(nic.network, nic.ip, workload_id, now):
+                got = nic.ip
+            else:
+                got = None
+            self._top_up(nic.network)
+            if got is None:
+                self.book.give_back(workload_id, taken)
+                return None
+            taken.append(got)
+        self.assigned.inc(len(taken), source="pool")
+        nics = tuple(Nic(nic.network, ip) for nic, ip in zip(spec.nics, taken, strict=True))
+        return msgspec.structs.replace(spec, nics=nics)
+
+    def returned(self, workload_id: str, spec: WorkloadSpec) -> None:
+        """The submission failed before its auction started: its addresses go straight
+        back to the pool (nothing left this node with them)."""
+        self.book.give_back(workload_id, [n.ip for n in spec.nics if n.ip is not None])
+
+    # -- filling ------------------------------------------------------------------------
+
+    def _shape(self, net: Network) -> tuple[frozenset[str], int]:
+        """A network's addresses no NIC gets (a block may hold its gateway, say), and
+        its usable hosts; per network record, on the submit path."""
+        shape = self._shapes.get(net)
+        if shape is None:
+            skip = frozenset(str(a) for a in reserved(net))
+            shape = self._shapes[net] = (skip, net.subnet.num_addresses - len(skip))
+            while len(self._shapes) > 64:
+                del self._shapes[next(iter(self._shapes))]
+        return shape
+
+    def _reserved(self, network: str) -> frozenset[str]:
+        try:
+            return self._shape(self.claims.network(network))[0]
+        except NotFoundError:
+            return frozenset()
+
+    def _target(self, net: Network) -> int:
+        hosts = self._shape(net)[1]
+        return core.target(self.ctx.cfg.addresses.pool, hosts, self.claims.voter_count())
+
+    def _top_up(self, network: str) -> None:
+        if network in self._filling:
+            return
+        try:
+            net = self.claims.network(network)
+        except NotFoundError:
+            return
+        target = self._target(net)
+        if target == 0 or len(self.book.free(network)) > target * BLOCK_SIZE // 2:
+            return
+        self._filling.add(network)
+        task = asyncio.get_running_loop().create_task(self._fill(net, target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, net: Network, target: int) -> None:
+        try:
+            want = -(-(target * BLOCK_SIZE - len(self.book.free(net.name))) // BLOCK_SIZE)
+            holders = [core.holder(uuid.uuid4().hex[:12], self.claims.name) for _ in range(want)]
+            results = await asyncio.gather(
+                *(self.claims.claim_block(h, net) for h in holders), return_exceptions=True
+            )
+            for r in results:
+                if isinstance(r, asyncio.CancelledError):
+                    raise r
+            won = [(r, h) for r, h in zip(results, holders, strict=True) if isinstance(r, str)]
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, MeshdError):
+                    logger.error("topping up an address pool failed", exc_info=r)
+            if won:
+                self._keep(net, won)
+        finally:
+            self._filling.discard(net.name)
+
+    def _keep(self, net: Network, won: list[tuple[str, str]]) -> None:
+        before = self.book.to_doc()
+        for text, h in won:
+            self.book.add(net.name, text, h)
+        try:
+            self._write()
+        except StoreError as exc:
+            logger.error("address pool not kept, it could not be written: %s", exc)
+            self.book = _restored(before, self.book)
+            for text, h in won:
+                self.claims.give_back(h, [text])
+            return
+        self._ints = self.book.ints()
+        logger.debug("address pool topped up network=%s won=%d", net.name, len(won))
+
+    def _write(self) -> None:
+        with self.ctx.store.transaction():
+            self.ctx.store.set_meta(META_KEY, orjson.dumps(self.book.to_doc()).decode())
+
+    def give_back_free(self, network: str, why: str) -> None:
+        """Give this node's free addresses on ``network`` back to the mesh."""
+        dropped = self.book.drop_free_blocks(network)
+        if not dropped:
+            return
+        try:
+            self._write()
+        except StoreError as exc:
+            logger.warning("address pool kept (giving back failed to write): %s", exc)
+            for text, h in dropped:
+                self.book.add(network, text, h)
+            return
+        self._ints = self.book.ints()
+        for text, h in dropped:
+            self.claims.give_back(h, [text])
+        logger.info("address pool given back network=%s count=%d (%s)", network, len(dropped), why)
+
+    # -- settling -----------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        if self._adopted:
+            return
+        self._adopted = True
+        named: dict[str, str] = {}
+        for wid, spec in self.rounds():
+            for nic in spec.nics:
+                if nic.ip is not None:
+                    with contextlib.suppress(ValueError):
+                        named[canonical(nic.ip)] = wid
+        now = self.ctx.clock()
+        self.book.adopt(named, now)
+        self.book.adopt(self.claims.in_view(), now)
+        # Grants of our pool holders the book does not know: won just before a crash,
+        # never written down. Never lent, so given back.
+        known = self.book.holders()
+        for e in self.claims.own_grants():
+            if core.node_of(e.holder) == self.claims.name and e.holder not in known:
+                self.claims.give_back(e.holder, [e.address])
+
+    def settle(self, ttl_s: float) -> None:
+        """Return what nothing can hold any more; give back pools of networks gone."""
+        self._adopt()
+        back = self.book.settle(
+            self.ctx.clock(), ttl_s, self.claims.in_view(), self.claims.state_of
+        )
+        if back:
+            logger.debug("pool addresses back count=%d", len(back))
+        for network in self.book.networks():
+            try:
+                net = self.claims.network(network)
+            except NotFoundError:
+                self.give_back_free(network, "the network was removed")
+                continue
+            free = self.book.free(network)
+            if free and ipaddress.ip_address(free[0]) not in net.subnet:
+                self.give_back_free(network, "the network changed its subnet")
+
+
+def _restored(doc: dict[str, dict[str, str]], now: PoolBook) -> PoolBook:
+    """The book as ``doc`` had it, with what ``now`` lends (a failed write undone)."""
+    book = PoolBook.from_doc(doc)
+    book.lent = now.lent
+    return book

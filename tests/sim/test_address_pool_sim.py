@@ -1,0 +1,202 @@
+"""Address pools in the shell simulator: blocks granted ahead of demand, lent locally.
+
+Scripted cases on a /22 (big enough for pools: 3 nodes keep up to 2 blocks each with
+``addresses.pool = 32``); the random schedules of ``test_address_sim`` check the
+pools' invariants under faults.
+"""
+
+from __future__ import annotations
+
+from meshd import config
+from meshd.core.address_pool import node_of
+from meshd.core.addresses import Claim
+from meshd.core.auction.model import GiB
+from tests.sim.shells import ShellSim
+from tests.sim.test_address_sim import OFFERS, AddressWatch, request
+
+NAMES = ["n1", "n2", "n3"]
+SUBNET = "10.40.0.0/22"
+
+
+def _mesh(seed: int = 11, **store: bool) -> ShellSim:
+    cfg = config.sim().override(
+        {"addresses.sweep_s": 0.5, "auction.sync_interval_s": 1.0, "addresses.pool": 32}
+    )
+    caps = {x: (64.0, 256 * GiB, 100 * GiB) for x in NAMES}
+    sim = ShellSim(seed, caps, cfg, membership="lagged", fencing=True, offers=OFFERS, **store)
+    for i, x in enumerate(NAMES):
+        sim.at(i * 0.01, sim.start, x)
+    sim.at(5.2, sim.network, "n1", "lan", SUBNET)
+    sim.run_until(8.0)
+    return sim
+
+
+def _lent(sim: ShellSim, name: str) -> float:
+    shell = sim.placement(name).addresses
+    assert shell is not None
+    return shell.pools.assigned.value(source="pool")  # type: ignore[attr-defined, no-any-return]
+
+
+def _book(sim: ShellSim, name: str):  # type: ignore[no-untyped-def]
+    return sim.placement(name).addresses.pools.book  # type: ignore[union-attr, attr-defined]
+
+
+def _ip(sim: ShellSim, k: int) -> str:
+    result = sim.submissions[k].result
+    assert result is not None, sim.submissions[k].error
+    return str(result["addresses"][0]["ip"])
+
+
+def _fill(sim: ShellSim, origin: str, at: float) -> None:
+    """One submission through ``origin`` (claimed: its pool is still empty), which
+    starts the pool's top-up."""
+    sim.at(at, sim.submit, origin, request(900 + len(sim.submissions), key=f"f{at}"))
+    sim.run_until(at + 2.0)
+    assert sim.submissions[-1].result is not None, sim.submissions[-1].error
+    assert _book(sim, origin).free("lan"), "the pool was not topped up"
+
+
+def test_a_pool_lends_addresses_with_no_claim_and_every_view_agrees() -> None:
+    sim = _mesh()
+    try:
+        watch = AddressWatch(sim)
+        _fill(sim, "n1", 8.1)
+        shells = [sim.placement(x).addresses for x in NAMES]
+        claims = sum(s.claims.value(kind="attempt") for s in shells if s is not None)
+        for j in range(12):
+            sim.at(10.2 + j * 0.01, sim.submit, "n1", request(j))
+        sim.run_until(14.0)
+        ips = [_ip(sim, k) for k in range(1, 13)]
+        assert len(set(ips)) == 12
+        assert _lent(sim, "n1") == 12
+        # No claim per address: at most the block claims of a top-up.
+        after = sum(s.claims.value(kind="attempt") for s in shells if s is not None)
+        assert after - claims <= 2
+        book = _book(sim, "n1")
+        assert all(book.holder_of(ip) is not None for ip in ips)
+        assert not set(ips) & set(book.free("lan"))
+        for x in NAMES:  # every view carries them
+            view = sim.placement(x).core.placements()
+            assert {p.spec.nics[0].ip for p in view.values()} >= set(ips)
+        # The voters list the blocks (state "pool"), not the addresses lent from them.
+        rows = sim.placement("n2").addresses.in_use("lan")  # type: ignore[union-attr]
+        pools = [r for r in rows if r["state"] == "pool"]
+        assert pools and all(node_of(r["holder"]) == "n1" for r in pools)
+        assert all(r["ip"].endswith("/28") for r in pools)
+        assert not watch.final()
+    finally:
+        sim.close()
+
+
+def test_a_fixed_address_in_another_nodes_pool_is_refused_and_in_its_own_is_lent() -> None:
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        mine = _book(sim, "n1").free("lan")[3]
+        sim.at(10.1, sim.submit, "n2", request(1, mine))
+        sim.run_until(12.0)
+        err = sim.submissions[-1].error
+        assert err is not None and "node n1's pool" in err, err
+        before = _lent(sim, "n1")
+        sim.at(12.1, sim.submit, "n1", request(2, mine))
+        sim.run_until(14.0)
+        assert _ip(sim, len(sim.submissions) - 1) == mine
+        assert _lent(sim, "n1") == before + 1
+    finally:
+        sim.close()
+
+
+def test_a_removed_workloads_pool_address_comes_back_to_its_pool() -> None:
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        sim.at(10.1, sim.submit, "n1", request(1))
+        sim.run_until(12.0)
+        ip = _ip(sim, 1)
+        wid = sim.submissions[1].result["workload"]  # type: ignore[index]
+        assert ip not in _book(sim, "n1").free("lan")
+        sim.at(12.1, sim.remove, "n2", wid)
+        sim.run_until(16.0)  # torn down by its owner, then the next sweep settles it
+        assert ip in _book(sim, "n1").free("lan")
+    finally:
+        sim.close()
+
+
+def test_an_originator_that_crashes_at_the_award_keeps_the_address_lent() -> None:
+    """The award's round record (fsynced, carrying the address) is the only record of
+    the lending: n1 dies the moment it is on disk, before the award leaves. Restarted,
+    it counts the address as lent (its round record names it) and lends others."""
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        sim.at(10.1, sim.arm_commit, "n1", 1)
+        sim.at(10.1, sim.submit, "n1", request(1))
+        sim.run_until(10.6)
+        assert sim.nodes["n1"].proc is None or not sim.nodes["n1"].proc.alive
+        assert any("committed: crash" in r for r in sim.trace), sim.trace[-10:]
+        sim.at(10.7, sim.start, "n1")
+        sim.run_until(14.0)
+        specs = [spec for _, spec in sim.placement("n1").own_round_specs() if spec.name == "w1"]
+        assert specs, "the award's round record was not kept"
+        held = specs[0].nics[0].ip
+        assert held is not None and held in _book(sim, "n1").lent
+        for j in range(2, 8):
+            sim.at(14.1 + j * 0.01, sim.submit, "n1", request(j))
+        sim.run_until(17.0)
+        ips = [_ip(sim, k) for k in range(2, 8)]
+        assert held not in ips
+    finally:
+        sim.close()
+
+
+def test_a_pool_that_can_not_be_written_is_given_back() -> None:
+    """The top-up won its blocks but could not write them down (the disk failed): it
+    keeps none and gives the grants back, so no voter holds them for a pool that
+    does not know it has them."""
+    sim = _mesh(store_faults=True)
+    try:
+        sim.at(8.1, sim.submit, "n1", request(1))
+        sim.run_until(8.101)
+        sim.disk_full("n1")
+        sim.run_until(10.0)
+        sim.disk_ok("n1")
+        sim.run_until(12.0)
+        assert not _book(sim, "n1").free("lan")
+        for x in ("n2", "n3"):
+            rows = sim.placement(x).addresses.in_use("lan")  # type: ignore[union-attr]
+            assert not [r for r in rows if r["state"] == "pool"], (x, rows)
+    finally:
+        sim.close()
+
+
+def test_a_removed_network_gives_the_pools_back() -> None:
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        sim.at(10.1, sim.remove, "n2", sim.submissions[0].result["workload"])  # type: ignore[index]
+        sim.run_until(12.0)
+        sim.at(12.1, sim.network, "n1", "lan", None)
+        sim.run_until(16.0)
+        assert not _book(sim, "n1").networks()
+        for x in NAMES:
+            table = sim.placement(x).addresses.table  # type: ignore[union-attr]
+            assert not [e for e in table.entries() if node_of(e.holder)], x
+    finally:
+        sim.close()
+
+
+def test_a_pool_claim_for_another_node_or_a_block_for_a_workload_is_dropped() -> None:
+    sim = _mesh()
+    try:
+        shell = sim.placement("n3").addresses
+        assert shell is not None
+        for forged in (
+            Claim("x.1", "10.40.1.0/28", "lan", "pool:abc:n1"),
+            Claim("x.2", "10.40.1.0/28", "lan", "w1"),
+            Claim("x.3", "10.40.1.0/28", "lan", "pool:n2"),
+        ):
+            sim.nodes["n3"].proc.run(shell._on_msg, forged, "n2")  # type: ignore[union-attr, attr-defined]
+        assert shell.table.get("10.40.1.0/28") is None  # type: ignore[attr-defined]
+        assert shell.dropped.value(reason="invalid") == 3  # type: ignore[attr-defined]
+    finally:
+        sim.close()
