@@ -60,6 +60,15 @@ def target(configured: int, hosts: int, voters: int) -> int:
     return min(-(-configured // BLOCK_SIZE), hosts // (8 * max(1, voters) * BLOCK_SIZE))
 
 
+UNKNOWN = ""  # the workload an address adopted at a start was lent to, if not in view
+RETIRED = "\x00retired:"  # the pool key of a network's blocks that are being given back
+
+
+def retired(network: str) -> str:
+    """Where :meth:`PoolBook.retire` parks ``network``'s blocks."""
+    return RETIRED + network
+
+
 @dataclass(slots=True)
 class Lent:
     workload: str
@@ -122,6 +131,34 @@ class PoolBook:
             if a not in self.lent:
                 free[a] = None
 
+    def forget(self, pool_holder: str) -> None:
+        """Undo :meth:`add` of a block nothing was lent from (its write failed)."""
+        net, text = self.blocks.pop(pool_holder)
+        block = block_of(text)
+        free = self._free.get(net, {})
+        for n in block.numbers:
+            a = block.address(n)
+            free.pop(a, None)
+            self._where.pop(a, None)
+
+    def retire(self, network: str, keep: Callable[[str], bool]) -> None:
+        """Move ``network``'s blocks whose first address ``keep`` refuses (the network
+        was removed, or now has another subnet) out of its pool: nothing more is lent
+        from them, and they are given back (:meth:`drop_free_blocks` of
+        :func:`retired`) once nothing lent from them is held."""
+        old = retired(network)
+        for pool_holder, (net, text) in sorted(self.blocks.items()):
+            block = block_of(text)
+            if net != network or keep(block.address(block.first)):
+                continue
+            self.blocks[pool_holder] = (old, text)
+            free, parked = self._free.get(network, {}), self._free.setdefault(old, {})
+            for n in block.numbers:
+                a = block.address(n)
+                self._where[a] = (old, pool_holder)
+                if free.pop(a, 0) is None:
+                    parked[a] = None
+
     def drop_free_blocks(self, network: str) -> list[tuple[str, str]]:
         """Remove ``network``'s blocks none of whose addresses is lent; (block, holder)
         of each, to give back."""
@@ -160,10 +197,13 @@ class PoolBook:
                 return a
         return None
 
-    def take_fixed(self, network: str, address: str, workload: str, now: float) -> bool:
-        """Lend a requested address if it is free in this node's own pool."""
+    def take_fixed(
+        self, network: str, address: str, workload: str, now: float, busy: Container[str]
+    ) -> bool:
+        """Lend a requested address if it is free in this node's own pool (and no live
+        placement ``busy`` knows of holds it)."""
         a = canonical(address)
-        if a in self._free.get(network, ()):
+        if a in self._free.get(network, ()) and a not in busy:
             self._lend(a, workload, now)
             return True
         return False
@@ -187,12 +227,16 @@ class PoolBook:
             if lent is not None and lent.workload == workload:
                 self._back(a)
 
-    def adopt(self, lent: Mapping[str, str], now: float) -> None:
-        """At a start: addresses of the pool that kept round records name (address ->
-        workload) count as lent, from ``now``."""
-        for a, wid in lent.items():
-            if a in self._where and a not in self.lent:
-                self._lend(a, wid, now)
+    def adopt(self, live: Mapping[str, str], now: float) -> None:
+        """At a start: every address of the pool counts as lent from ``now``, to the
+        workload a live placement in the view (``live``: address -> workload) names, or
+        else to nobody known (:data:`UNKNOWN`: back after the TTL). What this node lent
+        just before it stopped may be on its way to a placement this view has not seen
+        yet (an award under way, a confirmation lost), and the round records that name
+        it may have been pruned since: nothing short of the TTL says it can't be."""
+        for a in list(self._where):
+            if a not in self.lent:
+                self._lend(a, live.get(a, UNKNOWN), now)
 
     def settle(
         self,

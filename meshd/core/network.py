@@ -102,6 +102,9 @@ def check_name(name: object) -> str:
     return name
 
 
+V4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
 def check_subnet(cidr: object) -> Subnet:
     if not isinstance(cidr, str):
         raise NetworkError(f"a subnet must be written as CIDR text, got {cidr!r:.80}")
@@ -117,6 +120,12 @@ def check_subnet(cidr: object) -> Subnet:
         ) from exc
     if subnet.network_address != ipaddress.ip_address(cidr.split("/")[0]):
         raise NetworkError(f"subnet {cidr!r:.80} has host bits set: did you mean {subnet}?")
+    if subnet.version == 6 and subnet.overlaps(V4_COMPATIBLE):
+        # Their numbers are IPv4 addresses' numbers: the allocator keys by number.
+        raise NetworkError(
+            f"subnet {subnet} overlaps ::/96 (IPv4-compatible addresses, deprecated): "
+            "pick a unique local prefix, e.g. fd00:40::/64"
+        )
     limit = MAX_PREFIX[subnet.version]
     if subnet.prefixlen > limit:
         raise NetworkError(

@@ -27,11 +27,10 @@ What a pool is and when a lent address comes back is the pure
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -48,8 +47,6 @@ from meshd.shell.context import NodeContext
 logger = logging.getLogger(__name__)
 
 META_KEY = "address-pool"
-# Kept round records' NICs: (workload id, spec) of each round this node originated.
-Rounds = Callable[[], Iterable[tuple[str, WorkloadSpec]]]
 
 
 class Claims(Protocol):
@@ -86,9 +83,9 @@ class Pools:
             # Not ours to guess at: start empty; the grants come back by orphan check.
             logger.error("address pool record unreadable, starting with none: %s", exc)
             self.book = PoolBook()
-        self.rounds: Rounds = lambda: ()
         self._adopted = False
         self._filling: set[str] = set()
+        self._winning: set[str] = set()  # pool holders being claimed, or won and unwritten
         self._shapes: dict[Network, tuple[frozenset[str], int]] = {}
         self._ints: set[int] = self.book.ints()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -124,23 +121,25 @@ class Pools:
         self._adopt()
         now = self.ctx.clock()
         live = self.claims.in_view()
-        taken: list[str] = []
-        for nic in spec.nics:
-            got: str | None
+        got: dict[int, str] = {}
+        # Fixed addresses first, so that no automatic NIC takes one the spec asks for.
+        order = sorted(range(len(spec.nics)), key=lambda i: spec.nics[i].ip is None)
+        for i in order:
+            nic = spec.nics[i]
             if nic.ip is None:
                 skip = self._reserved(nic.network)
-                got = self.book.take(nic.network, workload_id, now, live, skip)
-            elif self.book.take_fixed(nic.network, nic.ip, workload_id, now):
-                got = nic.ip
+                ip = self.book.take(nic.network, workload_id, now, live, skip)
             else:
-                got = None
+                fixed = canonical(nic.ip)
+                ok = self.book.take_fixed(nic.network, fixed, workload_id, now, live)
+                ip = fixed if ok else None
             self._top_up(nic.network)
-            if got is None:
-                self.book.give_back(workload_id, taken)
+            if ip is None:
+                self.book.give_back(workload_id, got.values())
                 return None
-            taken.append(got)
-        self.assigned.inc(len(taken), source="pool")
-        nics = tuple(Nic(nic.network, ip) for nic, ip in zip(spec.nics, taken, strict=True))
+            got[i] = ip
+        self.assigned.inc(len(got), source="pool")
+        nics = tuple(Nic(nic.network, got[i]) for i, nic in enumerate(spec.nics))
         return msgspec.structs.replace(spec, nics=nics)
 
     def returned(self, workload_id: str, spec: WorkloadSpec) -> None:
@@ -187,9 +186,11 @@ class Pools:
         task.add_done_callback(self._tasks.discard)
 
     async def _fill(self, net: Network, target: int) -> None:
+        holders: list[str] = []
         try:
             want = -(-(target * BLOCK_SIZE - len(self.book.free(net.name))) // BLOCK_SIZE)
             holders = [core.holder(uuid.uuid4().hex[:12], self.claims.name) for _ in range(want)]
+            self._winning.update(holders)
             results = await asyncio.gather(
                 *(self.claims.claim_block(h, net) for h in holders), return_exceptions=True
             )
@@ -204,17 +205,17 @@ class Pools:
                 self._keep(net, won)
         finally:
             self._filling.discard(net.name)
+            self._winning.difference_update(holders)
 
     def _keep(self, net: Network, won: list[tuple[str, str]]) -> None:
-        before = self.book.to_doc()
         for text, h in won:
             self.book.add(net.name, text, h)
         try:
             self._write()
         except StoreError as exc:
             logger.error("address pool not kept, it could not be written: %s", exc)
-            self.book = _restored(before, self.book)
             for text, h in won:
+                self.book.forget(h)  # (nothing was lent from them: no await since)
                 self.claims.give_back(h, [text])
             return
         self._ints = self.book.ints()
@@ -247,15 +248,7 @@ class Pools:
         if self._adopted:
             return
         self._adopted = True
-        named: dict[str, str] = {}
-        for wid, spec in self.rounds():
-            for nic in spec.nics:
-                if nic.ip is not None:
-                    with contextlib.suppress(ValueError):
-                        named[canonical(nic.ip)] = wid
-        now = self.ctx.clock()
-        self.book.adopt(named, now)
-        self.book.adopt(self.claims.in_view(), now)
+        self.book.adopt(self.claims.in_view(), self.ctx.clock())
         # Grants of our pool holders the book does not know: won just before a crash,
         # never written down. Never lent, so given back.
         known = self.book.holders()
@@ -272,18 +265,29 @@ class Pools:
         if back:
             logger.debug("pool addresses back count=%d", len(back))
         for network in self.book.networks():
+            if network.startswith(core.RETIRED):
+                self.give_back_free(network, "the network was removed or changed")
+                continue
             try:
                 net = self.claims.network(network)
             except NotFoundError:
-                self.give_back_free(network, "the network was removed")
-                continue
-            free = self.book.free(network)
-            if free and ipaddress.ip_address(free[0]) not in net.subnet:
-                self.give_back_free(network, "the network changed its subnet")
+                net = None
+            if net is None or self._target(net) == 0:
+                # Removed, or pools turned off (`addresses.pool = 0`): retire them all.
+                self.book.retire(network, lambda _: False)
+            else:
+                self.book.retire(network, _inside(net))
+
+    def disowns(self, pool_holder: str) -> bool:
+        """Whether ``pool_holder`` (one of this node's) names no block this node holds or
+        is claiming: a voter that asks (``Ask``) may free its grant."""
+        return pool_holder not in self.book.holders() and pool_holder not in self._winning
 
 
-def _restored(doc: dict[str, dict[str, str]], now: PoolBook) -> PoolBook:
-    """The book as ``doc`` had it, with what ``now`` lends (a failed write undone)."""
-    book = PoolBook.from_doc(doc)
-    book.lent = now.lent
-    return book
+def _inside(net: Network) -> Callable[[str], bool]:
+    """Whether an address lies in ``net``'s subnet."""
+
+    def inside(address: str) -> bool:
+        return ipaddress.ip_address(address) in net.subnet
+
+    return inside

@@ -83,6 +83,7 @@ RESENDS = 4  # resends of a claim to silent voters within claim_timeout_s
 TIME_EPS = 1e-3  # seconds: times this close are the same time (uvloop keeps milliseconds)
 ENDED_KEEP = 256  # ended claims remembered, to give back a grant that comes late
 TORN_KEEP = 4096  # owners' TornDown remembered until freed (one forgotten: asked again)
+POOL_ASK_S = 60.0  # how often a voter asks a node about one of its old pool blocks
 View = Callable[[], Mapping[str, Placement]]
 
 
@@ -156,6 +157,7 @@ class AddressShell:
         self._tombstoned: dict[str, tuple[str, ...]] = {}
         # Removed workloads whose last owner said it tore them down: holder -> that owner.
         self._torn: OrderedDict[str, str] = OrderedDict()
+        self._pool_asked: dict[str, float] = {}  # pool holder -> when its node was asked
         # Whether this node may still run a workload (the runner's word) and whether a
         # member is fenced (the fencing shell's): wired by start_shells/start_fencing.
         self.holds: Callable[[str], bool] = lambda _: False
@@ -661,10 +663,16 @@ class AddressShell:
             elif isinstance(msg, TornDown):
                 self._on_torn_down(msg.holder, author)
             elif isinstance(msg, Ask):
-                if not self.holds(msg.holder):
+                if core.node_holder(msg.holder) is not None:
+                    # About one of our pools' blocks: say so if it is not ours any more.
+                    mine = core.node_holder(msg.holder) == self.name
+                    pool = msg.holder.startswith(core.POOL_PREFIX)
+                    if mine and pool and self.pools.disowns(msg.holder):
+                        self._send(author, TornDown(msg.holder))
+                elif not self.holds(msg.holder):
                     self._send(author, TornDown(msg.holder))
             else:
-                self._on_release(msg)
+                self._on_release(msg, author)
         except (EnvelopeError, ValueError) as exc:
             self.dropped.inc(reason="invalid")
             logger.debug("dropped an address message from=%s error=%s", author, exc)
@@ -728,19 +736,27 @@ class AddressShell:
             self._nudged[voter] = now
             self._nudge(voter)
 
-    def _on_release(self, release: Release) -> None:
+    def _on_release(self, release: Release, author: str) -> None:
+        node = core.node_holder(release.holder)
+        if node is not None and node != author:
+            raise EnvelopeError("a node gives back only its own addresses")
         if self.table.releasable(release, self.in_view()):
             self._free([core.canonical(release.address)], "released")
 
-    def _free(self, addresses: list[str], reason: str) -> None:
+    def _free(self, addresses: list[str], reason: str, keep: list[Entry] | None = None) -> None:
+        """Free ``addresses`` (one transaction), writing ``keep`` in their place."""
         try:
             with self.ctx.store.transaction():
                 address_grants.drop(self.ctx.store, addresses)
+                for entry in keep or ():
+                    address_grants.save(self.ctx.store, entry)
         except StoreError as exc:
             logger.warning("freeing addresses failed (kept for now): %s", exc)
             return
         for a in addresses:
             self.table.drop(a)
+        for entry in keep or ():
+            self.table.put(entry)
         self._low.clear()
         self.freed.inc(len(addresses), reason=reason)
         logger.debug("addresses freed reason=%s count=%d", reason, len(addresses))
@@ -774,6 +790,12 @@ class AddressShell:
             self._send(name, TornDown(event.workload_id))
 
     def _on_torn_down(self, holder: str, author: str) -> None:
+        if holder.startswith(core.POOL_PREFIX):
+            # The pool's node says the block is not its own (a lost Release, a crash
+            # before it wrote the block down): only its word counts.
+            if core.node_holder(holder) == author:
+                self._disown(holder)
+            return
         tomb = self._view().get(holder)
         if tomb is None or not tomb.removed or tomb.owner != author:
             return  # only the last owner of a removed workload has a say (or not yet seen)
@@ -840,11 +862,67 @@ class AddressShell:
         if len(live) < majority(len(voters)) or not self._synced():
             ttl = float("inf")  # a stale view must not free what a placement may back
         backed = self.in_view()
-        free = self.table.sweep(self.ctx.clock(), ttl, backed, removed, names, waiting)
+        now = self.ctx.clock()
+        free = self.table.sweep(now, ttl, backed, removed, names, waiting)
         if free:
-            self._free([e.address for e in free], "sweep")
+            self._free([e.address for e in free], "sweep", self._still_running(free, names, now))
+        self._ask_pools(now, live)
         # (ttl: lent addresses whose workload this view does not know wait for it.)
         self.pools.settle(ttl)
+
+    def _still_running(self, freed: list[Entry], names: Container[str], now: float) -> list[Entry]:
+        """Grants to write in place of freed blocks (their node left the roster): one for
+        each address of theirs a removed workload's owner may still run. A lent address
+        has no grant of its own; the block was what kept it from being granted again."""
+        firsts = {
+            (b.version, b.first)
+            for b in (core.block_of(e.address) for e in freed if "/" in e.address)
+        }
+        if not firsts:
+            return []
+        keep = []
+        for p in self._view().values():
+            if not p.removed or not p.spec.nics or self._runs_nowhere(p, names):
+                continue
+            for nic in p.spec.nics:
+                if nic.ip is None:
+                    continue
+                ip = ipaddress.ip_address(nic.ip)
+                if (ip.version, int(ip) & ~(core.BLOCK_SIZE - 1)) in firsts:
+                    keep.append(Entry(str(ip), nic.network, p.workload_id, now))
+        return keep
+
+    def _disown(self, holder: str) -> None:
+        """Free a pool block its node says it does not hold (keeping what a removed
+        workload's owner may still run, as when the node leaves the roster)."""
+        gone = [e for e in self.table.entries() if e.holder == holder]
+        if gone:
+            keep = self._still_running(gone, self._roster_names(), self.ctx.clock())
+            self._free([e.address for e in gone], "disowned", keep)
+
+    def _ask_pools(self, now: float, live: Container[str]) -> None:
+        """Ask each live node about its pools' blocks granted here longer than
+        ``grant_ttl_s`` ago (at most every ``POOL_ASK_S``): a block whose node does not
+        know it (its Release lost, a crash before it wrote the block down) is freed on
+        the node's word (``TornDown``)."""
+        ttl = self.ctx.cfg.addresses.grant_ttl_s
+        for e in self.table.entries():
+            node = core.node_holder(e.holder)
+            if not e.holder.startswith(core.POOL_PREFIX) or node is None:
+                continue
+            if (
+                now - e.granted_at <= ttl
+                or now - self._pool_asked.get(e.holder, -1e18) < POOL_ASK_S
+            ):
+                continue
+            if node == self.name:
+                if self.pools.disowns(e.holder):
+                    self._disown(e.holder)
+            elif node in live:
+                self._pool_asked[e.holder] = now
+                self._send(node, Ask(e.holder))
+        while len(self._pool_asked) > TORN_KEEP:
+            self._pool_asked.pop(next(iter(self._pool_asked)))
 
     async def _sweep_periodically(self) -> None:
         while not self._stopped:

@@ -216,7 +216,6 @@ def start_shells(
         placement.offer_digest,
     )
     placement.addresses = addresses
-    addresses.pools.rounds = placement.own_round_specs
     placement.view_listeners.append(addresses.view_changed)
     addresses.start()
     runner.guests.addresses = addresses

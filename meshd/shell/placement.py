@@ -447,6 +447,7 @@ class PlacementShell:
         the workload), the claim is stopped and the auction's error raised: nobody
         waits for addresses nothing could use."""
         fut = self._waiting.get(aid)
+        closed = False
         try:
             if fut is not None and not claim.done():
                 await asyncio.wait((claim, fut), return_when=asyncio.FIRST_COMPLETED)
@@ -456,8 +457,11 @@ class PlacementShell:
                     await self._stop_claim(workload_id, claim)
                     raise failed
             return await claim
+        except GeneratorExit:  # closed, not cancelled: its loop is gone, touch nothing
+            closed = True
+            raise
         finally:
-            if not claim.done():  # this submission was cancelled
+            if not claim.done() and not closed:  # this submission was cancelled
                 await self._stop_claim(workload_id, claim)
 
     async def _stop_claim(self, workload_id: str, claim: asyncio.Future[WorkloadSpec]) -> None:
@@ -643,11 +647,6 @@ class PlacementShell:
         if self._broken is None:
             with contextlib.suppress(StoreError):  # discarded; the store said why
                 self._apply(self.core.anti_entropy(peer))
-
-    def own_round_specs(self) -> list[tuple[str, WorkloadSpec]]:
-        """(workload id, spec) of every round this node originated that it keeps."""
-        me = self.ctx.ident.name
-        return [(r.workload.id, r.workload.spec) for r in self.core.rounds() if r.originator == me]
 
     def core_placements(self) -> Mapping[str, Placement]:
         """The view of the core of the moment (a failed write rebuilds the core)."""

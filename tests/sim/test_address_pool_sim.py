@@ -8,9 +8,11 @@ pools' invariants under faults.
 from __future__ import annotations
 
 from meshd import config
+from meshd.adapters.store import roster
 from meshd.core.address_pool import node_of
-from meshd.core.addresses import Claim
+from meshd.core.addresses import Claim, Release
 from meshd.core.auction.model import GiB
+from meshd.core.spec import Nic, SubmitRequest
 from tests.sim.shells import ShellSim
 from tests.sim.test_address_sim import OFFERS, AddressWatch, request
 
@@ -125,10 +127,13 @@ def test_a_removed_workloads_pool_address_comes_back_to_its_pool() -> None:
 def test_an_originator_that_crashes_at_the_award_keeps_the_address_lent() -> None:
     """The award's round record (fsynced, carrying the address) is the only record of
     the lending: n1 dies the moment it is on disk, before the award leaves. Restarted,
-    it counts the address as lent (its round record names it) and lends others."""
+    it counts every address of its pool as lent until it sees otherwise (that one for
+    ``grant_ttl_s``: its placement might still show up), and lends none of them again
+    meanwhile; it tops up with new blocks instead."""
     sim = _mesh()
     try:
         _fill(sim, "n1", 8.1)
+        before = set(_book(sim, "n1").free("lan"))
         sim.at(10.1, sim.arm_commit, "n1", 1)
         sim.at(10.1, sim.submit, "n1", request(1))
         sim.run_until(10.6)
@@ -136,15 +141,19 @@ def test_an_originator_that_crashes_at_the_award_keeps_the_address_lent() -> Non
         assert any("committed: crash" in r for r in sim.trace), sim.trace[-10:]
         sim.at(10.7, sim.start, "n1")
         sim.run_until(14.0)
-        specs = [spec for _, spec in sim.placement("n1").own_round_specs() if spec.name == "w1"]
-        assert specs, "the award's round record was not kept"
-        held = specs[0].nics[0].ip
-        assert held is not None and held in _book(sim, "n1").lent
+        book = _book(sim, "n1")
+        assert before <= set(book.lent), "a restarted node lends what it may have lent"
         for j in range(2, 8):
             sim.at(14.1 + j * 0.01, sim.submit, "n1", request(j))
         sim.run_until(17.0)
         ips = [_ip(sim, k) for k in range(2, 8)]
-        assert held not in ips
+        assert not set(ips) & before
+        assert len(set(ips)) == 6
+        # After grant_ttl_s what no placement holds is back in the pool.
+        ttl = sim.placement("n1").ctx.cfg.addresses.grant_ttl_s
+        sim.run_until(17.0 + ttl + 3.0)
+        assert before <= set(_book(sim, "n1").free("lan")) | set(_book(sim, "n1").lent)
+        assert set(_book(sim, "n1").free("lan")) & before
     finally:
         sim.close()
 
@@ -198,5 +207,157 @@ def test_a_pool_claim_for_another_node_or_a_block_for_a_workload_is_dropped() ->
             sim.nodes["n3"].proc.run(shell._on_msg, forged, "n2")  # type: ignore[union-attr, attr-defined]
         assert shell.table.get("10.40.1.0/28") is None  # type: ignore[attr-defined]
         assert shell.dropped.value(reason="invalid") == 3  # type: ignore[attr-defined]
+    finally:
+        sim.close()
+
+
+def test_a_release_of_a_pool_block_counts_only_from_its_node() -> None:
+    """A member (n2) sending Release(block, pool:…:n1) frees nothing: only n1 gives
+    its blocks back (before, the voters freed it and n1 lent from it on, so a fixed
+    claim through n3 and a lend through n1 got one address)."""
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        book = _book(sim, "n1")
+        pool_holder = book.holder_of(book.free("lan")[3])
+        assert pool_holder is not None
+        block = book.blocks[pool_holder][1]
+        kept = 0
+        for voter in ("n2", "n3"):
+            shell = sim.placement(voter).addresses
+            assert shell is not None
+            had = shell.table.get(block)  # type: ignore[attr-defined]
+            sim.nodes[voter].proc.run(shell._on_msg, Release(block, pool_holder), "n2")  # type: ignore[union-attr, attr-defined]
+            assert shell.table.get(block) == had, voter  # type: ignore[attr-defined]
+            assert shell.dropped.value(reason="invalid") == 1  # type: ignore[attr-defined]
+            kept += had is not None
+        assert kept  # (a bare majority granted it: n1 and one of these)
+    finally:
+        sim.close()
+
+
+def test_a_block_whose_release_was_lost_is_freed_on_its_nodes_word() -> None:
+    """n1 gives its blocks back (the network removed) but every Release is lost. The
+    voters ask n1 about blocks older than grant_ttl_s, and n1's answer (TornDown:
+    not mine) frees them."""
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        wid = sim.submissions[0].result["workload"]  # type: ignore[index]
+        sim.at(10.1, sim.remove, "n2", wid)
+        sim.run_until(12.0)
+        held = _book(sim, "n1").holders()
+        n1 = sim.placement("n1").addresses
+        assert held and n1 is not None
+        n1.give_back = lambda holder, addresses: None  # type: ignore[method-assign]  # lost
+        sim.at(12.1, sim.network, "n1", "lan", None)
+        sim.run_until(16.0)
+        assert not _book(sim, "n1").holders()
+
+        def holding() -> list[str]:
+            out = []
+            for x in ("n2", "n3"):
+                table = sim.placement(x).addresses.table  # type: ignore[union-attr]
+                out += [f"{x}:{e.address}" for e in table.entries() if e.holder in held]
+            return out
+
+        assert holding()  # the Releases were lost
+        cfg = sim.placement("n1").ctx.cfg.addresses
+        sim.run_until(16.0 + cfg.grant_ttl_s + 70.0)
+        assert not holding()
+    finally:
+        sim.close()
+
+
+def test_a_network_recreated_with_another_subnet_lends_inside_it() -> None:
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        sim.at(10.2, sim.submit, "n1", request(1))  # lent: its block stays with n1 a while
+        sim.run_until(10.8)
+        sim.at(10.9, sim.network, "n1", "lan", None)
+        sim.at(11.0, sim.network, "n1", "lan", "10.41.0.0/22")
+        sim.run_until(14.0)
+        for j in range(2, 6):
+            sim.at(14.1 + j * 0.01, sim.submit, "n1", request(j))
+        sim.run_until(17.0)
+        assert all(_ip(sim, k).startswith("10.41.") for k in range(2, 6))
+    finally:
+        sim.close()
+
+
+def test_an_automatic_and_a_fixed_nic_through_the_pools_node_both_come_from_it() -> None:
+    sim = _mesh()
+    try:
+        _fill(sim, "n1", 8.1)
+        first = _book(sim, "n1").free("lan")[0]
+        req = SubmitRequest(
+            name="two",
+            cpus=0.5,
+            memory=GiB,
+            driver="fake",
+            nics=(Nic("lan", None), Nic("lan", first)),
+            idempotency_key="two",
+        )
+        sim.at(10.2, sim.submit, "n1", req)
+        sim.run_until(12.0)
+        result = sim.submissions[-1].result
+        assert result is not None, sim.submissions[-1].error
+        auto, fixed = (a["ip"] for a in result["addresses"])
+        assert fixed == first and auto != first
+    finally:
+        sim.close()
+
+
+def test_removing_the_pool_node_keeps_what_a_cut_off_owner_still_runs() -> None:
+    """A lent address has no grant of its own: its block keeps it from being granted
+    again. When the pool's node is removed from the roster, each voter frees the block
+    but keeps a grant for each address of it a removed workload's owner may still run
+    (here: cut off, its tombstone waits for its word), so a fixed claim of it is
+    refused, naming the workload (before, it was granted and the address ran twice)."""
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    cfg = config.sim().override(
+        {"addresses.sweep_s": 0.5, "auction.sync_interval_s": 1.0, "addresses.pool": 32}
+    )
+    caps = {x: (64.0, 256 * GiB, 100 * GiB) for x in names}
+    sim = ShellSim(11, caps, cfg, membership="lagged", fencing=True, offers=OFFERS)
+    try:
+        for i, x in enumerate(names):
+            sim.at(i * 0.01, sim.start, x)
+        sim.at(5.2, sim.network, "n1", "lan", "10.40.0.0/20")
+        sim.run_until(8.0)
+        watch = AddressWatch(sim)
+        _fill(sim, "n1", 8.1)
+        for j in range(1, 6):
+            sim.at(10.2 + j * 0.01, sim.submit, "n1", request(j))
+        sim.run_until(12.0)
+        pick = next(
+            k
+            for k, s in enumerate(sim.submissions[1:], 1)
+            if s.result is not None and s.result["owner"] != "n1"
+        )
+        wid = sim.submissions[pick].result["workload"]  # type: ignore[index]
+        owner = sim.submissions[pick].result["owner"]  # type: ignore[index]
+        victim = _ip(sim, pick)
+        others = [x for x in names if x not in ("n1", owner)]
+        sim.at(12.0, sim.crash, "n1")  # the pool's node is dead for good
+        for x in names:
+            if x != owner:
+                sim.at(12.1, sim.cut, owner, x, True)  # the owner is cut off, still runs it
+        sim.at(12.15, sim.remove, others[0], wid)
+
+        def node_rm() -> None:  # `meshd node rm n1`, as the live nodes' rosters record it
+            for x in names:
+                store = sim.nodes[x].store
+                if store is not None and x != owner:
+                    with store.transaction():
+                        roster.mark_removed(store, "n1", sim.now)
+
+        sim.at(12.2, node_rm)
+        sim.at(14.0, sim.submit, others[0], request(50, victim))
+        sim.run_until(15.0)
+        err = sim.submissions[-1].error
+        assert err is not None and f"is held by workload {wid}" in err, err
+        assert not [p for p in watch.problems if "runs as" in p]
     finally:
         sim.close()

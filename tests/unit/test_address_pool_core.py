@@ -25,8 +25,8 @@ from meshd.core.addresses import (
     holder_text,
     node_holder,
 )
-from meshd.core.network import Network
-from meshd.errors import EnvelopeError
+from meshd.core.network import Network, check_subnet
+from meshd.errors import EnvelopeError, NetworkError
 
 POOL = "pool:t1:n1"
 
@@ -152,9 +152,10 @@ def test_the_book_lends_each_address_once_and_skips_busy_and_reserved_ones() -> 
 
 def test_a_fixed_address_is_lent_only_if_free_in_the_pool() -> None:
     book = _book()
-    assert book.take_fixed("lan", "10.40.0.9", "w1", 1.0)
-    assert not book.take_fixed("lan", "10.40.0.9", "w2", 1.0)
-    assert not book.take_fixed("lan", "10.40.1.9", "w2", 1.0)
+    assert not book.take_fixed("lan", "10.40.0.9", "w1", 1.0, {"10.40.0.9": "w0"})  # live
+    assert book.take_fixed("lan", "10.40.0.9", "w1", 1.0, {})
+    assert not book.take_fixed("lan", "10.40.0.9", "w2", 1.0, {})
+    assert not book.take_fixed("lan", "10.40.1.9", "w2", 1.0, {})
     book.give_back("w2", ["10.40.0.9"])  # not w2's: stays lent
     assert "10.40.0.9" in book.lent
     book.give_back("w1", ["10.40.0.9"])
@@ -183,8 +184,13 @@ def test_the_book_round_trips_and_a_restart_adopts_what_records_name() -> None:
     assert doc == {"lan": {"10.40.0.0/28": "pool:a:n1", "10.40.0.16/28": "pool:b:n1"}}
     again = PoolBook.from_doc(doc)
     assert not again.lent and len(again.free("lan")) == 32
+    # At a start everything counts as lent: to the view's live holder, else unknown.
     again.adopt({"10.40.0.3": "w1", "10.99.0.1": "w2"}, 5.0)
-    assert set(again.lent) == {"10.40.0.3"}
+    assert len(again.lent) == 32 and not again.free("lan")
+    assert again.lent["10.40.0.3"].workload == "w1"
+    assert again.lent["10.40.0.4"].workload == address_pool.UNKNOWN
+    back = again.settle(5.0 + 61.0, 60.0, {"10.40.0.3": "w1"}, lambda w: "unknown")
+    assert len(back) == 31 and set(again.lent) == {"10.40.0.3"}
     assert again.holder_of("10.40.0.20") == "pool:b:n1" and again.holders() == {
         "pool:a:n1",
         "pool:b:n1",
@@ -193,9 +199,40 @@ def test_the_book_round_trips_and_a_restart_adopts_what_records_name() -> None:
 
 def test_only_blocks_with_nothing_lent_are_given_back() -> None:
     book = _book()
-    book.take_fixed("lan", "10.40.0.20", "w1", 1.0)
+    book.take_fixed("lan", "10.40.0.20", "w1", 1.0, {})
     assert book.drop_free_blocks("lan") == [("10.40.0.0/28", "pool:a:n1")]
     assert book.holder_of("10.40.0.1") is None and book.holder_of("10.40.0.20") == "pool:b:n1"
     book.give_back("w1", ["10.40.0.20"])
     assert book.drop_free_blocks("lan") == [("10.40.0.16/28", "pool:b:n1")]
     assert book.networks() == [] and book.ints() == set()
+
+
+def test_a_block_whose_write_failed_is_forgotten_and_lent_ones_stay_lent() -> None:
+    book = _book()
+    lent = book.take("lan", "w1", 1.0, {})
+    book.add("lan", "10.40.0.32/28", "pool:c:n1")
+    book.forget("pool:c:n1")
+    assert lent is not None and lent in book.lent and lent not in book.free("lan")
+    assert book.holder_of("10.40.0.33") is None and "pool:c:n1" not in book.holders()
+    assert len(book.free("lan")) == 31
+
+
+def test_retired_blocks_lend_nothing_and_are_given_back_once_free() -> None:
+    book = _book()
+    lent = book.take("lan", "w1", 1.0, {})
+    assert lent is not None
+    book.retire("lan", lambda a: a.startswith("10.41."))  # the network moved
+    assert book.free("lan") == [] and book.take("lan", "w2", 1.0, {}) is None
+    old = address_pool.retired("lan")
+    assert book.drop_free_blocks(old) == [("10.40.0.16/28", "pool:b:n1")]  # nothing lent
+    book.give_back("w1", [lent])
+    assert book.drop_free_blocks(old) == [("10.40.0.0/28", "pool:a:n1")]
+    assert book.networks() == []
+
+
+def test_an_ipv6_subnet_in_ipv4_compatible_space_is_refused() -> None:
+    """Its addresses' numbers are IPv4 addresses' numbers, which the voter's table and
+    the candidates key by: such a network is refused at creation."""
+    with pytest.raises(NetworkError, match="overlaps ::/96"):
+        check_subnet("::/64")
+    assert str(check_subnet("fd00:40::/64")) == "fd00:40::/64"
