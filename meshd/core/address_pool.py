@@ -9,16 +9,20 @@ claimed whole by one majority claim, :func:`meshd.core.addresses.block_of`) gran
 ahead of demand to holders of its own, ``pool:TAG:NODE`` (:func:`holder`; a tag per
 claim, so two claims of one node never win or give back one block between them). A
 voter grants a ``pool:…:NODE`` claim only to NODE itself, denies any other claim of an
-address inside a block it granted, and frees the block only when NODE gives it back or
-leaves the roster; never by age, and never because a placement stops backing it.
+address inside a block it granted, and frees the block only on NODE's word (a
+``Release``, or ``TornDown`` when the voter asks about an old block: a lost Release) or
+once NODE left the roster (then keeping a grant for each of the block's addresses that
+a removed workload's owner may still run); never by age, and never because a
+placement stops backing it.
 
 Handing one out (:meth:`PoolBook.take`) asks nobody and writes nothing of its own: the
 address is in the workload's spec before its auction starts, and the auction's round
 record, which carries the spec, is fsynced before its award leaves this node. A crash
-before that write leaves no award anywhere, so nothing can hold the address; a crash
-after it leaves the record, and a restarted node counts every address its kept round
-records name as lent (:meth:`PoolBook.adopt`) until :meth:`PoolBook.settle` sees
-otherwise. An address stays lent while any of these holds:
+before that write leaves no award anywhere, so nothing can hold the address; after it,
+the award may reach a placement this node's view has not seen yet. So a restarted node
+counts every address of its pool as lent (:meth:`PoolBook.adopt`), to the workload its
+view places there or to nobody known, until :meth:`PoolBook.settle` sees otherwise.
+An address stays lent while any of these holds:
 
 * a live placement in this node's view carries it (whatever generation or owner: a
   re-placement after a fence keeps the spec);
@@ -108,6 +112,9 @@ class PoolBook:
     def free(self, network: str) -> list[str]:
         """The addresses of ``network``'s pool that are not lent."""
         return list(self._free.get(network, ()))
+
+    def free_count(self, network: str) -> int:
+        return len(self._free.get(network, ()))
 
     def holder_of(self, address: str) -> str | None:
         where = self._where.get(address)

@@ -178,7 +178,7 @@ class Pools:
         except NotFoundError:
             return
         target = self._target(net)
-        if target == 0 or len(self.book.free(network)) > target * BLOCK_SIZE // 2:
+        if target == 0 or self.book.free_count(network) > target * BLOCK_SIZE // 2:
             return
         self._filling.add(network)
         task = asyncio.get_running_loop().create_task(self._fill(net, target))
@@ -188,7 +188,7 @@ class Pools:
     async def _fill(self, net: Network, target: int) -> None:
         holders: list[str] = []
         try:
-            want = -(-(target * BLOCK_SIZE - len(self.book.free(net.name))) // BLOCK_SIZE)
+            want = -(-(target * BLOCK_SIZE - self.book.free_count(net.name)) // BLOCK_SIZE)
             holders = [core.holder(uuid.uuid4().hex[:12], self.claims.name) for _ in range(want)]
             self._winning.update(holders)
             results = await asyncio.gather(
