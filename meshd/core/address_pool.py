@@ -90,13 +90,21 @@ class PoolBook:
         self._free: dict[str, dict[str, None]] = {}  # network -> its free addresses
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Mapping[str, str]]) -> PoolBook:
-        """The book as :meth:`to_doc` wrote it (nothing lent: see :meth:`adopt`)."""
-        book = cls()
-        for net, held in doc.items():
-            for text, pool_holder in held.items():
-                book.add(net, text, pool_holder)
-        return book
+    def from_doc(cls, doc: object) -> tuple[PoolBook, list[str]]:
+        """The book as :meth:`to_doc` wrote it (nothing lent: see :meth:`adopt`), and
+        what of ``doc`` was not a block of this shape (skipped)."""
+        book, bad = cls(), []
+        for net, held in doc.items() if isinstance(doc, dict) else ():
+            for text, pool_holder in held.items() if isinstance(held, dict) else ():
+                try:
+                    if not (isinstance(net, str) and isinstance(pool_holder, str)):
+                        raise ValueError("not text")
+                    book.add(net, str(text), pool_holder)
+                except ValueError:
+                    bad.append(f"{net!r:.40}: {text!r:.60} -> {pool_holder!r:.80}")
+        if not isinstance(doc, dict):
+            bad.append(f"{doc!r:.80}")
+        return book, bad
 
     def to_doc(self) -> dict[str, dict[str, str]]:
         """What the store keeps: network -> block -> holder (lending rides the auction's
@@ -166,14 +174,16 @@ class PoolBook:
                 if free.pop(a, 0) is None:
                     parked[a] = None
 
-    def drop_free_blocks(self, network: str) -> list[tuple[str, str]]:
-        """Remove ``network``'s blocks none of whose addresses is lent; (block, holder)
-        of each, to give back."""
+    def drop_free_blocks(self, network: str, keep: int = 0) -> list[tuple[str, str]]:
+        """Remove ``network``'s blocks none of whose addresses is lent, as long as at
+        least ``keep`` free addresses stay; (block, holder) of each, to give back."""
         out = []
         free = self._free.get(network, {})
         for pool_holder, (net, text) in sorted(self.blocks.items()):
             if net != network:
                 continue
+            if len(free) - BLOCK_SIZE < keep:
+                break
             block = block_of(text)
             addresses = [block.address(n) for n in block.numbers]
             if any(a in self.lent for a in addresses):
@@ -234,39 +244,41 @@ class PoolBook:
             if lent is not None and lent.workload == workload:
                 self._back(a)
 
-    def adopt(self, live: Mapping[str, str], now: float) -> None:
+    def adopt(self, held: Mapping[str, str], now: float) -> None:
         """At a start: every address of the pool counts as lent from ``now``, to the
-        workload a live placement in the view (``live``: address -> workload) names, or
-        else to nobody known (:data:`UNKNOWN`: back after the TTL). What this node lent
+        workload the view holds it for (``held``: address -> workload, of live placements
+        and of removed ones their owner may still run), or else to nobody known
+        (:data:`UNKNOWN`: back after the TTL). What this node lent
         just before it stopped may be on its way to a placement this view has not seen
         yet (an award under way, a confirmation lost), and the round records that name
         it may have been pruned since: nothing short of the TTL says it can't be."""
         for a in list(self._where):
             if a not in self.lent:
-                self._lend(a, live.get(a, UNKNOWN), now)
+                self._lend(a, held.get(a, UNKNOWN), now)
 
     def settle(
         self,
         now: float,
         ttl_s: float,
-        live: Mapping[str, str],
+        held: Mapping[str, str],
         state: Callable[[str], str],
     ) -> list[str]:
         """Return lent addresses that nothing can hold any more to the free pool (see
-        the module's rules); the addresses returned. ``live``: address -> workload of
-        every live placement's NICs in the view; ``state(workload)``: ``"live"``,
-        ``"removed"`` (a tombstone nothing can run any more), ``"running"`` (a
-        tombstone its owner may still run) or ``"unknown"`` (not in the view)."""
+        the module's rules); the addresses returned. ``held``: address -> workload, of
+        every live placement's NICs in the view and of removed ones their owner may
+        still run; ``state(workload)``: ``"live"``, ``"removed"`` (a tombstone nothing
+        can run any more), ``"running"`` (a tombstone its owner may still run) or
+        ``"unknown"`` (not in the view)."""
         back = []
         for a, lent in list(self.lent.items()):
-            if a in live:
+            if a in held:
                 continue
             s = state(lent.workload)
             if s == "running" or (s == "unknown" and now - lent.since < ttl_s):
                 continue
             back.append(a)
             self._back(a)
-        for free in self._free.values():  # a live placement the book did not know of
-            for a in [a for a in free if a in live]:
-                self._lend(a, live[a], now)
+        for free in self._free.values():  # a holder the book did not know of
+            for a in [a for a in free if a in held]:
+                self._lend(a, held[a], now)
         return back

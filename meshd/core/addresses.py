@@ -325,6 +325,7 @@ class VoterTable:
         self._by_address: dict[str, Entry] = {}
         self._ints: set[int] = set()
         self._blocks: dict[int, Entry] = {}  # a block's first number -> its grant
+        self._pools: dict[str, set[str]] = {}  # a pool holder -> the blocks it holds
         for e in entries:
             self.put(e)
 
@@ -372,7 +373,16 @@ class VoterTable:
                     return Deny(claim.claim, block.text, other)
         return Entry(block.text, claim.network, claim.holder, now)
 
+    def pool_entries(self, holder: str) -> list[Entry]:
+        """The grants a pool holder holds here (none for any other holder)."""
+        return [self._by_address[a] for a in sorted(self._pools.get(holder, ()))]
+
     def put(self, entry: Entry) -> None:
+        old = self._by_address.get(entry.address)
+        if old is not None:
+            self._unindex(old)
+        if entry.holder.startswith(POOL_PREFIX):
+            self._pools.setdefault(entry.holder, set()).add(entry.address)
         if "/" in entry.address:
             block = block_of(entry.address)
             self._blocks[block.first] = entry
@@ -381,9 +391,18 @@ class VoterTable:
             self._ints.add(number(entry.address))
         self._by_address[entry.address] = entry
 
+    def _unindex(self, entry: Entry) -> None:
+        held = self._pools.get(entry.holder)
+        if held is not None:
+            held.discard(entry.address)
+            if not held:
+                del self._pools[entry.holder]
+
     def drop(self, address: str) -> None:
-        if self._by_address.pop(address, None) is None:
+        old = self._by_address.pop(address, None)
+        if old is None:
             return
+        self._unindex(old)
         if "/" in address:
             block = block_of(address)
             self._blocks.pop(block.first, None)

@@ -120,12 +120,6 @@ def check_subnet(cidr: object) -> Subnet:
         ) from exc
     if subnet.network_address != ipaddress.ip_address(cidr.split("/")[0]):
         raise NetworkError(f"subnet {cidr!r:.80} has host bits set: did you mean {subnet}?")
-    if subnet.version == 6 and subnet.overlaps(V4_COMPATIBLE):
-        # Their numbers are IPv4 addresses' numbers: the allocator keys by number.
-        raise NetworkError(
-            f"subnet {subnet} overlaps ::/96 (IPv4-compatible addresses, deprecated): "
-            "pick a unique local prefix, e.g. fd00:40::/64"
-        )
     limit = MAX_PREFIX[subnet.version]
     if subnet.prefixlen > limit:
         raise NetworkError(
@@ -207,6 +201,13 @@ def define(
 ) -> Network:
     """A new definition from the operator's words; a :class:`NetworkError` says what to fix."""
     net = check_subnet(subnet)
+    if net.version == 6 and net.overlaps(V4_COMPATIBLE):
+        # Their numbers are IPv4 addresses' numbers: the allocator keys by number.
+        # (Checked where an operator defines one, not on records already held.)
+        raise NetworkError(
+            f"subnet {net} overlaps ::/96 (IPv4-compatible addresses, deprecated): "
+            "pick a unique local prefix, e.g. fd00:40::/64"
+        )
     return Network(
         name=check_name(name),
         subnet=net,

@@ -5,23 +5,24 @@ What a pool is and when a lent address comes back is the pure
 <meshd.shell.addresses.AddressShell>` (reached through the :class:`Claims` port):
 
 * **Filling.** Once a network is asked for, its pool is topped up to its target
-  (``[addresses] pool``, bounded by the network's size) whenever it falls to half of
-  it: that many majority claims side by side (their datagrams and each voter's grant
-  writes shared), each for its own holder ``pool:TAG:NODE``. What they win is written
-  to the store (meta ``address-pool``, one fsynced transaction) before any of it is
-  lent; if that write fails, the grants are given back.
+  (``[addresses] pool``, bounded by the network's size) whenever half of it is lent:
+  one majority claim per missing block, side by side (their datagrams and each voter's
+  grant writes shared), each for its own holder ``pool:TAG:NODE``. What they win is
+  written to the store (meta ``address-pool``, one fsynced transaction) before any of
+  it is lent; if that write fails, the blocks are forgotten and given back.
 * **Lending** (:meth:`Pools.lend`) is synchronous: no message, no write (the
   auction's round record carries the address; the core says why that is enough). A
   node lends only while its view has matched a member's (a fresh start might not know
   a placement holding one of its addresses).
-* **Settling** (each sweep): lent addresses come back by the core's rules; at the first
-  settle after a start, the addresses this node's kept round records name are adopted
-  as lent. Grants of this node's pool holders that the book does not know (a crash
-  between winning and writing them down) are given back, as are the free addresses of
-  a network that is gone or changed its subnet.
-* **Giving back.** When a claim of this node finds a network full, its free pool on
-  that network is given back at once, so the pools never make a network look full
-  to this node's own submissions for long.
+* **Starting** (:meth:`Pools.start`): the whole pool counts as lent (the core's
+  ``adopt``), and grants of this node's pool holders that its store does not know (a
+  crash between winning and writing them down) are given back.
+* **Settling** (each sweep): lent addresses come back by the core's rules; the blocks
+  of a network that is gone, changed its subnet or keeps no pool any more are
+  retired, and given back once nothing lent from them is held.
+* **Giving back.** When a claim of this node finds a network full, its free blocks on
+  that network are given back at once. A voter that asks about an old block this node
+  does not hold (``disowns``: its Release was lost) is told so.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import asyncio
 import ipaddress
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -60,6 +61,8 @@ class Claims(Protocol):
 
     def in_view(self) -> dict[str, str]: ...
 
+    def held(self) -> Mapping[str, str]: ...
+
     def view_synced(self) -> bool: ...
 
     def voter_count(self) -> int: ...
@@ -77,12 +80,21 @@ class Pools:
         self.claims = claims
         raw = ctx.store.get_meta(META_KEY)
         try:
-            doc = orjson.loads(raw) if raw else {}
-            self.book = PoolBook.from_doc(doc if isinstance(doc, dict) else {})
-        except (orjson.JSONDecodeError, ValueError, AttributeError) as exc:
-            # Not ours to guess at: start empty; the grants come back by orphan check.
-            logger.error("address pool record unreadable, starting with none: %s", exc)
-            self.book = PoolBook()
+            doc: object = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError as exc:
+            doc = None
+            logger.error("address pool record unreadable: %s", exc)
+        self.book, bad = PoolBook.from_doc(doc)
+        # A record this node can't read whole: it tells no voter that a block of its is
+        # not its own (it might be lending from it), so such blocks stay held until this
+        # node leaves the roster, rather than risk an address twice.
+        self._trusted = not bad
+        if bad:
+            logger.error(
+                "address pool record partly unreadable (kept what could be read; blocks of "
+                "this node it does not list stay held until it leaves the roster): %s",
+                "; ".join(bad[:5]),
+            )
         self._adopted = False
         self._filling: set[str] = set()
         self._winning: set[str] = set()  # pool holders being claimed, or won and unwritten
@@ -96,7 +108,7 @@ class Pools:
         )
 
     def start(self) -> None:
-        """Count what kept round records and the view hold as lent (see the core)."""
+        """Count the whole pool as lent (see the core's ``adopt``)."""
         self._adopt()
 
     def stop(self) -> None:
@@ -208,6 +220,14 @@ class Pools:
             self._winning.difference_update(holders)
 
     def _keep(self, net: Network, won: list[tuple[str, str]]) -> None:
+        try:
+            same = self.claims.network(net.name).subnet == net.subnet
+        except NotFoundError:
+            same = False
+        if not same:  # removed or re-subnetted while the claims ran
+            for text, h in won:
+                self.claims.give_back(h, [text])
+            return
         for text, h in won:
             self.book.add(net.name, text, h)
         try:
@@ -225,9 +245,10 @@ class Pools:
         with self.ctx.store.transaction():
             self.ctx.store.set_meta(META_KEY, orjson.dumps(self.book.to_doc()).decode())
 
-    def give_back_free(self, network: str, why: str) -> None:
-        """Give this node's free addresses on ``network`` back to the mesh."""
-        dropped = self.book.drop_free_blocks(network)
+    def give_back_free(self, network: str, why: str, keep: int = 0) -> None:
+        """Give this node's free blocks on ``network`` back to the mesh (keeping at
+        least ``keep`` free addresses)."""
+        dropped = self.book.drop_free_blocks(network, keep)
         if not dropped:
             return
         try:
@@ -248,20 +269,19 @@ class Pools:
         if self._adopted:
             return
         self._adopted = True
-        self.book.adopt(self.claims.in_view(), self.ctx.clock())
+        self.book.adopt(self.claims.held(), self.ctx.clock())
         # Grants of our pool holders the book does not know: won just before a crash,
         # never written down. Never lent, so given back.
-        known = self.book.holders()
+        if not self._trusted:
+            return
         for e in self.claims.own_grants():
-            if core.node_of(e.holder) == self.claims.name and e.holder not in known:
+            if core.node_of(e.holder) == self.claims.name and e.holder not in self.book.blocks:
                 self.claims.give_back(e.holder, [e.address])
 
     def settle(self, ttl_s: float) -> None:
         """Return what nothing can hold any more; give back pools of networks gone."""
         self._adopt()
-        back = self.book.settle(
-            self.ctx.clock(), ttl_s, self.claims.in_view(), self.claims.state_of
-        )
+        back = self.book.settle(self.ctx.clock(), ttl_s, self.claims.held(), self.claims.state_of)
         if back:
             logger.debug("pool addresses back count=%d", len(back))
         for network in self.book.networks():
@@ -272,16 +292,23 @@ class Pools:
                 net = self.claims.network(network)
             except NotFoundError:
                 net = None
-            if net is None or self._target(net) == 0:
+            target = 0 if net is None else self._target(net)
+            if net is None or target == 0:
                 # Removed, or pools turned off (`addresses.pool = 0`): retire them all.
                 self.book.retire(network, lambda _: False)
-            else:
-                self.book.retire(network, _inside(net))
+                continue
+            self.book.retire(network, _inside(net))
+            if self.book.free_count(network) > (target + 1) * BLOCK_SIZE:
+                # More than the target free (a restart topped up while its old blocks
+                # counted as lent): the surplus goes back, whole free blocks.
+                self.give_back_free(network, "more than the pool's target", target * BLOCK_SIZE)
 
     def disowns(self, pool_holder: str) -> bool:
         """Whether ``pool_holder`` (one of this node's) names no block this node holds or
         is claiming: a voter that asks (``Ask``) may free its grant."""
-        return pool_holder not in self.book.holders() and pool_holder not in self._winning
+        if not self._trusted:
+            return False
+        return pool_holder not in self.book.blocks and pool_holder not in self._winning
 
 
 def _inside(net: Network) -> Callable[[str], bool]:

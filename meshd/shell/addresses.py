@@ -34,7 +34,7 @@ import logging
 import math
 import uuid
 import zlib
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Container, Mapping
 from typing import Any
 
@@ -236,6 +236,23 @@ class AddressShell:
 
     def network(self, name: str) -> Network:
         return self.networks.get(name)
+
+    def held(self) -> Mapping[str, str]:
+        """address -> workload, of every live placement's NICs in this node's view and of
+        every removed workload's that its owner may still run (``runs_nowhere``)."""
+        running: dict[str, str] = {}
+        names: set[str] | None = None
+        for p in self._view().values():
+            if not p.removed or not p.spec.nics:
+                continue
+            names = self._roster_names() if names is None else names
+            if self._runs_nowhere(p, names):
+                continue
+            for nic in p.spec.nics:
+                if nic.ip is not None:
+                    with contextlib.suppress(ValueError):
+                        running[core.canonical(nic.ip)] = p.workload_id
+        return ChainMap(self.in_view(), running)
 
     def state_of(self, workload_id: str) -> str:
         """``live``, ``removed`` (a tombstone nothing can run any more), ``running`` (a
@@ -483,7 +500,9 @@ class AddressShell:
             self._voters(),
             pool,
             fixed is not None,
-            1 if fixed is not None else cfg.attempts,
+            # A block gets one candidate per holder, so that a voter that kept a lost one
+            # (its Release lost) holds it for a holder its node can disown.
+            1 if fixed is not None or block else cfg.attempts,
             cfg.claim_timeout_s,
             self._describe,
             block=block,
@@ -740,6 +759,8 @@ class AddressShell:
         node = core.node_holder(release.holder)
         if node is not None and node != author:
             raise EnvelopeError("a node gives back only its own addresses")
+        if node is None and self.state_of(release.holder) == "running":
+            return  # a removed workload its owner may still run keeps its address
         if self.table.releasable(release, self.in_view()):
             self._free([core.canonical(release.address)], "released")
 
@@ -885,9 +906,10 @@ class AddressShell:
             if not p.removed or not p.spec.nics or self._runs_nowhere(p, names):
                 continue
             for nic in p.spec.nics:
-                if nic.ip is None:
+                try:
+                    ip = ipaddress.ip_address(nic.ip or "")
+                except ValueError:
                     continue
-                ip = ipaddress.ip_address(nic.ip)
                 if (ip.version, int(ip) & ~(core.BLOCK_SIZE - 1)) in firsts:
                     keep.append(Entry(str(ip), nic.network, p.workload_id, now))
         return keep
@@ -895,7 +917,7 @@ class AddressShell:
     def _disown(self, holder: str) -> None:
         """Free a pool block its node says it does not hold (keeping what a removed
         workload's owner may still run, as when the node leaves the roster)."""
-        gone = [e for e in self.table.entries() if e.holder == holder]
+        gone = self.table.pool_entries(holder)
         if gone:
             keep = self._still_running(gone, self._roster_names(), self.ctx.clock())
             self._free([e.address for e in gone], "disowned", keep)
@@ -906,7 +928,11 @@ class AddressShell:
         know it (its Release lost, a crash before it wrote the block down) is freed on
         the node's word (``TornDown``)."""
         ttl = self.ctx.cfg.addresses.grant_ttl_s
-        for e in self.table.entries():
+        entries = self.table.entries()
+        pools = {e.holder for e in entries}
+        for h in [h for h in self._pool_asked if h not in pools]:
+            del self._pool_asked[h]  # freed since
+        for e in entries:
             node = core.node_holder(e.holder)
             if not e.holder.startswith(core.POOL_PREFIX) or node is None:
                 continue
@@ -921,8 +947,6 @@ class AddressShell:
             elif node in live:
                 self._pool_asked[e.holder] = now
                 self._send(node, Ask(e.holder))
-        while len(self._pool_asked) > TORN_KEEP:
-            self._pool_asked.pop(next(iter(self._pool_asked)))
 
     async def _sweep_periodically(self) -> None:
         while not self._stopped:

@@ -404,9 +404,11 @@ class PlacementShell:
                 fixed = Workload(workload.id, lent)
                 try:
                     aid = await self._start(fixed)
-                except BaseException:
+                except MeshdError:  # it did not start: nothing left with the address
                     self.addresses.returned(workload.id, lent)
                     raise
+                # (Cancelled, it may have started all the same: the pool takes the
+                # addresses back by its own rules.)
                 return await self._decided(fixed, aid, started, assigned=True)
             aid = await self._start(workload, pending=True)
             fixed = await self._claimed(aid, workload)

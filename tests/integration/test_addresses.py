@@ -56,16 +56,20 @@ def _pid(d: Daemon, wid: str) -> int | None:
     return None
 
 
-def test_addresses_are_distinct_refused_with_sentences_and_freed(mesh_factory: Mesh) -> None:
-    alpha, beta, gamma = nodes = mesh_factory.start_cluster(
-        ["alpha", "beta", "gamma"], *CAPACITY, *ATTACHES
-    )
-    alpha.cli("network", "create", "lan", "--subnet", "10.40.0.0/24", check=True)
+def _three_on_lan(mesh_factory: Mesh, subnet: str) -> list[Daemon]:
+    """alpha, beta and gamma, each attaching network ``lan`` (``subnet``), all knowing it."""
+    nodes = mesh_factory.start_cluster(["alpha", "beta", "gamma"], *CAPACITY, *ATTACHES)
+    nodes[0].cli("network", "create", "lan", "--subnet", subnet, check=True)
     wait_for(
         "every node to know lan",
         lambda: all(d.api("GET", "/v1/networks")["networks"] for d in nodes),
         20,
     )
+    return nodes
+
+
+def test_addresses_are_distinct_refused_with_sentences_and_freed(mesh_factory: Mesh) -> None:
+    alpha, beta, gamma = nodes = _three_on_lan(mesh_factory, "10.40.0.0/24")
     pids: list[int] = []
     wids: list[str] = []
     try:
@@ -182,15 +186,7 @@ def test_a_nodes_pool_lends_addresses_and_survives_a_restart(mesh_factory: Mesh)
     restarted alpha, reading its pool from its store and its lending from its round
     records, hands none of the same addresses out again. (No command: the process
     driver can't run these, and they need not run: the addresses are the placement's.)"""
-    alpha, beta, _ = nodes = mesh_factory.start_cluster(
-        ["alpha", "beta", "gamma"], *CAPACITY, *ATTACHES
-    )
-    alpha.cli("network", "create", "lan", "--subnet", "10.48.0.0/20", check=True)
-    wait_for(
-        "every node to know lan",
-        lambda: all(d.api("GET", "/v1/networks")["networks"] for d in nodes),
-        20,
-    )
+    alpha, beta, _ = nodes = _three_on_lan(mesh_factory, "10.48.0.0/20")
 
     def submit(d: Daemon, name: str, ip: str | None = None) -> str:
         nic = {"network": "lan"} if ip is None else {"network": "lan", "ip": ip}

@@ -25,7 +25,7 @@ from meshd.core.addresses import (
     holder_text,
     node_holder,
 )
-from meshd.core.network import Network, check_subnet
+from meshd.core.network import Network, check_subnet, define
 from meshd.errors import EnvelopeError, NetworkError
 
 POOL = "pool:t1:n1"
@@ -182,7 +182,8 @@ def test_the_book_round_trips_and_a_restart_adopts_what_records_name() -> None:
     book.take("lan", "w1", 1.0, {})
     doc = book.to_doc()
     assert doc == {"lan": {"10.40.0.0/28": "pool:a:n1", "10.40.0.16/28": "pool:b:n1"}}
-    again = PoolBook.from_doc(doc)
+    again, bad = PoolBook.from_doc(doc)
+    assert bad == []
     assert not again.lent and len(again.free("lan")) == 32
     # At a start everything counts as lent: to the view's live holder, else unknown.
     again.adopt({"10.40.0.3": "w1", "10.99.0.1": "w2"}, 5.0)
@@ -234,5 +235,31 @@ def test_an_ipv6_subnet_in_ipv4_compatible_space_is_refused() -> None:
     """Its addresses' numbers are IPv4 addresses' numbers, which the voter's table and
     the candidates key by: such a network is refused at creation."""
     with pytest.raises(NetworkError, match="overlaps ::/96"):
-        check_subnet("::/64")
-    assert str(check_subnet("fd00:40::/64")) == "fd00:40::/64"
+        define("v6", "::/64", version=1, by="n1")
+    assert str(define("v6", "fd00:40::/64", version=1, by="n1").subnet) == "fd00:40::/64"
+    assert str(check_subnet("::/64")) == "::/64"  # a record already held still loads
+
+
+def test_a_pool_record_is_read_entry_by_entry() -> None:
+    doc = {
+        "lan": {"10.40.0.0/28": "pool:a:n1", "10.40.0.3/28": "pool:b:n1", "x": 5},
+        "v": ["not", "a", "map"],
+    }
+    book, bad = PoolBook.from_doc(doc)
+    assert book.holders() == {"pool:a:n1"} and len(bad) == 2
+    assert PoolBook.from_doc(None)[1] and PoolBook.from_doc({})[1] == []
+
+
+def test_only_the_surplus_over_what_is_kept_is_given_back() -> None:
+    book = _book()
+    book.add("lan", "10.40.0.32/28", "pool:c:n1")
+    assert len(book.drop_free_blocks("lan", keep=32)) == 1
+    assert len(book.free("lan")) == 32
+
+
+def test_the_voter_table_indexes_pool_holders() -> None:
+    t = VoterTable([Entry("10.40.0.48/28", "lan", POOL, 1.0), Entry("10.40.0.5", "lan", "w1", 1.0)])
+    assert [e.address for e in t.pool_entries(POOL)] == ["10.40.0.48/28"]
+    assert t.pool_entries("w1") == []
+    t.drop("10.40.0.48/28")
+    assert t.pool_entries(POOL) == []
