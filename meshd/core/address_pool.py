@@ -88,6 +88,7 @@ class PoolBook:
         self.lent: dict[str, Lent] = {}  # address -> to whom, since
         self._where: dict[str, tuple[str, str]] = {}  # address -> (network, pool holder)
         self._free: dict[str, dict[str, None]] = {}  # network -> its free addresses
+        self._ints: set[int] = set()  # every pool address, as an integer
 
     @classmethod
     def from_doc(cls, doc: object) -> tuple[PoolBook, list[str]]:
@@ -133,12 +134,13 @@ class PoolBook:
 
     def ints(self) -> set[int]:
         """Every pool address as an integer (what this node's claims skip)."""
-        return {n for _, text in self.blocks.values() for n in block_of(text).numbers}
+        return self._ints
 
     def add(self, network: str, text: str, pool_holder: str) -> None:
         """Keep block ``text``, granted to ``pool_holder``."""
         block = block_of(text)
         self.blocks[pool_holder] = (network, block.text)
+        self._ints.update(block.numbers)
         free = self._free.setdefault(network, {})
         for n in block.numbers:
             a = block.address(n)
@@ -150,6 +152,7 @@ class PoolBook:
         """Undo :meth:`add` of a block nothing was lent from (its write failed)."""
         net, text = self.blocks.pop(pool_holder)
         block = block_of(text)
+        self._ints.difference_update(block.numbers)
         free = self._free.get(net, {})
         for n in block.numbers:
             a = block.address(n)
@@ -191,6 +194,7 @@ class PoolBook:
             for a in addresses:
                 free.pop(a, None)
                 del self._where[a]
+            self._ints.difference_update(block.numbers)
             del self.blocks[pool_holder]
             out.append((text, pool_holder))
         if not free:

@@ -373,6 +373,10 @@ class VoterTable:
                     return Deny(claim.claim, block.text, other)
         return Entry(block.text, claim.network, claim.holder, now)
 
+    def pool_holders(self) -> Collection[str]:
+        """The pool holders (``pool:TAG:NODE``) this table grants to."""
+        return self._pools.keys()
+
     def pool_entries(self, holder: str) -> list[Entry]:
         """The grants a pool holder holds here (none for any other holder)."""
         return [self._by_address[a] for a in sorted(self._pools.get(holder, ()))]

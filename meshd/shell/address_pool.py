@@ -99,7 +99,6 @@ class Pools:
         self._filling: set[str] = set()
         self._winning: set[str] = set()  # pool holders being claimed, or won and unwritten
         self._shapes: dict[Network, tuple[frozenset[str], int]] = {}
-        self._ints: set[int] = self.book.ints()
         self._tasks: set[asyncio.Task[Any]] = set()
         m = ctx.metrics
         self.assigned = m.counter(
@@ -117,7 +116,7 @@ class Pools:
 
     def ints(self) -> set[int]:
         """Every pool address of this node, as integers (its claims skip them)."""
-        return self._ints
+        return self.book.ints()
 
     def holder_of(self, address: str) -> str | None:
         return self.book.holder_of(address)
@@ -238,7 +237,6 @@ class Pools:
                 self.book.forget(h)  # (nothing was lent from them: no await since)
                 self.claims.give_back(h, [text])
             return
-        self._ints = self.book.ints()
         logger.debug("address pool topped up network=%s won=%d", net.name, len(won))
 
     def _write(self) -> None:
@@ -258,7 +256,6 @@ class Pools:
             for text, h in dropped:
                 self.book.add(network, text, h)
             return
-        self._ints = self.book.ints()
         for text, h in dropped:
             self.claims.give_back(h, [text])
         logger.info("address pool given back network=%s count=%d (%s)", network, len(dropped), why)

@@ -240,19 +240,21 @@ class AddressShell:
     def held(self) -> Mapping[str, str]:
         """address -> workload, of every live placement's NICs in this node's view and of
         every removed workload's that its owner may still run (``runs_nowhere``)."""
-        running: dict[str, str] = {}
-        names: set[str] | None = None
+        running = self._may_still_run(self._roster_names())
+        return ChainMap(self.in_view(), {a: wid for a, (wid, _) in running.items()})
+
+    def _may_still_run(self, names: Container[str]) -> dict[str, tuple[str, str]]:
+        """address -> (workload, network) of the NICs of every removed workload in the
+        view that its owner may still run."""
+        out: dict[str, tuple[str, str]] = {}
         for p in self._view().values():
-            if not p.removed or not p.spec.nics:
-                continue
-            names = self._roster_names() if names is None else names
-            if self._runs_nowhere(p, names):
+            if not p.removed or not p.spec.nics or self._runs_nowhere(p, names):
                 continue
             for nic in p.spec.nics:
                 if nic.ip is not None:
-                    with contextlib.suppress(ValueError):
-                        running[core.canonical(nic.ip)] = p.workload_id
-        return ChainMap(self.in_view(), running)
+                    with contextlib.suppress(ValueError):  # (not an address: nothing held)
+                        out[core.key(nic.ip)[0]] = (p.workload_id, nic.network)
+        return out
 
     def state_of(self, workload_id: str) -> str:
         """``live``, ``removed`` (a tombstone nothing can run any more), ``running`` (a
@@ -902,16 +904,10 @@ class AddressShell:
         if not firsts:
             return []
         keep = []
-        for p in self._view().values():
-            if not p.removed or not p.spec.nics or self._runs_nowhere(p, names):
-                continue
-            for nic in p.spec.nics:
-                try:
-                    ip = ipaddress.ip_address(nic.ip or "")
-                except ValueError:
-                    continue
-                if (ip.version, int(ip) & ~(core.BLOCK_SIZE - 1)) in firsts:
-                    keep.append(Entry(str(ip), nic.network, p.workload_id, now))
+        for address, (wid, network) in self._may_still_run(names).items():
+            ip = ipaddress.ip_address(address)
+            if (ip.version, int(ip) & ~(core.BLOCK_SIZE - 1)) in firsts:
+                keep.append(Entry(address, network, wid, now))
         return keep
 
     def _disown(self, holder: str) -> None:
@@ -928,25 +924,22 @@ class AddressShell:
         know it (its Release lost, a crash before it wrote the block down) is freed on
         the node's word (``TornDown``)."""
         ttl = self.ctx.cfg.addresses.grant_ttl_s
-        entries = self.table.entries()
-        pools = {e.holder for e in entries}
-        for h in [h for h in self._pool_asked if h not in pools]:
+        holders = self.table.pool_holders()
+        for h in [h for h in self._pool_asked if h not in holders]:
             del self._pool_asked[h]  # freed since
-        for e in entries:
-            node = core.node_holder(e.holder)
-            if not e.holder.startswith(core.POOL_PREFIX) or node is None:
+        for holder in sorted(holders):
+            node = core.node_holder(holder)
+            granted = min(e.granted_at for e in self.table.pool_entries(holder))
+            if node is None or now - granted <= ttl:
                 continue
-            if (
-                now - e.granted_at <= ttl
-                or now - self._pool_asked.get(e.holder, -1e18) < POOL_ASK_S
-            ):
+            if now - self._pool_asked.get(holder, -1e18) < POOL_ASK_S:
                 continue
             if node == self.name:
-                if self.pools.disowns(e.holder):
-                    self._disown(e.holder)
+                if self.pools.disowns(holder):
+                    self._disown(holder)
             elif node in live:
-                self._pool_asked[e.holder] = now
-                self._send(node, Ask(e.holder))
+                self._pool_asked[holder] = now
+                self._send(node, Ask(holder))
 
     async def _sweep_periodically(self) -> None:
         while not self._stopped:

@@ -20,15 +20,17 @@ NAMES = ["n1", "n2", "n3"]
 SUBNET = "10.40.0.0/22"
 
 
-def _mesh(seed: int = 11, **store: bool) -> ShellSim:
+def _mesh(
+    seed: int = 11, names: list[str] = NAMES, subnet: str = SUBNET, **store: bool
+) -> ShellSim:
     cfg = config.sim().override(
         {"addresses.sweep_s": 0.5, "auction.sync_interval_s": 1.0, "addresses.pool": 32}
     )
-    caps = {x: (64.0, 256 * GiB, 100 * GiB) for x in NAMES}
+    caps = {x: (64.0, 256 * GiB, 100 * GiB) for x in names}
     sim = ShellSim(seed, caps, cfg, membership="lagged", fencing=True, offers=OFFERS, **store)
-    for i, x in enumerate(NAMES):
+    for i, x in enumerate(names):
         sim.at(i * 0.01, sim.start, x)
-    sim.at(5.2, sim.network, "n1", "lan", SUBNET)
+    sim.at(5.2, sim.network, "n1", "lan", subnet)
     sim.run_until(8.0)
     return sim
 
@@ -317,16 +319,8 @@ def test_removing_the_pool_node_keeps_what_a_cut_off_owner_still_runs() -> None:
     (here: cut off, its tombstone waits for its word), so a fixed claim of it is
     refused, naming the workload (before, it was granted and the address ran twice)."""
     names = ["n1", "n2", "n3", "n4", "n5"]
-    cfg = config.sim().override(
-        {"addresses.sweep_s": 0.5, "auction.sync_interval_s": 1.0, "addresses.pool": 32}
-    )
-    caps = {x: (64.0, 256 * GiB, 100 * GiB) for x in names}
-    sim = ShellSim(11, caps, cfg, membership="lagged", fencing=True, offers=OFFERS)
+    sim = _mesh(names=names, subnet="10.40.0.0/20")
     try:
-        for i, x in enumerate(names):
-            sim.at(i * 0.01, sim.start, x)
-        sim.at(5.2, sim.network, "n1", "lan", "10.40.0.0/20")
-        sim.run_until(8.0)
         watch = AddressWatch(sim)
         _fill(sim, "n1", 8.1)
         for j in range(1, 6):
