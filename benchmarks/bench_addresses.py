@@ -3,29 +3,35 @@
 Real ``meshd run`` daemons on 127.0.0.1 (the ``local`` preset; 4 by default), each
 declaring that it attaches network ``lan`` (label ``network:lan=attached``). Each of 4
 originators runs ``--clients`` threads submitting back to back through its node's unix
-socket API for ``--seconds``, in alternating phases of the same run:
+socket API, in short slices of the same run:
 
 * ``placements_per_s``: submissions without NICs (the anchor: the auction alone);
-* ``addresses_per_s``: submissions with one NIC on ``lan`` (``--net lan``): a majority
-  claim fixes the address, then the same auction; each placed one holds one address.
+* ``addresses_per_s``: submissions with one NIC on ``lan`` (``--net lan``): the
+  originator lends the address from its pool (or a majority claim fixes it), then the
+  same auction; each placed one holds one address.
 
 ``ratio`` is addresses_per_s / placements_per_s (goal: ≥ 1, "no slower than placements
-themselves"). Failed submissions are counted, never hidden. Each phase runs ``--rounds``
-times, interleaved, so a slow moment of the shared machine hits both; the rounds
-alternate which phase goes first (plain then NIC, then NIC then plain; ``--rounds`` is
-rounded up to an even number), because every placement makes the next one a little
-dearer (each node's view, ledger and runner grow), so a phase that always ran second
-would always run on a fuller mesh. ``assigned`` says where the NIC phase's addresses
-came from (``meshd_addresses_assigned_total``: this node's pool, or a claim).
+themselves"). Failed submissions are counted, never hidden.
 
-Run: .venv/bin/python benchmarks/bench_addresses.py [--nodes 4] [--seconds 8]
-     [--clients 4] [--rounds 2] [--set KEY=VALUE]...
+The two phases share one mesh that grows (every placement makes the next a little
+dearer: each node's view, ledger and runner grow) on a machine whose other work comes
+and goes, so they run in ``--slices`` slices of ``--slice`` seconds each, in the order
+plain, NIC, NIC, plain, plain, NIC, ... (ABBA: a steady drift hits both alike), and each
+figure sums its slices. ``cpu_ms`` is the CPU time of all daemons (``/proc/PID/stat``,
+user + system) per placement in that phase; ``cpu_ratio`` is NIC over plain. ``pairs``
+is the ratio of each adjacent pair of slices, to show the spread. ``assigned`` says
+where the NIC phase's addresses came from (``meshd_addresses_assigned_total``: this
+node's pool, or a claim).
+
+Run: .venv/bin/python benchmarks/bench_addresses.py [--nodes 4] [--slices 16]
+     [--slice 2] [--clients 4] [--set KEY=VALUE]...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,40 +60,73 @@ def with_nic(name: str) -> dict[str, Any]:
     return {**plain(name), "nics": [{"network": "lan"}]}
 
 
-def rate(nodes: list[Daemon], seconds: float, clients: int, body: Body, tag: str) -> dict[str, Any]:
-    done = [0] * (ORIGINATORS * clients)
-    failed = [0] * (ORIGINATORS * clients)
-    errors: list[str] = []
-    took: list[float] = []  # seconds per successful submission, as its client saw it
-    stop = time.monotonic() + seconds
+def cpu_s(nodes: list[Daemon]) -> float:
+    """User + system CPU seconds the daemons have used so far."""
+    ticks = 0
+    for d in nodes:
+        fields = Path(f"/proc/{d.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
-    def run(k: int) -> None:
-        origin = nodes[(k % ORIGINATORS) * len(nodes) // ORIGINATORS]
-        i = 0
-        while time.monotonic() < stop:
-            try:
-                t0 = time.monotonic()
-                origin.api("POST", "/v1/workloads", body(f"{tag}{k}-{i}"))
-                took.append(time.monotonic() - t0)
-                done[k] += 1
-            except Exception as exc:  # a refusal or timeout counts against the rate
-                failed[k] += 1
-                if len(errors) < 3:
-                    errors.append(str(exc)[:200])
-            i += 1
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(ORIGINATORS * clients)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {
-        "per_s": sum(done) / (time.monotonic() - start),
-        "p50_ms": statistics.median(took) * 1000 if took else None,
-        "failed": sum(failed),
-        "errors": errors,
-    }
+class Phase:
+    """One phase's slices, summed."""
+
+    def __init__(self, body: Body, tag: str) -> None:
+        self.body, self.tag = body, tag
+        self.done = self.failed = 0
+        self.wall = self.cpu = 0.0
+        self.took: list[float] = []  # seconds per successful submission, as its client saw it
+        self.errors: list[str] = []
+        self.slices: list[float] = []  # placements per second of each slice
+
+    def run(self, nodes: list[Daemon], seconds: float, clients: int) -> None:
+        n = len(self.slices)
+        done = [0] * (ORIGINATORS * clients)
+        failed = [0] * len(done)
+        stop = time.monotonic() + seconds
+
+        def client(k: int) -> None:
+            origin = nodes[(k % ORIGINATORS) * len(nodes) // ORIGINATORS]
+            i = 0
+            while time.monotonic() < stop:
+                try:
+                    t0 = time.monotonic()
+                    origin.api("POST", "/v1/workloads", self.body(f"{self.tag}{n}-{k}-{i}"))
+                    self.took.append(time.monotonic() - t0)
+                    done[k] += 1
+                except Exception as exc:  # a refusal or timeout counts against the rate
+                    failed[k] += 1
+                    if len(self.errors) < 3:
+                        self.errors.append(str(exc)[:200])
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(len(done))]
+        cpu0, start = cpu_s(nodes), time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - start
+        self.cpu += cpu_s(nodes) - cpu0
+        self.wall += wall
+        self.done += sum(done)
+        self.failed += sum(failed)
+        self.slices.append(sum(done) / wall)
+
+    @property
+    def per_s(self) -> float:
+        return self.done / self.wall if self.wall else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "value": round(self.per_s, 1),
+            "cpu_ms": round(self.cpu / self.done * 1000, 3) if self.done else None,
+            "latency_p50_ms": round(statistics.median(self.took) * 1000, 1) if self.took else None,
+            "placed": self.done,
+            "failed": self.failed,
+            "errors": self.errors,
+        }
 
 
 def sum_assigned(nodes: list[Daemon]) -> dict[str, int]:
@@ -110,9 +149,9 @@ def emit(figure: str, nodes: int, **fields: Any) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--slices", type=int, default=16, help="slices per phase")
+    p.add_argument("--slice", type=float, default=2.0, help="seconds per slice")
     p.add_argument("--clients", type=int, default=4, help="threads per originator")
-    p.add_argument("--rounds", type=int, default=2)
     p.add_argument(
         "--set",
         action="append",
@@ -133,50 +172,47 @@ def main() -> None:
                 lambda: all(d.api("GET", "/v1/networks")["networks"] for d in nodes),
                 30,
             )
-            # Warm up both paths (first syncs, imports, caches).
-            rate(nodes, 2.0, 1, plain, "wp")
-            rate(nodes, 2.0, 1, with_nic, "wa")
-            plains, addrs = [], []
-            for r in range(args.rounds + args.rounds % 2):
-                phases = [(plains, plain, "p"), (addrs, with_nic, "a")]
-                for out, body, tag in phases if r % 2 == 0 else phases[::-1]:
-                    out.append(rate(nodes, args.seconds, args.clients, body, f"{tag}{r}-"))
-            assigned = sum_assigned(nodes)
+            # Warm up both paths (first syncs, imports, caches, the first pool).
+            Phase(plain, "wp").run(nodes, 2.0, 1)
+            Phase(with_nic, "wa").run(nodes, 2.0, 1)
+            plains, nics = Phase(plain, "p"), Phase(with_nic, "a")
+            for i in range(2 * args.slices):  # ABBA: p a a p p a a p ...
+                phase = plains if i % 4 in (0, 3) else nics
+                phase.run(nodes, args.slice, args.clients)
             common = {
                 "originators": ORIGINATORS,
                 "clients": args.clients,
-                "s": args.seconds,
+                "slices": args.slices,
+                "slice_s": args.slice,
                 "set": args.set,
             }
-            p_rate = statistics.mean(x["per_s"] for x in plains)
-            a_rate = statistics.mean(x["per_s"] for x in addrs)
             emit(
                 "placements_per_s",
                 args.nodes,
-                value=round(p_rate, 1),
-                rounds=[round(x["per_s"], 1) for x in plains],
-                latency_p50_ms=[round(x["p50_ms"] or 0, 1) for x in plains],
-                failed=sum(x["failed"] for x in plains),
-                errors=[e for x in plains for e in x["errors"]][:3],
+                **plains.figures(),
                 means="submissions without NICs placed per second (the anchor)",
                 **common,
             )
             emit(
                 "addresses_per_s",
                 args.nodes,
-                value=round(a_rate, 1),
-                rounds=[round(x["per_s"], 1) for x in addrs],
-                latency_p50_ms=[round(x["p50_ms"] or 0, 1) for x in addrs],
-                failed=sum(x["failed"] for x in addrs),
-                errors=[e for x in addrs for e in x["errors"]][:3],
+                **nics.figures(),
                 means="submissions with one NIC placed (one address each) per second",
-                assigned=assigned,
+                assigned=sum_assigned(nodes),
                 **common,
             )
+            pairs = [a / p for p, a in zip(plains.slices, nics.slices, strict=True)]
             emit(
                 "ratio",
                 args.nodes,
-                value=round(a_rate / p_rate, 3) if p_rate else None,
+                value=round(nics.per_s / plains.per_s, 3) if plains.per_s else None,
+                cpu_ratio=(
+                    round((nics.cpu / nics.done) / (plains.cpu / plains.done), 3)
+                    if nics.done and plains.done
+                    else None
+                ),
+                pairs_median=round(statistics.median(pairs), 3),
+                pairs_range=[round(min(pairs), 3), round(max(pairs), 3)],
                 goal=">= 1.0 (addresses no slower than placements)",
             )
         finally:
