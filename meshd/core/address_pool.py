@@ -89,6 +89,7 @@ class PoolBook:
         self._where: dict[str, tuple[str, str]] = {}  # address -> (network, pool holder)
         self._free: dict[str, dict[str, None]] = {}  # network -> its free addresses
         self._ints: set[int] = set()  # every pool address, as an integer
+        self.added = 0  # blocks added so far (a block can enter a network only so)
 
     @classmethod
     def from_doc(cls, doc: object) -> tuple[PoolBook, list[str]]:
@@ -140,6 +141,7 @@ class PoolBook:
         """Keep block ``text``, granted to ``pool_holder``."""
         block = block_of(text)
         self.blocks[pool_holder] = (network, block.text)
+        self.added += 1
         self._ints.update(block.numbers)
         free = self._free.setdefault(network, {})
         for n in block.numbers:
@@ -274,15 +276,15 @@ class PoolBook:
         can run any more), ``"running"`` (a tombstone its owner may still run) or
         ``"unknown"`` (not in the view)."""
         back = []
-        for a, lent in list(self.lent.items()):
-            if a in held:
-                continue
+        keys = held.keys()  # (set operations on key views: a sweep runs this often)
+        for a in sorted(self.lent.keys() - keys):
+            lent = self.lent[a]
             s = state(lent.workload)
             if s == "running" or (s == "unknown" and now - lent.since < ttl_s):
                 continue
             back.append(a)
             self._back(a)
         for free in self._free.values():  # a holder the book did not know of
-            for a in [a for a in free if a in held]:
+            for a in sorted(free.keys() & keys):
                 self._lend(a, held[a], now)
         return back

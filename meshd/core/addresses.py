@@ -46,6 +46,7 @@ truth for what is live. Pure: no IO, no clock, no global random.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Container, Iterable, Mapping
@@ -271,6 +272,7 @@ class Block:
         return str(make(n))
 
 
+@functools.lru_cache(maxsize=4096)  # a sweep and a block claim look a block up often
 def block_of(text: str) -> Block:
     """The block ``text`` names (``10.64.0.16/28``: :data:`BLOCK_SIZE` addresses,
     aligned); ValueError if it names none."""

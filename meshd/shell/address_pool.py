@@ -98,7 +98,9 @@ class Pools:
         self._adopted = False
         self._filling: set[str] = set()
         self._winning: set[str] = set()  # pool holders being claimed, or won and unwritten
-        self._shapes: dict[Network, tuple[frozenset[str], int]] = {}
+        # network name -> (the record it was computed from, reserved addresses, hosts)
+        self._shapes: dict[str, tuple[Network, frozenset[str], int]] = {}
+        self._checked_subnet: dict[str, tuple[Network, int]] = {}  # network -> (record, book.added)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = ctx.metrics
         self.assigned = m.counter(
@@ -163,13 +165,13 @@ class Pools:
     def _shape(self, net: Network) -> tuple[frozenset[str], int]:
         """A network's addresses no NIC gets (a block may hold its gateway, say), and
         its usable hosts; per network record, on the submit path."""
-        shape = self._shapes.get(net)
-        if shape is None:
+        shape = self._shapes.get(net.name)
+        if shape is None or (shape[0] is not net and shape[0] != net):
             skip = frozenset(str(a) for a in reserved(net))
-            shape = self._shapes[net] = (skip, net.subnet.num_addresses - len(skip))
+            shape = self._shapes[net.name] = (net, skip, net.subnet.num_addresses - len(skip))
             while len(self._shapes) > 64:
                 del self._shapes[next(iter(self._shapes))]
-        return shape
+        return shape[1], shape[2]
 
     def _reserved(self, network: str) -> frozenset[str]:
         try:
@@ -294,7 +296,11 @@ class Pools:
                 # Removed, or pools turned off (`addresses.pool = 0`): retire them all.
                 self.book.retire(network, lambda _: False)
                 continue
-            self.book.retire(network, _inside(net))
+            if self._checked_subnet.get(network) != (net, self.book.added):
+                # (Only when the network's record or the blocks changed: each block's
+                # subnet check parses it.)
+                self.book.retire(network, _inside(net))
+                self._checked_subnet[network] = (net, self.book.added)
             if self.book.free_count(network) > (target + 1) * BLOCK_SIZE:
                 # More than the target free (a restart topped up while its old blocks
                 # counted as lent): the surplus goes back, whole free blocks.

@@ -148,7 +148,9 @@ class AddressShell:
         self._holders: dict[str, str] | None = None  # address -> workload
         self._ints: dict[int, str] = {}  # the same addresses as integers
         self._macs: dict[str, str] = {}  # MAC -> workload
-        self._by_wid: dict[str, tuple[tuple[str, int, str], ...]] = {}
+        self._tombs: dict[str, None] = {}  # the view's removed workloads (same upkeep)
+        # workload -> the NICs indexed for it, and (address, number, MAC) of each
+        self._by_wid: dict[str, tuple[tuple[Nic, ...], tuple[tuple[str, int, str], ...]]] = {}
         # Per network, an address no free one lies below (from this node's view): the
         # candidate walk starts there. Lowered whenever an address may have come free.
         self._low: dict[str, int] = {}
@@ -241,20 +243,28 @@ class AddressShell:
         """address -> workload, of every live placement's NICs in this node's view and of
         every removed workload's that its owner may still run (``runs_nowhere``)."""
         running = self._may_still_run(self._roster_names())
+        if not running:
+            return self.in_view()
         return ChainMap(self.in_view(), {a: wid for a, (wid, _) in running.items()})
 
     def _may_still_run(self, names: Container[str]) -> dict[str, tuple[str, str]]:
         """address -> (workload, network) of the NICs of every removed workload in the
         view that its owner may still run."""
         out: dict[str, tuple[str, str]] = {}
-        for p in self._view().values():
-            if not p.removed or not p.spec.nics or self._runs_nowhere(p, names):
+        for p in self._removed():
+            if not p.spec.nics or self._runs_nowhere(p, names):
                 continue
             for nic in p.spec.nics:
                 if nic.ip is not None:
                     with contextlib.suppress(ValueError):  # (not an address: nothing held)
                         out[core.key(nic.ip)[0]] = (p.workload_id, nic.network)
         return out
+
+    def _removed(self) -> list[Placement]:
+        """The view's tombstones (from the index: a sweep must not walk the whole view)."""
+        self.in_view()  # the indexes are current
+        view = self._view()
+        return [p for p in map(view.get, self._tombs) if p is not None and p.removed]
 
     def state_of(self, workload_id: str) -> str:
         """``live``, ``removed`` (a tombstone nothing can run any more), ``running`` (a
@@ -284,7 +294,20 @@ class AddressShell:
             self._holders = None
             return
         wid = placement.workload_id
-        for text, number, mac in self._by_wid.pop(wid, ()):
+        if placement.removed:
+            self._tombs[wid] = None
+        else:
+            self._tombs.pop(wid, None)
+        indexed = self._by_wid.get(wid)
+        nics = placement.workload.spec.nics
+        if (
+            indexed is not None
+            and not placement.removed
+            and indexed[0] == nics
+            and all(self._holders.get(text) == wid for text, _, _ in indexed[1])
+        ):
+            return  # a new state or generation of the same NICs: the index holds them
+        for text, number, mac in self._by_wid.pop(wid, ((), ()))[1]:
             if self._holders.get(text) == wid:
                 del self._holders[text]
                 self._ints.pop(number, None)
@@ -296,7 +319,10 @@ class AddressShell:
     def _rebuild(self) -> None:
         self._low.clear()
         self._holders, self._ints, self._macs, self._by_wid = {}, {}, {}, {}
+        self._tombs = {}
         for p in self._view().values():
+            if p.removed:
+                self._tombs[p.workload_id] = None
             self._add(p)
 
     def _add(self, p: Placement) -> None:
@@ -314,7 +340,7 @@ class AddressShell:
             self._holders[text] = wid
             self._ints[number] = wid
             held.append((text, number, mac))
-        self._by_wid[wid] = tuple(held)
+        self._by_wid[wid] = (p.workload.spec.nics, tuple(held))
 
     def in_use(self, network: str) -> list[dict[str, Any]]:
         """What holds an address on ``network``, each row with its ``state``: live
@@ -866,12 +892,12 @@ class AddressShell:
 
     def sweep(self) -> None:
         """Free the grants tombstones, the roster and age say to free (see the core)."""
-        view = self._view()
         names = self._roster_names()
         removed, waiting = set(), set()
         holders = {e.holder for e in self.table.entries()}
-        for wid, p in view.items():
-            if not p.removed or wid not in holders:
+        for p in self._removed():
+            wid = p.workload_id
+            if wid not in holders:
                 continue
             if self._runs_nowhere(p, names):
                 removed.add(wid)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -146,7 +147,27 @@ class AddressWatch:
                 p = view.get(e.holder)
                 if p is not None and p.removed:
                     out.append(f"{name} still grants {e.address} to removed {e.holder}")
+            out.extend(_index_differs(name, node.placement.addresses))
         return out
+
+
+def _index_differs(name: str, shell: Any) -> list[str]:
+    """What the node's index of its view's NICs (kept up as the view changes, skipping
+    a placement whose NICs did not change) holds that a scan of the view would not."""
+    if shell._holders is None:
+        return []
+
+    def index() -> tuple[Any, ...]:
+        return (dict(shell._holders), dict(shell._ints), dict(shell._macs), set(shell._tombs))
+
+    kept = index()
+    shell._rebuild()
+    scanned = index()
+    return [
+        f"{name}'s {what} index differs from a scan of its view"
+        for what, a, b in zip(("address", "number", "MAC", "tombstone"), kept, scanned, strict=True)
+        if a != b
+    ]
 
 
 def request(j: int, ip: str | None = None, key: str | None = None) -> SubmitRequest:
