@@ -13,6 +13,14 @@ socket API, in short slices of the same run:
 ``ratio`` is addresses_per_s / placements_per_s (goal: ≥ 1, "no slower than placements
 themselves"). Failed submissions are counted, never hidden.
 
+``allocated_per_s`` is the allocator alone, measured once between the warm-ups: one NIC
+submission through each of the 4 originators at once finds its pool empty, so each
+node fills its pool (``addresses.pool`` addresses: one majority claim per block of 16,
+side by side, granted and written by the voters, then the pool written); the figure
+is the addresses in all 4 pools over the time until the last was full (polled every
+20 ms from ``meshd_address_pool_addresses``), and ``vs_placements`` compares it with
+``placements_per_s``.
+
 The two phases share one mesh that grows (every placement makes the next a little
 dearer: each node's view, ledger and runner grow) on a machine whose other work comes
 and goes, so they run in ``--slices`` slices of ``--slice`` seconds each, in the order
@@ -30,6 +38,7 @@ Run: .venv/bin/python benchmarks/bench_addresses.py [--nodes 4] [--slices 16]
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import statistics
@@ -44,11 +53,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from meshd.config.sections import AddressesConfig  # noqa: E402
+from meshd.core.address_pool import target  # noqa: E402
+from meshd.core.addresses import BLOCK_SIZE  # noqa: E402
 from tests.integration.daemon import Daemon, Mesh, wait_for  # noqa: E402
 
 CAPACITY = ("--cpus", "100000", "--memory", "100TiB", "--disk", "100TiB")
 ATTACHES = ("--label", "network:lan=attached")
 ORIGINATORS = 4
+SUBNET = "10.64.0.0/14"
 Body = Callable[[str], dict[str, Any]]
 
 
@@ -129,6 +142,42 @@ class Phase:
         }
 
 
+def pool_sizes(nodes: list[Daemon]) -> list[int]:
+    """Each node's pool on ``lan`` (``meshd_address_pool_addresses``, free + lent)."""
+    out = []
+    for d in nodes:
+        n = 0
+        for line in str(d.api("GET", "/metrics")).splitlines():
+            ours = line.startswith("meshd_address_pool_addresses{") and 'network="lan"' in line
+            if ours and 'state="retiring"' not in line:
+                n += int(float(line.rsplit(" ", 1)[1]))
+        out.append(n)
+    return out
+
+
+def fill(nodes: list[Daemon], per_node: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The allocator alone: one NIC submission through each originator at once (its
+    pool is empty: the submission claims its own address, and the node starts filling
+    its pool, one block claim per block, side by side), timed until every originator's
+    pool holds ``per_node`` addresses. Polled every 20 ms."""
+    origins = [nodes[k * len(nodes) // ORIGINATORS] for k in range(ORIGINATORS)]
+    threads = [
+        threading.Thread(target=d.api, args=("POST", "/v1/workloads", with_nic(f"fill{k}")))
+        for k, d in enumerate(origins)
+    ]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    sizes = pool_sizes(origins)
+    while min(sizes) < per_node and time.monotonic() - start < timeout:
+        time.sleep(0.02)
+        sizes = pool_sizes(origins)
+    took = time.monotonic() - start
+    for t in threads:
+        t.join()
+    return {"s": round(took, 3), "addresses": sum(sizes), "per_s": sum(sizes) / took}
+
+
 def sum_assigned(nodes: list[Daemon]) -> dict[str, int]:
     """``meshd_addresses_assigned_total`` by source, summed over the nodes (the warm-up
     included)."""
@@ -166,14 +215,22 @@ def main() -> None:
             names = [f"n{i}" for i in range(1, args.nodes + 1)]
             sets = [arg for kv in args.set for arg in ("--set", kv)]
             nodes = mesh.start_cluster(names, *CAPACITY, *ATTACHES, *sets, timeout=60)
-            nodes[0].api("POST", "/v1/networks", {"name": "lan", "subnet": "10.64.0.0/14"})
+            nodes[0].api("POST", "/v1/networks", {"name": "lan", "subnet": SUBNET})
             wait_for(
                 "every node to know lan",
                 lambda: all(d.api("GET", "/v1/networks")["networks"] for d in nodes),
                 30,
             )
-            # Warm up both paths (first syncs, imports, caches, the first pool).
+            pool = next(
+                (int(kv.split("=", 1)[1]) for kv in args.set if kv.startswith("addresses.pool=")),
+                AddressesConfig().pool,
+            )
+            hosts = ipaddress.ip_network(SUBNET).num_addresses - 3  # network, gateway, broadcast
+            per_node = target(pool, hosts, args.nodes) * BLOCK_SIZE
+            # Warm up both paths (first syncs, imports, caches); the pools fill between
+            # (a node lends, and so fills its pool, only once its view is synced).
             Phase(plain, "wp").run(nodes, 2.0, 1)
+            filled = fill(nodes, per_node) if per_node else None
             Phase(with_nic, "wa").run(nodes, 2.0, 1)
             plains, nics = Phase(plain, "p"), Phase(with_nic, "a")
             for i in range(2 * args.slices):  # ABBA: p a a p p a a p ...
@@ -201,6 +258,22 @@ def main() -> None:
                 assigned=sum_assigned(nodes),
                 **common,
             )
+            if filled is not None:
+                vs = filled["per_s"] / plains.per_s if plains.per_s else 0.0
+                emit(
+                    "allocated_per_s",
+                    args.nodes,
+                    value=round(filled["per_s"], 1),
+                    addresses=filled["addresses"],
+                    s=filled["s"],
+                    per_node=per_node,
+                    vs_placements=round(vs, 2),
+                    means=(
+                        "addresses the mesh granted per second while 4 originators filled "
+                        "their empty pools at once (majority claims of whole blocks), "
+                        "beside placements_per_s"
+                    ),
+                )
             pairs = [a / p for p, a in zip(plains.slices, nics.slices, strict=True)]
             emit(
                 "ratio",

@@ -276,8 +276,8 @@ class PoolBook:
         can run any more), ``"running"`` (a tombstone its owner may still run) or
         ``"unknown"`` (not in the view)."""
         back = []
-        keys = held.keys()  # (set operations on key views: a sweep runs this often)
-        for a in sorted(self.lent.keys() - keys):
+        # (O(lent): ``held`` is a dict, the view's whole index, in all but rare cases.)
+        for a in [a for a in self.lent if a not in held]:
             lent = self.lent[a]
             s = state(lent.workload)
             if s == "running" or (s == "unknown" and now - lent.since < ttl_s):
@@ -285,6 +285,6 @@ class PoolBook:
             back.append(a)
             self._back(a)
         for free in self._free.values():  # a holder the book did not know of
-            for a in sorted(free.keys() & keys):
+            for a in [a for a in free if a in held]:
                 self._lend(a, held[a], now)
         return back

@@ -31,7 +31,7 @@ import asyncio
 import ipaddress
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -107,6 +107,24 @@ class Pools:
             "meshd_addresses_assigned_total",
             "NIC addresses this node fixed for its submissions, by where they came from",
         )
+        m.gauge(
+            "meshd_address_pool_addresses",
+            "Addresses in this node's pools, by network and state (free, lent, or retiring: "
+            "of a network removed or changed, going back once nothing holds them)",
+            collect=self._sizes,
+        )
+
+    def _sizes(self) -> Iterator[tuple[dict[str, str], float]]:
+        total: dict[str, int] = {}
+        for network, _ in self.book.blocks.values():
+            total[network] = total.get(network, 0) + BLOCK_SIZE
+        for network, n in sorted(total.items()):
+            if network.startswith(core.RETIRED):
+                yield {"network": network[len(core.RETIRED) :], "state": "retiring"}, n
+                continue
+            free = self.book.free_count(network)
+            yield {"network": network, "state": "free"}, free
+            yield {"network": network, "state": "lent"}, n - free
 
     def start(self) -> None:
         """Count the whole pool as lent (see the core's ``adopt``)."""

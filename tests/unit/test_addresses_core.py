@@ -472,3 +472,23 @@ def test_a_removed_workloads_address_is_reusable_only_once_nothing_can_run_it() 
     assert core.runs_nowhere("c", roster, None, fenced=True)
     assert core.runs_nowhere("c", {"a", "b"}, None, fenced=False)
     assert core.runs_nowhere(None, roster, None, fenced=False)
+
+
+def test_a_dotted_quad_is_read_as_ipaddress_reads_it_and_only_when_canonical() -> None:
+    def expected(text: str) -> int | None:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return None
+        return int(ip) if ip.version == 4 and str(ip) == text else None
+
+    rng = random.Random(5)
+    odd = ["1.2.3.4", "01.2.3.4", "1.2.3", "256.1.1.1", "0.0.0.0", "1.2.3.4 ", "\uff11.2.3.4"]
+    odd += ["1.2.3.4\x00", "+1.2.3.4", "0x1.2.3.4", "00.0.0.0", "", "1.2.3.4/28", "٣.2.3.4"]
+    alphabet = "0123456789.x \x00\u0661"
+    for _ in range(20000):
+        odd.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 15))))
+        octets = [str(rng.randint(0, 300)).zfill(rng.choice([1, 1, 2, 3])) for _ in range(4)]
+        odd.append(".".join(octets[: rng.choice([3, 4, 4, 5])]))
+    for text in odd:
+        assert core._v4(text) == expected(text), repr(text)

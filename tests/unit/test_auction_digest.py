@@ -62,6 +62,24 @@ def test_differing_names_exactly_the_changed_buckets_at_any_count() -> None:
     assert a.differing(c.sums()) == {fine_bucket("w9") % MIN_BUCKETS}
 
 
+def test_members_are_the_views_workloads_in_those_buckets_at_any_count() -> None:
+    rng = random.Random(11)
+    view: dict[str, Placement] = {}
+    dg = ViewDigest()
+    for step in range(3000):
+        wid = f"w{rng.randrange(2500)}"
+        old = view.get(wid)
+        new = _p(wid, "n1", (old.generation + 1) if old else 1, step % 7 == 0)
+        dg.replace(old, new)  # (a new generation of a known workload adds no member)
+        view[wid] = new
+    for count in sorted(COUNTS):
+        buckets = frozenset(rng.sample(range(count), min(count, 5)))
+        got = list(dg.members(buckets, count))
+        assert len(got) == len(set(got))
+        assert set(got) == {w for w in view if fine_bucket(w) % count in buckets}
+    assert list(ViewDigest(view.values()).members(range(MIN_BUCKETS), MIN_BUCKETS)) != []
+
+
 def test_the_bucket_count_grows_with_the_view() -> None:
     assert bucket_count(0) == bucket_count(1024) == 32
     assert bucket_count(1025) == 64

@@ -95,7 +95,7 @@ from meshd.config import AuctionConfig
 from meshd.core.auction import candidates, codec, ranking
 from meshd.core.auction.bidder import Bidder, clip
 from meshd.core.auction.capabilities import SIMULATED, Capabilities, Requirements
-from meshd.core.auction.digest import COUNTS, ViewDigest, in_buckets
+from meshd.core.auction.digest import COUNTS, ViewDigest
 from meshd.core.auction.durable import DurableState, PlacementRecorded, RoundRecorded
 from meshd.core.auction.effects import Broadcast, Decided, Effect, Failed, Persist, Send
 from meshd.core.auction.messages import (
@@ -500,7 +500,7 @@ class Auctioneer:
         return out
 
     def _in_buckets(self, buckets: frozenset[int], count: int) -> tuple[Placement, ...]:
-        return tuple(p for wid, p in self._view.items() if in_buckets(wid, buckets, count))
+        return tuple(self._view[wid] for wid in self._digest.members(buckets, count))
 
     def _send_sync(self, to: str, placements: tuple[Placement, ...], out: list[Effect]) -> None:
         # In runs: one request body over mTLS is bounded (a new node may need the view).

@@ -19,7 +19,7 @@ over the reliable channel.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from hashlib import blake2b
 
 from meshd.core.auction.model import Placement
@@ -57,6 +57,9 @@ class ViewDigest:
     def __init__(self, placements: Iterable[Placement] = ()) -> None:
         self._levels = {n: [0] * n for n in sorted(COUNTS)}
         self._size = 0
+        # The workload ids in each fine bucket (a view only grows: removals are
+        # tombstones), so a bucket's placements are found without walking the view.
+        self._fine: list[dict[str, None]] = [{} for _ in range(FINE)]
         for p in placements:
             self.replace(None, p)
 
@@ -65,6 +68,7 @@ class ViewDigest:
         delta = entry_hash(new)
         if old is None:
             self._size += 1
+            self._fine[b][new.workload_id] = None
         else:
             delta ^= entry_hash(old)
         for n, sums in self._levels.items():
@@ -78,11 +82,14 @@ class ViewDigest:
             raise ValueError(f"a digest has a power of two of {MIN_BUCKETS}..{FINE} buckets")
         return tuple(level)
 
+    def members(self, buckets: Iterable[int], count: int) -> Iterator[str]:
+        """The workload ids in ``buckets`` of ``count`` (a count in :data:`COUNTS`), bucket
+        by bucket: a fine bucket ``f`` lies in bucket ``f % count``."""
+        for b in sorted(buckets):
+            for f in range(b, FINE, count):
+                yield from self._fine[f]
+
     def differing(self, theirs: Sequence[int]) -> frozenset[int]:
         """Buckets (of ``len(theirs)``) whose sums differ from ``theirs``."""
         pairs = enumerate(zip(self.sums(len(theirs)), theirs, strict=True))
         return frozenset(i for i, (a, b) in pairs if a != b)
-
-
-def in_buckets(workload_id: str, buckets: frozenset[int], count: int) -> bool:
-    return fine_bucket(workload_id) % count in buckets
