@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-import socket
 from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -228,13 +227,19 @@ def _msg(doc: object) -> Msg:
 
 def _v4(text: str) -> int | None:
     """The number of a canonical dotted quad (what ``ipaddress`` accepts as IPv4 and
-    spells back unchanged); None for anything else. ``inet_pton`` (a pure conversion,
-    no IO) accepts exactly that: four decimal octets of at most 255, no leading zero,
-    nothing around them; one C call, a fifth of a parse in Python."""
-    try:
-        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-    except (OSError, ValueError, UnicodeError):
+    spells back unchanged); None for anything else."""
+    parts = text.split(".")
+    if len(parts) != 4:
         return None
+    n = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or part[:1] == "0" != part:
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        n = n << 8 | octet
+    return n
 
 
 def canonical(address: str) -> str:
