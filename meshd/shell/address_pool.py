@@ -184,7 +184,7 @@ class Pools:
         """A network's addresses no NIC gets (a block may hold its gateway, say), and
         its usable hosts; per network record, on the submit path."""
         shape = self._shapes.get(net.name)
-        if shape is None or (shape[0] is not net and shape[0] != net):
+        if shape is None or shape[0] != net:
             skip = frozenset(str(a) for a in reserved(net))
             shape = self._shapes[net.name] = (net, skip, net.subnet.num_addresses - len(skip))
             while len(self._shapes) > 64:

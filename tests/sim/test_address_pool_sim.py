@@ -110,6 +110,23 @@ def test_a_fixed_address_in_another_nodes_pool_is_refused_and_in_its_own_is_lent
         sim.close()
 
 
+def _lent_away(sim: ShellSim, at: float) -> tuple[str, str, str]:
+    """n1's pool filled, then five submissions through n1 from ``at``; (workload, owner,
+    address) of the first one placed on another node."""
+    _fill(sim, "n1", 8.1)
+    for j in range(1, 6):
+        sim.at(at + j * 0.01, sim.submit, "n1", request(j))
+    sim.run_until(12.0)
+    k = next(
+        k
+        for k, s in enumerate(sim.submissions[1:], 1)
+        if s.result is not None and s.result["owner"] != "n1"
+    )
+    result = sim.submissions[k].result
+    assert result is not None
+    return str(result["workload"]), str(result["owner"]), _ip(sim, k)
+
+
 def test_a_removed_workloads_pool_address_comes_back_to_its_pool() -> None:
     sim = _mesh()
     try:
@@ -322,18 +339,7 @@ def test_removing_the_pool_node_keeps_what_a_cut_off_owner_still_runs() -> None:
     sim = _mesh(names=names, subnet="10.40.0.0/20")
     try:
         watch = AddressWatch(sim)
-        _fill(sim, "n1", 8.1)
-        for j in range(1, 6):
-            sim.at(10.2 + j * 0.01, sim.submit, "n1", request(j))
-        sim.run_until(12.0)
-        pick = next(
-            k
-            for k, s in enumerate(sim.submissions[1:], 1)
-            if s.result is not None and s.result["owner"] != "n1"
-        )
-        wid = sim.submissions[pick].result["workload"]  # type: ignore[index]
-        owner = sim.submissions[pick].result["owner"]  # type: ignore[index]
-        victim = _ip(sim, pick)
+        wid, owner, victim = _lent_away(sim, 10.2)
         others = [x for x in names if x not in ("n1", owner)]
         sim.at(12.0, sim.crash, "n1")  # the pool's node is dead for good
         for x in names:
@@ -364,20 +370,7 @@ def test_a_restarted_node_keeps_an_address_a_cut_off_owner_may_still_run() -> No
     held for w, not for nobody, so it is not lent again after grant_ttl_s."""
     sim = _mesh()
     try:
-        _fill(sim, "n1", 8.1)
-        for j in range(1, 6):
-            sim.at(10.1 + j * 0.01, sim.submit, "n1", request(j))
-        sim.run_until(12.0)
-        k = next(
-            k
-            for k, s in enumerate(sim.submissions[1:], 1)
-            if s.result and s.result["owner"] != "n1"
-        )
-        wid, owner, ip = (
-            sim.submissions[k].result["workload"],
-            sim.submissions[k].result["owner"],
-            _ip(sim, k),
-        )  # type: ignore[index]
+        wid, owner, ip = _lent_away(sim, 10.1)
         sim.systems[owner].mode = "refuse"  # its fence fails: it stays up, cut off
         others = [x for x in NAMES if x != owner]
         sim.at(12.1, sim.partition, [owner], others)
